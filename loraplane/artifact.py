@@ -1,0 +1,211 @@
+"""The adapter artifact: layout, manifest schema, publish, resolve, list and fetch.
+
+    adapters/{name}/v{N}/reservation.json       claims version N (create-only)
+                         adapter_config.json
+                         adapter_model.safetensors
+                         profile.json           drift reference profile
+                         manifest.json          written last: its presence = version complete
+
+Publishing first claims a version number with a create-only write, so two publishers of the
+same name never share a version; files follow; the manifest comes last with the sha256 of
+every file. Readers only ever see versions that have a manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from loraplane.names import AdapterSpec, validate_adapter_name
+from loraplane.storage import ObjectStore
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "profile.json")
+MANIFEST = "manifest.json"
+RESERVATION = "reservation.json"
+_MAX_VERSION_CLAIMS = 100
+
+
+class BaseModelInfo(BaseModel):
+    name: str
+    fingerprint: str
+
+
+class DatasetInfo(BaseModel):
+    fingerprint: str
+    train_examples: int
+    validation_examples: int
+
+
+class Manifest(BaseModel):
+    """Everything a reader needs to trust and describe one adapter version."""
+
+    schema_version: Literal[1] = 1
+    name: str
+    version: int = Field(ge=1)
+    base_model: BaseModelInfo
+    method: Literal["lora", "qlora", "dora"]
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, float]
+    dataset: DatasetInfo
+    job_id: str
+    created_at: datetime
+    files: dict[str, str] = Field(description="file name -> sha256 hex digest")
+
+    @property
+    def rank(self) -> int:
+        return int(self.hyperparameters.get("rank", 0))
+
+    @property
+    def spec(self) -> AdapterSpec:
+        return AdapterSpec(self.name, self.version)
+
+
+class ManifestDraft(BaseModel):
+    """The manifest fields the publisher knows before a version number and digests exist."""
+
+    name: str
+    base_model: BaseModelInfo
+    method: Literal["lora", "qlora", "dora"]
+    hyperparameters: dict[str, Any]
+    metrics: dict[str, float]
+    dataset: DatasetInfo
+    job_id: str
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def manifest_digest(manifest_bytes: bytes) -> str:
+    return hashlib.sha256(manifest_bytes).hexdigest()
+
+
+def _version_prefix(name: str, version: int) -> str:
+    return f"adapters/{name}/v{version}/"
+
+
+class ArtifactRepository:
+    """Adapter versions in an object store."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def version_uri(self, name: str, version: int) -> str:
+        return self.store.uri_for(_version_prefix(name, version) + MANIFEST).rsplit("/", 1)[0]
+
+    def _claimed_versions(self, name: str) -> list[int]:
+        versions = []
+        for child in self.store.list_children(f"adapters/{name}/"):
+            if child.startswith("v") and child[1:].isdigit():
+                versions.append(int(child[1:]))
+        return sorted(versions)
+
+    def versions(self, name: str) -> list[int]:
+        """Complete versions of `name`, oldest first."""
+        validate_adapter_name(name)
+        return [v for v in self._claimed_versions(name) if self.store.exists(_version_prefix(name, v) + MANIFEST)]
+
+    def publish(self, source_dir: Path, draft: ManifestDraft) -> tuple[Manifest, bytes]:
+        """Publish the adapter files in `source_dir` as the next version of `draft.name`."""
+        validate_adapter_name(draft.name)
+        missing = [f for f in ADAPTER_FILES if not (source_dir / f).is_file()]
+        if missing:
+            raise FailedPrecondition(f"cannot publish {draft.name}: {source_dir} lacks {', '.join(missing)}")
+        version = self._claim_version(draft.name, draft.job_id)
+        prefix = _version_prefix(draft.name, version)
+        files = {}
+        for file_name in ADAPTER_FILES:
+            path = source_dir / file_name
+            files[file_name] = sha256_file(path)
+            self.store.put_file(prefix + file_name, path)
+        manifest = Manifest(
+            **draft.model_dump(), version=version, created_at=datetime.now(UTC), files=files
+        )
+        manifest_bytes = manifest.model_dump_json(indent=2).encode()
+        if not self.store.put_bytes_if_absent(prefix + MANIFEST, manifest_bytes):
+            raise FailedPrecondition(f"{draft.name}@v{version} was completed by another publisher")
+        return manifest, manifest_bytes
+
+    def _claim_version(self, name: str, job_id: str) -> int:
+        claimed = self._claimed_versions(name)
+        version = (claimed[-1] if claimed else 0) + 1
+        for _ in range(_MAX_VERSION_CLAIMS):
+            body = json.dumps({"job_id": job_id, "claimed_at": datetime.now(UTC).isoformat()}).encode()
+            if self.store.put_bytes_if_absent(_version_prefix(name, version) + RESERVATION, body):
+                return version
+            version += 1
+        raise FailedPrecondition(f"could not claim a version of {name} after {_MAX_VERSION_CLAIMS} tries")
+
+    def read_manifest(self, name: str, version: int) -> tuple[Manifest, bytes]:
+        raw = self.store.get_bytes(_version_prefix(name, version) + MANIFEST)
+        return Manifest.model_validate_json(raw), raw
+
+    def resolve(self, spec: AdapterSpec) -> tuple[Manifest, bytes]:
+        """The manifest `spec` names: its pinned version, or the newest complete one."""
+        validate_adapter_name(spec.name, field="adapter")
+        if spec.version is not None:
+            try:
+                return self.read_manifest(spec.name, spec.version)
+            except NotFound:
+                raise NotFound(f"adapter {spec} does not exist (or is still being published)") from None
+        versions = self.versions(spec.name)
+        if not versions:
+            raise NotFound(f"adapter {spec.name!r} does not exist in {self.store.uri}")
+        return self.read_manifest(spec.name, versions[-1])
+
+    def list_latest(self) -> list[Manifest]:
+        """The newest complete version of every adapter, by name."""
+        latest = []
+        for name in self.store.list_children("adapters/"):
+            versions = self.versions(name) if _is_legal_name(name) else []
+            if versions:
+                latest.append(self.read_manifest(name, versions[-1])[0])
+        return latest
+
+    def fetch(self, manifest: Manifest, dest: Path) -> Path:
+        """Download and verify a version into `dest` (created whole or not at all); reuse a verified copy."""
+        if (dest / MANIFEST).is_file():
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
+        try:
+            prefix = _version_prefix(manifest.name, manifest.version)
+            for file_name, expected in manifest.files.items():
+                if "/" in file_name or file_name.startswith("."):
+                    raise InvalidArgument(f"manifest of {manifest.spec} lists an illegal file {file_name!r}")
+                self.store.download_file(prefix + file_name, staging / file_name)
+                actual = sha256_file(staging / file_name)
+                if actual != expected:
+                    raise FailedPrecondition(
+                        f"{manifest.spec}: {file_name} has sha256 {actual}, manifest says {expected}"
+                    )
+            (staging / MANIFEST).write_text(manifest.model_dump_json(indent=2))
+            try:
+                os.rename(staging, dest)
+            except OSError:
+                if not (dest / MANIFEST).is_file():  # lost a race to a concurrent fetch: theirs is whole
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return dest
+
+
+def _is_legal_name(name: str) -> bool:
+    try:
+        validate_adapter_name(name)
+    except InvalidArgument:
+        return False
+    return True

@@ -1,0 +1,90 @@
+"""Typed domain errors, one class per gRPC status a caller can act on.
+
+Code below the servicers raises these; `loraplane.grpc_errors` maps them to gRPC statuses in
+one place and the client maps statuses back, so no layer matches on message strings.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class LoraplaneError(Exception):
+    """Base class. `field` names the request field at fault, when there is one."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    retryable: bool = False
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class InvalidArgument(LoraplaneError):
+    """The request is malformed; retrying it unchanged fails again."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(LoraplaneError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(LoraplaneError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class FailedPrecondition(LoraplaneError):
+    """The request is well formed but the system is not in a state to run it."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class ResourceExhausted(LoraplaneError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    retryable = True
+
+
+class Unauthenticated(LoraplaneError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class Unavailable(LoraplaneError):
+    """A dependency (store, engine) is not ready; the same request may succeed later."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    retryable = True
+
+
+class Cancelled(LoraplaneError):
+    code = grpc.StatusCode.CANCELLED
+
+
+class InternalError(LoraplaneError):
+    code = grpc.StatusCode.INTERNAL
+
+
+ERRORS_BY_CODE: dict[grpc.StatusCode, type[LoraplaneError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unauthenticated,
+        Unavailable,
+        Cancelled,
+        InternalError,
+    )
+}
+
+
+def error_for_code(code_name: str, message: str, field: str = "") -> LoraplaneError:
+    """Rebuild a typed error from a status code name, e.g. a job's recorded error."""
+    code = getattr(grpc.StatusCode, code_name, grpc.StatusCode.INTERNAL)
+    return ERRORS_BY_CODE.get(code, InternalError)(message, field=field)

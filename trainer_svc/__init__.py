@@ -1,0 +1,1 @@
+"""trainer_svc: accepts fine-tuning jobs over gRPC, runs them, publishes adapters."""

@@ -1,0 +1,107 @@
+"""Training data: parse and validate JSONL, naming the line and field of every mistake.
+
+Two formats, one example per line:
+    {"prompt": "...", "completion": "..."}
+    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+The service validates a dataset before it accepts a job, then hands the worker the normalised
+examples (`write_examples` / `read_examples`), so a worker never sees malformed data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from loraplane.errors import InvalidArgument
+
+
+class ChatTurn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class PromptCompletion(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompt: str
+    completion: str = Field(min_length=1)
+
+
+class ChatExample(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    messages: list[ChatTurn] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _ends_with_assistant(self) -> ChatExample:
+        if self.messages[-1].role != "assistant" or not self.messages[-1].content:
+            raise ValueError("the last message must be a non-empty assistant message (what the model learns)")
+        return self
+
+
+Example = PromptCompletion | ChatExample
+
+
+def _parse_line(obj: object) -> Example:
+    if isinstance(obj, dict) and "messages" in obj:
+        return ChatExample.model_validate(obj)
+    if isinstance(obj, dict) and ("prompt" in obj or "completion" in obj):
+        return PromptCompletion.model_validate(obj)
+    raise ValueError('expected an object with "prompt" and "completion", or with "messages"')
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+def parse_jsonl(text: str, *, field: str, max_examples: int = 1_000_000) -> list[Example]:
+    """Every example in `text`; InvalidArgument naming `field` and the line for the first mistake."""
+    examples: list[Example] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            examples.append(_parse_line(json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"line {number} is not valid JSON ({exc.msg} at column {exc.colno})", field=field)
+        except ValidationError as exc:
+            raise InvalidArgument(f"line {number}: {_describe(exc)}", field=field) from None
+        except ValueError as exc:
+            raise InvalidArgument(f"line {number}: {exc}", field=field) from None
+        if len(examples) > max_examples:
+            raise InvalidArgument(f"more than {max_examples} examples; split the dataset", field=field)
+    if not examples:
+        raise InvalidArgument("dataset has no examples: give one JSON object per line", field=field)
+    return examples
+
+
+def split_validation(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Hold out `fraction` of `examples` (at least one when there are two or more) for validation."""
+    if fraction == 0 or len(examples) < 2:
+        return examples, []
+    shuffled = examples[:]
+    random.Random(seed).shuffle(shuffled)
+    held_out = max(1, round(len(shuffled) * fraction))
+    return shuffled[held_out:], shuffled[:held_out]
+
+
+def write_examples(path: Path, examples: list[Example]) -> None:
+    path.write_text("".join(e.model_dump_json() + "\n" for e in examples))
+
+
+def read_examples(path: Path) -> list[Example]:
+    return parse_jsonl(path.read_text(), field=str(path)) if path.stat().st_size else []
+
+
+def fingerprint(examples: list[Example]) -> str:
+    """sha256 of the normalised examples: the same data gives the same fingerprint."""
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(example.model_dump_json().encode() + b"\n")
+    return f"sha256:{digest.hexdigest()}"

@@ -1,0 +1,83 @@
+"""What a worker reports while it runs: one JSON object per line on its event stream.
+
+The local executor reads these from the child's stdout, the Kubernetes executor from the pod
+log; both parse them with `parse_event`, so the worker and its readers share one schema.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+Phase = Literal["loading_model", "tokenizing", "training", "evaluating", "publishing"]
+
+
+class PhaseEvent(BaseModel):
+    kind: Literal["phase"] = "phase"
+    phase: Phase
+    message: str = ""
+
+
+class ProgressEvent(BaseModel):
+    kind: Literal["progress"] = "progress"
+    step: int
+    total_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    elapsed_seconds: float
+    eta_seconds: float
+
+
+class EvalEvent(BaseModel):
+    kind: Literal["eval"] = "eval"
+    step: int
+    validation_loss: float
+
+
+class PublishedAdapter(BaseModel):
+    name: str
+    version: int
+    uri: str
+    manifest_sha256: str
+
+
+class ResultEvent(BaseModel):
+    """The last event of a successful run."""
+
+    kind: Literal["result"] = "result"
+    adapter: PublishedAdapter
+    metrics: dict[str, float]
+
+
+class ErrorEvent(BaseModel):
+    """The last event of a failed run; `code` is a gRPC status code name."""
+
+    kind: Literal["error"] = "error"
+    code: str
+    message: str
+    field: str = ""
+
+
+WorkerEvent = Annotated[
+    PhaseEvent | ProgressEvent | EvalEvent | ResultEvent | ErrorEvent, Field(discriminator="kind")
+]
+_EVENT_ADAPTER: TypeAdapter[WorkerEvent] = TypeAdapter(WorkerEvent)
+
+
+def format_event(event: BaseModel) -> str:
+    """One line of the event stream."""
+    return event.model_dump_json() + "\n"
+
+
+def parse_event(line: str) -> WorkerEvent | None:
+    """The event on `line`, or None for a line that is not one (library chatter, blank)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        return _EVENT_ADAPTER.validate_python(json.loads(line))
+    except (ValueError, ValidationError):
+        return None

@@ -1,0 +1,58 @@
+"""A training job's specification as a validated domain object, with every default filled in.
+
+The servicer builds it from the protobuf JobSpec; the worker receives it as JSON. Defaults live
+here once, so a proto field left at zero means the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+Method = Literal["lora", "qlora", "dora"]
+
+
+class LoraParameters(BaseModel):
+    rank: int = Field(16, ge=1, le=256)
+    alpha: float = Field(0.0, ge=0, description="0 = 2 * rank")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["all-linear"])
+
+    @model_validator(mode="after")
+    def _default_alpha(self) -> LoraParameters:
+        if self.alpha == 0:
+            self.alpha = 2.0 * self.rank
+        return self
+
+
+class TrainingParameters(BaseModel):
+    epochs: float = Field(3.0, gt=0, le=100)
+    max_steps: int = Field(0, ge=0, le=100_000, description="0 = derived from epochs")
+    batch_size: int = Field(8, ge=1, le=512)
+    learning_rate: float = Field(2e-4, gt=0, le=1)
+    max_seq_length: int = Field(512, ge=8, le=32_768)
+    eval_every_steps: int = Field(0, ge=0, description="0 = once per epoch")
+    early_stopping_patience: int = Field(0, ge=0, description="0 = never stop early")
+    validation_fraction: float = Field(0.1, ge=0, lt=1)
+    seed: int = Field(0, ge=0)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+
+
+class DatasetSource(BaseModel):
+    """Exactly one of inline JSONL text or a URI in the trainer's store."""
+
+    inline_jsonl: str | None = None
+    uri: str | None = None
+
+
+class JobSpec(BaseModel):
+    base_model: str
+    adapter_name: str
+    training_data: DatasetSource
+    validation_data: DatasetSource | None = None
+    method: Method = "lora"
+    lora: LoraParameters = Field(default_factory=LoraParameters)
+    training: TrainingParameters = Field(default_factory=TrainingParameters)
+    labels: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,23 @@
+"""What the trainer hands a worker: one JSON file, so local and Kubernetes runs see the same input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from trainer_svc.spec import JobSpec
+
+
+class WorkerInput(BaseModel):
+    job_id: str
+    spec: JobSpec
+    base_model_path: Path
+    # Training and validation examples, validated and normalised by the service (dataset.py),
+    # one JSON object per line.
+    train_file: Path
+    validation_file: Path
+    store_uri: str
+    s3_endpoint_url: str | None = None
+    # Scratch space for checkpoints and the adapter before publishing.
+    work_dir: Path
