@@ -1,0 +1,101 @@
+"""Domain errors <-> gRPC statuses, in one place for both servers and the client.
+
+Servers install `DomainErrorInterceptor`; servicers and everything below them just raise
+`loraplane.errors` types. A field violation travels as a google.rpc.BadRequest detail, which
+any gRPC client can unpack (`rpc_status.from_call`); ours turns it back into the typed error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from loraplane.errors import InternalError, LoraplaneError, error_for_code
+
+log = logging.getLogger(__name__)
+
+
+def to_status(error: LoraplaneError) -> status_pb2.Status:
+    status = status_pb2.Status(code=error.code.value[0], message=str(error))
+    if error.field:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
+                ]
+            )
+        )
+        status.details.append(detail)
+    return status
+
+
+def from_rpc_error(error: grpc.RpcError) -> LoraplaneError:
+    """The typed error a failed call stands for, with the field of a BadRequest detail."""
+    code: grpc.StatusCode = error.code()  # type: ignore[attr-defined]
+    message: str = error.details() or code.name  # type: ignore[attr-defined]
+    field = ""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad_request = error_details_pb2.BadRequest()
+                detail.Unpack(bad_request)
+                if bad_request.field_violations:
+                    field = bad_request.field_violations[0].field
+                    message = bad_request.field_violations[0].description
+    return error_for_code(code.name, message, field)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
+    if not isinstance(error, LoraplaneError):
+        log.exception("unhandled error in RPC", exc_info=error)
+        error = InternalError("internal error; the server log has details")
+    await context.abort_with_status(rpc_status.to_status(to_status(error)))
+
+
+def _wrap_unary(inner: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await inner(request, context)
+        except Exception as exc:  # noqa: BLE001 - every failure must leave as a status
+            await _abort(context, exc)
+
+    return handler
+
+
+def _wrap_stream(inner: Callable[[Any, Any], AsyncIterator[Any]]) -> Callable[[Any, Any], AsyncIterator[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        try:
+            async for item in inner(request, context):
+                yield item
+        except Exception as exc:  # noqa: BLE001 - every failure must leave as a status
+            await _abort(context, exc)
+
+    return handler
+
+
+class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
+    """Turns LoraplaneError into its status; anything else unexpected into a logged INTERNAL."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary))  # type: ignore[attr-defined]
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream))  # type: ignore[attr-defined]
+        return handler
+
+
