@@ -1,0 +1,226 @@
+"""Typed Python client for both services, shaped like the OpenAI SDK's fine-tuning resources.
+
+    client = LoraplaneClient()
+    job = client.jobs.create(adapter_name="acme", training_file=Path("train.jsonl"))
+    for event in client.jobs.watch(job.id): ...
+    print(client.inference.generate("Hello", adapter="acme").text)
+
+Failed calls raise the typed errors of `loraplane.errors` (NotFound, InvalidArgument, ...),
+with the offending request field in `.field`.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import grpc
+
+from loraplane.grpc_errors import from_rpc_error
+from loraplane.grpc_server import MAX_MESSAGE_BYTES
+from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+
+DEFAULT_TRAINER_TARGET = "127.0.0.1:50051"
+DEFAULT_SERVING_TARGET = "127.0.0.1:50052"
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _typed_errors(call: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(call)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return call(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    return wrapper
+
+
+def _stream_typed_errors(call: Callable[P, Iterator[R]]) -> Callable[P, Iterator[R]]:
+    @functools.wraps(call)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Iterator[R]:
+        try:
+            yield from call(*args, **kwargs)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    return wrapper
+
+
+def _channel(target: str) -> grpc.Channel:
+    return grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+
+
+class Jobs:
+    """Fine-tuning jobs on the trainer."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._stub = trainer_pb2_grpc.TrainerStub(channel)
+
+    @_typed_errors
+    def create(
+        self,
+        *,
+        adapter_name: str,
+        training_file: Path | None = None,
+        training_uri: str | None = None,
+        validation_file: Path | None = None,
+        base_model: str = "",
+        method: str = "lora",
+        lora: trainer_pb2.LoraParameters | None = None,
+        training: trainer_pb2.TrainingParameters | None = None,
+        labels: dict[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> trainer_pb2.Job:
+        """Submit a job. A retry with the same request_id returns the first job, not a second."""
+        if (training_file is None) == (training_uri is None):
+            raise ValueError("give exactly one of training_file or training_uri")
+        training_data = (
+            trainer_pb2.Dataset(inline_jsonl=training_file.read_text())
+            if training_file is not None
+            else trainer_pb2.Dataset(uri=training_uri or "")
+        )
+        spec = trainer_pb2.JobSpec(
+            base_model=base_model,
+            adapter_name=adapter_name,
+            training_data=training_data,
+            validation_data=(
+                trainer_pb2.Dataset(inline_jsonl=validation_file.read_text()) if validation_file else None
+            ),
+            method=trainer_pb2.Method.Value(f"METHOD_{method.upper()}"),
+            lora=lora,
+            training=training,
+            labels=labels or {},
+        )
+        request = trainer_pb2.CreateJobRequest(spec=spec, request_id=request_id or uuid.uuid4().hex)
+        return self._stub.CreateJob(request)
+
+    @_typed_errors
+    def retrieve(self, job_id: str) -> trainer_pb2.Job:
+        return self._stub.GetJob(trainer_pb2.GetJobRequest(job_id=job_id))
+
+    @_stream_typed_errors
+    def list(self, *, state: str = "", adapter_name: str = "", page_size: int = 20) -> Iterator[trainer_pb2.Job]:
+        """Every matching job, newest first, fetching pages as the iteration goes."""
+        state_value = trainer_pb2.JobState.Value(f"JOB_STATE_{state.upper()}") if state else 0
+        token = ""
+        while True:
+            page = self._stub.ListJobs(
+                trainer_pb2.ListJobsRequest(
+                    page_size=page_size, page_token=token, state=state_value, adapter_name=adapter_name
+                )
+            )
+            yield from page.jobs
+            token = page.next_page_token
+            if not token:
+                return
+
+    @_typed_errors
+    def cancel(self, job_id: str) -> trainer_pb2.Job:
+        return self._stub.CancelJob(trainer_pb2.CancelJobRequest(job_id=job_id))
+
+    @_stream_typed_errors
+    def watch(self, job_id: str, *, after_sequence: int = 0) -> Iterator[trainer_pb2.JobEvent]:
+        """The job's events, replayed from after_sequence, then live until it ends."""
+        yield from self._stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id, after_sequence=after_sequence))
+
+
+def sampling(
+    *,
+    max_tokens: int = 0,
+    temperature: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    stop: list[str] | None = None,
+    seed: int | None = None,
+    logprobs: bool = False,
+) -> serving_pb2.SamplingParameters:
+    return serving_pb2.SamplingParameters(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+        stop=stop or [], seed=seed, logprobs=logprobs,
+    )  # fmt: skip
+
+
+class Inference:
+    """Generation and adapters on a serving replica."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._stub = serving_pb2_grpc.InferenceStub(channel)
+
+    @staticmethod
+    def _request(
+        prompt: str | None, messages: list[dict[str, str]] | None, adapter: str,
+        params: serving_pb2.SamplingParameters | None,
+    ) -> serving_pb2.GenerateRequest:  # fmt: skip
+        if (prompt is None) == (messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        request = serving_pb2.GenerateRequest(adapter=adapter, sampling=params)
+        if prompt is not None:
+            request.prompt = prompt
+        else:
+            request.messages.messages.extend(common_pb2.ChatMessage(**m) for m in messages or [])
+        return request
+
+    @_typed_errors
+    def generate(
+        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, adapter: str = "",
+        params: serving_pb2.SamplingParameters | None = None,
+    ) -> serving_pb2.GenerateResponse:  # fmt: skip
+        return self._stub.Generate(self._request(prompt, messages, adapter, params))
+
+    @_stream_typed_errors
+    def stream(
+        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, adapter: str = "",
+        params: serving_pb2.SamplingParameters | None = None,
+    ) -> Iterator[serving_pb2.GenerateStreamResponse]:  # fmt: skip
+        yield from self._stub.GenerateStream(self._request(prompt, messages, adapter, params))
+
+    @_typed_errors
+    def tokenize(self, prompt: str) -> list[int]:
+        return list(self._stub.Tokenize(serving_pb2.TokenizeRequest(prompt=prompt)).token_ids)
+
+    @_typed_errors
+    def model_info(self) -> serving_pb2.ModelInfoResponse:
+        return self._stub.ModelInfo(serving_pb2.ModelInfoRequest())
+
+    @_typed_errors
+    def list_adapters(self, *, loaded_only: bool = False) -> list[serving_pb2.AdapterInfo]:
+        return list(self._stub.ListAdapters(serving_pb2.ListAdaptersRequest(loaded_only=loaded_only)).adapters)
+
+    @_typed_errors
+    def load_adapter(self, adapter: str) -> serving_pb2.AdapterInfo:
+        return self._stub.LoadAdapter(serving_pb2.LoadAdapterRequest(adapter=adapter)).adapter
+
+    @_typed_errors
+    def unload_adapter(self, adapter: str) -> None:
+        self._stub.UnloadAdapter(serving_pb2.UnloadAdapterRequest(adapter=adapter))
+
+
+class LoraplaneClient:
+    """Both services; either may be left unused. Close it, or use it as a context manager."""
+
+    def __init__(self, trainer: str = DEFAULT_TRAINER_TARGET, serving: str = DEFAULT_SERVING_TARGET) -> None:
+        self._channels = [_channel(trainer), _channel(serving)]
+        self.jobs = Jobs(self._channels[0])
+        self.inference = Inference(self._channels[1])
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+    def __enter__(self) -> LoraplaneClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

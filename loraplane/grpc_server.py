@@ -1,0 +1,76 @@
+"""What both gRPC servers share: the aio server with health, reflection and error mapping, and
+the Prometheus HTTP endpoint. Each service adds its own servicer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from threading import Thread
+from wsgiref.simple_server import WSGIServer
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+from loraplane.errors import FailedPrecondition
+from loraplane.grpc_errors import DomainErrorInterceptor
+
+MAX_MESSAGE_BYTES = 64 << 20
+
+
+@dataclass
+class GrpcServer:
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+
+    async def set_serving(self, serving: bool) -> None:
+        """Flip the overall health status ('' service) that readiness probes read."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING to every watcher, let calls in flight finish for `grace` seconds, stop."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def build_grpc_server(address: str, service_names: list[str]) -> GrpcServer:
+    """A grpc.aio server bound to `address` (port 0 = free port), NOT_SERVING until told otherwise.
+
+    Add the service's own servicer to `.server` before starting it.
+    """
+    server = grpc.aio.server(
+        interceptors=[DomainErrorInterceptor()],
+        options=[
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise FailedPrecondition(f"cannot listen on {address}: address in use or invalid")
+    return GrpcServer(server=server, port=port, health=health_servicer)
+
+
+@dataclass
+class MetricsEndpoint:
+    httpd: WSGIServer
+    thread: Thread
+
+    @property
+    def port(self) -> int:
+        return int(self.httpd.server_port)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def start_metrics_endpoint(port: int, registry: CollectorRegistry, host: str = "0.0.0.0") -> MetricsEndpoint:
+    """Serve `registry` at http://host:port/metrics on a thread (port 0 = free port)."""
+    httpd, thread = start_http_server(port, addr=host, registry=registry)
+    return MetricsEndpoint(httpd=httpd, thread=thread)

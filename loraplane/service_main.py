@@ -1,0 +1,33 @@
+"""Run a service until SIGTERM or SIGINT, then stop it gracefully: shared by both entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Protocol
+
+
+class Service(Protocol):
+    port: int
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace: float = ...) -> None: ...
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def serve_until_signalled(service: Service, name: str, grace: float = 10.0) -> None:
+    log = logging.getLogger(name)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await service.start()
+    log.info("%s listening on port %d", name, service.port)
+    await stopping.wait()
+    log.info("%s stopping", name)
+    await service.stop(grace)

@@ -1,0 +1,57 @@
+import pytest
+
+from loraplane.errors import InvalidArgument
+from loraplane.proto import trainer_pb2
+from trainer_svc.convert import job_to_proto, spec_from_proto, spec_to_proto
+from trainer_svc.jobs import Job, JobState
+from trainer_svc.progress import PublishedAdapter
+
+
+def _spec(**overrides: object) -> trainer_pb2.JobSpec:
+    spec = trainer_pb2.JobSpec(
+        adapter_name="acme",
+        training_data=trainer_pb2.Dataset(inline_jsonl='{"prompt": "a", "completion": "b"}'),
+        method=trainer_pb2.METHOD_DORA,
+        lora=trainer_pb2.LoraParameters(rank=8, target_modules=["q_proj", "v_proj"]),
+        training=trainer_pb2.TrainingParameters(max_steps=30, learning_rate=1e-3),
+        labels={"team": "support"},
+    )
+    for name, value in overrides.items():
+        setattr(spec, name, value) if not hasattr(value, "CopyFrom") else getattr(spec, name).CopyFrom(value)
+    return spec
+
+
+def test_zero_fields_take_defaults_and_set_ones_survive_a_round_trip() -> None:
+    spec = spec_from_proto(_spec())
+    assert (spec.method, spec.lora.rank, spec.lora.alpha, spec.lora.target_modules) == ("dora", 8, 16.0, ["q_proj", "v_proj"])
+    assert (spec.training.max_steps, spec.training.batch_size, spec.training.learning_rate) == (30, 8, 1e-3)
+    assert spec_from_proto(spec_to_proto(spec)) == spec
+
+
+def test_out_of_range_parameter_names_its_field() -> None:
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_proto(_spec(lora=trainer_pb2.LoraParameters(rank=100000)))
+    assert info.value.field == "spec.lora.rank"
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_proto(_spec(training=trainer_pb2.TrainingParameters(validation_fraction=1.5)))
+    assert info.value.field == "spec.training.validation_fraction"
+
+
+def test_missing_training_data_is_invalid() -> None:
+    spec = _spec()
+    spec.ClearField("training_data")
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_proto(spec)
+    assert info.value.field == "spec.training_data"
+
+
+def test_job_to_proto_carries_outcome_and_hides_inline_data() -> None:
+    job = Job(id="j1", spec=spec_from_proto(_spec()), state=JobState.SUCCEEDED,
+              metrics={"validation_loss": 0.5, "train_examples": 9.0, "stopped_early": 1.0, "unlisted": 2.0},
+              adapter=PublishedAdapter(name="acme", version=2, uri="file:///s/adapters/acme/v2", manifest_sha256="ab"))  # fmt: skip
+    message = job_to_proto(job)
+    assert message.state == trainer_pb2.JOB_STATE_SUCCEEDED
+    assert (message.metrics.validation_loss, message.metrics.train_examples, message.metrics.stopped_early) == (0.5, 9, True)
+    assert (message.adapter.name, message.adapter.version) == ("acme", 2)
+    assert message.spec.training_data.inline_jsonl == "<34 bytes inline>"
+    assert message.created_at.seconds > 0 and not message.HasField("finished_at")

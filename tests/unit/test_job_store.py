@@ -1,0 +1,84 @@
+from pathlib import Path
+
+import pytest
+
+from loraplane.errors import AlreadyExists, InvalidArgument, NotFound
+from trainer_svc.job_store import SqliteJobStore
+from trainer_svc.jobs import Job, JobState
+from trainer_svc.spec import DatasetSource, JobSpec
+
+
+def _job(job_id: str, adapter: str = "acme", request_id: str = "") -> Job:
+    spec = JobSpec(base_model="m", adapter_name=adapter, training_data=DatasetSource(inline_jsonl="{}"))
+    return Job(id=job_id, request_id=request_id, spec=spec)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteJobStore:
+    return SqliteJobStore(tmp_path / "jobs.sqlite3")
+
+
+def test_same_request_id_returns_the_first_job(store: SqliteJobStore) -> None:
+    first, created = store.create(_job("j1", request_id="r1"), "created")
+    again, created_again = store.create(_job("j2", request_id="r1"), "created")
+    assert created and not created_again
+    assert again.id == first.id == "j1"
+
+
+def test_request_id_reused_with_another_spec_is_refused(store: SqliteJobStore) -> None:
+    store.create(_job("j1", request_id="r1"), "created")
+    with pytest.raises(AlreadyExists) as info:
+        store.create(_job("j2", adapter="other", request_id="r1"), "created")
+    assert info.value.field == "request_id"
+
+
+def test_events_are_sequenced_and_replayable(store: SqliteJobStore) -> None:
+    job, _ = store.create(_job("j1"), "created")
+    job.state = JobState.QUEUED
+    store.update(job, "queued")
+    job.state = JobState.RUNNING
+    store.update(job, "running")
+    events = store.events("j1", 0)
+    assert [e.sequence for e in events] == [1, 2, 3]
+    assert [e.job.state for e in events] == [JobState.VALIDATING, JobState.QUEUED, JobState.RUNNING]
+    assert [e.message for e in store.events("j1", 2)] == ["running"]
+
+
+def test_unknown_job_is_not_found(store: SqliteJobStore) -> None:
+    with pytest.raises(NotFound):
+        store.get("nope")
+    with pytest.raises(NotFound):
+        store.events("nope", 0)
+
+
+def test_list_pages_newest_first_and_filters(store: SqliteJobStore) -> None:
+    for i in range(5):
+        store.create(_job(f"j{i}", adapter="a" if i % 2 else "b"), "created")
+    page, token = store.list(state=None, adapter_name="", page_size=2, page_token="")
+    assert [j.id for j in page] == ["j4", "j3"]
+    page2, token2 = store.list(state=None, adapter_name="", page_size=2, page_token=token)
+    assert [j.id for j in page2] == ["j2", "j1"]
+    page3, token3 = store.list(state=None, adapter_name="", page_size=2, page_token=token2)
+    assert ([j.id for j in page3], token3) == (["j0"], "")
+    only_a, _ = store.list(state=None, adapter_name="a", page_size=10, page_token="")
+    assert [j.id for j in only_a] == ["j3", "j1"]
+    queued, _ = store.list(state=JobState.QUEUED, adapter_name="", page_size=10, page_token="")
+    assert queued == []
+
+
+def test_forged_page_token_is_invalid_argument(store: SqliteJobStore) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        store.list(state=None, adapter_name="", page_size=2, page_token="bm9wZQ==")
+    assert info.value.field == "page_token"
+
+
+def test_unfinished_survives_reopening(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    job, _ = store.create(_job("j1"), "created")
+    done, _ = store.create(_job("j2"), "created")
+    done.state = JobState.SUCCEEDED
+    store.update(done, "done")
+    store.close()
+    reopened = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    assert [j.id for j in reopened.unfinished()] == ["j1"]
+    assert reopened.count_by_state()[JobState.SUCCEEDED] == 1

@@ -1,0 +1,140 @@
+"""Translation between the trainer's protobuf messages and its domain objects, in one place."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import ValidationError
+
+from loraplane.errors import InvalidArgument
+from loraplane.proto import common_pb2, trainer_pb2
+from trainer_svc.jobs import Job, JobEvent, JobState
+from trainer_svc.spec import DatasetSource, JobSpec, LoraParameters, TrainingParameters
+
+_METHODS = {
+    trainer_pb2.METHOD_UNSPECIFIED: "lora",
+    trainer_pb2.METHOD_LORA: "lora",
+    trainer_pb2.METHOD_QLORA: "qlora",
+    trainer_pb2.METHOD_DORA: "dora",
+}
+_METHOD_ENUMS = {"lora": trainer_pb2.METHOD_LORA, "qlora": trainer_pb2.METHOD_QLORA, "dora": trainer_pb2.METHOD_DORA}
+_STATES = {state: trainer_pb2.JobState.Value(f"JOB_STATE_{state.value}") for state in JobState}
+_STATES_BY_ENUM = {value: state for state, value in _STATES.items()}
+
+
+def _nonzero(message: object, names: tuple[str, ...]) -> dict[str, object]:
+    """Fields the caller set: proto3 zero means 'use the default'."""
+    values = {name: getattr(message, name) for name in names}
+    return {k: (list(v) if not isinstance(v, str | int | float) else v) for k, v in values.items() if v}
+
+
+def _dataset(message: trainer_pb2.Dataset) -> DatasetSource | None:
+    source = message.WhichOneof("source")
+    if source is None:
+        return None
+    return DatasetSource(**{source: getattr(message, source)})
+
+
+def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
+    """A validated JobSpec; InvalidArgument names the first bad field as spec.<path>."""
+    if message.method not in _METHODS:
+        raise InvalidArgument(f"unknown method {message.method}", field="spec.method")
+    training_data = _dataset(message.training_data)
+    if training_data is None:
+        raise InvalidArgument("give training data as inline_jsonl or uri", field="spec.training_data")
+    try:
+        return JobSpec(
+            base_model=message.base_model,
+            adapter_name=message.adapter_name,
+            training_data=training_data,
+            validation_data=_dataset(message.validation_data),
+            method=_METHODS[message.method],  # type: ignore[arg-type]
+            lora=LoraParameters(**_nonzero(message.lora, ("rank", "alpha", "dropout", "target_modules"))),
+            training=TrainingParameters(**_nonzero(message.training, tuple(TrainingParameters.model_fields))),
+            labels=dict(message.labels),
+        )
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"])
+        section = "lora" if exc.title == "LoraParameters" else "training" if exc.title == "TrainingParameters" else ""
+        field = ".".join(p for p in ("spec", section, where) if p)
+        raise InvalidArgument(f"{error['msg']} (got {error.get('input')!r})", field=field) from None
+
+
+def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
+    def dataset(source: DatasetSource | None) -> trainer_pb2.Dataset | None:
+        if source is None:
+            return None
+        if source.inline_jsonl is not None:
+            return trainer_pb2.Dataset(inline_jsonl=source.inline_jsonl)
+        return trainer_pb2.Dataset(uri=source.uri or "")
+
+    return trainer_pb2.JobSpec(
+        base_model=spec.base_model,
+        adapter_name=spec.adapter_name,
+        training_data=dataset(spec.training_data),
+        validation_data=dataset(spec.validation_data),
+        method=_METHOD_ENUMS[spec.method],
+        lora=trainer_pb2.LoraParameters(**spec.lora.model_dump()),
+        training=trainer_pb2.TrainingParameters(**spec.training.model_dump()),
+        labels=spec.labels,
+    )
+
+
+def _timestamp(value: datetime | None) -> Timestamp | None:
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def state_from_proto(value: int) -> JobState | None:
+    """None for UNSPECIFIED ('any state' in filters)."""
+    if value == trainer_pb2.JOB_STATE_UNSPECIFIED:
+        return None
+    if value not in _STATES_BY_ENUM:
+        raise InvalidArgument(f"unknown job state {value}", field="state")
+    return _STATES_BY_ENUM[value]
+
+
+def job_to_proto(job: Job, *, include_inline_data: bool = False) -> trainer_pb2.Job:
+    """The job as the API shows it. Inline datasets are left out: they can be megabytes."""
+    spec = spec_to_proto(job.spec)
+    if not include_inline_data:
+        for dataset in (spec.training_data, spec.validation_data):
+            if dataset.WhichOneof("source") == "inline_jsonl":
+                dataset.inline_jsonl = f"<{len(dataset.inline_jsonl)} bytes inline>"
+    message = trainer_pb2.Job(
+        id=job.id,
+        request_id=job.request_id,
+        spec=spec,
+        state=_STATES[job.state],
+        progress=trainer_pb2.JobProgress(**job.progress.model_dump()),
+        metrics=_metrics_to_proto(job.metrics),
+        created_at=_timestamp(job.created_at),
+        started_at=_timestamp(job.started_at),
+        finished_at=_timestamp(job.finished_at),
+    )
+    if job.adapter is not None:
+        message.adapter.CopyFrom(common_pb2.AdapterRef(**job.adapter.model_dump()))
+    if job.error is not None:
+        message.error.CopyFrom(trainer_pb2.JobError(**job.error.model_dump()))
+    return message
+
+
+def _metrics_to_proto(metrics: dict[str, float]) -> trainer_pb2.JobMetrics:
+    """Known metrics, cast to their proto field types; others stay in the manifest only."""
+    fields = trainer_pb2.JobMetrics.DESCRIPTOR.fields_by_name
+    casts = {FieldDescriptor.TYPE_DOUBLE: float, FieldDescriptor.TYPE_UINT32: int, FieldDescriptor.TYPE_BOOL: bool}
+    return trainer_pb2.JobMetrics(
+        **{name: casts[fields[name].type](value) for name, value in metrics.items() if name in fields}
+    )
+
+
+def event_to_proto(event: JobEvent) -> trainer_pb2.JobEvent:
+    return trainer_pb2.JobEvent(
+        sequence=event.sequence, time=_timestamp(event.time), job=job_to_proto(event.job), message=event.message
+    )

@@ -1,0 +1,69 @@
+"""Run each worker as a child process of the trainer and read its events from stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections import deque
+from pathlib import Path
+
+from trainer_svc.executors.base import EventHandler, Executor, RunOutcome
+from trainer_svc.progress import parse_event
+from trainer_svc.settings import TrainerSettings
+from trainer_svc.worker_input import WorkerInput
+
+_LOG_TAIL_LINES = 20
+
+
+class LocalExecutor(Executor):
+    """`python -m trainer_svc.worker input.json`; stderr (library logs) goes to worker.log beside it."""
+
+    def __init__(self, settings: TrainerSettings) -> None:
+        super().__init__(settings)
+        self._processes: dict[str, asyncio.subprocess.Process] = {}
+        self._cancelled: set[str] = set()
+
+    async def run(self, worker_input: WorkerInput, on_event: EventHandler) -> RunOutcome:
+        input_path = worker_input.work_dir / "worker-input.json"
+        input_path.write_text(worker_input.model_dump_json(indent=2))
+        log_path = worker_input.work_dir / "worker.log"
+        with log_path.open("ab") as log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "trainer_svc.worker", str(input_path),
+                stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            self._processes[worker_input.job_id] = process
+            try:
+                assert process.stdout is not None
+                async for raw in process.stdout:
+                    event = parse_event(raw.decode(errors="replace"))
+                    if event is not None:
+                        await on_event(event)
+                exit_code = await process.wait()
+            finally:
+                self._processes.pop(worker_input.job_id, None)
+                if process.returncode is None:  # the trainer itself is stopping: take the child down
+                    process.kill()
+                    await process.wait()
+        cancelled = worker_input.job_id in self._cancelled
+        self._cancelled.discard(worker_input.job_id)
+        return RunOutcome(exit_code=exit_code, cancelled=cancelled, log_tail=_tail(log_path))
+
+    async def cancel(self, job_id: str) -> None:
+        process = self._processes.get(job_id)
+        if process is None or process.returncode is not None:
+            return
+        self._cancelled.add(job_id)
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), self.settings.trainer_cancel_grace_seconds)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+
+
+def _tail(path: Path) -> str:
+    with path.open(errors="replace") as f:
+        return "".join(deque(f, maxlen=_LOG_TAIL_LINES)).strip()

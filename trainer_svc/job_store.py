@@ -1,0 +1,198 @@
+"""Durable job state: an interface, and SQLite behind it (one trainer replica with a volume).
+
+Every change to a job is stored together with the event that describes it, in one
+transaction, so WatchJob can replay a job's history from any sequence number after a restart.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from loraplane.errors import AlreadyExists, InvalidArgument, NotFound
+from trainer_svc.jobs import Job, JobEvent, JobState, utcnow
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    request_id TEXT,
+    adapter_name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    body TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs(request_id) WHERE request_id != '';
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (job_id, sequence)
+);
+"""
+
+
+class JobStore(abc.ABC):
+    @abc.abstractmethod
+    def create(self, job: Job, message: str) -> tuple[Job, bool]:
+        """Store a new job and its first event; for a known request_id, return that job and False."""
+
+    @abc.abstractmethod
+    def get(self, job_id: str) -> Job: ...
+
+    @abc.abstractmethod
+    def update(self, job: Job, message: str) -> JobEvent:
+        """Store the job's new state and the event describing the change."""
+
+    @abc.abstractmethod
+    def list(
+        self, *, state: JobState | None, adapter_name: str, page_size: int, page_token: str
+    ) -> tuple[list[Job], str]:
+        """Jobs newest first, and the token of the next page ('' on the last)."""
+
+    @abc.abstractmethod
+    def events(self, job_id: str, after_sequence: int) -> list[JobEvent]: ...
+
+    @abc.abstractmethod
+    def unfinished(self) -> list[Job]:
+        """Jobs not in a terminal state, oldest first: what a restarted trainer must pick up."""
+
+    @abc.abstractmethod
+    def count_by_state(self) -> dict[JobState, int]: ...
+
+
+class SqliteJobStore(JobStore):
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def create(self, job: Job, message: str) -> tuple[Job, bool]:
+        with self._transaction() as conn:
+            if job.request_id:
+                row = conn.execute("SELECT body FROM jobs WHERE request_id = ?", (job.request_id,)).fetchone()
+                if row:
+                    existing = Job.model_validate_json(row[0])
+                    if existing.spec != job.spec:
+                        raise AlreadyExists(
+                            f"request_id {job.request_id!r} was used for job {existing.id} with a different "
+                            "spec; use a new request_id for a new job",
+                            field="request_id",
+                        )
+                    return existing, False
+            conn.execute(
+                "INSERT INTO jobs (id, request_id, adapter_name, state, body) VALUES (?, ?, ?, ?, ?)",
+                (job.id, job.request_id, job.spec.adapter_name, job.state.value, job.model_dump_json()),
+            )
+            self._append_event(conn, job, message)
+        return job, True
+
+    def get(self, job_id: str) -> Job:
+        with self._lock:
+            row = self._conn.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job_id!r} does not exist", field="job_id")
+        return Job.model_validate_json(row[0])
+
+    def update(self, job: Job, message: str) -> JobEvent:
+        with self._transaction() as conn:
+            cursor = conn.execute(
+                "UPDATE jobs SET state = ?, body = ? WHERE id = ?", (job.state.value, job.model_dump_json(), job.id)
+            )
+            if cursor.rowcount != 1:
+                raise NotFound(f"job {job.id!r} does not exist", field="job_id")
+            return self._append_event(conn, job, message)
+
+    @staticmethod
+    def _append_event(conn: sqlite3.Connection, job: Job, message: str) -> JobEvent:
+        (last,) = conn.execute(
+            "SELECT COALESCE(MAX(sequence), 0) FROM job_events WHERE job_id = ?", (job.id,)
+        ).fetchone()
+        event = JobEvent(job_id=job.id, sequence=last + 1, time=utcnow(), message=message, job=job)
+        conn.execute(
+            "INSERT INTO job_events (job_id, sequence, body) VALUES (?, ?, ?)",
+            (job.id, event.sequence, event.model_dump_json()),
+        )
+        return event
+
+    def list(
+        self, *, state: JobState | None, adapter_name: str, page_size: int, page_token: str
+    ) -> tuple[list[Job], str]:
+        clauses, params = [], []
+        if page_token:
+            clauses.append("seq < ?")
+            params.append(_decode_page_token(page_token))
+        if state is not None:
+            clauses.append("state = ?")
+            params.append(state.value)
+        if adapter_name:
+            clauses.append("adapter_name = ?")
+            params.append(adapter_name)
+        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT seq, body FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*params, page_size + 1)
+            ).fetchall()
+        jobs = [Job.model_validate_json(body) for _, body in rows[:page_size]]
+        next_token = _encode_page_token(rows[page_size - 1][0]) if len(rows) > page_size else ""
+        return jobs, next_token
+
+    def events(self, job_id: str, after_sequence: int) -> list[JobEvent]:
+        self.get(job_id)
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT body FROM job_events WHERE job_id = ? AND sequence > ? ORDER BY sequence",
+                (job_id, after_sequence),
+            ).fetchall()
+        return [JobEvent.model_validate_json(body) for (body,) in rows]
+
+    def unfinished(self) -> list[Job]:
+        live = [s.value for s in JobState if not s.terminal]
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT body FROM jobs WHERE state IN ({','.join('?' * len(live))}) ORDER BY seq", live
+            ).fetchall()
+        return [Job.model_validate_json(body) for (body,) in rows]
+
+    def count_by_state(self) -> dict[JobState, int]:
+        with self._lock:
+            rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
+        counts = dict.fromkeys(JobState, 0)
+        counts.update({JobState(state): n for state, n in rows})
+        return counts
+
+
+def _encode_page_token(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{seq}".encode()).decode()
+
+
+def _decode_page_token(token: str) -> int:
+    try:
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind != "seq":
+            raise ValueError(kind)
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument("page_token is not one this server issued", field="page_token") from None

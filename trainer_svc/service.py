@@ -1,0 +1,272 @@
+"""The trainer's domain logic: accept, queue, run, cancel and follow jobs.
+
+The servicer translates protobuf to calls here; the executor runs workers; the job store keeps
+every change durable. A job is never lost: jobs that were queued or running when the trainer
+stopped are queued again when it starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from loraplane.errors import FailedPrecondition, InvalidArgument, LoraplaneError
+from loraplane.names import validate_adapter_name
+from loraplane.storage import open_store
+from trainer_svc import dataset
+from trainer_svc.executors import Executor
+from trainer_svc.job_store import JobStore
+from trainer_svc.jobs import Job, JobError, JobEvent, JobProgress, JobState, utcnow
+from trainer_svc.metrics import TrainerMetrics
+from trainer_svc.progress import ErrorEvent, EvalEvent, PhaseEvent, ProgressEvent, ResultEvent, WorkerEvent
+from trainer_svc.settings import TrainerSettings
+from trainer_svc.spec import DatasetSource, JobSpec
+from trainer_svc.worker_input import WorkerInput
+
+log = logging.getLogger(__name__)
+
+_WATCH_POLL_SECONDS = 5.0
+
+
+class JobService:
+    def __init__(
+        self, settings: TrainerSettings, store: JobStore, executor: Executor, metrics: TrainerMetrics
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.executor = executor
+        self.metrics = metrics
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._runners: list[asyncio.Task[None]] = []
+        self._changed = asyncio.Event()
+        # Serialises "is it still queued?" checks with the writes that act on the answer, so a
+        # cancel and a runner picking the job up cannot both win.
+        self._dispatch_lock = asyncio.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Queue again what an earlier run left unfinished, then start the runners."""
+        for job in await asyncio.to_thread(self.store.unfinished):
+            if job.state is JobState.VALIDATING and not self._examples_ready(job):
+                await self._finish(job, JobState.FAILED, "the trainer stopped while validating; resubmit the job",
+                                   JobError(code="ABORTED", message="interrupted during validation; resubmit"))  # fmt: skip
+                continue
+            if job.state is not JobState.QUEUED:
+                job.progress, job.started_at = JobProgress(), None
+                await self._enter(job, JobState.QUEUED, "trainer restarted; job queued again")
+            self._queue.put_nowait(job.id)
+        self._runners = [
+            asyncio.create_task(self._run_forever(), name=f"job-runner-{i}")
+            for i in range(self.settings.trainer_max_concurrent_jobs)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._runners:
+            task.cancel()
+        for task in self._runners:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    # -- requests --------------------------------------------------------------------------
+
+    async def create(self, spec: JobSpec, request_id: str) -> Job:
+        """Validate `spec` and its data, store the job and queue it. Nothing is stored on bad input."""
+        try:
+            validate_adapter_name(spec.adapter_name, field="spec.adapter_name")
+            base_model_path = self.settings.base_model_path(spec.base_model)
+            spec = spec.model_copy(update={"base_model": spec.base_model or self.settings.base_model_name})
+            if not (base_model_path / "config.json").is_file():
+                raise FailedPrecondition(
+                    f"base model {spec.base_model!r} is not prepared at {base_model_path}; run "
+                    "`loraplane prepare-model` on the trainer host"
+                )
+            train, validation = await asyncio.to_thread(self._load_examples, spec)
+        except LoraplaneError as exc:
+            self.metrics.rejected_jobs.labels(exc.code.name).inc()
+            raise
+        job = Job(id=f"job-{uuid.uuid4().hex[:16]}", request_id=request_id, spec=spec)
+        job, created = await asyncio.to_thread(self.store.create, job, f"job created for adapter {spec.adapter_name}")
+        if not created:
+            return job
+        self.metrics.job_transitions.labels("validating").inc()
+        work_dir = self._work_dir(job.id)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        dataset.write_examples(work_dir / "train.jsonl", train)
+        dataset.write_examples(work_dir / "validation.jsonl", validation)
+        await self._enter(job, JobState.QUEUED, f"dataset valid: {len(train)} training, {len(validation)} validation examples")
+        self._queue.put_nowait(job.id)
+        return job
+
+    async def get(self, job_id: str) -> Job:
+        return await asyncio.to_thread(self.store.get, job_id)
+
+    async def list(self, *, state: JobState | None, adapter_name: str, page_size: int, page_token: str
+                   ) -> tuple[list[Job], str]:  # fmt: skip
+        if page_size > 100:
+            raise InvalidArgument("page_size must be at most 100", field="page_size")
+        return await asyncio.to_thread(
+            self.store.list, state=state, adapter_name=adapter_name, page_size=page_size or 20, page_token=page_token
+        )
+
+    async def cancel(self, job_id: str) -> Job:
+        job = await self.get(job_id)
+        if job.state.terminal:
+            raise FailedPrecondition(f"job {job_id} already ended ({job.state.value}); nothing to cancel")
+        async with self._dispatch_lock:
+            job = await self.get(job_id)
+            if job.state is not JobState.RUNNING:
+                return await self._finish(job, JobState.CANCELLED, "cancelled before it started")
+        await self.executor.cancel(job_id)  # the runner records CANCELLED when the worker exits
+        return await self._wait_until_ended(job_id)
+
+    async def watch(self, job_id: str, after_sequence: int) -> AsyncIterator[JobEvent]:
+        """The job's events after `after_sequence`, live, until the job has ended."""
+        while True:
+            changed = self._changed
+            events = await asyncio.to_thread(self.store.events, job_id, after_sequence)
+            for event in events:
+                yield event
+                after_sequence = event.sequence
+            if events and events[-1].job.state.terminal:
+                return
+            if not events and (await self.get(job_id)).state.terminal:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), _WATCH_POLL_SECONDS)
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def _run_forever(self) -> None:
+        while True:
+            job_id = await self._queue.get()
+            try:
+                await self._run(job_id)
+            except Exception:  # noqa: BLE001 - one broken job must not stop the runner
+                log.exception("job %s failed in the trainer itself", job_id)
+                job = await self.get(job_id)
+                if not job.state.terminal:
+                    await self._finish(job, JobState.FAILED, "trainer error",
+                                       JobError(code="INTERNAL", message="trainer error; see the trainer log"))  # fmt: skip
+
+    async def _run(self, job_id: str) -> None:
+        async with self._dispatch_lock:
+            job = await self.get(job_id)
+            if job.state is not JobState.QUEUED:  # cancelled while queued
+                return
+            job.started_at = utcnow()
+            await self._enter(job, JobState.RUNNING, "worker started")
+        worker_input = WorkerInput(
+            job_id=job.id,
+            spec=job.spec,
+            base_model_path=self.settings.base_model_path(job.spec.base_model),
+            train_file=self._work_dir(job.id) / "train.jsonl",
+            validation_file=self._work_dir(job.id) / "validation.jsonl",
+            store_uri=self.settings.store_uri,
+            s3_endpoint_url=self.settings.s3_endpoint_url,
+            work_dir=self._work_dir(job.id),
+        )
+        outcome_events: list[ResultEvent | ErrorEvent] = []
+
+        async def on_event(event: WorkerEvent) -> None:
+            if isinstance(event, ResultEvent | ErrorEvent):
+                outcome_events.append(event)
+            else:
+                await self._apply_progress(job, event)
+
+        outcome = await self.executor.run(worker_input, on_event)
+        if outcome.cancelled:
+            await self._finish(job, JobState.CANCELLED, "cancelled while running")
+        elif outcome_events and isinstance(outcome_events[-1], ResultEvent):
+            result = outcome_events[-1]
+            job.adapter, job.metrics = result.adapter, result.metrics
+            await self._finish(job, JobState.SUCCEEDED, f"published {result.adapter.name}@v{result.adapter.version}")
+        elif outcome_events:
+            error = outcome_events[-1]
+            assert isinstance(error, ErrorEvent)
+            await self._finish(job, JobState.FAILED, error.message,
+                               JobError(code=error.code, message=error.message, field=error.field))  # fmt: skip
+        else:
+            message = f"worker exited with code {outcome.exit_code} without a result: {outcome.log_tail[-2000:]}"
+            await self._finish(job, JobState.FAILED, message, JobError(code="INTERNAL", message=message))
+        if job.state is JobState.SUCCEEDED:
+            await asyncio.to_thread(shutil.rmtree, self._work_dir(job.id) / "adapter", True)
+
+    async def _apply_progress(self, job: Job, event: PhaseEvent | ProgressEvent | EvalEvent) -> None:
+        if isinstance(event, PhaseEvent):
+            await self._record(job, event.message or event.phase.replace("_", " "))
+        elif isinstance(event, ProgressEvent):
+            self.metrics.training_steps.inc(max(0, event.step - job.progress.step))
+            job.progress = JobProgress(**event.model_dump(exclude={"kind"}))
+            await self._record(job, f"step {event.step}/{event.total_steps} loss {event.loss:.4f}")
+        else:
+            job.metrics["validation_loss"] = event.validation_loss
+            await self._record(job, f"step {event.step}: validation loss {event.validation_loss:.4f}")
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    async def _finish(self, job: Job, state: JobState, message: str, error: JobError | None = None) -> Job:
+        job.error, job.finished_at = error, utcnow()
+        await self._enter(job, state, message)
+        if job.started_at is not None:
+            duration = (job.finished_at - job.started_at).total_seconds()
+            self.metrics.job_duration.labels(state.value.lower()).observe(duration)
+        return job
+
+    async def _record(self, job: Job, message: str) -> JobEvent:
+        """Store the job's current state with an event, and wake its watchers."""
+        event = await asyncio.to_thread(self.store.update, job, message)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return event
+
+    async def _enter(self, job: Job, state: JobState, message: str) -> JobEvent:
+        job.state = state
+        self.metrics.job_transitions.labels(state.value.lower()).inc()
+        return await self._record(job, message)
+
+    async def _wait_until_ended(self, job_id: str) -> Job:
+        async for event in self.watch(job_id, 0):
+            if event.job.state.terminal:
+                return event.job
+        return await self.get(job_id)
+
+    def _work_dir(self, job_id: str) -> Path:
+        return self.settings.trainer_work_dir / job_id
+
+    def _examples_ready(self, job: Job) -> bool:
+        return (self._work_dir(job.id) / "validation.jsonl").is_file()
+
+    def _load_examples(self, spec: JobSpec) -> tuple[list[dataset.Example], list[dataset.Example]]:
+        train = dataset.parse_jsonl(self._read_source(spec.training_data, "spec.training_data"),
+                                    field="spec.training_data")  # fmt: skip
+        if spec.validation_data is None:
+            return dataset.split_validation(train, spec.training.validation_fraction, spec.training.seed)
+        validation = dataset.parse_jsonl(self._read_source(spec.validation_data, "spec.validation_data"),
+                                         field="spec.validation_data")  # fmt: skip
+        return train, validation
+
+    def _read_source(self, source: DatasetSource, field: str) -> str:
+        if source.inline_jsonl is not None:
+            data = source.inline_jsonl.encode()
+        elif source.uri:
+            store = open_store(self.settings.store_uri, s3_endpoint_url=self.settings.s3_endpoint_url)
+            try:
+                data = store.get_bytes(store.key_for_uri(source.uri))
+            except LoraplaneError as exc:
+                raise type(exc)(exc.message, field=field) from None
+        else:
+            raise InvalidArgument("give the dataset as inline_jsonl or as a uri in the trainer's store", field=field)
+        if len(data) > self.settings.trainer_max_dataset_bytes:
+            raise InvalidArgument(
+                f"dataset is {len(data)} bytes; the limit is {self.settings.trainer_max_dataset_bytes}", field=field
+            )
+        try:
+            return data.decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidArgument(f"dataset is not UTF-8 (byte {exc.start})", field=field) from None

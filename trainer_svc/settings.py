@@ -1,0 +1,50 @@
+"""The trainer's settings: `LORAPLANE_*` environment variables, read once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from loraplane.errors import InvalidArgument
+from loraplane.settings import CommonSettings
+
+
+class TrainerSettings(CommonSettings):
+    trainer_address: str = Field("127.0.0.1:50051", description="gRPC listen address; port 0 picks a free one.")
+    trainer_metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus /metrics port; 0 = free.")
+    trainer_db_path: Path = Field(Path(""), description="SQLite job store. Default: {data_dir}/trainer/jobs.sqlite3.")
+    trainer_work_dir: Path = Field(Path(""), description="Per-job scratch folders. Default: {data_dir}/trainer/jobs.")
+    trainer_executor: Literal["local"] = Field("local", description="Where workers run: child processes here.")
+    trainer_max_concurrent_jobs: int = Field(1, ge=1, le=64, description="Jobs trained at once.")
+    trainer_base_models: dict[str, Path] = Field(
+        default_factory=dict,
+        description="More base models jobs may name, as JSON {name: folder}; base_model is always offered.",
+    )
+    trainer_max_dataset_bytes: int = Field(64 << 20, ge=1024, description="Largest dataset accepted.")
+    trainer_cancel_grace_seconds: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL delay on cancel.")
+
+    @model_validator(mode="after")
+    def _fill_trainer_paths(self) -> TrainerSettings:
+        if self.trainer_db_path == Path(""):
+            self.trainer_db_path = self.data_dir / "trainer" / "jobs.sqlite3"
+        if self.trainer_work_dir == Path(""):
+            self.trainer_work_dir = self.data_dir / "trainer" / "jobs"
+        return self
+
+    @property
+    def offered_base_models(self) -> dict[str, Path]:
+        return {self.base_model_name: self.base_model, **self.trainer_base_models}
+
+    def base_model_path(self, name: str) -> Path:
+        """The folder of the base model a job names ('' = the default); InvalidArgument if not offered."""
+        offered = self.offered_base_models
+        if not name:
+            return self.base_model
+        if name not in offered:
+            raise InvalidArgument(
+                f"base model {name!r} is not offered here; choose one of {sorted(offered)}",
+                field="spec.base_model",
+            )
+        return offered[name]
