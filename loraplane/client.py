@@ -12,12 +12,14 @@ with the offending request field in `.field`.
 from __future__ import annotations
 
 import functools
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loraplane.grpc_errors import from_rpc_error
 from loraplane.grpc_server import MAX_MESSAGE_BYTES
@@ -211,12 +213,27 @@ class LoraplaneClient:
     """Both services; either may be left unused. Close it, or use it as a context manager."""
 
     def __init__(self, trainer: str = DEFAULT_TRAINER_TARGET, serving: str = DEFAULT_SERVING_TARGET) -> None:
-        self._channels = [_channel(trainer), _channel(serving)]
-        self.jobs = Jobs(self._channels[0])
-        self.inference = Inference(self._channels[1])
+        self._channels = {"trainer": _channel(trainer), "serving": _channel(serving)}
+        self.jobs = Jobs(self._channels["trainer"])
+        self.inference = Inference(self._channels["serving"])
+
+    def wait_until_serving(self, service: str, timeout: float) -> bool:
+        """Poll the standard gRPC health check of "trainer" or "serving" until SERVING or timeout."""
+        stub = health_pb2_grpc.HealthStub(self._channels[service])
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return True
+            except grpc.RpcError:
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
 
     def close(self) -> None:
-        for channel in self._channels:
+        for channel in self._channels.values():
             channel.close()
 
     def __enter__(self) -> LoraplaneClient:

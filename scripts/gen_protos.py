@@ -2,13 +2,13 @@
 
 The generated modules live flat in loraplane/proto/ so that `from loraplane.proto import
 trainer_pb2` works; protoc writes imports as `from loraplane.v1 import ...`, which this script
-rewrites. CI runs it and fails if the committed code differs (`git diff --exit-code`).
+rewrites. `--check` regenerates into memory and exits 1 if the committed code differs (the
+test suite runs it).
 """
 
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +21,8 @@ OUT = ROOT / "loraplane" / "proto"
 IMPORT_RE = re.compile(r"^from loraplane\.v1 import", re.MULTILINE)
 
 
-def main() -> int:
+def generate() -> dict[str, str]:
+    """File name -> content of every generated module."""
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "loraplane" / "v1").glob("*.proto"))
     include = str(Path(protoc.__file__).parent / "_proto")
     with tempfile.TemporaryDirectory() as tmp:
@@ -36,17 +37,27 @@ def main() -> int:
             *protos,
         ]
         if protoc.main(args) != 0:
-            return 1
-        for old in OUT.glob("*_pb2*.py*"):
-            old.unlink()
-        for generated in sorted((Path(tmp) / "loraplane" / "v1").iterdir()):
-            text = IMPORT_RE.sub("from loraplane.proto import", generated.read_text())
-            (OUT / generated.name).write_text(text)
-    init = OUT / "__init__.py"
-    if not init.exists():
-        init.write_text('"""Generated protobuf and gRPC code for loraplane.v1 (scripts/gen_protos.py)."""\n')
+            raise SystemExit("protoc failed")
+        return {
+            generated.name: IMPORT_RE.sub("from loraplane.proto import", generated.read_text())
+            for generated in sorted((Path(tmp) / "loraplane" / "v1").iterdir())
+        }
+
+
+def main(argv: list[str]) -> int:
+    generated = generate()
+    committed = {p.name: p.read_text() for p in OUT.glob("*_pb2*.py*")}
+    if "--check" in argv:
+        stale = sorted(set(generated.items()) ^ set(committed.items()))
+        for name in sorted({name for name, _ in stale}):
+            print(f"loraplane/proto/{name} is out of date: run python scripts/gen_protos.py", file=sys.stderr)
+        return 1 if stale else 0
+    for name in committed.keys() - generated.keys():
+        (OUT / name).unlink()
+    for name, text in generated.items():
+        (OUT / name).write_text(text)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

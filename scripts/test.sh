@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install what the tests need, then run every tier: unit (seconds, no model), integration
+# (tiny model, real vLLM, real gRPC servers, real Ceph S3, real Prometheus) and e2e.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh --test
+export PATH="$PWD/.tools/node_modules/.bin:$PATH"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
