@@ -1,0 +1,153 @@
+"""The trainer over real gRPC on loopback: bad input gets the right status and nothing is lost.
+
+Jobs that train end to end are in test_e2e.py; these need only the tiny base model's files.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.request import urlopen
+
+import pytest
+
+from loraplane.client import LoraplaneClient
+from loraplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from loraplane.proto import trainer_pb2
+from tests.support.servers import running
+from trainer_svc.server import TrainerServer, create_server
+from trainer_svc.settings import TrainerSettings
+
+pytestmark = pytest.mark.integration
+
+GOOD_LINE = '{"prompt": "ping", "completion": "pong"}\n'
+
+
+@pytest.fixture(scope="module")
+def trainer(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerServer]:
+    settings = TrainerSettings(
+        data_dir=tmp_path_factory.mktemp("trainer"),
+        base_model=tiny_model_dir,
+        base_model_name="tiny",
+        trainer_address="127.0.0.1:0",
+        trainer_metrics_port=0,
+    )
+    with running(lambda: create_server(settings)) as server:
+        yield server
+
+
+@pytest.fixture
+def client(trainer: TrainerServer) -> Iterator[LoraplaneClient]:
+    with LoraplaneClient(trainer=f"127.0.0.1:{trainer.port}") as client:
+        assert client.wait_until_serving("trainer", 10)
+        yield client
+
+
+def _create(client: LoraplaneClient, tmp_path: Path, text: str, **kwargs: object) -> trainer_pb2.Job:
+    data = tmp_path / "train.jsonl"
+    data.write_text(text)
+    return client.jobs.create(training_file=data, **{"adapter_name": "acme", **kwargs})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "no examples"),
+        (GOOD_LINE + GOOD_LINE + '{"prompt": "x"\n', "line 3 is not valid JSON"),
+        (GOOD_LINE + '{"prompt": "x"}\n', "line 2: completion"),
+    ],
+)
+def test_bad_dataset_is_invalid_argument_naming_the_line(
+    client: LoraplaneClient, tmp_path: Path, text: str, message: str
+) -> None:
+    before = len(list(client.jobs.list()))
+    with pytest.raises(InvalidArgument, match=message) as info:
+        _create(client, tmp_path, text)
+    assert info.value.field == "spec.training_data"
+    assert len(list(client.jobs.list())) == before, "a rejected job must not be stored"
+    assert client.wait_until_serving("trainer", 1)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "field"),
+    [
+        ({"adapter_name": "../x"}, InvalidArgument, "spec.adapter_name"),
+        ({"adapter_name": ""}, InvalidArgument, "spec.adapter_name"),
+        ({"base_model": "gpt-9"}, InvalidArgument, "spec.base_model"),
+        ({"lora": trainer_pb2.LoraParameters(rank=4096)}, InvalidArgument, "spec.lora.rank"),
+        ({"training": trainer_pb2.TrainingParameters(learning_rate=5.0)}, InvalidArgument, "spec.training.learning_rate"),
+        ({"training_uri": "file:///etc/passwd", "training_file": None}, InvalidArgument, "spec.training_data"),
+    ],
+)
+def test_bad_spec_is_invalid_argument_naming_the_field(
+    client: LoraplaneClient, tmp_path: Path, kwargs: dict[str, object], error: type[Exception], field: str
+) -> None:
+    with pytest.raises(error) as info:
+        if "training_uri" in kwargs:
+            client.jobs.create(adapter_name="acme", training_uri=str(kwargs["training_uri"]))
+        else:
+            _create(client, tmp_path, GOOD_LINE, **kwargs)
+    assert info.value.field == field  # type: ignore[attr-defined]
+
+
+def test_missing_dataset_uri_in_the_store_is_not_found(client: LoraplaneClient, trainer: TrainerServer) -> None:
+    with pytest.raises(NotFound) as info:
+        client.jobs.create(adapter_name="acme", training_uri=f"{trainer.settings.store_uri}/datasets/none.jsonl")
+    assert info.value.field == "spec.training_data"
+
+
+def test_unknown_job_is_not_found_everywhere(client: LoraplaneClient) -> None:
+    for call in (client.jobs.retrieve, client.jobs.cancel, lambda j: list(client.jobs.watch(j))):
+        with pytest.raises(NotFound, match="job-none"):
+            call("job-none")
+
+
+def test_request_id_makes_create_idempotent(client: LoraplaneClient, tmp_path: Path) -> None:
+    first = _create(client, tmp_path, GOOD_LINE * 4, request_id="req-1", adapter_name="idem")
+    again = _create(client, tmp_path, GOOD_LINE * 4, request_id="req-1", adapter_name="idem")
+    assert again.id == first.id
+    assert len(list(client.jobs.list(adapter_name="idem"))) == 1
+    with pytest.raises(AlreadyExists):
+        _create(client, tmp_path, GOOD_LINE * 5, request_id="req-1", adapter_name="idem")
+    client.jobs.cancel(first.id)
+
+
+def test_cancel_queued_or_running_then_cancel_again_is_failed_precondition(
+    client: LoraplaneClient, tmp_path: Path
+) -> None:
+    job = _create(client, tmp_path, GOOD_LINE * 8, adapter_name="to-cancel",
+                  training=trainer_pb2.TrainingParameters(max_steps=10_000))  # fmt: skip
+    cancelled = client.jobs.cancel(job.id)
+    assert cancelled.state == trainer_pb2.JOB_STATE_CANCELLED
+    with pytest.raises(FailedPrecondition, match="already ended"):
+        client.jobs.cancel(job.id)
+    events = list(client.jobs.watch(job.id))
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].job.state == trainer_pb2.JOB_STATE_CANCELLED
+    replay = list(client.jobs.watch(job.id, after_sequence=events[-2].sequence))
+    assert [e.sequence for e in replay] == [events[-1].sequence]
+
+
+def test_list_filters_by_state_and_pages(client: LoraplaneClient, tmp_path: Path) -> None:
+    ids = [_create(client, tmp_path, GOOD_LINE * 2, adapter_name="paged").id for _ in range(3)]
+    for job_id in ids:
+        client.jobs.cancel(job_id)
+    listed = [j.id for j in client.jobs.list(adapter_name="paged", page_size=2)]
+    assert listed == ids[::-1]
+    cancelled = {j.id for j in client.jobs.list(state="cancelled")}
+    assert set(ids) <= cancelled
+
+
+def test_metrics_count_jobs_by_state(client: LoraplaneClient, trainer: TrainerServer, tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument):
+        _create(client, tmp_path, "not json\n", adapter_name="metered")
+    job = _create(client, tmp_path, GOOD_LINE * 2, adapter_name="metered")
+    client.jobs.cancel(job.id)
+    deadline = time.monotonic() + 5
+    text = ""
+    while time.monotonic() < deadline and 'loraplane_trainer_jobs{state="cancelled"}' not in text:
+        text = urlopen(f"http://127.0.0.1:{trainer.metrics_port}/metrics").read().decode()
+    assert 'loraplane_trainer_jobs{state="cancelled"}' in text
+    assert 'loraplane_trainer_job_transitions_total{state="queued"}' in text
+    assert 'loraplane_trainer_rejected_jobs_total{code="INVALID_ARGUMENT"}' in text
