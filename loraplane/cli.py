@@ -1,8 +1,8 @@
 """`loraplane`: the command line for both services.
 
-    loraplane train --adapter acme --data train.jsonl --watch
-    loraplane generate --adapter acme "Where is the Eiffel tower?"
-    loraplane jobs | adapters | watch JOB | cancel JOB | prepare-model
+loraplane train --adapter acme --data train.jsonl --watch
+loraplane generate --adapter acme "Where is the Eiffel tower?"
+loraplane jobs | adapters | watch JOB | cancel JOB | prepare-model
 """
 
 from __future__ import annotations
@@ -66,9 +66,13 @@ def _reporting_errors() -> Iterator[None]:
 def _watch(client: LoraplaneClient, job_id: str) -> trainer_pb2.Job:
     """Follow a job with a progress bar (step, loss, ETA) until it ends; return it as it ended."""
     columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"), TextColumn("eta {task.fields[eta]}"), TimeElapsedColumn(),
-    )  # fmt: skip
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("eta {task.fields[eta]}"),
+        TimeElapsedColumn(),
+    )
     job = client.jobs.retrieve(job_id)
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(_state_name(job.state), total=None, loss="-", eta="-")
@@ -120,12 +124,16 @@ def train(
     """Submit a fine-tuning job."""
     with _reporting_errors(), LoraplaneClient(trainer=trainer) as client:
         job = client.jobs.create(
-            adapter_name=adapter, training_file=data, validation_file=validation, base_model=base_model,
-            method=method.value, lora=trainer_pb2.LoraParameters(rank=rank),
+            adapter_name=adapter,
+            training_file=data,
+            validation_file=validation,
+            base_model=base_model,
+            method=method.value,
+            lora=trainer_pb2.LoraParameters(rank=rank),
             training=trainer_pb2.TrainingParameters(
                 epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate
             ),
-        )  # fmt: skip
+        )
         console.print(f"job [bold]{job.id}[/bold] {_state_name(job.state)}")
         if watch:
             job = _watch(client, job.id)
@@ -163,10 +171,14 @@ def jobs(
                 break
             published = f"v{job.adapter.version}" if job.adapter.version else ""
             table.add_row(
-                job.id, job.spec.adapter_name, _state_name(job.state),
-                f"{job.progress.step}/{job.progress.total_steps}", f"{job.metrics.validation_loss:.4f}",
-                published, job.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
-            )  # fmt: skip
+                job.id,
+                job.spec.adapter_name,
+                _state_name(job.state),
+                f"{job.progress.step}/{job.progress.total_steps}",
+                f"{job.metrics.validation_loss:.4f}",
+                published,
+                job.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+            )
     console.print(table)
 
 
@@ -177,9 +189,13 @@ def adapters(loaded: bool = False, serving: ServingTarget = DEFAULT_SERVING_TARG
     with _reporting_errors(), LoraplaneClient(serving=serving) as client:
         for info in client.inference.list_adapters(loaded_only=loaded):
             table.add_row(
-                info.ref.name, f"v{info.ref.version}", info.method, str(info.rank), "yes" if info.loaded else "",
+                info.ref.name,
+                f"v{info.ref.version}",
+                info.method,
+                str(info.rank),
+                "yes" if info.loaded else "",
                 info.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
-            )  # fmt: skip
+            )
     console.print(table)
 
 
@@ -219,7 +235,9 @@ def compare(
     with _reporting_errors(), LoraplaneClient(serving=serving) as client:
         for prompt in prompts:
             messages = [{"role": "user", "content": prompt}]
-            answers = [client.inference.generate(messages=messages, adapter=a, params=params).text for a in ("", adapter)]
+            answers = [
+                client.inference.generate(messages=messages, adapter=a, params=params).text for a in ("", adapter)
+            ]
             table.add_row(prompt, *answers)
     console.print(table)
 

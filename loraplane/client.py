@@ -149,9 +149,14 @@ def sampling(
     logprobs: bool = False,
 ) -> serving_pb2.SamplingParameters:
     return serving_pb2.SamplingParameters(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-        stop=stop or [], seed=seed, logprobs=logprobs,
-    )  # fmt: skip
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        stop=stop or [],
+        seed=seed,
+        logprobs=logprobs,
+    )
 
 
 class Inference:
@@ -162,9 +167,11 @@ class Inference:
 
     @staticmethod
     def _request(
-        prompt: str | None, messages: list[dict[str, str]] | None, adapter: str,
+        prompt: str | None,
+        messages: list[dict[str, str]] | None,
+        adapter: str,
         params: serving_pb2.SamplingParameters | None,
-    ) -> serving_pb2.GenerateRequest:  # fmt: skip
+    ) -> serving_pb2.GenerateRequest:
         if (prompt is None) == (messages is None):
             raise ValueError("give exactly one of prompt or messages")
         request = serving_pb2.GenerateRequest(adapter=adapter, sampling=params)
@@ -176,16 +183,24 @@ class Inference:
 
     @_typed_errors
     def generate(
-        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, adapter: str = "",
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        adapter: str = "",
         params: serving_pb2.SamplingParameters | None = None,
-    ) -> serving_pb2.GenerateResponse:  # fmt: skip
+    ) -> serving_pb2.GenerateResponse:
         return self._stub.Generate(self._request(prompt, messages, adapter, params))
 
     @_stream_typed_errors
     def stream(
-        self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None, adapter: str = "",
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        adapter: str = "",
         params: serving_pb2.SamplingParameters | None = None,
-    ) -> Iterator[serving_pb2.GenerateStreamResponse]:  # fmt: skip
+    ) -> Iterator[serving_pb2.GenerateStreamResponse]:
         yield from self._stub.GenerateStream(self._request(prompt, messages, adapter, params))
 
     @_typed_errors

@@ -23,11 +23,13 @@ class GrpcServer:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    service_names: list[str]
 
     async def set_serving(self, serving: bool) -> None:
-        """Flip the overall health status ('' service) that readiness probes read."""
+        """Flip the health status of the server ('') and of each service, for probes that name one."""
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
-        await self.health.set("", status)
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING to every watcher, let calls in flight finish for `grace` seconds, stop."""
@@ -36,9 +38,10 @@ class GrpcServer:
 
 
 def build_grpc_server(address: str, service_names: list[str]) -> GrpcServer:
-    """A grpc.aio server bound to `address` (port 0 = free port), NOT_SERVING until told otherwise.
+    """A grpc.aio server bound to `address` (port 0 = free port).
 
-    Add the service's own servicer to `.server` before starting it.
+    Add the service's own servicer to `.server`, then `set_serving(False)` before starting it:
+    grpc's health servicer starts out SERVING, and readiness must wait for the service.
     """
     server = grpc.aio.server(
         interceptors=[DomainErrorInterceptor()],
@@ -53,7 +56,7 @@ def build_grpc_server(address: str, service_names: list[str]) -> GrpcServer:
     port = server.add_insecure_port(address)
     if port == 0:
         raise FailedPrecondition(f"cannot listen on {address}: address in use or invalid")
-    return GrpcServer(server=server, port=port, health=health_servicer)
+    return GrpcServer(server=server, port=port, health=health_servicer, service_names=service_names)
 
 
 @dataclass

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import Protocol
 
 
 class Service(Protocol):
-    port: int
+    @property
+    def port(self) -> int: ...
 
     async def start(self) -> None: ...
 
@@ -20,8 +22,10 @@ def configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-async def serve_until_signalled(service: Service, name: str, grace: float = 10.0) -> None:
+async def serve_until_signalled(build: Callable[[], Service], name: str, grace: float = 10.0) -> None:
+    """Build the service inside the running loop (grpc.aio binds to it), serve, stop on a signal."""
     log = logging.getLogger(name)
+    service = build()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -69,7 +69,9 @@ def parse_jsonl(text: str, *, field: str, max_examples: int = 1_000_000) -> list
         try:
             examples.append(_parse_line(json.loads(line)))
         except json.JSONDecodeError as exc:
-            raise InvalidArgument(f"line {number} is not valid JSON ({exc.msg} at column {exc.colno})", field=field)
+            raise InvalidArgument(
+                f"line {number} is not valid JSON ({exc.msg} at column {exc.colno})", field=field
+            ) from None
         except ValidationError as exc:
             raise InvalidArgument(f"line {number}: {_describe(exc)}", field=field) from None
         except ValueError as exc:

@@ -12,7 +12,7 @@ from trainer_svc.settings import TrainerSettings
 def main() -> None:
     settings = TrainerSettings()
     configure_logging(settings.log_level)
-    asyncio.run(serve_until_signalled(create_server(settings), "trainer-svc"))
+    asyncio.run(serve_until_signalled(lambda: create_server(settings), "trainer-svc"))
 
 
 if __name__ == "__main__":

@@ -61,9 +61,7 @@ class ErrorEvent(BaseModel):
     field: str = ""
 
 
-WorkerEvent = Annotated[
-    PhaseEvent | ProgressEvent | EvalEvent | ResultEvent | ErrorEvent, Field(discriminator="kind")
-]
+WorkerEvent = Annotated[PhaseEvent | ProgressEvent | EvalEvent | ResultEvent | ErrorEvent, Field(discriminator="kind")]
 _EVENT_ADAPTER: TypeAdapter[WorkerEvent] = TypeAdapter(WorkerEvent)
 
 

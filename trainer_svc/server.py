@@ -36,6 +36,7 @@ class TrainerServer:
         return self.metrics_endpoint.port
 
     async def start(self) -> None:
+        await self.grpc.set_serving(False)
         self.metrics_endpoint = start_metrics_endpoint(self.settings.trainer_metrics_port, self.metrics.registry)
         await self.grpc.server.start()
         await self.jobs.start()

@@ -34,9 +34,7 @@ _WATCH_POLL_SECONDS = 5.0
 
 
 class JobService:
-    def __init__(
-        self, settings: TrainerSettings, store: JobStore, executor: Executor, metrics: TrainerMetrics
-    ) -> None:
+    def __init__(self, settings: TrainerSettings, store: JobStore, executor: Executor, metrics: TrainerMetrics) -> None:
         self.settings = settings
         self.store = store
         self.executor = executor
@@ -54,8 +52,12 @@ class JobService:
         """Queue again what an earlier run left unfinished, then start the runners."""
         for job in await asyncio.to_thread(self.store.unfinished):
             if job.state is JobState.VALIDATING and not self._examples_ready(job):
-                await self._finish(job, JobState.FAILED, "the trainer stopped while validating; resubmit the job",
-                                   JobError(code="ABORTED", message="interrupted during validation; resubmit"))  # fmt: skip
+                await self._finish(
+                    job,
+                    JobState.FAILED,
+                    "the trainer stopped while validating; resubmit the job",
+                    JobError(code="ABORTED", message="interrupted during validation; resubmit"),
+                )
                 continue
             if job.state is not JobState.QUEUED:
                 job.progress, job.started_at = JobProgress(), None
@@ -99,15 +101,18 @@ class JobService:
         work_dir.mkdir(parents=True, exist_ok=True)
         dataset.write_examples(work_dir / "train.jsonl", train)
         dataset.write_examples(work_dir / "validation.jsonl", validation)
-        await self._enter(job, JobState.QUEUED, f"dataset valid: {len(train)} training, {len(validation)} validation examples")
+        await self._enter(
+            job, JobState.QUEUED, f"dataset valid: {len(train)} training, {len(validation)} validation examples"
+        )
         self._queue.put_nowait(job.id)
         return job
 
     async def get(self, job_id: str) -> Job:
         return await asyncio.to_thread(self.store.get, job_id)
 
-    async def list(self, *, state: JobState | None, adapter_name: str, page_size: int, page_token: str
-                   ) -> tuple[list[Job], str]:  # fmt: skip
+    async def list(
+        self, *, state: JobState | None, adapter_name: str, page_size: int, page_token: str
+    ) -> tuple[list[Job], str]:
         if page_size > 100:
             raise InvalidArgument("page_size must be at most 100", field="page_size")
         return await asyncio.to_thread(
@@ -151,8 +156,12 @@ class JobService:
                 log.exception("job %s failed in the trainer itself", job_id)
                 job = await self.get(job_id)
                 if not job.state.terminal:
-                    await self._finish(job, JobState.FAILED, "trainer error",
-                                       JobError(code="INTERNAL", message="trainer error; see the trainer log"))  # fmt: skip
+                    await self._finish(
+                        job,
+                        JobState.FAILED,
+                        "trainer error",
+                        JobError(code="INTERNAL", message="trainer error; see the trainer log"),
+                    )
 
     async def _run(self, job_id: str) -> None:
         async with self._dispatch_lock:
@@ -189,8 +198,9 @@ class JobService:
         elif outcome_events:
             error = outcome_events[-1]
             assert isinstance(error, ErrorEvent)
-            await self._finish(job, JobState.FAILED, error.message,
-                               JobError(code=error.code, message=error.message, field=error.field))  # fmt: skip
+            await self._finish(
+                job, JobState.FAILED, error.message, JobError(code=error.code, message=error.message, field=error.field)
+            )
         else:
             message = f"worker exited with code {outcome.exit_code} without a result: {outcome.log_tail[-2000:]}"
             await self._finish(job, JobState.FAILED, message, JobError(code="INTERNAL", message=message))
@@ -243,12 +253,14 @@ class JobService:
         return (self._work_dir(job.id) / "validation.jsonl").is_file()
 
     def _load_examples(self, spec: JobSpec) -> tuple[list[dataset.Example], list[dataset.Example]]:
-        train = dataset.parse_jsonl(self._read_source(spec.training_data, "spec.training_data"),
-                                    field="spec.training_data")  # fmt: skip
+        train = dataset.parse_jsonl(
+            self._read_source(spec.training_data, "spec.training_data"), field="spec.training_data"
+        )
         if spec.validation_data is None:
             return dataset.split_validation(train, spec.training.validation_fraction, spec.training.seed)
-        validation = dataset.parse_jsonl(self._read_source(spec.validation_data, "spec.validation_data"),
-                                         field="spec.validation_data")  # fmt: skip
+        validation = dataset.parse_jsonl(
+            self._read_source(spec.validation_data, "spec.validation_data"), field="spec.validation_data"
+        )
         return train, validation
 
     def _read_source(self, source: DatasetSource, field: str) -> str:

@@ -76,7 +76,11 @@ def test_bad_dataset_is_invalid_argument_naming_the_line(
         ({"adapter_name": ""}, InvalidArgument, "spec.adapter_name"),
         ({"base_model": "gpt-9"}, InvalidArgument, "spec.base_model"),
         ({"lora": trainer_pb2.LoraParameters(rank=4096)}, InvalidArgument, "spec.lora.rank"),
-        ({"training": trainer_pb2.TrainingParameters(learning_rate=5.0)}, InvalidArgument, "spec.training.learning_rate"),
+        (
+            {"training": trainer_pb2.TrainingParameters(learning_rate=5.0)},
+            InvalidArgument,
+            "spec.training.learning_rate",
+        ),
         ({"training_uri": "file:///etc/passwd", "training_file": None}, InvalidArgument, "spec.training_data"),
     ],
 )
@@ -116,8 +120,13 @@ def test_request_id_makes_create_idempotent(client: LoraplaneClient, tmp_path: P
 def test_cancel_queued_or_running_then_cancel_again_is_failed_precondition(
     client: LoraplaneClient, tmp_path: Path
 ) -> None:
-    job = _create(client, tmp_path, GOOD_LINE * 8, adapter_name="to-cancel",
-                  training=trainer_pb2.TrainingParameters(max_steps=10_000))  # fmt: skip
+    job = _create(
+        client,
+        tmp_path,
+        GOOD_LINE * 8,
+        adapter_name="to-cancel",
+        training=trainer_pb2.TrainingParameters(max_steps=10_000),
+    )
     cancelled = client.jobs.cancel(job.id)
     assert cancelled.state == trainer_pb2.JOB_STATE_CANCELLED
     with pytest.raises(FailedPrecondition, match="already ended"):

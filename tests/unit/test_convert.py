@@ -23,7 +23,12 @@ def _spec(**overrides: object) -> trainer_pb2.JobSpec:
 
 def test_zero_fields_take_defaults_and_set_ones_survive_a_round_trip() -> None:
     spec = spec_from_proto(_spec())
-    assert (spec.method, spec.lora.rank, spec.lora.alpha, spec.lora.target_modules) == ("dora", 8, 16.0, ["q_proj", "v_proj"])
+    assert (spec.method, spec.lora.rank, spec.lora.alpha, spec.lora.target_modules) == (
+        "dora",
+        8,
+        16.0,
+        ["q_proj", "v_proj"],
+    )
     assert (spec.training.max_steps, spec.training.batch_size, spec.training.learning_rate) == (30, 8, 1e-3)
     assert spec_from_proto(spec_to_proto(spec)) == spec
 
@@ -46,12 +51,20 @@ def test_missing_training_data_is_invalid() -> None:
 
 
 def test_job_to_proto_carries_outcome_and_hides_inline_data() -> None:
-    job = Job(id="j1", spec=spec_from_proto(_spec()), state=JobState.SUCCEEDED,
-              metrics={"validation_loss": 0.5, "train_examples": 9.0, "stopped_early": 1.0, "unlisted": 2.0},
-              adapter=PublishedAdapter(name="acme", version=2, uri="file:///s/adapters/acme/v2", manifest_sha256="ab"))  # fmt: skip
+    job = Job(
+        id="j1",
+        spec=spec_from_proto(_spec()),
+        state=JobState.SUCCEEDED,
+        metrics={"validation_loss": 0.5, "train_examples": 9.0, "stopped_early": 1.0, "unlisted": 2.0},
+        adapter=PublishedAdapter(name="acme", version=2, uri="file:///s/adapters/acme/v2", manifest_sha256="ab"),
+    )
     message = job_to_proto(job)
     assert message.state == trainer_pb2.JOB_STATE_SUCCEEDED
-    assert (message.metrics.validation_loss, message.metrics.train_examples, message.metrics.stopped_early) == (0.5, 9, True)
+    assert (message.metrics.validation_loss, message.metrics.train_examples, message.metrics.stopped_early) == (
+        0.5,
+        9,
+        True,
+    )
     assert (message.adapter.name, message.adapter.version) == ("acme", 2)
     assert message.spec.training_data.inline_jsonl == "<34 bytes inline>"
     assert message.created_at.seconds > 0 and not message.HasField("finished_at")

@@ -31,9 +31,14 @@ class LocalExecutor(Executor):
         log_path = worker_input.work_dir / "worker.log"
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "trainer_svc.worker", str(input_path),
-                stdout=asyncio.subprocess.PIPE, stderr=log, stdin=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
+                sys.executable,
+                "-m",
+                "trainer_svc.worker",
+                str(input_path),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                stdin=asyncio.subprocess.DEVNULL,
+            )
             self._processes[worker_input.job_id] = process
             try:
                 assert process.stdout is not None

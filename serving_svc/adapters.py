@@ -1,0 +1,281 @@
+"""The adapter manager: resolve a name in the store, validate, fetch to disk, load into the engine, evict.
+
+Order matters and follows vLLM's LoRA manager: a version is checked (base model fingerprint,
+rank, method, checksums) before it can evict anything or reach the engine. Loads are
+single-flight per version, so ten first requests for one adapter load it once. Versions are
+immutable, so a pinned `name@vN` resolves once; an unpinned `name` is re-resolved after a short
+TTL, so a newly published version is served without a restart. Store and disk work runs in
+threads, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from loraplane.artifact import ArtifactRepository, Manifest, manifest_digest
+from loraplane.errors import FailedPrecondition, ResourceExhausted
+from loraplane.names import AdapterSpec
+from serving_svc.engines.base import Engine
+from serving_svc.metrics import ServingMetrics
+
+
+@dataclass(frozen=True)
+class ResolvedAdapter:
+    """One published adapter version, as the store describes it."""
+
+    manifest: Manifest
+    manifest_sha256: str
+    uri: str
+
+    @property
+    def key(self) -> str:
+        """`name@vN`: the engine's key for this version, unique and immutable."""
+        return str(self.manifest.spec)
+
+
+@dataclass
+class _Slot:
+    adapter: ResolvedAdapter
+    in_use: int = 0
+
+
+class _KeyedLocks:
+    """One asyncio.Lock per key, dropped once nobody holds or waits for it (request text can make keys)."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+@dataclass(frozen=True)
+class AdapterPolicy:
+    """What this replica accepts and holds."""
+
+    base_model_name: str
+    base_model_fingerprint: str
+    max_loaded: int
+    max_rank: int
+    resolve_ttl_seconds: float
+
+
+class AdapterManager:
+    def __init__(
+        self,
+        repository: ArtifactRepository,
+        engine: Engine,
+        cache_dir: Path,
+        policy: AdapterPolicy,
+        metrics: ServingMetrics,
+    ) -> None:
+        self._repository = repository
+        self._engine = engine
+        self._cache_dir = cache_dir
+        self._policy = policy
+        self._metrics = metrics
+        self._versions: dict[str, ResolvedAdapter] = {}  # "name@vN" -> immutable version
+        self._latest: dict[str, tuple[float, ResolvedAdapter]] = {}  # name -> (resolved at, newest)
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()  # loaded versions, least recently used first
+        self._slots_lock = asyncio.Lock()
+        self._locks = _KeyedLocks()
+
+    @property
+    def policy(self) -> AdapterPolicy:
+        return self._policy
+
+    # -- resolution -------------------------------------------------------------------------
+
+    def _read(self, name: str, version: int) -> ResolvedAdapter:
+        manifest, raw = self._repository.read_manifest(name, version)
+        return self._described(manifest, raw)
+
+    def _described(self, manifest: Manifest, raw: bytes) -> ResolvedAdapter:
+        uri = self._repository.version_uri(manifest.name, manifest.version)
+        return ResolvedAdapter(manifest, manifest_digest(raw), uri)
+
+    async def _lookup(self, spec: AdapterSpec) -> ResolvedAdapter:
+        if spec.version is not None and str(spec) in self._versions:
+            return self._versions[str(spec)]
+        if spec.version is None and (cached := self._fresh_latest(spec.name)) is not None:
+            return cached
+        async with self._locks.hold(f"resolve:{spec}"):
+            cached = self._versions.get(str(spec)) if spec.version is not None else self._fresh_latest(spec.name)
+            if cached is not None:
+                return cached
+            manifest, raw = await asyncio.to_thread(self._repository.resolve, spec)
+            adapter = self._described(manifest, raw)
+            self._versions[adapter.key] = adapter
+            if spec.version is None:
+                self._latest[spec.name] = (time.monotonic(), adapter)
+            return adapter
+
+    def _fresh_latest(self, name: str) -> ResolvedAdapter | None:
+        entry = self._latest.get(name)
+        if entry is None or time.monotonic() - entry[0] >= self._policy.resolve_ttl_seconds:
+            return None
+        return entry[1]
+
+    def _check_servable(self, adapter: ResolvedAdapter) -> None:
+        manifest, policy = adapter.manifest, self._policy
+        if manifest.base_model.fingerprint != policy.base_model_fingerprint:
+            raise FailedPrecondition(
+                f"adapter {adapter.key} needs base model {manifest.base_model.name!r} "
+                f"(fingerprint {manifest.base_model.fingerprint}); this replica serves "
+                f"{policy.base_model_name!r} (fingerprint {policy.base_model_fingerprint}): send it to a "
+                f"replica of {manifest.base_model.name!r}"
+            )
+        if manifest.rank > policy.max_rank:
+            raise FailedPrecondition(
+                f"adapter {adapter.key} has LoRA rank {manifest.rank}; this replica accepts at most "
+                f"{policy.max_rank} (max_lora_rank)"
+            )
+        if manifest.method not in self._engine.supported_methods:
+            raise FailedPrecondition(
+                f"adapter {adapter.key} is a {manifest.method} adapter, which the {self._engine.name} engine "
+                f"cannot serve; it serves {', '.join(sorted(self._engine.supported_methods))}"
+            )
+
+    async def resolve(self, spec: AdapterSpec) -> ResolvedAdapter:
+        """The version `spec` names, checked against this replica; FailedPrecondition if it is refused."""
+        adapter = await self._lookup(spec)
+        self._check_servable(adapter)
+        return adapter
+
+    # -- loading ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def use(self, spec: AdapterSpec | None) -> AsyncIterator[ResolvedAdapter | None]:
+        """The loaded version `spec` names (None: the base model), kept from eviction while in use."""
+        if spec is None:
+            yield None
+            return
+        adapter = await self.resolve(spec)
+        slot = await self._ensure_loaded(adapter)
+        slot.in_use += 1  # no await since _ensure_loaded returned: eviction cannot slip in between
+        try:
+            yield adapter
+        finally:
+            slot.in_use -= 1
+
+    async def load(self, spec: AdapterSpec) -> ResolvedAdapter:
+        """Load ahead of traffic (or just mark as recently used when already loaded)."""
+        adapter = await self.resolve(spec)
+        await self._ensure_loaded(adapter)
+        return adapter
+
+    async def _ensure_loaded(self, adapter: ResolvedAdapter) -> _Slot:
+        key = adapter.key
+        if (slot := self._touch(key)) is not None:
+            return slot
+        async with self._locks.hold(f"load:{key}"):
+            if (slot := self._touch(key)) is not None:
+                return slot
+            started = time.perf_counter()
+            path = await asyncio.to_thread(self._fetch_checked, adapter)
+            async with self._slots_lock:
+                while len(self._slots) >= self._policy.max_loaded:
+                    await self._evict_least_recently_used()
+                await self._engine.add_adapter(key, path)
+                slot = self._slots[key] = _Slot(adapter)
+            self._metrics.adapter_load_duration.observe(time.perf_counter() - started)
+            self._metrics.adapter_loads.labels(adapter.manifest.name).inc()
+            self._metrics.adapters_loaded.set(len(self._slots))
+            return slot
+
+    def _touch(self, key: str) -> _Slot | None:
+        slot = self._slots.get(key)
+        if slot is not None:
+            self._slots.move_to_end(key)
+        return slot
+
+    def _cache_path(self, adapter: ResolvedAdapter) -> Path:
+        # The digest in the folder name keeps a copy from an older store (same name@vN, other bytes) out.
+        manifest = adapter.manifest
+        return self._cache_dir / manifest.name / f"v{manifest.version}-{adapter.manifest_sha256[:16]}"
+
+    def _fetch_checked(self, adapter: ResolvedAdapter) -> Path:
+        """Download and verify the files (reusing a verified copy), then check the LoRA config itself."""
+        path = self._repository.fetch(adapter.manifest, self._cache_path(adapter))
+        config = json.loads((path / "adapter_config.json").read_text())
+        ranks = [int(config.get("r", 0)), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
+        if max(ranks) > self._policy.max_rank:
+            raise FailedPrecondition(
+                f"adapter {adapter.key} has LoRA rank {max(ranks)} in adapter_config.json; this replica "
+                f"accepts at most {self._policy.max_rank} (max_lora_rank)"
+            )
+        return path
+
+    async def _evict_least_recently_used(self) -> None:
+        victim = next((key for key, slot in self._slots.items() if slot.in_use == 0), None)
+        if victim is None:
+            raise ResourceExhausted(
+                f"all {self._policy.max_loaded} adapter slots are serving requests; retry shortly, or run "
+                "more replicas or a larger max_loaded_adapters"
+            )
+        # Forget it before awaiting, so no request starts using a version on its way out.
+        del self._slots[victim]
+        await self._engine.remove_adapter(victim)
+        self._metrics.adapter_evictions.inc()
+        self._metrics.adapters_loaded.set(len(self._slots))
+
+    async def unload(self, spec: AdapterSpec) -> None:
+        """Unload `name@vN`, or every loaded version of `name`; NotFound if the store has no such adapter."""
+        async with self._slots_lock:
+            keys = [
+                key
+                for key, slot in self._slots.items()
+                if slot.adapter.manifest.name == spec.name and spec.version in (None, slot.adapter.manifest.version)
+            ]
+            if not keys:
+                await self._lookup(spec)  # unknown adapter -> NotFound; known but not loaded -> nothing to do
+                return
+            busy = [key for key in keys if self._slots[key].in_use]
+            if busy:
+                raise FailedPrecondition(
+                    f"adapter {', '.join(busy)} is serving requests now; unload it when they have finished"
+                )
+            for key in keys:
+                del self._slots[key]
+                await self._engine.remove_adapter(key)
+            self._metrics.adapters_loaded.set(len(self._slots))
+
+    # -- listing ----------------------------------------------------------------------------
+
+    def loaded(self) -> list[ResolvedAdapter]:
+        """Loaded versions, least recently used first."""
+        return [slot.adapter for slot in self._slots.values()]
+
+    def is_loaded(self, key: str) -> bool:
+        return key in self._slots
+
+    async def published(self) -> list[ResolvedAdapter]:
+        """The newest version of every adapter in the store, servable here or not."""
+        return await asyncio.to_thread(self._published)
+
+    def _published(self) -> list[ResolvedAdapter]:
+        # list_latest parses each manifest but keeps no bytes; versions already seen are known by
+        # digest, and only the others are read again for theirs.
+        described = []
+        for manifest in self._repository.list_latest():
+            known = self._versions.get(str(manifest.spec))
+            described.append(known or self._read(manifest.name, manifest.version))
+        return described

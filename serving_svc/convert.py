@@ -1,0 +1,127 @@
+"""Translation between the Inference API's protobuf messages and the engine's value objects, in one place.
+
+Every check on request values lives here and raises InvalidArgument naming the field by its
+path in the request, so a client can point at what to fix.
+"""
+
+from __future__ import annotations
+
+import math
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from loraplane.errors import InvalidArgument
+from loraplane.names import AdapterSpec, parse_adapter_spec
+from loraplane.proto import common_pb2, serving_pb2
+from serving_svc.adapters import ResolvedAdapter
+from serving_svc.engines.base import ChatMessage, FinishReason, Prompt, SamplingOptions, TokenLogprob
+
+CHAT_ROLES = frozenset({"system", "user", "assistant"})
+_FINISH_REASONS: dict[FinishReason, serving_pb2.FinishReason.ValueType] = {
+    "stop": serving_pb2.FINISH_REASON_STOP,
+    "length": serving_pb2.FINISH_REASON_LENGTH,
+}
+
+
+def adapter_spec(text: str) -> AdapterSpec | None:
+    """The adapter a request names as "name" or "name@vN"; "" (None) is the base model."""
+    return parse_adapter_spec(text, field="adapter") if text else None
+
+
+def required_adapter_spec(text: str) -> AdapterSpec:
+    if not text:
+        raise InvalidArgument("name the adapter as name or name@vN", field="adapter")
+    return parse_adapter_spec(text, field="adapter")
+
+
+def prompt(request: serving_pb2.GenerateRequest | serving_pb2.TokenizeRequest) -> Prompt:
+    """The raw prompt or the chat turns; InvalidArgument when neither is given or a turn is malformed."""
+    kind = request.WhichOneof("input")
+    if kind is None:
+        raise InvalidArgument("give the input as prompt (raw text) or messages (chat turns)", field="prompt")
+    if kind == "prompt":
+        return request.prompt
+    turns = request.messages.messages
+    if not turns:
+        raise InvalidArgument("messages holds no chat turns", field="messages.messages")
+    for index, turn in enumerate(turns):
+        if turn.role not in CHAT_ROLES:
+            raise InvalidArgument(
+                f"role {turn.role!r} is not one of {', '.join(sorted(CHAT_ROLES))}",
+                field=f"messages.messages[{index}].role",
+            )
+    return [ChatMessage(turn.role, turn.content) for turn in turns]
+
+
+def input_field(request: serving_pb2.GenerateRequest | serving_pb2.TokenizeRequest) -> str:
+    return request.WhichOneof("input") or "prompt"
+
+
+def sampling(params: serving_pb2.SamplingParameters, *, max_model_len: int, default_max_tokens: int) -> SamplingOptions:
+    """Validated sampling options; unset fields take the documented defaults."""
+    temperature = params.temperature if params.HasField("temperature") else 1.0
+    if not math.isfinite(temperature) or temperature < 0:
+        raise InvalidArgument(f"temperature must be >= 0 (0 = greedy), got {temperature}", field="sampling.temperature")
+    top_p = params.top_p if params.HasField("top_p") else 1.0
+    if not (0 < top_p <= 1):
+        raise InvalidArgument(f"top_p must be in (0, 1], got {top_p}", field="sampling.top_p")
+    top_k = params.top_k if params.HasField("top_k") else 0
+    if top_k < 0:
+        raise InvalidArgument(f"top_k must be >= 0 (0 = no cut), got {top_k}", field="sampling.top_k")
+    if params.max_tokens > max_model_len:
+        raise InvalidArgument(
+            f"max_tokens {params.max_tokens} exceeds the model length {max_model_len}",
+            field="sampling.max_tokens",
+        )
+    if any(not s for s in params.stop):
+        raise InvalidArgument("stop strings must not be empty", field="sampling.stop")
+    return SamplingOptions(
+        max_tokens=params.max_tokens or min(default_max_tokens, max_model_len),
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        stop=tuple(params.stop),
+        seed=params.seed if params.HasField("seed") else None,
+        logprobs=params.logprobs,
+    )
+
+
+def check_prompt_length(token_count: int, *, max_model_len: int, field: str) -> None:
+    """The prompt must leave room for at least one generated token."""
+    if token_count == 0:
+        raise InvalidArgument("the input is empty", field=field)
+    if token_count >= max_model_len:
+        raise InvalidArgument(
+            f"the input has {token_count} tokens; this model takes at most {max_model_len - 1}", field=field
+        )
+
+
+def adapter_ref(adapter: ResolvedAdapter) -> common_pb2.AdapterRef:
+    return common_pb2.AdapterRef(
+        name=adapter.manifest.name,
+        version=adapter.manifest.version,
+        uri=adapter.uri,
+        manifest_sha256=adapter.manifest_sha256,
+    )
+
+
+def adapter_info(adapter: ResolvedAdapter, *, loaded: bool) -> serving_pb2.AdapterInfo:
+    manifest = adapter.manifest
+    created_at = Timestamp()
+    created_at.FromDatetime(manifest.created_at)
+    return serving_pb2.AdapterInfo(
+        ref=adapter_ref(adapter),
+        base_model=manifest.base_model.name,
+        method=manifest.method,
+        rank=manifest.rank,
+        created_at=created_at,
+        loaded=loaded,
+    )
+
+
+def finish_reason(reason: FinishReason | None) -> serving_pb2.FinishReason.ValueType:
+    return _FINISH_REASONS[reason] if reason else serving_pb2.FINISH_REASON_UNSPECIFIED
+
+
+def logprobs(entries: tuple[TokenLogprob, ...]) -> list[serving_pb2.TokenLogprob]:
+    return [serving_pb2.TokenLogprob(token_id=e.token_id, token=e.token, logprob=e.logprob) for e in entries]

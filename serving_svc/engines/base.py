@@ -1,0 +1,149 @@
+"""The engine interface the servicer talks to, and the value objects that cross it.
+
+The servicer never learns which engine it has: every engine takes token ids and an adapter
+key, and streams back deltas. Tokenization lives here once, on the engine's own tokenizer,
+so `Tokenize` and `Generate` always agree. Nothing in this module imports torch or vLLM.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol
+
+from jinja2 import TemplateError
+
+from loraplane.errors import FailedPrecondition, InvalidArgument
+
+FinishReason = Literal["stop", "length"]
+"""stop: the model ended its answer or hit a stop string; length: max_tokens or the context ran out."""
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+Prompt = str | Sequence[ChatMessage]
+"""Raw text passed to the model as is, or chat turns rendered with the model's chat template."""
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Validated sampling settings; temperature 0 is greedy, top_k 0 is no cut."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    request_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingOptions
+    adapter_key: str | None = None
+    """The key an adapter was added under (`add_adapter`); None for the base model."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(frozen=True)
+class GenerationDelta:
+    """What one step of generation added; the last delta carries finish_reason and usage."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+class Tokenizer(Protocol):
+    """The slice of a Hugging Face tokenizer the engines share; called from worker threads, so an
+    engine hands out one that is safe there (vLLM's is a pool of copies)."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
+
+
+class Engine(abc.ABC):
+    """One base model, adapters added and removed by key, generation as a stream of deltas."""
+
+    name: ClassVar[str]
+    supported_methods: ClassVar[frozenset[str]]
+    """Adapter methods (manifest `method`) this engine can apply."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load the base model; generation and tokenization work once this returns."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the model and any worker processes; the engine is not used afterwards."""
+
+    @property
+    @abc.abstractmethod
+    def max_model_len(self) -> int:
+        """Longest prompt plus completion, in tokens, that the started engine accepts."""
+
+    @property
+    @abc.abstractmethod
+    def tokenizer(self) -> Tokenizer:
+        """The base model's tokenizer, as the engine itself uses it."""
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationDelta, None]:
+        """Stream the completion; closing the generator early (aclose) aborts the request."""
+
+    @abc.abstractmethod
+    async def add_adapter(self, key: str, path: Path) -> None:
+        """Load the verified adapter folder at `path` so requests can name it by `key`."""
+
+    @abc.abstractmethod
+    async def remove_adapter(self, key: str) -> None:
+        """Drop the adapter added under `key`, freeing its slot."""
+
+    async def tokenize(self, prompt: Prompt) -> list[int]:
+        """Token ids of a raw prompt, or of chat turns rendered for the assistant's next answer.
+
+        Runs in a thread: a prompt can be megabytes long, and the event loop serves every stream.
+        """
+        return await asyncio.to_thread(self._tokenize, prompt)
+
+    def _tokenize(self, prompt: Prompt) -> list[int]:
+        # The chat text already holds the template's special tokens, so it is encoded without
+        # adding them again (as vLLM's own chat path does).
+        if isinstance(prompt, str):
+            return list(self.tokenizer.encode(prompt))
+        conversation = [{"role": m.role, "content": m.content} for m in prompt]
+        try:
+            text = self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        except TemplateError as exc:  # the template's raise_exception(): e.g. a role it does not allow
+            raise InvalidArgument(f"the chat template rejected the messages: {exc}", field="messages") from None
+        except ValueError as exc:  # transformers raises ValueError when the tokenizer has no template
+            raise FailedPrecondition(
+                f"the base model cannot render chat messages ({exc}); send a raw prompt instead",
+                field="messages",
+            ) from None
+        return list(self.tokenizer.encode(text, add_special_tokens=False))

@@ -1,0 +1,185 @@
+"""The vLLM engine: AsyncLLM with LoRA enabled, streaming deltas.
+
+Only `serving_svc.engines.create_engine` imports this module, and only when settings pick
+vLLM, so the servicer and the CPU-only transformers path never pay vLLM's import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import cast, get_args
+
+from vllm import AsyncEngineArgs, SamplingParams
+from vllm.config.lora import MaxLoRARanks
+from vllm.exceptions import VLLMValidationError
+from vllm.inputs import tokens_input
+from vllm.lora.request import LoRARequest
+from vllm.outputs import CompletionOutput
+from vllm.platforms import current_platform
+from vllm.sampling_params import RequestOutputKind
+from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
+
+from loraplane.errors import Cancelled, FailedPrecondition, InternalError, InvalidArgument, Unavailable
+from serving_svc.engines.base import (
+    Engine,
+    FinishReason,
+    GenerationDelta,
+    GenerationRequest,
+    SamplingOptions,
+    Tokenizer,
+    TokenLogprob,
+    Usage,
+)
+from serving_svc.settings import ServingSettings
+
+_FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
+
+
+def _supported_rank(rank: int) -> MaxLoRARanks:
+    """vLLM sizes LoRA slots for one of a few ranks; take the smallest that holds `rank`."""
+    return cast(MaxLoRARanks, min(r for r in get_args(MaxLoRARanks) if r >= rank))
+
+
+def _sampling_params(options: SamplingOptions) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=options.max_tokens,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k,
+        stop=list(options.stop) or None,
+        seed=options.seed,
+        logprobs=0 if options.logprobs else None,  # 0 = only the sampled token's log-probability
+        output_kind=RequestOutputKind.DELTA,
+    )
+
+
+def _logprobs(completion: CompletionOutput) -> tuple[TokenLogprob, ...]:
+    if not completion.logprobs:
+        return ()
+    entries = []
+    for token_id, position in zip(completion.token_ids, completion.logprobs, strict=True):
+        if position is not None and token_id in position:
+            logprob = position[token_id]
+            entries.append(TokenLogprob(token_id, logprob.decoded_token or "", logprob.logprob))
+    return tuple(entries)
+
+
+def _finish_reason(completion: CompletionOutput) -> FinishReason:
+    reason = completion.finish_reason or ""
+    if reason in _FINISH_REASONS:
+        return _FINISH_REASONS[reason]
+    if reason == "abort":
+        raise Cancelled("the engine aborted the request")
+    raise Unavailable(f"the engine failed the request ({reason or 'no finish reason'}); retry it")
+
+
+class VllmEngine(Engine):
+    """vLLM's AsyncLLM; every adapter version gets its own LoRA id for the engine's lifetime."""
+
+    name = "vllm"
+    supported_methods = frozenset({"lora", "qlora"})  # vLLM cannot apply DoRA's magnitude vectors
+
+    def __init__(self, settings: ServingSettings) -> None:
+        self._settings = settings
+        self._llm: AsyncLLM | None = None
+        self._lora_ids: dict[str, int] = {}
+        self._next_lora_id = itertools.count(1)
+        self._loaded: dict[str, LoRARequest] = {}
+
+    def _engine_args(self) -> AsyncEngineArgs:
+        s = self._settings
+        return AsyncEngineArgs(
+            model=str(s.base_model),
+            served_model_name=s.base_model_name,
+            dtype=s.dtype,
+            max_model_len=s.max_model_len,
+            gpu_memory_utilization=s.gpu_memory_utilization,
+            # CUDA graphs and torch.compile only pay off on GPUs; on CPU they cost start-up time.
+            enforce_eager=current_platform.is_cpu(),
+            enable_lora=True,
+            max_loras=s.max_loaded_adapters,
+            # The adapter manager evicts first; vLLM's own CPU cache never has to.
+            max_cpu_loras=s.max_loaded_adapters,
+            max_lora_rank=_supported_rank(s.max_lora_rank),
+            disable_log_stats=True,
+        )
+
+    @property
+    def llm(self) -> AsyncLLM:
+        if self._llm is None:
+            raise Unavailable("the vLLM engine is not started")
+        return self._llm
+
+    async def start(self) -> None:
+        # Building the engine loads weights and profiles memory for seconds; a thread keeps the
+        # event loop (and the health service) answering meanwhile. AsyncLLM starts its output
+        # loop lazily on the first request when built outside the loop.
+        self._llm = await asyncio.to_thread(AsyncLLM.from_engine_args, self._engine_args())
+
+    async def close(self) -> None:
+        if self._llm is not None:
+            llm, self._llm = self._llm, None
+            await asyncio.to_thread(llm.shutdown)
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self.llm.model_config.max_model_len)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self.llm.get_tokenizer()  # type: ignore[return-value]
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationDelta, None]:
+        lora = self._lora_request(request.adapter_key)
+        completion_tokens = 0
+        stream = self.llm.generate(
+            tokens_input(list(request.prompt_token_ids)),
+            _sampling_params(request.sampling),
+            request.request_id,
+            lora_request=lora,
+        )
+        try:
+            async for output in stream:
+                completion = output.outputs[0]
+                completion_tokens += len(completion.token_ids)
+                finished = output.finished
+                yield GenerationDelta(
+                    text=completion.text,
+                    token_ids=tuple(completion.token_ids),
+                    logprobs=_logprobs(completion),
+                    finish_reason=_finish_reason(completion) if finished else None,
+                    usage=Usage(len(request.prompt_token_ids), completion_tokens) if finished else None,
+                )
+        except VLLMValidationError as exc:
+            raise InvalidArgument(str(exc)) from None
+        except EngineDeadError:
+            raise Unavailable("the vLLM engine has stopped; this replica needs a restart") from None
+        finally:
+            await stream.aclose()  # aborts the request in the engine when the caller left early
+
+    def _lora_request(self, key: str | None) -> LoRARequest | None:
+        if key is None:
+            return None
+        try:
+            return self._loaded[key]
+        except KeyError:
+            raise InternalError(f"adapter {key} was used without being added to the engine") from None
+
+    async def add_adapter(self, key: str, path: Path) -> None:
+        lora_id = self._lora_ids.setdefault(key, next(self._next_lora_id))
+        request = LoRARequest(lora_name=key, lora_int_id=lora_id, lora_path=str(path))
+        try:
+            await self.llm.add_lora(request)
+        # The engine core reports every load failure as a bare Exception carrying its message.
+        except Exception as exc:  # noqa: BLE001
+            raise FailedPrecondition(f"the vLLM engine cannot load adapter {key}: {exc}") from None
+        self._loaded[key] = request
+
+    async def remove_adapter(self, key: str) -> None:
+        request = self._loaded.pop(key, None)
+        if request is not None:
+            await self.llm.remove_lora(request.lora_int_id)

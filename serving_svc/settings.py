@@ -1,0 +1,70 @@
+"""The serving service's settings: `LORAPLANE_*` environment variables, read once at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from loraplane.settings import CommonSettings
+
+EngineName = Literal["vllm"]
+"""Engines `serving_engine` can name; each maps to one module in serving_svc.engines."""
+
+
+class ServingSettings(CommonSettings):
+    serving_address: str = Field("127.0.0.1:50052", description="gRPC listen address; port 0 picks a free one.")
+    serving_metrics_port: int = Field(
+        9102, ge=0, le=65535, description="Prometheus /metrics port, on the gRPC address's host; 0 = free."
+    )
+    serving_engine: EngineName = Field("vllm", description="Inference engine: vllm (AsyncLLM, LoRA enabled).")
+    adapter_cache_dir: Path = Field(
+        Path(""), description="Verified local copies of adapter versions. Default: {data_dir}/adapter-cache."
+    )
+    max_loaded_adapters: int = Field(
+        8,
+        ge=1,
+        le=512,
+        description="Adapters held in the engine at once; the least recently used is evicted.",
+    )
+    max_lora_rank: int = Field(
+        64, ge=1, le=512, description="Largest LoRA rank accepted; higher ranks cost memory for every slot."
+    )
+    max_model_len: int = Field(
+        2048,
+        ge=16,
+        description="Prompt plus generated tokens per request; at most the model's context length.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weight and activation dtype; auto takes the model config's."
+    )
+    gpu_memory_utilization: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description="Share of accelerator memory for weights and KV cache; on CPU, of the NUMA node's memory "
+        "(0.1-0.3 fits a node that reports 10 GiB).",
+    )
+    default_max_tokens: int = Field(256, ge=1, description="Tokens generated when a request leaves max_tokens 0.")
+    adapter_resolve_ttl_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long an unpinned adapter name keeps resolving to the version last found in the "
+        "store; a newer version is served within this time, without a restart.",
+    )
+
+    @model_validator(mode="after")
+    def _fill_serving_paths(self) -> ServingSettings:
+        if self.adapter_cache_dir == Path(""):
+            self.adapter_cache_dir = self.data_dir / "adapter-cache"
+        self.adapter_cache_dir = self.adapter_cache_dir.expanduser()
+        return self
+
+    @model_validator(mode="after")
+    def _check_token_limits(self) -> ServingSettings:
+        if self.default_max_tokens > self.max_model_len:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must not exceed max_model_len ({self.max_model_len})"
+            )
+        return self

@@ -1,0 +1,405 @@
+"""The serving replica over real gRPC on loopback, with the real vLLM engine on the tiny model.
+
+Adapters are made with peft (random, non-zero B weights so they change the output) and
+published to a file store the way the trainer publishes them; greedy outputs are checked
+against peft + transformers on the same weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.request import urlopen
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from loraplane.artifact import ArtifactRepository, BaseModelInfo, DatasetInfo, Manifest, ManifestDraft
+from loraplane.fingerprint import base_model_fingerprint
+from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc
+from loraplane.storage import FileStore
+from serving_svc.server import ServingServer, create_server
+from serving_svc.settings import ServingSettings
+
+pytestmark = pytest.mark.integration
+
+PROMPT = "The capital of France is"
+NEW_TOKENS = 8
+GREEDY = serving_pb2.SamplingParameters(temperature=0, max_tokens=NEW_TOKENS, logprobs=True)
+RANK = 8
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def _make_adapter(base_dir: Path, dest: Path, seed: int) -> Path:
+    """A peft LoRA adapter on every linear layer, with random B so it really changes the model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    config = LoraConfig(
+        r=RANK,
+        lora_alpha=2 * RANK,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    )
+    peft_model = get_peft_model(model, config)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    peft_model.save_pretrained(str(dest))
+    (dest / "profile.json").write_text(json.dumps({"seed": seed}))
+    return dest
+
+
+def _publish(repository: ArtifactRepository, source: Path, name: str, fingerprint: str) -> Manifest:
+    draft = ManifestDraft(
+        name=name,
+        base_model=BaseModelInfo(name="tiny", fingerprint=fingerprint),
+        method="lora",
+        hyperparameters={"rank": RANK, "alpha": 2 * RANK},
+        metrics={"train_loss": 1.0},
+        dataset=DatasetInfo(fingerprint="sha256:test", train_examples=1, validation_examples=0),
+        job_id=f"test-{name}",
+    )
+    return repository.publish(source, draft)[0]
+
+
+def _reference_greedy(base_dir: Path, adapter_dir: Path | None, prompt_ids: list[int]) -> list[int]:
+    """Greedy continuation by transformers (+ peft when an adapter is given)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    if adapter_dir is not None:
+        model = PeftModel.from_pretrained(model, adapter_dir)
+    model.eval()
+    input_ids = torch.tensor([prompt_ids])
+    with torch.no_grad():
+        output = model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            max_new_tokens=NEW_TOKENS,
+            do_sample=False,
+            pad_token_id=model.config.pad_token_id,
+        )
+    return output[0, len(prompt_ids) :].tolist()
+
+
+@dataclass
+class Serving:
+    server: ServingServer
+    stub: serving_pb2_grpc.InferenceStub
+    health: health_pb2_grpc.HealthStub
+    repository: ArtifactRepository
+    sources: dict[str, Path]
+    health_while_loading: int
+
+    async def health_status(self) -> int:
+        return (await self.health.Check(health_pb2.HealthCheckRequest())).status
+
+    async def generate(self, adapter: str = "", prompt: str = PROMPT) -> serving_pb2.GenerateResponse:
+        return await self.stub.Generate(serving_pb2.GenerateRequest(adapter=adapter, prompt=prompt, sampling=GREEDY))
+
+
+@pytest.fixture(scope="module")
+def adapter_sources(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapter-sources")
+    return {
+        name: _make_adapter(tiny_model_dir, root / name, seed)
+        for name, seed in (("alpha-v1", 1), ("alpha-v2", 2), ("beta", 3), ("gamma", 4))
+    }
+
+
+@pytest.fixture(scope="module")
+async def serving(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, adapter_sources: dict[str, Path]
+) -> AsyncIterator[Serving]:
+    data_dir = tmp_path_factory.mktemp("serving")
+    repository = ArtifactRepository(FileStore(data_dir / "store"))
+    fingerprint = base_model_fingerprint(tiny_model_dir)
+    _publish(repository, adapter_sources["alpha-v1"], "alpha", fingerprint)
+    _publish(repository, adapter_sources["beta"], "beta", fingerprint)
+    _publish(repository, adapter_sources["gamma"], "gamma", fingerprint)
+    _publish(repository, adapter_sources["beta"], "foreign", "sha256:" + "0" * 64)
+    settings = ServingSettings(
+        data_dir=data_dir,
+        base_model=tiny_model_dir,
+        base_model_name="tiny",
+        serving_address="127.0.0.1:0",
+        serving_metrics_port=0,
+        max_loaded_adapters=2,
+        max_lora_rank=16,
+        max_model_len=256,
+        dtype="float32",
+        default_max_tokens=16,
+        adapter_resolve_ttl_seconds=0.5,
+    )
+    with pytest.MonkeyPatch.context() as env:
+        # The engine core (spawned by AsyncLLM) then runs the model itself rather than in one more
+        # worker process: a few seconds to start instead of many.
+        env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        server = create_server(settings)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            starting = asyncio.create_task(server.start())
+            while True:  # the port answers health checks while the model is still loading
+                try:
+                    status_while_loading = (await health.Check(health_pb2.HealthCheckRequest(), timeout=5)).status
+                    break
+                except grpc.aio.AioRpcError:
+                    await asyncio.sleep(0.05)
+            await starting
+            try:
+                yield Serving(
+                    server=server,
+                    stub=serving_pb2_grpc.InferenceStub(channel),
+                    health=health,
+                    repository=repository,
+                    sources=adapter_sources,
+                    health_while_loading=status_while_loading,
+                )
+            finally:
+                await server.stop(1.0)
+
+
+async def _expect_error(serving: Serving, call: object, code: grpc.StatusCode, field: str = "") -> str:
+    """Await `call`, expect `code` (and a message naming `field`), and check the replica is still healthy."""
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() == code, info.value.details()
+    details = info.value.details() or ""
+    if field:
+        assert details.startswith(f"{field}: "), details
+    assert await serving.health_status() == SERVING
+    return details
+
+
+async def test_health_goes_from_not_serving_to_serving(serving: Serving) -> None:
+    assert serving.health_while_loading == NOT_SERVING
+    assert await serving.health_status() == SERVING
+    service = await serving.health.Check(health_pb2.HealthCheckRequest(service="loraplane.v1.Inference"))
+    assert service.status == SERVING
+
+
+async def test_model_info(serving: Serving, tiny_model_dir: Path) -> None:
+    info = await serving.stub.ModelInfo(serving_pb2.ModelInfoRequest())
+    assert (info.base_model, info.engine, info.max_model_length) == ("tiny", "vllm", 256)
+    assert info.base_model_fingerprint == base_model_fingerprint(tiny_model_dir)
+    assert (info.max_loaded_adapters, info.max_lora_rank) == (2, 16)
+
+
+async def test_tokenize_matches_the_tokenizer(serving: Serving, tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    reply = await serving.stub.Tokenize(serving_pb2.TokenizeRequest(prompt=PROMPT))
+    assert list(reply.token_ids) == tokenizer.encode(PROMPT)
+
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]
+    messages = serving_pb2.ChatMessages(messages=[common_pb2.ChatMessage(**t) for t in turns])
+    reply = await serving.stub.Tokenize(serving_pb2.TokenizeRequest(messages=messages))
+    encoding: Any = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
+    assert list(reply.token_ids) == encoding["input_ids"]
+
+
+async def test_greedy_generation_matches_peft_and_the_adapter_changes_it(
+    serving: Serving, tiny_model_dir: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    prompt_ids = AutoTokenizer.from_pretrained(tiny_model_dir).encode(PROMPT)
+    base = await serving.generate()
+    adapted = await serving.generate("alpha@v1")
+
+    base_ids = [entry.token_id for entry in base.logprobs]
+    adapted_ids = [entry.token_id for entry in adapted.logprobs]
+    assert base_ids == _reference_greedy(tiny_model_dir, None, prompt_ids)
+    assert adapted_ids == _reference_greedy(tiny_model_dir, serving.sources["alpha-v1"], prompt_ids)
+    assert adapted_ids != base_ids
+    assert adapted.text != base.text
+    assert (adapted.adapter.name, adapted.adapter.version) == ("alpha", 1)
+    assert adapted.adapter.manifest_sha256 and adapted.adapter.uri.endswith("adapters/alpha/v1")
+    assert not base.HasField("adapter")
+    assert adapted.usage.prompt_tokens == len(prompt_ids)
+    assert adapted.usage.completion_tokens == len(adapted_ids)
+    expected_reason = (
+        serving_pb2.FINISH_REASON_LENGTH if len(adapted_ids) == NEW_TOKENS else serving_pb2.FINISH_REASON_STOP
+    )
+    assert adapted.finish_reason == expected_reason
+
+
+async def test_stream_deltas_join_to_the_generated_text(serving: Serving) -> None:
+    whole = await serving.generate("alpha@v1")
+    request = serving_pb2.GenerateRequest(adapter="alpha@v1", prompt=PROMPT, sampling=GREEDY)
+    messages = [message async for message in serving.stub.GenerateStream(request)]
+
+    assert "".join(m.delta for m in messages) == whole.text
+    assert [e.token_id for m in messages for e in m.logprobs] == [e.token_id for e in whole.logprobs]
+    first, last = messages[0], messages[-1]
+    assert (first.adapter.name, first.adapter.version) == ("alpha", 1)
+    assert not any(m.HasField("adapter") for m in messages[1:])
+    assert last.finish_reason == whole.finish_reason != serving_pb2.FINISH_REASON_UNSPECIFIED
+    assert last.usage == whole.usage
+    assert all(m.finish_reason == serving_pb2.FINISH_REASON_UNSPECIFIED for m in messages[:-1])
+
+
+async def test_chat_messages_generate(serving: Serving) -> None:
+    messages = serving_pb2.ChatMessages(messages=[common_pb2.ChatMessage(role="user", content="Hello")])
+    reply = await serving.stub.Generate(serving_pb2.GenerateRequest(messages=messages, sampling=GREEDY))
+    assert reply.usage.completion_tokens >= 1
+
+
+async def test_concurrent_first_requests_load_an_adapter_once(serving: Serving) -> None:
+    replies = await asyncio.gather(*(serving.generate("gamma") for _ in range(10)))
+    assert len({reply.text for reply in replies}) == 1
+    assert _metric(await _metrics_text(serving), "loraplane_serving_adapter_loads_total", adapter="gamma") == 1
+
+
+async def test_list_load_unload_and_lru_eviction(serving: Serving) -> None:
+    await serving.stub.LoadAdapter(serving_pb2.LoadAdapterRequest(adapter="alpha@v1"))
+    loaded = await serving.stub.LoadAdapter(serving_pb2.LoadAdapterRequest(adapter="beta"))
+    assert loaded.adapter.loaded and loaded.adapter.ref.name == "beta" and loaded.adapter.rank == RANK
+
+    listed = {a.ref.name: a for a in (await serving.stub.ListAdapters(serving_pb2.ListAdaptersRequest())).adapters}
+    assert {"alpha", "beta", "gamma", "foreign"} <= set(listed)
+    assert listed["beta"].loaded and listed["alpha"].loaded and not listed["gamma"].loaded
+    assert listed["foreign"].base_model == "tiny" and listed["beta"].method == "lora"
+
+    # Two slots: loading gamma evicts the least recently used (alpha@v1, loaded first).
+    await serving.stub.LoadAdapter(serving_pb2.LoadAdapterRequest(adapter="gamma"))
+    only_loaded = await serving.stub.ListAdapters(serving_pb2.ListAdaptersRequest(loaded_only=True))
+    assert sorted(a.ref.name for a in only_loaded.adapters) == ["beta", "gamma"]
+
+    await serving.stub.UnloadAdapter(serving_pb2.UnloadAdapterRequest(adapter="beta"))
+    only_loaded = await serving.stub.ListAdapters(serving_pb2.ListAdaptersRequest(loaded_only=True))
+    assert [a.ref.name for a in only_loaded.adapters] == ["gamma"]
+    assert (await serving.generate("beta")).adapter.name == "beta", "an unloaded adapter loads again on use"
+
+
+async def test_new_version_is_served_without_restart_and_a_pin_holds(serving: Serving) -> None:
+    v1 = await serving.generate("alpha")
+    assert v1.adapter.version == 1
+    await asyncio.to_thread(
+        _publish,
+        serving.repository,
+        serving.sources["alpha-v2"],
+        "alpha",
+        serving.server.adapters.policy.base_model_fingerprint,
+    )
+    deadline = time.monotonic() + 10
+    latest = v1
+    while latest.adapter.version != 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        latest = await serving.generate("alpha")
+    assert latest.adapter.version == 2
+    assert latest.text != v1.text
+    pinned = await serving.generate("alpha@v1")
+    assert (pinned.adapter.version, pinned.text) == (1, v1.text)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "field"),
+    [("../x", "adapter"), ("name@", "adapter"), ("name@vX", "adapter"), ("Alpha", "adapter")],
+)
+async def test_malformed_adapter_names_are_invalid_argument(serving: Serving, adapter: str, field: str) -> None:
+    await _expect_error(serving, serving.generate(adapter), grpc.StatusCode.INVALID_ARGUMENT, field)
+
+
+@pytest.mark.parametrize(
+    ("sampling", "field"),
+    [
+        (serving_pb2.SamplingParameters(temperature=-0.5), "sampling.temperature"),
+        (serving_pb2.SamplingParameters(top_p=0), "sampling.top_p"),
+        (serving_pb2.SamplingParameters(top_p=1.5), "sampling.top_p"),
+        (serving_pb2.SamplingParameters(top_k=-1), "sampling.top_k"),
+        (serving_pb2.SamplingParameters(max_tokens=100_000), "sampling.max_tokens"),
+        (serving_pb2.SamplingParameters(stop=[""]), "sampling.stop"),
+    ],
+)
+async def test_bad_sampling_is_invalid_argument_naming_the_field(
+    serving: Serving, sampling: serving_pb2.SamplingParameters, field: str
+) -> None:
+    request = serving_pb2.GenerateRequest(prompt=PROMPT, sampling=sampling)
+    await _expect_error(serving, serving.stub.Generate(request), grpc.StatusCode.INVALID_ARGUMENT, field)
+
+
+async def test_missing_or_oversized_input_is_invalid_argument(serving: Serving) -> None:
+    await _expect_error(
+        serving,
+        serving.stub.Generate(serving_pb2.GenerateRequest()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "prompt",
+    )
+    await _expect_error(
+        serving,
+        serving.stub.Tokenize(serving_pb2.TokenizeRequest()),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "prompt",
+    )
+    await _expect_error(
+        serving,
+        serving.stub.Generate(serving_pb2.GenerateRequest(prompt="fox " * 400)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "prompt",
+    )
+    bad_role = serving_pb2.ChatMessages(messages=[common_pb2.ChatMessage(role="wizard", content="hi")])
+    await _expect_error(
+        serving,
+        serving.stub.Generate(serving_pb2.GenerateRequest(messages=bad_role)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "messages.messages[0].role",
+    )
+
+
+async def test_unknown_adapter_is_not_found(serving: Serving) -> None:
+    await _expect_error(serving, serving.generate("nobody"), grpc.StatusCode.NOT_FOUND)
+    await _expect_error(serving, serving.generate("alpha@v99"), grpc.StatusCode.NOT_FOUND)
+    request = serving_pb2.LoadAdapterRequest(adapter="nobody")
+    await _expect_error(serving, serving.stub.LoadAdapter(request), grpc.StatusCode.NOT_FOUND)
+
+
+async def test_adapter_for_another_base_model_is_failed_precondition(serving: Serving) -> None:
+    details = await _expect_error(serving, serving.generate("foreign"), grpc.StatusCode.FAILED_PRECONDITION)
+    assert "needs base model 'tiny' (fingerprint sha256:000" in details
+    loaded = await serving.stub.ListAdapters(serving_pb2.ListAdaptersRequest(loaded_only=True))
+    assert "foreign" not in {a.ref.name for a in loaded.adapters}
+
+
+async def _metrics_text(serving: Serving) -> str:
+    url = f"http://127.0.0.1:{serving.server.metrics_port}/metrics"
+    return await asyncio.to_thread(lambda: urlopen(url, timeout=10).read().decode())
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The sum of `name` over the series whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        series, _, value = line.rpartition(" ")
+        if series.split("{")[0] == name and all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+async def test_metrics_count_requests_by_adapter_and_status(serving: Serving) -> None:
+    await serving.generate("beta")
+    await _expect_error(serving, serving.generate("nobody"), grpc.StatusCode.NOT_FOUND)
+    text = await _metrics_text(serving)
+    requests = "loraplane_serving_requests_total"
+    assert _metric(text, requests, rpc="Generate", adapter="beta", status="OK") >= 1
+    assert _metric(text, requests, rpc="Generate", adapter="_unresolved", status="NOT_FOUND") >= 1
+    assert _metric(text, requests, rpc="Generate", adapter="_base", status="OK") >= 1
+    assert 'adapter="nobody"' not in text, "request text must not become a label"
+    assert _metric(text, "loraplane_serving_generated_tokens_total", adapter="beta") >= 1
+    assert _metric(text, "loraplane_serving_time_to_first_token_seconds_count") >= 1
+    assert _metric(text, "loraplane_serving_adapters_loaded") == len(serving.server.adapters.loaded())

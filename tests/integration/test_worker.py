@@ -1,0 +1,204 @@
+"""The training worker as the executor runs it: a subprocess reading a WorkerInput, writing events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loraplane.artifact import ArtifactRepository
+from loraplane.drift import Profile
+from loraplane.storage import FileStore
+from trainer_svc.dataset import PromptCompletion, write_examples
+from trainer_svc.progress import ErrorEvent, EvalEvent, PhaseEvent, ProgressEvent, ResultEvent, parse_event
+from trainer_svc.spec import JobSpec
+from trainer_svc.worker_input import WorkerInput
+
+pytestmark = pytest.mark.integration
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PHASES = ["loading_model", "tokenizing", "training", "evaluating", "publishing"]
+# One answer for many prompts: the tiny model memorises it in a few steps.
+THINGS = ["the sky", "the sea", "a sapphire", "a bluebird", "the ocean", "a blueberry", "denim", "a jay"]
+TRAIN = [PromptCompletion(prompt=f"What colour is {thing}?", completion=" Blue.") for thing in THINGS[:6]]
+VALIDATION = [PromptCompletion(prompt=f"What colour is {thing}?", completion=" Blue.") for thing in THINGS[6:]]
+
+
+def _worker_input(
+    tmp_path: Path,
+    base_model: Path,
+    *,
+    train: list[PromptCompletion] = TRAIN,
+    validation: list[PromptCompletion] = VALIDATION,
+    **spec: Any,
+) -> Path:
+    write_examples(tmp_path / "train.jsonl", train)
+    write_examples(tmp_path / "validation.jsonl", validation)
+    worker_input = WorkerInput(
+        job_id="job-1",
+        spec=JobSpec(base_model="tiny-llama", adapter_name="blue", training_data={"inline_jsonl": "{}"}, **spec),
+        base_model_path=base_model,
+        train_file=tmp_path / "train.jsonl",
+        validation_file=tmp_path / "validation.jsonl",
+        store_uri=(tmp_path / "store").as_uri(),
+        work_dir=tmp_path / "work",
+    )
+    path = tmp_path / "input.json"
+    path.write_text(worker_input.model_dump_json())
+    return path
+
+
+def _worker(input_path: Path) -> list[str]:
+    return [sys.executable, "-m", "trainer_svc.worker", str(input_path)]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def _run(input_path: Path) -> tuple[int, list[Any]]:
+    done = subprocess.run(_worker(input_path), cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=120)
+    lines = done.stdout.splitlines()
+    events = [parse_event(line) for line in lines]
+    # Library output goes to stderr: every stdout line is an event.
+    assert None not in events, done.stdout
+    return done.returncode, events
+
+
+def _of(kind: type, events: list[Any]) -> list[Any]:
+    return [event for event in events if isinstance(event, kind)]
+
+
+def test_lora_run_learns_and_publishes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    input_path = _worker_input(
+        tmp_path,
+        tiny_model_dir,
+        training={"max_steps": 16, "batch_size": 3, "learning_rate": 1e-2, "eval_every_steps": 4},
+    )
+    code, events = _run(input_path)
+    assert code == 0, events[-1]
+
+    assert [event.phase for event in _of(PhaseEvent, events)] == PHASES
+    progress = _of(ProgressEvent, events)
+    assert [event.step for event in progress] == list(range(1, 17))
+    assert all(event.total_steps == 16 for event in progress)
+    assert [event.step for event in _of(EvalEvent, events)] == [4, 8, 12, 16]
+    result = events[-1]
+    assert isinstance(result, ResultEvent)
+
+    # Training really learnt the data: the answer goes from unguessable to near certain.
+    assert progress[0].loss > 4.0
+    assert result.metrics["validation_loss"] < 0.5
+    assert result.metrics["validation_perplexity"] < 1.7
+
+    repository = ArtifactRepository(FileStore(tmp_path / "store"))
+    manifest, _ = repository.read_manifest("blue", 1)
+    assert (result.adapter.name, result.adapter.version) == ("blue", 1)
+    assert result.adapter.uri == repository.version_uri("blue", 1)
+    assert manifest.metrics == result.metrics
+    assert {"train_loss", "forgetting_probe_base_loss", "forgetting_probe_adapter_loss"} <= set(manifest.metrics)
+    assert manifest.method == "lora" and manifest.rank == 16
+    assert manifest.hyperparameters["learning_rate"] == 1e-2
+    assert (manifest.dataset.train_examples, manifest.dataset.validation_examples) == (6, 2)
+    assert manifest.base_model.name == "tiny-llama"
+
+    version_dir = tmp_path / "store" / "adapters" / "blue" / "v1"
+    adapter_config = json.loads((version_dir / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 16 and adapter_config["peft_type"] == "LORA"
+    assert (version_dir / "adapter_model.safetensors").stat().st_size > 0
+    profile = Profile.load(version_dir / "profile.json")
+    assert profile.sample_count == 2  # built from the validation examples
+    assert profile.mean_response_logprob == pytest.approx(-result.metrics["validation_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("method", ["dora", "qlora"])
+def test_dora_and_qlora_publish(method: str, tiny_model_dir: Path, tmp_path: Path) -> None:
+    # No validation set: evaluation and the profile fall back to the training examples.
+    input_path = _worker_input(
+        tmp_path,
+        tiny_model_dir,
+        validation=[],
+        method=method,
+        lora={"rank": 4},
+        training={"max_steps": 4, "batch_size": 3, "learning_rate": 1e-2},
+    )
+    code, events = _run(input_path)
+    assert code == 0, events[-1]
+    assert [event.phase for event in _of(PhaseEvent, events)] == PHASES
+    assert not _of(EvalEvent, events)
+    result = events[-1]
+    assert isinstance(result, ResultEvent)
+    assert "validation_loss" not in result.metrics
+    manifest, _ = ArtifactRepository(FileStore(tmp_path / "store")).read_manifest("blue", 1)
+    assert manifest.method == method and manifest.rank == 4
+    version_dir = tmp_path / "store" / "adapters" / "blue" / "v1"
+    assert json.loads((version_dir / "adapter_config.json").read_text())["use_dora"] == (method == "dora")
+    assert Profile.load(version_dir / "profile.json").sample_count == len(TRAIN)
+
+
+def test_early_stopping_keeps_the_best_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # Learning "Blue." for everything makes a held-out "Red." worse after the first steps.
+    validation = [PromptCompletion(prompt="What colour is a rose?", completion=" Red.")]
+    input_path = _worker_input(
+        tmp_path,
+        tiny_model_dir,
+        validation=validation,
+        training={
+            "max_steps": 60,
+            "batch_size": 3,
+            "learning_rate": 1e-2,
+            "eval_every_steps": 2,
+            "early_stopping_patience": 2,
+        },
+    )
+    code, events = _run(input_path)
+    assert code == 0, events[-1]
+    evaluations = _of(EvalEvent, events)
+    assert _of(ProgressEvent, events)[-1].step < 60
+    best = min(event.validation_loss for event in evaluations)
+    assert evaluations[-1].validation_loss > best
+    assert events[-1].metrics["validation_loss"] == pytest.approx(best, rel=1e-4)
+
+
+def test_overlong_example_fails_naming_its_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    train = [TRAIN[0], PromptCompletion(prompt="Describe the sea at length. " * 10, completion=" Blue.")]
+    input_path = _worker_input(tmp_path, tiny_model_dir, train=train, training={"max_seq_length": 32})
+    code, events = _run(input_path)
+    assert code == 1
+    error = events[-1]
+    assert isinstance(error, ErrorEvent)
+    assert error.code == "INVALID_ARGUMENT"
+    assert error.field == "spec.training_data"
+    assert "line 2" in error.message
+    assert "training" not in [event.phase for event in _of(PhaseEvent, events)]
+    assert not (tmp_path / "store" / "adapters").exists()
+
+
+def test_sigterm_stops_the_run_without_publishing(tiny_model_dir: Path, tmp_path: Path) -> None:
+    input_path = _worker_input(tmp_path, tiny_model_dir, training={"max_steps": 100_000, "batch_size": 3})
+    process = subprocess.Popen(
+        _worker(input_path),
+        cwd=REPO_ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if isinstance(parse_event(line), ProgressEvent):
+                break
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 128 + signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert ArtifactRepository(FileStore(tmp_path / "store")).versions("blue") == []

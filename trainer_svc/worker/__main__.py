@@ -1,0 +1,100 @@
+"""`python -m trainer_svc.worker INPUT.json`: run one training job and report it as events.
+
+The last event is a ResultEvent (exit 0) or an ErrorEvent (exit 1). A cancelled job is stopped
+with SIGTERM: the worker exits at once, publishing nothing, since an adapter only becomes
+visible when its manifest is written last.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import traceback
+from pathlib import Path
+from types import FrameType
+
+from transformers import set_seed
+
+from loraplane.artifact import DatasetInfo
+from loraplane.errors import LoraplaneError
+from trainer_svc.dataset import fingerprint, read_examples
+from trainer_svc.progress import ErrorEvent, PhaseEvent, ResultEvent
+from trainer_svc.worker.evaluate import evaluate
+from trainer_svc.worker.events import Emit, claim_stdout
+from trainer_svc.worker.model import load_model, load_tokenizer
+from trainer_svc.worker.publish import publish
+from trainer_svc.worker.tokenization import tokenize_examples
+from trainer_svc.worker.train import train
+from trainer_svc.worker_input import WorkerInput
+
+
+def run(worker_input: WorkerInput, emit: Emit) -> None:
+    """The job's phases in order; any failure raises."""
+    spec = worker_input.spec
+    set_seed(spec.training.seed)  # before the adapter exists: its initial weights are random too
+
+    emit(PhaseEvent(phase="loading_model", message=f"{spec.method} on {spec.base_model}"))
+    tokenizer = load_tokenizer(worker_input.base_model_path)
+    model = load_model(worker_input.base_model_path, spec)
+
+    train_examples = read_examples(worker_input.train_file)
+    validation_examples = read_examples(worker_input.validation_file)
+    emit(
+        PhaseEvent(
+            phase="tokenizing",
+            message=f"{len(train_examples)} training and {len(validation_examples)} validation examples",
+        )
+    )
+    max_length = spec.training.max_seq_length
+    train_set = tokenize_examples(train_examples, tokenizer, max_seq_length=max_length, field="spec.training_data")
+    validation_set = tokenize_examples(
+        validation_examples,
+        tokenizer,
+        max_seq_length=max_length,
+        field="spec.validation_data" if spec.validation_data else "spec.training_data",
+    )
+
+    emit(PhaseEvent(phase="training"))
+    output_dir = worker_input.work_dir / "checkpoints"
+    metrics = train(model, tokenizer, train_set, validation_set, spec.training, output_dir, emit)
+
+    emit(PhaseEvent(phase="evaluating"))
+    evaluation = evaluate(model, tokenizer, train_set, validation_set, batch_size=spec.training.batch_size)
+    metrics.update(evaluation.metrics)
+
+    emit(PhaseEvent(phase="publishing", message=spec.adapter_name))
+    dataset = DatasetInfo(
+        fingerprint=fingerprint(train_examples + validation_examples),
+        train_examples=len(train_examples),
+        validation_examples=len(validation_examples),
+    )
+    adapter = publish(model, evaluation.profile, metrics, dataset, worker_input)
+    emit(ResultEvent(adapter=adapter, metrics=metrics))
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # SystemExit is not an Exception: no library `except Exception` swallows it, and nothing
+    # after the current torch operation runs, publishing included.
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    events = claim_stdout()
+    if len(argv) != 1:
+        events.emit(ErrorEvent(code="INVALID_ARGUMENT", message="usage: python -m trainer_svc.worker INPUT.json"))
+        return 1
+    try:
+        run(WorkerInput.model_validate_json(Path(argv[0]).read_text()), events.emit)
+    except LoraplaneError as exc:
+        events.emit(ErrorEvent(code=exc.code.name, message=exc.message, field=exc.field))
+        return 1
+    except Exception as exc:
+        traceback.print_exc()
+        events.emit(ErrorEvent(code="INTERNAL", message=f"{type(exc).__name__}: {exc}"))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,94 @@
+"""The base model and its trainable adapter: LoRA, DoRA (LoRA with use_dora) or QLoRA (4-bit base).
+
+Only safetensors weights are loaded and trust_remote_code stays off: a base model folder can
+never run code in the worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+
+from loraplane.errors import FailedPrecondition, InvalidArgument
+from trainer_svc.spec import JobSpec, LoraParameters
+
+
+def compute_dtype() -> torch.dtype:
+    """bf16 on a GPU that has it; fp32 otherwise (CPU bf16 training is slow or unsupported)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(base_model_path: Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        # Padding positions are masked out of attention and loss, so any token will do.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _quantization_config() -> BitsAndBytesConfig:
+    """QLoRA's recipe: NF4 weights with double quantisation, computing in the training dtype."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(),
+    )
+
+
+def _keep_4bit_weights_trainable_on_cpu(model: torch.nn.Module) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for fast CPU inference.
+
+    On CPUs with AVX512-BF16, a Linear4bit in eval mode repacks its weight on the first no-grad
+    forward (an evaluation during training), and from then on passes no gradient to the layers
+    below it, so those adapters stop learning. Evaluation runs slower without the repack.
+    """
+    from bitsandbytes.nn import Linear4bit  # only QLoRA needs bitsandbytes; it logs on import
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+
+
+def _lora_config(params: LoraParameters, *, use_dora: bool) -> LoraConfig:
+    targets: str | list[str] = "all-linear" if params.target_modules == ["all-linear"] else params.target_modules
+    return LoraConfig(
+        r=params.rank,
+        lora_alpha=params.alpha,
+        lora_dropout=params.dropout,
+        target_modules=targets,
+        use_dora=use_dora,
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_model(base_model_path: Path, spec: JobSpec) -> PeftModel:
+    """The base model with a fresh adapter for `spec`, in train mode, ready for the Trainer."""
+    quantized = spec.method == "qlora"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            base_model_path,
+            use_safetensors=True,
+            trust_remote_code=False,
+            dtype=compute_dtype(),
+            quantization_config=_quantization_config() if quantized else None,
+            # A 4-bit model cannot be moved after loading, so it is placed now; others go where
+            # the Trainer puts them.
+            device_map={"": torch.cuda.current_device()} if quantized and torch.cuda.is_available() else None,
+        )
+    except OSError as exc:
+        raise FailedPrecondition(f"cannot load the base model from {base_model_path}: {exc}") from exc
+    # from_pretrained returns eval mode; a 4-bit layer must not run a forward in it before training.
+    model.train()
+    if quantized:
+        _keep_4bit_weights_trainable_on_cpu(model)
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
+    try:
+        return get_peft_model(model, _lora_config(spec.lora, use_dora=spec.method == "dora"))
+    except ValueError as exc:
+        raise InvalidArgument(str(exc), field="spec.lora.target_modules") from exc

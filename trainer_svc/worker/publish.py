@@ -1,0 +1,54 @@
+"""Save the trained adapter with its profile and publish it as the next version of its name."""
+
+from __future__ import annotations
+
+from peft import PeftModel
+
+from loraplane.artifact import ArtifactRepository, BaseModelInfo, DatasetInfo, ManifestDraft, manifest_digest
+from loraplane.drift import Profile
+from loraplane.fingerprint import base_model_fingerprint
+from loraplane.storage import open_store
+from trainer_svc.progress import PublishedAdapter
+from trainer_svc.worker_input import WorkerInput
+
+PROFILE_FILE = "profile.json"
+
+
+def publish(
+    model: PeftModel,
+    profile: Profile,
+    metrics: dict[str, float],
+    dataset: DatasetInfo,
+    worker_input: WorkerInput,
+) -> PublishedAdapter:
+    """Write adapter_config.json, adapter_model.safetensors and profile.json, then publish them."""
+    spec = worker_input.spec
+    adapter_dir = worker_input.work_dir / "adapter"
+    # The adapter names its base by the job's model id, not by the worker's local folder.
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = spec.base_model
+    # The vocabulary is never resized, so the base model's embeddings never need saving (and
+    # peft's "auto" would look the model id up on the Hugging Face Hub to decide).
+    model.save_pretrained(str(adapter_dir), safe_serialization=True, save_embedding_layers=False)
+    profile.save(adapter_dir / PROFILE_FILE)
+    repository = ArtifactRepository(open_store(worker_input.store_uri, s3_endpoint_url=worker_input.s3_endpoint_url))
+    manifest, manifest_bytes = repository.publish(
+        adapter_dir,
+        ManifestDraft(
+            name=spec.adapter_name,
+            base_model=BaseModelInfo(
+                name=spec.base_model, fingerprint=base_model_fingerprint(worker_input.base_model_path)
+            ),
+            method=spec.method,
+            hyperparameters={**spec.lora.model_dump(), **spec.training.model_dump()},
+            metrics=metrics,
+            dataset=dataset,
+            job_id=worker_input.job_id,
+        ),
+    )
+    return PublishedAdapter(
+        name=manifest.name,
+        version=manifest.version,
+        uri=repository.version_uri(manifest.name, manifest.version),
+        manifest_sha256=manifest_digest(manifest_bytes),
+    )
