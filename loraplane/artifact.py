@@ -131,9 +131,7 @@ class ArtifactRepository:
             path = source_dir / file_name
             files[file_name] = sha256_file(path)
             self.store.put_file(prefix + file_name, path)
-        manifest = Manifest(
-            **draft.model_dump(), version=version, created_at=datetime.now(UTC), files=files
-        )
+        manifest = Manifest(**draft.model_dump(), version=version, created_at=datetime.now(UTC), files=files)
         manifest_bytes = manifest.model_dump_json(indent=2).encode()
         if not self.store.put_bytes_if_absent(prefix + MANIFEST, manifest_bytes):
             raise FailedPrecondition(f"{draft.name}@v{version} was completed by another publisher")

@@ -97,5 +97,3 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream is not None:
             return handler._replace(unary_stream=_wrap_stream(handler.unary_stream))  # type: ignore[attr-defined]
         return handler
-
-

@@ -41,23 +41,34 @@ spawn() {
     shift
     setsid "$@" --conf "$DIR/ceph.conf" -f >>"$DIR/log/$name.out" 2>&1 </dev/null &
     echo "$!" >"$DIR/run/$name.pid"
+    disown  # `stop` owns its end; no "Killed" job notices from this shell
 }
 
-# Poll `$@` every 0.2 s until it succeeds; fail naming `what` when START_TIMEOUT_S passes.
+# Poll `$@` every 0.2 s until it succeeds; fail naming `what` when START_TIMEOUT_S passes or
+# a daemon started so far has exited (a port in use, a bad option).
 wait_for() {
     local what=$1
     shift
-    local deadline=$((SECONDS + START_TIMEOUT_S))
-    until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "$what did not come up within ${START_TIMEOUT_S}s; logs in $DIR/log"
+    local deadline=$((SECONDS + START_TIMEOUT_S)) pidfile
+    while true; do
+        for pidfile in "$DIR"/run/*.pid; do
+            running "$(<"$pidfile")" || die "$(basename "$pidfile" .pid) exited; see $DIR/log"
+        done
+        "$@" >/dev/null 2>&1 && return
+        ((SECONDS < deadline)) || die "$what did not come up within ${START_TIMEOUT_S}s; see $DIR/log"
         sleep 0.2
     done
 }
 
+# True while `pid` exists and is not a zombie (a container's init may never reap it).
+running() { [[ -r "/proc/$1/status" ]] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
+# radosgw answers an anonymous GET / with an empty bucket list; anything else on PORT does not.
 s3_answers() {
     /usr/bin/python3 - "$PORT" <<'EOF'
 import sys, urllib.request
-urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/", timeout=2).read()
+body = urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/", timeout=2).read()
+sys.exit(b"ListAllMyBucketsResult" not in body)
 EOF
 }
 
@@ -73,10 +84,9 @@ auth service required = none
 auth client required = none
 keyring = $DIR/keyring
 run dir = $DIR/run
-admin socket = $DIR/run/\$name.asok
+admin socket = $DIR/run/\$name.\$pid.asok
 log file = $DIR/log/\$name.log
 crash dir = $DIR/crash
-exporter sock dir = $DIR/run
 mon allow pool size one = true
 mon warn on pool no redundancy = false
 mon data avail crit = 1
@@ -100,7 +110,6 @@ memstore device bytes = 2147483648
 # radosgw defaults to a "secure" monitor connection, which auth none cannot provide.
 ms mon client mode = crc
 rgw frontends = beast endpoint=127.0.0.1:$PORT
-rgw dns name = localhost
 EOF
 }
 
@@ -110,6 +119,9 @@ start() {
         command -v "$tool" >/dev/null || die "$tool not found: apt-get install radosgw ceph-mon ceph-osd"
     done
     mkdir -p "$DIR"/{run,log,crash,mon.a,osd.0}
+    # A failed or interrupted start leaves nothing running; cleared once S3 answers.
+    trap 'stop' EXIT
+    trap 'exit 1' INT TERM
     local began=$SECONDS fsid osd_uuid mon_port
     fsid=$(cat /proc/sys/kernel/random/uuid)
     osd_uuid=$(cat /proc/sys/kernel/random/uuid)
@@ -118,14 +130,16 @@ start() {
 
     ceph-authtool --create-keyring "$DIR/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
     monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$mon_port]" "$DIR/monmap" >/dev/null
-    ceph_in ceph-mon --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/keyring"
+    ceph_in ceph-mon --mkfs -i a --monmap "$DIR/monmap" --keyring "$DIR/keyring" >>"$DIR/log/mkfs.out" 2>&1 ||
+        die "ceph-mon --mkfs failed; see $DIR/log/mkfs.out"
     spawn mon.a ceph-mon -i a
     wait_for "the monitor" ceph_in ceph --connect-timeout 2 mon stat
 
     local osd_id
     osd_id=$(ceph_in ceph osd new "$osd_uuid")
     [[ "$osd_id" == 0 ]] || die "expected osd.0, the monitor handed out osd.$osd_id"
-    ceph_in ceph-osd -i 0 --mkfs --osd-uuid "$osd_uuid" >/dev/null 2>&1
+    ceph_in ceph-osd -i 0 --mkfs --osd-uuid "$osd_uuid" >>"$DIR/log/mkfs.out" 2>&1 ||
+        die "ceph-osd --mkfs failed; see $DIR/log/mkfs.out"
     spawn osd.0 ceph-osd -i 0
     wait_for "osd.0" bash -c "ceph --conf '$DIR/ceph.conf' osd dump | grep -q '^osd.0 up'"
 
@@ -133,6 +147,7 @@ start() {
     wait_for "radosgw on 127.0.0.1:$PORT" s3_answers
     ceph_in radosgw-admin user create --uid loraplane-test --display-name "loraplane test" \
         --access-key "$ACCESS_KEY" --secret-key "$SECRET_KEY" >/dev/null
+    trap - EXIT
     log "S3 on http://127.0.0.1:$PORT after $((SECONDS - began))s (state in $DIR)"
 
     echo "export AWS_ENDPOINT_URL=http://127.0.0.1:$PORT"
@@ -141,21 +156,18 @@ start() {
     echo "export AWS_DEFAULT_REGION=us-east-1"
 }
 
-# Stop the daemons `start` spawned, newest first. A pid is only signalled while its command
-# line still names this DIR's ceph.conf, so a recycled pid never hits another process.
+# Stop the daemons `start` spawned. A pid is only signalled while its command line still
+# names this DIR's ceph.conf, so a recycled pid never hits another process. SIGKILL, because
+# a memstore OSD holds its data in memory: there is nothing to flush, and SIGTERM takes ~6 s.
 stop() {
     local name pidfile pid
     for name in rgw osd.0 mon.a; do
         pidfile="$DIR/run/$name.pid"
         [[ -f "$pidfile" ]] || continue
         pid=$(<"$pidfile")
-        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$DIR/ceph.conf"; then
-            kill -TERM "$pid"
-            for _ in $(seq 50); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-            kill -KILL "$pid" 2>/dev/null || true
+        if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$DIR/ceph.conf"; then
+            kill -KILL "$pid"
+            while running "$pid"; do sleep 0.05; done
         fi
         rm -f "$pidfile"
     done

@@ -23,7 +23,7 @@ def test_both_formats_parse_and_blank_lines_are_skipped() -> None:
         ('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n', "line 2: completion"),
         ('{"prompt": "a", "completion": ""}\n', "line 1: completion"),
         ('{"text": "a"}\n', 'line 1: expected an object with "prompt"'),
-        ('[1, 2]\n', "line 1: expected"),
+        ("[1, 2]\n", "line 1: expected"),
         ('{"messages": [{"role": "user", "content": "q"}]}\n', "line 1: .*last message must be"),
         ('{"messages": [{"role": "robot", "content": "q"}]}\n', "line 1: messages.0.role"),
         ('{"prompt": "a", "completion": "b", "extra": 1}\n', "line 1: extra"),

@@ -40,7 +40,10 @@ def test_job_event_round_trips() -> None:
     event = trainer_pb2.JobEvent(
         sequence=7,
         message="step 3/10",
-        job=trainer_pb2.Job(id="job-1", state=trainer_pb2.JOB_STATE_RUNNING,
-                            progress=trainer_pb2.JobProgress(step=3, total_steps=10, loss=0.5)),  # fmt: skip
+        job=trainer_pb2.Job(
+            id="job-1",
+            state=trainer_pb2.JOB_STATE_RUNNING,
+            progress=trainer_pb2.JobProgress(step=3, total_steps=10, loss=0.5),
+        ),
     )
     assert trainer_pb2.JobEvent.FromString(event.SerializeToString()) == event

