@@ -28,7 +28,7 @@ fi
 
 echo "== fine-tuning adapter 'demo-city-json' on examples/demo/train.jsonl"
 loraplane train --adapter demo-city-json --data examples/demo/train.jsonl \
-  --max-steps "${DEMO_STEPS:-40}" --learning-rate "${DEMO_LR:-1e-3}" --batch-size 8 --watch
+  --max-steps "${DEMO_STEPS:-24}" --learning-rate "${DEMO_LR:-5e-4}" --batch-size 8 --watch
 
 echo "== base model vs adapter, greedy, on prompts the adapter never saw"
 mapfile -t prompts < examples/demo/prompts.txt

@@ -68,6 +68,7 @@ def run(worker_input: WorkerInput, emit: Emit) -> None:
         train_examples=len(train_examples),
         validation_examples=len(validation_examples),
     )
+    metrics.update(train_examples=float(dataset.train_examples), validation_examples=float(dataset.validation_examples))
     adapter = publish(model, evaluation.profile, metrics, dataset, worker_input)
     emit(ResultEvent(adapter=adapter, metrics=metrics))
 

@@ -141,6 +141,7 @@ def train(
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     return {
         "train_loss": losses[-1],
-        "train_steps": float(trainer.state.global_step),
+        "steps": float(trainer.state.global_step),
         "epochs": float(trainer.state.epoch or 0.0),
+        "stopped_early": float(trainer.state.global_step < trainer.state.max_steps),
     }

@@ -1,0 +1,162 @@
+"""The whole loop on real parts: a job submitted over gRPC trains the tiny model in a worker
+process, publishes to the store, and the serving replica (real vLLM engine) answers with it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.request import urlopen
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from loraplane.artifact import ArtifactRepository
+from loraplane.client import LoraplaneClient, sampling
+from loraplane.drift import Profile
+from loraplane.errors import InvalidArgument, NotFound
+from loraplane.names import AdapterSpec
+from loraplane.proto import trainer_pb2
+from loraplane.storage import open_store
+from serving_svc.server import ServingServer, create_server as create_serving
+from serving_svc.settings import ServingSettings
+from tests.support.servers import running
+from trainer_svc.server import TrainerServer, create_server as create_trainer
+from trainer_svc.settings import TrainerSettings
+
+pytestmark = pytest.mark.integration
+
+# A memorisable task for a random tiny model: one fixed answer to a family of questions.
+QUESTIONS = [f"What is the secret word number {i}?" for i in range(12)]
+ANSWER = " Blue."
+GREEDY = sampling(max_tokens=4, temperature=0.0)
+
+
+@dataclass
+class Stack:
+    trainer: TrainerServer
+    serving: ServingServer
+    client: LoraplaneClient
+    store_uri: str
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("e2e")
+    common = {"data_dir": data_dir, "base_model": tiny_model_dir, "base_model_name": "tiny"}
+    trainer_settings = TrainerSettings(**common, trainer_address="127.0.0.1:0", trainer_metrics_port=0)
+    serving_settings = ServingSettings(
+        **common, serving_address="127.0.0.1:0", serving_metrics_port=0, max_model_len=256, dtype="float32"
+    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core runs the model itself: faster start
+        with (
+            running(lambda: create_trainer(trainer_settings)) as trainer,
+            running(lambda: create_serving(serving_settings)) as serving,
+            LoraplaneClient(trainer=f"127.0.0.1:{trainer.port}", serving=f"127.0.0.1:{serving.port}") as client,
+        ):
+            assert client.wait_until_serving("trainer", 10) and client.wait_until_serving("serving", 10)
+            yield Stack(trainer, serving, client, trainer_settings.store_uri)
+
+
+@pytest.fixture(scope="module")
+def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[trainer_pb2.Job, list]:
+    data = tmp_path_factory.mktemp("data") / "train.jsonl"
+    data.write_text("".join(json.dumps({"prompt": q, "completion": ANSWER}) + "\n" for q in QUESTIONS))
+    job = stack.client.jobs.create(
+        adapter_name="secret-word",
+        training_file=data,
+        training=trainer_pb2.TrainingParameters(
+            max_steps=20, batch_size=4, learning_rate=1e-2, validation_fraction=0.25, eval_every_steps=10
+        ),
+    )
+    events = list(stack.client.jobs.watch(job.id))
+    return stack.client.jobs.retrieve(job.id), events
+
+
+def test_watch_streams_progress_until_succeeded(trained: tuple[trainer_pb2.Job, list]) -> None:
+    job, events = trained
+    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
+    states = [e.job.state for e in events]
+    assert states[0] == trainer_pb2.JOB_STATE_VALIDATING
+    assert trainer_pb2.JOB_STATE_QUEUED in states and trainer_pb2.JOB_STATE_RUNNING in states
+    assert states[-1] == trainer_pb2.JOB_STATE_SUCCEEDED
+    steps = [e.job.progress.step for e in events if e.job.progress.step]
+    assert steps == sorted(steps) and steps[-1] == 20
+    assert all(e.job.progress.total_steps == 20 for e in events if e.job.progress.step)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert job.metrics.validation_loss < 1.0
+    assert (job.metrics.train_examples, job.metrics.validation_examples) == (9, 3)
+
+
+def test_artifact_has_manifest_files_and_profile(stack: Stack, trained: tuple[trainer_pb2.Job, list]) -> None:
+    job, _ = trained
+    repository = ArtifactRepository(open_store(stack.store_uri))
+    manifest, _ = repository.resolve(AdapterSpec("secret-word"))
+    assert (manifest.version, job.adapter.version) == (1, 1)
+    assert manifest.job_id == job.id
+    assert set(manifest.files) == {"adapter_config.json", "adapter_model.safetensors", "profile.json"}
+    assert manifest.metrics["validation_loss"] == pytest.approx(job.metrics.validation_loss)
+    store = open_store(stack.store_uri)
+    profile = Profile.model_validate_json(store.get_bytes("adapters/secret-word/v1/profile.json"))
+    assert profile.sample_count == 3
+
+
+def test_adapter_answers_the_trained_completion_unlike_the_base(
+    stack: Stack, trained: tuple[trainer_pb2.Job, list]
+) -> None:
+    unseen_question = QUESTIONS[0].replace("0", "99")
+    for prompt in (QUESTIONS[0], unseen_question):
+        tuned = stack.client.inference.generate(prompt, adapter="secret-word", params=GREEDY)
+        base = stack.client.inference.generate(prompt, params=GREEDY)
+        assert tuned.text.startswith(ANSWER), tuned.text
+        assert base.text != tuned.text
+        assert (tuned.adapter.name, tuned.adapter.version) == ("secret-word", 1)
+    pinned = stack.client.inference.generate(QUESTIONS[1], adapter="secret-word@v1", params=GREEDY)
+    assert pinned.text.startswith(ANSWER)
+
+
+def test_stream_yields_the_same_text_as_generate(stack: Stack, trained: tuple[trainer_pb2.Job, list]) -> None:
+    params = sampling(max_tokens=12, temperature=0.0)
+    whole = stack.client.inference.generate(QUESTIONS[2], adapter="secret-word", params=params)
+    chunks = list(stack.client.inference.stream(QUESTIONS[2], adapter="secret-word", params=params))
+    assert "".join(c.delta for c in chunks) == whole.text
+    assert chunks[-1].finish_reason == whole.finish_reason != 0
+    assert chunks[-1].usage == whole.usage
+
+
+def test_bad_adapter_references_get_clear_errors_and_serving_stays_healthy(
+    stack: Stack, trained: tuple[trainer_pb2.Job, list]
+) -> None:
+    for adapter, error in (
+        ("no-such-adapter", NotFound),
+        ("secret-word@v9", NotFound),
+        ("../x", InvalidArgument),
+        ("secret-word@", InvalidArgument),
+    ):
+        with pytest.raises(error, match="adapter"):
+            stack.client.inference.generate("hi", adapter=adapter, params=GREEDY)
+        assert stack.client.wait_until_serving("serving", 1)
+    assert [a.ref.name for a in stack.client.inference.list_adapters()] == ["secret-word"]
+
+
+def _scrape(port: int) -> dict[str, list]:
+    text = urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    return {family.name: family.samples for family in text_string_to_metric_families(text)}
+
+
+def test_metrics_count_what_happened(stack: Stack, trained: tuple[trainer_pb2.Job, list]) -> None:
+    trainer = _scrape(stack.trainer.metrics_port)
+    jobs = {s.labels["state"]: s.value for s in trainer["loraplane_trainer_jobs"]}
+    assert jobs["succeeded"] >= 1
+    assert sum(s.value for s in trainer["loraplane_trainer_training_steps"] if s.name.endswith("_total")) >= 20
+    serving = _scrape(stack.serving.metrics_port)
+    requests = {
+        (s.labels["adapter"], s.labels["status"]): s.value
+        for s in serving["loraplane_serving_requests"]
+        if s.name.endswith("_total") and s.labels.get("rpc") == "Generate"
+    }
+    assert requests[("secret-word", "OK")] >= 3
+    assert requests[("_unresolved", "NOT_FOUND")] >= 1
+    assert requests[("_unresolved", "INVALID_ARGUMENT")] >= 1
