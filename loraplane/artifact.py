@@ -45,30 +45,6 @@ class DatasetInfo(BaseModel):
     validation_examples: int
 
 
-class Manifest(BaseModel):
-    """Everything a reader needs to trust and describe one adapter version."""
-
-    schema_version: Literal[1] = 1
-    name: str
-    version: int = Field(ge=1)
-    base_model: BaseModelInfo
-    method: Literal["lora", "qlora", "dora"]
-    hyperparameters: dict[str, Any]
-    metrics: dict[str, float]
-    dataset: DatasetInfo
-    job_id: str
-    created_at: datetime
-    files: dict[str, str] = Field(description="file name -> sha256 hex digest")
-
-    @property
-    def rank(self) -> int:
-        return int(self.hyperparameters.get("rank", 0))
-
-    @property
-    def spec(self) -> AdapterSpec:
-        return AdapterSpec(self.name, self.version)
-
-
 class ManifestDraft(BaseModel):
     """The manifest fields the publisher knows before a version number and digests exist."""
 
@@ -79,6 +55,23 @@ class ManifestDraft(BaseModel):
     metrics: dict[str, float]
     dataset: DatasetInfo
     job_id: str
+
+
+class Manifest(ManifestDraft):
+    """Everything a reader needs to trust and describe one adapter version."""
+
+    schema_version: Literal[1] = 1
+    version: int = Field(ge=1)
+    created_at: datetime
+    files: dict[str, str] = Field(description="file name -> sha256 hex digest")
+
+    @property
+    def rank(self) -> int:
+        return int(self.hyperparameters.get("rank", 0))
+
+    @property
+    def spec(self) -> AdapterSpec:
+        return AdapterSpec(self.name, self.version)
 
 
 def sha256_file(path: Path) -> str:

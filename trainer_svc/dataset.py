@@ -4,7 +4,9 @@ Two formats, one example per line:
     {"prompt": "...", "completion": "..."}
     {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
 The service validates a dataset before it accepts a job, then hands the worker the normalised
-examples (`write_examples` / `read_examples`), so a worker never sees malformed data.
+examples (`write_examples` / `read_examples`), so a worker never sees malformed data. Each
+example keeps the line it came from, so errors found later (too many tokens) still name the
+line the user wrote.
 """
 
 from __future__ import annotations
@@ -46,6 +48,13 @@ class ChatExample(BaseModel):
 Example = PromptCompletion | ChatExample
 
 
+class SourcedExample(BaseModel):
+    """An example and its 1-based line in the dataset the user sent."""
+
+    line: int
+    example: Example
+
+
 def _parse_line(obj: object) -> Example:
     if isinstance(obj, dict) and "messages" in obj:
         return ChatExample.model_validate(obj)
@@ -60,14 +69,14 @@ def _describe(error: ValidationError) -> str:
     return f"{where}: {first['msg']}" if where else first["msg"]
 
 
-def parse_jsonl(text: str, *, field: str, max_examples: int = 1_000_000) -> list[Example]:
+def parse_jsonl(text: str, *, field: str, max_examples: int = 1_000_000) -> list[SourcedExample]:
     """Every example in `text`; InvalidArgument naming `field` and the line for the first mistake."""
-    examples: list[Example] = []
+    examples: list[SourcedExample] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            examples.append(_parse_line(json.loads(line)))
+            examples.append(SourcedExample(line=number, example=_parse_line(json.loads(line))))
         except json.JSONDecodeError as exc:
             raise InvalidArgument(
                 f"line {number} is not valid JSON ({exc.msg} at column {exc.colno})", field=field
@@ -83,7 +92,9 @@ def parse_jsonl(text: str, *, field: str, max_examples: int = 1_000_000) -> list
     return examples
 
 
-def split_validation(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+def split_validation(
+    examples: list[SourcedExample], fraction: float, seed: int
+) -> tuple[list[SourcedExample], list[SourcedExample]]:
     """Hold out `fraction` of `examples` (at least one when there are two or more) for validation."""
     if fraction == 0 or len(examples) < 2:
         return examples, []
@@ -93,17 +104,18 @@ def split_validation(examples: list[Example], fraction: float, seed: int) -> tup
     return shuffled[held_out:], shuffled[:held_out]
 
 
-def write_examples(path: Path, examples: list[Example]) -> None:
+def write_examples(path: Path, examples: list[SourcedExample]) -> None:
     path.write_text("".join(e.model_dump_json() + "\n" for e in examples))
 
 
-def read_examples(path: Path) -> list[Example]:
-    return parse_jsonl(path.read_text(), field=str(path)) if path.stat().st_size else []
+def read_examples(path: Path) -> list[SourcedExample]:
+    """Examples `write_examples` wrote: already validated, so no line-level checks here."""
+    return [SourcedExample.model_validate_json(line) for line in path.read_text().splitlines()]
 
 
-def fingerprint(examples: list[Example]) -> str:
-    """sha256 of the normalised examples: the same data gives the same fingerprint."""
+def fingerprint(examples: list[SourcedExample]) -> str:
+    """sha256 of the normalised examples (not their line numbers): the same data, the same fingerprint."""
     digest = hashlib.sha256()
-    for example in examples:
-        digest.update(example.model_dump_json().encode() + b"\n")
+    for sourced in examples:
+        digest.update(sourced.example.model_dump_json().encode() + b"\n")
     return f"sha256:{digest.hexdigest()}"

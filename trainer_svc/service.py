@@ -252,7 +252,7 @@ class JobService:
     def _examples_ready(self, job: Job) -> bool:
         return (self._work_dir(job.id) / "validation.jsonl").is_file()
 
-    def _load_examples(self, spec: JobSpec) -> tuple[list[dataset.Example], list[dataset.Example]]:
+    def _load_examples(self, spec: JobSpec) -> tuple[list[dataset.SourcedExample], list[dataset.SourcedExample]]:
         train = dataset.parse_jsonl(
             self._read_source(spec.training_data, "spec.training_data"), field="spec.training_data"
         )

@@ -19,10 +19,12 @@ from loraplane.errors import InvalidArgument, NotFound
 from loraplane.names import AdapterSpec
 from loraplane.proto import trainer_pb2
 from loraplane.storage import open_store
-from serving_svc.server import ServingServer, create_server as create_serving
+from serving_svc.server import ServingServer
+from serving_svc.server import create_server as create_serving
 from serving_svc.settings import ServingSettings
 from tests.support.servers import running
-from trainer_svc.server import TrainerServer, create_server as create_trainer
+from trainer_svc.server import TrainerServer
+from trainer_svc.server import create_server as create_trainer
 from trainer_svc.settings import TrainerSettings
 
 pytestmark = pytest.mark.integration

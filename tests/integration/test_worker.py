@@ -15,7 +15,7 @@ import pytest
 from loraplane.artifact import ArtifactRepository
 from loraplane.drift import Profile
 from loraplane.storage import FileStore
-from trainer_svc.dataset import PromptCompletion, write_examples
+from trainer_svc.dataset import PromptCompletion, SourcedExample, write_examples
 from trainer_svc.progress import ErrorEvent, EvalEvent, PhaseEvent, ProgressEvent, ResultEvent, parse_event
 from trainer_svc.spec import JobSpec
 from trainer_svc.worker_input import WorkerInput
@@ -30,6 +30,10 @@ TRAIN = [PromptCompletion(prompt=f"What colour is {thing}?", completion=" Blue."
 VALIDATION = [PromptCompletion(prompt=f"What colour is {thing}?", completion=" Blue.") for thing in THINGS[6:]]
 
 
+def _sourced(examples: list[PromptCompletion], first_line: int) -> list[SourcedExample]:
+    return [SourcedExample(line=first_line + i, example=e) for i, e in enumerate(examples)]
+
+
 def _worker_input(
     tmp_path: Path,
     base_model: Path,
@@ -38,8 +42,8 @@ def _worker_input(
     validation: list[PromptCompletion] = VALIDATION,
     **spec: Any,
 ) -> Path:
-    write_examples(tmp_path / "train.jsonl", train)
-    write_examples(tmp_path / "validation.jsonl", validation)
+    write_examples(tmp_path / "train.jsonl", _sourced(train, first_line=1))
+    write_examples(tmp_path / "validation.jsonl", _sourced(validation, first_line=len(train) + 1))
     worker_input = WorkerInput(
         job_id="job-1",
         spec=JobSpec(base_model="tiny-llama", adapter_name="blue", training_data={"inline_jsonl": "{}"}, **spec),

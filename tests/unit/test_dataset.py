@@ -1,7 +1,15 @@
 import pytest
 
 from loraplane.errors import InvalidArgument
-from trainer_svc.dataset import ChatExample, PromptCompletion, fingerprint, parse_jsonl, split_validation
+from trainer_svc.dataset import (
+    ChatExample,
+    PromptCompletion,
+    fingerprint,
+    parse_jsonl,
+    read_examples,
+    split_validation,
+    write_examples,
+)
 
 
 def test_both_formats_parse_and_blank_lines_are_skipped() -> None:
@@ -10,8 +18,9 @@ def test_both_formats_parse_and_blank_lines_are_skipped() -> None:
         '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
     )
     examples = parse_jsonl(text, field="spec.training_data")
-    assert isinstance(examples[0], PromptCompletion)
-    assert isinstance(examples[1], ChatExample)
+    assert isinstance(examples[0].example, PromptCompletion)
+    assert isinstance(examples[1].example, ChatExample)
+    assert [e.line for e in examples] == [1, 3]
 
 
 @pytest.mark.parametrize(
@@ -40,5 +49,12 @@ def test_validation_split_is_deterministic_and_disjoint() -> None:
     train, held_out = split_validation(examples, 0.1, seed=7)
     assert (len(train), len(held_out)) == (18, 2)
     assert split_validation(examples, 0.1, seed=7) == (train, held_out)
-    assert not {e.prompt for e in held_out} & {e.prompt for e in train}  # type: ignore[union-attr]
+    assert not {e.line for e in held_out} & {e.line for e in train}
     assert fingerprint(train) != fingerprint(held_out)
+
+
+def test_examples_round_trip_through_the_worker_file_with_their_lines(tmp_path) -> None:
+    examples = parse_jsonl('\n{"prompt": "a", "completion": "b"}\n', field="f")
+    write_examples(tmp_path / "train.jsonl", examples)
+    assert read_examples(tmp_path / "train.jsonl") == examples
+    assert examples[0].line == 2

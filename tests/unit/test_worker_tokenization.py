@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from loraplane.errors import FailedPrecondition, InvalidArgument
-from trainer_svc.dataset import ChatExample, PromptCompletion
+from trainer_svc.dataset import ChatExample, PromptCompletion, SourcedExample
 from trainer_svc.worker.model import load_tokenizer
 from trainer_svc.worker.tokenization import IGNORE_INDEX, tokenize_example, tokenize_examples
 
@@ -57,13 +57,13 @@ def test_chat_prompt_is_what_a_serving_request_would_send(tokenizer) -> None:
 
 def test_overlong_example_names_its_line_and_field(tokenizer) -> None:
     examples = [
-        PromptCompletion(prompt="Hi", completion=" there"),
-        PromptCompletion(prompt="A long prompt " * 20, completion=" ok"),
+        SourcedExample(line=3, example=PromptCompletion(prompt="Hi", completion=" there")),
+        SourcedExample(line=7, example=PromptCompletion(prompt="A long prompt " * 20, completion=" ok")),
     ]
     with pytest.raises(InvalidArgument) as caught:
         tokenize_examples(examples, tokenizer, max_seq_length=16, field="spec.training_data")
     assert caught.value.field == "spec.training_data"
-    assert "line 2" in caught.value.message and "max_seq_length (16)" in caught.value.message
+    assert "line 7" in caught.value.message and "max_seq_length (16)" in caught.value.message
     assert len(tokenize_examples(examples[:1], tokenizer, max_seq_length=16, field="x")) == 1
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from transformers import PreTrainedTokenizerBase
 
 from loraplane.errors import FailedPrecondition, InvalidArgument
-from trainer_svc.dataset import ChatExample, Example, PromptCompletion
+from trainer_svc.dataset import ChatExample, Example, PromptCompletion, SourcedExample
 
 IGNORE_INDEX = -100
 
@@ -97,7 +97,7 @@ def tokenize_example(example: Example, tokenizer: PreTrainedTokenizerBase) -> To
 
 
 def tokenize_examples(
-    examples: list[Example],
+    examples: list[SourcedExample],
     tokenizer: PreTrainedTokenizerBase,
     *,
     max_seq_length: int,
@@ -111,11 +111,11 @@ def tokenize_examples(
     if tokenizer.eos_token_id is None:
         raise FailedPrecondition("the base model's tokenizer has no EOS token", field="spec.base_model")
     tokenized = []
-    for line, example in enumerate(examples, start=1):
-        item = tokenize_example(example, tokenizer)
+    for sourced in examples:
+        item = tokenize_example(sourced.example, tokenizer)
         if len(item.input_ids) > max_seq_length:
             raise InvalidArgument(
-                f"line {line}: the example is {len(item.input_ids)} tokens long, more than "
+                f"line {sourced.line}: the example is {len(item.input_ids)} tokens long, more than "
                 f"spec.training.max_seq_length ({max_seq_length}); shorten it or raise the limit",
                 field=field,
             )
