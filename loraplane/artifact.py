@@ -157,13 +157,13 @@ class ArtifactRepository:
             raise NotFound(f"adapter {spec.name!r} does not exist in {self.store.uri}")
         return self.read_manifest(spec.name, versions[-1])
 
-    def list_latest(self) -> list[Manifest]:
-        """The newest complete version of every adapter, by name."""
+    def list_latest(self) -> list[tuple[Manifest, bytes]]:
+        """The newest complete version of every adapter, by name, with its manifest's bytes."""
         latest = []
         for name in self.store.list_children("adapters/"):
             versions = self.versions(name) if _is_legal_name(name) else []
             if versions:
-                latest.append(self.read_manifest(name, versions[-1])[0])
+                latest.append(self.read_manifest(name, versions[-1]))
         return latest
 
     def fetch(self, manifest: Manifest, dest: Path) -> Path:

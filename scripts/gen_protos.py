@@ -18,6 +18,7 @@ from grpc_tools import protoc  # type: ignore[import-untyped]
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUT = ROOT / "loraplane" / "proto"
+BIN = Path(sys.executable).parent
 IMPORT_RE = re.compile(r"^from loraplane\.v1 import", re.MULTILINE)
 
 
@@ -30,6 +31,9 @@ def generate() -> dict[str, str]:
             "protoc",
             f"-I{PROTO_ROOT}",
             f"-I{include}",
+            # mypy-protobuf's plugins live beside this interpreter, which need not be on PATH.
+            f"--plugin=protoc-gen-mypy={BIN / 'protoc-gen-mypy'}",
+            f"--plugin=protoc-gen-mypy_grpc={BIN / 'protoc-gen-mypy_grpc'}",
             f"--python_out={tmp}",
             f"--grpc_python_out={tmp}",
             f"--mypy_out={tmp}",

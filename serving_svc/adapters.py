@@ -104,10 +104,6 @@ class AdapterManager:
 
     # -- resolution -------------------------------------------------------------------------
 
-    def _read(self, name: str, version: int) -> ResolvedAdapter:
-        manifest, raw = self._repository.read_manifest(name, version)
-        return self._described(manifest, raw)
-
     def _described(self, manifest: Manifest, raw: bytes) -> ResolvedAdapter:
         uri = self._repository.version_uri(manifest.name, manifest.version)
         return ResolvedAdapter(manifest, manifest_digest(raw), uri)
@@ -272,10 +268,4 @@ class AdapterManager:
         return await asyncio.to_thread(self._published)
 
     def _published(self) -> list[ResolvedAdapter]:
-        # list_latest parses each manifest but keeps no bytes; versions already seen are known by
-        # digest, and only the others are read again for theirs.
-        described = []
-        for manifest in self._repository.list_latest():
-            known = self._versions.get(str(manifest.spec))
-            described.append(known or self._read(manifest.name, manifest.version))
-        return described
+        return [self._described(manifest, raw) for manifest, raw in self._repository.list_latest()]

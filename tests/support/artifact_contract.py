@@ -164,7 +164,7 @@ class ArtifactRepositoryContract:
         assert repo.resolve(AdapterSpec("chat"))[0].version == 1
         with pytest.raises(NotFound):
             repo.resolve(AdapterSpec("chat", 2))
-        assert [m.version for m in repo.list_latest()] == [1]
+        assert [m.version for m, _ in repo.list_latest()] == [1]
         write_fake_adapter(tmp_path / "src-b", "b")
         assert self.publish(repo, tmp_path, "chat", "b").version == 3  # v2 stays claimed
 
@@ -173,5 +173,5 @@ class ArtifactRepositoryContract:
             write_fake_adapter(tmp_path / f"src-{seed}", seed)
             self.publish(repo, tmp_path, name, seed)
         store.put_bytes("adapters/Not_Legal/v1/manifest.json", b"{}")
-        latest = sorted(repo.list_latest(), key=lambda m: m.name)
+        latest = sorted((m for m, _ in repo.list_latest()), key=lambda m: m.name)
         assert [(m.name, m.version) for m in latest] == [("alpha", 2), ("beta", 1)]
