@@ -22,6 +22,7 @@ from loraplane.storage import open_store
 from serving_svc.server import ServingServer
 from serving_svc.server import create_server as create_serving
 from serving_svc.settings import ServingSettings
+from tests.support.prometheus import running_prometheus
 from tests.support.servers import running
 from trainer_svc.server import TrainerServer
 from trainer_svc.server import create_server as create_trainer
@@ -162,3 +163,17 @@ def test_metrics_count_what_happened(stack: Stack, trained: tuple[trainer_pb2.Jo
     assert requests[("secret-word", "OK")] >= 3
     assert requests[("_unresolved", "NOT_FOUND")] >= 1
     assert requests[("_unresolved", "INVALID_ARGUMENT")] >= 1
+
+
+def test_a_real_prometheus_scrapes_both_services(
+    stack: Stack, trained: tuple[trainer_pb2.Job, list], tmp_path: Path
+) -> None:
+    targets = {"trainer": stack.trainer.metrics_port, "serving": stack.serving.metrics_port}
+    with running_prometheus(targets, tmp_path) as prometheus:
+        prometheus.wait_for('count(up{job=~"trainer|serving"} == 1) == 2')
+        up = prometheus.query('up{job=~"trainer|serving"} == 1')
+        assert {series["metric"]["job"] for series in up} == {"trainer", "serving"}
+        succeeded = prometheus.wait_for('loraplane_trainer_jobs{state="succeeded"}')
+        assert float(succeeded[0]["value"][1]) >= 1
+        served = prometheus.wait_for('sum by (adapter) (loraplane_serving_requests_total{adapter="secret-word"})')
+        assert float(served[0]["value"][1]) >= 3

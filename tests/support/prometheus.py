@@ -1,0 +1,83 @@
+"""A real Prometheus server (Debian's `prometheus`) that scrapes the services under test."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.error import URLError
+from urllib.parse import urlencode
+from urllib.request import urlopen
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Prometheus:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def query(self, promql: str) -> list[dict]:
+        """The instant vector `promql` evaluates to now."""
+        with urlopen(f"{self.url}/api/v1/query?{urlencode({'query': promql})}", timeout=10) as reply:
+            body = json.load(reply)
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def wait_for(self, promql: str, timeout: float = 60) -> list[dict]:
+        """Poll until `promql` returns data (the next scrape has happened), or fail."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if result := self.query(promql):
+                return result
+            time.sleep(0.5)
+        raise AssertionError(f"Prometheus returned no data for {promql!r} within {timeout}s")
+
+
+@contextmanager
+def running_prometheus(targets: dict[str, int], workdir: Path) -> Iterator[Prometheus]:
+    """Prometheus scraping 127.0.0.1:<port>/metrics of each job every second."""
+    binary = shutil.which("prometheus")
+    assert binary, "prometheus is missing: scripts/install.sh --test installs it (apt: prometheus)"
+    scrape_configs = [
+        {"job_name": job, "scrape_interval": "1s", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+        for job, port in targets.items()
+    ]
+    config = workdir / "prometheus.yml"
+    config.write_text(json.dumps({"global": {"scrape_interval": "1s"}, "scrape_configs": scrape_configs}))
+    port = _free_port()
+    log = (workdir / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server = Prometheus(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urlopen(f"{server.url}/-/ready", timeout=2).close()
+                break
+            except (URLError, ConnectionError):
+                assert process.poll() is None, (workdir / "prometheus.log").read_text()[-2000:]
+                assert time.monotonic() < deadline, "Prometheus did not become ready in 30 s"
+                time.sleep(0.2)
+        yield server
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
