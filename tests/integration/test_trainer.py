@@ -160,3 +160,33 @@ def test_metrics_count_jobs_by_state(client: LoraplaneClient, trainer: TrainerSe
     assert 'loraplane_trainer_jobs{state="cancelled"}' in text
     assert 'loraplane_trainer_job_transitions_total{state="queued"}' in text
     assert 'loraplane_trainer_rejected_jobs_total{code="INVALID_ARGUMENT"}' in text
+
+
+def test_a_job_running_when_the_trainer_stops_runs_again_after_restart(tiny_model_dir: Path, tmp_path: Path) -> None:
+    settings = TrainerSettings(
+        data_dir=tmp_path,
+        base_model=tiny_model_dir,
+        base_model_name="tiny",
+        trainer_address="127.0.0.1:0",
+        trainer_metrics_port=0,
+    )
+    data = tmp_path / "train.jsonl"
+    data.write_text(GOOD_LINE * 8)
+    params = trainer_pb2.TrainingParameters(max_steps=3, batch_size=4, learning_rate=1e-2)
+    with (
+        running(lambda: create_server(settings)) as first,
+        LoraplaneClient(trainer=f"127.0.0.1:{first.port}") as client,
+    ):
+        job = client.jobs.create(adapter_name="survivor", training_file=data, training=params)
+        for event in client.jobs.watch(job.id):
+            if event.job.state == trainer_pb2.JOB_STATE_RUNNING:
+                break
+    with (
+        running(lambda: create_server(settings)) as second,
+        LoraplaneClient(trainer=f"127.0.0.1:{second.port}") as client,
+    ):
+        events = list(client.jobs.watch(job.id))
+    messages = [e.message for e in events]
+    assert "trainer restarted; job queued again" in messages
+    assert events[-1].job.state == trainer_pb2.JOB_STATE_SUCCEEDED, events[-1].job.error
+    assert events[-1].job.adapter.version == 1, "the interrupted run must not have published"

@@ -7,6 +7,7 @@ visible when its manifest is written last.
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import sys
 import traceback
@@ -79,8 +80,20 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+def _die_with_parent() -> None:
+    """Get SIGTERM when the trainer that started this worker dies, however it dies.
+
+    A trainer that crashes re-queues its running jobs on restart; an orphaned worker that went
+    on to publish would then give the job a second version.
+    """
+    if sys.platform == "linux":
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _die_with_parent()
     events = claim_stdout()
     if len(argv) != 1:
         events.emit(ErrorEvent(code="INVALID_ARGUMENT", message="usage: python -m trainer_svc.worker INPUT.json"))
