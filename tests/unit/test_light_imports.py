@@ -1,0 +1,26 @@
+"""The client, CLI, store and servicers never load torch, transformers or vLLM: they start fast."""
+
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "transformers", "vllm", "peft", "bitsandbytes")
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "loraplane.client",
+        "loraplane.cli",
+        "loraplane.artifact",
+        "loraplane.drift",
+        "trainer_svc.server",
+        "serving_svc.server",
+        "serving_svc.servicer",
+    ],
+)
+def test_module_imports_without_heavy_libraries(module: str) -> None:
+    probe = f"import sys, {module}; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "", f"{module} imported {result.stdout.strip()}"
