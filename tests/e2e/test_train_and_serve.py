@@ -3,9 +3,7 @@ process, publishes to the store, and the serving replica (real vLLM engine) answ
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.request import urlopen
 
@@ -13,60 +11,30 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loraplane.artifact import ArtifactRepository
-from loraplane.client import LoraplaneClient, sampling
+from loraplane.client import sampling
 from loraplane.drift import Profile
 from loraplane.errors import InvalidArgument, NotFound
 from loraplane.names import AdapterSpec
 from loraplane.proto import trainer_pb2
 from loraplane.storage import open_store
-from serving_svc.server import ServingServer
-from serving_svc.server import create_server as create_serving
-from serving_svc.settings import ServingSettings
 from tests.support.prometheus import running_prometheus
-from tests.support.servers import running
-from trainer_svc.server import TrainerServer
-from trainer_svc.server import create_server as create_trainer
-from trainer_svc.settings import TrainerSettings
+from tests.support.stack import ANSWER, QUESTIONS, Stack, memorise_jsonl, running_stack
 
 pytestmark = pytest.mark.integration
 
-# A memorisable task for a random tiny model: one fixed answer to a family of questions.
-QUESTIONS = [f"What is the secret word number {i}?" for i in range(12)]
-ANSWER = " Blue."
 GREEDY = sampling(max_tokens=4, temperature=0.0)
-
-
-@dataclass
-class Stack:
-    trainer: TrainerServer
-    serving: ServingServer
-    client: LoraplaneClient
-    store_uri: str
 
 
 @pytest.fixture(scope="module")
 def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data_dir = tmp_path_factory.mktemp("e2e")
-    common = {"data_dir": data_dir, "base_model": tiny_model_dir, "base_model_name": "tiny"}
-    trainer_settings = TrainerSettings(**common, trainer_address="127.0.0.1:0", trainer_metrics_port=0)
-    serving_settings = ServingSettings(
-        **common, serving_address="127.0.0.1:0", serving_metrics_port=0, max_model_len=256, dtype="float32"
-    )
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core runs the model itself: faster start
-        with (
-            running(lambda: create_trainer(trainer_settings)) as trainer,
-            running(lambda: create_serving(serving_settings)) as serving,
-            LoraplaneClient(trainer=f"127.0.0.1:{trainer.port}", serving=f"127.0.0.1:{serving.port}") as client,
-        ):
-            assert client.wait_until_serving("trainer", 10) and client.wait_until_serving("serving", 10)
-            yield Stack(trainer, serving, client, trainer_settings.store_uri)
+    with running_stack(tiny_model_dir, tmp_path_factory.mktemp("e2e")) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")
 def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[trainer_pb2.Job, list]:
     data = tmp_path_factory.mktemp("data") / "train.jsonl"
-    data.write_text("".join(json.dumps({"prompt": q, "completion": ANSWER}) + "\n" for q in QUESTIONS))
+    data.write_text(memorise_jsonl())
     job = stack.client.jobs.create(
         adapter_name="secret-word",
         training_file=data,
@@ -95,13 +63,13 @@ def test_watch_streams_progress_until_succeeded(trained: tuple[trainer_pb2.Job, 
 
 def test_artifact_has_manifest_files_and_profile(stack: Stack, trained: tuple[trainer_pb2.Job, list]) -> None:
     job, _ = trained
-    repository = ArtifactRepository(open_store(stack.store_uri))
+    repository = ArtifactRepository(open_store(stack.trainer_settings.store_uri))
     manifest, _ = repository.resolve(AdapterSpec("secret-word"))
     assert (manifest.version, job.adapter.version) == (1, 1)
     assert manifest.job_id == job.id
     assert set(manifest.files) == {"adapter_config.json", "adapter_model.safetensors", "profile.json"}
     assert manifest.metrics["validation_loss"] == pytest.approx(job.metrics.validation_loss)
-    store = open_store(stack.store_uri)
+    store = open_store(stack.trainer_settings.store_uri)
     profile = Profile.model_validate_json(store.get_bytes("adapters/secret-word/v1/profile.json"))
     assert profile.sample_count == 3
 
