@@ -109,7 +109,8 @@ def _print_outcome(job: trainer_pb2.Job) -> None:
 @app.command()
 def train(
     adapter: Annotated[str, typer.Option(help="Name to publish the adapter under.")],
-    data: Annotated[Path, typer.Option(exists=True, dir_okay=False, help="Training data, JSONL.")],
+    data: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Training data, JSONL.")] = None,
+    data_uri: Annotated[str | None, typer.Option(help="Training data already in the trainer's store.")] = None,
     validation: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Validation JSONL.")] = None,
     base_model: Annotated[str, typer.Option(help="Base model name; default: the trainer's.")] = "",
     method: Method = Method.lora,
@@ -122,10 +123,13 @@ def train(
     trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
 ) -> None:
     """Submit a fine-tuning job."""
+    if (data is None) == (data_uri is None):
+        raise typer.BadParameter("give the training data as --data FILE or as --data-uri URI")
     with _reporting_errors(), LoraplaneClient(trainer=trainer) as client:
         job = client.jobs.create(
             adapter_name=adapter,
             training_file=data,
+            training_uri=data_uri,
             validation_file=validation,
             base_model=base_model,
             method=method.value,
@@ -226,7 +230,7 @@ def generate(
 def compare(
     prompts: Annotated[list[str], typer.Argument(help="Prompts, sent as chat user messages.")],
     adapter: Annotated[str, typer.Option(help="name or name@vN to compare with the base model.")],
-    max_tokens: int = 96,
+    max_tokens: int = 64,
     serving: ServingTarget = DEFAULT_SERVING_TARGET,
 ) -> None:
     """Answer each prompt greedily with the base model and with an adapter, side by side."""
