@@ -26,6 +26,10 @@ class LocalExecutor(Executor):
         self._cancelled: set[str] = set()
 
     async def run(self, worker_input: WorkerInput, on_event: EventHandler) -> RunOutcome:
+        job_id = worker_input.job_id
+        if job_id in self._cancelled:  # cancelled between RUNNING being recorded and this call
+            self._cancelled.discard(job_id)
+            return RunOutcome(exit_code=-signal.SIGTERM, cancelled=True, log_tail="")
         input_path = worker_input.work_dir / "worker-input.json"
         input_path.write_text(worker_input.model_dump_json(indent=2))
         log_path = worker_input.work_dir / "worker.log"
@@ -39,7 +43,8 @@ class LocalExecutor(Executor):
                 stderr=log,
                 stdin=asyncio.subprocess.DEVNULL,
             )
-            self._processes[worker_input.job_id] = process
+            self._processes[job_id] = process
+            stopping = asyncio.create_task(self._stop(process)) if job_id in self._cancelled else None
             try:
                 assert process.stdout is not None
                 async for raw in process.stdout:
@@ -48,20 +53,29 @@ class LocalExecutor(Executor):
                         await on_event(event)
                 exit_code = await process.wait()
             finally:
-                self._processes.pop(worker_input.job_id, None)
+                self._processes.pop(job_id, None)
                 if process.returncode is None:  # the trainer itself is stopping: take the child down
                     process.kill()
                     await process.wait()
-        cancelled = worker_input.job_id in self._cancelled
-        self._cancelled.discard(worker_input.job_id)
+                if stopping is not None:
+                    await stopping
+        cancelled = job_id in self._cancelled
+        self._cancelled.discard(job_id)
         return RunOutcome(exit_code=exit_code, cancelled=cancelled, log_tail=_tail(log_path))
 
     async def cancel(self, job_id: str) -> None:
-        process = self._processes.get(job_id)
-        if process is None or process.returncode is not None:
-            return
+        """Stop the job's worker; a worker still being started is stopped as soon as it exists."""
         self._cancelled.add(job_id)
-        process.send_signal(signal.SIGTERM)
+        process = self._processes.get(job_id)
+        if process is not None:
+            await self._stop(process)
+
+    async def _stop(self, process: asyncio.subprocess.Process) -> None:
+        """SIGTERM (the worker exits without publishing), then SIGKILL after the grace period."""
+        if process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(process.wait(), self.settings.trainer_cancel_grace_seconds)
         except TimeoutError:
