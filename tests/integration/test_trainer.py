@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.request import urlopen
 
+import grpc
 import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from loraplane.client import LoraplaneClient
 from loraplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
@@ -190,3 +192,9 @@ def test_a_job_running_when_the_trainer_stops_runs_again_after_restart(tiny_mode
     assert "trainer restarted; job queued again" in messages
     assert events[-1].job.state == trainer_pb2.JOB_STATE_SUCCEEDED, events[-1].job.error
     assert events[-1].job.adapter.version == 1, "the interrupted run must not have published"
+
+
+def test_reflection_lists_the_services(trainer: TrainerServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{trainer.port}") as channel:
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert {"loraplane.v1.Trainer", "grpc.health.v1.Health"} <= set(services)
