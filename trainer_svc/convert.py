@@ -69,6 +69,8 @@ def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
             return None
         if source.inline_jsonl is not None:
             return trainer_pb2.Dataset(inline_jsonl=source.inline_jsonl)
+        if source.inline_sha256 is not None:  # accepted jobs keep a digest, not the text
+            return trainer_pb2.Dataset(inline_jsonl=f"<inline JSONL, {source.inline_sha256}>")
         return trainer_pb2.Dataset(uri=source.uri or "")
 
     return trainer_pb2.JobSpec(
@@ -100,13 +102,9 @@ def state_from_proto(value: int) -> JobState | None:
     return _STATES_BY_ENUM[value]
 
 
-def job_to_proto(job: Job, *, include_inline_data: bool = False) -> trainer_pb2.Job:
-    """The job as the API shows it. Inline datasets are left out: they can be megabytes."""
+def job_to_proto(job: Job) -> trainer_pb2.Job:
+    """The job as the API shows it; an inline dataset appears as its digest."""
     spec = spec_to_proto(job.spec)
-    if not include_inline_data:
-        for dataset in (spec.training_data, spec.validation_data):
-            if dataset.WhichOneof("source") == "inline_jsonl":
-                dataset.inline_jsonl = f"<{len(dataset.inline_jsonl)} bytes inline>"
     message = trainer_pb2.Job(
         id=job.id,
         request_id=job.request_id,

@@ -92,15 +92,12 @@ class JobService:
         except LoraplaneError as exc:
             self.metrics.rejected_jobs.labels(exc.code.name).inc()
             raise
-        job = Job(id=f"job-{uuid.uuid4().hex[:16]}", request_id=request_id, spec=spec)
+        job = Job(id=f"job-{uuid.uuid4().hex[:16]}", request_id=request_id, spec=spec.without_inline_text())
         job, created = await asyncio.to_thread(self.store.create, job, f"job created for adapter {spec.adapter_name}")
         if not created:
             return job
         self.metrics.job_transitions.labels("validating").inc()
-        work_dir = self._work_dir(job.id)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        dataset.write_examples(work_dir / "train.jsonl", train)
-        dataset.write_examples(work_dir / "validation.jsonl", validation)
+        await asyncio.to_thread(self._write_examples, job.id, train, validation)
         await self._enter(
             job, JobState.QUEUED, f"dataset valid: {len(train)} training, {len(validation)} validation examples"
         )
@@ -120,11 +117,10 @@ class JobService:
         )
 
     async def cancel(self, job_id: str) -> Job:
-        job = await self.get(job_id)
-        if job.state.terminal:
-            raise FailedPrecondition(f"job {job_id} already ended ({job.state.value}); nothing to cancel")
         async with self._dispatch_lock:
             job = await self.get(job_id)
+            if job.state.terminal:
+                raise FailedPrecondition(f"job {job_id} already ended ({job.state.value}); nothing to cancel")
             if job.state is not JobState.RUNNING:
                 return await self._finish(job, JobState.CANCELLED, "cancelled before it started")
         await self.executor.cancel(job_id)  # the runner records CANCELLED when the worker exits
@@ -204,8 +200,8 @@ class JobService:
         else:
             message = f"worker exited with code {outcome.exit_code} without a result: {outcome.log_tail[-2000:]}"
             await self._finish(job, JobState.FAILED, message, JobError(code="INTERNAL", message=message))
-        if job.state is JobState.SUCCEEDED:
-            await asyncio.to_thread(shutil.rmtree, self._work_dir(job.id) / "adapter", True)
+        for scratch in ("adapter", "checkpoints"):  # the job's input and log stay for inspection
+            await asyncio.to_thread(shutil.rmtree, self._work_dir(job.id) / scratch, True)
 
     async def _apply_progress(self, job: Job, event: PhaseEvent | ProgressEvent | EvalEvent) -> None:
         if isinstance(event, PhaseEvent):
@@ -248,6 +244,14 @@ class JobService:
 
     def _work_dir(self, job_id: str) -> Path:
         return self.settings.trainer_work_dir / job_id
+
+    def _write_examples(
+        self, job_id: str, train: list[dataset.SourcedExample], validation: list[dataset.SourcedExample]
+    ) -> None:
+        work_dir = self._work_dir(job_id)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        dataset.write_examples(work_dir / "train.jsonl", train)
+        dataset.write_examples(work_dir / "validation.jsonl", validation)  # last: recovery checks for it
 
     def _examples_ready(self, job: Job) -> bool:
         return (self._work_dir(job.id) / "validation.jsonl").is_file()

@@ -6,6 +6,7 @@ here once, so a proto field left at zero means the same thing everywhere.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -41,10 +42,20 @@ class TrainingParameters(BaseModel):
 
 
 class DatasetSource(BaseModel):
-    """Exactly one of inline JSONL text or a URI in the trainer's store."""
+    """Exactly one of inline JSONL text or a URI in the trainer's store.
+
+    Once a job is accepted its inline text is replaced by `inline_sha256`: the examples live in
+    the job's folder, and every stored event carries the spec, which must stay small.
+    """
 
     inline_jsonl: str | None = None
     uri: str | None = None
+    inline_sha256: str | None = None
+
+    def without_inline_text(self) -> DatasetSource:
+        if self.inline_jsonl is None:
+            return self
+        return DatasetSource(inline_sha256=f"sha256:{hashlib.sha256(self.inline_jsonl.encode()).hexdigest()}")
 
 
 class JobSpec(BaseModel):
@@ -56,3 +67,10 @@ class JobSpec(BaseModel):
     lora: LoraParameters = Field(default_factory=LoraParameters)
     training: TrainingParameters = Field(default_factory=TrainingParameters)
     labels: dict[str, str] = Field(default_factory=dict)
+
+    def without_inline_text(self) -> JobSpec:
+        """The spec as stored once its examples are in the job's folder."""
+        validation = self.validation_data.without_inline_text() if self.validation_data else None
+        return self.model_copy(
+            update={"training_data": self.training_data.without_inline_text(), "validation_data": validation}
+        )

@@ -113,6 +113,8 @@ def test_request_id_makes_create_idempotent(client: LoraplaneClient, tmp_path: P
     first = _create(client, tmp_path, GOOD_LINE * 4, request_id="req-1", adapter_name="idem")
     again = _create(client, tmp_path, GOOD_LINE * 4, request_id="req-1", adapter_name="idem")
     assert again.id == first.id
+    stored = client.jobs.retrieve(first.id).spec.training_data.inline_jsonl
+    assert stored.startswith("<inline JSONL, sha256:"), "accepted jobs keep a digest, not the dataset"
     assert len(list(client.jobs.list(adapter_name="idem"))) == 1
     with pytest.raises(AlreadyExists):
         _create(client, tmp_path, GOOD_LINE * 5, request_id="req-1", adapter_name="idem")

@@ -53,7 +53,7 @@ def test_missing_training_data_is_invalid() -> None:
 def test_job_to_proto_carries_outcome_and_hides_inline_data() -> None:
     job = Job(
         id="j1",
-        spec=spec_from_proto(_spec()),
+        spec=spec_from_proto(_spec()).without_inline_text(),
         state=JobState.SUCCEEDED,
         metrics={"validation_loss": 0.5, "train_examples": 9.0, "stopped_early": 1.0, "unlisted": 2.0},
         adapter=PublishedAdapter(name="acme", version=2, uri="file:///s/adapters/acme/v2", manifest_sha256="ab"),
@@ -66,5 +66,5 @@ def test_job_to_proto_carries_outcome_and_hides_inline_data() -> None:
         True,
     )
     assert (message.adapter.name, message.adapter.version) == ("acme", 2)
-    assert message.spec.training_data.inline_jsonl == "<34 bytes inline>"
+    assert message.spec.training_data.inline_jsonl.startswith("<inline JSONL, sha256:")
     assert message.created_at.seconds > 0 and not message.HasField("finished_at")
