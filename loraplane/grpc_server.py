@@ -1,5 +1,5 @@
 """What both gRPC servers share: the aio server with health, reflection and error mapping, and
-the Prometheus HTTP endpoint. Each service adds its own servicer."""
+the Prometheus HTTP endpoint. Each service adds its own servicer (`ServiceEndpoints`)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,8 @@ def build_grpc_server(address: str, service_names: list[str]) -> GrpcServer:
     """A grpc.aio server bound to `address` (port 0 = free port).
 
     Add the service's own servicer to `.server`, then `set_serving(False)` before starting it:
-    grpc's health servicer starts out SERVING, and readiness must wait for the service.
+    grpc's health servicer starts out SERVING, and readiness must wait for the service
+    (`ServiceEndpoints` does both).
     """
     server = grpc.aio.server(
         interceptors=[DomainErrorInterceptor()],
@@ -77,3 +78,51 @@ def start_metrics_endpoint(port: int, registry: CollectorRegistry, host: str = "
     """Serve `registry` at http://host:port/metrics on a thread (port 0 = free port)."""
     httpd, thread = start_http_server(port, addr=host, registry=registry)
     return MetricsEndpoint(httpd=httpd, thread=thread)
+
+
+def host_of(address: str) -> str:
+    """The host part of host:port ("[::]:50052" -> "::"), where the metrics endpoint listens too."""
+    return address.rsplit(":", 1)[0].strip("[]")
+
+
+class ServiceEndpoints:
+    """A service's gRPC server and metrics endpoint, opened and closed together.
+
+    The gRPC port is bound at construction (so `port` is known before start); health reports
+    NOT_SERVING from `open()` until the service calls `set_serving(True)`.
+    """
+
+    def __init__(self, address: str, service_name: str, metrics_port: int, registry: CollectorRegistry) -> None:
+        self.grpc = build_grpc_server(address, [service_name])
+        self._metrics_host = host_of(address)
+        self._metrics_port = metrics_port
+        self._registry = registry
+        self._metrics: MetricsEndpoint | None = None
+
+    @property
+    def server(self) -> grpc.aio.Server:
+        return self.grpc.server
+
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
+    @property
+    def metrics_port(self) -> int:
+        assert self._metrics is not None, "open() the endpoints first"
+        return self._metrics.port
+
+    async def open(self) -> None:
+        await self.grpc.set_serving(False)  # grpc's health servicer starts out SERVING
+        self._metrics = start_metrics_endpoint(self._metrics_port, self._registry, host=self._metrics_host)
+        await self.grpc.server.start()
+
+    async def set_serving(self, serving: bool) -> None:
+        await self.grpc.set_serving(serving)
+
+    async def close(self, grace: float) -> None:
+        """NOT_SERVING to every watcher, calls in flight get `grace` seconds, then both endpoints stop."""
+        await self.grpc.stop(grace)
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None

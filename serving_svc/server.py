@@ -6,7 +6,7 @@ import logging
 
 from loraplane.artifact import ArtifactRepository
 from loraplane.fingerprint import base_model_fingerprint
-from loraplane.grpc_server import GrpcServer, MetricsEndpoint, build_grpc_server, start_metrics_endpoint
+from loraplane.grpc_server import ServiceEndpoints
 from loraplane.proto import serving_pb2, serving_pb2_grpc
 from loraplane.storage import open_store
 from serving_svc.adapters import AdapterManager, AdapterPolicy
@@ -18,11 +18,6 @@ from serving_svc.settings import ServingSettings
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
-
-
-def _host(address: str) -> str:
-    """The host part of host:port ("[::]:50052" -> "::"), where the metrics endpoint listens too."""
-    return address.rsplit(":", 1)[0].strip("[]")
 
 
 class ServingServer:
@@ -41,44 +36,37 @@ class ServingServer:
         )
         repository = ArtifactRepository(open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url))
         self.adapters = AdapterManager(repository, self.engine, settings.adapter_cache_dir, policy, self.metrics)
-        self.grpc: GrpcServer = build_grpc_server(settings.serving_address, [SERVICE_NAME])
+        self.endpoints = ServiceEndpoints(
+            settings.serving_address, SERVICE_NAME, settings.serving_metrics_port, self.metrics.registry
+        )
         servicer = InferenceServicer(
             self.engine, self.adapters, self.metrics, default_max_tokens=settings.default_max_tokens
         )
-        serving_pb2_grpc.add_InferenceServicer_to_server(servicer, self.grpc.server)
-        self.port = self.grpc.port
-        self.metrics_endpoint: MetricsEndpoint | None = None
+        serving_pb2_grpc.add_InferenceServicer_to_server(servicer, self.endpoints.server)
+
+    @property
+    def port(self) -> int:
+        return self.endpoints.port
 
     @property
     def metrics_port(self) -> int:
-        assert self.metrics_endpoint is not None, "start() the server first"
-        return self.metrics_endpoint.port
+        return self.endpoints.metrics_port
 
     async def start(self) -> None:
         """Listen at once (health says NOT_SERVING), load the base model, then report SERVING."""
-        # grpc's health servicer starts out SERVING; a probe must not see that before the model loads.
-        await self.grpc.set_serving(False)
-        self.metrics_endpoint = start_metrics_endpoint(
-            self.settings.serving_metrics_port,
-            self.metrics.registry,
-            host=_host(self.settings.serving_address),
-        )
-        await self.grpc.server.start()
+        await self.endpoints.open()
         try:
             await self.engine.start()
         except BaseException:
             await self.stop(0)
             raise
-        await self.grpc.set_serving(True)
+        await self.endpoints.set_serving(True)
         log.info("serving %s with the %s engine", self.settings.base_model_name, self.engine.name)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Report NOT_SERVING, let calls in flight finish for `grace` seconds, then release the engine."""
-        await self.grpc.stop(grace)
+        await self.endpoints.close(grace)
         await self.engine.close()
-        if self.metrics_endpoint is not None:
-            self.metrics_endpoint.close()
-            self.metrics_endpoint = None
 
 
 def create_server(settings: ServingSettings) -> ServingServer:

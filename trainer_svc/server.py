@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loraplane.grpc_server import GrpcServer, MetricsEndpoint, build_grpc_server, start_metrics_endpoint
+from loraplane.grpc_server import ServiceEndpoints
 from loraplane.proto import trainer_pb2, trainer_pb2_grpc
 from trainer_svc.executors import create_executor
 from trainer_svc.job_store import SqliteJobStore
@@ -20,34 +20,32 @@ class TrainerServer:
         self.store = SqliteJobStore(settings.trainer_db_path)
         self.metrics = TrainerMetrics(self.store)
         self.jobs = JobService(settings, self.store, create_executor(settings), self.metrics)
-        self.grpc: GrpcServer = build_grpc_server(
-            settings.trainer_address, [trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name]
+        self.endpoints = ServiceEndpoints(
+            settings.trainer_address,
+            trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name,
+            settings.trainer_metrics_port,
+            self.metrics.registry,
         )
-        trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(self.jobs), self.grpc.server)
-        self.metrics_endpoint: MetricsEndpoint | None = None
+        trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(self.jobs), self.endpoints.server)
 
     @property
     def port(self) -> int:
-        return self.grpc.port
+        return self.endpoints.port
 
     @property
     def metrics_port(self) -> int:
-        assert self.metrics_endpoint is not None, "start() the server first"
-        return self.metrics_endpoint.port
+        return self.endpoints.metrics_port
 
     async def start(self) -> None:
-        await self.grpc.set_serving(False)
-        self.metrics_endpoint = start_metrics_endpoint(self.settings.trainer_metrics_port, self.metrics.registry)
-        await self.grpc.server.start()
+        """Listen, queue again what a previous run left unfinished, then report SERVING."""
+        await self.endpoints.open()
         await self.jobs.start()
-        await self.grpc.set_serving(True)
+        await self.endpoints.set_serving(True)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, stop the runners (their workers are killed; jobs re-run on restart)."""
-        await self.grpc.stop(grace)
+        await self.endpoints.close(grace)
         await self.jobs.stop()
-        if self.metrics_endpoint is not None:
-            self.metrics_endpoint.close()
         self.store.close()
 
 
