@@ -46,7 +46,7 @@ class State(enum.StrEnum):
     cancelled = "cancelled"
 
 
-def _state_name(value: int) -> str:
+def _state_name(value: trainer_pb2.JobState.ValueType) -> str:
     return trainer_pb2.JobState.Name(value).removeprefix("JOB_STATE_").lower()
 
 

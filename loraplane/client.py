@@ -115,7 +115,7 @@ class Jobs:
     @_stream_typed_errors
     def list(self, *, state: str = "", adapter_name: str = "", page_size: int = 20) -> Iterator[trainer_pb2.Job]:
         """Every matching job, newest first, fetching pages as the iteration goes."""
-        state_value = trainer_pb2.JobState.Value(f"JOB_STATE_{state.upper()}") if state else 0
+        state_value = trainer_pb2.JobState.Value(f"JOB_STATE_{state.upper()}" if state else "JOB_STATE_UNSPECIFIED")
         token = ""
         while True:
             page = self._stub.ListJobs(

@@ -79,7 +79,7 @@ def locate_smollm2_gguf() -> Path:
         ) from None
     for file in distribution.files or ():
         if file.name.endswith(".gguf"):
-            path = Path(distribution.locate_file(file))
+            path = Path(str(distribution.locate_file(file)))
             if path.is_file():
                 return path
     raise FailedPrecondition(
@@ -105,7 +105,6 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     GGUF carries a `quantization_config` that would make every later loader treat the folder
     as GGUF-quantized. strict=True proves no weight was lost on the way.
     """
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     folder, name = gguf_path.parent, gguf_path.name
@@ -118,7 +117,7 @@ def _convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     model = LlamaForCausalLM(config)
     model.load_state_dict(loaded.state_dict(), strict=True)
     del loaded
-    model.to(torch.bfloat16).save_pretrained(out_dir, safe_serialization=True)
+    model.bfloat16().save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     if not is_complete_model(out_dir):
         raise InternalError(f"conversion wrote an incomplete model folder; expected {', '.join(MODEL_FILES)}")

@@ -4,5 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
-export PATH="$PWD/.tools/node_modules/.bin:$PATH"
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+export PATH="$PWD/.venv/bin:$PWD/.tools/node_modules/.bin:$PATH"
+echo "== ruff, mypy"
+ruff check loraplane trainer_svc serving_svc tests scripts
+ruff format --check loraplane trainer_svc serving_svc tests scripts
+mypy loraplane trainer_svc serving_svc
+echo "== pytest"
+exec python -m pytest -q -p no:cacheprovider "$@"

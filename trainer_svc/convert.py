@@ -20,8 +20,10 @@ _METHODS = {
     trainer_pb2.METHOD_DORA: "dora",
 }
 _METHOD_ENUMS = {"lora": trainer_pb2.METHOD_LORA, "qlora": trainer_pb2.METHOD_QLORA, "dora": trainer_pb2.METHOD_DORA}
-_STATES = {state: trainer_pb2.JobState.Value(f"JOB_STATE_{state.value}") for state in JobState}
-_STATES_BY_ENUM = {value: state for state, value in _STATES.items()}
+_STATES: dict[JobState, trainer_pb2.JobState.ValueType] = {
+    state: trainer_pb2.JobState.Value(f"JOB_STATE_{state.value}") for state in JobState
+}
+_STATES_BY_ENUM: dict[int, JobState] = {value: state for state, value in _STATES.items()}
 
 
 def _nonzero(message: object, names: tuple[str, ...]) -> dict[str, object]:

@@ -50,7 +50,7 @@ class JobStore(abc.ABC):
         """Store the job's new state and the event describing the change."""
 
     @abc.abstractmethod
-    def list(
+    def list_jobs(
         self, *, state: JobState | None, adapter_name: str, page_size: int, page_token: str
     ) -> tuple[list[Job], str]:
         """Jobs newest first, and the token of the next page ('' on the last)."""
@@ -137,10 +137,11 @@ class SqliteJobStore(JobStore):
         )
         return event
 
-    def list(
+    def list_jobs(
         self, *, state: JobState | None, adapter_name: str, page_size: int, page_token: str
     ) -> tuple[list[Job], str]:
-        clauses, params = [], []
+        clauses: list[str] = []
+        params: list[object] = []
         if page_token:
             clauses.append("seq < ?")
             params.append(_decode_page_token(page_token))

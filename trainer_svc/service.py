@@ -107,13 +107,17 @@ class JobService:
     async def get(self, job_id: str) -> Job:
         return await asyncio.to_thread(self.store.get, job_id)
 
-    async def list(
+    async def list_jobs(
         self, *, state: JobState | None, adapter_name: str, page_size: int, page_token: str
     ) -> tuple[list[Job], str]:
         if page_size > 100:
             raise InvalidArgument("page_size must be at most 100", field="page_size")
         return await asyncio.to_thread(
-            self.store.list, state=state, adapter_name=adapter_name, page_size=page_size or 20, page_token=page_token
+            self.store.list_jobs,
+            state=state,
+            adapter_name=adapter_name,
+            page_size=page_size or 20,
+            page_token=page_token,
         )
 
     async def cancel(self, job_id: str) -> Job:

@@ -27,7 +27,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
     async def ListJobs(
         self, request: trainer_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> trainer_pb2.ListJobsResponse:
-        jobs, next_token = await self.jobs.list(
+        jobs, next_token = await self.jobs.list_jobs(
             state=state_from_proto(request.state),
             adapter_name=request.adapter_name,
             page_size=request.page_size,

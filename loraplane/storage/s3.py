@@ -16,15 +16,18 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
 import boto3
-from botocore.client import BaseClient
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError, NoCredentialsError
 
 from loraplane.errors import FailedPrecondition, InternalError, InvalidArgument, NotFound, Unavailable
 from loraplane.storage.base import ObjectStore, check_key
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
@@ -42,7 +45,7 @@ class S3Store(ObjectStore):
         self.prefix = prefix
         self.endpoint_url = endpoint_url or None  # an empty LORAPLANE_S3_ENDPOINT_URL means AWS
         self._client_lock = threading.Lock()
-        self._client_instance: BaseClient | None = None
+        self._client_instance: S3Client | None = None
 
     @classmethod
     def from_uri(cls, uri: str, *, endpoint_url: str | None = None) -> S3Store:
@@ -64,7 +67,7 @@ class S3Store(ObjectStore):
         return f"s3://{self.bucket}/{self.prefix}"
 
     @property
-    def _client(self) -> BaseClient:
+    def _client(self) -> S3Client:
         """One client per store, built once: boto3's default session is not thread-safe, a client is."""
         with self._client_lock:
             if self._client_instance is None:
@@ -75,7 +78,7 @@ class S3Store(ObjectStore):
 
     def _config(self) -> Config:
         # Servers other than AWS are reached by address, where bucket-named hosts do not resolve.
-        addressing = "path" if self.endpoint_url else "auto"
+        addressing: Literal["path", "auto"] = "path" if self.endpoint_url else "auto"
         return Config(
             retries={"mode": "standard", "max_attempts": 5},
             s3={"addressing_style": addressing},

@@ -54,21 +54,21 @@ def test_unknown_job_is_not_found(store: SqliteJobStore) -> None:
 def test_list_pages_newest_first_and_filters(store: SqliteJobStore) -> None:
     for i in range(5):
         store.create(_job(f"j{i}", adapter="a" if i % 2 else "b"), "created")
-    page, token = store.list(state=None, adapter_name="", page_size=2, page_token="")
+    page, token = store.list_jobs(state=None, adapter_name="", page_size=2, page_token="")
     assert [j.id for j in page] == ["j4", "j3"]
-    page2, token2 = store.list(state=None, adapter_name="", page_size=2, page_token=token)
+    page2, token2 = store.list_jobs(state=None, adapter_name="", page_size=2, page_token=token)
     assert [j.id for j in page2] == ["j2", "j1"]
-    page3, token3 = store.list(state=None, adapter_name="", page_size=2, page_token=token2)
+    page3, token3 = store.list_jobs(state=None, adapter_name="", page_size=2, page_token=token2)
     assert ([j.id for j in page3], token3) == (["j0"], "")
-    only_a, _ = store.list(state=None, adapter_name="a", page_size=10, page_token="")
+    only_a, _ = store.list_jobs(state=None, adapter_name="a", page_size=10, page_token="")
     assert [j.id for j in only_a] == ["j3", "j1"]
-    queued, _ = store.list(state=JobState.QUEUED, adapter_name="", page_size=10, page_token="")
+    queued, _ = store.list_jobs(state=JobState.QUEUED, adapter_name="", page_size=10, page_token="")
     assert queued == []
 
 
 def test_forged_page_token_is_invalid_argument(store: SqliteJobStore) -> None:
     with pytest.raises(InvalidArgument) as info:
-        store.list(state=None, adapter_name="", page_size=2, page_token="bm9wZQ==")
+        store.list_jobs(state=None, adapter_name="", page_size=2, page_token="bm9wZQ==")
     assert info.value.field == "page_token"
 
 

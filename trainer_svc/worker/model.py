@@ -59,7 +59,7 @@ def _lora_config(params: LoraParameters, *, use_dora: bool) -> LoraConfig:
     targets: str | list[str] = "all-linear" if params.target_modules == ["all-linear"] else params.target_modules
     return LoraConfig(
         r=params.rank,
-        lora_alpha=params.alpha,
+        lora_alpha=params.alpha,  # type: ignore[arg-type]  # peft annotates int; scaling alpha/r takes floats
         lora_dropout=params.dropout,
         target_modules=targets,
         use_dora=use_dora,

@@ -99,7 +99,7 @@ def training_arguments(params: TrainingParameters, output_dir: Path, *, has_vali
         eval_strategy=eval_strategy,
         eval_steps=params.eval_every_steps or None,
         save_strategy=eval_strategy if keep_best else "no",
-        save_steps=params.eval_every_steps or None,
+        save_steps=params.eval_every_steps or 500,  # only read when saving by steps
         save_total_limit=1 if keep_best else None,
         save_only_model=True,
         load_best_model_at_end=keep_best,
