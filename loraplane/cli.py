@@ -179,7 +179,9 @@ def jobs(
                 job.spec.adapter_name,
                 _state_name(job.state),
                 f"{job.progress.step}/{job.progress.total_steps}",
-                f"{job.metrics.validation_loss:.4f}",
+                f"{job.metrics.validation_loss:.4f}"
+                if job.HasField("metrics") and job.metrics.validation_loss
+                else "-",
                 published,
                 job.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
             )
