@@ -238,6 +238,7 @@ class JobService:
     async def _enter(self, job: Job, state: JobState, message: str) -> JobEvent:
         job.state = state
         self.metrics.job_transitions.labels(state.value.lower()).inc()
+        log.info("job %s (%s) %s: %s", job.id, job.spec.adapter_name, state.value, message)
         return await self._record(job, message)
 
     async def _wait_until_ended(self, job_id: str) -> Job:
