@@ -111,6 +111,16 @@ class ArtifactRepository:
         validate_adapter_name(name)
         return [v for v in self._claimed_versions(name) if self.store.exists(_version_prefix(name, v) + MANIFEST)]
 
+    def _newest(self, name: str) -> tuple[Manifest, bytes] | None:
+        """The newest complete version, reading manifests newest first and stopping at the first:
+        one read per resolve however many versions exist (all but in-flight ones are complete)."""
+        for version in reversed(self._claimed_versions(name)):
+            try:
+                return self.read_manifest(name, version)
+            except NotFound:  # claimed, still being published (or abandoned)
+                continue
+        return None
+
     def publish(self, source_dir: Path, draft: ManifestDraft) -> tuple[Manifest, bytes]:
         """Publish the adapter files in `source_dir` as the next version of `draft.name`."""
         validate_adapter_name(draft.name)
@@ -152,22 +162,23 @@ class ArtifactRepository:
                 return self.read_manifest(spec.name, spec.version)
             except NotFound:
                 raise NotFound(f"adapter {spec} does not exist (or is still being published)") from None
-        versions = self.versions(spec.name)
-        if not versions:
+        newest = self._newest(spec.name)
+        if newest is None:
             raise NotFound(f"adapter {spec.name!r} does not exist in {self.store.uri}")
-        return self.read_manifest(spec.name, versions[-1])
+        return newest
 
     def list_latest(self) -> list[tuple[Manifest, bytes]]:
         """The newest complete version of every adapter, by name, with its manifest's bytes."""
-        latest = []
-        for name in self.store.list_children("adapters/"):
-            versions = self.versions(name) if _is_legal_name(name) else []
-            if versions:
-                latest.append(self.read_manifest(name, versions[-1]))
-        return latest
+        names = [name for name in self.store.list_children("adapters/") if _is_legal_name(name)]
+        return [newest for name in names if (newest := self._newest(name)) is not None]
 
     def fetch(self, manifest: Manifest, dest: Path) -> Path:
         """Download and verify a version into `dest` (created whole or not at all); reuse a verified copy."""
+        if set(manifest.files) != set(ADAPTER_FILES):
+            raise FailedPrecondition(
+                f"{manifest.spec} lists files {sorted(manifest.files)}; an adapter has exactly {list(ADAPTER_FILES)} "
+                "(safetensors weights only)"
+            )
         if (dest / MANIFEST).is_file():
             return dest
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -175,8 +186,6 @@ class ArtifactRepository:
         try:
             prefix = _version_prefix(manifest.name, manifest.version)
             for file_name, expected in manifest.files.items():
-                if "/" in file_name or file_name.startswith("."):
-                    raise InvalidArgument(f"manifest of {manifest.spec} lists an illegal file {file_name!r}")
                 self.store.download_file(prefix + file_name, staging / file_name)
                 actual = sha256_file(staging / file_name)
                 if actual != expected:

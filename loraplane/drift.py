@@ -1,8 +1,8 @@
 """Drift statistics: the reference profile a trainer leaves in an artifact, and how live traffic compares.
 
-The trainer builds a `Profile` from held-out data; serving builds the same `Profile` over a window
-of live requests with the same `ProfileBuilder`, and `compare` turns the pair into the figures it
-exports. Both sides share this one module, so bucket edges and hashing can never disagree.
+The trainer builds a `Profile` from held-out data and publishes it with the adapter. Serving is to
+build the same `Profile` over windows of live requests with the same `ProfileBuilder` and export
+what `compare` computes, so bucket edges and hashing can never disagree between the two sides.
 
 Histograms are stored as raw counts (not proportions) so a profile stays exact and windows can be
 summed; the statistics normalise them.

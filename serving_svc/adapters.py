@@ -241,9 +241,6 @@ class AdapterManager:
                 for key, slot in self._slots.items()
                 if slot.adapter.manifest.name == spec.name and spec.version in (None, slot.adapter.manifest.version)
             ]
-            if not keys:
-                await self._lookup(spec)  # unknown adapter -> NotFound; known but not loaded -> nothing to do
-                return
             busy = [key for key in keys if self._slots[key].in_use]
             if busy:
                 raise FailedPrecondition(
@@ -253,6 +250,8 @@ class AdapterManager:
                 del self._slots[key]
                 await self._engine.remove_adapter(key)
             self._metrics.adapters_loaded.set(len(self._slots))
+        if not keys:
+            await self._lookup(spec)  # outside the lock: unknown -> NotFound; known but not loaded -> nothing
 
     # -- listing ----------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 from pathlib import Path
 from typing import Literal
@@ -72,7 +73,8 @@ def _describe(error: ValidationError) -> str:
 def parse_jsonl(text: str, *, field: str, max_examples: int = 1_000_000) -> list[SourcedExample]:
     """Every example in `text`; InvalidArgument naming `field` and the line for the first mistake."""
     examples: list[SourcedExample] = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a line: str.splitlines() also splits at U+2028 and others, legal inside JSON strings.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -95,22 +97,25 @@ def parse_jsonl(text: str, *, field: str, max_examples: int = 1_000_000) -> list
 def split_validation(
     examples: list[SourcedExample], fraction: float, seed: int
 ) -> tuple[list[SourcedExample], list[SourcedExample]]:
-    """Hold out `fraction` of `examples` (at least one when there are two or more) for validation."""
+    """Hold out `fraction` of `examples` for validation: at least one, and never all of them."""
     if fraction == 0 or len(examples) < 2:
         return examples, []
     shuffled = examples[:]
     random.Random(seed).shuffle(shuffled)
-    held_out = max(1, round(len(shuffled) * fraction))
+    held_out = min(max(1, round(len(shuffled) * fraction)), len(shuffled) - 1)
     return shuffled[held_out:], shuffled[:held_out]
 
 
 def write_examples(path: Path, examples: list[SourcedExample]) -> None:
-    path.write_text("".join(e.model_dump_json() + "\n" for e in examples))
+    """Write via a temporary name, so a crash never leaves a partial file that looks complete."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("".join(e.model_dump_json() + "\n" for e in examples))
+    os.replace(partial, path)
 
 
 def read_examples(path: Path) -> list[SourcedExample]:
     """Examples `write_examples` wrote: already validated, so no line-level checks here."""
-    return [SourcedExample.model_validate_json(line) for line in path.read_text().splitlines()]
+    return [SourcedExample.model_validate_json(line) for line in path.read_text().split("\n") if line]
 
 
 def fingerprint(examples: list[SourcedExample]) -> str:

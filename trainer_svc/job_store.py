@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from loraplane.errors import AlreadyExists, InvalidArgument, NotFound
+from loraplane.errors import InvalidArgument, NotFound
 from trainer_svc.jobs import Job, JobEvent, JobState, utcnow
 
 _SCHEMA = """
@@ -96,7 +96,7 @@ class SqliteJobStore(JobStore):
                 if row:
                     existing = Job.model_validate_json(row[0])
                     if existing.spec != job.spec:
-                        raise AlreadyExists(
+                        raise InvalidArgument(
                             f"request_id {job.request_id!r} was used for job {existing.id} with a different "
                             "spec; use a new request_id for a new job",
                             field="request_id",

@@ -60,7 +60,7 @@ class JobService:
                 )
                 continue
             if job.state is not JobState.QUEUED:
-                job.progress, job.started_at = JobProgress(), None
+                job.progress, job.metrics, job.started_at = JobProgress(), {}, None
                 await self._enter(job, JobState.QUEUED, "trainer restarted; job queued again")
             self._queue.put_nowait(job.id)
         self._runners = [
@@ -97,10 +97,18 @@ class JobService:
         if not created:
             return job
         self.metrics.job_transitions.labels("validating").inc()
-        await asyncio.to_thread(self._write_examples, job.id, train, validation)
-        await self._enter(
-            job, JobState.QUEUED, f"dataset valid: {len(train)} training, {len(validation)} validation examples"
-        )
+        try:
+            await asyncio.to_thread(self._write_examples, job.id, train, validation)
+        except OSError as exc:
+            log.exception("cannot write the examples of job %s", job.id)
+            error = JobError(code="UNAVAILABLE", message=f"the trainer could not store the dataset ({exc}); retry")
+            return await self._finish(job, JobState.FAILED, error.message, error)
+        async with self._dispatch_lock:  # a CancelJob may have come in meanwhile: it wins
+            job = await self.get(job.id)
+            if job.state.terminal:
+                return job
+            message = f"dataset valid: {len(train)} training, {len(validation)} validation examples"
+            await self._enter(job, JobState.QUEUED, message)
         self._queue.put_nowait(job.id)
         return job
 
@@ -152,16 +160,20 @@ class JobService:
             job_id = await self._queue.get()
             try:
                 await self._run(job_id)
+            except LoraplaneError as exc:  # e.g. its base model is no longer offered after a restart
+                await self._fail_unless_ended(
+                    job_id, JobError(code=exc.code.name, message=exc.message, field=exc.field)
+                )
             except Exception:  # noqa: BLE001 - one broken job must not stop the runner
                 log.exception("job %s failed in the trainer itself", job_id)
-                job = await self.get(job_id)
-                if not job.state.terminal:
-                    await self._finish(
-                        job,
-                        JobState.FAILED,
-                        "trainer error",
-                        JobError(code="INTERNAL", message="trainer error; see the trainer log"),
-                    )
+                await self._fail_unless_ended(
+                    job_id, JobError(code="INTERNAL", message="trainer error; see the trainer log")
+                )
+
+    async def _fail_unless_ended(self, job_id: str, error: JobError) -> None:
+        job = await self.get(job_id)
+        if not job.state.terminal:
+            await self._finish(job, JobState.FAILED, error.message, error)
 
     async def _run(self, job_id: str) -> None:
         async with self._dispatch_lock:
@@ -189,12 +201,12 @@ class JobService:
                 await self._apply_progress(job, event)
 
         outcome = await self.executor.run(worker_input, on_event)
-        if outcome.cancelled:
-            await self._finish(job, JobState.CANCELLED, "cancelled while running")
-        elif outcome_events and isinstance(outcome_events[-1], ResultEvent):
+        if outcome_events and isinstance(outcome_events[-1], ResultEvent):  # published: a late cancel lost
             result = outcome_events[-1]
             job.adapter, job.metrics = result.adapter, result.metrics
             await self._finish(job, JobState.SUCCEEDED, f"published {result.adapter.name}@v{result.adapter.version}")
+        elif outcome.cancelled:
+            await self._finish(job, JobState.CANCELLED, "cancelled while running")
         elif outcome_events:
             error = outcome_events[-1]
             assert isinstance(error, ErrorEvent)

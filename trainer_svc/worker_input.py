@@ -8,6 +8,9 @@ from pydantic import BaseModel
 
 from trainer_svc.spec import JobSpec
 
+PARENT_PID_ENV = "LORAPLANE_WORKER_PARENT_PID"
+"""Set by the local executor to its own pid, so a worker can tell it was orphaned at birth."""
+
 
 class WorkerInput(BaseModel):
     job_id: str

@@ -1,7 +1,7 @@
 """The vLLM engine: AsyncLLM with LoRA enabled, streaming deltas.
 
 Only `serving_svc.engines.create_engine` imports this module, and only when settings pick
-vLLM, so the servicer and the CPU-only transformers path never pay vLLM's import time.
+vLLM, so the servicer, the client and the CLI never pay vLLM's import time.
 """
 
 from __future__ import annotations
@@ -174,6 +174,8 @@ class VllmEngine(Engine):
         request = LoRARequest(lora_name=key, lora_int_id=lora_id, lora_path=str(path))
         try:
             await self.llm.add_lora(request)
+        except EngineDeadError:
+            raise Unavailable("the vLLM engine has stopped; this replica needs a restart") from None
         # The engine core reports every load failure as a bare Exception carrying its message.
         except Exception as exc:  # noqa: BLE001
             raise FailedPrecondition(f"the vLLM engine cannot load adapter {key}: {exc}") from None

@@ -393,6 +393,7 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 async def test_metrics_count_requests_by_adapter_and_status(serving: Serving) -> None:
     await serving.generate("beta")
+    await serving.generate("")
     await _expect_error(serving, serving.generate("nobody"), grpc.StatusCode.NOT_FOUND)
     text = await _metrics_text(serving)
     requests = "loraplane_serving_requests_total"

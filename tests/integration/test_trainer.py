@@ -15,7 +15,7 @@ import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from loraplane.client import LoraplaneClient
-from loraplane.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from loraplane.proto import trainer_pb2
 from tests.support.servers import running
 from trainer_svc.server import TrainerServer, create_server
@@ -116,7 +116,7 @@ def test_request_id_makes_create_idempotent(client: LoraplaneClient, tmp_path: P
     stored = client.jobs.retrieve(first.id).spec.training_data.inline_jsonl
     assert stored.startswith("<inline JSONL, sha256:"), "accepted jobs keep a digest, not the dataset"
     assert len(list(client.jobs.list(adapter_name="idem"))) == 1
-    with pytest.raises(AlreadyExists):
+    with pytest.raises(InvalidArgument):
         _create(client, tmp_path, GOOD_LINE * 5, request_id="req-1", adapter_name="idem")
     client.jobs.cancel(first.id)
 

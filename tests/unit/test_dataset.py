@@ -58,3 +58,16 @@ def test_examples_round_trip_through_the_worker_file_with_their_lines(tmp_path) 
     write_examples(tmp_path / "train.jsonl", examples)
     assert read_examples(tmp_path / "train.jsonl") == examples
     assert examples[0].line == 2
+
+
+def test_a_high_validation_fraction_still_leaves_training_examples() -> None:
+    examples = parse_jsonl("".join(f'{{"prompt": "{i}", "completion": "x"}}\n' for i in range(3)), field="f")
+    train, held_out = split_validation(examples, 0.9, seed=0)
+    assert (len(train), len(held_out)) == (1, 2)
+
+
+def test_unicode_line_separators_inside_json_strings_are_not_line_breaks() -> None:
+    text = '{"prompt": "a\u2028b\u0085c", "completion": "d"}\n{"prompt": "e", "completion": "f"}\r\n'
+    examples = parse_jsonl(text, field="f")
+    assert [e.line for e in examples] == [1, 2]
+    assert examples[0].example.prompt == "a\u2028b\u0085c"  # type: ignore[union-attr]

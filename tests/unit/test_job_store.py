@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplane.errors import AlreadyExists, InvalidArgument, NotFound
+from loraplane.errors import InvalidArgument, NotFound
 from trainer_svc.job_store import SqliteJobStore
 from trainer_svc.jobs import Job, JobState
 from trainer_svc.spec import DatasetSource, JobSpec
@@ -27,7 +27,7 @@ def test_same_request_id_returns_the_first_job(store: SqliteJobStore) -> None:
 
 def test_request_id_reused_with_another_spec_is_refused(store: SqliteJobStore) -> None:
     store.create(_job("j1", request_id="r1"), "created")
-    with pytest.raises(AlreadyExists) as info:
+    with pytest.raises(InvalidArgument) as info:
         store.create(_job("j2", adapter="other", request_id="r1"), "created")
     assert info.value.field == "request_id"
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
-from collections import deque
 from pathlib import Path
 
 from trainer_svc.executors.base import EventHandler, Executor, RunOutcome
 from trainer_svc.progress import parse_event
 from trainer_svc.settings import TrainerSettings
-from trainer_svc.worker_input import WorkerInput
+from trainer_svc.worker_input import PARENT_PID_ENV, WorkerInput
 
 _LOG_TAIL_LINES = 20
+_LOG_TAIL_BYTES = 16 << 10
+# An event line (an error message with a long traceback text) may exceed asyncio's 64 KiB default.
+_MAX_EVENT_LINE_BYTES = 16 << 20
 
 
 class LocalExecutor(Executor):
@@ -31,7 +34,7 @@ class LocalExecutor(Executor):
             self._cancelled.discard(job_id)
             return RunOutcome(exit_code=-signal.SIGTERM, cancelled=True, log_tail="")
         input_path = worker_input.work_dir / "worker-input.json"
-        input_path.write_text(worker_input.model_dump_json(indent=2))
+        await asyncio.to_thread(input_path.write_text, worker_input.model_dump_json(indent=2))
         log_path = worker_input.work_dir / "worker.log"
         with log_path.open("ab") as log:
             process = await asyncio.create_subprocess_exec(
@@ -42,6 +45,8 @@ class LocalExecutor(Executor):
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, PARENT_PID_ENV: str(os.getpid())},
+                limit=_MAX_EVENT_LINE_BYTES,
             )
             self._processes[job_id] = process
             stopping = asyncio.create_task(self._stop(process)) if job_id in self._cancelled else None
@@ -61,7 +66,7 @@ class LocalExecutor(Executor):
                     await stopping
         cancelled = job_id in self._cancelled
         self._cancelled.discard(job_id)
-        return RunOutcome(exit_code=exit_code, cancelled=cancelled, log_tail=_tail(log_path))
+        return RunOutcome(exit_code=exit_code, cancelled=cancelled, log_tail=await asyncio.to_thread(_tail, log_path))
 
     async def cancel(self, job_id: str) -> None:
         """Stop the job's worker; a worker still being started is stopped as soon as it exists."""
@@ -84,5 +89,8 @@ class LocalExecutor(Executor):
 
 
 def _tail(path: Path) -> str:
-    with path.open(errors="replace") as f:
-        return "".join(deque(f, maxlen=_LOG_TAIL_LINES)).strip()
+    """The last lines of the worker's log, reading only its end (the log can be large)."""
+    with path.open("rb") as f:
+        f.seek(max(0, f.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
+        lines = f.read().decode(errors="replace").splitlines()
+    return "\n".join(lines[-_LOG_TAIL_LINES:]).strip()

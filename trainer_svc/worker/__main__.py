@@ -1,16 +1,21 @@
 """`python -m trainer_svc.worker INPUT.json`: run one training job and report it as events.
 
 The last event is a ResultEvent (exit 0) or an ErrorEvent (exit 1). A cancelled job is stopped
-with SIGTERM: the worker exits at once, publishing nothing, since an adapter only becomes
-visible when its manifest is written last.
+with SIGTERM: the worker exits at once and publishes nothing, since an adapter only becomes
+visible when its manifest is written last. Once publishing has begun, SIGTERM waits until the
+ResultEvent is out, so a published adapter is always reported (the trainer's SIGKILL after its
+grace period can still cut an upload short; an unfinished version stays invisible).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import os
 import signal
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -26,7 +31,7 @@ from trainer_svc.worker.model import load_model, load_tokenizer
 from trainer_svc.worker.publish import publish
 from trainer_svc.worker.tokenization import tokenize_examples
 from trainer_svc.worker.train import train
-from trainer_svc.worker_input import WorkerInput
+from trainer_svc.worker_input import PARENT_PID_ENV, WorkerInput
 
 
 def run(worker_input: WorkerInput, emit: Emit) -> None:
@@ -70,8 +75,19 @@ def run(worker_input: WorkerInput, emit: Emit) -> None:
         validation_examples=len(validation_examples),
     )
     metrics.update(train_examples=float(dataset.train_examples), validation_examples=float(dataset.validation_examples))
-    adapter = publish(model, evaluation.profile, metrics, dataset, worker_input)
-    emit(ResultEvent(adapter=adapter, metrics=metrics))
+    with _sigterm_deferred():
+        adapter = publish(model, evaluation.profile, metrics, dataset, worker_input)
+        emit(ResultEvent(adapter=adapter, metrics=metrics))
+
+
+@contextlib.contextmanager
+def _sigterm_deferred() -> Iterator[None]:
+    """Hold SIGTERM back until the block ends; it is then delivered as usual."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -89,6 +105,9 @@ def _die_with_parent() -> None:
     if sys.platform == "linux":
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+        parent = os.environ.get(PARENT_PID_ENV)
+        if parent and os.getppid() != int(parent):  # it died before the line above: no signal will come
+            raise SystemExit(128 + signal.SIGTERM)
 
 
 def main(argv: list[str]) -> int:

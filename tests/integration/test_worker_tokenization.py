@@ -7,6 +7,8 @@ from trainer_svc.dataset import ChatExample, PromptCompletion, SourcedExample
 from trainer_svc.worker.model import load_tokenizer
 from trainer_svc.worker.tokenization import IGNORE_INDEX, tokenize_example, tokenize_examples
 
+pytestmark = pytest.mark.integration  # loads transformers and the tiny model
+
 CHAT = ChatExample(
     messages=[
         {"role": "system", "content": "Be brief."},

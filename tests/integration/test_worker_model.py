@@ -9,6 +9,8 @@ from loraplane.errors import FailedPrecondition, InvalidArgument
 from trainer_svc.spec import JobSpec
 from trainer_svc.worker.model import load_model
 
+pytestmark = pytest.mark.integration  # loads transformers and the tiny model
+
 
 def _spec(**overrides) -> JobSpec:
     return JobSpec(base_model="tiny", adapter_name="a", training_data={"inline_jsonl": "{}"}, **overrides)

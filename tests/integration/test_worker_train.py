@@ -7,6 +7,8 @@ from trainer_svc.progress import EvalEvent, ProgressEvent
 from trainer_svc.spec import TrainingParameters
 from trainer_svc.worker.train import EventReporter, training_arguments
 
+pytestmark = pytest.mark.integration  # loads transformers and the tiny model
+
 
 @pytest.mark.parametrize(
     ("params", "has_validation", "eval_strategy", "save_strategy"),

@@ -11,6 +11,8 @@ from trainer_svc.settings import TrainerSettings
 from trainer_svc.spec import DatasetSource, JobSpec
 from trainer_svc.worker_input import WorkerInput
 
+pytestmark = pytest.mark.integration  # loads transformers and the tiny model
+
 
 def _input(tmp_path: Path) -> WorkerInput:
     spec = JobSpec(base_model="none", adapter_name="a", training_data=DatasetSource(inline_jsonl="{}"))
