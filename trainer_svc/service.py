@@ -284,21 +284,27 @@ class JobService:
         )
         return train, validation
 
+    def _check_dataset_size(self, size: int, field: str) -> None:
+        if size > self.settings.trainer_max_dataset_bytes:
+            raise InvalidArgument(
+                f"dataset is {size} bytes; the limit is {self.settings.trainer_max_dataset_bytes}: split it",
+                field=field,
+            )
+
     def _read_source(self, source: DatasetSource, field: str) -> str:
         if source.inline_jsonl is not None:
             data = source.inline_jsonl.encode()
         elif source.uri:
             store = open_store(self.settings.store_uri, s3_endpoint_url=self.settings.s3_endpoint_url)
             try:
-                data = store.get_bytes(store.key_for_uri(source.uri))
+                key = store.key_for_uri(source.uri)
+                self._check_dataset_size(store.size(key), field)  # before reading it into memory
+                data = store.get_bytes(key)
             except LoraplaneError as exc:
                 raise type(exc)(exc.message, field=field) from None
         else:
             raise InvalidArgument("give the dataset as inline_jsonl or as a uri in the trainer's store", field=field)
-        if len(data) > self.settings.trainer_max_dataset_bytes:
-            raise InvalidArgument(
-                f"dataset is {len(data)} bytes; the limit is {self.settings.trainer_max_dataset_bytes}", field=field
-            )
+        self._check_dataset_size(len(data), field)
         try:
             return data.decode()
         except UnicodeDecodeError as exc:

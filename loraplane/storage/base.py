@@ -63,6 +63,10 @@ class ObjectStore(abc.ABC):
     def exists(self, key: str) -> bool: ...
 
     @abc.abstractmethod
+    def size(self, key: str) -> int:
+        """The object's size in bytes, without reading it; NotFound when there is none."""
+
+    @abc.abstractmethod
     def list_keys(self, prefix: str) -> Iterator[str]:
         """Every key under `prefix` (a folder-like prefix ending in '/')."""
 

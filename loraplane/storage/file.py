@@ -87,6 +87,12 @@ class FileStore(ObjectStore):
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
 
+    def size(self, key: str) -> int:
+        path = self._path(key)
+        if not path.is_file():
+            raise NotFound(f"no object {key!r} in {self.uri}")
+        return path.stat().st_size
+
     def list_keys(self, prefix: str) -> Iterator[str]:
         base = self.root / prefix if prefix else self.root
         if not base.is_dir():

@@ -183,13 +183,15 @@ class S3Store(ObjectStore):
             raise
 
     def exists(self, key: str) -> bool:
-        full_key = self._key(key)
         try:
-            with self._errors(key):
-                self._client.head_object(Bucket=self.bucket, Key=full_key)
+            self.size(key)
         except NotFound:
             return False
         return True
+
+    def size(self, key: str) -> int:
+        with self._errors(key):
+            return int(self._client.head_object(Bucket=self.bucket, Key=self._key(key))["ContentLength"])
 
     def list_keys(self, prefix: str) -> Iterator[str]:
         folder = self._folder(prefix)

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from loraplane.client import LoraplaneClient
 from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from loraplane.proto import trainer_pb2
+from loraplane.storage import open_store
 from tests.support.servers import running
 from trainer_svc.server import TrainerServer, create_server
 from trainer_svc.settings import TrainerSettings
@@ -200,3 +201,22 @@ def test_reflection_lists_the_services(trainer: TrainerServer) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{trainer.port}") as channel:
         services = ProtoReflectionDescriptorDatabase(channel).get_services()
     assert {"loraplane.v1.Trainer", "grpc.health.v1.Health"} <= set(services)
+
+
+def test_a_dataset_uri_over_the_size_limit_is_refused_before_it_is_read(tiny_model_dir: Path, tmp_path: Path) -> None:
+    settings = TrainerSettings(
+        data_dir=tmp_path,
+        base_model=tiny_model_dir,
+        trainer_address="127.0.0.1:0",
+        trainer_metrics_port=0,
+        trainer_max_dataset_bytes=1024,
+    )
+    store = open_store(settings.store_uri)
+    store.put_bytes("datasets/big.jsonl", GOOD_LINE.encode() * 100)
+    with (
+        running(lambda: create_server(settings)) as server,
+        LoraplaneClient(trainer=f"127.0.0.1:{server.port}") as client,
+        pytest.raises(InvalidArgument, match="limit is 1024") as info,
+    ):
+        client.jobs.create(adapter_name="big", training_uri=store.uri_for("datasets/big.jsonl"))
+    assert info.value.field == "spec.training_data"

@@ -45,6 +45,7 @@ class ObjectStoreContract:
         assert store.get_bytes("a/b/c.bin") == b"\x00\x01binary\xff"
         assert store.get_bytes("empty") == b""
         assert store.exists("a/b/c.bin")
+        assert (store.size("a/b/c.bin"), store.size("empty")) == (9, 0)
 
     def test_put_replaces(self, store: ObjectStore) -> None:
         store.put_bytes("k", b"old")
@@ -57,6 +58,8 @@ class ObjectStoreContract:
             store.get_bytes("nope")
         with pytest.raises(NotFound):
             store.get_bytes("a/nope")
+        with pytest.raises(NotFound):
+            store.size("nope")
 
     def test_put_file_then_download(self, store: ObjectStore, tmp_path: Path) -> None:
         # 9 MiB: above boto3's 8 MiB threshold, so S3 takes the multipart path.
