@@ -126,3 +126,17 @@ class ServiceEndpoints:
         if self._metrics is not None:
             self._metrics.close()
             self._metrics = None
+
+
+class EndpointsHost:
+    """Base of both services' servers: the ports they listen on, read from their endpoints."""
+
+    endpoints: ServiceEndpoints
+
+    @property
+    def port(self) -> int:
+        return self.endpoints.port
+
+    @property
+    def metrics_port(self) -> int:
+        return self.endpoints.metrics_port

@@ -6,7 +6,7 @@ import logging
 
 from loraplane.artifact import ArtifactRepository
 from loraplane.fingerprint import base_model_fingerprint
-from loraplane.grpc_server import ServiceEndpoints
+from loraplane.grpc_server import EndpointsHost, ServiceEndpoints
 from loraplane.proto import serving_pb2, serving_pb2_grpc
 from loraplane.storage import open_store
 from serving_svc.adapters import AdapterManager, AdapterPolicy
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 
 
-class ServingServer:
+class ServingServer(EndpointsHost):
     """One replica. Tests start several in a process: nothing here is global."""
 
     def __init__(self, settings: ServingSettings) -> None:
@@ -43,14 +43,6 @@ class ServingServer:
             self.engine, self.adapters, self.metrics, default_max_tokens=settings.default_max_tokens
         )
         serving_pb2_grpc.add_InferenceServicer_to_server(servicer, self.endpoints.server)
-
-    @property
-    def port(self) -> int:
-        return self.endpoints.port
-
-    @property
-    def metrics_port(self) -> int:
-        return self.endpoints.metrics_port
 
     async def start(self) -> None:
         """Listen at once (health says NOT_SERVING), load the base model, then report SERVING."""

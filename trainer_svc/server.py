@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from loraplane.grpc_server import ServiceEndpoints
+from loraplane.grpc_server import EndpointsHost, ServiceEndpoints
 from loraplane.proto import trainer_pb2, trainer_pb2_grpc
 from trainer_svc.executors import create_executor
 from trainer_svc.job_store import SqliteJobStore
@@ -12,7 +12,7 @@ from trainer_svc.servicer import TrainerServicer
 from trainer_svc.settings import TrainerSettings
 
 
-class TrainerServer:
+class TrainerServer(EndpointsHost):
     """One trainer instance. Tests start several in a process: nothing here is global."""
 
     def __init__(self, settings: TrainerSettings) -> None:
@@ -27,14 +27,6 @@ class TrainerServer:
             self.metrics.registry,
         )
         trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(self.jobs), self.endpoints.server)
-
-    @property
-    def port(self) -> int:
-        return self.endpoints.port
-
-    @property
-    def metrics_port(self) -> int:
-        return self.endpoints.metrics_port
 
     async def start(self) -> None:
         """Listen, queue again what a previous run left unfinished, then report SERVING."""
