@@ -147,6 +147,8 @@ def sampling(
     stop: list[str] | None = None,
     seed: int | None = None,
     logprobs: bool = False,
+    min_tokens: int = 0,
+    ignore_eos: bool = False,
 ) -> serving_pb2.SamplingParameters:
     return serving_pb2.SamplingParameters(
         max_tokens=max_tokens,
@@ -156,6 +158,8 @@ def sampling(
         stop=stop or [],
         seed=seed,
         logprobs=logprobs,
+        min_tokens=min_tokens,
+        ignore_eos=ignore_eos,
     )
 
 

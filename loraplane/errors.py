@@ -68,6 +68,10 @@ class InternalError(LoraplaneError):
     code = grpc.StatusCode.INTERNAL
 
 
+class StartupError(Exception):
+    """A service cannot start with its settings; the message names the setting to change."""
+
+
 ERRORS_BY_CODE: dict[grpc.StatusCode, type[LoraplaneError]] = {
     cls.code: cls
     for cls in (

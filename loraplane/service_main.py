@@ -8,6 +8,8 @@ import signal
 from collections.abc import Callable
 from typing import Protocol
 
+from loraplane.errors import StartupError
+
 
 class Service(Protocol):
     @property
@@ -30,7 +32,11 @@ async def serve_until_signalled(build: Callable[[], Service], name: str, grace: 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    await service.start()
+    try:
+        await service.start()
+    except StartupError as exc:
+        log.error("%s cannot start: %s", name, exc)
+        raise SystemExit(2) from None
     log.info("%s listening on port %d", name, service.port)
     await stopping.wait()
     log.info("%s stopping", name)

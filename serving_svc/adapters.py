@@ -19,11 +19,11 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from loraplane.artifact import ArtifactRepository, Manifest, manifest_digest
+from loraplane.artifact import MANIFEST, ArtifactRepository, Manifest, manifest_digest
 from loraplane.errors import FailedPrecondition, ResourceExhausted
 from loraplane.names import AdapterSpec
 from serving_svc.engines.base import Engine
-from serving_svc.metrics import ServingMetrics
+from serving_svc.metrics import LoadSource, ServingMetrics
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ class AdapterManager:
         if manifest.rank > policy.max_rank:
             raise FailedPrecondition(
                 f"adapter {adapter.key} has LoRA rank {manifest.rank}; this replica accepts at most "
-                f"{policy.max_rank} (max_lora_rank)"
+                f"{policy.max_rank} (LORAPLANE_MAX_LORA_RANK)"
             )
         if manifest.method not in self._engine.supported_methods:
             raise FailedPrecondition(
@@ -181,20 +181,24 @@ class AdapterManager:
     async def _ensure_loaded(self, adapter: ResolvedAdapter) -> _Slot:
         key = adapter.key
         if (slot := self._touch(key)) is not None:
+            self._metrics.adapter_cache_lookups.labels("engine", "hit").inc()
             return slot
         async with self._locks.hold(f"load:{key}"):
-            if (slot := self._touch(key)) is not None:
+            if (slot := self._touch(key)) is not None:  # loaded by the request this one waited for
+                self._metrics.adapter_cache_lookups.labels("engine", "hit").inc()
                 return slot
+            self._metrics.adapter_cache_lookups.labels("engine", "miss").inc()
             started = time.perf_counter()
-            path = await asyncio.to_thread(self._fetch_checked, adapter)
+            path, source = await asyncio.to_thread(self._fetch_checked, adapter)
             async with self._slots_lock:
                 while len(self._slots) >= self._policy.max_loaded:
                     await self._evict_least_recently_used()
                 await self._engine.add_adapter(key, path)
                 slot = self._slots[key] = _Slot(adapter)
-            self._metrics.adapter_load_duration.observe(time.perf_counter() - started)
-            self._metrics.adapter_loads.labels(adapter.manifest.name).inc()
-            self._metrics.adapters_loaded.set(len(self._slots))
+            self._metrics.adapter_load_duration.labels(source).observe(time.perf_counter() - started)
+            name = adapter.manifest.name
+            self._metrics.labelled(self._metrics.adapter_loads, self._metrics.adapter_label(name)).inc()
+            self._metrics.adapters_resident.labels("engine").set(len(self._slots))
             return slot
 
     def _touch(self, key: str) -> _Slot | None:
@@ -208,17 +212,26 @@ class AdapterManager:
         manifest = adapter.manifest
         return self._cache_dir / manifest.name / f"v{manifest.version}-{adapter.manifest_sha256[:16]}"
 
-    def _fetch_checked(self, adapter: ResolvedAdapter) -> Path:
+    def _fetch_checked(self, adapter: ResolvedAdapter) -> tuple[Path, LoadSource]:
         """Download and verify the files (reusing a verified copy), then check the LoRA config itself."""
+        cached = (self._cache_path(adapter) / MANIFEST).is_file()
+        self._metrics.adapter_cache_lookups.labels("disk", "hit" if cached else "miss").inc()
         path = self._repository.fetch(adapter.manifest, self._cache_path(adapter))
+        if not cached:
+            self._measure_disk_cache()
         config = json.loads((path / "adapter_config.json").read_text())
         ranks = [int(config.get("r", 0)), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
         if max(ranks) > self._policy.max_rank:
             raise FailedPrecondition(
                 f"adapter {adapter.key} has LoRA rank {max(ranks)} in adapter_config.json; this replica "
-                f"accepts at most {self._policy.max_rank} (max_lora_rank)"
+                f"accepts at most {self._policy.max_rank} (LORAPLANE_MAX_LORA_RANK)"
             )
-        return path
+        return path, "disk" if cached else "store"
+
+    def _measure_disk_cache(self) -> None:
+        versions = [p for p in self._cache_dir.glob("*/v*") if (p / MANIFEST).is_file()]
+        self._metrics.adapters_resident.labels("disk").set(len(versions))
+        self._metrics.adapter_cache_bytes.set(sum(f.stat().st_size for v in versions for f in v.iterdir()))
 
     async def _evict_least_recently_used(self) -> None:
         victim = next((key for key, slot in self._slots.items() if slot.in_use == 0), None)
@@ -230,8 +243,8 @@ class AdapterManager:
         # Forget it before awaiting, so no request starts using a version on its way out.
         del self._slots[victim]
         await self._engine.remove_adapter(victim)
-        self._metrics.adapter_evictions.inc()
-        self._metrics.adapters_loaded.set(len(self._slots))
+        self._metrics.adapter_evictions.labels("engine").inc()
+        self._metrics.adapters_resident.labels("engine").set(len(self._slots))
 
     async def unload(self, spec: AdapterSpec) -> None:
         """Unload `name@vN`, or every loaded version of `name`; NotFound if the store has no such adapter."""
@@ -249,7 +262,7 @@ class AdapterManager:
             for key in keys:
                 del self._slots[key]
                 await self._engine.remove_adapter(key)
-            self._metrics.adapters_loaded.set(len(self._slots))
+            self._metrics.adapters_resident.labels("engine").set(len(self._slots))
         if not keys:
             await self._lookup(spec)  # outside the lock: unknown -> NotFound; known but not loaded -> nothing
 

@@ -14,7 +14,8 @@ from loraplane.errors import InvalidArgument
 from loraplane.names import AdapterSpec, parse_adapter_spec
 from loraplane.proto import common_pb2, serving_pb2
 from serving_svc.adapters import ResolvedAdapter
-from serving_svc.engines.base import ChatMessage, FinishReason, Prompt, SamplingOptions, TokenLogprob
+from serving_svc.engines.base import ChatMessage, FinishReason, Prompt, SamplingOptions, TokenLogprob, Usage
+from serving_svc.inference import Completion, GenerationChunk, GenerationInput, ModelInfo
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
 _FINISH_REASONS: dict[FinishReason, serving_pb2.FinishReason.ValueType] = {
@@ -57,8 +58,8 @@ def input_field(request: serving_pb2.GenerateRequest | serving_pb2.TokenizeReque
     return request.WhichOneof("input") or "prompt"
 
 
-def sampling(params: serving_pb2.SamplingParameters, *, max_model_len: int, default_max_tokens: int) -> SamplingOptions:
-    """Validated sampling options; unset fields take the documented defaults."""
+def sampling(params: serving_pb2.SamplingParameters) -> SamplingOptions:
+    """Validated sampling options; unset fields take the documented defaults (max_tokens 0: the replica's)."""
     temperature = params.temperature if params.HasField("temperature") else 1.0
     if not math.isfinite(temperature) or temperature < 0:
         raise InvalidArgument(f"temperature must be >= 0 (0 = greedy), got {temperature}", field="sampling.temperature")
@@ -68,32 +69,68 @@ def sampling(params: serving_pb2.SamplingParameters, *, max_model_len: int, defa
     top_k = params.top_k if params.HasField("top_k") else 0
     if top_k < 0:
         raise InvalidArgument(f"top_k must be >= 0 (0 = no cut), got {top_k}", field="sampling.top_k")
-    if params.max_tokens > max_model_len:
-        raise InvalidArgument(
-            f"max_tokens {params.max_tokens} exceeds the model length {max_model_len}",
-            field="sampling.max_tokens",
-        )
     if any(not s for s in params.stop):
         raise InvalidArgument("stop strings must not be empty", field="sampling.stop")
     return SamplingOptions(
-        max_tokens=params.max_tokens or min(default_max_tokens, max_model_len),
+        max_tokens=params.max_tokens,
         temperature=temperature,
         top_p=top_p,
         top_k=top_k,
         stop=tuple(params.stop),
         seed=params.seed if params.HasField("seed") else None,
         logprobs=params.logprobs,
+        min_tokens=params.min_tokens,
+        ignore_eos=params.ignore_eos,
     )
 
 
-def check_prompt_length(token_count: int, *, max_model_len: int, field: str) -> None:
-    """The prompt must leave room for at least one generated token."""
-    if token_count == 0:
-        raise InvalidArgument("the input is empty", field=field)
-    if token_count >= max_model_len:
-        raise InvalidArgument(
-            f"the input has {token_count} tokens; this model takes at most {max_model_len - 1}", field=field
-        )
+def generation_input(request: serving_pb2.GenerateRequest) -> GenerationInput:
+    return GenerationInput(
+        adapter=adapter_spec(request.adapter),
+        prompt=prompt(request),
+        sampling=sampling(request.sampling),
+        input_field=input_field(request),
+    )
+
+
+def generate_response(completion: Completion) -> serving_pb2.GenerateResponse:
+    response = serving_pb2.GenerateResponse(
+        text=completion.text,
+        finish_reason=finish_reason(completion.finish_reason),
+        logprobs=logprobs(tuple(completion.logprobs)),
+    )
+    if completion.usage is not None:
+        response.usage.CopyFrom(usage(completion.usage))
+    if completion.adapter is not None:
+        response.adapter.CopyFrom(adapter_ref(completion.adapter))
+    return response
+
+
+def stream_response(chunk: GenerationChunk, *, first: bool) -> serving_pb2.GenerateStreamResponse:
+    """One stream message: the adapter on the first, finish reason and usage on the last."""
+    delta = chunk.delta
+    message = serving_pb2.GenerateStreamResponse(delta=delta.text, logprobs=logprobs(delta.logprobs))
+    if first and chunk.adapter is not None:
+        message.adapter.CopyFrom(adapter_ref(chunk.adapter))
+    if delta.usage is not None:
+        message.finish_reason = finish_reason(delta.finish_reason)
+        message.usage.CopyFrom(usage(delta.usage))
+    return message
+
+
+def usage(value: Usage) -> serving_pb2.Usage:
+    return serving_pb2.Usage(prompt_tokens=value.prompt_tokens, completion_tokens=value.completion_tokens)
+
+
+def model_info(info: ModelInfo) -> serving_pb2.ModelInfoResponse:
+    return serving_pb2.ModelInfoResponse(
+        base_model=info.base_model,
+        base_model_fingerprint=info.base_model_fingerprint,
+        engine=info.engine,
+        max_model_length=info.max_model_len,
+        max_loaded_adapters=info.max_loaded_adapters,
+        max_lora_rank=info.max_lora_rank,
+    )
 
 
 def adapter_ref(adapter: ResolvedAdapter) -> common_pb2.AdapterRef:

@@ -1,26 +1,39 @@
 """The serving replica's Prometheus metrics, on a registry of its own so several servers fit one process.
 
-Adapter labels carry only names that resolved in the store (or one of the `_`-prefixed labels
-below), never raw request text, so a client sending random names cannot grow the label set.
+Adapter labels carry only names that resolved in the store, and only for the busiest
+`adapter_labels` adapters (`AdapterLabels`); the rest are summed under "_other", and the
+`_`-prefixed labels below mark requests without one. No request text becomes a label.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from loraplane.errors import LoraplaneError
+from serving_svc.adapter_labels import AdapterLabels
 
 BASE_MODEL_LABEL = "_base"
 NO_ADAPTER_LABEL = "_none"  # RPCs about the replica rather than one model: ModelInfo, ListAdapters, Tokenize
 UNRESOLVED_LABEL = "_unresolved"  # the named adapter was malformed, unknown or refused
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TOKEN_GAP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 _LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+CacheTier = Literal["engine", "disk"]
+"""Where an adapter version can be held: loaded in the engine, or verified on local disk."""
+LoadSource = Literal["disk", "store"]
+"""Where a load read the adapter from: the local disk cache, or the object store."""
 
 
 @dataclass
@@ -31,13 +44,17 @@ class RequestRecord:
 
 
 class ServingMetrics:
-    def __init__(self) -> None:
+    def __init__(self, adapter_labels: int) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter(
+        self._adapter_index: dict[MetricWrapperBase, int] = {}  # family -> position of its adapter label
+        self._seen: dict[str, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = {}
+        self._labels = AdapterLabels(adapter_labels, self._forget_adapter)
+
+        self.requests = self._adapter_family(
+            Counter,
             "loraplane_serving_requests",
-            "RPCs answered, by method, adapter name and gRPC status code.",
+            "RPCs answered, by method, adapter and gRPC status code.",
             ["rpc", "adapter", "status"],
-            registry=self.registry,
         )
         self.request_duration = Histogram(
             "loraplane_serving_request_duration_seconds",
@@ -46,46 +63,110 @@ class ServingMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.time_to_first_token = Histogram(
+        self.time_to_first_token = self._adapter_family(
+            Histogram,
             "loraplane_serving_time_to_first_token_seconds",
-            "Time from receiving a generation request to its first generated token (adapter load included).",
+            "Time from receiving a generation request to its first token (queueing and adapter load included).",
+            ["adapter"],
             buckets=_LATENCY_BUCKETS,
-            registry=self.registry,
         )
-        self.prompt_tokens = Counter(
-            "loraplane_serving_prompt_tokens",
-            "Prompt tokens of generation requests, by adapter.",
+        self.inter_token_latency = self._adapter_family(
+            Histogram,
+            "loraplane_serving_inter_token_latency_seconds",
+            "Time between two generated tokens of one request.",
             ["adapter"],
-            registry=self.registry,
+            buckets=_TOKEN_GAP_BUCKETS,
         )
-        self.generated_tokens = Counter(
-            "loraplane_serving_generated_tokens",
-            "Tokens generated, by adapter.",
+        self.generation_latency = self._adapter_family(
+            Histogram,
+            "loraplane_serving_generation_latency_seconds",
+            "Time from receiving a generation request to its last token (end to end).",
             ["adapter"],
-            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
         )
-        self.adapters_loaded = Gauge(
-            "loraplane_serving_adapters_loaded",
-            "Adapter versions loaded in the engine now.",
+        self.prompt_tokens = self._adapter_family(
+            Counter, "loraplane_serving_prompt_tokens", "Prompt tokens of generation requests.", ["adapter"]
+        )
+        self.generated_tokens = self._adapter_family(
+            Counter, "loraplane_serving_generated_tokens", "Tokens generated.", ["adapter"]
+        )
+        self.adapter_loads = self._adapter_family(
+            Counter, "loraplane_serving_adapter_loads", "Adapter versions loaded into the engine.", ["adapter"]
+        )
+        self.adapter_cache_lookups = Counter(
+            "loraplane_serving_adapter_cache_lookups",
+            "Adapter version lookups by cache tier (engine, disk) and result (hit, miss).",
+            ["tier", "result"],
             registry=self.registry,
         )
         self.adapter_load_duration = Histogram(
             "loraplane_serving_adapter_load_duration_seconds",
-            "Time to fetch (when not cached on disk), verify and load one adapter version into the engine.",
+            "Time to fetch (from the store when not on disk), verify and load one adapter version, by source.",
+            ["source"],
             buckets=_LOAD_BUCKETS,
-            registry=self.registry,
-        )
-        self.adapter_loads = Counter(
-            "loraplane_serving_adapter_loads",
-            "Adapter versions loaded into the engine, by adapter name.",
-            ["adapter"],
             registry=self.registry,
         )
         self.adapter_evictions = Counter(
             "loraplane_serving_adapter_evictions",
-            "Adapter versions evicted to make room for another (least recently used first).",
+            "Adapter versions evicted from a tier to make room for another (least recently used first).",
+            ["tier"],
             registry=self.registry,
         )
+        self.adapters_resident = Gauge(
+            "loraplane_serving_adapters_resident",
+            "Adapter versions held now, by tier.",
+            ["tier"],
+            registry=self.registry,
+        )
+        self.adapter_cache_bytes = Gauge(
+            "loraplane_serving_adapter_cache_bytes",
+            "Bytes of verified adapter copies in the local disk cache.",
+            registry=self.registry,
+        )
+        self.requests_queued = Gauge(
+            "loraplane_serving_requests_queued",
+            "Generation requests waiting for a place in the engine (max_concurrent_requests).",
+            registry=self.registry,
+        )
+        self.engine_requests_running = Gauge(
+            "loraplane_serving_engine_requests_running",
+            "Requests the engine is generating tokens for.",
+            registry=self.registry,
+        )
+        self.engine_requests_waiting = Gauge(
+            "loraplane_serving_engine_requests_waiting",
+            "Requests handed to the engine that have no token yet.",
+            registry=self.registry,
+        )
+        self.engine_batch_size = Histogram(
+            "loraplane_serving_engine_batch_size",
+            "Sequences in each decoding step (engines that report it: transformers).",
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+
+    def _adapter_family(self, kind: type[M], name: str, documentation: str, labels: list[str], **kwargs: object) -> M:
+        family = kind(name, documentation, labels, registry=self.registry, **kwargs)  # type: ignore[arg-type]
+        self._adapter_index[family] = labels.index("adapter")
+        return family
+
+    def labelled(self, family: M, *values: str) -> M:
+        """`family.labels(*values)`, remembered so the series can be removed if its adapter is demoted."""
+        self._seen.setdefault(values[self._adapter_index[family]], set()).add((family, values))
+        return family.labels(*values)
+
+    def adapter_label(self, name: str) -> str:
+        """The label adapter `name` is counted under for one more request: its name, or "_other"."""
+        return self._labels.label(name)
+
+    def _forget_adapter(self, name: str) -> None:
+        for family, values in self._seen.pop(name, set()):
+            family.remove(*values)
+
+    def watch_engine(self, stats: Callable[[], tuple[int, int]]) -> None:
+        """Read the engine's running and waiting counts at every scrape."""
+        self.engine_requests_running.set_function(lambda: stats()[0])
+        self.engine_requests_waiting.set_function(lambda: stats()[1])
 
     @contextmanager
     def track(self, rpc: str) -> Iterator[RequestRecord]:
@@ -105,5 +186,5 @@ class ServingMetrics:
             status = "INTERNAL"
             raise
         finally:
-            self.requests.labels(rpc, record.adapter, status).inc()
+            self.labelled(self.requests, rpc, record.adapter, status).inc()
             self.request_duration.labels(rpc).observe(time.perf_counter() - started)

@@ -10,7 +10,9 @@ from loraplane.grpc_server import EndpointsHost, ServiceEndpoints
 from loraplane.proto import serving_pb2, serving_pb2_grpc
 from loraplane.storage import open_store
 from serving_svc.adapters import AdapterManager, AdapterPolicy
+from serving_svc.admission import Admission
 from serving_svc.engines import create_engine
+from serving_svc.inference import InferenceService
 from serving_svc.metrics import ServingMetrics
 from serving_svc.servicer import InferenceServicer
 from serving_svc.settings import ServingSettings
@@ -25,8 +27,9 @@ class ServingServer(EndpointsHost):
 
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
-        self.metrics = ServingMetrics()
-        self.engine = create_engine(settings)
+        self.metrics = ServingMetrics(settings.metrics_adapter_labels)
+        self.engine = create_engine(settings, self.metrics.engine_batch_size.observe)
+        self.metrics.watch_engine(lambda: (self.engine.stats().running, self.engine.stats().waiting))
         policy = AdapterPolicy(
             base_model_name=settings.base_model_name,
             base_model_fingerprint=base_model_fingerprint(settings.base_model),
@@ -39,10 +42,14 @@ class ServingServer(EndpointsHost):
         self.endpoints = ServiceEndpoints(
             settings.serving_address, SERVICE_NAME, settings.serving_metrics_port, self.metrics.registry
         )
-        servicer = InferenceServicer(
-            self.engine, self.adapters, self.metrics, default_max_tokens=settings.default_max_tokens
+        self.inference = InferenceService(
+            self.engine,
+            self.adapters,
+            self.metrics,
+            Admission(settings.max_concurrent_requests, settings.max_queued_requests),
+            default_max_tokens=settings.default_max_tokens,
         )
-        serving_pb2_grpc.add_InferenceServicer_to_server(servicer, self.endpoints.server)
+        serving_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.inference), self.endpoints.server)
 
     async def start(self) -> None:
         """Listen at once (health says NOT_SERVING), load the base model, then report SERVING."""

@@ -9,8 +9,12 @@ from pydantic import Field, model_validator
 
 from loraplane.settings import CommonSettings
 
-EngineName = Literal["vllm"]
-"""Engines `serving_engine` can name; each maps to one module in serving_svc.engines."""
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+"""Weight and activation dtype; auto is the model config's (resolved to float32 on a CPU)."""
+EngineName = Literal["vllm", "transformers"]
+"""The engines; each maps to one module in serving_svc.engines."""
+EngineChoice = Literal["auto", "vllm", "transformers"]
+"""What `serving_engine` can name: an engine, or auto (vLLM on a GPU, transformers on a CPU)."""
 
 
 class ServingSettings(CommonSettings):
@@ -18,7 +22,11 @@ class ServingSettings(CommonSettings):
     serving_metrics_port: int = Field(
         9102, ge=0, le=65535, description="Prometheus /metrics port, on the gRPC address's host; 0 = free."
     )
-    serving_engine: EngineName = Field("vllm", description="Inference engine: vllm (AsyncLLM, LoRA enabled).")
+    serving_engine: EngineChoice = Field(
+        "auto",
+        description="Inference engine: vllm (AsyncLLM), transformers (transformers + peft, mixed-adapter "
+        "continuous batching, DoRA too) or auto: vllm on a GPU, transformers on a CPU, where it is faster.",
+    )
     adapter_cache_dir: Path = Field(
         Path(""), description="Verified local copies of adapter versions. Default: {data_dir}/adapter-cache."
     )
@@ -29,15 +37,45 @@ class ServingSettings(CommonSettings):
         description="Adapters held in the engine at once; the least recently used is evicted.",
     )
     max_lora_rank: int = Field(
-        64, ge=1, le=512, description="Largest LoRA rank accepted; higher ranks cost memory for every slot."
+        16,
+        ge=1,
+        le=512,
+        description="Largest LoRA rank accepted (the trainer's default is 16); vLLM sizes every adapter slot "
+        "for it, so a higher one costs memory and time on every request.",
+    )
+    max_batch_size: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description="Sequences decoded together in one engine step (vLLM's max_num_seqs); more requests wait "
+        "in the engine's queue.",
+    )
+    max_concurrent_requests: int = Field(
+        256,
+        ge=1,
+        description="Generation requests handed to the engine at once; more wait in this replica's queue.",
+    )
+    max_queued_requests: int = Field(
+        256,
+        ge=0,
+        description="Generation requests waiting for a place in the engine; past this, RESOURCE_EXHAUSTED.",
+    )
+    metrics_adapter_labels: int = Field(
+        16,
+        ge=1,
+        le=1000,
+        description="Adapters with their own `adapter` label in the metrics: the busiest this many; the rest "
+        'are summed under adapter="_other".',
     )
     max_model_len: int = Field(
         2048,
         ge=16,
         description="Prompt plus generated tokens per request; at most the model's context length.",
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weight and activation dtype; auto takes the model config's."
+    dtype: Dtype = Field(
+        "auto",
+        description="Weight and activation dtype; auto is float32 on a CPU (faster there than bfloat16) and "
+        "the model config's on a GPU.",
     )
     gpu_memory_utilization: float = Field(
         0.2,

@@ -26,51 +26,51 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from loraplane.proto import common_pb2 as loraplane_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aloraplane/v1/serving.proto\x12\x0cloraplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19loraplane/v1/common.proto\"\xca\x01\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\";\n\x0c\x43hatMessages\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.loraplane.v1.ChatMessage\"\xa1\x01\n\x0fGenerateRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12.\n\x08messages\x18\x03 \x01(\x0b\x32\x1a.loraplane.v1.ChatMessagesH\x00\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .loraplane.v1.SamplingParametersB\x07\n\x05input\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"@\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\xd0\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.loraplane.v1.FinishReason\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.loraplane.v1.Usage\x12,\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1a.loraplane.v1.TokenLogprob\x12)\n\x07\x61\x64\x61pter\x18\x05 \x01(\x0b\x32\x18.loraplane.v1.AdapterRef\"\xd7\x01\n\x16GenerateStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12,\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1a.loraplane.v1.TokenLogprob\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.loraplane.v1.FinishReason\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.loraplane.v1.Usage\x12)\n\x07\x61\x64\x61pter\x18\x05 \x01(\x0b\x32\x18.loraplane.v1.AdapterRef\"\\\n\x0fTokenizeRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12.\n\x08messages\x18\x02 \x01(\x0b\x32\x1a.loraplane.v1.ChatMessagesH\x00\x42\x07\n\x05input\"%\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\"\x12\n\x10ModelInfoRequest\"\xa5\x01\n\x11ModelInfoResponse\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x18\n\x10max_model_length\x18\x04 \x01(\r\x12\x1b\n\x13max_loaded_adapters\x18\x05 \x01(\r\x12\x15\n\rmax_lora_rank\x18\x06 \x01(\r\"\xa6\x01\n\x0b\x41\x64\x61pterInfo\x12%\n\x03ref\x18\x01 \x01(\x0b\x32\x18.loraplane.v1.AdapterRef\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\r\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06loaded\x18\x06 \x01(\x08\"*\n\x13ListAdaptersRequest\x12\x13\n\x0bloaded_only\x18\x01 \x01(\x08\"C\n\x14ListAdaptersResponse\x12+\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x19.loraplane.v1.AdapterInfo\"%\n\x12LoadAdapterRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\"A\n\x13LoadAdapterResponse\x12*\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x19.loraplane.v1.AdapterInfo\"\'\n\x14UnloadAdapterRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\"\x17\n\x15UnloadAdapterResponse*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xcd\x04\n\tInference\x12I\n\x08Generate\x12\x1d.loraplane.v1.GenerateRequest\x1a\x1e.loraplane.v1.GenerateResponse\x12W\n\x0eGenerateStream\x12\x1d.loraplane.v1.GenerateRequest\x1a$.loraplane.v1.GenerateStreamResponse0\x01\x12I\n\x08Tokenize\x12\x1d.loraplane.v1.TokenizeRequest\x1a\x1e.loraplane.v1.TokenizeResponse\x12L\n\tModelInfo\x12\x1e.loraplane.v1.ModelInfoRequest\x1a\x1f.loraplane.v1.ModelInfoResponse\x12U\n\x0cListAdapters\x12!.loraplane.v1.ListAdaptersRequest\x1a\".loraplane.v1.ListAdaptersResponse\x12R\n\x0bLoadAdapter\x12 .loraplane.v1.LoadAdapterRequest\x1a!.loraplane.v1.LoadAdapterResponse\x12X\n\rUnloadAdapter\x12\".loraplane.v1.UnloadAdapterRequest\x1a#.loraplane.v1.UnloadAdapterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aloraplane/v1/serving.proto\x12\x0cloraplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19loraplane/v1/common.proto\"\xf2\x01\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\x12\n\nignore_eos\x18\t \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\";\n\x0c\x43hatMessages\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.loraplane.v1.ChatMessage\"\xa1\x01\n\x0fGenerateRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12.\n\x08messages\x18\x03 \x01(\x0b\x32\x1a.loraplane.v1.ChatMessagesH\x00\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .loraplane.v1.SamplingParametersB\x07\n\x05input\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"@\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\xd0\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.loraplane.v1.FinishReason\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.loraplane.v1.Usage\x12,\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1a.loraplane.v1.TokenLogprob\x12)\n\x07\x61\x64\x61pter\x18\x05 \x01(\x0b\x32\x18.loraplane.v1.AdapterRef\"\xd7\x01\n\x16GenerateStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12,\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1a.loraplane.v1.TokenLogprob\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.loraplane.v1.FinishReason\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.loraplane.v1.Usage\x12)\n\x07\x61\x64\x61pter\x18\x05 \x01(\x0b\x32\x18.loraplane.v1.AdapterRef\"\\\n\x0fTokenizeRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12.\n\x08messages\x18\x02 \x01(\x0b\x32\x1a.loraplane.v1.ChatMessagesH\x00\x42\x07\n\x05input\"%\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\"\x12\n\x10ModelInfoRequest\"\xa5\x01\n\x11ModelInfoResponse\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x18\n\x10max_model_length\x18\x04 \x01(\r\x12\x1b\n\x13max_loaded_adapters\x18\x05 \x01(\r\x12\x15\n\rmax_lora_rank\x18\x06 \x01(\r\"\xa6\x01\n\x0b\x41\x64\x61pterInfo\x12%\n\x03ref\x18\x01 \x01(\x0b\x32\x18.loraplane.v1.AdapterRef\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\r\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06loaded\x18\x06 \x01(\x08\"*\n\x13ListAdaptersRequest\x12\x13\n\x0bloaded_only\x18\x01 \x01(\x08\"C\n\x14ListAdaptersResponse\x12+\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x19.loraplane.v1.AdapterInfo\"%\n\x12LoadAdapterRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\"A\n\x13LoadAdapterResponse\x12*\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x19.loraplane.v1.AdapterInfo\"\'\n\x14UnloadAdapterRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\"\x17\n\x15UnloadAdapterResponse*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xcd\x04\n\tInference\x12I\n\x08Generate\x12\x1d.loraplane.v1.GenerateRequest\x1a\x1e.loraplane.v1.GenerateResponse\x12W\n\x0eGenerateStream\x12\x1d.loraplane.v1.GenerateRequest\x1a$.loraplane.v1.GenerateStreamResponse0\x01\x12I\n\x08Tokenize\x12\x1d.loraplane.v1.TokenizeRequest\x1a\x1e.loraplane.v1.TokenizeResponse\x12L\n\tModelInfo\x12\x1e.loraplane.v1.ModelInfoRequest\x1a\x1f.loraplane.v1.ModelInfoResponse\x12U\n\x0cListAdapters\x12!.loraplane.v1.ListAdaptersRequest\x1a\".loraplane.v1.ListAdaptersResponse\x12R\n\x0bLoadAdapter\x12 .loraplane.v1.LoadAdapterRequest\x1a!.loraplane.v1.LoadAdapterResponse\x12X\n\rUnloadAdapter\x12\".loraplane.v1.UnloadAdapterRequest\x1a#.loraplane.v1.UnloadAdapterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loraplane.v1.serving_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1863
-  _globals['_FINISHREASON']._serialized_end=1958
+  _globals['_FINISHREASON']._serialized_start=1903
+  _globals['_FINISHREASON']._serialized_end=1998
   _globals['_SAMPLINGPARAMETERS']._serialized_start=105
-  _globals['_SAMPLINGPARAMETERS']._serialized_end=307
-  _globals['_CHATMESSAGES']._serialized_start=309
-  _globals['_CHATMESSAGES']._serialized_end=368
-  _globals['_GENERATEREQUEST']._serialized_start=371
-  _globals['_GENERATEREQUEST']._serialized_end=532
-  _globals['_USAGE']._serialized_start=534
-  _globals['_USAGE']._serialized_end=591
-  _globals['_TOKENLOGPROB']._serialized_start=593
-  _globals['_TOKENLOGPROB']._serialized_end=657
-  _globals['_GENERATERESPONSE']._serialized_start=660
-  _globals['_GENERATERESPONSE']._serialized_end=868
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=871
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1086
-  _globals['_TOKENIZEREQUEST']._serialized_start=1088
-  _globals['_TOKENIZEREQUEST']._serialized_end=1180
-  _globals['_TOKENIZERESPONSE']._serialized_start=1182
-  _globals['_TOKENIZERESPONSE']._serialized_end=1219
-  _globals['_MODELINFOREQUEST']._serialized_start=1221
-  _globals['_MODELINFOREQUEST']._serialized_end=1239
-  _globals['_MODELINFORESPONSE']._serialized_start=1242
-  _globals['_MODELINFORESPONSE']._serialized_end=1407
-  _globals['_ADAPTERINFO']._serialized_start=1410
-  _globals['_ADAPTERINFO']._serialized_end=1576
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=1578
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=1620
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1622
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1689
-  _globals['_LOADADAPTERREQUEST']._serialized_start=1691
-  _globals['_LOADADAPTERREQUEST']._serialized_end=1728
-  _globals['_LOADADAPTERRESPONSE']._serialized_start=1730
-  _globals['_LOADADAPTERRESPONSE']._serialized_end=1795
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1797
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1836
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=1838
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=1861
-  _globals['_INFERENCE']._serialized_start=1961
-  _globals['_INFERENCE']._serialized_end=2550
+  _globals['_SAMPLINGPARAMETERS']._serialized_end=347
+  _globals['_CHATMESSAGES']._serialized_start=349
+  _globals['_CHATMESSAGES']._serialized_end=408
+  _globals['_GENERATEREQUEST']._serialized_start=411
+  _globals['_GENERATEREQUEST']._serialized_end=572
+  _globals['_USAGE']._serialized_start=574
+  _globals['_USAGE']._serialized_end=631
+  _globals['_TOKENLOGPROB']._serialized_start=633
+  _globals['_TOKENLOGPROB']._serialized_end=697
+  _globals['_GENERATERESPONSE']._serialized_start=700
+  _globals['_GENERATERESPONSE']._serialized_end=908
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=911
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1126
+  _globals['_TOKENIZEREQUEST']._serialized_start=1128
+  _globals['_TOKENIZEREQUEST']._serialized_end=1220
+  _globals['_TOKENIZERESPONSE']._serialized_start=1222
+  _globals['_TOKENIZERESPONSE']._serialized_end=1259
+  _globals['_MODELINFOREQUEST']._serialized_start=1261
+  _globals['_MODELINFOREQUEST']._serialized_end=1279
+  _globals['_MODELINFORESPONSE']._serialized_start=1282
+  _globals['_MODELINFORESPONSE']._serialized_end=1447
+  _globals['_ADAPTERINFO']._serialized_start=1450
+  _globals['_ADAPTERINFO']._serialized_end=1616
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1618
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1660
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1662
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1729
+  _globals['_LOADADAPTERREQUEST']._serialized_start=1731
+  _globals['_LOADADAPTERREQUEST']._serialized_end=1768
+  _globals['_LOADADAPTERRESPONSE']._serialized_start=1770
+  _globals['_LOADADAPTERRESPONSE']._serialized_end=1835
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1837
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1876
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=1878
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=1901
+  _globals['_INFERENCE']._serialized_start=2001
+  _globals['_INFERENCE']._serialized_end=2590
 # @@protoc_insertion_point(module_scope)

@@ -53,6 +53,8 @@ class SamplingParameters(_message.Message):
     STOP_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
+    MIN_TOKENS_FIELD_NUMBER: _builtins.int
+    IGNORE_EOS_FIELD_NUMBER: _builtins.int
     temperature: _builtins.float
     """0 = greedy. Unset = 1.0."""
     top_p: _builtins.float
@@ -63,6 +65,12 @@ class SamplingParameters(_message.Message):
     seed: _builtins.int
     logprobs: _builtins.bool
     """Return the log-probability of each generated token."""
+    min_tokens: _builtins.int
+    """Generate at least this many tokens before an end-of-sequence token or a stop string may
+    end the answer. At most max_tokens.
+    """
+    ignore_eos: _builtins.bool
+    """Keep generating past the end-of-sequence token (until max_tokens or a stop string)."""
     @_builtins.property
     def stop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -75,10 +83,12 @@ class SamplingParameters(_message.Message):
         stop: _abc.Iterable[_builtins.str] | None = ...,
         seed: _builtins.int | None = ...,
         logprobs: _builtins.bool = ...,
+        min_tokens: _builtins.int = ...,
+        ignore_eos: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "seed", b"seed", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "_temperature", b"_temperature", "_top_k", b"_top_k", "_top_p", b"_top_p", "ignore_eos", b"ignore_eos", "logprobs", b"logprobs", "max_tokens", b"max_tokens", "min_tokens", b"min_tokens", "seed", b"seed", "stop", b"stop", "temperature", b"temperature", "top_k", b"top_k", "top_p", b"top_p"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
@@ -354,7 +364,7 @@ class ModelInfoResponse(_message.Message):
     base_model_fingerprint: _builtins.str
     """Fingerprint of the base model's config and tokenizer; adapters must match it."""
     engine: _builtins.str
-    """"vllm" or "transformers"."""
+    """The engine serving this replica: "vllm" or "transformers" ("auto" resolved)."""
     max_model_length: _builtins.int
     max_loaded_adapters: _builtins.int
     """How many adapters can be loaded at once."""

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from jinja2 import TemplateError
 
 from loraplane.errors import FailedPrecondition, InvalidArgument
+from serving_svc.settings import Dtype
 
 FinishReason = Literal["stop", "length"]
 """stop: the model ended its answer or hit a stop string; length: max_tokens or the context ran out."""
@@ -43,6 +44,10 @@ class SamplingOptions:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     logprobs: bool = False
+    min_tokens: int = 0
+    """End-of-sequence tokens and stop strings cannot end the answer before this many tokens."""
+    ignore_eos: bool = False
+    """Generate past end-of-sequence tokens, until max_tokens or a stop string."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,30 @@ class GenerationDelta:
     usage: Usage | None = None
 
 
+@dataclass(frozen=True)
+class EngineConfig:
+    """What an engine needs from the replica's settings, resolved (no "auto" left but in `dtype` on GPUs)."""
+
+    model_path: Path
+    served_model_name: str
+    dtype: Dtype
+    """auto is left for GPUs only: on a CPU it is resolved to float32."""
+    max_model_len: int
+    max_batch_size: int
+    """Sequences decoded together in one step; more wait in the engine's queue."""
+    max_loaded_adapters: int
+    max_lora_rank: int
+    gpu_memory_utilization: float
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    """Requests generating tokens now."""
+    waiting: int
+    """Requests handed to the engine that have no token yet (queued or in prefill)."""
+
+
 class Tokenizer(Protocol):
     """The slice of a Hugging Face tokenizer the engines share; called from worker threads, so an
     engine hands out one that is safe there (vLLM's is a pool of copies)."""
@@ -111,6 +140,10 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def tokenizer(self) -> Tokenizer:
         """The base model's tokenizer, as the engine itself uses it."""
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats:
+        """Requests running and waiting in the engine now."""
 
     @abc.abstractmethod
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationDelta, None]:

@@ -121,9 +121,12 @@ def adapter_sources(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["vllm", "transformers"])
 async def serving(
-    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, adapter_sources: dict[str, Path]
+    request: pytest.FixtureRequest,
+    tiny_model_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    adapter_sources: dict[str, Path],
 ) -> AsyncIterator[Serving]:
     data_dir = tmp_path_factory.mktemp("serving")
     repository = ArtifactRepository(FileStore(data_dir / "store"))
@@ -138,6 +141,7 @@ async def serving(
         base_model_name="tiny",
         serving_address="127.0.0.1:0",
         serving_metrics_port=0,
+        serving_engine=request.param,
         max_loaded_adapters=2,
         max_lora_rank=16,
         max_model_len=256,
@@ -194,7 +198,7 @@ async def test_health_goes_from_not_serving_to_serving(serving: Serving) -> None
 
 async def test_model_info(serving: Serving, tiny_model_dir: Path) -> None:
     info = await serving.stub.ModelInfo(serving_pb2.ModelInfoRequest())
-    assert (info.base_model, info.engine, info.max_model_length) == ("tiny", "vllm", 256)
+    assert (info.base_model, info.engine, info.max_model_length) == ("tiny", serving.server.engine.name, 256)
     assert info.base_model_fingerprint == base_model_fingerprint(tiny_model_dir)
     assert (info.max_loaded_adapters, info.max_lora_rank) == (2, 16)
 
@@ -403,4 +407,5 @@ async def test_metrics_count_requests_by_adapter_and_status(serving: Serving) ->
     assert 'adapter="nobody"' not in text, "request text must not become a label"
     assert _metric(text, "loraplane_serving_generated_tokens_total", adapter="beta") >= 1
     assert _metric(text, "loraplane_serving_time_to_first_token_seconds_count") >= 1
-    assert _metric(text, "loraplane_serving_adapters_loaded") == len(serving.server.adapters.loaded())
+    resident = _metric(text, "loraplane_serving_adapters_resident", tier="engine")
+    assert resident == len(serving.server.adapters.loaded())

@@ -1,0 +1,69 @@
+"""Choosing each row's next token from one step's logits, with that row's own sampling options.
+
+Rows of one batch differ in everything (greedy or not, temperature, top-k/top-p, seed, min_tokens),
+so the batch is processed as a whole where it can be (log-probabilities, the greedy argmax) and
+row by row only for rows that sample. Log-probabilities are those of the model's raw
+distribution, before temperature or truncation, as vLLM reports them by default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from serving_svc.engines.base import SamplingOptions
+
+
+@dataclass
+class RowSampler:
+    """One sequence's sampling state: its options and, when seeded, its own random generator."""
+
+    options: SamplingOptions
+    generator: torch.Generator | None = None
+
+    @classmethod
+    def for_options(cls, options: SamplingOptions) -> RowSampler:
+        generator = None
+        if options.seed is not None and options.temperature > 0:
+            generator = torch.Generator().manual_seed(options.seed)
+        return cls(options, generator)
+
+    def end_token_allowed(self, generated: int) -> bool:
+        return not self.options.ignore_eos and generated >= self.options.min_tokens
+
+
+def select_tokens(
+    logits: torch.Tensor, samplers: list[RowSampler], generated: list[int], end_token_ids: torch.Tensor
+) -> tuple[list[int], list[float]]:
+    """The next token of every row and its log-probability; end tokens are barred where a row's
+    min_tokens or ignore_eos says so."""
+    logits = logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    barred = [i for i, (s, n) in enumerate(zip(samplers, generated, strict=True)) if not s.end_token_allowed(n)]
+    if barred:
+        logits = logits.clone()
+        rows = torch.tensor(barred)
+        logits[rows.unsqueeze(1), end_token_ids.unsqueeze(0)] = float("-inf")
+    tokens = logits.argmax(dim=-1).tolist()
+    for i, sampler in enumerate(samplers):
+        if sampler.options.temperature > 0:
+            tokens[i] = _sample(logits[i], sampler)
+    chosen = logprobs.gather(1, torch.tensor(tokens).unsqueeze(1)).squeeze(1).tolist()
+    return tokens, chosen
+
+
+def _sample(logits: torch.Tensor, sampler: RowSampler) -> int:
+    options = sampler.options
+    scaled = logits / options.temperature
+    if options.top_k > 0 and options.top_k < scaled.numel():
+        kth = torch.topk(scaled, options.top_k).values[-1]
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    if options.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p (always at least the likeliest token).
+        outside = (sorted_probs.cumsum(0) - sorted_probs) >= options.top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    return int(torch.multinomial(probs, 1, generator=sampler.generator).item())

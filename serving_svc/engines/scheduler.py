@@ -1,0 +1,227 @@
+"""The transformers engine's scheduler: one thread that admits, prefills, decodes and retires sequences.
+
+Every model call happens on this thread, so adapters are added and removed between steps (as
+calls queued with `call`) and never under a running forward pass. Requests that arrive while
+others decode are prefilled at the next step and join the running batch; finished and aborted
+rows leave it at once. Rows whose adapters peft can mix share one batch; an adapter peft cannot
+mix (DoRA) decodes in a batch of its own, stepped in turn with the others.
+
+The asyncio side hands in a `Sequence` with an `emit` callback that is safe to call from this
+thread (it posts onto the event loop), and marks it aborted when its caller leaves.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+
+from serving_svc.engines.base import FinishReason, GenerationDelta, GenerationRequest, TokenLogprob, Usage
+from serving_svc.engines.batch import DecodeBatch, Forward
+from serving_svc.engines.detokenizer import Decoder, IncrementalDetokenizer
+from serving_svc.engines.sampler import RowSampler, select_tokens
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MIXED = ""
+"""The batch key of rows whose adapters peft mixes in one forward pass (LoRA, and the base model)."""
+
+
+@dataclass(eq=False)
+class Sequence:
+    """One request on its way through the scheduler."""
+
+    request: GenerationRequest
+    adapter_name: str
+    """peft's name for the row's adapter; "__base__" for the base model."""
+    batch_key: str
+    emit: Callable[[GenerationDelta | BaseException], None]
+    detokenizer: IncrementalDetokenizer
+    sampler: RowSampler
+    generated: list[int] = field(default_factory=list)
+    aborted: bool = False
+    next_token: int = -1
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    running: int
+    waiting: int
+
+
+class Scheduler:
+    def __init__(
+        self,
+        forward_for: Callable[[str], Forward],
+        *,
+        max_batch_size: int,
+        max_model_len: int,
+        end_token_ids: list[int],
+        decoder: Decoder,
+        on_step: Callable[[int], None] = lambda rows: None,
+    ) -> None:
+        self._forward_for = forward_for
+        self.decoder = decoder
+        """Turns generated tokens into text; used on this thread only."""
+        self._max_batch_size = max_batch_size
+        self._max_model_len = max_model_len
+        self._end_token_ids = torch.tensor(sorted(set(end_token_ids)), dtype=torch.long)
+        self._end_token_set = frozenset(end_token_ids)
+        self._on_step = on_step
+        self._waiting: deque[Sequence] = deque()
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
+        self._batches: dict[str, tuple[DecodeBatch, list[Sequence]]] = {}
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="transformers-engine", daemon=True)
+
+    # -- the asyncio side -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+
+    def submit(self, sequence: Sequence) -> None:
+        with self._wake:
+            self._waiting.append(sequence)
+            self._wake.notify()
+
+    def abort(self, sequence: Sequence) -> None:
+        """Stop decoding `sequence` (it leaves its batch at the next step); no-op once it has finished."""
+        sequence.aborted = True
+
+    def call(self, function: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Run `function` on the scheduler thread between two steps."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._wake:
+            self._calls.append((function, future))
+            self._wake.notify()
+        return future
+
+    def stats(self) -> SchedulerStats:
+        running = sum(len(rows) for _, rows in self._batches.values())
+        return SchedulerStats(running=running, waiting=len(self._waiting))
+
+    # -- the scheduler thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not (self._stopping or self._calls or self._waiting or self._batches):
+                        self._wake.wait()
+                    if self._stopping:
+                        break
+                    calls, self._calls = list(self._calls), deque()
+                for function, future in calls:
+                    if future.set_running_or_notify_cancel():
+                        try:
+                            future.set_result(function())
+                        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                            future.set_exception(exc)
+                try:
+                    self._admit()
+                    self._decode()
+                except Exception as exc:  # noqa: BLE001 - a failed step fails its rows, not the replica
+                    log.exception("engine step failed")
+                    self._fail_all(exc)
+        self._fail_all(RuntimeError("the engine is shutting down"))
+
+    def _admit(self) -> None:
+        """Prefill waiting sequences, as many as free rows allow, and add them to their batches."""
+        free = self._max_batch_size - self.stats().running
+        admitted: dict[str, list[Sequence]] = {}
+        with self._wake:
+            while self._waiting and free > 0:
+                sequence = self._waiting.popleft()
+                if not sequence.aborted:
+                    admitted.setdefault(sequence.batch_key, []).append(sequence)
+                    free -= 1
+        for key, sequences in admitted.items():
+            forward = self._forward_for(key)
+            prompts = [s.request.prompt_token_ids for s in sequences]
+            batch, logits = DecodeBatch.prefill(forward, prompts, [s.adapter_name for s in sequences])
+            kept = self._advance(batch, sequences, logits)
+            if not kept:
+                continue
+            if key in self._batches:
+                running, rows = self._batches[key]
+                running.concatenate(batch)
+                rows.extend(kept)
+            else:
+                self._batches[key] = (batch, kept)
+
+    def _decode(self) -> None:
+        for key, (batch, rows) in list(self._batches.items()):
+            live = [i for i, s in enumerate(rows) if not s.aborted]
+            if not live:
+                del self._batches[key]
+                continue
+            batch.keep(live)
+            rows = [rows[i] for i in live]
+            self._on_step(len(rows))
+            logits = batch.step(self._forward_for(key), [s.next_token for s in rows])
+            kept = self._advance(batch, rows, logits)
+            if kept:
+                self._batches[key] = (batch, kept)
+            else:
+                del self._batches[key]
+
+    def _advance(self, batch: DecodeBatch, rows: list[Sequence], logits: torch.Tensor) -> list[Sequence]:
+        """Choose every row's next token, send what it adds, and keep the rows that go on."""
+        samplers = [s.sampler for s in rows]
+        tokens, logprobs = select_tokens(logits, samplers, [len(s.generated) for s in rows], self._end_token_ids)
+        keep: list[int] = []
+        for index, (sequence, token, logprob) in enumerate(zip(rows, tokens, logprobs, strict=True)):
+            sequence.generated.append(token)
+            reason = self._finish_reason(sequence, token)
+            text = sequence.detokenizer.add(token, final=reason is not None)
+            if sequence.detokenizer.stopped:
+                reason = "stop"
+            sequence.emit(self._delta(sequence, token, logprob, text, reason))
+            if reason is None:
+                sequence.next_token = token
+                keep.append(index)
+        batch.keep(keep)
+        return [rows[i] for i in keep]
+
+    def _finish_reason(self, sequence: Sequence, token: int) -> FinishReason | None:
+        generated = len(sequence.generated)
+        if token in self._end_token_set and sequence.sampler.end_token_allowed(generated - 1):
+            return "stop"
+        if generated >= sequence.request.sampling.max_tokens:
+            return "length"
+        if len(sequence.request.prompt_token_ids) + generated >= self._max_model_len:
+            return "length"
+        return None
+
+    @staticmethod
+    def _delta(
+        sequence: Sequence, token: int, logprob: float, text: str, reason: FinishReason | None
+    ) -> GenerationDelta:
+        request = sequence.request
+        logprobs: tuple[TokenLogprob, ...] = ()
+        if request.sampling.logprobs:
+            logprobs = (TokenLogprob(token, sequence.detokenizer.token_text(token), logprob),)
+        usage = Usage(len(request.prompt_token_ids), len(sequence.generated)) if reason else None
+        return GenerationDelta(text=text, token_ids=(token,), logprobs=logprobs, finish_reason=reason, usage=usage)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._wake:
+            waiting, self._waiting = list(self._waiting), deque()
+        batches, self._batches = self._batches, {}
+        for sequence in [*waiting, *(s for _, rows in batches.values() for s in rows)]:
+            sequence.emit(exc)

@@ -1,0 +1,225 @@
+"""The transformers engine: transformers + peft, continuous batching with a different adapter per row.
+
+transformers' own continuous batching (`generate_batch`, 5.x) has no notion of a per-request
+adapter, and its paged attention targets GPUs; peft's mixed-adapter batches (`adapter_names`)
+have no scheduler. This engine joins the two: `Scheduler` batches requests continuously and
+each forward pass applies every row's own adapter through `adapter_names`. DoRA adapters, which
+peft cannot mix with others, decode in batches of their own.
+
+What it does not do: prefix caching, paged KV memory, speculative decoding, tensor parallelism.
+On a CPU, where weights dominate each step, batching is what pays; on a GPU, vLLM is the engine.
+Only `serving_svc.engines.create_engine` imports this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from loraplane.errors import FailedPrecondition, InternalError, StartupError, Unavailable
+from serving_svc.engines.base import Engine, EngineConfig, EngineStats, GenerationDelta, GenerationRequest, Tokenizer
+from serving_svc.engines.batch import Forward
+from serving_svc.engines.detokenizer import IncrementalDetokenizer
+from serving_svc.engines.sampler import RowSampler
+from serving_svc.engines.scheduler import MIXED, Scheduler, Sequence
+
+log = logging.getLogger(__name__)
+
+BASE = "__base__"
+"""peft's `adapter_names` entry for a row that uses no adapter."""
+
+_DTYPES: dict[str, torch.dtype | str] = {
+    "auto": "auto",
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+class TransformersEngine(Engine):
+    name = "transformers"
+    supported_methods = frozenset({"lora", "qlora", "dora"})
+
+    def __init__(self, config: EngineConfig, on_step: Callable[[int], None] = lambda rows: None) -> None:
+        self._config = config
+        self._on_step = on_step
+        self._model: PreTrainedModel | None = None
+        self._peft: PeftModel | None = None
+        self._tokenizer: Any = None
+        self._scheduler: Scheduler | None = None
+        self._max_model_len = config.max_model_len
+        self._adapters: dict[str, tuple[str, str]] = {}  # key -> (peft adapter name, batch key)
+        self._adapter_numbers = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        path = self._config.model_path
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=_DTYPES[self._config.dtype], attn_implementation="sdpa"
+            )
+        except OSError as exc:
+            raise StartupError(
+                f"cannot load the base model from {path} ({exc}); set LORAPLANE_BASE_MODEL to a Hugging Face "
+                "model folder (or run `loraplane prepare-model`)"
+            ) from None
+        model.eval()
+        longest = int(getattr(model.config, "max_position_embeddings", 0) or self._config.max_model_len)
+        if self._config.max_model_len > longest:
+            raise StartupError(
+                f"LORAPLANE_MAX_MODEL_LEN={self._config.max_model_len} exceeds the model's context length "
+                f"({longest}); set it to at most {longest}"
+            )
+        self._model = model
+        self._scheduler = Scheduler(
+            self._forward_for,
+            max_batch_size=self._config.max_batch_size,
+            max_model_len=self._max_model_len,
+            end_token_ids=self._end_token_ids(model),
+            on_step=self._on_step,
+            # Its own copy: a fast tokenizer is not meant to be shared between threads.
+            decoder=copy.deepcopy(self._tokenizer),
+        )
+        self._scheduler.start()
+        log.info("transformers engine: %s in %s, up to %d rows a step", path, model.dtype, self._config.max_batch_size)
+
+    def _end_token_ids(self, model: PreTrainedModel) -> list[int]:
+        ids = model.generation_config.eos_token_id if model.generation_config is not None else None
+        ids = [ids] if isinstance(ids, int) else list(ids or [])
+        if self._tokenizer.eos_token_id is not None:
+            ids.append(int(self._tokenizer.eos_token_id))
+        return ids
+
+    async def close(self) -> None:
+        if self._scheduler is not None:
+            scheduler, self._scheduler = self._scheduler, None
+            await asyncio.to_thread(scheduler.stop)
+        self._model = self._peft = None
+
+    @property
+    def scheduler(self) -> Scheduler:
+        if self._scheduler is None:
+            raise Unavailable("the transformers engine is not started")
+        return self._scheduler
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            raise Unavailable("the transformers engine is not started")
+        return self._tokenizer  # type: ignore[no-any-return]
+
+    def stats(self) -> EngineStats:
+        if self._scheduler is None:
+            return EngineStats(running=0, waiting=0)
+        stats = self._scheduler.stats()
+        return EngineStats(running=stats.running, waiting=stats.waiting)
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _forward_for(self, batch_key: str) -> Forward:
+        """The forward pass of one batch; runs on the scheduler thread only."""
+
+        def forward(
+            input_ids: torch.Tensor,
+            mask: torch.Tensor,
+            positions: torch.Tensor,
+            cache: Any,
+            adapter_names: list[str],
+        ) -> torch.Tensor:
+            model: Any = self._peft if self._peft is not None else self._model
+            extra: dict[str, Any] = {}
+            if batch_key != MIXED:
+                model.set_adapter(self._adapters[batch_key][0])  # an unmixable adapter: its batch alone
+            elif self._peft is not None:
+                extra["adapter_names"] = adapter_names
+            output = model(
+                input_ids=input_ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+                **extra,
+            )
+            logits: torch.Tensor = output.logits[:, -1, :]
+            return logits
+
+        return forward
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationDelta, None]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[GenerationDelta | BaseException] = asyncio.Queue()
+        adapter_name, batch_key = BASE, MIXED
+        if request.adapter_key is not None:
+            if request.adapter_key not in self._adapters:
+                raise InternalError(f"adapter {request.adapter_key} was used without being added to the engine")
+            adapter_name, batch_key = self._adapters[request.adapter_key]
+
+        def emit(item: GenerationDelta | BaseException) -> None:  # called on the scheduler thread
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        sequence = Sequence(
+            request=request,
+            adapter_name=adapter_name,
+            batch_key=batch_key,
+            emit=emit,
+            detokenizer=IncrementalDetokenizer(self.scheduler.decoder, request.sampling.stop),
+            sampler=RowSampler.for_options(request.sampling),
+        )
+        self.scheduler.submit(sequence)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise Unavailable(f"the transformers engine failed the request ({item}); retry it") from item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            self.scheduler.abort(sequence)  # the caller left early: the row leaves its batch at the next step
+
+    # -- adapters ---------------------------------------------------------------------------
+
+    async def add_adapter(self, key: str, path: Path) -> None:
+        config = json.loads((path / "adapter_config.json").read_text())
+        self._adapter_numbers += 1
+        # peft names become module keys, which cannot hold the "." an adapter name may have.
+        peft_name = f"adapter_{self._adapter_numbers}"
+        try:
+            await asyncio.wrap_future(self.scheduler.call(lambda: self._load_adapter(peft_name, path)))
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            raise FailedPrecondition(f"the transformers engine cannot load adapter {key}: {exc}") from None
+        # peft mixes LoRA adapters in one batch, not DoRA ones (their magnitude vectors).
+        self._adapters[key] = (peft_name, key if config.get("use_dora") else MIXED)
+
+    def _load_adapter(self, peft_name: str, path: Path) -> None:
+        if self._peft is None:
+            assert self._model is not None
+            self._peft = PeftModel.from_pretrained(self._model, path, adapter_name=peft_name, is_trainable=False)
+            self._peft.eval()
+        else:
+            self._peft.load_adapter(path, adapter_name=peft_name, is_trainable=False)
+
+    async def remove_adapter(self, key: str) -> None:
+        entry = self._adapters.pop(key, None)
+        if entry is not None and self._peft is not None:
+            peft = self._peft
+            await asyncio.wrap_future(self.scheduler.call(lambda: peft.delete_adapter(entry[0])))

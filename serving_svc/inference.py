@@ -1,0 +1,210 @@
+"""The inference service: what a request to the serving replica does, whichever transport brought it.
+
+The gRPC servicer (and any other front) translates its messages into the value objects here and
+back; everything else lives in this one place: the model-dependent checks, tokenization,
+back-pressure, pinning the adapter against eviction, the engine request and the per-adapter
+metrics (time to first token, inter-token latency, end-to-end latency, tokens).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+
+from loraplane.errors import InvalidArgument
+from loraplane.names import AdapterSpec
+from serving_svc.adapters import AdapterManager, ResolvedAdapter
+from serving_svc.admission import Admission
+from serving_svc.engines.base import (
+    Engine,
+    FinishReason,
+    GenerationDelta,
+    GenerationRequest,
+    Prompt,
+    SamplingOptions,
+    TokenLogprob,
+    Usage,
+)
+from serving_svc.metrics import BASE_MODEL_LABEL, NO_ADAPTER_LABEL, RequestRecord, ServingMetrics
+
+
+@dataclass(frozen=True)
+class GenerationInput:
+    adapter: AdapterSpec | None
+    """None: the base model."""
+    prompt: Prompt
+    sampling: SamplingOptions
+    """max_tokens 0 takes the replica's default."""
+    input_field: str = "prompt"
+    """The request field that holds the prompt, named in errors about it."""
+
+
+@dataclass(frozen=True)
+class GenerationChunk:
+    adapter: ResolvedAdapter | None
+    delta: GenerationDelta
+
+
+@dataclass
+class Completion:
+    adapter: ResolvedAdapter | None = None
+    text: str = ""
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    base_model: str
+    base_model_fingerprint: str
+    engine: str
+    max_model_len: int
+    max_loaded_adapters: int
+    max_lora_rank: int
+
+
+class InferenceService:
+    def __init__(
+        self,
+        engine: Engine,
+        adapters: AdapterManager,
+        metrics: ServingMetrics,
+        admission: Admission,
+        *,
+        default_max_tokens: int,
+    ) -> None:
+        self._engine = engine
+        self._adapters = adapters
+        self._metrics = metrics
+        self._admission = admission
+        self._default_max_tokens = default_max_tokens
+        metrics.requests_queued.set_function(lambda: admission.queued)
+
+    # -- generation -------------------------------------------------------------------------
+
+    async def stream(
+        self, parse: Callable[[], GenerationInput], rpc: str = "GenerateStream"
+    ) -> AsyncGenerator[GenerationChunk, None]:
+        """The answer as deltas; the last carries finish reason and usage. Closing it early aborts the request.
+
+        `parse` turns the transport's message into the input inside the tracked scope, so a
+        malformed request is counted with its status like any other.
+        """
+        with self._metrics.track(rpc) as record:
+            async with aclosing(self._generate(parse(), record)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+
+    async def complete(self, parse: Callable[[], GenerationInput], rpc: str = "Generate") -> Completion:
+        """The whole answer at once."""
+        completion = Completion()
+        text: list[str] = []
+        async with aclosing(self.stream(parse, rpc)) as chunks:
+            async for chunk in chunks:
+                completion.adapter = chunk.adapter
+                text.append(chunk.delta.text)
+                completion.logprobs.extend(chunk.delta.logprobs)
+                if chunk.delta.usage is not None:
+                    completion.finish_reason = chunk.delta.finish_reason
+                    completion.usage = chunk.delta.usage
+        completion.text = "".join(text)
+        return completion
+
+    def _checked_sampling(self, request: GenerationInput, prompt_tokens: int) -> SamplingOptions:
+        max_model_len = self._engine.max_model_len
+        sampling = request.sampling
+        if sampling.max_tokens > max_model_len:
+            raise InvalidArgument(
+                f"max_tokens {sampling.max_tokens} exceeds the model length {max_model_len}",
+                field="sampling.max_tokens",
+            )
+        if prompt_tokens == 0:
+            raise InvalidArgument("the input is empty", field=request.input_field)
+        if prompt_tokens >= max_model_len:
+            raise InvalidArgument(
+                f"the input has {prompt_tokens} tokens; this model takes at most {max_model_len - 1}",
+                field=request.input_field,
+            )
+        max_tokens = sampling.max_tokens or min(self._default_max_tokens, max_model_len)
+        if sampling.min_tokens > max_tokens:
+            raise InvalidArgument(
+                f"min_tokens {sampling.min_tokens} exceeds max_tokens {max_tokens}", field="sampling.min_tokens"
+            )
+        return replace(sampling, max_tokens=max_tokens)
+
+    async def _generate(self, request: GenerationInput, record: RequestRecord) -> AsyncGenerator[GenerationChunk, None]:
+        received = time.perf_counter()
+        token_ids = await self._engine.tokenize(request.prompt)
+        sampling = self._checked_sampling(request, len(token_ids))
+        async with self._admission.place(), self._adapters.use(request.adapter) as adapter:
+            label = self._metrics.adapter_label(adapter.manifest.name) if adapter else BASE_MODEL_LABEL
+            record.adapter = label
+            metrics = self._metrics
+            metrics.labelled(metrics.prompt_tokens, label).inc(len(token_ids))
+            generation = GenerationRequest(
+                request_id=uuid.uuid4().hex,
+                prompt_token_ids=tuple(token_ids),
+                sampling=sampling,
+                adapter_key=adapter.key if adapter else None,
+            )
+            last_token_at: float | None = None
+            async with aclosing(self._engine.generate(generation)) as deltas:
+                async for delta in deltas:
+                    if delta.token_ids:
+                        now = time.perf_counter()
+                        if last_token_at is None:
+                            metrics.labelled(metrics.time_to_first_token, label).observe(now - received)
+                        else:
+                            gap = (now - last_token_at) / len(delta.token_ids)
+                            for _ in delta.token_ids:
+                                metrics.labelled(metrics.inter_token_latency, label).observe(gap)
+                        last_token_at = now
+                        metrics.labelled(metrics.generated_tokens, label).inc(len(delta.token_ids))
+                    if delta.finish_reason is not None:
+                        metrics.labelled(metrics.generation_latency, label).observe(time.perf_counter() - received)
+                    yield GenerationChunk(adapter, delta)
+
+    # -- the replica and its adapters -------------------------------------------------------
+
+    async def tokenize(self, prompt: Prompt) -> list[int]:
+        with self._metrics.track("Tokenize") as record:
+            record.adapter = NO_ADAPTER_LABEL
+            return await self._engine.tokenize(prompt)
+
+    def model_info(self) -> ModelInfo:
+        with self._metrics.track("ModelInfo") as record:
+            record.adapter = NO_ADAPTER_LABEL
+            policy = self._adapters.policy
+            return ModelInfo(
+                base_model=policy.base_model_name,
+                base_model_fingerprint=policy.base_model_fingerprint,
+                engine=self._engine.name,
+                max_model_len=self._engine.max_model_len,
+                max_loaded_adapters=policy.max_loaded,
+                max_lora_rank=policy.max_rank,
+            )
+
+    async def list_adapters(self, *, loaded_only: bool) -> list[tuple[ResolvedAdapter, bool]]:
+        """The newest version of every published adapter (unless loaded_only) and every loaded version,
+        each with whether it is loaded."""
+        with self._metrics.track("ListAdapters") as record:
+            record.adapter = NO_ADAPTER_LABEL
+            listed = [] if loaded_only else await self._adapters.published()
+            listed_keys = {adapter.key for adapter in listed}
+            listed += [adapter for adapter in self._adapters.loaded() if adapter.key not in listed_keys]
+            return [(adapter, self._adapters.is_loaded(adapter.key)) for adapter in listed]
+
+    async def load_adapter(self, spec: AdapterSpec) -> ResolvedAdapter:
+        with self._metrics.track("LoadAdapter") as record:
+            adapter = await self._adapters.load(spec)
+            record.adapter = self._metrics.adapter_label(adapter.manifest.name)
+            return adapter
+
+    async def unload_adapter(self, spec: AdapterSpec) -> None:
+        with self._metrics.track("UnloadAdapter") as record:
+            await self._adapters.unload(spec)
+            record.adapter = self._metrics.adapter_label(spec.name)
