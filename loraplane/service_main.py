@@ -27,12 +27,12 @@ def configure_logging(level: str) -> None:
 async def serve_until_signalled(build: Callable[[], Service], name: str, grace: float = 10.0) -> None:
     """Build the service inside the running loop (grpc.aio binds to it), serve, stop on a signal."""
     log = logging.getLogger(name)
-    service = build()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     try:
+        service = build()
         await service.start()
     except StartupError as exc:
         log.error("%s cannot start: %s", name, exc)

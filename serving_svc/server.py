@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from loraplane.artifact import ArtifactRepository
+from loraplane.errors import FailedPrecondition, StartupError
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.grpc_server import EndpointsHost, ServiceEndpoints
 from loraplane.proto import serving_pb2, serving_pb2_grpc
@@ -30,9 +31,13 @@ class ServingServer(EndpointsHost):
         self.metrics = ServingMetrics(settings.metrics_adapter_labels)
         self.engine = create_engine(settings, self.metrics.engine_batch_size.observe)
         self.metrics.watch_engine(lambda: (self.engine.stats().running, self.engine.stats().waiting))
+        try:
+            fingerprint = base_model_fingerprint(settings.base_model)
+        except FailedPrecondition as exc:
+            raise StartupError(f"{exc}, or set LORAPLANE_BASE_MODEL to one") from None
         policy = AdapterPolicy(
             base_model_name=settings.base_model_name,
-            base_model_fingerprint=base_model_fingerprint(settings.base_model),
+            base_model_fingerprint=fingerprint,
             max_loaded=settings.max_loaded_adapters,
             max_rank=settings.max_lora_rank,
             resolve_ttl_seconds=settings.adapter_resolve_ttl_seconds,
@@ -42,11 +47,12 @@ class ServingServer(EndpointsHost):
         self.endpoints = ServiceEndpoints(
             settings.serving_address, SERVICE_NAME, settings.serving_metrics_port, self.metrics.registry
         )
+        self.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
         self.inference = InferenceService(
             self.engine,
             self.adapters,
             self.metrics,
-            Admission(settings.max_concurrent_requests, settings.max_queued_requests),
+            self.admission,
             default_max_tokens=settings.default_max_tokens,
         )
         serving_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.inference), self.endpoints.server)

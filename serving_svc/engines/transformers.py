@@ -17,6 +17,7 @@ import asyncio
 import copy
 import json
 import logging
+import warnings
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import Any
@@ -222,4 +223,10 @@ class TransformersEngine(Engine):
         entry = self._adapters.pop(key, None)
         if entry is not None and self._peft is not None:
             peft = self._peft
-            await asyncio.wrap_future(self.scheduler.call(lambda: peft.delete_adapter(entry[0])))
+
+            def delete() -> None:
+                with warnings.catch_warnings():  # "was active, now deleted": rows name their adapter anyway
+                    warnings.simplefilter("ignore", UserWarning)
+                    peft.delete_adapter(entry[0])
+
+            await asyncio.wrap_future(self.scheduler.call(delete))

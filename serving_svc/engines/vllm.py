@@ -111,12 +111,21 @@ class VllmEngine(Engine):
             # CUDA graphs and torch.compile only pay off on GPUs; on CPU they cost start-up time.
             enforce_eager=current_platform.is_cpu(),
             enable_lora=True,
-            max_loras=c.max_loaded_adapters,
+            max_loras=self._lora_slots(),
             # The adapter manager evicts first; vLLM's own CPU cache never has to.
-            max_cpu_loras=c.max_loaded_adapters,
+            max_cpu_loras=self._lora_slots(),
             max_lora_rank=_supported_rank(c.max_lora_rank),
             disable_log_stats=True,
         )
+
+    def _lora_slots(self) -> int:
+        """LoRA slots to ask vLLM for: one per adapter the manager holds, plus, on a CPU, one left empty.
+
+        vLLM's CPU LoRA kernels (lora/ops/torch_ops) gather each row's weights with the row's slot
+        index, and a base-model row's index is -1: Python indexing turns that into the last slot.
+        Kept empty (zero weights), the last slot makes base-model rows in a mixed batch exact.
+        """
+        return self._config.max_loaded_adapters + (1 if current_platform.is_cpu() else 0)
 
     @property
     def llm(self) -> AsyncLLM:
@@ -139,19 +148,19 @@ class VllmEngine(Engine):
             raise StartupError(self._explain_start_failure(exc)) from None
 
     def _explain_start_failure(self, exc: Exception) -> str:
-        """Name the setting behind vLLM's refusal to start, rather than leave its stack trace."""
+        """Name the settings behind vLLM's refusal to start, rather than leave only its stack trace.
+
+        The engine core runs in another process, so its root cause reaches this one only as
+        "initialization failed"; on a CPU that is nearly always no room left for the KV cache.
+        """
         c = self._config
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        if "memory" in text.lower() or "cache" in text.lower() or "blocks" in text.lower():
-            return (
-                f"the vLLM engine found no room for its KV cache ({text}) with LORAPLANE_GPU_MEMORY_UTILIZATION="
-                f"{c.gpu_memory_utilization}, LORAPLANE_DTYPE={c.dtype}, LORAPLANE_MAX_LOADED_ADAPTERS="
-                f"{c.max_loaded_adapters} and LORAPLANE_MAX_LORA_RANK={c.max_lora_rank}: raise the first, or "
-                "lower the others (or LORAPLANE_MAX_MODEL_LEN)"
-            )
         return (
-            f"the vLLM engine cannot start ({text}); check LORAPLANE_BASE_MODEL, LORAPLANE_DTYPE and "
-            "LORAPLANE_MAX_MODEL_LEN"
+            f"the vLLM engine could not start ({text}). The usual cause is no room for its KV cache: raise "
+            f"LORAPLANE_GPU_MEMORY_UTILIZATION (now {c.gpu_memory_utilization}), or lower "
+            f"LORAPLANE_MAX_LOADED_ADAPTERS ({c.max_loaded_adapters}), LORAPLANE_MAX_LORA_RANK ({c.max_lora_rank}) "
+            f"or LORAPLANE_MAX_MODEL_LEN ({c.max_model_len}); with LORAPLANE_DTYPE={c.dtype}, also check "
+            "LORAPLANE_BASE_MODEL. vLLM's log lines above give the root cause."
         )
 
     async def close(self) -> None:

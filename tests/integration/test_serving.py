@@ -37,8 +37,9 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def _make_adapter(base_dir: Path, dest: Path, seed: int) -> Path:
-    """A peft LoRA adapter on every linear layer, with random B so it really changes the model."""
+def _make_adapter(base_dir: Path, dest: Path, seed: int, *, dora: bool = False) -> Path:
+    """A peft LoRA (or DoRA) adapter on every linear layer, with random B (and magnitudes) so it really
+    changes the model."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -49,6 +50,7 @@ def _make_adapter(base_dir: Path, dest: Path, seed: int) -> Path:
         lora_alpha=2 * RANK,
         lora_dropout=0.0,
         target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        use_dora=dora,
     )
     peft_model = get_peft_model(model, config)
     generator = torch.Generator().manual_seed(seed)
@@ -56,16 +58,20 @@ def _make_adapter(base_dir: Path, dest: Path, seed: int) -> Path:
         for name, parameter in peft_model.named_parameters():
             if "lora_B" in name:
                 parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+            elif "lora_magnitude_vector" in name:
+                parameter.mul_(1 + 0.5 * torch.rand(parameter.shape, generator=generator))
     peft_model.save_pretrained(str(dest))
     (dest / "profile.json").write_text(json.dumps({"seed": seed}))
     return dest
 
 
-def _publish(repository: ArtifactRepository, source: Path, name: str, fingerprint: str) -> Manifest:
+def _publish(
+    repository: ArtifactRepository, source: Path, name: str, fingerprint: str, method: str = "lora"
+) -> Manifest:
     draft = ManifestDraft(
         name=name,
         base_model=BaseModelInfo(name="tiny", fingerprint=fingerprint),
-        method="lora",
+        method=method,
         hyperparameters={"rank": RANK, "alpha": 2 * RANK},
         metrics={"train_loss": 1.0},
         dataset=DatasetInfo(fingerprint="sha256:test", train_examples=1, validation_examples=0),
@@ -118,7 +124,7 @@ def adapter_sources(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFacto
     return {
         name: _make_adapter(tiny_model_dir, root / name, seed)
         for name, seed in (("alpha-v1", 1), ("alpha-v2", 2), ("beta", 3), ("gamma", 4))
-    }
+    } | {"delta-dora": _make_adapter(tiny_model_dir, root / "delta-dora", 5, dora=True)}
 
 
 @pytest.fixture(scope="module", params=["vllm", "transformers"])
@@ -135,6 +141,7 @@ async def serving(
     _publish(repository, adapter_sources["beta"], "beta", fingerprint)
     _publish(repository, adapter_sources["gamma"], "gamma", fingerprint)
     _publish(repository, adapter_sources["beta"], "foreign", "sha256:" + "0" * 64)
+    _publish(repository, adapter_sources["delta-dora"], "delta", fingerprint, method="dora")
     settings = ServingSettings(
         data_dir=data_dir,
         base_model=tiny_model_dir,
@@ -329,6 +336,7 @@ async def test_malformed_adapter_names_are_invalid_argument(serving: Serving, ad
         (serving_pb2.SamplingParameters(top_k=-1), "sampling.top_k"),
         (serving_pb2.SamplingParameters(max_tokens=100_000), "sampling.max_tokens"),
         (serving_pb2.SamplingParameters(stop=[""]), "sampling.stop"),
+        (serving_pb2.SamplingParameters(max_tokens=4, min_tokens=8), "sampling.min_tokens"),
     ],
 )
 async def test_bad_sampling_is_invalid_argument_naming_the_field(
@@ -409,3 +417,90 @@ async def test_metrics_count_requests_by_adapter_and_status(serving: Serving) ->
     assert _metric(text, "loraplane_serving_time_to_first_token_seconds_count") >= 1
     resident = _metric(text, "loraplane_serving_adapters_resident", tier="engine")
     assert resident == len(serving.server.adapters.loaded())
+
+
+async def test_concurrent_mixed_adapter_answers_equal_each_served_alone(serving: Serving) -> None:
+    prompts = [PROMPT, "Water boils at", "The quick brown fox"]
+    adapters = ["", "beta", "gamma"]  # two adapter slots in this replica, both busy at once
+    alone = {(a, p): (await serving.generate(a, p)).text for a in adapters for p in prompts}
+    calls = [(adapters[i % 3], prompts[(i // 3) % 3]) for i in range(18)]
+    together = await asyncio.gather(*(serving.generate(a, p) for a, p in calls))
+    mismatched = [
+        (call, reply.text, alone[call])
+        for call, reply in zip(calls, together, strict=True)
+        if reply.text != alone[call]
+    ]
+    assert not mismatched, mismatched
+    assert len(set(alone.values())) > 3, "the adapters must change the answers for this test to mean anything"
+
+
+async def test_min_tokens_and_ignore_eos_generate_exactly_that_many_tokens(serving: Serving) -> None:
+    sampling = serving_pb2.SamplingParameters(temperature=0, max_tokens=40, min_tokens=40, ignore_eos=True)
+    reply = await serving.stub.Generate(serving_pb2.GenerateRequest(adapter="beta", prompt=PROMPT, sampling=sampling))
+    assert reply.usage.completion_tokens == 40
+    assert reply.finish_reason == serving_pb2.FINISH_REASON_LENGTH
+
+
+async def test_dora_adapter_is_served_by_the_transformers_engine_only(serving: Serving, tiny_model_dir: Path) -> None:
+    if serving.server.engine.name == "vllm":
+        details = await _expect_error(serving, serving.generate("delta"), grpc.StatusCode.FAILED_PRECONDITION)
+        assert "dora adapter" in details and "cannot serve" in details
+        return
+    from transformers import AutoTokenizer
+
+    prompt_ids = AutoTokenizer.from_pretrained(tiny_model_dir).encode(PROMPT)
+    expected = _reference_greedy(tiny_model_dir, serving.sources["delta-dora"], prompt_ids)
+    # DoRA decodes in a batch of its own, stepped beside the mixed LoRA batch: run both at once.
+    replies = await asyncio.gather(*(serving.generate(a) for a in ("delta", "beta", "delta", "")))
+    assert [entry.token_id for entry in replies[0].logprobs] == expected
+    assert replies[0].text == replies[2].text
+    assert replies[1].text == (await serving.generate("beta")).text
+    assert replies[0].text != replies[3].text
+
+
+async def _engine_idle(serving: Serving, within: float = 5.0) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        stats = serving.server.engine.stats()
+        if stats.running == stats.waiting == 0:
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_deadline_and_cancel_stop_the_engine_work(serving: Serving) -> None:
+    long = serving_pb2.SamplingParameters(temperature=0, max_tokens=200, min_tokens=200, ignore_eos=True)
+    request = serving_pb2.GenerateRequest(adapter="beta", prompt=PROMPT, sampling=long)
+    await serving.generate("beta")  # loaded, so the deadline cuts generation rather than the load
+
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await serving.stub.Generate(request, timeout=0.05)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert await _engine_idle(serving)
+
+    call = serving.stub.GenerateStream(request)
+    first = await call.read()
+    assert isinstance(first, serving_pb2.GenerateStreamResponse)
+    call.cancel()
+    assert await _engine_idle(serving)
+    generated = _metric(await _metrics_text(serving), "loraplane_serving_generated_tokens_total", adapter="beta")
+    await asyncio.sleep(0.3)
+    assert (
+        _metric(await _metrics_text(serving), "loraplane_serving_generated_tokens_total", adapter="beta") == generated
+    )
+
+
+async def test_per_adapter_latency_and_engine_metrics(serving: Serving) -> None:
+    await serving.generate("gamma")
+    text = await _metrics_text(serving)
+    for histogram in ("time_to_first_token", "inter_token_latency", "generation_latency"):
+        assert _metric(text, f"loraplane_serving_{histogram}_seconds_count", adapter="gamma") >= 1, histogram
+    assert _metric(text, "loraplane_serving_adapter_cache_lookups_total", tier="engine", result="hit") >= 1
+    assert _metric(text, "loraplane_serving_adapter_cache_lookups_total", tier="disk", result="miss") >= 1
+    assert _metric(text, "loraplane_serving_adapter_load_duration_seconds_count", source="store") >= 1
+    assert _metric(text, "loraplane_serving_adapters_resident", tier="disk") >= 3
+    assert _metric(text, "loraplane_serving_adapter_cache_bytes") > 0
+    assert "loraplane_serving_engine_requests_running " in text
+    assert "loraplane_serving_engine_requests_waiting " in text
+    if serving.server.engine.name == "transformers":
+        assert _metric(text, "loraplane_serving_engine_batch_size_count") >= 1
