@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh --test
 export PATH="$PWD/.venv/bin:$PWD/.tools/node_modules/.bin:$PATH"
 echo "== ruff, mypy"
-ruff check loraplane trainer_svc serving_svc tests scripts
-ruff format --check loraplane trainer_svc serving_svc tests scripts
-mypy loraplane trainer_svc serving_svc
+ruff check loraplane trainer_svc serving_svc tests scripts bench
+ruff format --check loraplane trainer_svc serving_svc tests scripts bench
+mypy loraplane trainer_svc serving_svc bench
 echo "== pytest"
 exec python -m pytest -q -p no:cacheprovider "$@"

@@ -59,3 +59,6 @@ class AdapterLabels:
 
     def owners(self) -> frozenset[str]:
         return frozenset(self._owners)
+
+    def owns(self, name: str) -> bool:
+        return name in self._owners

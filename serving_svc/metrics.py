@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from loraplane.errors import LoraplaneError
-from serving_svc.adapter_labels import AdapterLabels
+from serving_svc.adapter_labels import OTHER_LABEL, AdapterLabels
 
 BASE_MODEL_LABEL = "_base"
 NO_ADAPTER_LABEL = "_none"  # RPCs about the replica rather than one model: ModelInfo, ListAdapters, Tokenize
@@ -151,8 +151,16 @@ class ServingMetrics:
         return family
 
     def labelled(self, family: M, *values: str) -> M:
-        """`family.labels(*values)`, remembered so the series can be removed if its adapter is demoted."""
-        self._seen.setdefault(values[self._adapter_index[family]], set()).add((family, values))
+        """`family.labels(*values)`, remembered so the series can be removed if its adapter is demoted.
+
+        A request that began while its adapter owned a label and goes on after the adapter was
+        demoted counts under "_other" from then on, like every later request.
+        """
+        index = self._adapter_index[family]
+        adapter = values[index]
+        if not adapter.startswith("_") and not self._labels.owns(adapter):
+            values = (*values[:index], OTHER_LABEL, *values[index + 1 :])
+        self._seen.setdefault(values[index], set()).add((family, values))
         return family.labels(*values)
 
     def adapter_label(self, name: str) -> str:

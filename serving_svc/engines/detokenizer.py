@@ -23,6 +23,7 @@ class IncrementalDetokenizer:
         self._hold = max((len(s) for s in stop), default=1) - 1
         self._token_ids: list[int] = []
         self._sent = 0
+        self._stops_end_after = 0
         self.stopped = False
         """A stop string appeared; the text ends before it."""
 
@@ -30,14 +31,21 @@ class IncrementalDetokenizer:
         """One token's own text, special tokens included (for log-probabilities)."""
         return self._decoder.decode([token_id], skip_special_tokens=False)
 
-    def add(self, token_id: int, *, final: bool) -> str:
-        """Append one generated token; the text that can be sent now (all that is left when final)."""
+    def add(self, token_id: int, *, final: bool, stop_allowed: bool = True) -> str:
+        """Append one generated token; the text that can be sent now (all that is left when final).
+
+        While `stop_allowed` is false (min_tokens not reached yet) stop strings do not end the text.
+        """
         self._token_ids.append(token_id)
         text = self._decoder.decode(self._token_ids, skip_special_tokens=True)
-        if self._stop:
-            # Only the unsent tail (plus a stop string's length of context) can hold a new match.
+        if not stop_allowed:
+            self._stops_end_after = len(text)
+        elif self._stop:
+            # Only the unsent tail (plus a stop string's length of context) can hold a new match, and
+            # a match must end after the text generated before stop strings were allowed.
             start = max(0, self._sent - self._hold)
-            matches = [i for i in (text.find(s, start) for s in self._stop) if i >= 0]
+            found = (text.find(s, max(start, self._stops_end_after - len(s) + 1)) for s in self._stop)
+            matches = [i for i in found if i >= 0]
             if matches:
                 self.stopped = True
                 text = text[: min(matches)]

@@ -1,7 +1,8 @@
-"""The transformers engine's scheduler: one thread that admits, prefills, decodes and retires sequences.
+"""The transformers engine's scheduler: a loop that admits, prefills, decodes and retires sequences.
 
-Every model call happens on this thread, so adapters are added and removed between steps (as
-calls queued with `call`) and never under a running forward pass. Requests that arrive while
+`run` occupies the engine's one torch thread, and every model call happens there, so adapters
+are added and removed between steps (as calls queued with `call`) and never under a running
+forward pass. Requests that arrive while
 others decode are prefilled at the next step and join the running batch; finished and aborted
 rows leave it at once. Rows whose adapters peft can mix share one batch; an adapter peft cannot
 mix (DoRA) decodes in a batch of its own, stepped in turn with the others.
@@ -81,18 +82,14 @@ class Scheduler:
         self._batches: dict[str, tuple[DecodeBatch, list[Sequence]]] = {}
         self._wake = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="transformers-engine", daemon=True)
 
     # -- the asyncio side -------------------------------------------------------------------
 
-    def start(self) -> None:
-        self._thread.start()
-
     def stop(self) -> None:
+        """Make `run` return after the current step; what has not finished fails."""
         with self._wake:
             self._stopping = True
             self._wake.notify()
-        self._thread.join()
 
     def submit(self, sequence: Sequence) -> None:
         with self._wake:
@@ -115,9 +112,10 @@ class Scheduler:
         running = sum(len(rows) for _, rows in self._batches.values())
         return SchedulerStats(running=running, waiting=len(self._waiting))
 
-    # -- the scheduler thread ---------------------------------------------------------------
+    # -- the engine thread ------------------------------------------------------------------
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """The loop, until `stop`; call it on the thread that loaded the model."""
         with torch.inference_mode():
             while True:
                 with self._wake:
@@ -188,7 +186,8 @@ class Scheduler:
         for index, (sequence, token, logprob) in enumerate(zip(rows, tokens, logprobs, strict=True)):
             sequence.generated.append(token)
             reason = self._finish_reason(sequence, token)
-            text = sequence.detokenizer.add(token, final=reason is not None)
+            stop_allowed = len(sequence.generated) >= sequence.request.sampling.min_tokens
+            text = sequence.detokenizer.add(token, final=reason is not None, stop_allowed=stop_allowed)
             if sequence.detokenizer.stopped:
                 reason = "stop"
             sequence.emit(self._delta(sequence, token, logprob, text, reason))

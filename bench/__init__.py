@@ -1,0 +1,1 @@
+"""Benchmarks of loraplane against the systems it could be replaced by, run on this machine."""

@@ -1,0 +1,272 @@
+"""Our server, measured from outside: `serving-svc` as a subprocess, driven over gRPC streaming.
+
+The server runs exactly as deployed (console script, settings from LORAPLANE_* variables, a file
+store the trainer's way), so what is measured includes gRPC, admission, the adapter manager and
+the engine. One server process serves every row that fits its adapter slots (max(N, 8)); a row
+needing more slots gets a fresh server, as does each engine. Adapters are loaded by a warm-up
+before any row is timed; loading a never-seen adapter is measured on its own afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.serving import processes
+from bench.serving.measure import RequestResult, RowRun, failed_row, summarize
+from bench.serving.traffic import PlannedRequest, RowPlan, prompt_for
+from bench.serving.workers import WARMUP_ROUNDS, WARMUP_TOKENS
+from bench.serving.workspace import RANK, Workspace
+from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc
+
+log = logging.getLogger("bench.serving")
+
+MIN_SLOTS = 8
+MAX_MODEL_LEN = 512
+COLD_LOAD_REPEATS = 3
+STARTUP_TIMEOUT_S = 600.0
+REQUEST_TIMEOUT_S = 1800.0
+
+
+@dataclass(frozen=True)
+class Load:
+    """How a row is driven: tokens per request and requests in flight at most."""
+
+    max_tokens: int
+    concurrency: int
+
+    def sampling(self, max_tokens: int | None = None) -> serving_pb2.SamplingParameters:
+        """Greedy, and exactly `max_tokens` tokens: every system does the same amount of work."""
+        tokens = max_tokens or self.max_tokens
+        return serving_pb2.SamplingParameters(temperature=0, max_tokens=tokens, min_tokens=tokens, ignore_eos=True)
+
+
+def slots_for(adapters: int) -> int:
+    """Adapter slots of the server that runs a row with `adapters` adapters: all of them fit."""
+    return max(adapters, MIN_SLOTS)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serving_svc() -> str:
+    """The console script of the environment this benchmark runs in, not whichever is on PATH."""
+    beside = Path(sys.executable).with_name("serving-svc")
+    return str(beside) if beside.exists() else (shutil.which("serving-svc") or "serving-svc")
+
+
+def server_env(engine: str, workspace: Workspace, data_dir: Path, port: int, slots: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "LORAPLANE_DATA_DIR": str(data_dir),
+        "LORAPLANE_STORE_URI": workspace.store_uri,
+        "LORAPLANE_BASE_MODEL": str(workspace.model_dir),
+        "LORAPLANE_BASE_MODEL_NAME": "bench",
+        "LORAPLANE_SERVING_ADDRESS": f"127.0.0.1:{port}",
+        "LORAPLANE_SERVING_METRICS_PORT": "0",
+        "LORAPLANE_SERVING_ENGINE": engine,
+        "LORAPLANE_MAX_LOADED_ADAPTERS": str(slots),
+        "LORAPLANE_MAX_LORA_RANK": str(RANK),
+        "LORAPLANE_MAX_MODEL_LEN": str(MAX_MODEL_LEN),
+    }
+
+
+def _request(planned: PlannedRequest, sampling: serving_pb2.SamplingParameters) -> serving_pb2.GenerateRequest:
+    messages = serving_pb2.ChatMessages(messages=[common_pb2.ChatMessage(role="user", content=planned.prompt)])
+    return serving_pb2.GenerateRequest(adapter=planned.adapter or "", messages=messages, sampling=sampling)
+
+
+async def _one(
+    stub: serving_pb2_grpc.InferenceStub, planned: PlannedRequest, sampling: serving_pb2.SamplingParameters
+) -> RequestResult:
+    """Send one streaming request; TTFT is the first message that carries text."""
+    start = time.perf_counter()
+    result = RequestResult()
+    try:
+        async for message in stub.GenerateStream(_request(planned, sampling), timeout=REQUEST_TIMEOUT_S):
+            if result.ttft_s is None and message.delta:
+                result.ttft_s = time.perf_counter() - start
+            if message.HasField("usage"):
+                result.tokens = message.usage.completion_tokens
+    except grpc.aio.AioRpcError as exc:
+        result.error = f"{exc.code().name}: {exc.details()}"
+        return result
+    result.latency_s = time.perf_counter() - start
+    return result
+
+
+async def _drive(
+    stub: serving_pb2_grpc.InferenceStub, requests: list[PlannedRequest], sampling: Any, concurrency: int
+) -> tuple[list[RequestResult], float]:
+    """All requests at once, at most `concurrency` in flight; results in request order, wall time."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def gated(planned: PlannedRequest) -> RequestResult:
+        async with gate:
+            return await _one(stub, planned, sampling)
+
+    start = time.perf_counter()
+    results = await asyncio.gather(*(gated(planned) for planned in requests))
+    return list(results), time.perf_counter() - start
+
+
+async def _wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Until the server reports SERVING; fail at once if it exits, as a bad setting makes it do."""
+    health = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"serving-svc exited with code {process.returncode}: {processes.log_tail(log_path, 6)}")
+        try:
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=2.0)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        await asyncio.sleep(0.25)
+    raise RuntimeError(f"serving-svc was not SERVING after {STARTUP_TIMEOUT_S:.0f} s")
+
+
+async def _warm_up(stub: serving_pb2_grpc.InferenceStub, adapters: list[str], load: Load) -> None:
+    """Load every adapter and run each once more, so no timed request pays a load or a first step."""
+    requests = [PlannedRequest(name, prompt_for(i)) for i, name in enumerate([None, *adapters])]
+    for _ in range(WARMUP_ROUNDS):
+        results, _ = await _drive(stub, requests, load.sampling(min(WARMUP_TOKENS, load.max_tokens)), load.concurrency)
+        failures = [r.error for r in results if r.error]
+        if failures:
+            raise RuntimeError(f"warm-up failed for {len(failures)} of {len(results)} requests: {failures[0]}")
+
+
+async def _cold_load(
+    stub: serving_pb2_grpc.InferenceStub, workspace: Workspace, engine: str, warm_adapter: str | None, load: Load
+) -> dict[str, Any]:
+    """TTFT of a just-published adapter against a loaded one, one request at a time, 3 times over."""
+    sampling = load.sampling()
+    warm: list[float] = []
+    cold: list[float] = []
+    run_id = uuid.uuid4().hex[:8]
+    for index, source in enumerate(workspace.cold_dirs[:COLD_LOAD_REPEATS]):
+        name = f"cold-{engine}-{run_id}-{index}"
+        await asyncio.to_thread(workspace.publish, source, name)
+        try:
+            for adapter, into in ((warm_adapter, warm), (name, cold)):
+                result = await _one(stub, PlannedRequest(adapter, prompt_for(index)), sampling)
+                if result.error is not None or result.ttft_s is None:
+                    raise RuntimeError(f"cold-load request to {adapter or 'the base model'} failed: {result.error}")
+                into.append(result.ttft_s)
+        finally:
+            workspace.unpublish(name)
+    warm_median, cold_median = statistics.median(warm), statistics.median(cold)
+    return {
+        "warm_adapter": warm_adapter,
+        "warm_ttft_s": [round(t, 4) for t in warm],
+        "cold_ttft_s": [round(t, 4) for t in cold],
+        "warm_ttft_median_s": round(warm_median, 4),
+        "cold_ttft_median_s": round(cold_median, 4),
+        "cold_load_ms": round((cold_median - warm_median) * 1000, 1),
+    }
+
+
+async def _session(
+    target: str,
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    workspace: Workspace,
+    engine: str,
+    rows: list[RowPlan],
+    load: Load,
+    on_row: Callable[[RowRun], None],
+    measure_cold: bool,
+) -> dict[str, Any] | None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        await _wait_serving(channel, process, log_path)
+        stub = serving_pb2_grpc.InferenceStub(channel)
+        adapters = sorted({name for row in rows for name in row.adapter_names})
+        await _warm_up(stub, adapters, load)
+        for row in rows:
+            log.info("  %d adapters, %s traffic", row.adapters, row.traffic)
+            results, wall = await _drive(stub, list(row.requests), load.sampling(), load.concurrency)
+            on_row(RowRun(row.adapters, row.traffic, wall, results))
+        if not measure_cold:
+            return None
+        return await _cold_load(stub, workspace, engine, adapters[0] if adapters else None, load)
+
+
+def _serve_group(
+    engine: str,
+    slots: int,
+    rows: list[RowPlan],
+    workspace: Workspace,
+    load: Load,
+    run_dir: Path,
+    on_row: Callable[[RowRun], None],
+    measure_cold: bool,
+) -> dict[str, Any] | None:
+    """One server process for `rows`: start, wait until SERVING, warm up, measure, SIGTERM."""
+    log_path = run_dir / f"ours-{engine}-{slots}-slots.log"
+    data_dir = Path(tempfile.mkdtemp(prefix=f"data-{engine}-", dir=run_dir))
+    port = _free_port()
+    env = server_env(engine, workspace, data_dir, port, slots)
+    log.info("ours-%s: starting serving-svc with %d adapter slots (log: %s)", engine, slots, log_path)
+    try:
+        with processes.running([_serving_svc()], env=env, log_path=log_path, grace_s=30.0) as process:
+            return asyncio.run(
+                _session(f"127.0.0.1:{port}", process, log_path, workspace, engine, rows, load, on_row, measure_cold)
+            )
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def run_ours(
+    engine: str, rows: list[RowPlan], workspace: Workspace, load: Load, run_dir: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every row on `engine`, a server per slot count, then cold load on the last server.
+
+    A failing server fails only its own rows (and the cold-load measurement if it was the last);
+    the returned rows say why, and the next server is still tried.
+    """
+    system = f"ours-{engine}"
+    summaries: list[dict[str, Any]] = []
+    cold: dict[str, Any] = {"error": "not measured"}
+    ordered = sorted(rows, key=lambda row: slots_for(row.adapters))
+    groups = [(slots, list(group)) for slots, group in groupby(ordered, key=lambda row: slots_for(row.adapters))]
+    for index, (slots, group) in enumerate(groups):
+        done: list[RowRun] = []
+        last = index == len(groups) - 1
+        try:
+            measured = _serve_group(engine, slots, group, workspace, load, run_dir, done.append, last)
+            if measured is not None:
+                cold = {"slots": slots, **measured}
+        except Exception as exc:  # noqa: BLE001 - any failure is this system's result, not the benchmark's end
+            log.error("%s with %d slots failed: %s", system, slots, exc)
+            error = f"{type(exc).__name__}: {exc}"
+            if last:
+                cold = {"slots": slots, "error": error}
+            finished = {(run.adapters, run.traffic) for run in done}
+            summaries.extend(
+                failed_row(system, row.adapters, row.traffic, len(row.requests), error)
+                for row in group
+                if (row.adapters, row.traffic) not in finished
+            )
+        summaries.extend(summarize(system, run) for run in done)
+    return summaries, cold

@@ -1,0 +1,231 @@
+"""A scripted stand-in for an inference engine, and fake adapters to publish, for unit tests of the serving replica.
+
+`FakeEngine` never reads adapter files or runs a model: it records the adapters added and
+removed, can hold a load or a generation until the test sets an event, and streams a fixed
+answer, recording whether the consumer read it to the end or closed the stream early.
+`publish_fake_adapter` puts a version in a real `ArtifactRepository` whose weights are
+arbitrary bytes; `build_adapter_manager` wires a manager over a file store in a temp folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import tempfile
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from loraplane.artifact import ArtifactRepository, BaseModelInfo, DatasetInfo, Manifest, ManifestDraft
+from loraplane.storage import FileStore
+from serving_svc.adapters import AdapterManager, AdapterPolicy
+from serving_svc.engines.base import (
+    Engine,
+    EngineStats,
+    FinishReason,
+    GenerationDelta,
+    GenerationRequest,
+    TokenLogprob,
+    Usage,
+)
+from serving_svc.metrics import ServingMetrics
+
+FINGERPRINT = "sha256:" + "a" * 64
+OTHER_FINGERPRINT = "sha256:" + "b" * 64
+FIRST_TOKEN_ID = 1000
+"""The fake answer's token ids count up from here, one token per scripted piece."""
+
+
+class FakeTokenizer:
+    """One token per character, its code point as the id."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [ord(c) for c in text]
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any:
+        text = "".join(f"<{m['role']}>{m['content']}" for m in conversation)
+        return text + "<assistant>" if kwargs.get("add_generation_prompt") else text
+
+
+class FakeEngine(Engine):
+    name = "fake"
+    supported_methods = frozenset({"lora", "qlora"})
+
+    def __init__(
+        self,
+        *,
+        max_model_len: int = 64,
+        answer: Sequence[str] = ("Hel", "lo", "!"),
+        finish_reason: FinishReason = "stop",
+    ) -> None:
+        self._max_model_len = max_model_len
+        self.answer = list(answer)
+        """Text of each generated token; the last delta carries finish reason and usage."""
+        self.finish_reason: FinishReason = finish_reason
+        self.add_calls: list[tuple[str, Path]] = []
+        self.remove_calls: list[str] = []
+        self.adapters: set[str] = set()
+        """Keys added and not removed since."""
+        self.load_gate: asyncio.Event | None = None
+        """When set to an Event, add_adapter waits for it (after recording the call)."""
+        self.load_started = asyncio.Event()
+        self.add_error: Exception | None = None
+        """Raised by the next add_adapter calls, after the gate, until cleared."""
+        self.generation_gate: asyncio.Event | None = None
+        """When set to an Event, generate waits for it before its first delta."""
+        self.generation_started = asyncio.Event()
+        self.requests: list[GenerationRequest] = []
+        self.finished: list[str] = []
+        """Request ids whose whole answer was read."""
+        self.aborted: list[str] = []
+        """Request ids whose stream was closed or cancelled before the end."""
+        self.max_running = 0
+        """The most generations open at once."""
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    @property
+    def max_model_len(self) -> int:
+        return self._max_model_len
+
+    @property
+    def tokenizer(self) -> FakeTokenizer:
+        return FakeTokenizer()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(running=len(self.requests) - len(self.finished) - len(self.aborted), waiting=0)
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationDelta, None]:
+        self.requests.append(request)
+        self.max_running = max(self.max_running, self.stats().running)
+        self.generation_started.set()
+        try:
+            if self.generation_gate is not None:
+                await self.generation_gate.wait()
+            for index, text in enumerate(self.answer):
+                token = FIRST_TOKEN_ID + index
+                last = index == len(self.answer) - 1
+                logprobs = (TokenLogprob(token, text, -0.1 * (index + 1)),) if request.sampling.logprobs else ()
+                yield GenerationDelta(
+                    text=text,
+                    token_ids=(token,),
+                    logprobs=logprobs,
+                    finish_reason=self.finish_reason if last else None,
+                    usage=Usage(len(request.prompt_token_ids), len(self.answer)) if last else None,
+                )
+        except (GeneratorExit, asyncio.CancelledError):
+            self.aborted.append(request.request_id)
+            raise
+        self.finished.append(request.request_id)
+
+    async def add_adapter(self, key: str, path: Path) -> None:
+        self.add_calls.append((key, path))
+        self.load_started.set()
+        if self.load_gate is not None:
+            await self.load_gate.wait()
+        if self.add_error is not None:
+            raise self.add_error
+        if key in self.adapters:
+            raise RuntimeError(f"fake engine: {key} is already added")
+        self.adapters.add(key)
+
+    async def remove_adapter(self, key: str) -> None:
+        self.remove_calls.append(key)
+        if key not in self.adapters:
+            raise RuntimeError(f"fake engine: {key} was never added")
+        self.adapters.remove(key)
+
+    @property
+    def added_keys(self) -> list[str]:
+        return [key for key, _ in self.add_calls]
+
+
+def publish_fake_adapter(
+    repository: ArtifactRepository,
+    workdir: Path,
+    name: str,
+    *,
+    rank: int = 8,
+    config_rank: int | None = None,
+    rank_pattern: dict[str, int] | None = None,
+    method: str = "lora",
+    fingerprint: str = FINGERPRINT,
+) -> Manifest:
+    """Publish the next version of `name`: `rank` in the manifest, `config_rank` (default: rank) in
+    adapter_config.json, and random bytes as weights."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = Path(tempfile.mkdtemp(dir=workdir, prefix=f"src-{name}-"))
+    config: dict[str, Any] = {"r": rank if config_rank is None else config_rank}
+    if rank_pattern is not None:
+        config["rank_pattern"] = rank_pattern
+    (source / "adapter_config.json").write_text(json.dumps(config))
+    (source / "adapter_model.safetensors").write_bytes(os.urandom(64))
+    (source / "profile.json").write_text(json.dumps({"prompt_length": [1, 2, 3]}))
+    draft = ManifestDraft(
+        name=name,
+        base_model=BaseModelInfo(name="tiny", fingerprint=fingerprint),
+        method=method,  # type: ignore[arg-type]
+        hyperparameters={"rank": rank, "alpha": 2 * rank},
+        metrics={"train_loss": 1.0},
+        dataset=DatasetInfo(fingerprint="sha256:test", train_examples=1, validation_examples=0),
+        job_id=f"test-{name}",
+    )
+    return repository.publish(source, draft)[0]
+
+
+@dataclass
+class AdapterParts:
+    repository: ArtifactRepository
+    engine: FakeEngine
+    metrics: ServingMetrics
+    manager: AdapterManager
+    workdir: Path
+    cache_dir: Path
+
+    def publish(self, name: str, **kwargs: Any) -> Manifest:
+        return publish_fake_adapter(self.repository, self.workdir / "sources", name, **kwargs)
+
+
+def build_adapter_manager(
+    tmp_path: Path,
+    engine: FakeEngine | None = None,
+    *,
+    max_loaded: int = 2,
+    max_rank: int = 16,
+    resolve_ttl_seconds: float = 3600.0,
+    adapter_labels: int = 8,
+) -> AdapterParts:
+    repository = ArtifactRepository(FileStore(tmp_path / "store"))
+    engine = engine or FakeEngine()
+    metrics = ServingMetrics(adapter_labels=adapter_labels)
+    policy = AdapterPolicy(
+        base_model_name="tiny",
+        base_model_fingerprint=FINGERPRINT,
+        max_loaded=max_loaded,
+        max_rank=max_rank,
+        resolve_ttl_seconds=resolve_ttl_seconds,
+    )
+    cache_dir = tmp_path / "cache"
+    manager = AdapterManager(repository, engine, cache_dir, policy, metrics)
+    return AdapterParts(repository, engine, metrics, manager, tmp_path, cache_dir)
+
+
+def sample(metrics: ServingMetrics, name: str, **labels: str) -> float | None:
+    """One sample's value from the replica's registry; None when the series does not exist."""
+    return metrics.registry.get_sample_value(name, labels)
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Let the loop run until `predicate()` holds; fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.001)

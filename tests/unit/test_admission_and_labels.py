@@ -1,0 +1,257 @@
+"""Back-pressure (Admission), bounded adapter labels (AdapterLabels) and how ServingMetrics uses them."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from contextlib import nullcontext
+
+import pytest
+
+from loraplane.errors import FailedPrecondition, InvalidArgument, LoraplaneError, ResourceExhausted
+from serving_svc.adapter_labels import OTHER_LABEL, AdapterLabels
+from serving_svc.admission import Admission
+from serving_svc.metrics import BASE_MODEL_LABEL, ServingMetrics
+
+TIMEOUT = 5.0
+"""Seconds a test waits for what should happen at once, so a regression fails instead of hanging."""
+
+# -- Admission ------------------------------------------------------------------------------
+
+
+async def _hold(admission: Admission, entered: list[int], index: int, release: asyncio.Event) -> None:
+    async with admission.place():
+        entered.append(index)
+        await release.wait()
+
+
+async def _settle() -> None:
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(("max_concurrent", "max_queued"), [(1, 0), (1, 1), (2, 1), (3, 4)])
+async def test_admission_runs_max_concurrent_queues_max_queued_and_refuses_the_rest(
+    max_concurrent: int, max_queued: int
+) -> None:
+    admission = Admission(max_concurrent, max_queued)
+    release = asyncio.Event()
+    entered: list[int] = []
+    tasks = [asyncio.create_task(_hold(admission, entered, i, release)) for i in range(max_concurrent + max_queued)]
+    await _settle()
+    assert entered == list(range(max_concurrent))
+    assert admission.queued == max_queued
+
+    async def one_more() -> None:
+        async with admission.place():
+            pytest.fail("admitted past both bounds")
+
+    with pytest.raises(ResourceExhausted, match=f"{max_concurrent} requests generating and {max_queued} waiting"):
+        await asyncio.wait_for(one_more(), TIMEOUT)  # refused at once, never queued
+    assert admission.queued == max_queued
+
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
+    assert sorted(entered) == list(range(max_concurrent + max_queued))
+    assert admission.queued == 0
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_and_makes_room() -> None:
+    admission = Admission(1, 1)
+    release = asyncio.Event()
+    entered: list[int] = []
+    running = asyncio.create_task(_hold(admission, entered, 0, release))
+    waiting = asyncio.create_task(_hold(admission, entered, 1, release))
+    await _settle()
+    assert admission.queued == 1
+
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert admission.queued == 0
+    late = asyncio.create_task(_hold(admission, entered, 2, release))  # the queue has room again
+    await _settle()
+    assert admission.queued == 1
+
+    release.set()
+    await asyncio.wait_for(asyncio.gather(running, late), TIMEOUT)
+    assert entered == [0, 2]
+
+
+async def test_a_waiter_cancelled_just_as_its_place_frees_gives_the_place_back() -> None:
+    admission = Admission(1, 1)
+    holder = admission.place()
+    await holder.__aenter__()
+    entered: list[int] = []
+    waiting = asyncio.create_task(_hold(admission, entered, 1, asyncio.Event()))
+    await _settle()
+    assert admission.queued == 1
+
+    await holder.__aexit__(None, None, None)  # wakes the waiter, which has not run yet
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert entered == []
+    assert admission.queued == 0
+
+    async def enter() -> None:
+        async with admission.place():
+            pass
+
+    await asyncio.wait_for(enter(), TIMEOUT)
+
+
+# -- AdapterLabels --------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _labels(limit: int, *, half_life_seconds: float = 300.0) -> tuple[AdapterLabels, FakeClock, list[str]]:
+    clock = FakeClock()
+    demoted: list[str] = []
+    labels = AdapterLabels(limit, demoted.append, half_life_seconds=half_life_seconds, clock=clock)
+    return labels, clock, demoted
+
+
+def _requests_until_labelled(labels: AdapterLabels, name: str, most: int = 100) -> int:
+    for count in range(1, most + 1):
+        if labels.label(name) == name:
+            return count
+    raise AssertionError(f"{name} never got a label of its own")
+
+
+def test_first_adapters_own_labels_and_newcomers_count_as_other() -> None:
+    labels, _, demoted = _labels(2)
+    assert [labels.label(n) for n in ("a", "b", "a", "c", "b", "d")] == ["a", "b", "a", OTHER_LABEL, "b", OTHER_LABEL]
+    assert labels.owners() == {"a", "b"}
+    assert demoted == []
+
+
+@pytest.mark.parametrize(("owner_requests", "needed"), [(1, 3), (2, 5), (5, 11)])
+def test_a_newcomer_takes_a_label_once_twice_as_busy_as_the_quietest_owner(owner_requests: int, needed: int) -> None:
+    labels, _, demoted = _labels(1)
+    for _ in range(owner_requests):
+        labels.label("a")
+    assert _requests_until_labelled(labels, "b") == needed
+    assert demoted == ["a"]
+    assert labels.owners() == {"b"}
+    assert labels.label("a") == OTHER_LABEL  # the demoted adapter counts under "_other" from then on
+
+
+@pytest.mark.parametrize(
+    ("half_life", "elapsed", "needed"),
+    [(10.0, 0.0, 9), (10.0, 10.0, 5), (10.0, 20.0, 3), (10.0, 30.0, 2), (10.0, 100.0, 1), (None, 600.0, 3)],
+)
+def test_counts_decay_with_the_half_life(half_life: float | None, elapsed: float, needed: int) -> None:
+    clock = FakeClock()
+    demoted: list[str] = []
+    if half_life is None:  # the default: five minutes
+        labels = AdapterLabels(1, demoted.append, clock=clock)
+        half_life = 300.0
+    else:
+        labels = AdapterLabels(1, demoted.append, half_life_seconds=half_life, clock=clock)
+    for _ in range(4):
+        labels.label("a")
+    clock.now += elapsed  # a's count is now 4 / 2 ** (elapsed / half_life)
+    assert _requests_until_labelled(labels, "b") == needed
+    assert demoted == ["a"]
+
+
+def test_the_quietest_owner_is_demoted_and_ties_go_by_name() -> None:
+    labels, _, demoted = _labels(3)
+    for name, count in (("busy", 5), ("q2", 1), ("q1", 1)):
+        for _ in range(count):
+            labels.label(name)
+    assert _requests_until_labelled(labels, "new") == 3
+    assert demoted == ["q1"]
+    assert _requests_until_labelled(labels, "newer") == 3
+    assert demoted == ["q1", "q2"]
+    assert labels.owners() == {"busy", "new", "newer"}
+
+
+def test_two_equally_busy_adapters_do_not_swap_labels() -> None:
+    labels, _, demoted = _labels(1)
+    results = [labels.label(name) for _ in range(50) for name in ("a", "b")]
+    assert set(results[0::2]) == {"a"}
+    assert set(results[1::2]) == {OTHER_LABEL}
+    assert demoted == []
+
+
+def test_every_request_is_counted_under_exactly_one_label_and_owners_stay_bounded() -> None:
+    rng = random.Random(7)
+    labels, clock, demoted = _labels(3, half_life_seconds=5.0)
+    names = [f"adapter-{i}" for i in range(12)]
+    weights = [2.0**-i for i in range(12)]
+    owners = set[str]()
+    for _ in range(2000):
+        clock.now += rng.expovariate(20.0)
+        if rng.random() < 0.01:  # traffic shifts now and then
+            rng.shuffle(weights)
+        name = rng.choices(names, weights)[0]
+        already_demoted = len(demoted)
+        label = labels.label(name)
+        new_owners = set(labels.owners())
+        assert len(new_owners) <= 3
+        assert label == (name if name in new_owners else OTHER_LABEL)
+        assert demoted[already_demoted:] == sorted(owners - new_owners)  # each loss reported, once
+        assert new_owners - owners <= {name}
+        owners = new_owners
+    assert demoted, "traffic shifts should have demoted someone"
+
+
+# -- ServingMetrics -------------------------------------------------------------------------
+
+
+def _value(metrics: ServingMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_demotion_removes_every_series_of_the_demoted_adapter_only() -> None:
+    metrics = ServingMetrics(adapter_labels=2)
+    for name in ("a", "b"):
+        label = metrics.adapter_label(name)
+        metrics.labelled(metrics.prompt_tokens, label).inc(5)
+        metrics.labelled(metrics.time_to_first_token, label).observe(0.1)
+        metrics.labelled(metrics.requests, "Generate", label, "OK").inc()
+    metrics.labelled(metrics.prompt_tokens, BASE_MODEL_LABEL).inc(7)
+    metrics.adapter_label("a")  # b is now the quietest
+    assert metrics.adapter_label("c") == OTHER_LABEL
+    metrics.adapter_label("c")  # exactly twice b's count: the real clock's decay decides this one
+    assert metrics.adapter_label("c") == "c"
+
+    for name in ("loraplane_serving_prompt_tokens_total", "loraplane_serving_time_to_first_token_seconds_count"):
+        assert _value(metrics, name, adapter="b") is None
+        assert _value(metrics, name, adapter="a") is not None
+    assert _value(metrics, "loraplane_serving_requests_total", rpc="Generate", adapter="b", status="OK") is None
+    assert _value(metrics, "loraplane_serving_requests_total", rpc="Generate", adapter="a", status="OK") == 1
+    assert _value(metrics, "loraplane_serving_prompt_tokens_total", adapter=BASE_MODEL_LABEL) == 7
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (None, "OK"),
+        (InvalidArgument("bad", field="x"), "INVALID_ARGUMENT"),
+        (FailedPrecondition("no"), "FAILED_PRECONDITION"),
+        (ResourceExhausted("full"), "RESOURCE_EXHAUSTED"),
+        (asyncio.CancelledError(), "CANCELLED"),
+        (GeneratorExit(), "CANCELLED"),
+        (RuntimeError("boom"), "INTERNAL"),
+    ],
+)
+def test_track_counts_each_rpc_with_the_status_its_error_maps_to(error: BaseException | None, status: str) -> None:
+    metrics = ServingMetrics(adapter_labels=2)
+    with pytest.raises(type(error)) if error else nullcontext(), metrics.track("Generate") as record:
+        record.adapter = metrics.adapter_label("a")
+        if error:
+            raise error
+    assert _value(metrics, "loraplane_serving_requests_total", rpc="Generate", adapter="a", status=status) == 1
+    assert _value(metrics, "loraplane_serving_request_duration_seconds_count", rpc="Generate") == 1
+    if isinstance(error, LoraplaneError):
+        assert error.code.name == status

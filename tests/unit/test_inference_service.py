@@ -1,0 +1,331 @@
+"""InferenceService over a fake engine: validation, the engine request, streaming, back-pressure, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loraplane.errors import InvalidArgument, NotFound, ResourceExhausted
+from loraplane.names import AdapterSpec
+from serving_svc.admission import Admission
+from serving_svc.engines.base import ChatMessage, Prompt, SamplingOptions, TokenLogprob, Usage
+from serving_svc.inference import GenerationInput, InferenceService
+from serving_svc.metrics import ServingMetrics
+from tests.support.fake_engine import FIRST_TOKEN_ID, AdapterParts, FakeEngine, build_adapter_manager, sample, until
+
+MAX_MODEL_LEN = 32
+DEFAULT_MAX_TOKENS = 8
+TIMEOUT = 5.0
+"""Seconds a test waits for what should happen at once, so a regression fails instead of hanging."""
+
+
+@dataclass
+class Replica:
+    parts: AdapterParts
+    admission: Admission
+    service: InferenceService
+
+    @property
+    def engine(self) -> FakeEngine:
+        return self.parts.engine
+
+    @property
+    def metrics(self) -> ServingMetrics:
+        return self.parts.metrics
+
+
+def _replica(
+    tmp_path: Path,
+    *,
+    max_concurrent: int = 1,
+    max_queued: int = 1,
+    default_max_tokens: int = DEFAULT_MAX_TOKENS,
+    adapter_labels: int = 8,
+) -> Replica:
+    engine = FakeEngine(max_model_len=MAX_MODEL_LEN)
+    parts = build_adapter_manager(tmp_path, engine, max_loaded=2, adapter_labels=adapter_labels)
+    parts.publish("alpha")
+    admission = Admission(max_concurrent, max_queued)
+    service = InferenceService(engine, parts.manager, parts.metrics, admission, default_max_tokens=default_max_tokens)
+    return Replica(parts, admission, service)
+
+
+@pytest.fixture
+def replica(tmp_path: Path) -> Replica:
+    return _replica(tmp_path)
+
+
+def _input(
+    adapter: str | None = "alpha", prompt: Prompt = "hi", input_field: str = "prompt", **sampling: Any
+) -> GenerationInput:
+    sampling.setdefault("max_tokens", 4)
+    return GenerationInput(
+        adapter=AdapterSpec(adapter) if adapter else None,
+        prompt=prompt,
+        sampling=SamplingOptions(**sampling),
+        input_field=input_field,
+    )
+
+
+def _requests(metrics: ServingMetrics, rpc: str, status: str, adapter: str | None = None) -> float:
+    """RPCs counted with this method and status (under `adapter`, or summed over every adapter label)."""
+    total = 0.0
+    for family in metrics.registry.collect():
+        for s in family.samples:
+            if s.name != "loraplane_serving_requests_total":
+                continue
+            if s.labels["rpc"] == rpc and s.labels["status"] == status and adapter in (None, s.labels["adapter"]):
+                total += s.value
+    return total
+
+
+@pytest.mark.parametrize(
+    ("request_input", "field", "message"),
+    [
+        (_input(max_tokens=MAX_MODEL_LEN + 1), "sampling.max_tokens", "exceeds the model length 32"),
+        (_input(prompt=""), "prompt", "empty"),
+        (_input(prompt="", input_field="text"), "text", "empty"),
+        (_input(prompt="x" * MAX_MODEL_LEN), "prompt", "32 tokens; this model takes at most 31"),
+        (_input(prompt="x" * 100, input_field="messages"), "messages", "100 tokens"),
+        (_input(max_tokens=4, min_tokens=5), "sampling.min_tokens", "min_tokens 5 exceeds max_tokens 4"),
+        (_input(max_tokens=0, min_tokens=9), "sampling.min_tokens", "exceeds max_tokens 8"),
+        (_input(prompt="", max_tokens=MAX_MODEL_LEN + 1), "sampling.max_tokens", "model length"),
+    ],
+    ids=[
+        "max-tokens-over-model",
+        "empty-prompt",
+        "empty-named-field",
+        "prompt-fills-model",
+        "prompt-too-long-named-field",
+        "min-over-max",
+        "min-over-default-max",
+        "max-tokens-checked-first",
+    ],
+)
+async def test_invalid_request_is_refused_before_the_adapter_and_engine(
+    replica: Replica, request_input: GenerationInput, field: str, message: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=message) as info:
+        await replica.service.complete(lambda: request_input)
+    assert info.value.field == field
+    assert replica.engine.requests == []
+    assert replica.engine.add_calls == []
+    assert _requests(replica.metrics, "Generate", "INVALID_ARGUMENT") == 1
+
+
+@pytest.mark.parametrize(
+    ("prompt_tokens", "max_tokens", "min_tokens", "default_max_tokens", "sent_max_tokens"),
+    [
+        (1, 5, 0, DEFAULT_MAX_TOKENS, 5),
+        (1, 0, 0, DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS),
+        (1, 0, DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS, DEFAULT_MAX_TOKENS),
+        (1, 0, 0, 100, MAX_MODEL_LEN),
+        (MAX_MODEL_LEN - 1, MAX_MODEL_LEN, MAX_MODEL_LEN, DEFAULT_MAX_TOKENS, MAX_MODEL_LEN),
+    ],
+    ids=["explicit", "default", "min-equals-default", "default-capped-by-model", "limits-inclusive"],
+)
+async def test_accepted_request_reaches_the_engine_with_its_max_tokens(
+    tmp_path: Path, prompt_tokens: int, max_tokens: int, min_tokens: int, default_max_tokens: int, sent_max_tokens: int
+) -> None:
+    replica = _replica(tmp_path, default_max_tokens=default_max_tokens)
+    request_input = _input(prompt="x" * prompt_tokens, max_tokens=max_tokens, min_tokens=min_tokens, top_k=3)
+    await replica.service.complete(lambda: request_input)
+    [sent] = replica.engine.requests
+    assert sent.sampling == SamplingOptions(max_tokens=sent_max_tokens, min_tokens=min_tokens, top_k=3)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "adapter_key"),
+    [("alpha", "alpha@v1"), (None, None)],
+)
+async def test_engine_request_carries_the_adapter_key_and_token_ids(
+    replica: Replica, adapter: str | None, adapter_key: str | None
+) -> None:
+    completion = await replica.service.complete(lambda: _input(adapter, prompt="abc"))
+    [sent] = replica.engine.requests
+    assert sent.adapter_key == adapter_key
+    assert sent.prompt_token_ids == (ord("a"), ord("b"), ord("c"))
+    assert sent.request_id
+    assert (completion.adapter.key if completion.adapter else None) == adapter_key
+    if adapter_key:
+        assert replica.engine.adapters == {adapter_key}
+
+
+async def test_chat_messages_are_rendered_and_tokenized(replica: Replica) -> None:
+    messages = [ChatMessage("user", "hi")]
+    await replica.service.complete(lambda: _input(prompt=messages, input_field="messages"))
+    assert replica.engine.requests[0].prompt_token_ids == tuple(ord(c) for c in "<user>hi<assistant>")
+    assert await replica.service.tokenize(messages) == [ord(c) for c in "<user>hi<assistant>"]
+
+
+async def test_complete_joins_text_logprobs_finish_reason_and_usage(replica: Replica) -> None:
+    completion = await replica.service.complete(lambda: _input(prompt="abcd", logprobs=True))
+    assert completion.text == "Hello!"
+    assert completion.logprobs == [
+        TokenLogprob(FIRST_TOKEN_ID, "Hel", -0.1),
+        TokenLogprob(FIRST_TOKEN_ID + 1, "lo", -0.2),
+        TokenLogprob(FIRST_TOKEN_ID + 2, "!", pytest.approx(-0.3)),  # type: ignore[arg-type]
+    ]
+    assert completion.finish_reason == "stop"
+    assert completion.usage == Usage(prompt_tokens=4, completion_tokens=3)
+    assert completion.adapter is not None and completion.adapter.key == "alpha@v1"
+    assert replica.engine.finished == [replica.engine.requests[0].request_id]
+
+
+async def test_stream_yields_each_delta_with_its_adapter(replica: Replica) -> None:
+    replica.engine.finish_reason = "length"
+    chunks = [chunk async for chunk in replica.service.stream(lambda: _input())]
+    assert [c.delta.text for c in chunks] == ["Hel", "lo", "!"]
+    assert [c.delta.finish_reason for c in chunks] == [None, None, "length"]
+    assert {c.adapter.key for c in chunks if c.adapter} == {"alpha@v1"}
+    assert _requests(replica.metrics, "GenerateStream", "OK", adapter="alpha") == 1
+
+
+async def test_closing_the_stream_early_aborts_the_engine_request_and_frees_everything(replica: Replica) -> None:
+    stream = replica.service.stream(lambda: _input())
+    first = await anext(stream)
+    assert first.delta.text == "Hel"
+    await stream.aclose()
+
+    [sent] = replica.engine.requests
+    assert replica.engine.aborted == [sent.request_id]
+    assert replica.engine.finished == []
+    assert _requests(replica.metrics, "GenerateStream", "CANCELLED", adapter="alpha") == 1
+    await replica.parts.manager.unload(AdapterSpec("alpha"))  # no longer in use
+    assert (await replica.service.complete(lambda: _input())).text == "Hello!"  # the place was given back
+
+
+async def test_past_both_bounds_a_request_is_refused_and_a_cancelled_waiter_leaves_the_queue(
+    replica: Replica,
+) -> None:
+    gate = replica.engine.generation_gate = asyncio.Event()
+    running = asyncio.create_task(replica.service.complete(lambda: _input()))
+    await asyncio.wait_for(replica.engine.generation_started.wait(), TIMEOUT)
+    waiting = asyncio.create_task(replica.service.complete(lambda: _input()))
+    await until(lambda: replica.admission.queued == 1)
+    assert sample(replica.metrics, "loraplane_serving_requests_queued") == 1
+
+    with pytest.raises(ResourceExhausted, match="1 requests generating and 1 waiting"):
+        await asyncio.wait_for(replica.service.complete(lambda: _input()), TIMEOUT)
+    assert _requests(replica.metrics, "Generate", "RESOURCE_EXHAUSTED") == 1
+
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert replica.admission.queued == 0
+    assert sample(replica.metrics, "loraplane_serving_requests_queued") == 0
+    assert _requests(replica.metrics, "Generate", "CANCELLED") == 1
+
+    gate.set()
+    assert (await asyncio.wait_for(running, TIMEOUT)).text == "Hello!"
+    assert len(replica.engine.requests) == 1  # the cancelled request never reached the engine
+    assert (await replica.service.complete(lambda: _input())).text == "Hello!"
+
+
+async def test_a_queued_request_runs_once_a_place_frees(replica: Replica) -> None:
+    gate = replica.engine.generation_gate = asyncio.Event()
+    first = asyncio.create_task(replica.service.complete(lambda: _input()))
+    await asyncio.wait_for(replica.engine.generation_started.wait(), TIMEOUT)
+    second = asyncio.create_task(replica.service.complete(lambda: _input()))
+    await until(lambda: replica.admission.queued == 1)
+    assert len(replica.engine.requests) == 1
+    gate.set()
+    assert [c.text for c in await asyncio.wait_for(asyncio.gather(first, second), TIMEOUT)] == ["Hello!", "Hello!"]
+    assert replica.engine.max_running == 1
+    assert replica.admission.queued == 0
+
+
+async def test_unknown_adapter_is_not_found_and_gives_its_place_back(replica: Replica) -> None:
+    for _ in range(3):
+        with pytest.raises(NotFound):
+            await replica.service.complete(lambda: _input("nope"))
+    assert _requests(replica.metrics, "Generate", "NOT_FOUND", adapter="_unresolved") == 3
+    assert replica.engine.requests == []
+    assert (await replica.service.complete(lambda: _input())).text == "Hello!"
+
+
+async def test_a_malformed_request_is_counted_with_its_status(replica: Replica) -> None:
+    def parse() -> GenerationInput:
+        raise InvalidArgument("bad", field="adapter")
+
+    with pytest.raises(InvalidArgument):
+        await replica.service.complete(parse, rpc="Custom")
+    assert _requests(replica.metrics, "Custom", "INVALID_ARGUMENT", adapter="_unresolved") == 1
+
+
+async def test_per_adapter_metrics_count_tokens_and_observe_ttft_once_per_request(replica: Replica) -> None:
+    for _ in range(2):
+        await replica.service.complete(lambda: _input(prompt="abcde"))
+    await replica.service.complete(lambda: _input(None, prompt="ab"))
+
+    def value(name: str, adapter: str) -> float | None:
+        return sample(replica.metrics, name, adapter=adapter)
+
+    for adapter, requests, prompt_tokens in (("alpha", 2, 5), ("_base", 1, 2)):
+        assert _requests(replica.metrics, "Generate", "OK", adapter=adapter) == requests
+        assert value("loraplane_serving_prompt_tokens_total", adapter) == requests * prompt_tokens
+        assert value("loraplane_serving_generated_tokens_total", adapter) == requests * 3
+        assert value("loraplane_serving_time_to_first_token_seconds_count", adapter) == requests
+        assert value("loraplane_serving_inter_token_latency_seconds_count", adapter) == requests * 2
+        assert value("loraplane_serving_generation_latency_seconds_count", adapter) == requests
+    assert sample(replica.metrics, "loraplane_serving_request_duration_seconds_count", rpc="Generate") == 3
+
+
+async def test_adapter_rpcs_and_model_info(replica: Replica) -> None:
+    replica.parts.publish("alpha")
+    replica.parts.publish("beta")
+    loaded = await replica.service.load_adapter(AdapterSpec("alpha", 1))
+    assert loaded.key == "alpha@v1"
+
+    listed = await replica.service.list_adapters(loaded_only=False)
+    assert sorted((a.key, is_loaded) for a, is_loaded in listed) == [
+        ("alpha@v1", True),
+        ("alpha@v2", False),
+        ("beta@v1", False),
+    ]
+    assert [(a.key, is_loaded) for a, is_loaded in await replica.service.list_adapters(loaded_only=True)] == [
+        ("alpha@v1", True)
+    ]
+
+    await replica.service.unload_adapter(AdapterSpec("alpha"))
+    assert replica.engine.remove_calls == ["alpha@v1"]
+    with pytest.raises(NotFound):
+        await replica.service.unload_adapter(AdapterSpec("nope"))
+
+    info = replica.service.model_info()
+    assert (info.base_model, info.engine, info.max_model_len, info.max_loaded_adapters, info.max_lora_rank) == (
+        "tiny",
+        "fake",
+        MAX_MODEL_LEN,
+        2,
+        16,
+    )
+    assert _requests(replica.metrics, "LoadAdapter", "OK", adapter="alpha") == 1
+    assert _requests(replica.metrics, "UnloadAdapter", "OK", adapter="alpha") == 1
+    assert _requests(replica.metrics, "UnloadAdapter", "NOT_FOUND", adapter="_unresolved") == 1
+    assert _requests(replica.metrics, "ListAdapters", "OK", adapter="_none") == 2
+    assert _requests(replica.metrics, "ModelInfo", "OK", adapter="_none") == 1
+
+
+async def test_adapter_demoted_mid_stream_keeps_no_series(tmp_path: Path) -> None:
+    replica = _replica(tmp_path, adapter_labels=1)
+    replica.parts.publish("beta")
+    stream = replica.service.stream(lambda: _input("alpha"))
+    await anext(stream)
+    if sample(replica.metrics, "loraplane_serving_generated_tokens_total", adapter="alpha") != 1:
+        pytest.fail("alpha's first token was not counted under its own label")
+
+    for _ in range(20):  # beta's traffic grows until it takes alpha's label
+        if replica.metrics.adapter_label("beta") == "beta":
+            break
+    if sample(replica.metrics, "loraplane_serving_generated_tokens_total", adapter="alpha") is not None:
+        pytest.fail("demoting alpha did not remove its series")
+
+    async for _ in stream:
+        pass
+    assert sample(replica.metrics, "loraplane_serving_generated_tokens_total", adapter="alpha") is None
+    assert _requests(replica.metrics, "GenerateStream", "OK", adapter="alpha") == 0
