@@ -82,6 +82,7 @@ class Scheduler:
         self._batches: dict[str, tuple[DecodeBatch, list[Sequence]]] = {}
         self._wake = threading.Condition()
         self._stopping = False
+        self._running = 0
 
     # -- the asyncio side -------------------------------------------------------------------
 
@@ -109,8 +110,12 @@ class Scheduler:
         return future
 
     def stats(self) -> SchedulerStats:
-        running = sum(len(rows) for _, rows in self._batches.values())
-        return SchedulerStats(running=running, waiting=len(self._waiting))
+        """Safe from any thread: the engine thread publishes the running count after each change."""
+        return SchedulerStats(running=self._running, waiting=len(self._waiting))
+
+    def _count_running(self) -> int:
+        self._running = sum(len(rows) for _, rows in self._batches.values())
+        return self._running
 
     # -- the engine thread ------------------------------------------------------------------
 
@@ -133,6 +138,7 @@ class Scheduler:
                 try:
                     self._admit()
                     self._decode()
+                    self._count_running()
                 except Exception as exc:  # noqa: BLE001 - a failed step fails its rows, not the replica
                     log.exception("engine step failed")
                     self._fail_all(exc)
@@ -140,7 +146,7 @@ class Scheduler:
 
     def _admit(self) -> None:
         """Prefill waiting sequences, as many as free rows allow, and add them to their batches."""
-        free = self._max_batch_size - self.stats().running
+        free = self._max_batch_size - self._count_running()
         admitted: dict[str, list[Sequence]] = {}
         with self._wake:
             while self._waiting and free > 0:
@@ -222,5 +228,6 @@ class Scheduler:
         with self._wake:
             waiting, self._waiting = list(self._waiting), deque()
         batches, self._batches = self._batches, {}
+        self._running = 0
         for sequence in [*waiting, *(s for _, rows in batches.values() for s in rows)]:
             sequence.emit(exc)

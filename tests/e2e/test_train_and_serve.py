@@ -1,5 +1,6 @@
 """The whole loop on real parts: a job submitted over gRPC trains the tiny model in a worker
-process, publishes to the store, and the serving replica (real vLLM engine) answers with it."""
+process, publishes to the store, and the serving replica (its default engine on a CPU:
+transformers + peft) answers with it."""
 
 from __future__ import annotations
 
@@ -88,6 +89,23 @@ def test_adapter_answers_the_trained_completion_unlike_the_base(
         assert (tuned.adapter.name, tuned.adapter.version) == ("secret-word", 1)
     pinned = stack.client.inference.generate(QUESTIONS[1], adapter="secret-word@v1", params=GREEDY)
     assert pinned.text.startswith(ANSWER)
+
+
+def test_a_dora_adapter_is_trained_and_served_by_the_default_engine(stack: Stack, tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text(memorise_jsonl())
+    job = stack.client.jobs.create(
+        adapter_name="secret-word-dora",
+        training_file=data,
+        method="dora",
+        training=trainer_pb2.TrainingParameters(max_steps=20, batch_size=4, learning_rate=1e-2),
+    )
+    list(stack.client.jobs.watch(job.id))
+    assert stack.client.jobs.retrieve(job.id).state == trainer_pb2.JOB_STATE_SUCCEEDED
+    tuned = stack.client.inference.generate(QUESTIONS[3], adapter="secret-word-dora", params=GREEDY)
+    assert tuned.text.startswith(ANSWER), tuned.text
+    listed = {a.ref.name: a for a in stack.client.inference.list_adapters()}
+    assert listed["secret-word-dora"].method == "dora"
 
 
 def test_stream_yields_the_same_text_as_generate(stack: Stack, trained: tuple[trainer_pb2.Job, list]) -> None:

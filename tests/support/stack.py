@@ -1,5 +1,5 @@
 """Both services running for real on loopback (trainer with its worker processes, serving with
-the vLLM engine), and a task the tiny model memorises in a few steps."""
+its default engine), and a task the tiny model memorises in a few steps."""
 
 from __future__ import annotations
 
