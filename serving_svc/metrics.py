@@ -19,6 +19,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from loraplane.errors import LoraplaneError
 from serving_svc.adapter_labels import OTHER_LABEL, AdapterLabels
+from serving_svc.engines.base import EngineStats
 
 BASE_MODEL_LABEL = "_base"
 NO_ADAPTER_LABEL = "_none"  # RPCs about the replica rather than one model: ModelInfo, ListAdapters, Tokenize
@@ -171,10 +172,10 @@ class ServingMetrics:
         for family, values in self._seen.pop(name, set()):
             family.remove(*values)
 
-    def watch_engine(self, stats: Callable[[], tuple[int, int]]) -> None:
+    def watch_engine(self, stats: Callable[[], EngineStats]) -> None:
         """Read the engine's running and waiting counts at every scrape."""
-        self.engine_requests_running.set_function(lambda: stats()[0])
-        self.engine_requests_waiting.set_function(lambda: stats()[1])
+        self.engine_requests_running.set_function(lambda: stats().running)
+        self.engine_requests_waiting.set_function(lambda: stats().waiting)
 
     @contextmanager
     def track(self, rpc: str) -> Iterator[RequestRecord]:

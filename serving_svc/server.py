@@ -30,7 +30,7 @@ class ServingServer(EndpointsHost):
         self.settings = settings
         self.metrics = ServingMetrics(settings.metrics_adapter_labels)
         self.engine = create_engine(settings, self.metrics.engine_batch_size.observe)
-        self.metrics.watch_engine(lambda: (self.engine.stats().running, self.engine.stats().waiting))
+        self.metrics.watch_engine(self.engine.stats)
         try:
             fingerprint = base_model_fingerprint(settings.base_model)
         except FailedPrecondition as exc:

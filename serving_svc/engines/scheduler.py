@@ -2,10 +2,10 @@
 
 `run` occupies the engine's one torch thread, and every model call happens there, so adapters
 are added and removed between steps (as calls queued with `call`) and never under a running
-forward pass. Requests that arrive while
-others decode are prefilled at the next step and join the running batch; finished and aborted
-rows leave it at once. Rows whose adapters peft can mix share one batch; an adapter peft cannot
-mix (DoRA) decodes in a batch of its own, stepped in turn with the others.
+forward pass. Requests that arrive while others decode are prefilled at the next step and join
+the running batch; finished and aborted rows leave it at once. Rows whose adapters can be
+stacked share one batch; an adapter that cannot (DoRA) decodes in a batch of its own, stepped
+in turn with the others.
 
 The asyncio side hands in a `Sequence` with an `emit` callback that is safe to call from this
 thread (it posts onto the event loop), and marks it aborted when its caller leaves.
@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from serving_svc.engines.base import FinishReason, GenerationDelta, GenerationRequest, TokenLogprob, Usage
+from serving_svc.engines.base import EngineStats, FinishReason, GenerationDelta, GenerationRequest, TokenLogprob, Usage
 from serving_svc.engines.batch import DecodeBatch, Forward
 from serving_svc.engines.detokenizer import Decoder, IncrementalDetokenizer
 from serving_svc.engines.sampler import RowSampler, select_tokens
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MIXED = ""
-"""The batch key of rows whose adapters peft mixes in one forward pass (LoRA, and the base model)."""
+"""The batch key of rows whose adapters are applied stacked in one forward pass (LoRA, and the base model)."""
 
 
 @dataclass(eq=False)
@@ -50,12 +50,6 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     aborted: bool = False
     next_token: int = -1
-
-
-@dataclass(frozen=True)
-class SchedulerStats:
-    running: int
-    waiting: int
 
 
 class Scheduler:
@@ -109,9 +103,9 @@ class Scheduler:
             self._wake.notify()
         return future
 
-    def stats(self) -> SchedulerStats:
+    def stats(self) -> EngineStats:
         """Safe from any thread: the engine thread publishes the running count after each change."""
-        return SchedulerStats(running=self._running, waiting=len(self._waiting))
+        return EngineStats(running=self._running, waiting=len(self._waiting))
 
     def _count_running(self) -> int:
         self._running = sum(len(rows) for _, rows in self._batches.values())

@@ -142,8 +142,7 @@ class TransformersEngine(Engine):
     def stats(self) -> EngineStats:
         if self._scheduler is None:
             return EngineStats(running=0, waiting=0)
-        stats = self._scheduler.stats()
-        return EngineStats(running=stats.running, waiting=stats.waiting)
+        return self._scheduler.stats()
 
     # -- generation -------------------------------------------------------------------------
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import os
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -38,8 +37,6 @@ from serving_svc.engines.base import (
     TokenLogprob,
     Usage,
 )
-
-log = logging.getLogger(__name__)
 
 _FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 
