@@ -3,20 +3,18 @@
 peft's mixed-adapter batches (`adapter_names`) loop over the adapters present in the batch in
 every LoRA layer: a sub-batch gather and two small matmuls per adapter, so a step with 32
 adapters costs 32 times the per-layer overhead of a step with one (measured: 0.29x the tokens/s
-of one adapter at 32). Here the adapters present in a batch are stacked once per layer (A as
-[sum of ranks, in], B as [out, sum of ranks]) and every step computes, per layer,
+of one adapter at 32). Here, as in vLLM's punica kernels, every loaded adapter has a slot in one
+table per linear layer (A as [slots, in, rank], B as [slots, rank, out] with the LoRA scaling
+folded in; slot 0 holds zeros, for base-model rows), and a forward hook on each layer adds
 
-    delta = ((x @ A_stack.T) * row_mask) @ B_stack.T
+- for a few distinct adapters in the batch: ((x @ A_cat) * row_mask) @ B_cat, where A_cat and
+  B_cat hold just those adapters side by side and `row_mask` keeps each row's own block;
+- for more: each row's own A and B, gathered from the table once per change of the batch's
+  rows, applied with two batched matmuls.
 
-where `row_mask` keeps, for each row, only its own adapter's block, scaled by that adapter's
-LoRA scaling (zero for base-model rows). Two matmuls and a multiply, whatever the number of
-adapters: the same computation as punica's SGMV kernels in vLLM, in plain torch.
-
-peft still loads each adapter (its key mapping, ranks, alpha and rslora scaling are the source of
-truth) and holds the weights; its layers are switched off for these batches and a forward hook on
-each wrapped base layer adds the delta. Adapters that are not plain LoRA on linear layers (DoRA,
-LoRA with bias, embedding LoRA) are not stacked: the engine runs them through peft in batches of
-their own.
+Either way two matmuls per layer, whatever the number of adapters. Adding an adapter writes its
+weights into a free slot (no module of the model changes), so a cold adapter costs the read of
+its file; removing one zeroes its slot for reuse.
 """
 
 from __future__ import annotations
@@ -24,170 +22,159 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-from peft.tuners.lora.layer import Linear as LoraLinear
-from peft.tuners.lora.layer import LoraLayer
+
+from serving_svc.engines.lora_weights import LoraModule, base_linear
 
 BASE = "__base__"
-"""The row name of the base model (no adapter), as in peft's `adapter_names`."""
+"""The row name of the base model (no adapter)."""
 
-_CACHED_COMPOSITIONS = 2
 _MASKED_UP_TO = 4
-"""Up to this many adapters in a batch, every row multiplies by all their stacked A's and keeps its
-own block (each adapter adds ~2% to a step); past it, each row gathers its own adapter's weights."""
+"""Up to this many adapters in a batch, every row multiplies by all their A's side by side and
+keeps its own block (each adapter adds ~2% to a step); past it, each row gathers its own weights."""
+_CACHED_ROW_SETS = 2
+"""A step alternates at most between the running batch and the prefill of the rows joining it."""
+
+_Delta = Callable[[torch.Tensor], torch.Tensor]
 
 
-@dataclass(frozen=True)
-class _LayerStack:
-    """One layer's weights for the adapters of a batch (`composition`), in both layouts.
+class _LayerTable:
+    """One linear layer's adapters: slot s holds adapter s's A (a[s]: [in, rank]) and scaled B (b[s]: [rank, out]).
 
-    Concatenated: a [sum of ranks, in], b [out, sum of ranks], masks [adapters + 1, sum of ranks]
-    holding each adapter's scaling over its block (the last row, for the base model, is zero).
-    Per adapter: a3 [adapters + 1, in, max rank], b3 [adapters + 1, max rank, out], zero-padded
-    ranks with the scaling folded into b3, and zeros for the base model.
+    Only slot 0 (zeros) and the slots in `used` are ever read, so the rest stay uninitialised
+    memory: a table for 64 adapters is allocated without touching its pages.
     """
 
-    a: torch.Tensor
-    b: torch.Tensor
-    masks: torch.Tensor
-    a3: torch.Tensor
-    b3: torch.Tensor
+    def __init__(self, linear: torch.nn.Linear, slots: int, dtype: torch.dtype) -> None:
+        self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, dtype
+        self.a = torch.zeros((1, self.in_features, 0), dtype=dtype)
+        self.b = torch.zeros((1, 0, self.out_features), dtype=dtype)
+        self.used: set[int] = set()
+        self.resize(slots, 0)
 
+    def resize(self, slots: int, rank: int) -> None:
+        """Grow to at least `slots` slots of rank `rank` (zero-padded), keeping what is there."""
+        old_slots, old_rank = self.a.shape[0], self.a.shape[2]
+        if slots <= old_slots and rank <= old_rank:
+            return
+        slots, rank = max(slots, old_slots), max(rank, old_rank)
+        a = torch.empty((slots, self.in_features, rank), dtype=self.dtype)
+        b = torch.empty((slots, rank, self.out_features), dtype=self.dtype)
+        kept = [0, *sorted(self.used)]
+        a[kept], b[kept] = 0, 0
+        a[kept, :, :old_rank] = self.a[kept]
+        b[kept, :old_rank, :] = self.b[kept]
+        self.a, self.b = a, b
 
-_Delta = Callable[[int, torch.Tensor], torch.Tensor | None]
-"""A layer's LoRA delta for its input, given the layer's id (None: no adapter of the batch has it)."""
+    def write(self, slot: int, module: LoraModule) -> None:
+        rank = int(module.a.shape[0])
+        self.resize(slot + 1, rank)
+        self.a[slot].zero_()
+        self.b[slot].zero_()
+        self.a[slot, :, :rank] = module.a.T
+        self.b[slot, :rank, :] = module.b.T * module.scaling
+        self.used.add(slot)
 
+    def clear(self, slot: int) -> None:
+        if slot in self.used:
+            self.a[slot].zero_()
+            self.b[slot].zero_()
+            self.used.discard(slot)
 
-def _weight(linear: torch.nn.Module) -> torch.Tensor:
-    weight = linear.weight
-    assert isinstance(weight, torch.Tensor)
-    return weight
-
-
-def _stack_layer(layer: LoraLinear, composition: tuple[str, ...]) -> _LayerStack | None:
-    present = [name for name in composition if name in layer.lora_A]
-    if not present:
-        return None
-    weights_a = [_weight(layer.lora_A[name]) for name in present]
-    weights_b = [_weight(layer.lora_B[name]) for name in present]
-    a, b = torch.cat(weights_a), torch.cat(weights_b, dim=1)
-    max_rank = max(int(w.shape[0]) for w in weights_a)
-    slots = len(composition) + 1
-    masks = torch.zeros((slots, a.shape[0]), dtype=a.dtype)
-    a3 = torch.zeros((slots, a.shape[1], max_rank), dtype=a.dtype)
-    b3 = torch.zeros((slots, max_rank, b.shape[0]), dtype=b.dtype)
-    offset = 0
-    for name, weight_a, weight_b in zip(present, weights_a, weights_b, strict=True):
-        slot, rank, scaling = composition.index(name), int(weight_a.shape[0]), layer.scaling[name]
-        masks[slot, offset : offset + rank] = scaling
-        a3[slot, :, :rank] = weight_a.T
-        b3[slot, :rank, :] = weight_b.T * scaling
-        offset += rank
-    return _LayerStack(a, b, masks, a3, b3)
+    def delta_for(self, slots: list[int]) -> _Delta | None:
+        """This layer's delta for rows using `slots` (one per row), or None when none of them has weights here."""
+        distinct = sorted(set(slots) & self.used)
+        if not distinct:
+            return None
+        if len(distinct) <= _MASKED_UP_TO:
+            rank = self.a.shape[2]
+            a_cat = self.a[distinct].permute(1, 0, 2).reshape(self.in_features, len(distinct) * rank)
+            b_cat = self.b[distinct].reshape(len(distinct) * rank, self.out_features)
+            block = torch.tensor([distinct.index(s) if s in distinct else -1 for s in slots])
+            mask = (block.unsqueeze(1) == torch.arange(len(distinct)).repeat_interleave(rank)).to(self.dtype)
+            mask = mask.unsqueeze(1)  # [rows, 1, blocks * rank]: broadcast over the sequence
+            return lambda x: ((x.to(self.dtype) @ a_cat) * mask) @ b_cat
+        index = torch.tensor(slots, dtype=torch.long)
+        a_rows, b_rows = self.a[index], self.b[index]
+        return lambda x: torch.bmm(torch.bmm(x.to(self.dtype), a_rows), b_rows)
 
 
 class StackedLora:
-    def __init__(self, model: torch.nn.Module) -> None:
+    """Every plain LoRA adapter loaded in a model, applied per row of a batch by forward hooks."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype, expected_adapters: int) -> None:
         self._model = model
-        self._layers: list[LoraLinear] = []
+        self._dtype = dtype
+        self._capacity = expected_adapters + 1  # tables are allocated for this many slots, and grow if need be
+        self._tables: dict[str, _LayerTable] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._stacks: OrderedDict[tuple[str, ...], dict[int, _LayerStack]] = OrderedDict()
-        self._gathered: tuple[tuple[str, ...], dict[int, tuple[torch.Tensor, torch.Tensor]]] | None = None
-        self._current: _Delta | None = None
-        self.refresh()
+        self._slots: dict[str, int] = {}
+        self._free: list[int] = []
+        self._deltas: OrderedDict[tuple[int, ...], dict[str, _Delta]] = OrderedDict()
+        self._current: dict[str, _Delta] | None = None
 
-    def refresh(self) -> None:
-        """Re-read the model's LoRA layers and forget every stack; call after adding or removing an adapter."""
-        for handle in self._hooks:
-            handle.remove()
-        self._layers = [m for m in self._model.modules() if isinstance(m, LoraLinear)]
-        self._hooks = [layer.base_layer.register_forward_hook(self._hook_for(id(layer))) for layer in self._layers]
-        self._stacks.clear()
-        self._gathered = None
+    def __contains__(self, adapter: str) -> bool:
+        return adapter in self._slots
 
-    def stackable(self, adapter: str) -> bool:
-        """Whether `adapter` is plain LoRA on linear layers only (no DoRA, bias or other variant)."""
-        holders = [m for m in self._model.modules() if isinstance(m, LoraLayer) and adapter in m.lora_A]
-        return bool(holders) and all(
-            isinstance(m, LoraLinear)
-            and adapter not in m.lora_variant
-            and not m.lora_bias.get(adapter, False)
-            and not m.fan_in_fan_out
-            for m in holders
-        )
+    def add(self, adapter: str, modules: dict[str, LoraModule]) -> None:
+        """Give `adapter` a slot and write its weights there; `modules` maps layer paths to weights."""
+        if adapter in self._slots:
+            raise ValueError(f"adapter {adapter} is already loaded")
+        linears = {path: base_linear(self._model, path) for path in modules}  # every path checked before any write
+        slot = self._free.pop() if self._free else len(self._slots) + 1
+        if slot >= self._capacity:
+            self._capacity = max(slot + 1, 2 * self._capacity)
+            for table in self._tables.values():
+                table.resize(self._capacity, 0)
+        for path, module in modules.items():
+            table = self._tables.get(path)
+            if table is None:
+                table = self._tables[path] = _LayerTable(linears[path], self._capacity, self._dtype)
+                self._hooks.append(linears[path].register_forward_hook(self._hook_for(path)))
+            table.write(slot, module)
+        self._slots[adapter] = slot
+        self._deltas.clear()
+
+    def remove(self, adapter: str) -> None:
+        slot = self._slots.pop(adapter)
+        for table in self._tables.values():
+            table.clear(slot)
+        self._free.append(slot)
+        self._deltas.clear()
 
     @contextmanager
     def rows(self, adapter_names: list[str]) -> Iterator[None]:
         """Apply each row's adapter (or none, for BASE) to the forward passes inside the block."""
-        composition = tuple(sorted({name for name in adapter_names if name != BASE}))
-        if not composition:
+        slots = tuple(self._slots.get(name, 0) for name in adapter_names)
+        if not any(slots):
             yield
             return
-        stacks = self._stacks_for(composition)
-        position = {name: i for i, name in enumerate(composition)}
-        index = torch.tensor([position.get(name, len(composition)) for name in adapter_names], dtype=torch.long)
-        if len(composition) <= _MASKED_UP_TO:
-            self._current = self._masked(stacks, index)
-        else:
-            self._current = self._per_row(self._gather(stacks, tuple(adapter_names), index))
+        self._current = self._deltas_for(slots)
         try:
             yield
         finally:
             self._current = None
 
-    def _stacks_for(self, composition: tuple[str, ...]) -> dict[int, _LayerStack]:
-        if composition in self._stacks:
-            self._stacks.move_to_end(composition)
-            return self._stacks[composition]
-        stacks = {}
-        for layer in self._layers:
-            if (stack := _stack_layer(layer, composition)) is not None:
-                stacks[id(layer)] = stack
-        self._stacks[composition] = stacks
-        while len(self._stacks) > _CACHED_COMPOSITIONS:
-            self._stacks.popitem(last=False)
-        return stacks
+    def _deltas_for(self, slots: tuple[int, ...]) -> dict[str, _Delta]:
+        """Each layer's delta for these rows, kept while the batch's rows stay the same (most steps)."""
+        if slots in self._deltas:
+            self._deltas.move_to_end(slots)
+            return self._deltas[slots]
+        deltas = {}
+        for path, table in self._tables.items():
+            if (delta := table.delta_for(list(slots))) is not None:
+                deltas[path] = delta
+        self._deltas[slots] = deltas
+        while len(self._deltas) > _CACHED_ROW_SETS:
+            self._deltas.popitem(last=False)
+        return deltas
 
-    def _gather(
-        self, stacks: dict[int, _LayerStack], rows: tuple[str, ...], index: torch.Tensor
-    ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-        """Each row's own weights per layer, kept while the batch's rows stay the same (most steps)."""
-        if self._gathered is None or self._gathered[0] != rows:
-            gathered = {key: (stack.a3[index], stack.b3[index]) for key, stack in stacks.items()}
-            self._gathered = (rows, gathered)
-        return self._gathered[1]
-
-    @staticmethod
-    def _masked(
-        stacks: dict[int, _LayerStack], index: torch.Tensor
-    ) -> Callable[[int, torch.Tensor], torch.Tensor | None]:
-        def delta(layer_id: int, x: torch.Tensor) -> torch.Tensor | None:
-            stack = stacks.get(layer_id)
-            if stack is None:
-                return None
-            return ((x @ stack.a.T) * stack.masks[index].unsqueeze(1)) @ stack.b.T
-
-        return delta
-
-    @staticmethod
-    def _per_row(gathered: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> _Delta:
-        def delta(layer_id: int, x: torch.Tensor) -> torch.Tensor | None:
-            weights = gathered.get(layer_id)
-            if weights is None:
-                return None
-            a_rows, b_rows = weights
-            return torch.bmm(torch.bmm(x.to(a_rows.dtype), a_rows), b_rows)
-
-        return delta
-
-    def _hook_for(self, layer_id: int) -> Any:
+    def _hook_for(self, path: str) -> Any:
         def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
-            if self._current is None:
+            if self._current is None or (delta := self._current.get(path)) is None:
                 return None
-            delta = self._current(layer_id, args[0])
-            return None if delta is None else output + delta.to(output.dtype)
+            return output + delta(args[0]).to(output.dtype)
 
         return hook

@@ -2,10 +2,12 @@
 
 transformers' own continuous batching (`generate_batch`, 5.x) has no notion of a per-request
 adapter, and its paged attention targets GPUs; peft's mixed-adapter batches (`adapter_names`)
-have no scheduler. This engine adds one: `Scheduler` batches requests continuously and
-each forward pass applies every row's own adapter, as stacked LoRA weights (`StackedLora`) when
-they are plain LoRA; peft's own `adapter_names` loop cost 3.4x per step at 32 adapters. peft
-loads every adapter, and applies those that cannot be stacked (DoRA) to batches of their own.
+have no scheduler. This engine adds one: `Scheduler` batches requests continuously and each
+forward pass applies every row's own adapter, as stacked LoRA weights (`StackedLora`) when they are plain LoRA; peft's
+own `adapter_names` loop cost 3.4x per step at 32 adapters. Plain LoRA adapters are read straight
+from their safetensors into the stacks (`lora_weights`), because peft's `load_adapter` takes
+seconds once many adapters are resident; peft loads and applies the others (DoRA), each in
+batches of its own.
 
 What it does not do: prefix caching, paged KV memory, speculative decoding, tensor parallelism.
 On a CPU, where weights dominate each step, batching is what pays; on a GPU, vLLM is the engine.
@@ -27,6 +29,7 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from loraplane.errors import FailedPrecondition, InternalError, StartupError, Unavailable
@@ -35,6 +38,7 @@ from serving_svc.engines.batch import Forward
 from serving_svc.engines.detokenizer import IncrementalDetokenizer
 from serving_svc.engines.sampler import RowSampler
 from serving_svc.engines.scheduler import MIXED, Scheduler, Sequence
+from serving_svc.engines.lora_weights import read_adapter
 from serving_svc.engines.stacked_lora import BASE, StackedLora
 
 log = logging.getLogger(__name__)
@@ -59,7 +63,7 @@ class TransformersEngine(Engine):
         self._tokenizer: Any = None
         self._scheduler: Scheduler | None = None
         self._max_model_len = config.max_model_len
-        self._adapters: dict[str, tuple[str, str]] = {}  # key -> (peft adapter name, batch key)
+        self._adapters: dict[str, tuple[str, str]] = {}  # key -> (adapter name in the model, batch key)
         self._adapter_numbers = 0
         # All torch work (loading, adapters, every step) runs on this one thread: a second thread
         # running torch ops gets an OpenMP team of its own, and the two halve each other's speed
@@ -96,6 +100,7 @@ class TransformersEngine(Engine):
                 f"({longest}); set it to at most {longest}"
             )
         self._model = model
+        self._stacked = StackedLora(model, model.dtype, expected_adapters=self._config.max_loaded_adapters)
         self._scheduler = Scheduler(
             self._forward_for,
             max_batch_size=self._config.max_batch_size,
@@ -159,7 +164,8 @@ class TransformersEngine(Engine):
             model: Any = self._model
             if batch_key == MIXED:
                 self._use_peft_layers(False)
-                applied = self._stacked.rows(adapter_names) if self._stacked is not None else nullcontext()
+                assert self._stacked is not None
+                applied = self._stacked.rows(adapter_names)
             else:  # an adapter that is not stacked: peft applies it to its batch alone
                 self._use_peft_layers(True)
                 assert self._peft is not None
@@ -228,42 +234,46 @@ class TransformersEngine(Engine):
             return
         self._adapter_numbers += 1
         # peft names become module keys, which cannot hold the "." an adapter name may have.
-        peft_name = f"adapter_{self._adapter_numbers}"
+        name = f"adapter_{self._adapter_numbers}"
 
         def load() -> None:  # on the engine thread; registered there, so a caller who leaves loses nothing
-            self._load_adapter(peft_name, path)
-            stacked = self._stacked
-            assert stacked is not None
-            # Stacked adapters share the mixed batch; any other kind (DoRA, ...) decodes in a batch of its own.
-            self._adapters[key] = (peft_name, MIXED if stacked.stackable(peft_name) else key)
+            model, stacked = self._model, self._stacked
+            assert model is not None and stacked is not None
+            modules = read_adapter(path, model, model.dtype)
+            if isinstance(modules, str):  # more than plain LoRA: peft applies it, in a batch of its own
+                log.info("adapter %s goes through peft and decodes in batches of its own: %s", key, modules)
+                self._load_into_peft(name, path)
+                self._adapters[key] = (name, key)
+            else:
+                stacked.add(name, modules)
+                self._adapters[key] = (name, MIXED)
 
         try:
             await asyncio.wrap_future(self.scheduler.call(load))
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as exc:
             raise FailedPrecondition(f"the transformers engine cannot load adapter {key}: {exc}") from None
 
-    def _load_adapter(self, peft_name: str, path: Path) -> None:
+    def _load_into_peft(self, name: str, path: Path) -> None:
         if self._peft is None:
             assert self._model is not None
-            self._peft = PeftModel.from_pretrained(self._model, path, adapter_name=peft_name, is_trainable=False)
+            self._peft = PeftModel.from_pretrained(self._model, path, adapter_name=name, is_trainable=False)
             self._peft.eval()
-            self._stacked = StackedLora(self._model)
         else:
-            self._peft.load_adapter(path, adapter_name=peft_name, is_trainable=False)
-            assert self._stacked is not None
-            self._stacked.refresh()
+            self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
         self._peft_layers_enabled = None  # layers peft just added start enabled
 
     async def remove_adapter(self, key: str) -> None:
         entry = self._adapters.pop(key, None)
-        if entry is not None and self._peft is not None:
-            peft = self._peft
+        if entry is None:
+            return
+        name = entry[0]
 
-            def delete() -> None:
+        def delete() -> None:
+            if self._stacked is not None and name in self._stacked:
+                self._stacked.remove(name)
+            elif self._peft is not None:
                 with warnings.catch_warnings():  # "was active, now deleted": rows name their adapter anyway
                     warnings.simplefilter("ignore", UserWarning)
-                    peft.delete_adapter(entry[0])
-                if self._stacked is not None:
-                    self._stacked.refresh()
+                    self._peft.delete_adapter(name)
 
-            await asyncio.wrap_future(self.scheduler.call(delete))
+        await asyncio.wrap_future(self.scheduler.call(delete))

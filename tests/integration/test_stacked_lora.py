@@ -1,5 +1,7 @@
-"""Stacked LoRA against peft's own mixed-adapter batches: the same logits for every row, in both
-layouts (few adapters: masked blocks; many: per-row gathered weights), and ranks that differ."""
+"""Stacked LoRA against peft's own mixed-adapter batches: adapters saved by peft, read from their
+folders into the stacks, give the same logits for every row, in both layouts (few adapters:
+masked blocks; many: per-row gathered weights), with ranks that differ and rsLoRA scaling; an
+unloaded adapter's slot is reused without a trace of it."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+ADAPTERS = [f"a{index}" for index in range(7)]
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +26,9 @@ def peft_model(tiny_model_dir: Path) -> Any:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     generator = torch.Generator().manual_seed(0)
     peft: Any = None
-    for index in range(7):
+    for index, name in enumerate(ADAPTERS):
         targets = TARGETS[:4] if index == 6 else TARGETS
         config = LoraConfig(r=4 if index % 2 else 8, lora_alpha=16, target_modules=targets, use_rslora=index == 3)
-        name = f"a{index}"
         if peft is None:
             peft = get_peft_model(model, config, adapter_name=name)
         else:
@@ -38,6 +40,43 @@ def peft_model(tiny_model_dir: Path) -> Any:
     return peft.eval()
 
 
+@pytest.fixture(scope="module")
+def adapter_dirs(peft_model: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    peft_model.save_pretrained(root, selected_adapters=ADAPTERS)
+    return {name: root / name for name in ADAPTERS}
+
+
+@pytest.fixture()
+def stacked(tiny_model_dir: Path, adapter_dirs: dict[str, Path]) -> Any:
+    """A fresh copy of the base model with every adapter read from its folder into the stacks."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from serving_svc.engines.lora_weights import read_adapter
+    from serving_svc.engines.stacked_lora import StackedLora
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    lora = StackedLora(model, torch.float32, expected_adapters=2)  # fewer than loaded: the tables must grow
+    rank_4_first = sorted(adapter_dirs, key=lambda name: int(name[1:]) % 2 == 0)  # and their rank grows from 4 to 8
+    for name in rank_4_first:
+        modules = read_adapter(adapter_dirs[name], model, torch.float32)
+        assert not isinstance(modules, str), modules
+        lora.add(name, modules)
+    return model, lora
+
+
+def _logits(model: Any, rows: list[str], lora: Any = None) -> Any:
+    import torch
+
+    input_ids = torch.randint(3, 500, (len(rows), 12), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        if lora is None:
+            return model(input_ids=input_ids, adapter_names=rows).logits
+        with lora.rows(rows):
+            return model(input_ids=input_ids).logits
+
+
 @pytest.mark.parametrize(
     "rows",
     [
@@ -46,24 +85,64 @@ def peft_model(tiny_model_dir: Path) -> Any:
     ],
     ids=["few-adapters", "many-adapters"],
 )
-def test_stacked_rows_give_peft_mixed_batch_logits(peft_model: Any, rows: list[str]) -> None:
+def test_stacked_rows_give_peft_mixed_batch_logits(peft_model: Any, stacked: Any, rows: list[str]) -> None:
     import torch
 
-    from serving_svc.engines.stacked_lora import StackedLora
-
-    input_ids = torch.randint(3, 500, (len(rows), 12), generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        expected = peft_model(input_ids=input_ids, adapter_names=rows).logits
-        stacked = StackedLora(peft_model)
-        assert all(stacked.stackable(name) for name in rows if name != "__base__")
-        peft_model.base_model.disable_adapter_layers()
-        try:
-            with stacked.rows(rows):
-                actual = peft_model.base_model.model(input_ids=input_ids).logits
-            plain = peft_model.base_model.model(input_ids=input_ids).logits
-        finally:
-            peft_model.base_model.enable_adapter_layers()
+    model, lora = stacked
+    expected = _logits(peft_model, rows)
+    actual = _logits(model, rows, lora)
+    plain = _logits(model, ["__base__"] * len(rows), lora)
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
     base_rows = [i for i, name in enumerate(rows) if name == "__base__"]
     torch.testing.assert_close(plain[base_rows], expected[base_rows], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(plain[0], expected[0], atol=1e-3), "the adapters must change the logits"
+
+
+def test_a_removed_adapters_slot_is_reused_cleanly(peft_model: Any, stacked: Any, adapter_dirs: dict[str, Path]) -> None:
+    """a6 adapts attention only: written into a0's old slot, a0's MLP weights must not linger there."""
+    import torch
+
+    from serving_svc.engines.lora_weights import read_adapter
+
+    model, lora = stacked
+    lora.remove("a0")
+    lora.remove("a6")
+    assert "a0" not in lora
+    modules = read_adapter(adapter_dirs["a6"], model, torch.float32)
+    assert not isinstance(modules, str)
+    lora.add("a6", modules)
+    rows = ["a6", "a1", "__base__"]
+    torch.testing.assert_close(_logits(model, rows, lora), _logits(peft_model, rows), rtol=1e-4, atol=1e-4)
+
+
+def test_adapters_beyond_plain_lora_are_left_to_peft(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from serving_svc.engines.lora_weights import read_adapter
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"], use_dora=True)).save_pretrained(tmp_path)
+    fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert read_adapter(tmp_path, fresh, torch.float32) == "use_dora is set (True)"
+
+
+def test_an_adapter_for_another_model_is_refused_with_the_layer(
+    tiny_model_dir: Path, adapter_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM
+
+    from serving_svc.engines.lora_weights import read_adapter
+
+    source = adapter_dirs["a1"]
+    (tmp_path / "adapter_config.json").write_text((source / "adapter_config.json").read_text())
+    tensors = load_file(source / "adapter_model.safetensors")
+    key = next(k for k in tensors if k.endswith("q_proj.lora_A.weight"))
+    tensors[key] = torch.zeros((tensors[key].shape[0], tensors[key].shape[1] + 1))
+    save_file(tensors, tmp_path / "adapter_model.safetensors")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with pytest.raises(ValueError, match="q_proj: LoRA shapes .* trained on another base model"):
+        read_adapter(tmp_path, model, torch.float32)
