@@ -37,7 +37,8 @@ keeps its own block (each adapter adds ~2% to a step); past it, each row gathers
 _CACHED_ROW_SETS = 2
 """A step alternates at most between the running batch and the prefill of the rows joining it."""
 
-_Delta = Callable[[torch.Tensor], torch.Tensor]
+_Delta = Callable[[torch.Tensor, torch.Tensor], object]
+"""Adds a layer's LoRA delta for input x ([rows, seq, in]) to its output ([rows, seq, out]), in place."""
 
 
 class _LayerTable:
@@ -92,13 +93,17 @@ class _LayerTable:
             rank = self.a.shape[2]
             a_cat = self.a[distinct].permute(1, 0, 2).reshape(self.in_features, len(distinct) * rank)
             b_cat = self.b[distinct].reshape(len(distinct) * rank, self.out_features)
+            if len(distinct) == 1 and set(slots) == set(distinct):  # one adapter on every row: nothing to mask
+                return lambda x, out: out.view(-1, self.out_features).addmm_((x @ a_cat).view(-1, rank), b_cat)
             block = torch.tensor([distinct.index(s) if s in distinct else -1 for s in slots])
             mask = (block.unsqueeze(1) == torch.arange(len(distinct)).repeat_interleave(rank)).to(self.dtype)
             mask = mask.unsqueeze(1)  # [rows, 1, blocks * rank]: broadcast over the sequence
-            return lambda x: ((x.to(self.dtype) @ a_cat) * mask) @ b_cat
+            return lambda x, out: out.view(-1, self.out_features).addmm_(
+                ((x @ a_cat) * mask).view(-1, b_cat.shape[0]), b_cat
+            )
         index = torch.tensor(slots, dtype=torch.long)
         a_rows, b_rows = self.a[index], self.b[index]
-        return lambda x: torch.bmm(torch.bmm(x.to(self.dtype), a_rows), b_rows)
+        return lambda x, out: out.baddbmm_(torch.bmm(x, a_rows), b_rows)
 
 
 class StackedLora:
@@ -172,9 +177,8 @@ class StackedLora:
         return deltas
 
     def _hook_for(self, path: str) -> Any:
-        def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor | None:
-            if self._current is None or (delta := self._current.get(path)) is None:
-                return None
-            return output + delta(args[0]).to(output.dtype)
+        def hook(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            if self._current is not None and (delta := self._current.get(path)) is not None:
+                delta(args[0], output)  # the layer's fresh output, changed in place: no second tensor
 
         return hook
