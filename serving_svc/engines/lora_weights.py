@@ -138,7 +138,9 @@ def _linear(model: torch.nn.Module, module_path: str) -> torch.nn.Linear | None:
     try:
         module = model.get_submodule(module_path)
     except AttributeError:
-        raise ValueError(f"the base model has no layer {module_path}; the adapter was trained on another model") from None
+        raise ValueError(
+            f"the base model has no layer {module_path}; the adapter was trained on another model"
+        ) from None
     if isinstance(module, LoraLayer):
         module = module.get_base_layer()
     return module if type(module) is torch.nn.Linear else None

@@ -114,7 +114,6 @@ class StackedLora:
         self._dtype = dtype
         self._capacity = expected_adapters + 1  # tables are allocated for this many slots, and grow if need be
         self._tables: dict[str, _LayerTable] = {}
-        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._slots: dict[str, int] = {}
         self._free: list[int] = []
         self._deltas: OrderedDict[tuple[int, ...], dict[str, _Delta]] = OrderedDict()
@@ -134,11 +133,10 @@ class StackedLora:
             for table in self._tables.values():
                 table.resize(self._capacity, 0)
         for path, module in modules.items():
-            table = self._tables.get(path)
-            if table is None:
-                table = self._tables[path] = _LayerTable(linears[path], self._capacity, self._dtype)
-                self._hooks.append(linears[path].register_forward_hook(self._hook_for(path)))
-            table.write(slot, module)
+            if path not in self._tables:  # the first adapter on this layer: its table, and its hook for good
+                self._tables[path] = _LayerTable(linears[path], self._capacity, self._dtype)
+                linears[path].register_forward_hook(self._hook_for(path))
+            self._tables[path].write(slot, module)
         self._slots[adapter] = slot
         self._deltas.clear()
 

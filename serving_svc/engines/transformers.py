@@ -23,7 +23,7 @@ import logging
 import warnings
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,9 @@ from loraplane.errors import FailedPrecondition, InternalError, StartupError, Un
 from serving_svc.engines.base import Engine, EngineConfig, EngineStats, GenerationDelta, GenerationRequest, Tokenizer
 from serving_svc.engines.batch import Forward
 from serving_svc.engines.detokenizer import IncrementalDetokenizer
+from serving_svc.engines.lora_weights import read_adapter
 from serving_svc.engines.sampler import RowSampler
 from serving_svc.engines.scheduler import MIXED, Scheduler, Sequence
-from serving_svc.engines.lora_weights import read_adapter
 from serving_svc.engines.stacked_lora import BASE, StackedLora
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ class TransformersEngine(Engine):
             adapter_names: list[str],
         ) -> torch.Tensor:
             model: Any = self._model
+            applied: AbstractContextManager[None]
             if batch_key == MIXED:
                 self._use_peft_layers(False)
                 assert self._stacked is not None

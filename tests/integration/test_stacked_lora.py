@@ -98,7 +98,9 @@ def test_stacked_rows_give_peft_mixed_batch_logits(peft_model: Any, stacked: Any
     assert not torch.allclose(plain[0], expected[0], atol=1e-3), "the adapters must change the logits"
 
 
-def test_a_removed_adapters_slot_is_reused_cleanly(peft_model: Any, stacked: Any, adapter_dirs: dict[str, Path]) -> None:
+def test_a_removed_adapters_slot_is_reused_cleanly(
+    peft_model: Any, stacked: Any, adapter_dirs: dict[str, Path]
+) -> None:
     """a6 adapts attention only: written into a0's old slot, a0's MLP weights must not linger there."""
     import torch
 
