@@ -1,8 +1,9 @@
 """Drift statistics: the reference profile a trainer leaves in an artifact, and how live traffic compares.
 
-The trainer builds a `Profile` from held-out data and publishes it with the adapter. Serving is to
-build the same `Profile` over windows of live requests with the same `ProfileBuilder` and export
-what `compare` computes, so bucket edges and hashing can never disagree between the two sides.
+The trainer builds a `Profile` from held-out prompts and what the adapter generates for them, and
+publishes it with the adapter. Serving builds the same `Profile` over a sliding window of live
+requests with the same `ProfileBuilder` and exports what `compare` computes, so bucket edges,
+hashing and the log-probability measures can never disagree between the two sides.
 
 Histograms are stored as raw counts (not proportions) so a profile stays exact and windows can be
 summed; the statistics normalise them.
@@ -10,9 +11,11 @@ summed; the statistics normalise them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
@@ -50,10 +53,29 @@ def token_bucket(token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     return (x % np.uint64(TOKEN_BUCKETS)).astype(np.int64)
 
 
-class Profile(BaseModel):
-    """Traffic statistics of one adapter: the training reference or a window of live requests."""
+class DriftStatistic(StrEnum):
+    """The drift statistics, each oriented so that a higher value means more drift."""
 
-    schema_version: Literal[1] = 1
+    PROMPT_LENGTH_PSI = "prompt_length_psi"
+    PROMPT_TOKEN_JSD = "prompt_token_jsd"
+    RESPONSE_LENGTH_PSI = "response_length_psi"
+    OUTPUT_CONFIDENCE_DROP = "output_confidence_drop"
+    """Reference output confidence minus live: the model is less sure of what it now generates."""
+    PROMPT_SURPRISE_RISE = "prompt_surprise_rise"
+    """Live prompt surprise minus reference: prompts are further from what the adapter was trained on."""
+
+
+class Profile(BaseModel):
+    """Traffic statistics of one adapter: the training reference or a window of live requests.
+
+    Log-probabilities are kept as sums with their token counts, so profiles add up exactly
+    (`Profile.total`) and the means are per token over all samples, whatever their lengths.
+    Output confidence is the mean log-probability of the tokens the model GENERATED (never of
+    reference answers scored by teacher forcing, which live traffic cannot match); prompt
+    surprise is the mean negative log-likelihood of prompt tokens 1..n-1 given those before.
+    """
+
+    schema_version: Literal[2] = 2
     sample_count: int = Field(0, ge=0)
     prompt_length_histogram: list[int] = Field(default_factory=lambda: [0] * LENGTH_BUCKETS)
     prompt_token_distribution: list[int] = Field(
@@ -61,9 +83,19 @@ class Profile(BaseModel):
         description="count of prompt tokens per hash bucket (token_bucket)",
     )
     response_length_histogram: list[int] = Field(default_factory=lambda: [0] * LENGTH_BUCKETS)
-    mean_response_logprob: float | None = Field(
-        None, description="mean per-token log-probability of the responses; None when unknown"
-    )
+    response_logprob_sum: float = 0.0
+    response_logprob_tokens: int = Field(0, ge=0)
+    prompt_nll_sum: float = 0.0
+    prompt_nll_tokens: int = Field(0, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upgrade(cls, data: Any) -> Any:
+        """Read a version 1 profile: its histograms stand; its teacher-forced log-probability is dropped."""
+        if isinstance(data, dict) and data.get("schema_version") == 1:
+            data = {key: value for key, value in data.items() if key != "mean_response_logprob"}
+            data["schema_version"] = 2
+        return data
 
     @model_validator(mode="after")
     def _bucket_counts_match(self) -> Profile:
@@ -76,6 +108,24 @@ class Profile(BaseModel):
                 raise ValueError(f"{name} must have {size} buckets (schema version {self.schema_version})")
         return self
 
+    @property
+    def output_confidence(self) -> float | None:
+        """Mean log-probability per generated token; None without any."""
+        return self.response_logprob_sum / self.response_logprob_tokens if self.response_logprob_tokens else None
+
+    @property
+    def prompt_surprise(self) -> float | None:
+        """Mean negative log-likelihood per scored prompt token; None without any."""
+        return self.prompt_nll_sum / self.prompt_nll_tokens if self.prompt_nll_tokens else None
+
+    @classmethod
+    def total(cls, profiles: Iterable[Profile]) -> Profile:
+        """The profile of all their samples together."""
+        builder = ProfileBuilder()
+        for profile in profiles:
+            builder.merge(profile)
+        return builder.build()
+
     def save(self, path: Path) -> None:
         path.write_text(self.model_dump_json(indent=2))
 
@@ -84,8 +134,20 @@ class Profile(BaseModel):
         return cls.model_validate_json(path.read_bytes())
 
 
+@dataclass(frozen=True)
+class Sample:
+    """One request as drift sees it. Log-probabilities are sums over tokens, from the raw model distribution."""
+
+    prompt_token_ids: Sequence[int]
+    response_token_ids: Sequence[int]
+    response_logprob: float | None = None
+    """Sum over the generated tokens; None when unknown."""
+    prompt_logprob: float | None = None
+    """Sum over prompt tokens 1..n-1 (the first has nothing before it); None when not scored."""
+
+
 class ProfileBuilder:
-    """Accumulates samples (prompt tokens, response tokens, response log-probability) into a Profile."""
+    """Accumulates samples into a Profile; `remove` takes one back out, for sliding windows."""
 
     def __init__(self) -> None:
         self._samples = 0
@@ -94,26 +156,35 @@ class ProfileBuilder:
         self._response_lengths = np.zeros(LENGTH_BUCKETS, dtype=np.int64)
         self._logprob_sum = 0.0
         self._logprob_tokens = 0
+        self._nll_sum = 0.0
+        self._nll_tokens = 0
 
-    def add(
-        self,
-        prompt_token_ids: Sequence[int],
-        response_token_ids: Sequence[int],
-        response_logprob: float | None = None,
-    ) -> None:
-        """Count one sample. `response_logprob` is the sum of the response tokens' log-probabilities.
+    def add(self, sample: Sample, sign: int = 1) -> None:
+        self._samples += sign
+        self._prompt_lengths[length_bucket([len(sample.prompt_token_ids)])[0]] += sign
+        self._response_lengths[length_bucket([len(sample.response_token_ids)])[0]] += sign
+        if len(sample.prompt_token_ids):
+            self._prompt_tokens += sign * np.bincount(token_bucket(sample.prompt_token_ids), minlength=TOKEN_BUCKETS)
+        if sample.response_logprob is not None and len(sample.response_token_ids):
+            self._logprob_sum += sign * sample.response_logprob
+            self._logprob_tokens += sign * len(sample.response_token_ids)
+        if sample.prompt_logprob is not None and len(sample.prompt_token_ids) > 1:
+            self._nll_sum -= sign * sample.prompt_logprob
+            self._nll_tokens += sign * (len(sample.prompt_token_ids) - 1)
 
-        A sum rather than a mean, so the profile's mean is per token over all responses, whatever
-        their lengths; leave it None when the caller has no log-probabilities.
-        """
-        self._samples += 1
-        self._prompt_lengths[length_bucket([len(prompt_token_ids)])[0]] += 1
-        self._response_lengths[length_bucket([len(response_token_ids)])[0]] += 1
-        if len(prompt_token_ids):
-            self._prompt_tokens += np.bincount(token_bucket(prompt_token_ids), minlength=TOKEN_BUCKETS)
-        if response_logprob is not None and len(response_token_ids):
-            self._logprob_sum += response_logprob
-            self._logprob_tokens += len(response_token_ids)
+    def remove(self, sample: Sample) -> None:
+        """Take back a sample added before (a window's oldest)."""
+        self.add(sample, sign=-1)
+
+    def merge(self, profile: Profile) -> None:
+        self._samples += profile.sample_count
+        self._prompt_lengths += np.asarray(profile.prompt_length_histogram, dtype=np.int64)
+        self._prompt_tokens += np.asarray(profile.prompt_token_distribution, dtype=np.int64)
+        self._response_lengths += np.asarray(profile.response_length_histogram, dtype=np.int64)
+        self._logprob_sum += profile.response_logprob_sum
+        self._logprob_tokens += profile.response_logprob_tokens
+        self._nll_sum += profile.prompt_nll_sum
+        self._nll_tokens += profile.prompt_nll_tokens
 
     def build(self) -> Profile:
         return Profile(
@@ -121,7 +192,11 @@ class ProfileBuilder:
             prompt_length_histogram=self._prompt_lengths.tolist(),
             prompt_token_distribution=self._prompt_tokens.tolist(),
             response_length_histogram=self._response_lengths.tolist(),
-            mean_response_logprob=self._logprob_sum / self._logprob_tokens if self._logprob_tokens else None,
+            # Sums of a window that lost all its scored samples are rounding error around 0.
+            response_logprob_sum=self._logprob_sum if self._logprob_tokens else 0.0,
+            response_logprob_tokens=self._logprob_tokens,
+            prompt_nll_sum=self._nll_sum if self._nll_tokens else 0.0,
+            prompt_nll_tokens=self._nll_tokens,
         )
 
 
@@ -172,14 +247,15 @@ def js_divergence(p: Sequence[float] | np.ndarray, q: Sequence[float] | np.ndarr
 
 
 class DriftReport(BaseModel):
-    """How a live window differs from the reference. A statistic is None when a side has no data."""
+    """How a live window differs from the reference. A value is None when a side has no data for it."""
 
     window_size: int
-    prompt_length_psi: float | None
-    prompt_token_jsd: float | None
-    response_length_psi: float | None
-    mean_response_logprob: float | None
-    response_logprob_shift: float | None = Field(description="live mean log-probability minus the reference's")
+    reference_size: int
+    statistics: dict[DriftStatistic, float | None]
+    output_confidence: float | None
+    reference_output_confidence: float | None
+    prompt_surprise: float | None
+    reference_prompt_surprise: float | None
 
 
 def _when_both_have_data(
@@ -188,20 +264,31 @@ def _when_both_have_data(
     return statistic(a, b) if sum(a) > 0 and sum(b) > 0 else None
 
 
+def _difference(first: float | None, second: float | None) -> float | None:
+    return None if first is None or second is None else first - second
+
+
 def compare(reference: Profile, live: Profile) -> DriftReport:
     """The drift figures of `live` against `reference`."""
-    shift = None
-    if live.mean_response_logprob is not None and reference.mean_response_logprob is not None:
-        shift = live.mean_response_logprob - reference.mean_response_logprob
-    return DriftReport(
-        window_size=live.sample_count,
-        prompt_length_psi=_when_both_have_data(psi, reference.prompt_length_histogram, live.prompt_length_histogram),
-        prompt_token_jsd=_when_both_have_data(
+    statistics = {
+        DriftStatistic.PROMPT_LENGTH_PSI: _when_both_have_data(
+            psi, reference.prompt_length_histogram, live.prompt_length_histogram
+        ),
+        DriftStatistic.PROMPT_TOKEN_JSD: _when_both_have_data(
             js_divergence, reference.prompt_token_distribution, live.prompt_token_distribution
         ),
-        response_length_psi=_when_both_have_data(
+        DriftStatistic.RESPONSE_LENGTH_PSI: _when_both_have_data(
             psi, reference.response_length_histogram, live.response_length_histogram
         ),
-        mean_response_logprob=live.mean_response_logprob,
-        response_logprob_shift=shift,
+        DriftStatistic.OUTPUT_CONFIDENCE_DROP: _difference(reference.output_confidence, live.output_confidence),
+        DriftStatistic.PROMPT_SURPRISE_RISE: _difference(live.prompt_surprise, reference.prompt_surprise),
+    }
+    return DriftReport(
+        window_size=live.sample_count,
+        reference_size=reference.sample_count,
+        statistics=statistics,
+        output_confidence=live.output_confidence,
+        reference_output_confidence=reference.output_confidence,
+        prompt_surprise=live.prompt_surprise,
+        reference_prompt_surprise=reference.prompt_surprise,
     )

@@ -5,10 +5,12 @@ import pytest
 
 from loraplane.drift import (
     LENGTH_BUCKETS,
+    DriftStatistic,
     PSI_EPSILON,
     TOKEN_BUCKETS,
     Profile,
     ProfileBuilder,
+    Sample,
     compare,
     js_divergence,
     length_bucket,
@@ -17,10 +19,10 @@ from loraplane.drift import (
 )
 
 
-def _profile(samples: list[tuple[list[int], list[int], float | None]]) -> Profile:
+def _profile(samples: list[tuple[list[int], list[int], float | None]], prompt_logprob: float | None = None) -> Profile:
     builder = ProfileBuilder()
     for prompt, response, logprob in samples:
-        builder.add(prompt, response, logprob)
+        builder.add(Sample(prompt, response, logprob, prompt_logprob))
     return builder.build()
 
 
@@ -90,11 +92,56 @@ def test_builder_counts_samples() -> None:
     assert sum(profile.prompt_token_distribution) == 4
     assert profile.response_length_histogram[2] == 1 and profile.response_length_histogram[3] == 1
     # Per token over the responses that have log-probabilities: (-1 - 3) / (2 + 4).
-    assert profile.mean_response_logprob == pytest.approx(-4 / 6)
+    assert profile.output_confidence == pytest.approx(-4 / 6)
+    assert profile.prompt_surprise is None
+
+
+def test_prompt_surprise_is_per_scored_prompt_token() -> None:
+    """The first prompt token has nothing before it: a prompt of n tokens has n - 1 scores."""
+    builder = ProfileBuilder()
+    builder.add(Sample([1, 2, 3], [4], prompt_logprob=-3.0))
+    builder.add(Sample([5, 6, 7, 8, 9], [4], prompt_logprob=-5.0))
+    builder.add(Sample([1], [4], prompt_logprob=0.0))  # one token: nothing to score
+    builder.add(Sample([1, 2], [4]))  # not scored (serving scores a sampled fraction)
+    assert builder.build().prompt_surprise == pytest.approx((3 + 5) / (2 + 4))
+
+
+def test_removing_samples_gives_the_profile_of_those_left() -> None:
+    first, second = Sample([1, 2, 3], [4, 5], -1.0, -2.0), Sample(list(range(50)), [9] * 20, -7.0, -30.0)
+    builder = ProfileBuilder()
+    builder.add(first)
+    builder.add(second)
+    builder.remove(first)
+    alone = ProfileBuilder()
+    alone.add(second)
+    assert builder.build() == alone.build()
+
+
+def test_profiles_add_up_to_the_profile_of_all_samples() -> None:
+    samples = [Sample([i, i + 1], [i] * (i + 1), -0.1 * i, -0.5 * i) for i in range(6)]
+    together = ProfileBuilder()
+    parts = [ProfileBuilder(), ProfileBuilder()]
+    for index, sample in enumerate(samples):
+        together.add(sample)
+        parts[index % 2].add(sample)
+    total, expected = Profile.total(part.build() for part in parts), together.build()
+    assert total.model_dump(exclude={"response_logprob_sum", "prompt_nll_sum"}) == expected.model_dump(
+        exclude={"response_logprob_sum", "prompt_nll_sum"}
+    )
+    assert (total.output_confidence, total.prompt_surprise) == pytest.approx(
+        (expected.output_confidence, expected.prompt_surprise)
+    )
+
+
+def test_a_version_1_profile_loads_without_its_teacher_forced_logprob() -> None:
+    old = {**Profile().model_dump(), "schema_version": 1, "mean_response_logprob": -0.4, "sample_count": 3}
+    del old["response_logprob_sum"], old["response_logprob_tokens"], old["prompt_nll_sum"], old["prompt_nll_tokens"]
+    profile = Profile.model_validate(old)
+    assert profile.sample_count == 3 and profile.output_confidence is None
 
 
 def test_profile_json_round_trip(tmp_path) -> None:
-    profile = _profile([([1, 2, 3], [4, 5], -1.5), ([9] * 40, [1] * 300, -30.0)])
+    profile = _profile([([1, 2, 3], [4, 5], -1.5), ([9] * 40, [1] * 300, -30.0)], prompt_logprob=-4.0)
     profile.save(tmp_path / "profile.json")
     assert Profile.load(tmp_path / "profile.json") == profile
     with pytest.raises(ValueError, match="buckets"):
@@ -103,32 +150,29 @@ def test_profile_json_round_trip(tmp_path) -> None:
 
 def test_compare_same_traffic_shows_no_drift() -> None:
     samples = [([i, i + 1, i + 2], [i] * (i % 5 + 1), -0.5 * (i % 5 + 1)) for i in range(40)]
-    report = compare(_profile(samples), _profile(samples))
-    assert report.window_size == 40
-    assert report.prompt_length_psi == pytest.approx(0.0, abs=1e-12)
-    assert report.prompt_token_jsd == pytest.approx(0.0, abs=1e-12)
-    assert report.response_length_psi == pytest.approx(0.0, abs=1e-12)
-    assert report.mean_response_logprob == pytest.approx(-0.5)
-    assert report.response_logprob_shift == pytest.approx(0.0)
+    report = compare(_profile(samples, -2.0), _profile(samples, -2.0))
+    assert report.window_size == 40 and report.reference_size == 40
+    for statistic in DriftStatistic:
+        assert report.statistics[statistic] == pytest.approx(0.0, abs=1e-12), statistic
+    assert report.output_confidence == pytest.approx(-0.5)
+    assert report.prompt_surprise == pytest.approx(1.0)
 
 
 def test_compare_shifted_traffic_shows_drift() -> None:
-    reference = _profile([([1, 2], [3], -0.1)] * 20)
-    live = _profile([(list(range(100, 400)), [5] * 100, -200.0)] * 5)
+    reference = _profile([([1, 2], [3], -0.1)] * 20, prompt_logprob=-1.0)
+    live = _profile([(list(range(100, 400)), [5] * 100, -200.0)] * 5, prompt_logprob=-299.0 * 4)
     report = compare(reference, live)
     assert report.window_size == 5
-    assert report.prompt_length_psi > 10
-    assert report.prompt_token_jsd > 0.9
-    assert report.response_length_psi > 10
-    assert report.mean_response_logprob == pytest.approx(-2.0)
-    assert report.response_logprob_shift == pytest.approx(-1.9)
+    assert report.statistics[DriftStatistic.PROMPT_LENGTH_PSI] > 10
+    assert report.statistics[DriftStatistic.PROMPT_TOKEN_JSD] > 0.9
+    assert report.statistics[DriftStatistic.RESPONSE_LENGTH_PSI] > 10
+    assert report.output_confidence == pytest.approx(-2.0)
+    assert report.statistics[DriftStatistic.OUTPUT_CONFIDENCE_DROP] == pytest.approx(1.9)
+    assert report.statistics[DriftStatistic.PROMPT_SURPRISE_RISE] == pytest.approx(4.0 - 1.0)
 
 
 def test_compare_with_an_empty_window_reports_nothing() -> None:
-    reference = _profile([([1, 2], [3], -0.1)])
+    reference = _profile([([1, 2], [3], -0.1)], prompt_logprob=-1.0)
     report = compare(reference, Profile())
     assert report.window_size == 0
-    assert report.prompt_length_psi is None
-    assert report.prompt_token_jsd is None
-    assert report.response_length_psi is None
-    assert report.response_logprob_shift is None
+    assert all(value is None for value in report.statistics.values())
