@@ -28,7 +28,9 @@ from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from loraplane.names import AdapterSpec, validate_adapter_name
 from loraplane.storage import ObjectStore
 
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "profile.json")
+PROFILE_FILE = "profile.json"
+"""The drift reference profile (loraplane.drift.Profile) of an adapter version."""
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", PROFILE_FILE)
 MANIFEST = "manifest.json"
 RESERVATION = "reservation.json"
 _MAX_VERSION_CLAIMS = 100

@@ -2,6 +2,7 @@
 
 loraplane train --adapter acme --data train.jsonl --watch
 loraplane generate --adapter acme "Where is the Eiffel tower?"
+loraplane drift acme
 loraplane jobs | adapters | watch JOB | cancel JOB | prepare-model
 """
 
@@ -12,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from loraplane.client import DEFAULT_SERVING_TARGET, DEFAULT_TRAINER_TARGET, LoraplaneClient, sampling
 from loraplane.errors import InvalidArgument, LoraplaneError
-from loraplane.proto import trainer_pb2
+from loraplane.proto import serving_pb2, trainer_pb2
 
 app = typer.Typer(help="Fine-tune LoRA adapters and serve them, over gRPC.", no_args_is_help=True)
 console = Console()
@@ -246,6 +247,46 @@ def compare(
             ]
             table.add_row(prompt, *answers)
     console.print(table)
+
+
+def _number(message: Any, field: str) -> str:
+    return f"{getattr(message, field):.3f}" if message.HasField(field) else "-"
+
+
+def _drift_table(stats: serving_pb2.AdapterStats) -> Table:
+    table = Table("statistic", "value", "threshold", "", title=f"{stats.adapter} v{stats.version}")
+    for entry in stats.statistics:
+        mark = "[red]over[/red]" if entry.over_threshold else ""
+        table.add_row(entry.statistic, _number(entry, "value"), f"{entry.threshold:g}", mark)
+    table.add_section()
+    table.add_row("requests (window / reference)", str(stats.live.sample_count), str(stats.reference.sample_count), "")
+    for field, label in (("output_confidence", "output confidence"), ("prompt_surprise", "prompt surprise")):
+        table.add_row(f"{label} (live / reference)", _number(stats.live, field), _number(stats.reference, field), "")
+    feedback = _number(stats, "feedback_score")
+    low = stats.HasField("feedback_score") and stats.feedback_score < stats.feedback_score_floor
+    table.add_row(
+        f"feedback score ({stats.feedback_count} scores)",
+        feedback,
+        f"{stats.feedback_score_floor:g}",
+        "[red]low[/red]" if low else "",
+    )
+    if stats.live.sample_count < stats.min_samples:
+        table.caption = f"fewer than {stats.min_samples} requests in the window: live figures withheld"
+    return table
+
+
+@app.command()
+def drift(
+    adapter: Annotated[str, typer.Argument(help="An adapter name; none for every adapter with traffic.")] = "",
+    serving: ServingTarget = DEFAULT_SERVING_TARGET,
+) -> None:
+    """Show how each adapter's live traffic drifts from its training data, statistic by statistic."""
+    with _reporting_errors(), LoraplaneClient(serving=serving) as client:
+        stats = client.inference.adapter_stats(adapter)
+    if not stats:
+        console.print("no adapter has answered a request on this replica yet")
+    for entry in stats:
+        console.print(_drift_table(entry))
 
 
 @app.command()

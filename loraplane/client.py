@@ -227,6 +227,17 @@ class Inference:
     def unload_adapter(self, adapter: str) -> None:
         self._stub.UnloadAdapter(serving_pb2.UnloadAdapterRequest(adapter=adapter))
 
+    @_typed_errors
+    def record_feedback(self, request_id: str, score: float) -> str:
+        """Score an answer from 0 (wrong) to 1 (right) by its response's request_id; returns its adapter."""
+        request = serving_pb2.RecordFeedbackRequest(request_id=request_id, score=score)
+        return self._stub.RecordFeedback(request).adapter
+
+    @_typed_errors
+    def adapter_stats(self, adapter: str = "") -> list[serving_pb2.AdapterStats]:
+        """Drift of one adapter, or of every adapter with a window ("")."""
+        return list(self._stub.GetAdapterStats(serving_pb2.GetAdapterStatsRequest(adapter=adapter)).adapters)
+
 
 class LoraplaneClient:
     """Both services; either may be left unused. Close it, or use it as a context manager."""

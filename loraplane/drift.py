@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Upper bounds (exclusive) of the token-length buckets: powers of two, so one bucket covers a
 # doubling of length. Bucket 0 holds length 0; the last bucket holds everything from 2**14 up.
@@ -74,6 +74,8 @@ class Profile(BaseModel):
     reference answers scored by teacher forcing, which live traffic cannot match); prompt
     surprise is the mean negative log-likelihood of prompt tokens 1..n-1 given those before.
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[2] = 2
     sample_count: int = Field(0, ge=0)

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from loraplane.artifact import MANIFEST, ArtifactRepository, Manifest, manifest_digest
+from loraplane.artifact import MANIFEST, PROFILE_FILE, ArtifactRepository, Manifest, manifest_digest
 from loraplane.errors import FailedPrecondition, ResourceExhausted
 from loraplane.names import AdapterSpec
 from serving_svc.engines.base import Engine
@@ -189,14 +189,18 @@ class AdapterManager:
                 return slot
             self._metrics.adapter_cache_lookups.labels("engine", "miss").inc()
             started = time.perf_counter()
-            path, source = await asyncio.to_thread(self._fetch_checked, adapter)
-            async with self._slots_lock:
-                while len(self._slots) >= self._policy.max_loaded:
-                    await self._evict_least_recently_used()
-                await self._engine.add_adapter(key, path)
-                slot = self._slots[key] = _Slot(adapter)
-            self._metrics.adapter_load_duration.labels(source).observe(time.perf_counter() - started)
             name = adapter.manifest.name
+            try:
+                path, source = await asyncio.to_thread(self._fetch_checked, adapter)
+                async with self._slots_lock:
+                    while len(self._slots) >= self._policy.max_loaded:
+                        await self._evict_least_recently_used()
+                    await self._engine.add_adapter(key, path)
+                    slot = self._slots[key] = _Slot(adapter)
+            except Exception:  # counted whatever the cause, then handed on
+                self._metrics.labelled(self._metrics.adapter_load_failures, self._metrics.adapter_label(name)).inc()
+                raise
+            self._metrics.adapter_load_duration.labels(source).observe(time.perf_counter() - started)
             self._metrics.labelled(self._metrics.adapter_loads, self._metrics.adapter_label(name)).inc()
             self._metrics.adapters_resident.labels("engine").set(len(self._slots))
             return slot
@@ -206,6 +210,10 @@ class AdapterManager:
         if slot is not None:
             self._slots.move_to_end(key)
         return slot
+
+    def profile_path(self, adapter: ResolvedAdapter) -> Path:
+        """Where the drift reference profile of a loaded adapter version lies."""
+        return self._cache_path(adapter) / PROFILE_FILE
 
     def _cache_path(self, adapter: ResolvedAdapter) -> Path:
         # The digest in the folder name keeps a copy from an older store (same name@vN, other bytes) out.

@@ -10,10 +10,12 @@ import math
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from loraplane.drift import Profile
 from loraplane.errors import InvalidArgument
 from loraplane.names import AdapterSpec, parse_adapter_spec
 from loraplane.proto import common_pb2, serving_pb2
 from serving_svc.adapters import ResolvedAdapter
+from serving_svc.drift_monitor import AdapterDrift
 from serving_svc.engines.base import ChatMessage, FinishReason, Prompt, SamplingOptions, TokenLogprob, Usage
 from serving_svc.inference import Completion, GenerationChunk, GenerationInput, ModelInfo
 
@@ -95,6 +97,7 @@ def generation_input(request: serving_pb2.GenerateRequest) -> GenerationInput:
 
 def generate_response(completion: Completion) -> serving_pb2.GenerateResponse:
     response = serving_pb2.GenerateResponse(
+        request_id=completion.request_id,
         text=completion.text,
         finish_reason=finish_reason(completion.finish_reason),
         logprobs=logprobs(tuple(completion.logprobs)),
@@ -107,11 +110,13 @@ def generate_response(completion: Completion) -> serving_pb2.GenerateResponse:
 
 
 def stream_response(chunk: GenerationChunk, *, first: bool) -> serving_pb2.GenerateStreamResponse:
-    """One stream message: the adapter on the first, finish reason and usage on the last."""
+    """One stream message: request id and adapter on the first, finish reason and usage on the last."""
     delta = chunk.delta
     message = serving_pb2.GenerateStreamResponse(delta=delta.text, logprobs=logprobs(delta.logprobs))
-    if first and chunk.adapter is not None:
-        message.adapter.CopyFrom(adapter_ref(chunk.adapter))
+    if first:
+        message.request_id = chunk.request_id
+        if chunk.adapter is not None:
+            message.adapter.CopyFrom(adapter_ref(chunk.adapter))
     if delta.usage is not None:
         message.finish_reason = finish_reason(delta.finish_reason)
         message.usage.CopyFrom(usage(delta.usage))
@@ -162,3 +167,57 @@ def finish_reason(reason: FinishReason | None) -> serving_pb2.FinishReason.Value
 
 def logprobs(entries: tuple[TokenLogprob, ...]) -> list[serving_pb2.TokenLogprob]:
     return [serving_pb2.TokenLogprob(token_id=e.token_id, token=e.token, logprob=e.logprob) for e in entries]
+
+
+_FEEDBACK_LABEL_SCORES = {serving_pb2.FEEDBACK_LABEL_GOOD: 1.0, serving_pb2.FEEDBACK_LABEL_BAD: 0.0}
+
+
+def feedback_score(request: serving_pb2.RecordFeedbackRequest) -> float:
+    """The request's outcome as a score in [0, 1]: the score itself, or 1 for GOOD and 0 for BAD."""
+    if not request.request_id:
+        raise InvalidArgument("name the answer by the request_id its Generate response carried", field="request_id")
+    kind = request.WhichOneof("outcome")
+    if kind == "score":
+        if not (math.isfinite(request.score) and 0.0 <= request.score <= 1.0):
+            raise InvalidArgument(f"score must be in [0, 1], got {request.score}", field="score")
+        return request.score
+    if kind == "label" and request.label in _FEEDBACK_LABEL_SCORES:
+        return _FEEDBACK_LABEL_SCORES[request.label]
+    raise InvalidArgument("give the outcome as score (0 to 1) or label (GOOD or BAD)", field="score")
+
+
+def _profile_summary(profile: Profile) -> serving_pb2.ProfileSummary:
+    return serving_pb2.ProfileSummary(
+        sample_count=profile.sample_count,
+        output_confidence=profile.output_confidence,
+        prompt_surprise=profile.prompt_surprise,
+        prompt_length_histogram=profile.prompt_length_histogram,
+        response_length_histogram=profile.response_length_histogram,
+    )
+
+
+def adapter_stats(entry: AdapterDrift) -> serving_pb2.AdapterStats:
+    policy = entry.policy
+    statistics = []
+    for statistic, value in entry.report.statistics.items():
+        threshold = policy.thresholds[statistic]
+        statistics.append(
+            serving_pb2.DriftStatisticValue(
+                statistic=statistic.value,
+                value=value,
+                threshold=threshold,
+                over_threshold=value is not None and value > threshold,
+            )
+        )
+    return serving_pb2.AdapterStats(
+        adapter=entry.adapter,
+        version=entry.version,
+        reference=_profile_summary(entry.reference),
+        live=_profile_summary(entry.live),
+        statistics=statistics,
+        min_samples=policy.min_samples,
+        feedback_count=entry.feedback.count,
+        feedback_score=entry.feedback.mean_score,
+        feedback_score_floor=policy.feedback_score_floor,
+        requests_total=entry.requests_total,
+    )

@@ -2,8 +2,9 @@
 
 The gRPC servicer (and any other front) translates its messages into the value objects here and
 back; everything else lives in this one place: the model-dependent checks, tokenization,
-back-pressure, pinning the adapter against eviction, the engine request and the per-adapter
-metrics (time to first token, inter-token latency, end-to-end latency, tokens).
+back-pressure, pinning the adapter against eviction, the engine request, the per-adapter
+metrics (time to first token, inter-token latency, end-to-end latency, tokens), and each
+answered request handed to the drift monitor with the feedback callers send about it.
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 
-from loraplane.errors import InvalidArgument
+from loraplane.drift import Sample
+from loraplane.errors import FailedPrecondition, InvalidArgument
 from loraplane.names import AdapterSpec
 from serving_svc.adapters import AdapterManager, ResolvedAdapter
 from serving_svc.admission import Admission
+from serving_svc.drift_monitor import AdapterDrift, DriftMonitor
 from serving_svc.engines.base import (
     Engine,
     FinishReason,
@@ -44,12 +47,14 @@ class GenerationInput:
 
 @dataclass(frozen=True)
 class GenerationChunk:
+    request_id: str
     adapter: ResolvedAdapter | None
     delta: GenerationDelta
 
 
 @dataclass
 class Completion:
+    request_id: str = ""
     adapter: ResolvedAdapter | None = None
     text: str = ""
     logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -67,6 +72,25 @@ class ModelInfo:
     max_lora_rank: int
 
 
+@dataclass
+class _Answer:
+    """What drift needs of an answer as its deltas arrive: its tokens and their log-probability."""
+
+    token_ids: list[int] = field(default_factory=list)
+    logprob: float | None = 0.0
+    """None once a delta came without log-probabilities."""
+
+    def add(self, delta: GenerationDelta) -> None:
+        self.token_ids.extend(delta.token_ids)
+        if self.logprob is not None and delta.token_logprob_sum is not None:
+            self.logprob += delta.token_logprob_sum
+        else:
+            self.logprob = None
+
+    def sample(self, prompt_token_ids: tuple[int, ...], prompt_logprob: float | None) -> Sample:
+        return Sample(prompt_token_ids, tuple(self.token_ids), self.logprob, prompt_logprob)
+
+
 class InferenceService:
     def __init__(
         self,
@@ -74,6 +98,7 @@ class InferenceService:
         adapters: AdapterManager,
         metrics: ServingMetrics,
         admission: Admission,
+        drift: DriftMonitor | None,
         *,
         default_max_tokens: int,
     ) -> None:
@@ -81,6 +106,7 @@ class InferenceService:
         self._adapters = adapters
         self._metrics = metrics
         self._admission = admission
+        self._drift = drift
         self._default_max_tokens = default_max_tokens
         metrics.requests_queued.set_function(lambda: admission.queued)
 
@@ -105,7 +131,7 @@ class InferenceService:
         text: list[str] = []
         async with aclosing(self.stream(parse, rpc)) as chunks:
             async for chunk in chunks:
-                completion.adapter = chunk.adapter
+                completion.request_id, completion.adapter = chunk.request_id, chunk.adapter
                 text.append(chunk.delta.text)
                 completion.logprobs.extend(chunk.delta.logprobs)
                 if chunk.delta.usage is not None:
@@ -145,12 +171,15 @@ class InferenceService:
             record.adapter = label
             metrics = self._metrics
             metrics.labelled(metrics.prompt_tokens, label).inc(len(token_ids))
+            drift = self._drift if adapter is not None else None  # the base model has no training profile
             generation = GenerationRequest(
                 request_id=uuid.uuid4().hex,
                 prompt_token_ids=tuple(token_ids),
                 sampling=sampling,
                 adapter_key=adapter.key if adapter else None,
+                score_prompt=drift is not None and drift.wants_prompt_score(),
             )
+            answer = _Answer()
             last_token_at: float | None = None
             async with aclosing(self._engine.generate(generation)) as deltas:
                 async for delta in deltas:
@@ -164,9 +193,37 @@ class InferenceService:
                                 metrics.labelled(metrics.inter_token_latency, label).observe(gap)
                         last_token_at = now
                         metrics.labelled(metrics.generated_tokens, label).inc(len(delta.token_ids))
+                        answer.add(delta)
                     if delta.finish_reason is not None:
                         metrics.labelled(metrics.generation_latency, label).observe(time.perf_counter() - received)
-                    yield GenerationChunk(adapter, delta)
+                        if drift is not None and adapter is not None:
+                            sample = answer.sample(generation.prompt_token_ids, delta.prompt_logprob)
+                            manifest = adapter.manifest
+                            profile = self._adapters.profile_path(adapter)
+                            drift.record(generation.request_id, manifest.name, manifest.version, profile, sample)
+                    yield GenerationChunk(generation.request_id, adapter, delta)
+
+    # -- outcomes and drift ----------------------------------------------------------------
+
+    def record_feedback(self, request_id: str, score: float) -> str:
+        """Count a caller's score in [0, 1] for an answer; returns the adapter that gave it."""
+        with self._metrics.track("RecordFeedback") as record:
+            if self._drift is None:
+                raise FailedPrecondition("drift monitoring is off on this replica (LORAPLANE_DRIFT_MONITORING)")
+            if not 0.0 <= score <= 1.0:
+                raise InvalidArgument(f"score must be in [0, 1], got {score}", field="score")
+            adapter = self._drift.record_feedback(request_id, score)
+            record.adapter = self._metrics.adapter_label(adapter)
+            self._metrics.labelled(self._metrics.feedback, record.adapter).inc()
+            return adapter
+
+    def adapter_stats(self, name: str | None) -> list[AdapterDrift]:
+        """Drift of adapter `name`, or of every adapter with a window (None)."""
+        with self._metrics.track("GetAdapterStats") as record:
+            record.adapter = NO_ADAPTER_LABEL
+            if self._drift is None:
+                raise FailedPrecondition("drift monitoring is off on this replica (LORAPLANE_DRIFT_MONITORING)")
+            return self._drift.adapters() if name is None else [self._drift.adapter(name)]
 
     # -- the replica and its adapters -------------------------------------------------------
 

@@ -94,6 +94,15 @@ class ServingMetrics:
         self.adapter_loads = self._adapter_family(
             Counter, "loraplane_serving_adapter_loads", "Adapter versions loaded into the engine.", ["adapter"]
         )
+        self.adapter_load_failures = self._adapter_family(
+            Counter,
+            "loraplane_serving_adapter_load_failures",
+            "Adapter loads that failed (missing or corrupt files, a refused config, an engine error).",
+            ["adapter"],
+        )
+        self.feedback = self._adapter_family(
+            Counter, "loraplane_serving_feedback", "Feedback scores received (RecordFeedback).", ["adapter"]
+        )
         self.adapter_cache_lookups = Counter(
             "loraplane_serving_adapter_cache_lookups",
             "Adapter version lookups by cache tier (engine, disk) and result (hit, miss).",
@@ -163,6 +172,10 @@ class ServingMetrics:
             values = (*values[:index], OTHER_LABEL, *values[index + 1 :])
         self._seen.setdefault(values[index], set()).add((family, values))
         return family.labels(*values)
+
+    def owns_label(self, name: str) -> bool:
+        """Whether adapter `name` has an `adapter` label of its own now (without counting a request)."""
+        return self._labels.owns(name)
 
     def adapter_label(self, name: str) -> str:
         """The label adapter `name` is counted under for one more request: its name, or "_other"."""

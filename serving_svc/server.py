@@ -12,6 +12,8 @@ from loraplane.proto import serving_pb2, serving_pb2_grpc
 from loraplane.storage import open_store
 from serving_svc.adapters import AdapterManager, AdapterPolicy
 from serving_svc.admission import Admission
+from serving_svc.drift_metrics import DriftCollector
+from serving_svc.drift_monitor import DriftMonitor, DriftPolicy
 from serving_svc.engines import create_engine
 from serving_svc.inference import InferenceService
 from serving_svc.metrics import ServingMetrics
@@ -48,14 +50,32 @@ class ServingServer(EndpointsHost):
             settings.serving_address, SERVICE_NAME, settings.serving_metrics_port, self.metrics.registry
         )
         self.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
+        self.drift = self._drift_monitor(settings)
         self.inference = InferenceService(
             self.engine,
             self.adapters,
             self.metrics,
             self.admission,
+            self.drift,
             default_max_tokens=settings.default_max_tokens,
         )
         serving_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.inference), self.endpoints.server)
+
+    def _drift_monitor(self, settings: ServingSettings) -> DriftMonitor | None:
+        if not settings.drift_monitoring:
+            return None
+        monitor = DriftMonitor(
+            DriftPolicy(
+                window_requests=settings.drift_window_requests,
+                window_seconds=settings.drift_window_seconds,
+                min_samples=settings.drift_min_samples,
+                prompt_scoring_fraction=settings.drift_prompt_scoring_fraction,
+                thresholds=settings.drift_thresholds(),
+                feedback_score_floor=settings.feedback_score_floor,
+            )
+        )
+        self.metrics.registry.register(DriftCollector(monitor, self.metrics.owns_label))
+        return monitor
 
     async def start(self) -> None:
         """Listen at once (health says NOT_SERVING), load the base model, then report SERVING."""

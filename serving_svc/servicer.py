@@ -7,6 +7,7 @@ passes its deadline cancels the handler, which aborts the engine request.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -68,3 +69,15 @@ class InferenceServicer(serving_pb2_grpc.InferenceServicer):
     ) -> serving_pb2.UnloadAdapterResponse:
         await self._service.unload_adapter(convert.required_adapter_spec(request.adapter))
         return serving_pb2.UnloadAdapterResponse()
+
+    async def RecordFeedback(
+        self, request: serving_pb2.RecordFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> serving_pb2.RecordFeedbackResponse:
+        adapter = self._service.record_feedback(request.request_id, convert.feedback_score(request))
+        return serving_pb2.RecordFeedbackResponse(adapter=adapter)
+
+    async def GetAdapterStats(
+        self, request: serving_pb2.GetAdapterStatsRequest, context: grpc.aio.ServicerContext
+    ) -> serving_pb2.GetAdapterStatsResponse:
+        stats = await asyncio.to_thread(self._service.adapter_stats, request.adapter or None)
+        return serving_pb2.GetAdapterStatsResponse(adapters=[convert.adapter_stats(entry) for entry in stats])

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from loraplane.drift import DriftStatistic
 from loraplane.settings import CommonSettings
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -91,6 +92,42 @@ class ServingSettings(CommonSettings):
         description="How long an unpinned adapter name keeps resolving to the version last found in the "
         "store; a newer version is served within this time, without a restart.",
     )
+
+    drift_monitoring: bool = Field(
+        True, description="Compare every adapter's live traffic with its training profile (metrics, GetAdapterStats)."
+    )
+    drift_window_requests: int = Field(500, ge=1, description="Requests in each adapter's drift window, at most.")
+    drift_window_seconds: float = Field(3600.0, gt=0, description="Age of the oldest request a drift window keeps.")
+    drift_min_samples: int = Field(
+        30,
+        ge=1,
+        description="Fewest requests (and feedback scores) in a window for its drift figures to be reported; "
+        "fewer give noise.",
+    )
+    drift_prompt_scoring_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of requests whose prompt is scored for prompt surprise (it costs the prompt's logits).",
+    )
+    drift_threshold_prompt_length_psi: float = Field(0.25, gt=0, description="PSI over 0.25 is a large shift.")
+    drift_threshold_prompt_token_jsd: float = Field(
+        0.2, gt=0, description="Jensen-Shannon divergence (0-1) of the hashed prompt tokens."
+    )
+    drift_threshold_response_length_psi: float = Field(0.25, gt=0, description="PSI of generated lengths.")
+    drift_threshold_output_confidence_drop: float = Field(
+        0.5, gt=0, description="Fall of the mean log-probability per generated token, in nats."
+    )
+    drift_threshold_prompt_surprise_rise: float = Field(
+        1.0, gt=0, description="Rise of the mean negative log-likelihood per prompt token, in nats."
+    )
+    feedback_score_floor: float = Field(
+        0.5, ge=0, le=1, description="Mean feedback score under which an adapter is alerted on."
+    )
+
+    def drift_thresholds(self) -> dict[DriftStatistic, float]:
+        """The threshold of every drift statistic, from its `drift_threshold_<statistic>` setting."""
+        return {statistic: float(getattr(self, f"drift_threshold_{statistic.value}")) for statistic in DriftStatistic}
 
     @model_validator(mode="after")
     def _fill_serving_paths(self) -> ServingSettings:

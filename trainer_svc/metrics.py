@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -49,4 +50,16 @@ class TrainerMetrics:
             ["code"],
             registry=self.registry,
         )
+        self.running_job_loss = Gauge(
+            "loraplane_trainer_running_job_loss",
+            "Latest loss of each running job (split: train or eval); the series goes when the job ends.",
+            ["job_id", "adapter", "split"],
+            registry=self.registry,
+        )
         self.registry.register(_JobsByStateCollector(store))
+
+    def job_ended(self, job_id: str, adapter: str) -> None:
+        """Drop a finished job's loss series, so running jobs alone have them."""
+        for split in ("train", "eval"):
+            with contextlib.suppress(KeyError):  # a job that never reported this split
+                self.running_job_loss.remove(job_id, adapter, split)

@@ -224,16 +224,19 @@ class JobService:
             await self._record(job, event.message or event.phase.replace("_", " "))
         elif isinstance(event, ProgressEvent):
             self.metrics.training_steps.inc(max(0, event.step - job.progress.step))
+            self.metrics.running_job_loss.labels(job.id, job.spec.adapter_name, "train").set(event.loss)
             job.progress = JobProgress(**event.model_dump(exclude={"kind"}))
             await self._record(job, f"step {event.step}/{event.total_steps} loss {event.loss:.4f}")
         else:
             job.metrics["validation_loss"] = event.validation_loss
+            self.metrics.running_job_loss.labels(job.id, job.spec.adapter_name, "eval").set(event.validation_loss)
             await self._record(job, f"step {event.step}: validation loss {event.validation_loss:.4f}")
 
     # -- bookkeeping -----------------------------------------------------------------------
 
     async def _finish(self, job: Job, state: JobState, message: str, error: JobError | None = None) -> Job:
         job.error, job.finished_at = error, utcnow()
+        self.metrics.job_ended(job.id, job.spec.adapter_name)
         await self._enter(job, state, message)
         if job.started_at is not None:
             duration = (job.finished_at - job.started_at).total_seconds()

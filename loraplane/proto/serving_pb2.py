@@ -26,15 +26,17 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from loraplane.proto import common_pb2 as loraplane_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aloraplane/v1/serving.proto\x12\x0cloraplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19loraplane/v1/common.proto\"\xf2\x01\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\x12\n\nignore_eos\x18\t \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\";\n\x0c\x43hatMessages\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.loraplane.v1.ChatMessage\"\xa1\x01\n\x0fGenerateRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12.\n\x08messages\x18\x03 \x01(\x0b\x32\x1a.loraplane.v1.ChatMessagesH\x00\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .loraplane.v1.SamplingParametersB\x07\n\x05input\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"@\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\xd0\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.loraplane.v1.FinishReason\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.loraplane.v1.Usage\x12,\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1a.loraplane.v1.TokenLogprob\x12)\n\x07\x61\x64\x61pter\x18\x05 \x01(\x0b\x32\x18.loraplane.v1.AdapterRef\"\xd7\x01\n\x16GenerateStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12,\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1a.loraplane.v1.TokenLogprob\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.loraplane.v1.FinishReason\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.loraplane.v1.Usage\x12)\n\x07\x61\x64\x61pter\x18\x05 \x01(\x0b\x32\x18.loraplane.v1.AdapterRef\"\\\n\x0fTokenizeRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12.\n\x08messages\x18\x02 \x01(\x0b\x32\x1a.loraplane.v1.ChatMessagesH\x00\x42\x07\n\x05input\"%\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\"\x12\n\x10ModelInfoRequest\"\xa5\x01\n\x11ModelInfoResponse\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x18\n\x10max_model_length\x18\x04 \x01(\r\x12\x1b\n\x13max_loaded_adapters\x18\x05 \x01(\r\x12\x15\n\rmax_lora_rank\x18\x06 \x01(\r\"\xa6\x01\n\x0b\x41\x64\x61pterInfo\x12%\n\x03ref\x18\x01 \x01(\x0b\x32\x18.loraplane.v1.AdapterRef\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\r\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06loaded\x18\x06 \x01(\x08\"*\n\x13ListAdaptersRequest\x12\x13\n\x0bloaded_only\x18\x01 \x01(\x08\"C\n\x14ListAdaptersResponse\x12+\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x19.loraplane.v1.AdapterInfo\"%\n\x12LoadAdapterRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\"A\n\x13LoadAdapterResponse\x12*\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x19.loraplane.v1.AdapterInfo\"\'\n\x14UnloadAdapterRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\"\x17\n\x15UnloadAdapterResponse*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\xcd\x04\n\tInference\x12I\n\x08Generate\x12\x1d.loraplane.v1.GenerateRequest\x1a\x1e.loraplane.v1.GenerateResponse\x12W\n\x0eGenerateStream\x12\x1d.loraplane.v1.GenerateRequest\x1a$.loraplane.v1.GenerateStreamResponse0\x01\x12I\n\x08Tokenize\x12\x1d.loraplane.v1.TokenizeRequest\x1a\x1e.loraplane.v1.TokenizeResponse\x12L\n\tModelInfo\x12\x1e.loraplane.v1.ModelInfoRequest\x1a\x1f.loraplane.v1.ModelInfoResponse\x12U\n\x0cListAdapters\x12!.loraplane.v1.ListAdaptersRequest\x1a\".loraplane.v1.ListAdaptersResponse\x12R\n\x0bLoadAdapter\x12 .loraplane.v1.LoadAdapterRequest\x1a!.loraplane.v1.LoadAdapterResponse\x12X\n\rUnloadAdapter\x12\".loraplane.v1.UnloadAdapterRequest\x1a#.loraplane.v1.UnloadAdapterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aloraplane/v1/serving.proto\x12\x0cloraplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19loraplane/v1/common.proto\"\xf2\x01\n\x12SamplingParameters\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\r\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x03\x88\x01\x01\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x12\x12\n\nmin_tokens\x18\x08 \x01(\r\x12\x12\n\nignore_eos\x18\t \x01(\x08\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x07\n\x05_seed\";\n\x0c\x43hatMessages\x12+\n\x08messages\x18\x01 \x03(\x0b\x32\x19.loraplane.v1.ChatMessage\"\xa1\x01\n\x0fGenerateRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12.\n\x08messages\x18\x03 \x01(\x0b\x32\x1a.loraplane.v1.ChatMessagesH\x00\x12\x32\n\x08sampling\x18\x04 \x01(\x0b\x32 .loraplane.v1.SamplingParametersB\x07\n\x05input\"9\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\"@\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\"\xe4\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.loraplane.v1.FinishReason\x12\"\n\x05usage\x18\x03 \x01(\x0b\x32\x13.loraplane.v1.Usage\x12,\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1a.loraplane.v1.TokenLogprob\x12)\n\x07\x61\x64\x61pter\x18\x05 \x01(\x0b\x32\x18.loraplane.v1.AdapterRef\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xeb\x01\n\x16GenerateStreamResponse\x12\r\n\x05\x64\x65lta\x18\x01 \x01(\t\x12,\n\x08logprobs\x18\x02 \x03(\x0b\x32\x1a.loraplane.v1.TokenLogprob\x12\x31\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1a.loraplane.v1.FinishReason\x12\"\n\x05usage\x18\x04 \x01(\x0b\x32\x13.loraplane.v1.Usage\x12)\n\x07\x61\x64\x61pter\x18\x05 \x01(\x0b\x32\x18.loraplane.v1.AdapterRef\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\\\n\x0fTokenizeRequest\x12\x10\n\x06prompt\x18\x01 \x01(\tH\x00\x12.\n\x08messages\x18\x02 \x01(\x0b\x32\x1a.loraplane.v1.ChatMessagesH\x00\x42\x07\n\x05input\"%\n\x10TokenizeResponse\x12\x11\n\ttoken_ids\x18\x01 \x03(\x05\"\x12\n\x10ModelInfoRequest\"\xa5\x01\n\x11ModelInfoResponse\x12\x12\n\nbase_model\x18\x01 \x01(\t\x12\x1e\n\x16\x62\x61se_model_fingerprint\x18\x02 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x03 \x01(\t\x12\x18\n\x10max_model_length\x18\x04 \x01(\r\x12\x1b\n\x13max_loaded_adapters\x18\x05 \x01(\r\x12\x15\n\rmax_lora_rank\x18\x06 \x01(\r\"\xa6\x01\n\x0b\x41\x64\x61pterInfo\x12%\n\x03ref\x18\x01 \x01(\x0b\x32\x18.loraplane.v1.AdapterRef\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0c\n\x04rank\x18\x04 \x01(\r\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06loaded\x18\x06 \x01(\x08\"*\n\x13ListAdaptersRequest\x12\x13\n\x0bloaded_only\x18\x01 \x01(\x08\"C\n\x14ListAdaptersResponse\x12+\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x19.loraplane.v1.AdapterInfo\"%\n\x12LoadAdapterRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\"A\n\x13LoadAdapterResponse\x12*\n\x07\x61\x64\x61pter\x18\x01 \x01(\x0b\x32\x19.loraplane.v1.AdapterInfo\"\'\n\x14UnloadAdapterRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\"\x17\n\x15UnloadAdapterResponse\"u\n\x15RecordFeedbackRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x05score\x18\x02 \x01(\x01H\x00\x12,\n\x05label\x18\x03 \x01(\x0e\x32\x1b.loraplane.v1.FeedbackLabelH\x00\x42\t\n\x07outcome\")\n\x16RecordFeedbackResponse\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\")\n\x16GetAdapterStatsRequest\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\"q\n\x13\x44riftStatisticValue\x12\x11\n\tstatistic\x18\x01 \x01(\t\x12\x12\n\x05value\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x11\n\tthreshold\x18\x03 \x01(\x01\x12\x16\n\x0eover_threshold\x18\x04 \x01(\x08\x42\x08\n\x06_value\"\xd2\x01\n\x0eProfileSummary\x12\x14\n\x0csample_count\x18\x01 \x01(\x04\x12\x1e\n\x11output_confidence\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fprompt_surprise\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x1f\n\x17prompt_length_histogram\x18\x04 \x03(\x04\x12!\n\x19response_length_histogram\x18\x05 \x03(\x04\x42\x14\n\x12_output_confidenceB\x12\n\x10_prompt_surprise\"\xd7\x02\n\x0c\x41\x64\x61pterStats\x12\x0f\n\x07\x61\x64\x61pter\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12/\n\treference\x18\x03 \x01(\x0b\x32\x1c.loraplane.v1.ProfileSummary\x12*\n\x04live\x18\x04 \x01(\x0b\x32\x1c.loraplane.v1.ProfileSummary\x12\x35\n\nstatistics\x18\x05 \x03(\x0b\x32!.loraplane.v1.DriftStatisticValue\x12\x13\n\x0bmin_samples\x18\x06 \x01(\r\x12\x16\n\x0e\x66\x65\x65\x64\x62\x61\x63k_count\x18\x07 \x01(\r\x12\x1b\n\x0e\x66\x65\x65\x64\x62\x61\x63k_score\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x14\x66\x65\x65\x64\x62\x61\x63k_score_floor\x18\t \x01(\x01\x12\x16\n\x0erequests_total\x18\n \x01(\x04\x42\x11\n\x0f_feedback_score\"G\n\x17GetAdapterStatsResponse\x12,\n\x08\x61\x64\x61pters\x18\x01 \x03(\x0b\x32\x1a.loraplane.v1.AdapterStats*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*`\n\rFeedbackLabel\x12\x1e\n\x1a\x46\x45\x45\x44\x42\x41\x43K_LABEL_UNSPECIFIED\x10\x00\x12\x17\n\x13\x46\x45\x45\x44\x42\x41\x43K_LABEL_GOOD\x10\x01\x12\x16\n\x12\x46\x45\x45\x44\x42\x41\x43K_LABEL_BAD\x10\x02\x32\x8a\x06\n\tInference\x12I\n\x08Generate\x12\x1d.loraplane.v1.GenerateRequest\x1a\x1e.loraplane.v1.GenerateResponse\x12W\n\x0eGenerateStream\x12\x1d.loraplane.v1.GenerateRequest\x1a$.loraplane.v1.GenerateStreamResponse0\x01\x12I\n\x08Tokenize\x12\x1d.loraplane.v1.TokenizeRequest\x1a\x1e.loraplane.v1.TokenizeResponse\x12L\n\tModelInfo\x12\x1e.loraplane.v1.ModelInfoRequest\x1a\x1f.loraplane.v1.ModelInfoResponse\x12U\n\x0cListAdapters\x12!.loraplane.v1.ListAdaptersRequest\x1a\".loraplane.v1.ListAdaptersResponse\x12R\n\x0bLoadAdapter\x12 .loraplane.v1.LoadAdapterRequest\x1a!.loraplane.v1.LoadAdapterResponse\x12X\n\rUnloadAdapter\x12\".loraplane.v1.UnloadAdapterRequest\x1a#.loraplane.v1.UnloadAdapterResponse\x12[\n\x0eRecordFeedback\x12#.loraplane.v1.RecordFeedbackRequest\x1a$.loraplane.v1.RecordFeedbackResponse\x12^\n\x0fGetAdapterStats\x12$.loraplane.v1.GetAdapterStatsRequest\x1a%.loraplane.v1.GetAdapterStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'loraplane.v1.serving_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FINISHREASON']._serialized_start=1903
-  _globals['_FINISHREASON']._serialized_end=1998
+  _globals['_FINISHREASON']._serialized_start=2895
+  _globals['_FINISHREASON']._serialized_end=2990
+  _globals['_FEEDBACKLABEL']._serialized_start=2992
+  _globals['_FEEDBACKLABEL']._serialized_end=3088
   _globals['_SAMPLINGPARAMETERS']._serialized_start=105
   _globals['_SAMPLINGPARAMETERS']._serialized_end=347
   _globals['_CHATMESSAGES']._serialized_start=349
@@ -46,31 +48,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENLOGPROB']._serialized_start=633
   _globals['_TOKENLOGPROB']._serialized_end=697
   _globals['_GENERATERESPONSE']._serialized_start=700
-  _globals['_GENERATERESPONSE']._serialized_end=908
-  _globals['_GENERATESTREAMRESPONSE']._serialized_start=911
-  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1126
-  _globals['_TOKENIZEREQUEST']._serialized_start=1128
-  _globals['_TOKENIZEREQUEST']._serialized_end=1220
-  _globals['_TOKENIZERESPONSE']._serialized_start=1222
-  _globals['_TOKENIZERESPONSE']._serialized_end=1259
-  _globals['_MODELINFOREQUEST']._serialized_start=1261
-  _globals['_MODELINFOREQUEST']._serialized_end=1279
-  _globals['_MODELINFORESPONSE']._serialized_start=1282
-  _globals['_MODELINFORESPONSE']._serialized_end=1447
-  _globals['_ADAPTERINFO']._serialized_start=1450
-  _globals['_ADAPTERINFO']._serialized_end=1616
-  _globals['_LISTADAPTERSREQUEST']._serialized_start=1618
-  _globals['_LISTADAPTERSREQUEST']._serialized_end=1660
-  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1662
-  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1729
-  _globals['_LOADADAPTERREQUEST']._serialized_start=1731
-  _globals['_LOADADAPTERREQUEST']._serialized_end=1768
-  _globals['_LOADADAPTERRESPONSE']._serialized_start=1770
-  _globals['_LOADADAPTERRESPONSE']._serialized_end=1835
-  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1837
-  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1876
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=1878
-  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=1901
-  _globals['_INFERENCE']._serialized_start=2001
-  _globals['_INFERENCE']._serialized_end=2590
+  _globals['_GENERATERESPONSE']._serialized_end=928
+  _globals['_GENERATESTREAMRESPONSE']._serialized_start=931
+  _globals['_GENERATESTREAMRESPONSE']._serialized_end=1166
+  _globals['_TOKENIZEREQUEST']._serialized_start=1168
+  _globals['_TOKENIZEREQUEST']._serialized_end=1260
+  _globals['_TOKENIZERESPONSE']._serialized_start=1262
+  _globals['_TOKENIZERESPONSE']._serialized_end=1299
+  _globals['_MODELINFOREQUEST']._serialized_start=1301
+  _globals['_MODELINFOREQUEST']._serialized_end=1319
+  _globals['_MODELINFORESPONSE']._serialized_start=1322
+  _globals['_MODELINFORESPONSE']._serialized_end=1487
+  _globals['_ADAPTERINFO']._serialized_start=1490
+  _globals['_ADAPTERINFO']._serialized_end=1656
+  _globals['_LISTADAPTERSREQUEST']._serialized_start=1658
+  _globals['_LISTADAPTERSREQUEST']._serialized_end=1700
+  _globals['_LISTADAPTERSRESPONSE']._serialized_start=1702
+  _globals['_LISTADAPTERSRESPONSE']._serialized_end=1769
+  _globals['_LOADADAPTERREQUEST']._serialized_start=1771
+  _globals['_LOADADAPTERREQUEST']._serialized_end=1808
+  _globals['_LOADADAPTERRESPONSE']._serialized_start=1810
+  _globals['_LOADADAPTERRESPONSE']._serialized_end=1875
+  _globals['_UNLOADADAPTERREQUEST']._serialized_start=1877
+  _globals['_UNLOADADAPTERREQUEST']._serialized_end=1916
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_start=1918
+  _globals['_UNLOADADAPTERRESPONSE']._serialized_end=1941
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_start=1943
+  _globals['_RECORDFEEDBACKREQUEST']._serialized_end=2060
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_start=2062
+  _globals['_RECORDFEEDBACKRESPONSE']._serialized_end=2103
+  _globals['_GETADAPTERSTATSREQUEST']._serialized_start=2105
+  _globals['_GETADAPTERSTATSREQUEST']._serialized_end=2146
+  _globals['_DRIFTSTATISTICVALUE']._serialized_start=2148
+  _globals['_DRIFTSTATISTICVALUE']._serialized_end=2261
+  _globals['_PROFILESUMMARY']._serialized_start=2264
+  _globals['_PROFILESUMMARY']._serialized_end=2474
+  _globals['_ADAPTERSTATS']._serialized_start=2477
+  _globals['_ADAPTERSTATS']._serialized_end=2820
+  _globals['_GETADAPTERSTATSRESPONSE']._serialized_start=2822
+  _globals['_GETADAPTERSTATSRESPONSE']._serialized_end=2893
+  _globals['_INFERENCE']._serialized_start=3091
+  _globals['_INFERENCE']._serialized_end=3869
 # @@protoc_insertion_point(module_scope)

@@ -42,6 +42,27 @@ FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
 """max_tokens reached."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _FeedbackLabel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeedbackLabelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedbackLabel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEEDBACK_LABEL_UNSPECIFIED: _FeedbackLabel.ValueType  # 0
+    FEEDBACK_LABEL_GOOD: _FeedbackLabel.ValueType  # 1
+    """Counted as score 1."""
+    FEEDBACK_LABEL_BAD: _FeedbackLabel.ValueType  # 2
+    """Counted as score 0."""
+
+class FeedbackLabel(_FeedbackLabel, metaclass=_FeedbackLabelEnumTypeWrapper): ...
+
+FEEDBACK_LABEL_UNSPECIFIED: FeedbackLabel.ValueType  # 0
+FEEDBACK_LABEL_GOOD: FeedbackLabel.ValueType  # 1
+"""Counted as score 1."""
+FEEDBACK_LABEL_BAD: FeedbackLabel.ValueType  # 2
+"""Counted as score 0."""
+Global___FeedbackLabel: _TypeAlias = FeedbackLabel  # noqa: Y015
+
 @_typing.final
 class SamplingParameters(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -221,8 +242,11 @@ class GenerateResponse(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     LOGPROBS_FIELD_NUMBER: _builtins.int
     ADAPTER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     finish_reason: Global___FinishReason.ValueType
+    request_id: _builtins.str
+    """Names this answer in RecordFeedback."""
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -241,10 +265,11 @@ class GenerateResponse(_message.Message):
         usage: Global___Usage | None = ...,
         logprobs: _abc.Iterable[Global___TokenLogprob] | None = ...,
         adapter: _common_pb2.AdapterRef | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "finish_reason", b"finish_reason", "logprobs", b"logprobs", "text", b"text", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "finish_reason", b"finish_reason", "logprobs", b"logprobs", "request_id", b"request_id", "text", b"text", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -259,10 +284,13 @@ class GenerateStreamResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     ADAPTER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     delta: _builtins.str
     """Text added since the previous message."""
     finish_reason: Global___FinishReason.ValueType
     """Set on the last message only."""
+    request_id: _builtins.str
+    """Set on the first message only: names this answer in RecordFeedback."""
     @_builtins.property
     def logprobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TokenLogprob]: ...
     @_builtins.property
@@ -281,10 +309,11 @@ class GenerateStreamResponse(_message.Message):
         finish_reason: Global___FinishReason.ValueType = ...,
         usage: Global___Usage | None = ...,
         adapter: _common_pb2.AdapterRef | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "delta", b"delta", "finish_reason", b"finish_reason", "logprobs", b"logprobs", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "delta", b"delta", "finish_reason", b"finish_reason", "logprobs", b"logprobs", "request_id", b"request_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -539,3 +568,222 @@ class UnloadAdapterResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnloadAdapterResponse: _TypeAlias = UnloadAdapterResponse  # noqa: Y015
+
+@_typing.final
+class RecordFeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    score: _builtins.float
+    """How good the answer was, from 0 (wrong) to 1 (right)."""
+    label: Global___FeedbackLabel.ValueType
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        score: _builtins.float = ...,
+        label: Global___FeedbackLabel.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "outcome", b"outcome", "score", b"score"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "outcome", b"outcome", "request_id", b"request_id", "score", b"score"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["score", "label"]  # noqa: Y015
+    _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
+
+Global___RecordFeedbackRequest: _TypeAlias = RecordFeedbackRequest  # noqa: Y015
+
+@_typing.final
+class RecordFeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    """The adapter that gave the answer."""
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordFeedbackResponse: _TypeAlias = RecordFeedbackResponse  # noqa: Y015
+
+@_typing.final
+class GetAdapterStatsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    """An adapter name; empty for every adapter with a drift window on this replica."""
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAdapterStatsRequest: _TypeAlias = GetAdapterStatsRequest  # noqa: Y015
+
+@_typing.final
+class DriftStatisticValue(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATISTIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    OVER_THRESHOLD_FIELD_NUMBER: _builtins.int
+    statistic: _builtins.str
+    """prompt_length_psi, prompt_token_jsd, response_length_psi, output_confidence_drop or
+    prompt_surprise_rise; higher means more drift.
+    """
+    value: _builtins.float
+    """Unset while the window holds fewer requests than min_samples, or a side lacks the data."""
+    threshold: _builtins.float
+    over_threshold: _builtins.bool
+    def __init__(
+        self,
+        *,
+        statistic: _builtins.str = ...,
+        value: _builtins.float | None = ...,
+        threshold: _builtins.float = ...,
+        over_threshold: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "over_threshold", b"over_threshold", "statistic", b"statistic", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
+
+Global___DriftStatisticValue: _TypeAlias = DriftStatisticValue  # noqa: Y015
+
+@_typing.final
+class ProfileSummary(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SAMPLE_COUNT_FIELD_NUMBER: _builtins.int
+    OUTPUT_CONFIDENCE_FIELD_NUMBER: _builtins.int
+    PROMPT_SURPRISE_FIELD_NUMBER: _builtins.int
+    PROMPT_LENGTH_HISTOGRAM_FIELD_NUMBER: _builtins.int
+    RESPONSE_LENGTH_HISTOGRAM_FIELD_NUMBER: _builtins.int
+    sample_count: _builtins.int
+    output_confidence: _builtins.float
+    """Mean log-probability per generated token."""
+    prompt_surprise: _builtins.float
+    """Mean negative log-likelihood per prompt token."""
+    @_builtins.property
+    def prompt_length_histogram(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Counts per length bucket: bucket 0 is length 0, bucket k lengths in [2^(k-1), 2^k)."""
+
+    @_builtins.property
+    def response_length_histogram(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        sample_count: _builtins.int = ...,
+        output_confidence: _builtins.float | None = ...,
+        prompt_surprise: _builtins.float | None = ...,
+        prompt_length_histogram: _abc.Iterable[_builtins.int] | None = ...,
+        response_length_histogram: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_output_confidence", b"_output_confidence", "_prompt_surprise", b"_prompt_surprise", "output_confidence", b"output_confidence", "prompt_surprise", b"prompt_surprise"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_confidence", b"_output_confidence", "_prompt_surprise", b"_prompt_surprise", "output_confidence", b"output_confidence", "prompt_length_histogram", b"prompt_length_histogram", "prompt_surprise", b"prompt_surprise", "response_length_histogram", b"response_length_histogram", "sample_count", b"sample_count"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__output_confidence: _TypeAlias = _typing.Literal["output_confidence"]  # noqa: Y015
+    _WhichOneofArgType__output_confidence: _TypeAlias = _typing.Literal["_output_confidence", b"_output_confidence"]  # noqa: Y015
+    _WhichOneofReturnType__prompt_surprise: _TypeAlias = _typing.Literal["prompt_surprise"]  # noqa: Y015
+    _WhichOneofArgType__prompt_surprise: _TypeAlias = _typing.Literal["_prompt_surprise", b"_prompt_surprise"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__output_confidence) -> _WhichOneofReturnType__output_confidence | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__prompt_surprise) -> _WhichOneofReturnType__prompt_surprise | None: ...
+
+Global___ProfileSummary: _TypeAlias = ProfileSummary  # noqa: Y015
+
+@_typing.final
+class AdapterStats(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    LIVE_FIELD_NUMBER: _builtins.int
+    STATISTICS_FIELD_NUMBER: _builtins.int
+    MIN_SAMPLES_FIELD_NUMBER: _builtins.int
+    FEEDBACK_COUNT_FIELD_NUMBER: _builtins.int
+    FEEDBACK_SCORE_FIELD_NUMBER: _builtins.int
+    FEEDBACK_SCORE_FLOOR_FIELD_NUMBER: _builtins.int
+    REQUESTS_TOTAL_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    version: _builtins.int
+    min_samples: _builtins.int
+    feedback_count: _builtins.int
+    feedback_score: _builtins.float
+    """Unset with fewer than min_samples scores in the window."""
+    feedback_score_floor: _builtins.float
+    requests_total: _builtins.int
+    """Requests answered by this adapter name since the replica started."""
+    @_builtins.property
+    def reference(self) -> Global___ProfileSummary: ...
+    @_builtins.property
+    def live(self) -> Global___ProfileSummary: ...
+    @_builtins.property
+    def statistics(self) -> _containers.RepeatedCompositeFieldContainer[Global___DriftStatisticValue]: ...
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+        version: _builtins.int = ...,
+        reference: Global___ProfileSummary | None = ...,
+        live: Global___ProfileSummary | None = ...,
+        statistics: _abc.Iterable[Global___DriftStatisticValue] | None = ...,
+        min_samples: _builtins.int = ...,
+        feedback_count: _builtins.int = ...,
+        feedback_score: _builtins.float | None = ...,
+        feedback_score_floor: _builtins.float = ...,
+        requests_total: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_feedback_score", b"_feedback_score", "feedback_score", b"feedback_score", "live", b"live", "reference", b"reference"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_feedback_score", b"_feedback_score", "adapter", b"adapter", "feedback_count", b"feedback_count", "feedback_score", b"feedback_score", "feedback_score_floor", b"feedback_score_floor", "live", b"live", "min_samples", b"min_samples", "reference", b"reference", "requests_total", b"requests_total", "statistics", b"statistics", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__feedback_score: _TypeAlias = _typing.Literal["feedback_score"]  # noqa: Y015
+    _WhichOneofArgType__feedback_score: _TypeAlias = _typing.Literal["_feedback_score", b"_feedback_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__feedback_score) -> _WhichOneofReturnType__feedback_score | None: ...
+
+Global___AdapterStats: _TypeAlias = AdapterStats  # noqa: Y015
+
+@_typing.final
+class GetAdapterStatsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def adapters(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdapterStats]: ...
+    def __init__(
+        self,
+        *,
+        adapters: _abc.Iterable[Global___AdapterStats] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapters", b"adapters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAdapterStatsResponse: _TypeAlias = GetAdapterStatsResponse  # noqa: Y015

@@ -70,6 +70,16 @@ class InferenceStub:
                 request_serializer=loraplane_dot_v1_dot_serving__pb2.UnloadAdapterRequest.SerializeToString,
                 response_deserializer=loraplane_dot_v1_dot_serving__pb2.UnloadAdapterResponse.FromString,
                 _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/loraplane.v1.Inference/RecordFeedback',
+                request_serializer=loraplane_dot_v1_dot_serving__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=loraplane_dot_v1_dot_serving__pb2.RecordFeedbackResponse.FromString,
+                _registered_method=True)
+        self.GetAdapterStats = channel.unary_unary(
+                '/loraplane.v1.Inference/GetAdapterStats',
+                request_serializer=loraplane_dot_v1_dot_serving__pb2.GetAdapterStatsRequest.SerializeToString,
+                response_deserializer=loraplane_dot_v1_dot_serving__pb2.GetAdapterStatsResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -122,6 +132,23 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordFeedback(self, request, context):
+        """Records how good an answer was, for the adapter's outcome drift (feedback score and rate).
+        request_id is the one a Generate or GenerateStream response carried; NOT_FOUND once this
+        replica no longer remembers it (it keeps the most recent 100,000).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAdapterStats(self, request, context):
+        """Drift of each adapter on this replica: its training reference and live window side by side,
+        every statistic with its threshold. An empty adapter returns every adapter with a window.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -159,6 +186,16 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.UnloadAdapter,
                     request_deserializer=loraplane_dot_v1_dot_serving__pb2.UnloadAdapterRequest.FromString,
                     response_serializer=loraplane_dot_v1_dot_serving__pb2.UnloadAdapterResponse.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=loraplane_dot_v1_dot_serving__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=loraplane_dot_v1_dot_serving__pb2.RecordFeedbackResponse.SerializeToString,
+            ),
+            'GetAdapterStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAdapterStats,
+                    request_deserializer=loraplane_dot_v1_dot_serving__pb2.GetAdapterStatsRequest.FromString,
+                    response_serializer=loraplane_dot_v1_dot_serving__pb2.GetAdapterStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -351,6 +388,60 @@ class Inference:
             '/loraplane.v1.Inference/UnloadAdapter',
             loraplane_dot_v1_dot_serving__pb2.UnloadAdapterRequest.SerializeToString,
             loraplane_dot_v1_dot_serving__pb2.UnloadAdapterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loraplane.v1.Inference/RecordFeedback',
+            loraplane_dot_v1_dot_serving__pb2.RecordFeedbackRequest.SerializeToString,
+            loraplane_dot_v1_dot_serving__pb2.RecordFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAdapterStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loraplane.v1.Inference/GetAdapterStats',
+            loraplane_dot_v1_dot_serving__pb2.GetAdapterStatsRequest.SerializeToString,
+            loraplane_dot_v1_dot_serving__pb2.GetAdapterStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,15 @@ class InferenceStub:
     LoadAdapter: _grpc.UnaryUnaryMultiCallable[_serving_pb2.LoadAdapterRequest, _serving_pb2.LoadAdapterResponse]
     """Loads ahead of traffic; requests load adapters on first use anyway."""
     UnloadAdapter: _grpc.UnaryUnaryMultiCallable[_serving_pb2.UnloadAdapterRequest, _serving_pb2.UnloadAdapterResponse]
+    RecordFeedback: _grpc.UnaryUnaryMultiCallable[_serving_pb2.RecordFeedbackRequest, _serving_pb2.RecordFeedbackResponse]
+    """Records how good an answer was, for the adapter's outcome drift (feedback score and rate).
+    request_id is the one a Generate or GenerateStream response carried; NOT_FOUND once this
+    replica no longer remembers it (it keeps the most recent 100,000).
+    """
+    GetAdapterStats: _grpc.UnaryUnaryMultiCallable[_serving_pb2.GetAdapterStatsRequest, _serving_pb2.GetAdapterStatsResponse]
+    """Drift of each adapter on this replica: its training reference and live window side by side,
+    every statistic with its threshold. An empty adapter returns every adapter with a window.
+    """
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
@@ -63,6 +72,15 @@ class InferenceAsyncStub(InferenceStub):
     LoadAdapter: _aio.UnaryUnaryMultiCallable[_serving_pb2.LoadAdapterRequest, _serving_pb2.LoadAdapterResponse]  # type: ignore[assignment]
     """Loads ahead of traffic; requests load adapters on first use anyway."""
     UnloadAdapter: _aio.UnaryUnaryMultiCallable[_serving_pb2.UnloadAdapterRequest, _serving_pb2.UnloadAdapterResponse]  # type: ignore[assignment]
+    RecordFeedback: _aio.UnaryUnaryMultiCallable[_serving_pb2.RecordFeedbackRequest, _serving_pb2.RecordFeedbackResponse]  # type: ignore[assignment]
+    """Records how good an answer was, for the adapter's outcome drift (feedback score and rate).
+    request_id is the one a Generate or GenerateStream response carried; NOT_FOUND once this
+    replica no longer remembers it (it keeps the most recent 100,000).
+    """
+    GetAdapterStats: _aio.UnaryUnaryMultiCallable[_serving_pb2.GetAdapterStatsRequest, _serving_pb2.GetAdapterStatsResponse]  # type: ignore[assignment]
+    """Drift of each adapter on this replica: its training reference and live window side by side,
+    every statistic with its threshold. An empty adapter returns every adapter with a window.
+    """
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
     """One base model, many adapters, one endpoint."""
@@ -120,5 +138,26 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         request: _serving_pb2.UnloadAdapterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_serving_pb2.UnloadAdapterResponse, _abc.Awaitable[_serving_pb2.UnloadAdapterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RecordFeedback(
+        self,
+        request: _serving_pb2.RecordFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_serving_pb2.RecordFeedbackResponse, _abc.Awaitable[_serving_pb2.RecordFeedbackResponse]]:
+        """Records how good an answer was, for the adapter's outcome drift (feedback score and rate).
+        request_id is the one a Generate or GenerateStream response carried; NOT_FOUND once this
+        replica no longer remembers it (it keeps the most recent 100,000).
+        """
+
+    @_abc_1.abstractmethod
+    def GetAdapterStats(
+        self,
+        request: _serving_pb2.GetAdapterStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_serving_pb2.GetAdapterStatsResponse, _abc.Awaitable[_serving_pb2.GetAdapterStatsResponse]]:
+        """Drift of each adapter on this replica: its training reference and live window side by side,
+        every statistic with its threshold. An empty adapter returns every adapter with a window.
+        """
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

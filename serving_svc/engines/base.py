@@ -57,6 +57,8 @@ class GenerationRequest:
     sampling: SamplingOptions
     adapter_key: str | None = None
     """The key an adapter was added under (`add_adapter`); None for the base model."""
+    score_prompt: bool = False
+    """Also compute the log-probability of the prompt (drift's prompt surprise), at the cost of its logits."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,12 @@ class GenerationDelta:
     logprobs: tuple[TokenLogprob, ...] = ()
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
+    token_logprob_sum: float | None = None
+    """Sum of the log-probabilities of `token_ids` under the raw model distribution, asked for or not
+    (drift's output confidence); None when the engine did not compute them."""
+    prompt_logprob: float | None = None
+    """On the last delta of a request with `score_prompt`: the sum of the log-probabilities of prompt
+    tokens 1..n-1, each given those before it."""
 
 
 @dataclass(frozen=True)

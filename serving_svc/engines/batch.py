@@ -50,9 +50,10 @@ class DecodeBatch:
 
     @classmethod
     def prefill(
-        cls, forward: Forward, prompts: Sequence[Sequence[int]], adapter_names: list[str]
-    ) -> tuple[DecodeBatch, torch.Tensor]:
-        """Run the prompts through the model together: the batch and each row's next-token logits."""
+        cls, forward: Forward, prompts: Sequence[Sequence[int]], adapter_names: list[str], *, score: bool = False
+    ) -> tuple[DecodeBatch, torch.Tensor, list[float] | None]:
+        """Run the prompts through the model together: the batch, each row's next-token logits and,
+        with `score`, each prompt's log-probability (tokens 1..n-1), which needs every position's logits."""
         length = max(len(p) for p in prompts)
         input_ids = torch.zeros((len(prompts), length), dtype=torch.long)
         mask = torch.zeros((len(prompts), length), dtype=torch.long)
@@ -61,8 +62,14 @@ class DecodeBatch:
             mask[row, length - len(prompt) :] = 1
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits = forward(input_ids, mask, positions, cache, adapter_names)
-        return cls(cache, mask, adapter_names), logits
+        logits = forward(input_ids, mask, positions, cache, adapter_names, logits_to_keep=0 if score else 1)
+        scores = None
+        if score:
+            token_logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None])
+            # A prompt's first token (and the left padding before it) has no score.
+            scored = mask[:, :-1].bool() & mask[:, 1:].bool()
+            scores = (token_logprobs.squeeze(-1) * scored).sum(1).tolist()
+        return cls(cache, mask, adapter_names), logits[:, -1, :], scores
 
     def step(self, forward: Forward, next_tokens: list[int]) -> torch.Tensor:
         """Feed each row its next token; the logits for the token after it."""
@@ -70,7 +77,7 @@ class DecodeBatch:
         positions = self.mask.sum(1, keepdim=True) - 1
         input_ids = torch.tensor(next_tokens, dtype=torch.long).unsqueeze(1)
         logits: torch.Tensor = forward(input_ids, self.mask, positions, self.cache, self.adapter_names)
-        return logits
+        return logits[:, -1, :]
 
     def concatenate(self, other: DecodeBatch) -> None:
         """Append `other`'s rows (both batches must be between the same kind of step)."""

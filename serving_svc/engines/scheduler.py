@@ -50,6 +50,7 @@ class Sequence:
     generated: list[int] = field(default_factory=list)
     aborted: bool = False
     next_token: int = -1
+    prompt_logprob: float | None = None
 
 
 class Scheduler:
@@ -141,17 +142,23 @@ class Scheduler:
     def _admit(self) -> None:
         """Prefill waiting sequences, as many as free rows allow, and add them to their batches."""
         free = self._max_batch_size - self._count_running()
-        admitted: dict[str, list[Sequence]] = {}
+        # Prompts to score are prefilled apart: they need every position's logits, the others only the last.
+        admitted: dict[tuple[str, bool], list[Sequence]] = {}
         with self._wake:
             while self._waiting and free > 0:
                 sequence = self._waiting.popleft()
                 if not sequence.aborted:
-                    admitted.setdefault(sequence.batch_key, []).append(sequence)
+                    admitted.setdefault((sequence.batch_key, sequence.request.score_prompt), []).append(sequence)
                     free -= 1
-        for key, sequences in admitted.items():
+        for (key, score), sequences in admitted.items():
             forward = self._forward_for(key)
             prompts = [s.request.prompt_token_ids for s in sequences]
-            batch, logits = DecodeBatch.prefill(forward, prompts, [s.adapter_name for s in sequences])
+            batch, logits, scores = DecodeBatch.prefill(
+                forward, prompts, [s.adapter_name for s in sequences], score=score
+            )
+            if scores is not None:
+                for sequence, prompt_logprob in zip(sequences, scores, strict=True):
+                    sequence.prompt_logprob = prompt_logprob
             kept = self._advance(batch, sequences, logits)
             if not kept:
                 continue
@@ -216,7 +223,15 @@ class Scheduler:
         if request.sampling.logprobs:
             logprobs = (TokenLogprob(token, sequence.detokenizer.token_text(token), logprob),)
         usage = Usage(len(request.prompt_token_ids), len(sequence.generated)) if reason else None
-        return GenerationDelta(text=text, token_ids=(token,), logprobs=logprobs, finish_reason=reason, usage=usage)
+        return GenerationDelta(
+            text=text,
+            token_ids=(token,),
+            logprobs=logprobs,
+            finish_reason=reason,
+            usage=usage,
+            token_logprob_sum=logprob,
+            prompt_logprob=sequence.prompt_logprob if reason else None,
+        )
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._wake:

@@ -160,6 +160,7 @@ class TransformersEngine(Engine):
             positions: torch.Tensor,
             cache: Any,
             adapter_names: list[str],
+            logits_to_keep: int = 1,
         ) -> torch.Tensor:
             model: Any = self._model
             applied: AbstractContextManager[None]
@@ -179,9 +180,9 @@ class TransformersEngine(Engine):
                     position_ids=positions,
                     past_key_values=cache,
                     use_cache=True,
-                    logits_to_keep=1,
+                    logits_to_keep=logits_to_keep,
                 )
-            logits: torch.Tensor = output.logits[:, -1, :]
+            logits: torch.Tensor = output.logits  # [rows, positions kept (all with 0), vocabulary]
             return logits
 
         return forward

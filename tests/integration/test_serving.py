@@ -8,7 +8,6 @@ against peft + transformers on the same weights.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loraplane.artifact import ArtifactRepository, BaseModelInfo, DatasetInfo, Manifest, ManifestDraft
+from loraplane.drift import Profile
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc
 from loraplane.storage import FileStore
@@ -61,7 +61,7 @@ def _make_adapter(base_dir: Path, dest: Path, seed: int, *, dora: bool = False) 
             elif "lora_magnitude_vector" in name:
                 parameter.mul_(1 + 0.5 * torch.rand(parameter.shape, generator=generator))
     peft_model.save_pretrained(str(dest))
-    (dest / "profile.json").write_text(json.dumps({"seed": seed}))
+    Profile().save(dest / "profile.json")  # valid and empty: traffic is profiled, no statistic computed
     return dest
 
 
@@ -155,6 +155,7 @@ async def serving(
         dtype="float32",
         default_max_tokens=16,
         adapter_resolve_ttl_seconds=0.5,
+        drift_prompt_scoring_fraction=1.0,
     )
     with pytest.MonkeyPatch.context() as env:
         # The engine core (spawned by AsyncLLM) then runs the model itself rather than in one more
@@ -504,3 +505,44 @@ async def test_per_adapter_latency_and_engine_metrics(serving: Serving) -> None:
     assert "loraplane_serving_engine_requests_waiting " in text
     if serving.server.engine.name == "transformers":
         assert _metric(text, "loraplane_serving_engine_batch_size_count") >= 1
+
+
+async def test_live_drift_figures_equal_the_trainers_reference_on_the_same_prompts(
+    serving: Serving, tiny_model_dir: Path
+) -> None:
+    """The trainer's reference (trainer_svc.worker.reference) and the engine's live figures are one measure:
+    the same prompts, answered greedily, give the same histograms, output confidence and prompt surprise."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer_svc.worker.reference import reference_profile
+    from trainer_svc.worker.tokenization import TokenizedExample
+
+    prompts = [PROMPT, "Once upon a time there was", "def add(a, b):"]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), serving.sources["gamma"]
+    )
+    held_out = []
+    for prompt in prompts:  # a one-token answer: the reference generates up to 2 * 1 + 8 tokens
+        ids = tokenizer.encode(prompt)
+        held_out.append(TokenizedExample(input_ids=[*ids, 5], labels=[], prompt_length=len(ids)))
+    reference = reference_profile(model, tokenizer, held_out, batch_size=2)
+
+    _publish(serving.repository, serving.sources["gamma"], "scored", base_model_fingerprint(tiny_model_dir))
+    params = serving_pb2.SamplingParameters(temperature=0, max_tokens=10)
+    for prompt in prompts:
+        await serving.stub.Generate(serving_pb2.GenerateRequest(adapter="scored", prompt=prompt, sampling=params))
+    assert serving.server.drift is not None
+    live = serving.server.drift.adapter("scored").live
+    assert live.sample_count == reference.sample_count == len(prompts)
+    assert live.prompt_length_histogram == reference.prompt_length_histogram
+    assert live.prompt_token_distribution == reference.prompt_token_distribution
+    assert live.response_length_histogram == reference.response_length_histogram
+    assert (live.response_logprob_tokens, live.prompt_nll_tokens) == (
+        reference.response_logprob_tokens,
+        reference.prompt_nll_tokens,
+    )
+    assert live.output_confidence == pytest.approx(reference.output_confidence, rel=1e-3)
+    assert live.prompt_surprise == pytest.approx(reference.prompt_surprise, rel=1e-3)

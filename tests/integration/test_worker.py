@@ -117,8 +117,9 @@ def test_lora_run_learns_and_publishes(tiny_model_dir: Path, tmp_path: Path) -> 
     assert adapter_config["r"] == 16 and adapter_config["peft_type"] == "LORA"
     assert (version_dir / "adapter_model.safetensors").stat().st_size > 0
     profile = Profile.load(version_dir / "profile.json")
-    assert profile.sample_count == 2  # built from the validation examples
-    assert profile.mean_response_logprob == pytest.approx(-result.metrics["validation_loss"], rel=1e-6)
+    assert profile.sample_count == 2  # built from the validation prompts and what the adapter generates for them
+    assert profile.output_confidence is not None and profile.output_confidence < 0
+    assert profile.prompt_surprise is not None and profile.prompt_surprise > 0
 
 
 @pytest.mark.parametrize("method", ["dora", "qlora"])

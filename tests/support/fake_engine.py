@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplane.artifact import ArtifactRepository, BaseModelInfo, DatasetInfo, Manifest, ManifestDraft
+from loraplane.drift import Profile, ProfileBuilder, Sample
 from loraplane.storage import FileStore
 from serving_svc.adapters import AdapterManager, AdapterPolicy
 from serving_svc.engines.base import (
@@ -36,6 +37,11 @@ FINGERPRINT = "sha256:" + "a" * 64
 OTHER_FINGERPRINT = "sha256:" + "b" * 64
 FIRST_TOKEN_ID = 1000
 """The fake answer's token ids count up from here, one token per scripted piece."""
+ANSWER = ("Hel", "lo", "!")
+TOKEN_LOGPROB = -0.2
+"""The raw log-probability the fake engine reports for every token it generates."""
+PROMPT_LOGPROB_PER_TOKEN = -1.5
+"""The fake engine's log-probability of each scored prompt token after the first."""
 
 
 class FakeTokenizer:
@@ -57,7 +63,7 @@ class FakeEngine(Engine):
         self,
         *,
         max_model_len: int = 64,
-        answer: Sequence[str] = ("Hel", "lo", "!"),
+        answer: Sequence[str] = ANSWER,
         finish_reason: FinishReason = "stop",
     ) -> None:
         self._max_model_len = max_model_len
@@ -118,6 +124,10 @@ class FakeEngine(Engine):
                     logprobs=logprobs,
                     finish_reason=self.finish_reason if last else None,
                     usage=Usage(len(request.prompt_token_ids), len(self.answer)) if last else None,
+                    token_logprob_sum=TOKEN_LOGPROB,
+                    prompt_logprob=PROMPT_LOGPROB_PER_TOKEN * (len(request.prompt_token_ids) - 1)
+                    if last and request.score_prompt
+                    else None,
                 )
         except (GeneratorExit, asyncio.CancelledError):
             self.aborted.append(request.request_id)
@@ -156,9 +166,10 @@ def publish_fake_adapter(
     rank_pattern: dict[str, int] | None = None,
     method: str = "lora",
     fingerprint: str = FINGERPRINT,
+    profile: Profile | None = None,
 ) -> Manifest:
     """Publish the next version of `name`: `rank` in the manifest, `config_rank` (default: rank) in
-    adapter_config.json, and random bytes as weights."""
+    adapter_config.json, random bytes as weights and `profile` (default: `reference_profile()`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     source = Path(tempfile.mkdtemp(dir=workdir, prefix=f"src-{name}-"))
     config: dict[str, Any] = {"r": rank if config_rank is None else config_rank}
@@ -166,7 +177,7 @@ def publish_fake_adapter(
         config["rank_pattern"] = rank_pattern
     (source / "adapter_config.json").write_text(json.dumps(config))
     (source / "adapter_model.safetensors").write_bytes(os.urandom(64))
-    (source / "profile.json").write_text(json.dumps({"prompt_length": [1, 2, 3]}))
+    (profile or reference_profile()).save(source / "profile.json")
     draft = ManifestDraft(
         name=name,
         base_model=BaseModelInfo(name="tiny", fingerprint=fingerprint),
@@ -177,6 +188,16 @@ def publish_fake_adapter(
         job_id=f"test-{name}",
     )
     return repository.publish(source, draft)[0]
+
+
+def reference_profile(prompt_tokens: int = 3, samples: int = 10) -> Profile:
+    """The profile of `samples` requests shaped like what FakeEngine answers to a prompt of that length."""
+    builder = ProfileBuilder()
+    for _ in range(samples):
+        prompt = list(range(10, 10 + prompt_tokens))
+        answer = [FIRST_TOKEN_ID + i for i in range(len(ANSWER))]
+        builder.add(Sample(prompt, answer, TOKEN_LOGPROB * len(ANSWER), PROMPT_LOGPROB_PER_TOKEN * (prompt_tokens - 1)))
+    return builder.build()
 
 
 @dataclass

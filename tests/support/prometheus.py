@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.error import URLError
@@ -32,6 +32,21 @@ class Prometheus:
         assert body["status"] == "success", body
         return list(body["data"]["result"])
 
+    def query_range(self, promql: str, start: float, end: float, step: float = 1.0) -> list[dict]:
+        """The series `promql` evaluates to at any point of [start, end] (what a dashboard panel draws)."""
+        params = urlencode({"query": promql, "start": start, "end": end, "step": step})
+        with urlopen(f"{self.url}/api/v1/query_range?{params}", timeout=30) as reply:
+            body = json.load(reply)
+        assert body["status"] == "success", body
+        return list(body["data"]["result"])
+
+    def alerts(self) -> list[dict]:
+        """Alerts pending or firing now, from Prometheus's own alerts API."""
+        with urlopen(f"{self.url}/api/v1/alerts", timeout=10) as reply:
+            body = json.load(reply)
+        assert body["status"] == "success", body
+        return list(body["data"]["alerts"])
+
     def wait_for(self, promql: str, timeout: float = 60) -> list[dict]:
         """Poll until `promql` returns data (the next scrape has happened), or fail."""
         deadline = time.monotonic() + timeout
@@ -43,8 +58,9 @@ class Prometheus:
 
 
 @contextmanager
-def running_prometheus(targets: dict[str, int], workdir: Path) -> Iterator[Prometheus]:
-    """Prometheus scraping 127.0.0.1:<port>/metrics of each job every second."""
+def running_prometheus(targets: dict[str, int], workdir: Path, rule_files: Sequence[Path] = ()) -> Iterator[Prometheus]:
+    """Prometheus scraping 127.0.0.1:<port>/metrics of each job every second, evaluating `rule_files`
+    every second too."""
     binary = shutil.which("prometheus")
     assert binary, "prometheus is missing: scripts/install.sh --test installs it (apt: prometheus)"
     scrape_configs = [
@@ -52,7 +68,12 @@ def running_prometheus(targets: dict[str, int], workdir: Path) -> Iterator[Prome
         for job, port in targets.items()
     ]
     config = workdir / "prometheus.yml"
-    config.write_text(json.dumps({"global": {"scrape_interval": "1s"}, "scrape_configs": scrape_configs}))
+    settings = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(path) for path in rule_files],
+        "scrape_configs": scrape_configs,
+    }
+    config.write_text(json.dumps(settings))
     port = _free_port()
     log = (workdir / "prometheus.log").open("wb")
     process = subprocess.Popen(

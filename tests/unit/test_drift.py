@@ -5,9 +5,9 @@ import pytest
 
 from loraplane.drift import (
     LENGTH_BUCKETS,
-    DriftStatistic,
     PSI_EPSILON,
     TOKEN_BUCKETS,
+    DriftStatistic,
     Profile,
     ProfileBuilder,
     Sample,

@@ -12,6 +12,7 @@ import pytest
 from loraplane.errors import InvalidArgument, NotFound, ResourceExhausted
 from loraplane.names import AdapterSpec
 from serving_svc.admission import Admission
+from serving_svc.drift_monitor import DriftMonitor
 from serving_svc.engines.base import ChatMessage, Prompt, SamplingOptions, TokenLogprob, Usage
 from serving_svc.inference import GenerationInput, InferenceService
 from serving_svc.metrics import ServingMetrics
@@ -45,12 +46,15 @@ def _replica(
     max_queued: int = 1,
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     adapter_labels: int = 8,
+    drift: DriftMonitor | None = None,
 ) -> Replica:
     engine = FakeEngine(max_model_len=MAX_MODEL_LEN)
     parts = build_adapter_manager(tmp_path, engine, max_loaded=2, adapter_labels=adapter_labels)
     parts.publish("alpha")
     admission = Admission(max_concurrent, max_queued)
-    service = InferenceService(engine, parts.manager, parts.metrics, admission, default_max_tokens=default_max_tokens)
+    service = InferenceService(
+        engine, parts.manager, parts.metrics, admission, drift, default_max_tokens=default_max_tokens
+    )
     return Replica(parts, admission, service)
 
 

@@ -152,3 +152,29 @@ def test_gpu_only_in_the_gpu_overlay(target: str, gpu: bool) -> None:
     if gpu:
         assert serving["resources"]["limits"]["nvidia.com/gpu"] == 1
         assert _config(resources)["data"]["LORAPLANE_SERVING_ENGINE"] == "vllm"
+
+
+def test_monitoring_renders_one_dashboard_configmap_per_dashboard() -> None:
+    """k8s/monitoring renders, and its dashboards reach the Grafana sidecar as labelled ConfigMaps.
+
+    Only the ConfigMaps are schema-checked here: the rest of k8s/monitoring (Prometheus rules) are
+    custom resources that kubernetes-validate has no schema for.
+    """
+    import kubernetes_validate
+
+    dashboards = {path.name: path.read_text() for path in (K8S / "monitoring" / "dashboards").glob("*.json")}
+    assert dashboards, "no dashboards: run python scripts/dashboards.py"
+    config_maps = [
+        r
+        for r in _render("monitoring")
+        if r["kind"] == "ConfigMap" and "grafana_dashboard" in r["metadata"].get("labels", {})
+    ]
+    found: dict[str, str] = {}
+    for config_map in config_maps:
+        kubernetes_validate.validate(config_map, KUBERNETES_VERSION, strict=True)
+        [(file_name, text)] = config_map["data"].items()
+        # A stable name (no content hash), so an update replaces the ConfigMap instead of adding one.
+        assert config_map["metadata"]["name"] == "loraplane-dashboard-" + file_name.removeprefix("loraplane-")[:-5]
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        found[file_name] = text
+    assert found == dashboards

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from peft import PeftModel
 
-from loraplane.artifact import ArtifactRepository, BaseModelInfo, DatasetInfo, ManifestDraft, manifest_digest
+from loraplane.artifact import (
+    PROFILE_FILE,
+    ArtifactRepository,
+    BaseModelInfo,
+    DatasetInfo,
+    ManifestDraft,
+    manifest_digest,
+)
 from loraplane.drift import Profile
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.storage import open_store
 from trainer_svc.progress import PublishedAdapter
 from trainer_svc.worker_input import WorkerInput
-
-PROFILE_FILE = "profile.json"
 
 
 def publish(

@@ -1,7 +1,7 @@
 """Per-token log-probabilities of token sequences under a model: the measure behind every metric.
 
-Validation loss, the forgetting probe and the drift profile's response log-probability all come
-from the same numbers, so they agree with each other by construction.
+Validation loss, the forgetting probe and the drift profile's prompt surprise all come from the
+same numbers, so they agree with each other by construction.
 """
 
 from __future__ import annotations

@@ -1,0 +1,797 @@
+"""Generate loraplane's Grafana dashboards (training, serving, drift) with grafana-foundation-sdk.
+
+The JSON under k8s/monitoring/dashboards/ is generated: edit this file, then run
+`python scripts/dashboards.py` to rewrite it (`--check` only compares). Dashboards as code keep
+every panel's PromQL next to the metric contract in review, give every dashboard the same
+variables, units and layout rules, and let tests/unit/test_dashboards.py prove that the committed
+JSON is what this code builds, and an end-to-end test run each panel's query against Prometheus.
+
+The output is the classic dashboard JSON (the SDK's `dashboard` builders), not the SDK's v2
+schema: the kube-prometheus Grafana sidecar and Grafana's file provisioning load classic JSON on
+every Grafana version in use, while v2 needs Grafana 12 with its new-layout feature toggles. The
+SDK marks the classic builders deprecated at import time; that warning is silenced below for
+that reason.
+
+Conventions, so the three dashboards read alike:
+- every query goes through the `datasource` variable (type prometheus), so one JSON works with
+  whatever the Prometheus data source is called;
+- counters are read with `rate(...[$__rate_interval])` (Grafana's window that always holds at
+  least four scrapes), and summed over replicas unless a panel says otherwise;
+- every panel has a unit and a description that says how to read it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message="Prefer using dashboardv2", category=DeprecationWarning)
+    from grafana_foundation_sdk.builders import common as common_builders
+    from grafana_foundation_sdk.builders import dashboard as dashboard_builders
+    from grafana_foundation_sdk.builders import prometheus, stat, table, timeseries
+    from grafana_foundation_sdk.cog import builder as cogbuilder
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models import common as common_models
+    from grafana_foundation_sdk.models import dashboard as dashboard_models
+    from grafana_foundation_sdk.models.prometheus import PromQueryFormat
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "k8s" / "monitoring" / "dashboards"
+TAGS = ["loraplane"]
+REFRESH = "30s"
+DATASOURCE = common_models.DataSourceRef(type_val="prometheus", uid="${datasource}")
+# gRPC codes that mean the server failed the request; the others (INVALID_ARGUMENT, NOT_FOUND,
+# RESOURCE_EXHAUSTED, CANCELLED...) are the caller's doing or load shedding, and have panels of their own.
+SERVER_ERROR_CODES = "INTERNAL|UNKNOWN|UNAVAILABLE|DATA_LOSS"
+# statistic label -> (panel title, how to read it)
+DRIFT_STATISTICS: dict[str, tuple[str, str]] = {
+    "prompt_length_psi": (
+        "Prompt length PSI",
+        "Population stability index of prompt lengths (token-length buckets, powers of two), live window "
+        "against the adapter's training reference. 0 means the same length mix; above the dashed red "
+        "threshold, prompts are markedly shorter or longer than what the adapter was trained on.",
+    ),
+    "prompt_token_jsd": (
+        "Prompt token JSD",
+        "Jensen-Shannon divergence (base 2) of the prompt token distribution (hashed token buckets), live "
+        "window against the training reference: 0 = the same vocabulary mix, 1 = nothing in common. Above the "
+        "dashed red threshold, users ask about different things than the training data covered.",
+    ),
+    "response_length_psi": (
+        "Response length PSI",
+        "Population stability index of generated response lengths, live window against the responses the "
+        "adapter gave to held-out prompts at training time. Above the dashed red threshold, the adapter "
+        "answers markedly longer or shorter than it did when it was published.",
+    ),
+    "output_confidence_drop": (
+        "Output confidence drop",
+        "Reference output confidence minus live (mean log-probability per generated token, nats): how much "
+        "less sure the model is of what it generates now. Above the dashed red threshold, look at the live "
+        "vs reference confidence panel below.",
+    ),
+    "prompt_surprise_rise": (
+        "Prompt surprise rise",
+        "Live prompt surprise minus reference (mean negative log-likelihood per prompt token, nats): how much "
+        "further live prompts are from what the model expects. Above the dashed red threshold, look at the "
+        "live vs reference surprise panel below.",
+    ),
+}
+# Full width is 24 grid units; these are the panel sizes used throughout.
+HALF, THIRD, FULL = 12, 8, 24
+HEIGHT = 8
+
+
+def _legend(*, table_mode: bool = False) -> common_builders.VizLegendOptions:
+    """A visible legend (the SDK's default hides it); a table with last and max for many series."""
+    legend = common_builders.VizLegendOptions().show_legend(True).placement(common_models.LegendPlacement.BOTTOM)
+    if table_mode:
+        return legend.display_mode(common_models.LegendDisplayMode.TABLE).calcs(["lastNotNull", "max"])
+    return legend.display_mode(common_models.LegendDisplayMode.LIST)
+
+
+def _tooltip() -> common_builders.VizTooltipOptions:
+    """All series at the hovered time, largest first: the one to look at is at the top."""
+    return (
+        common_builders.VizTooltipOptions()
+        .mode(common_models.TooltipDisplayMode.MULTI)
+        .sort(common_models.SortOrder.DESCENDING)
+    )
+
+
+@dataclass(frozen=True)
+class Query:
+    """One PromQL target of a panel; `instant` for tables that show only the latest value."""
+
+    expr: str
+    legend: str
+    instant: bool = False
+    table: bool = False
+
+    def build(self, ref_id: str) -> prometheus.Dataquery:
+        query = prometheus.Dataquery().datasource(DATASOURCE).ref_id(ref_id).expr(self.expr).legend_format(self.legend)
+        if self.instant:
+            query = query.instant()
+        if self.table:
+            query = query.format(PromQueryFormat.TABLE)
+        return query
+
+
+def _ref_id(index: int) -> str:
+    """Targets are named A, B, C... so overrides can match a query by its ref id."""
+    return chr(ord("A") + index)
+
+
+def _dashed_red() -> list[dashboard_models.DynamicConfigValue]:
+    """How a reference line (threshold, floor) is drawn: dashed, red, unfilled, apart from the data."""
+    return [
+        dashboard_models.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": "red"}),
+        dashboard_models.DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+        dashboard_models.DynamicConfigValue(id_val="custom.fillOpacity", value=0),
+        dashboard_models.DynamicConfigValue(id_val="custom.lineWidth", value=2),
+    ]
+
+
+def _fixed_color(color: str) -> list[dashboard_models.DynamicConfigValue]:
+    return [dashboard_models.DynamicConfigValue(id_val="color", value={"mode": "fixed", "fixedColor": color})]
+
+
+def graph(
+    title: str,
+    description: str,
+    unit: str,
+    queries: Sequence[Query],
+    *,
+    width: int = HALF,
+    min_value: float | None = 0,
+    max_value: float | None = None,
+    reference_line: str | None = None,
+    many_series: bool = False,
+) -> timeseries.Panel:
+    """A time series panel. `reference_line` is the ref id of a query to draw as a dashed red line.
+
+    `min_value` defaults to 0 because almost everything here is a count, rate or duration, and a
+    y axis that starts at the data's minimum makes noise look like a cliff.
+    """
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .span(width)
+        .height(HEIGHT)
+        .fill_opacity(10)
+        .line_width(1)
+        .show_points(common_models.VisibilityMode.NEVER)
+        .legend(_legend(table_mode=many_series))
+        .tooltip(_tooltip())
+        .targets([q.build(_ref_id(i)) for i, q in enumerate(queries)])
+    )
+    if min_value is not None:
+        panel = panel.min(min_value)
+    if max_value is not None:
+        panel = panel.max(max_value)
+    if reference_line is not None:
+        panel = panel.override_by_query(reference_line, _dashed_red())
+    return panel
+
+
+def _thresholds(*steps: tuple[float | None, str]) -> dashboard_builders.ThresholdsConfig:
+    return (
+        dashboard_builders.ThresholdsConfig()
+        .mode(dashboard_models.ThresholdsMode.ABSOLUTE)
+        .steps([dashboard_models.Threshold(value=value, color=color) for value, color in steps])
+    )
+
+
+@dataclass
+class Layout:
+    """Rows of panels, in order; `build` numbers every panel so links to a panel stay valid."""
+
+    title: str
+    uid: str
+    description: str
+    time_from: str
+    variables: list[cogbuilder.Builder[dashboard_models.VariableModel]] = field(default_factory=list)
+    rows: list[tuple[str, list[cogbuilder.Builder[dashboard_models.Panel]]]] = field(default_factory=list)
+
+    def row(self, title: str, *panels: cogbuilder.Builder[dashboard_models.Panel]) -> Layout:
+        self.rows.append((title, list(panels)))
+        return self
+
+    def build(self) -> dashboard_models.Dashboard:
+        builder = (
+            dashboard_builders.Dashboard(self.title)
+            .uid(self.uid)
+            .description(self.description)
+            .tags(TAGS)
+            .refresh(REFRESH)
+            .time(self.time_from, "now")
+            .timezone("browser")
+            .tooltip(dashboard_models.DashboardCursorSync.CROSSHAIR)
+            .link(
+                dashboard_builders.DashboardLink("loraplane")
+                .type(dashboard_models.DashboardLinkType.DASHBOARDS)
+                .tags(TAGS)
+                .as_dropdown(True)
+                .include_vars(True)
+                .keep_time(True)
+            )
+            .with_variable(
+                dashboard_builders.DatasourceVariable("datasource")
+                .label("Data source")
+                .description("The Prometheus that scrapes loraplane's trainer and serving replicas.")
+                .type("prometheus")
+            )
+        )
+        for variable in self.variables:
+            builder = builder.with_variable(variable)
+        for title, panels in self.rows:
+            builder = builder.with_row(dashboard_builders.Row(title))
+            for panel in panels:
+                builder = builder.with_panel(panel)
+        dashboard = builder.build()
+        for number, built in enumerate(dashboard.panels or [], start=1):
+            built.id_val = number
+        return dashboard
+
+
+def _adapter_variable(metric: str) -> dashboard_builders.QueryVariable:
+    """Adapters seen on `metric`; "All" is `.*` so adapters that appear later are included too."""
+    query = f"label_values({metric}, adapter)"
+    return (
+        dashboard_builders.QueryVariable("adapter")
+        .label("Adapter")
+        .description("Adapters to show (the serving adapter label; rarely used adapters may be folded into 'other').")
+        .datasource(DATASOURCE)
+        .query({"query": query, "refId": "adapter"})
+        .definition(query)
+        .refresh(dashboard_models.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(dashboard_models.VariableSort.ALPHABETICAL_CASE_INSENSITIVE_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+    )
+
+
+def _quantile(q: float, bucket: str, by: str = "", selector: str = "", window: str = "$__rate_interval") -> str:
+    """The q-quantile of a histogram over `window`, summed over replicas and kept apart by `by`."""
+    group = f"le, {by}" if by else "le"
+    return f"histogram_quantile({q}, sum by ({group}) (rate({bucket}{selector}[{window}])))"
+
+
+def training() -> dashboard_models.Dashboard:
+    """The trainer: its job queue, how long jobs take, and how the running ones are learning."""
+    jobs_by_state = (
+        stat.Panel()
+        .title("Jobs by state")
+        .description(
+            "Jobs in each state now, read from the trainer's job store at scrape time (so the totals survive "
+            "restarts). succeeded/failed/cancelled only grow; queued and running are the live load. The "
+            "sparkline shows the trend over the time range."
+        )
+        .datasource(DATASOURCE)
+        .unit("short")
+        .span(HALF)
+        .height(HEIGHT)
+        .reduce_options(common_builders.ReduceDataOptions().calcs(["lastNotNull"]).values(False))
+        .graph_mode(common_models.BigValueGraphMode.AREA)
+        .color_mode(common_models.BigValueColorMode.VALUE)
+        .text_mode(common_models.BigValueTextMode.VALUE_AND_NAME)
+        .color_scheme(dashboard_builders.FieldColor().mode(dashboard_models.FieldColorModeId.FIXED).fixed_color("blue"))
+        .override_by_name("failed", _fixed_color("red"))
+        .override_by_name("succeeded", _fixed_color("green"))
+        .override_by_name("cancelled", _fixed_color("orange"))
+        .targets([Query("sum by (state) (loraplane_trainer_jobs)", "{{state}}").build("A")])
+    )
+    return (
+        Layout(
+            title="loraplane / Training",
+            uid="loraplane-training",
+            description="The loraplane trainer: job queue, job durations, throughput and loss of running jobs.",
+            time_from="now-6h",
+        )
+        .row(
+            "Jobs",
+            jobs_by_state,
+            graph(
+                "Queued and running jobs",
+                "Jobs waiting for the trainer (queued) and being trained (running). A queue that grows while "
+                "running stays flat means the trainer is at its concurrency limit: jobs wait.",
+                "short",
+                [
+                    Query('sum(loraplane_trainer_jobs{state="queued"})', "queued"),
+                    Query('sum(loraplane_trainer_jobs{state="running"})', "running"),
+                ],
+            ),
+            graph(
+                "Job transitions",
+                "Jobs entering each state, per minute. A rise in failed next to succeeded is the first sign "
+                "that jobs break; queued is the submission rate.",
+                "opm",
+                [
+                    Query(
+                        "60 * sum by (state) (rate(loraplane_trainer_job_transitions_total[$__rate_interval]))",
+                        "{{state}}",
+                    )
+                ],
+            ),
+            graph(
+                "Job duration p50 / p95 (jobs finished in the last hour)",
+                "Start-to-end time of finished jobs by final state, as quantiles of the jobs that finished in "
+                "the trailing hour (jobs end too rarely for a short window). Empty when no job finished. A "
+                "short failed p95 means jobs fail early (bad input); a long one, late (resources).",
+                "s",
+                [
+                    Query(
+                        _quantile(0.5, "loraplane_trainer_job_duration_seconds_bucket", "state", window="1h"),
+                        "p50 {{state}}",
+                    ),
+                    Query(
+                        _quantile(0.95, "loraplane_trainer_job_duration_seconds_bucket", "state", window="1h"),
+                        "p95 {{state}}",
+                    ),
+                ],
+            ),
+        )
+        .row(
+            "Training",
+            graph(
+                "Training steps",
+                "Optimizer steps per second over all running jobs: the trainer's throughput. It drops to 0 when "
+                "nothing runs; a drop while jobs are running means training slowed down (contention, I/O).",
+                "steps/s",
+                [Query("sum(rate(loraplane_trainer_training_steps_total[$__rate_interval]))", "steps")],
+            ),
+            graph(
+                "Rejected job requests",
+                "CreateJob requests refused before a job existed, by gRPC status code. INVALID_ARGUMENT is a "
+                "caller's bad request; RESOURCE_EXHAUSTED means the queue is full.",
+                "reqps",
+                [Query("sum by (code) (rate(loraplane_trainer_rejected_jobs_total[$__rate_interval]))", "{{code}}")],
+            ),
+            graph(
+                "Loss of running jobs",
+                "Latest training and evaluation loss of each running job, by job, adapter and split. A curve "
+                "should fall then flatten; eval rising while train keeps falling is overfitting. Series end "
+                "when their job ends.",
+                "none",
+                [
+                    Query(
+                        "max by (job_id, adapter, split) (loraplane_trainer_running_job_loss)",
+                        "{{adapter}} {{job_id}} {{split}}",
+                    )
+                ],
+                width=FULL,
+                min_value=None,
+                many_series=True,
+            ),
+        )
+        .build()
+    )
+
+
+def serving() -> dashboard_models.Dashboard:
+    """The serving replicas: traffic, latency, token throughput, the adapter caches and the engine."""
+    a = '{adapter=~"$adapter"}'
+    requests = "loraplane_serving_requests_total"
+    return (
+        Layout(
+            title="loraplane / Serving",
+            uid="loraplane-serving",
+            description="The loraplane serving replicas: traffic, latency, tokens, adapter caches, engine queue.",
+            time_from="now-1h",
+            variables=[_adapter_variable(requests)],
+        )
+        .row(
+            "Traffic",
+            graph(
+                "Requests by adapter and status",
+                "RPCs answered per second over all replicas, by adapter and gRPC status. OK is success; "
+                "RESOURCE_EXHAUSTED is load shedding; INVALID_ARGUMENT and NOT_FOUND are callers' mistakes.",
+                "reqps",
+                [
+                    Query(
+                        f"sum by (adapter, status) (rate({requests}{a}[$__rate_interval]))",
+                        "{{adapter}} {{status}}",
+                    )
+                ],
+                many_series=True,
+            ),
+            graph(
+                "Server error ratio",
+                f"Share of requests that failed on the server side ({SERVER_ERROR_CODES}), per adapter. "
+                "Caller errors and load shedding are not counted. Should stay at 0; empty when there is no "
+                "traffic.",
+                "percentunit",
+                [
+                    Query(
+                        # "or 0 * all": an adapter with traffic and no failure shows 0 rather than nothing.
+                        f'(sum by (adapter) (rate({requests}{{adapter=~"$adapter",status=~"{SERVER_ERROR_CODES}"}}'
+                        f"[$__rate_interval])) or 0 * sum by (adapter) (rate({requests}{a}[$__rate_interval])))"
+                        f" / sum by (adapter) (rate({requests}{a}[$__rate_interval]))",
+                        "{{adapter}}",
+                    )
+                ],
+                max_value=1,
+            ),
+        )
+        .row(
+            "Latency",
+            graph(
+                "Time to first token p50 / p99",
+                "From receiving a generation request to its first token, per adapter: queueing, adapter load "
+                "and prefill included. p50 is the usual wait, p99 the worst 1%; a p99 far above p50 with flat "
+                "p50 points at cold adapter loads or queueing.",
+                "s",
+                [
+                    Query(
+                        _quantile(0.5, "loraplane_serving_time_to_first_token_seconds_bucket", "adapter", a),
+                        "p50 {{adapter}}",
+                    ),
+                    Query(
+                        _quantile(0.99, "loraplane_serving_time_to_first_token_seconds_bucket", "adapter", a),
+                        "p99 {{adapter}}",
+                    ),
+                ],
+                width=THIRD,
+            ),
+            graph(
+                "Inter-token latency p99",
+                "Time between two generated tokens of one request, per adapter (99th percentile): how smooth "
+                "streaming feels. It grows with the batch size the engine decodes at once.",
+                "s",
+                [
+                    Query(
+                        _quantile(0.99, "loraplane_serving_inter_token_latency_seconds_bucket", "adapter", a),
+                        "p99 {{adapter}}",
+                    )
+                ],
+                width=THIRD,
+            ),
+            graph(
+                "End-to-end generation latency p99",
+                "From receiving a generation request to its last token, per adapter (99th percentile). It "
+                "depends on how many tokens are asked for; read it next to tokens generated.",
+                "s",
+                [
+                    Query(
+                        _quantile(0.99, "loraplane_serving_generation_latency_seconds_bucket", "adapter", a),
+                        "p99 {{adapter}}",
+                    )
+                ],
+                width=THIRD,
+            ),
+            graph(
+                "RPC duration p99 by method",
+                "From receiving an RPC to its last response message, by method (all adapters, 99th "
+                "percentile): covers the non-generation RPCs too (listing, loading adapters).",
+                "s",
+                [Query(_quantile(0.99, "loraplane_serving_request_duration_seconds_bucket", "rpc"), "p99 {{rpc}}")],
+                width=FULL,
+            ),
+        )
+        .row(
+            "Tokens",
+            graph(
+                "Tokens per second",
+                "Tokens generated and prompt tokens read per second, per adapter, over all replicas: the "
+                "engine's real throughput. Generated falling while requests stay flat means shorter answers "
+                "or a slower engine.",
+                "tokens/s",
+                [
+                    Query(
+                        f"sum by (adapter) (rate(loraplane_serving_generated_tokens_total{a}[$__rate_interval]))",
+                        "generated {{adapter}}",
+                    ),
+                    Query(
+                        f"sum by (adapter) (rate(loraplane_serving_prompt_tokens_total{a}[$__rate_interval]))",
+                        "prompt {{adapter}}",
+                    ),
+                ],
+                width=FULL,
+                many_series=True,
+            ),
+        )
+        .row(
+            "Adapters",
+            graph(
+                "Adapters resident by tier",
+                "Adapter versions held now in each cache tier (engine: loaded in the model; disk: verified local "
+                "copies), per replica. An engine tier pinned at its limit with evictions below means adapters "
+                "take turns: expect cold loads.",
+                "short",
+                [Query("sum by (tier, instance) (loraplane_serving_adapters_resident)", "{{tier}} {{instance}}")],
+                width=THIRD,
+            ),
+            graph(
+                "Adapter cache hit ratio by tier",
+                "Share of adapter lookups each tier answered without going further down (engine, then disk, "
+                "then the store). Near 1 is good; a falling engine ratio means more requests wait for a load.",
+                "percentunit",
+                [
+                    Query(
+                        'sum by (tier) (rate(loraplane_serving_adapter_cache_lookups_total{result="hit"}'
+                        "[$__rate_interval])) / sum by (tier) "
+                        "(rate(loraplane_serving_adapter_cache_lookups_total[$__rate_interval]))",
+                        "{{tier}}",
+                    )
+                ],
+                max_value=1,
+                width=THIRD,
+            ),
+            graph(
+                "Adapter load time p95 by source",
+                "Time to fetch (when not on disk), verify and load one adapter version, by where it came from "
+                "(95th percentile). Loads from the store are the slow ones; they show up in time to first token.",
+                "s",
+                [
+                    Query(
+                        _quantile(0.95, "loraplane_serving_adapter_load_duration_seconds_bucket", "source"),
+                        "p95 {{source}}",
+                    )
+                ],
+                width=THIRD,
+            ),
+            graph(
+                "Adapter loads and load failures",
+                "Adapter versions loaded into the engine and loads that failed, per second, per adapter. Any "
+                "failure means requests for that adapter were refused: check the serving logs.",
+                "ops",
+                [
+                    Query(
+                        f"sum by (adapter) (rate(loraplane_serving_adapter_loads_total{a}[$__rate_interval]))",
+                        "loads {{adapter}}",
+                    ),
+                    Query(
+                        f"sum by (adapter) (rate(loraplane_serving_adapter_load_failures_total{a}[$__rate_interval]))",
+                        "failures {{adapter}}",
+                    ),
+                ],
+                width=THIRD,
+            ),
+            graph(
+                "Adapter evictions by tier",
+                "Adapter versions evicted per second from each tier to make room for another (least recently "
+                "used first). Steady engine evictions mean more adapters are in use than the engine holds.",
+                "ops",
+                [
+                    Query(
+                        "sum by (tier) (rate(loraplane_serving_adapter_evictions_total[$__rate_interval]))", "{{tier}}"
+                    )
+                ],
+                width=THIRD,
+            ),
+            graph(
+                "Disk cache size",
+                "Bytes of verified adapter copies in each replica's local disk cache.",
+                "bytes",
+                [Query("sum by (instance) (loraplane_serving_adapter_cache_bytes)", "{{instance}}")],
+                width=THIRD,
+            ),
+        )
+        .row(
+            "Engine",
+            graph(
+                "Queue and engine load",
+                "Over all replicas: requests waiting for a place in the engine (queued, bounded by "
+                "max_concurrent_requests), requests the engine is generating for (running), and requests handed "
+                "to the engine with no token yet (waiting). A queue that stays above 0 means serving is "
+                "saturated: add replicas.",
+                "short",
+                [
+                    Query("sum(loraplane_serving_requests_queued)", "queued"),
+                    Query("sum(loraplane_serving_engine_requests_running)", "running"),
+                    Query("sum(loraplane_serving_engine_requests_waiting)", "waiting"),
+                ],
+            ),
+            graph(
+                "Batch size",
+                "Sequences decoded together in each engine step (engines that report it): the mean, and the "
+                "median and 95th percentile. Bigger batches mean more throughput per step and slower tokens "
+                "per request.",
+                "short",
+                [
+                    Query(
+                        "sum(rate(loraplane_serving_engine_batch_size_sum[$__rate_interval])) / "
+                        "sum(rate(loraplane_serving_engine_batch_size_count[$__rate_interval]))",
+                        "mean",
+                    ),
+                    Query(_quantile(0.5, "loraplane_serving_engine_batch_size_bucket"), "p50"),
+                    Query(_quantile(0.95, "loraplane_serving_engine_batch_size_bucket"), "p95"),
+                ],
+            ),
+        )
+        .build()
+    )
+
+
+def _drift_statistic(statistic: str, title: str, description: str) -> timeseries.Panel:
+    """One statistic for the chosen adapters, with its threshold as a dashed red line (query B)."""
+    return graph(
+        f"{title} ({statistic})",
+        description,
+        "none",
+        [
+            Query(
+                f'loraplane_drift{{adapter=~"$adapter",statistic="{statistic}"}}',
+                "{{adapter}} {{instance}}",
+            ),
+            Query(f'max(loraplane_drift_threshold{{statistic="{statistic}"}})', "threshold"),
+        ],
+        width=THIRD,
+        min_value=None,
+        reference_line="B",
+    )
+
+
+def _threshold_ratio_table() -> table.Panel:
+    """Every (adapter, statistic) as a row, coloured by how close it is to its threshold."""
+    ratio = "drift / threshold"
+    return (
+        table.Panel()
+        .title("Drift vs threshold")
+        .description(
+            "Each drift statistic divided by its threshold, per adapter, now (worst replica): 100% is the "
+            "threshold. Green is below 80%, orange approaching, red over; sorted worst first. Read from the "
+            "loraplane:drift_threshold_ratio recording rule."
+        )
+        .datasource(DATASOURCE)
+        .unit("percentunit")
+        .span(THIRD)
+        .height(HEIGHT)
+        .thresholds(_thresholds((None, "green"), (0.8, "orange"), (1.0, "red")))
+        .with_transformation(
+            dashboard_models.DataTransformerConfig(
+                id_val="organize",
+                options={"excludeByName": {"Time": True}, "renameByName": {"Value": ratio}},
+            )
+        )
+        .override_by_name(
+            ratio,
+            [
+                dashboard_models.DynamicConfigValue(
+                    id_val="custom.cellOptions", value={"type": "color-background", "mode": "basic"}
+                )
+            ],
+        )
+        .sort_by([common_builders.TableSortByFieldState().display_name(ratio).desc(True)])
+        .targets(
+            [
+                Query(
+                    'max by (adapter, statistic) (loraplane:drift_threshold_ratio{adapter=~"$adapter"})',
+                    "",
+                    instant=True,
+                    table=True,
+                ).build("A")
+            ]
+        )
+    )
+
+
+def drift() -> dashboard_models.Dashboard:
+    """Drift of live traffic from each adapter's training reference, and user feedback."""
+    a = '{adapter=~"$adapter"}'
+    statistic_panels = [_drift_statistic(s, title, text) for s, (title, text) in DRIFT_STATISTICS.items()]
+    return (
+        Layout(
+            title="loraplane / Drift",
+            uid="loraplane-drift",
+            description=(
+                "How far live traffic of each adapter has moved from its training reference, and what users "
+                "say about the answers. Each statistic is higher when there is more drift."
+            ),
+            time_from="now-24h",
+            variables=[_adapter_variable("loraplane_drift_window_requests")],
+        )
+        .row("Drift statistics", _threshold_ratio_table(), *statistic_panels)
+        .row(
+            "Live vs reference",
+            graph(
+                "Output confidence: live vs reference",
+                "Mean log-probability per generated token (nats, closer to 0 = more confident), of the live "
+                "window and of the training reference. Live below reference is output_confidence_drop.",
+                "nats",
+                [Query(f"loraplane_drift_output_confidence{a}", "{{adapter}} {{side}} {{instance}}")],
+                width=THIRD,
+                min_value=None,
+            ),
+            graph(
+                "Prompt surprise: live vs reference",
+                "Mean negative log-likelihood per prompt token (nats, higher = less expected), of the live "
+                "window and of the training reference. Live above reference is prompt_surprise_rise.",
+                "nats",
+                [Query(f"loraplane_drift_prompt_surprise{a}", "{{adapter}} {{side}} {{instance}}")],
+                width=THIRD,
+            ),
+            graph(
+                "Window and reference sizes",
+                "Requests in each adapter's live window and samples in its training reference. Drift over a "
+                "small window is noisy: trust the statistics once the window has filled.",
+                "short",
+                [
+                    Query(f"loraplane_drift_window_requests{a}", "window {{adapter}} {{instance}}"),
+                    Query(f"loraplane_drift_reference_samples{a}", "reference {{adapter}} {{instance}}"),
+                ],
+                width=THIRD,
+            ),
+        )
+        .row(
+            "Feedback",
+            graph(
+                "Mean feedback score",
+                "Mean score users gave the adapter's answers in the live window, with the floor (dashed red) "
+                "below which feedback counts as degraded.",
+                "none",
+                [
+                    Query(f"loraplane_drift_feedback_score{a}", "{{adapter}} {{instance}}"),
+                    Query("max(loraplane_drift_feedback_score_floor)", "floor"),
+                ],
+                width=THIRD,
+                min_value=None,
+                reference_line="B",
+            ),
+            graph(
+                "Feedback rate",
+                "Share of the adapter's windowed requests that received feedback: how much of the window the "
+                "mean score speaks for. A low rate makes the score noisy.",
+                "percentunit",
+                [Query(f"loraplane_drift_feedback_rate{a}", "{{adapter}} {{instance}}")],
+                width=THIRD,
+                max_value=1,
+            ),
+            graph(
+                "Feedback received",
+                "Feedback messages received per second by the serving replicas, per adapter.",
+                "reqps",
+                [
+                    Query(
+                        f"sum by (adapter) (rate(loraplane_serving_feedback_total{a}[$__rate_interval]))",
+                        "{{adapter}}",
+                    )
+                ],
+                width=THIRD,
+            ),
+        )
+        .build()
+    )
+
+
+def render() -> dict[str, str]:
+    """File name -> JSON text of every dashboard, exactly as committed under k8s/monitoring/dashboards/."""
+    encoder = JSONEncoder(sort_keys=True, indent=2)
+    dashboards = {
+        "loraplane-training.json": training(),
+        "loraplane-serving.json": serving(),
+        "loraplane-drift.json": drift(),
+    }
+    return {name: encoder.encode(dashboard) + "\n" for name, dashboard in dashboards.items()}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--check", action="store_true", help="only compare with the committed files; exit 1 if stale")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, text in render().items():
+        path = OUT / name
+        if path.is_file() and path.read_text() == text:
+            continue
+        stale.append(name)
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path.relative_to(ROOT)}")
+    if args.check and stale:
+        print(f"stale: {', '.join(stale)}: run python scripts/dashboards.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

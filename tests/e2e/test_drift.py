@@ -1,0 +1,167 @@
+"""Drift, live, on real parts: both services on loopback with the tiny model and trained adapters, a
+real Prometheus scraping them and evaluating the shipped rule files (each alert's `for` cut to one
+second, its expression unchanged), and every query of the shipped dashboards run against it.
+
+The tests run in file order and share one history: in-distribution traffic first, then shifted
+traffic, then feedback; the dashboard check comes last, over everything that happened."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from loraplane.cli import app
+from loraplane.client import sampling
+from loraplane.errors import FailedPrecondition, InvalidArgument
+from loraplane.proto import trainer_pb2
+from tests.support.dashboards import load_dashboards, panel_queries
+from tests.support.prometheus import Prometheus, running_prometheus
+from tests.support.rules import rule_files, with_short_durations
+from tests.support.stack import QUESTIONS, Stack, memorise_jsonl, running_stack
+
+pytestmark = pytest.mark.integration
+
+ADAPTER = "drift-word"
+WINDOW = 16
+MIN_SAMPLES = 8
+ANSWER_TOKENS = sampling(max_tokens=12, temperature=0.0)
+SHIFTED_WORDS = ["zebra", "quantum", "harbour", "violin", "glacier", "saffron", "tundra", "mosaic", "lantern", "orbit"]
+
+
+@dataclass
+class Observed:
+    stack: Stack
+    prometheus: Prometheus
+    started: float
+    request_ids: list[str] = field(default_factory=list)
+
+
+def _train(stack: Stack, name: str, data: Path, rank: int) -> trainer_pb2.Job:
+    return stack.client.jobs.create(
+        adapter_name=name,
+        training_file=data,
+        lora=trainer_pb2.LoraParameters(rank=rank),
+        training=trainer_pb2.TrainingParameters(
+            max_steps=20, batch_size=4, learning_rate=1e-2, validation_fraction=0.25, eval_every_steps=10
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def observed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Observed]:
+    """Both services and Prometheus, then three jobs: the watched adapter, a second one (so the
+    one-slot engine evicts) and one of a rank the replica refuses (a failed load)."""
+    workdir = tmp_path_factory.mktemp("drift")
+    serving = {
+        "drift_min_samples": MIN_SAMPLES,
+        "drift_window_requests": WINDOW,
+        "drift_prompt_scoring_fraction": 1.0,
+        "max_loaded_adapters": 1,
+        "max_lora_rank": 8,
+    }
+    rules = [with_short_durations(path, workdir / "rules", seconds=1) for path in rule_files()]
+    with running_stack(tiny_model_dir, workdir / "data", serving=serving) as stack:
+        targets = {"trainer": stack.trainer.metrics_port, "serving": stack.serving.metrics_port}
+        with running_prometheus(targets, workdir / "prometheus", rules) as prometheus:
+            started = time.time()
+            prometheus.wait_for('count(up{job=~"trainer|serving"} == 1) == 2')
+            data = workdir / "train.jsonl"
+            data.write_text(memorise_jsonl())
+            jobs = [_train(stack, ADAPTER, data, 8), _train(stack, "other-word", data, 8)]
+            jobs.append(_train(stack, "wide-word", data, 16))
+            for job in jobs:
+                list(stack.client.jobs.watch(job.id))
+                assert stack.client.jobs.retrieve(job.id).state == trainer_pb2.JOB_STATE_SUCCEEDED
+            yield Observed(stack, prometheus, started)
+
+
+def _ask(observed: Observed, prompts: list[str]) -> None:
+    for prompt in prompts:
+        answer = observed.stack.client.inference.generate(prompt, adapter=ADAPTER, params=ANSWER_TOKENS)
+        observed.request_ids.append(answer.request_id)
+
+
+def _ratios(prometheus: Prometheus, window: int) -> dict[str, float]:
+    """Each drift statistic over its threshold, once Prometheus has scraped a full window of `window`."""
+    prometheus.wait_for(f'loraplane_drift_window_requests{{adapter="{ADAPTER}"}} == {window}')
+    result = prometheus.wait_for(f'count(loraplane:drift_threshold_ratio{{adapter="{ADAPTER}"}}) == 5')
+    assert result
+    ratios = prometheus.query(f'loraplane:drift_threshold_ratio{{adapter="{ADAPTER}"}}')
+    return {series["metric"]["statistic"]: float(series["value"][1]) for series in ratios}
+
+
+def _drift_cli(observed: Observed) -> str:
+    result = CliRunner().invoke(app, ["drift", ADAPTER, "--serving", f"127.0.0.1:{observed.stack.serving.port}"])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_in_distribution_traffic_stays_under_every_threshold(observed: Observed) -> None:
+    _ask(observed, [QUESTIONS[i % len(QUESTIONS)] for i in range(WINDOW)])
+    ratios = _ratios(observed.prometheus, WINDOW)
+    assert all(ratio < 1 for ratio in ratios.values()), ratios
+    assert "over" not in _drift_cli(observed)
+    stats = observed.stack.client.inference.adapter_stats(ADAPTER)[0]
+    assert stats.live.sample_count == WINDOW and stats.reference.sample_count == 3
+    assert stats.live.HasField("prompt_surprise") and stats.reference.HasField("prompt_surprise")
+
+
+def test_shifted_traffic_drives_drift_over_and_the_alert_fires(observed: Observed) -> None:
+    shifted = [" ".join(SHIFTED_WORDS[(i + j) % 10] for j in range(60)) for i in range(WINDOW)]
+    _ask(observed, shifted)
+    ratios = _ratios(observed.prometheus, WINDOW)
+    assert ratios["prompt_length_psi"] > 1 and ratios["prompt_token_jsd"] > 1, ratios
+    assert ratios["prompt_surprise_rise"] > 1, ratios
+    deadline = time.monotonic() + 60
+    while not any(
+        alert["labels"]["alertname"] == "LoraplaneAdapterDrift"
+        and alert["labels"].get("adapter") == ADAPTER
+        and alert["state"] == "firing"
+        for alert in observed.prometheus.alerts()
+    ):
+        assert time.monotonic() < deadline, observed.prometheus.alerts()
+        time.sleep(0.5)
+    output = _drift_cli(observed)
+    assert "prompt_length_psi" in output and "over" in output
+
+
+def test_feedback_lowers_the_score_gauge(observed: Observed) -> None:
+    inference = observed.stack.client.inference
+    for request_id in observed.request_ids[-MIN_SAMPLES:]:
+        assert inference.record_feedback(request_id, 0.0) == ADAPTER
+    with pytest.raises(InvalidArgument, match="score"):
+        inference.record_feedback(observed.request_ids[0], 2.0)
+    score = observed.prometheus.wait_for(f'loraplane_drift_feedback_score{{adapter="{ADAPTER}"}} == 0')
+    assert score
+    low = observed.prometheus.wait_for(f'ALERTS{{alertname="LoraplaneFeedbackScoreLow",adapter="{ADAPTER}"}}')
+    assert low
+
+
+def test_every_dashboard_query_returns_data(observed: Observed, tmp_path: Path) -> None:
+    """Everything a panel shows is made to happen first: a refused job, a refused adapter, evictions."""
+    client = observed.stack.client
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("not json\n")
+    with pytest.raises(InvalidArgument):
+        client.jobs.create(adapter_name="bad-data", training_file=bad)
+    with pytest.raises(FailedPrecondition, match="rank"):
+        client.inference.generate("hi", adapter="wide-word", params=ANSWER_TOKENS)
+    for adapter in ("other-word", ADAPTER):  # one engine slot: each evicts the other
+        client.inference.generate(QUESTIONS[0], adapter=adapter, params=ANSWER_TOKENS)
+    observed.prometheus.wait_for("sum(loraplane_serving_adapter_evictions_total) >= 2")
+    observed.prometheus.wait_for("sum(loraplane_trainer_rejected_jobs_total) >= 1")
+    observed.prometheus.wait_for("sum(loraplane_serving_adapter_load_failures_total) >= 1")
+    time.sleep(3)  # two more scrapes, so every counter has a rate
+    end = time.time()
+    empty = [
+        f"{dashboard}: {title}: {expr}"
+        for dashboard, content in load_dashboards().items()
+        for title, expr in panel_queries(content)
+        if not observed.prometheus.query_range(expr, observed.started, end)
+    ]
+    assert not empty, "panels without data:\n" + "\n".join(empty)

@@ -1,0 +1,97 @@
+"""The drift reference profile: held-out prompts and what the trained adapter generates for them.
+
+Serving profiles live traffic from the prompts it receives and the tokens it generates, with the
+log-probabilities the engine reports for them. So the reference is built the same way: each
+held-out prompt is answered by the adapter (greedy decoding), its generated tokens give the
+response length and the output confidence (raw log-probabilities of the generated tokens, end
+token included, as the engines count them), and the prompt's own log-probability gives the
+prompt surprise. Scoring the dataset's reference answers by teacher forcing would measure
+something live traffic never can.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from loraplane.drift import Profile, ProfileBuilder, Sample
+from trainer_svc.worker.scoring import token_logprobs
+from trainer_svc.worker.tokenization import TokenizedExample
+
+MAX_REFERENCE_PROMPTS = 64
+"""Held-out prompts answered for the reference; enough for stable means at seconds of CPU time."""
+MAX_REFERENCE_TOKENS = 256
+"""Tokens generated per reference prompt, at most; a little past the longest held-out answer."""
+
+
+@torch.no_grad()
+def _generate(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], max_new_tokens: int
+) -> list[tuple[list[int], float]]:
+    """Greedy answers to the prompts: each answer's tokens (up to and including an end token) and the
+    sum of their log-probabilities."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    end_ids = {int(i) for i in ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
+    config_end = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    end_ids |= {int(i) for i in ([config_end] if isinstance(config_end, int) else config_end or [])}
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):  # left-padded, as generation needs
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    output = model.generate(  # type: ignore[operator]
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+        eos_token_id=sorted(end_ids) or None,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    generated = output.sequences[:, width:].cpu()
+    logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in output.logits], dim=1).cpu()
+    answers = []
+    for row in range(len(prompts)):
+        tokens: list[int] = []
+        total = 0.0
+        for position, token in enumerate(generated[row].tolist()):
+            tokens.append(token)
+            total += float(logprobs[row, position, token])
+            if token in end_ids:
+                break
+        answers.append((tokens, total))
+    return answers
+
+
+def reference_profile(
+    model: PreTrainedModel | torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    held_out: list[TokenizedExample],
+    *,
+    batch_size: int,
+) -> Profile:
+    """The profile serving compares the adapter's live traffic with (see the module docstring)."""
+    examples = [example for example in held_out if example.prompt_length > 0][:MAX_REFERENCE_PROMPTS]
+    builder = ProfileBuilder()
+    if not examples:
+        return builder.build()
+    prompts = [example.input_ids[: example.prompt_length] for example in examples]
+    longest_answer = max(len(example.input_ids) - example.prompt_length for example in examples)
+    max_new_tokens = min(MAX_REFERENCE_TOKENS, 2 * longest_answer + 8)
+    was_training = model.training
+    model.eval()
+    try:
+        prompt_scores = token_logprobs(model, prompts, batch_size=batch_size)
+        for first in range(0, len(prompts), batch_size):
+            batch = prompts[first : first + batch_size]
+            answers = _generate(model, tokenizer, batch, max_new_tokens)
+            for prompt, (answer, answer_logprob), scores in zip(
+                batch, answers, prompt_scores[first : first + batch_size], strict=True
+            ):
+                builder.add(Sample(prompt, answer, answer_logprob, float(scores.sum())))
+    finally:
+        model.train(was_training)
+    return builder.build()
