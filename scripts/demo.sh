@@ -17,7 +17,11 @@ loraplane prepare-model
 echo "== starting trainer-svc and serving-svc (logs in $logs)"
 trainer-svc >"$logs/trainer.log" 2>&1 &
 trainer_pid=$!
-serving-svc >"$logs/serving.log" 2>&1 &
+# A small drift window, every prompt scored: drift shows after a few dozen demo requests.
+LORAPLANE_DRIFT_WINDOW_REQUESTS=${LORAPLANE_DRIFT_WINDOW_REQUESTS:-16} \
+LORAPLANE_DRIFT_MIN_SAMPLES=${LORAPLANE_DRIFT_MIN_SAMPLES:-8} \
+LORAPLANE_DRIFT_PROMPT_SCORING_FRACTION=${LORAPLANE_DRIFT_PROMPT_SCORING_FRACTION:-1} \
+  serving-svc >"$logs/serving.log" 2>&1 &
 serving_pid=$!
 trap 'kill $trainer_pid $serving_pid 2>/dev/null; wait $trainer_pid $serving_pid 2>/dev/null || true' EXIT
 if ! loraplane status --wait 180; then
@@ -35,8 +39,31 @@ mapfile -t prompts < examples/demo/prompts.txt
 loraplane compare --adapter demo-city-json "${prompts[@]}"
 
 loraplane adapters
+
+send_traffic() {  # every line of $1 as a chat message to the adapter, 8 at a time
+  python - "$1" <<'PY'
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from loraplane.client import LoraplaneClient, sampling
+
+prompts = open(sys.argv[1]).read().splitlines()
+with LoraplaneClient() as client, ThreadPoolExecutor(8) as pool:
+    ask = lambda p: client.inference.generate(
+        messages=[{"role": "user", "content": p}], adapter="demo-city-json", params=sampling(max_tokens=24, temperature=0)
+    )
+    answers = list(pool.map(ask, prompts))
+print(f"{len(answers)} answers; the first: {answers[0].text!r}")
+PY
+}
+echo "== drift: traffic like the training data, then traffic unlike it"
+send_traffic examples/demo/traffic-in.txt
+loraplane drift demo-city-json
+send_traffic examples/demo/traffic-shifted.txt
+loraplane drift demo-city-json
+
 echo "== metrics"
 echo "trainer: http://127.0.0.1:9101/metrics"
 echo "serving: http://127.0.0.1:9102/metrics"
 curl -fsS http://127.0.0.1:9101/metrics | grep -E '^loraplane_trainer_jobs\{' || true
 curl -fsS http://127.0.0.1:9102/metrics | grep -E '^loraplane_serving_requests_total' || true
+curl -fsS http://127.0.0.1:9102/metrics | grep -E '^loraplane_drift\{' || true

@@ -1,8 +1,8 @@
 """Live drift per adapter: a sliding window of requests compared with the adapter's training profile.
 
 A request costs the monitor one append to a queue (`record`); the windows are brought up to date
-only when someone reads them (a Prometheus scrape, `GetAdapterStats`), on that reader's thread,
-so drift never adds work to the request path. Each adapter name has one window, reset when a
+by `refresh`, which the replica calls every second on a worker thread, and before every read (a
+Prometheus scrape, `GetAdapterStats`), so drift never adds work to the request path. Each adapter name has one window, reset when a
 new version (with its own reference profile) starts answering. The window keeps the last
 `window_requests` requests no older than `window_seconds`; below `min_samples` requests the
 live statistics are withheld, since a handful of requests gives noise rather than drift.
@@ -96,6 +96,7 @@ class DriftMonitor:
         self._windows: dict[str, _Window] = {}
         self._totals: dict[str, int] = {}
         self._requests: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request id -> (adapter, version)
+        self._unprofiled: set[tuple[str, int]] = set()  # versions whose reference could not be read
 
     # -- the request path: O(1) each -------------------------------------------------------
 
@@ -129,6 +130,11 @@ class DriftMonitor:
             return adapter
 
     # -- readers ---------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Count the requests recorded since the last refresh into their windows."""
+        with self._lock:
+            self._drain()
 
     def adapters(self) -> list[AdapterDrift]:
         """Every adapter with a window, brought up to date."""
@@ -189,8 +195,11 @@ class DriftMonitor:
             at, adapter, version, profile_path, sample = self._pending.popleft()
             window = self._windows.get(adapter)
             if window is None or window.version != version:
+                if (adapter, version) in self._unprofiled:
+                    continue
                 reference = self._reference(adapter, version, profile_path)
                 if reference is None:
+                    self._unprofiled.add((adapter, version))
                     continue
                 window = self._windows[adapter] = _Window(version, reference)
             window.builder.add(sample)
@@ -212,5 +221,10 @@ class DriftMonitor:
         try:
             return Profile.load(profile_path)
         except (OSError, ValueError) as exc:
-            log.warning("%s v%d has no usable drift reference (%s): its traffic is not profiled", adapter, version, exc)
+            log.warning(
+                "%s v%d has no usable drift reference (%s): its traffic is not profiled",
+                adapter,
+                version,
+                str(exc).splitlines()[0],
+            )
             return None

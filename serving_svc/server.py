@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from loraplane.artifact import ArtifactRepository
@@ -22,6 +23,7 @@ from serving_svc.settings import ServingSettings
 
 log = logging.getLogger(__name__)
 
+DRIFT_REFRESH_SECONDS = 1.0
 SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
 
 
@@ -51,6 +53,7 @@ class ServingServer(EndpointsHost):
         )
         self.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
         self.drift = self._drift_monitor(settings)
+        self._drift_refresher: asyncio.Task[None] | None = None
         self.inference = InferenceService(
             self.engine,
             self.adapters,
@@ -85,12 +88,23 @@ class ServingServer(EndpointsHost):
         except BaseException:
             await self.stop(0)
             raise
+        if self.drift is not None:
+            self._drift_refresher = asyncio.create_task(self._refresh_drift(self.drift))
         await self.endpoints.set_serving(True)
         log.info("serving %s with the %s engine", self.settings.base_model_name, self.engine.name)
+
+    @staticmethod
+    async def _refresh_drift(monitor: DriftMonitor) -> None:
+        """Fold recorded requests into the drift windows every second, on a worker thread."""
+        while True:
+            await asyncio.sleep(DRIFT_REFRESH_SECONDS)
+            await asyncio.to_thread(monitor.refresh)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Report NOT_SERVING, let calls in flight finish for `grace` seconds, then release the engine."""
         await self.endpoints.close(grace)
+        if self._drift_refresher is not None:
+            self._drift_refresher.cancel()
         await self.engine.close()
 
 

@@ -63,13 +63,13 @@ def slots_for(adapters: int) -> int:
     return max(adapters, MIN_SLOTS)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def _serving_svc() -> str:
+def serving_svc_command() -> str:
     """The console script of the environment this benchmark runs in, not whichever is on PATH."""
     beside = Path(sys.executable).with_name("serving-svc")
     return str(beside) if beside.exists() else (shutil.which("serving-svc") or "serving-svc")
@@ -115,7 +115,7 @@ async def _one(
     return result
 
 
-async def _drive(
+async def drive(
     stub: serving_pb2_grpc.InferenceStub, requests: list[PlannedRequest], sampling: Any, concurrency: int
 ) -> tuple[list[RequestResult], float]:
     """All requests at once, at most `concurrency` in flight; results in request order, wall time."""
@@ -130,7 +130,7 @@ async def _drive(
     return list(results), time.perf_counter() - start
 
 
-async def _wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen[bytes], log_path: Path) -> None:
+async def wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen[bytes], log_path: Path) -> None:
     """Until the server reports SERVING; fail at once if it exits, as a bad setting makes it do."""
     health = health_pb2_grpc.HealthStub(channel)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
@@ -147,11 +147,11 @@ async def _wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen[byt
     raise RuntimeError(f"serving-svc was not SERVING after {STARTUP_TIMEOUT_S:.0f} s")
 
 
-async def _warm_up(stub: serving_pb2_grpc.InferenceStub, adapters: list[str], load: Load) -> None:
+async def warm_up(stub: serving_pb2_grpc.InferenceStub, adapters: list[str], load: Load) -> None:
     """Load every adapter and run each once more, so no timed request pays a load or a first step."""
     requests = [PlannedRequest(name, prompt_for(i)) for i, name in enumerate([None, *adapters])]
     for _ in range(WARMUP_ROUNDS):
-        results, _ = await _drive(stub, requests, load.sampling(min(WARMUP_TOKENS, load.max_tokens)), load.concurrency)
+        results, _ = await drive(stub, requests, load.sampling(min(WARMUP_TOKENS, load.max_tokens)), load.concurrency)
         failures = [r.error for r in results if r.error]
         if failures:
             raise RuntimeError(f"warm-up failed for {len(failures)} of {len(results)} requests: {failures[0]}")
@@ -199,13 +199,13 @@ async def _session(
     measure_cold: bool,
 ) -> dict[str, Any] | None:
     async with grpc.aio.insecure_channel(target) as channel:
-        await _wait_serving(channel, process, log_path)
+        await wait_serving(channel, process, log_path)
         stub = serving_pb2_grpc.InferenceStub(channel)
         adapters = sorted({name for row in rows for name in row.adapter_names})
-        await _warm_up(stub, adapters, load)
+        await warm_up(stub, adapters, load)
         for row in rows:
             log.info("  %d adapters, %s traffic", row.adapters, row.traffic)
-            results, wall = await _drive(stub, list(row.requests), load.sampling(), load.concurrency)
+            results, wall = await drive(stub, list(row.requests), load.sampling(), load.concurrency)
             on_row(RowRun(row.adapters, row.traffic, wall, results))
         if not measure_cold:
             return None
@@ -225,11 +225,11 @@ def _serve_group(
     """One server process for `rows`: start, wait until SERVING, warm up, measure, SIGTERM."""
     log_path = run_dir / f"ours-{engine}-{slots}-slots.log"
     data_dir = Path(tempfile.mkdtemp(prefix=f"data-{engine}-", dir=run_dir))
-    port = _free_port()
+    port = free_port()
     env = server_env(engine, workspace, data_dir, port, slots)
     log.info("ours-%s: starting serving-svc with %d adapter slots (log: %s)", engine, slots, log_path)
     try:
-        with processes.running([_serving_svc()], env=env, log_path=log_path, grace_s=30.0) as process:
+        with processes.running([serving_svc_command()], env=env, log_path=log_path, grace_s=30.0) as process:
             return asyncio.run(
                 _session(f"127.0.0.1:{port}", process, log_path, workspace, engine, rows, load, on_row, measure_cold)
             )

@@ -99,6 +99,9 @@ def test_an_adapter_without_a_usable_reference_is_not_profiled(tmp_path: Path) -
     monitor = DriftMonitor(_policy())
     monitor.record("r1", "a", 1, broken, _sample())
     assert monitor.adapters() == []
+    Profile().save(broken)  # read once: later requests of that version are skipped without reading it again
+    monitor.record("r2", "a", 1, broken, _sample())
+    assert monitor.adapters() == []
     with pytest.raises(NotFound, match="no drift window"):
         monitor.adapter("a")
 

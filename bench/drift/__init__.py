@@ -1,0 +1,1 @@
+"""Benchmark: the latency cost of live drift monitoring (python -m bench.drift)."""

@@ -1,0 +1,132 @@
+"""`python -m bench.drift`: what live drift monitoring costs a request, with it on and off, in one run.
+
+The same server (`serving-svc`, default engine, the README's defaults otherwise) is started with
+LORAPLANE_DRIFT_MONITORING off and on, alternately, `--rounds` times each, and driven with the
+same streaming traffic over 8 adapters that have a real drift reference. Alternating spreads the
+machine's noise over both settings. Prints JSON: p50/p99 latency and time to first token per
+setting, and on / off ratios (the target: p50 latency on <= 1.02x off).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, cast
+
+import grpc
+
+from bench.serving import processes
+from bench.serving.measure import RequestResult, percentile
+from bench.serving.ours import Load, drive, free_port, server_env, serving_svc_command, wait_serving, warm_up
+from bench.serving.traffic import PlannedRequest, prompt_for
+from bench.serving.workspace import ModelName, Workspace, prepare
+from loraplane.artifact import ADAPTER_FILES, PROFILE_FILE
+from loraplane.drift import ProfileBuilder, Sample
+from loraplane.proto import serving_pb2_grpc
+
+log = logging.getLogger("bench.drift")
+
+ADAPTERS = 8
+
+
+def _publish_with_reference(workspace: Workspace, scratch: Path) -> list[str]:
+    """The workspace's adapters published again under new names, each with a non-empty drift reference
+    (prompts and answers shaped like the benchmark's), so every request is profiled and compared."""
+    builder = ProfileBuilder()
+    for index in range(64):
+        builder.add(Sample(list(range(index, index + 40)), list(range(32)), -1.5 * 32, -4.0 * 39))
+    names = []
+    for index, source in enumerate(list(workspace.adapter_dirs.values())[:ADAPTERS]):
+        folder = scratch / f"drift-{index}"
+        folder.mkdir()
+        for name in ADAPTER_FILES:
+            if name != PROFILE_FILE:
+                shutil.copy(source / name, folder / name)
+        builder.build().save(folder / PROFILE_FILE)
+        names.append(f"drift-bench-{index}")
+        workspace.publish(folder, names[-1])
+    return names
+
+
+async def _measure(
+    target: str, process: Any, log_path: Path, adapters: list[str], load: Load, requests: int
+) -> list[RequestResult]:
+    async with grpc.aio.insecure_channel(target) as channel:
+        await wait_serving(channel, process, log_path)
+        stub = serving_pb2_grpc.InferenceStub(channel)
+        await warm_up(stub, adapters, load)
+        planned = [PlannedRequest(adapters[i % len(adapters)], prompt_for(i)) for i in range(requests)]
+        results, _ = await drive(stub, planned, load.sampling(), load.concurrency)
+        return results
+
+
+def _run(
+    workspace: Workspace, adapters: list[str], drift: bool, load: Load, requests: int, run_dir: Path
+) -> list[RequestResult]:
+    data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=run_dir))
+    port = free_port()
+    env = {**server_env("auto", workspace, data_dir, port, ADAPTERS), "LORAPLANE_DRIFT_MONITORING": str(drift).lower()}
+    log_path = run_dir / f"serving-drift-{'on' if drift else 'off'}.log"
+    with processes.running([serving_svc_command()], env=env, log_path=log_path, grace_s=30.0) as process:
+        results = asyncio.run(_measure(f"127.0.0.1:{port}", process, log_path, adapters, load, requests))
+    shutil.rmtree(data_dir, ignore_errors=True)
+    failed = [r.error for r in results if r.error]
+    if failed:
+        raise RuntimeError(f"{len(failed)} requests failed with drift {'on' if drift else 'off'}: {failed[0]}")
+    return results
+
+
+def _summary(results: list[RequestResult]) -> dict[str, Any]:
+    latencies = [r.latency_s for r in results if r.latency_s is not None]
+    ttfts = [r.ttft_s for r in results if r.ttft_s is not None]
+    return {
+        "requests": len(results),
+        "p50_latency_s": percentile(latencies, 50),
+        "p99_latency_s": percentile(latencies, 99),
+        "p50_ttft_s": percentile(ttfts, 50),
+        "p99_ttft_s": percentile(ttfts, 99),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
+    parser.add_argument("--rounds", type=int, default=2, help="servers started per setting, alternating")
+    parser.add_argument("--requests", type=int, default=64, help="requests per server")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight at most")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--work-dir", type=Path, default=Path("~/.cache/loraplane-bench"))
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    processes.install_cleanup()
+    workspace = prepare(cast(ModelName, args.model), args.work_dir, ADAPTERS, 0)
+    load = Load(max_tokens=args.max_tokens, concurrency=args.concurrency)
+    run_dir = Path(tempfile.mkdtemp(prefix="drift-bench-"))
+    adapters = _publish_with_reference(workspace, run_dir)
+    measured: dict[bool, list[RequestResult]] = {False: [], True: []}
+    try:
+        for round_index in range(args.rounds):
+            for drift in (False, True):
+                log.info("round %d: drift monitoring %s", round_index + 1, "on" if drift else "off")
+                measured[drift] += _run(workspace, adapters, drift, load, args.requests, run_dir)
+    finally:
+        for name in adapters:
+            workspace.unpublish(name)
+    off, on = _summary(measured[False]), _summary(measured[True])
+    ratios = {key: on[key] / off[key] for key in off if key != "requests" and off[key]}
+    report = {"model": args.model, "adapters": ADAPTERS, "load": vars(load), "rounds": args.rounds, "drift_off": off}
+    report |= {"drift_on": on, "on_over_off": ratios, "logs": str(run_dir)}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
