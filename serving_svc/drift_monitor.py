@@ -2,8 +2,9 @@
 
 A request costs the monitor one append to a queue (`record`); the windows are brought up to date
 by `refresh`, which the replica calls every second on a worker thread, and before every read (a
-Prometheus scrape, `GetAdapterStats`), so drift never adds work to the request path. Each adapter name has one window, reset when a
-new version (with its own reference profile) starts answering. The window keeps the last
+Prometheus scrape, `GetAdapterStats`), so drift never adds work to the request path. Each
+adapter name has one window, reset when a new version (with its own reference profile) starts
+answering. The window keeps the last
 `window_requests` requests no older than `window_seconds`; below `min_samples` requests the
 live statistics are withheld, since a handful of requests gives noise rather than drift.
 

@@ -177,7 +177,7 @@ class InferenceService:
                 prompt_token_ids=tuple(token_ids),
                 sampling=sampling,
                 adapter_key=adapter.key if adapter else None,
-                score_prompt=drift is not None and drift.wants_prompt_score(),
+                score_prompt=drift is not None and self._engine.scores_prompts and drift.wants_prompt_score(),
             )
             answer = _Answer()
             last_token_at: float | None = None

@@ -58,7 +58,8 @@ class GenerationRequest:
     adapter_key: str | None = None
     """The key an adapter was added under (`add_adapter`); None for the base model."""
     score_prompt: bool = False
-    """Also compute the log-probability of the prompt (drift's prompt surprise), at the cost of its logits."""
+    """Also compute the log-probability of the prompt (drift's prompt surprise), at the cost of its
+    logits; engines whose `scores_prompts` is false ignore it."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,8 @@ class Engine(abc.ABC):
     name: ClassVar[str]
     supported_methods: ClassVar[frozenset[str]]
     """Adapter methods (manifest `method`) this engine can apply."""
+    scores_prompts: ClassVar[bool]
+    """Whether the engine honours `GenerationRequest.score_prompt` (drift's prompt surprise)."""
 
     @abc.abstractmethod
     async def start(self) -> None:

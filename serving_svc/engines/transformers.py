@@ -54,6 +54,7 @@ _DTYPES: dict[str, torch.dtype | str] = {
 class TransformersEngine(Engine):
     name = "transformers"
     supported_methods = frozenset({"lora", "qlora", "dora"})
+    scores_prompts = True
 
     def __init__(self, config: EngineConfig, on_step: Callable[[int], None] = lambda rows: None) -> None:
         self._config = config

