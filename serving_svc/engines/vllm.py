@@ -38,6 +38,7 @@ from serving_svc.engines.base import (
     Usage,
 )
 
+_ENGINE_DEAD = "the vLLM engine has stopped; this replica needs a restart"
 _FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 
 
@@ -183,6 +184,7 @@ class VllmEngine(Engine):
         return EngineStats(running=self._running, waiting=self._waiting)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationDelta, None]:
+        self._check_alive()
         lora = self._lora_request(request.adapter_key)
         completion_tokens = 0
         stream = self.llm.generate(
@@ -214,7 +216,7 @@ class VllmEngine(Engine):
         except VLLMValidationError as exc:
             raise InvalidArgument(str(exc)) from None
         except EngineDeadError:
-            raise Unavailable("the vLLM engine has stopped; this replica needs a restart") from None
+            raise Unavailable(_ENGINE_DEAD) from None
         finally:
             if waiting:
                 self._waiting -= 1
@@ -230,13 +232,19 @@ class VllmEngine(Engine):
         except KeyError:
             raise InternalError(f"adapter {key} was used without being added to the engine") from None
 
+    def _check_alive(self) -> None:
+        """Refuse work once the engine core has died: vLLM would leave an adapter load waiting forever."""
+        if self.llm.errored:
+            raise Unavailable(_ENGINE_DEAD)
+
     async def add_adapter(self, key: str, path: Path) -> None:
+        self._check_alive()
         lora_id = self._lora_ids.setdefault(key, next(self._next_lora_id))
         request = LoRARequest(lora_name=key, lora_int_id=lora_id, lora_path=str(path))
         try:
             await self.llm.add_lora(request)
         except EngineDeadError:
-            raise Unavailable("the vLLM engine has stopped; this replica needs a restart") from None
+            raise Unavailable(_ENGINE_DEAD) from None
         # The engine core reports every load failure as a bare Exception carrying its message.
         except Exception as exc:  # noqa: BLE001
             raise FailedPrecondition(f"the vLLM engine cannot load adapter {key}: {exc}") from None
