@@ -20,7 +20,9 @@ import torch
 from transformers import DynamicCache
 
 Forward = Callable[..., Any]
-"""The model's forward, bound to how the batch's adapters are applied (see TransformersEngine)."""
+"""The model's forward, bound to how the batch's adapters are applied (see TransformersEngine): the
+last position's logits of every row, and every position's logits of the rows named in
+`every_position_of` (None when none is)."""
 
 
 def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -50,10 +52,11 @@ class DecodeBatch:
 
     @classmethod
     def prefill(
-        cls, forward: Forward, prompts: Sequence[Sequence[int]], adapter_names: list[str], *, score: bool = False
-    ) -> tuple[DecodeBatch, torch.Tensor, list[float] | None]:
-        """Run the prompts through the model together: the batch, each row's next-token logits and,
-        with `score`, each prompt's log-probability (tokens 1..n-1), which needs every position's logits."""
+        cls, forward: Forward, prompts: Sequence[Sequence[int]], adapter_names: list[str], scored: Sequence[int] = ()
+    ) -> tuple[DecodeBatch, torch.Tensor, dict[int, float]]:
+        """Run the prompts through the model together: the batch, each row's next-token logits and the
+        log-probability (tokens 1..n-1) of each prompt in `scored` (row indices), from every position's
+        logits of those rows alone."""
         length = max(len(p) for p in prompts)
         input_ids = torch.zeros((len(prompts), length), dtype=torch.long)
         mask = torch.zeros((len(prompts), length), dtype=torch.long)
@@ -62,22 +65,26 @@ class DecodeBatch:
             mask[row, length - len(prompt) :] = 1
         positions = (mask.cumsum(1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits = forward(input_ids, mask, positions, cache, adapter_names, logits_to_keep=0 if score else 1)
-        scores = None
-        if score:
-            token_logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None])
+        logits, every_position = forward(input_ids, mask, positions, cache, adapter_names, every_position_of=scored)
+        scores: dict[int, float] = {}
+        if every_position is not None:
+            rows = list(scored)
+            # log p(token) = its logit - logsumexp(logits): no second [rows, positions, vocabulary] tensor.
+            previous = every_position[:, :-1].float()
+            chosen = previous.gather(-1, input_ids[rows, 1:, None]).squeeze(-1)
+            token_logprobs = chosen - torch.logsumexp(previous, dim=-1)
             # A prompt's first token (and the left padding before it) has no score.
-            scored = mask[:, :-1].bool() & mask[:, 1:].bool()
-            scores = (token_logprobs.squeeze(-1) * scored).sum(1).tolist()
-        return cls(cache, mask, adapter_names), logits[:, -1, :], scores
+            real = mask[rows, :-1].bool() & mask[rows, 1:].bool()
+            scores = dict(zip(rows, (token_logprobs * real).sum(1).tolist(), strict=True))
+        return cls(cache, mask, adapter_names), logits, scores
 
     def step(self, forward: Forward, next_tokens: list[int]) -> torch.Tensor:
         """Feed each row its next token; the logits for the token after it."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self), 1))], dim=1)
         positions = self.mask.sum(1, keepdim=True) - 1
         input_ids = torch.tensor(next_tokens, dtype=torch.long).unsqueeze(1)
-        logits: torch.Tensor = forward(input_ids, self.mask, positions, self.cache, self.adapter_names)
-        return logits[:, -1, :]
+        logits, _ = forward(input_ids, self.mask, positions, self.cache, self.adapter_names)
+        return logits  # type: ignore[no-any-return]
 
     def concatenate(self, other: DecodeBatch) -> None:
         """Append `other`'s rows (both batches must be between the same kind of step)."""

@@ -142,23 +142,20 @@ class Scheduler:
     def _admit(self) -> None:
         """Prefill waiting sequences, as many as free rows allow, and add them to their batches."""
         free = self._max_batch_size - self._count_running()
-        # Prompts to score are prefilled apart: they need every position's logits, the others only the last.
-        admitted: dict[tuple[str, bool], list[Sequence]] = {}
+        admitted: dict[str, list[Sequence]] = {}
         with self._wake:
             while self._waiting and free > 0:
                 sequence = self._waiting.popleft()
                 if not sequence.aborted:
-                    admitted.setdefault((sequence.batch_key, sequence.request.score_prompt), []).append(sequence)
+                    admitted.setdefault(sequence.batch_key, []).append(sequence)
                     free -= 1
-        for (key, score), sequences in admitted.items():
+        for key, sequences in admitted.items():
             forward = self._forward_for(key)
             prompts = [s.request.prompt_token_ids for s in sequences]
-            batch, logits, scores = DecodeBatch.prefill(
-                forward, prompts, [s.adapter_name for s in sequences], score=score
-            )
-            if scores is not None:
-                for sequence, prompt_logprob in zip(sequences, scores, strict=True):
-                    sequence.prompt_logprob = prompt_logprob
+            scored = [row for row, s in enumerate(sequences) if s.request.score_prompt]
+            batch, logits, scores = DecodeBatch.prefill(forward, prompts, [s.adapter_name for s in sequences], scored)
+            for row, prompt_logprob in scores.items():
+                sequences[row].prompt_logprob = prompt_logprob
             kept = self._advance(batch, sequences, logits)
             if not kept:
                 continue

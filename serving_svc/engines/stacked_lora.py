@@ -101,7 +101,8 @@ class _LayerTable:
             return lambda x, out: out.view(-1, self.out_features).addmm_(
                 ((x @ a_cat) * mask).view(-1, b_cat.shape[0]), b_cat
             )
-        index = torch.tensor(slots, dtype=torch.long)
+        # Slot 0 (zeros) for rows whose adapter has no weights here: their slot holds no data in this table.
+        index = torch.tensor([slot if slot in self.used else 0 for slot in slots], dtype=torch.long)
         a_rows, b_rows = self.a[index], self.b[index]
         return lambda x, out: out.baddbmm_(torch.bmm(x, a_rows), b_rows)
 

@@ -22,6 +22,7 @@ import copy
 import logging
 import warnings
 from collections.abc import AsyncGenerator, Callable
+from collections.abc import Sequence as Rows
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -161,8 +162,8 @@ class TransformersEngine(Engine):
             positions: torch.Tensor,
             cache: Any,
             adapter_names: list[str],
-            logits_to_keep: int = 1,
-        ) -> torch.Tensor:
+            every_position_of: Rows[int] = (),
+        ) -> tuple[torch.Tensor, torch.Tensor | None]:
             model: Any = self._model
             applied: AbstractContextManager[None]
             if batch_key == MIXED:
@@ -174,19 +175,36 @@ class TransformersEngine(Engine):
                 assert self._peft is not None
                 self._peft.set_adapter(self._adapters[batch_key][0])
                 applied = nullcontext()
-            with applied:
-                output = model(
-                    input_ids=input_ids,
-                    attention_mask=mask,
-                    position_ids=positions,
-                    past_key_values=cache,
-                    use_cache=True,
-                    logits_to_keep=logits_to_keep,
-                )
-            logits: torch.Tensor = output.logits  # [rows, positions kept (all with 0), vocabulary]
-            return logits
+            hidden: list[torch.Tensor] = []
+            capture = (
+                model.get_decoder().register_forward_hook(lambda m, a, out: hidden.append(out.last_hidden_state))
+                if every_position_of
+                else None
+            )
+            try:
+                with applied:
+                    output = model(
+                        input_ids=input_ids,
+                        attention_mask=mask,
+                        position_ids=positions,
+                        past_key_values=cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                    )
+            finally:
+                if capture is not None:
+                    capture.remove()
+            every_position = self._logits(model, hidden[0][list(every_position_of)]) if hidden else None
+            return output.logits[:, -1, :], every_position
 
         return forward
+
+    @staticmethod
+    def _logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's logits for these hidden states, as its own forward computes them from the last ones."""
+        logits: torch.Tensor = model.get_output_embeddings()(hidden)
+        cap = getattr(model.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
 
     def _use_peft_layers(self, enabled: bool) -> None:
         """Switch peft's own LoRA layers on (unstacked adapters) or off (stacked ones add their deltas)."""
