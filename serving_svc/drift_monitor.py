@@ -93,7 +93,8 @@ class DriftMonitor:
         self._clock = clock
         self._draw = draw
         self._pending: deque[tuple[float, str, int, Path, Sample]] = deque()  # appends are thread-safe
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the windows; held while a refresh folds the queue in
+        self._requests_lock = threading.Lock()  # the request ids only, so recording never waits on a refresh
         self._windows: dict[str, _Window] = {}
         self._totals: dict[str, int] = {}
         self._requests: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request id -> (adapter, version)
@@ -108,23 +109,24 @@ class DriftMonitor:
     def record(self, request_id: str, adapter: str, version: int, profile_path: Path, sample: Sample) -> None:
         """One answered request of `adapter` version `version`, whose reference is at `profile_path`."""
         self._pending.append((self._clock(), adapter, version, profile_path, sample))
-        with self._lock:
+        with self._requests_lock:
             self._requests[request_id] = (adapter, version)
             if len(self._requests) > _REMEMBERED_REQUESTS:
                 self._requests.popitem(last=False)
 
     def record_feedback(self, request_id: str, score: float) -> str:
         """Count a caller's score for an answered request; returns its adapter's name."""
-        with self._lock:
+        with self._requests_lock:
             entry = self._requests.get(request_id)
-            if entry is None:
-                raise NotFound(
-                    f"no recent request {request_id!r} on this replica: feedback takes the request_id of a "
-                    f"Generate response from the last {_REMEMBERED_REQUESTS} requests",
-                    field="request_id",
-                )
+        if entry is None:
+            raise NotFound(
+                f"no recent request {request_id!r} on this replica: feedback takes the request_id of a "
+                f"Generate response from the last {_REMEMBERED_REQUESTS} requests",
+                field="request_id",
+            )
+        adapter, version = entry
+        with self._lock:
             self._drain()
-            adapter, version = entry
             window = self._windows.get(adapter)
             if window is not None and window.version == version:
                 window.feedback.append((self._clock(), score))
