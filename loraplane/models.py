@@ -20,6 +20,7 @@ import shutil
 import tempfile
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from loraplane.errors import FailedPrecondition, InternalError
 
@@ -133,3 +134,17 @@ def _move_into_place(staging: Path, dest: Path) -> None:
         if not is_complete_model(dest):
             raise
         logger.info("%s was prepared concurrently; keeping that copy", dest)
+
+
+def end_token_ids(model: Any, tokenizer: Any) -> list[int]:
+    """The tokens that end a model's answer: its generation config's eos ids and the tokenizer's eos.
+
+    Both are read: a model's generation config may name end tokens (several, for some chat models)
+    that the tokenizer's eos does not cover, and generating past one runs into a turn of its own.
+    """
+    config = getattr(model, "generation_config", None)
+    ids = getattr(config, "eos_token_id", None)
+    ends = [ids] if isinstance(ids, int) else list(ids or [])
+    if tokenizer.eos_token_id is not None:
+        ends.append(tokenizer.eos_token_id)
+    return sorted({int(i) for i in ends})

@@ -178,9 +178,7 @@ def feedback_score(request: serving_pb2.RecordFeedbackRequest) -> float:
         raise InvalidArgument("name the answer by the request_id its Generate response carried", field="request_id")
     kind = request.WhichOneof("outcome")
     if kind == "score":
-        if not (math.isfinite(request.score) and 0.0 <= request.score <= 1.0):
-            raise InvalidArgument(f"score must be in [0, 1], got {request.score}", field="score")
-        return request.score
+        return request.score  # its range is the inference service's to check, whichever front sent it
     if kind == "label" and request.label in _FEEDBACK_LABEL_SCORES:
         return _FEEDBACK_LABEL_SCORES[request.label]
     raise InvalidArgument("give the outcome as score (0 to 1) or label (GOOD or BAD)", field="score")

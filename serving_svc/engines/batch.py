@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-Forward = Callable[..., Any]
+Forward = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 """The model's forward, bound to how the batch's adapters are applied (see TransformersEngine): the
 last position's logits of every row, and every position's logits of the rows named in
-`every_position_of` (None when none is)."""
+`every_position_of` (None when no row is named)."""
 
 
 def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -52,7 +52,7 @@ class DecodeBatch:
 
     @classmethod
     def prefill(
-        cls, forward: Forward, prompts: Sequence[Sequence[int]], adapter_names: list[str], scored: Sequence[int] = ()
+        cls, forward: Forward, prompts: Sequence[Sequence[int]], adapter_names: list[str], scored: list[int]
     ) -> tuple[DecodeBatch, torch.Tensor, dict[int, float]]:
         """Run the prompts through the model together: the batch, each row's next-token logits and the
         log-probability (tokens 1..n-1) of each prompt in `scored` (row indices), from every position's
@@ -68,7 +68,7 @@ class DecodeBatch:
         logits, every_position = forward(input_ids, mask, positions, cache, adapter_names, every_position_of=scored)
         scores: dict[int, float] = {}
         if every_position is not None:
-            rows = list(scored)
+            rows = scored
             # log p(token) = its logit - logsumexp(logits): no second [rows, positions, vocabulary] tensor.
             previous = every_position[:, :-1].float()
             chosen = previous.gather(-1, input_ids[rows, 1:, None]).squeeze(-1)
@@ -84,7 +84,7 @@ class DecodeBatch:
         positions = self.mask.sum(1, keepdim=True) - 1
         input_ids = torch.tensor(next_tokens, dtype=torch.long).unsqueeze(1)
         logits, _ = forward(input_ids, self.mask, positions, self.cache, self.adapter_names)
-        return logits  # type: ignore[no-any-return]
+        return logits
 
     def concatenate(self, other: DecodeBatch) -> None:
         """Append `other`'s rows (both batches must be between the same kind of step)."""

@@ -3,8 +3,8 @@
 transformers' own continuous batching (`generate_batch`, 5.x) has no notion of a per-request
 adapter, and its paged attention targets GPUs; peft's mixed-adapter batches (`adapter_names`)
 have no scheduler. This engine adds one: `Scheduler` batches requests continuously and each
-forward pass applies every row's own adapter, as stacked LoRA weights (`StackedLora`) when they are plain LoRA; peft's
-own `adapter_names` loop cost 3.4x per step at 32 adapters. Plain LoRA adapters are read straight
+forward pass applies every row's own adapter, as stacked LoRA weights (`StackedLora`) when they
+are plain LoRA; peft's own `adapter_names` loop cost 3.4x per step at 32 adapters. Plain LoRA adapters are read straight
 from their safetensors into the stacks (`lora_weights`), because peft's `load_adapter` takes
 seconds once many adapters are resident; peft loads and applies the others (DoRA), each in
 batches of its own.
@@ -22,7 +22,6 @@ import copy
 import logging
 import warnings
 from collections.abc import AsyncGenerator, Callable
-from collections.abc import Sequence as Rows
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -34,6 +33,7 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from loraplane.errors import FailedPrecondition, InternalError, StartupError, Unavailable
+from loraplane.models import end_token_ids
 from serving_svc.engines.base import Engine, EngineConfig, EngineStats, GenerationDelta, GenerationRequest, Tokenizer
 from serving_svc.engines.batch import Forward
 from serving_svc.engines.detokenizer import IncrementalDetokenizer
@@ -107,19 +107,12 @@ class TransformersEngine(Engine):
             self._forward_for,
             max_batch_size=self._config.max_batch_size,
             max_model_len=self._max_model_len,
-            end_token_ids=self._end_token_ids(model),
+            end_token_ids=end_token_ids(model, self._tokenizer),
             on_step=self._on_step,
             # Its own copy: a fast tokenizer is not meant to be shared between threads.
             decoder=copy.deepcopy(self._tokenizer),
         )
         log.info("transformers engine: %s in %s, up to %d rows a step", path, model.dtype, self._config.max_batch_size)
-
-    def _end_token_ids(self, model: PreTrainedModel) -> list[int]:
-        ids = model.generation_config.eos_token_id if model.generation_config is not None else None
-        ids = [ids] if isinstance(ids, int) else list(ids or [])
-        if self._tokenizer.eos_token_id is not None:
-            ids.append(int(self._tokenizer.eos_token_id))
-        return ids
 
     async def close(self) -> None:
         if self._scheduler is not None:
@@ -162,7 +155,7 @@ class TransformersEngine(Engine):
             positions: torch.Tensor,
             cache: Any,
             adapter_names: list[str],
-            every_position_of: Rows[int] = (),
+            every_position_of: list[int] | None = None,
         ) -> tuple[torch.Tensor, torch.Tensor | None]:
             model: Any = self._model
             applied: AbstractContextManager[None]
@@ -194,7 +187,7 @@ class TransformersEngine(Engine):
             finally:
                 if capture is not None:
                     capture.remove()
-            every_position = self._logits(model, hidden[0][list(every_position_of)]) if hidden else None
+            every_position = self._logits(model, hidden[0][every_position_of]) if hidden else None
             return output.logits[:, -1, :], every_position
 
         return forward

@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from loraplane.drift import Profile, ProfileBuilder, Sample
+from loraplane.models import end_token_ids
 from trainer_svc.worker.scoring import token_logprobs
 from trainer_svc.worker.tokenization import TokenizedExample
 
@@ -32,9 +33,7 @@ def _generate(
     sum of their log-probabilities."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    end_ids = {int(i) for i in ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])}
-    config_end = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    end_ids |= {int(i) for i in ([config_end] if isinstance(config_end, int) else config_end or [])}
+    end_ids = end_token_ids(model, tokenizer)
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -47,7 +46,7 @@ def _generate(
         max_new_tokens=max_new_tokens,
         do_sample=False,
         pad_token_id=pad,
-        eos_token_id=sorted(end_ids) or None,
+        eos_token_id=end_ids or None,
         output_logits=True,
         return_dict_in_generate=True,
     )
