@@ -38,6 +38,7 @@ from serving_svc.engines.base import Engine, EngineConfig, EngineStats, Generati
 from serving_svc.engines.batch import Forward
 from serving_svc.engines.detokenizer import IncrementalDetokenizer
 from serving_svc.engines.lora_weights import read_adapter
+from serving_svc.engines.packed_linear import pack_linear_weights
 from serving_svc.engines.sampler import RowSampler
 from serving_svc.engines.scheduler import MIXED, Scheduler, Sequence
 from serving_svc.engines.stacked_lora import BASE, StackedLora
@@ -95,6 +96,7 @@ class TransformersEngine(Engine):
                 "model folder (or run `loraplane prepare-model`)"
             ) from None
         model.eval()
+        packed = pack_linear_weights(model, expected_rows=self._config.max_batch_size)
         longest = int(getattr(model.config, "max_position_embeddings", 0) or self._config.max_model_len)
         if self._config.max_model_len > longest:
             raise StartupError(
@@ -112,7 +114,13 @@ class TransformersEngine(Engine):
             # Its own copy: a fast tokenizer is not meant to be shared between threads.
             decoder=copy.deepcopy(self._tokenizer),
         )
-        log.info("transformers engine: %s in %s, up to %d rows a step", path, model.dtype, self._config.max_batch_size)
+        log.info(
+            "transformers engine: %s in %s, up to %d rows a step, %d linear layers on oneDNN-packed weights",
+            path,
+            model.dtype,
+            self._config.max_batch_size,
+            packed,
+        )
 
     async def close(self) -> None:
         if self._scheduler is not None:
