@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from loraplane.errors import FailedPrecondition, InternalError, StartupError, Unavailable
 from loraplane.models import end_token_ids
+from serving_svc.engines.attention import register_grouped_sdpa
 from serving_svc.engines.base import Engine, EngineConfig, EngineStats, GenerationDelta, GenerationRequest, Tokenizer
 from serving_svc.engines.batch import Forward
 from serving_svc.engines.detokenizer import IncrementalDetokenizer
@@ -88,7 +89,7 @@ class TransformersEngine(Engine):
         try:
             self._tokenizer = AutoTokenizer.from_pretrained(path)
             model = AutoModelForCausalLM.from_pretrained(
-                path, dtype=_DTYPES[self._config.dtype], attn_implementation="sdpa"
+                path, dtype=_DTYPES[self._config.dtype], attn_implementation=register_grouped_sdpa()
             )
         except OSError as exc:
             raise StartupError(
