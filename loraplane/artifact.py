@@ -35,6 +35,10 @@ MANIFEST = "manifest.json"
 RESERVATION = "reservation.json"
 _MAX_VERSION_CLAIMS = 100
 
+PromptFormat = Literal["chat", "raw"]
+"""How an adapter was trained on prompt/completion examples, and so how serving sends it a plain
+prompt: as the user turn of the base model's chat template, or as it is."""
+
 
 class BaseModelInfo(BaseModel):
     name: str
@@ -57,6 +61,9 @@ class ManifestDraft(BaseModel):
     metrics: dict[str, float]
     dataset: DatasetInfo
     job_id: str
+    prompt_format: PromptFormat = Field(
+        "raw", description="versions published before the field existed were all trained raw"
+    )
 
 
 class Manifest(ManifestDraft):

@@ -38,6 +38,13 @@ class Method(enum.StrEnum):
     dora = "dora"
 
 
+PromptFormat = enum.StrEnum(  # type: ignore[misc]
+    "PromptFormat",
+    [name.removeprefix("PROMPT_FORMAT_").lower() for name in trainer_pb2.PromptFormat.keys()[1:]],
+)
+"""auto, chat or raw: the proto's PromptFormat values."""
+
+
 class State(enum.StrEnum):
     validating = "validating"
     queued = "queued"
@@ -100,7 +107,9 @@ def _print_outcome(job: trainer_pb2.Job) -> None:
             f"[green]succeeded[/green]: {job.adapter.name}@v{job.adapter.version} at {job.adapter.uri}\n"
             f"  train loss {m.train_loss:.4f}, validation loss {m.validation_loss:.4f} "
             f"(perplexity {m.validation_perplexity:.2f}), forgetting probe {m.forgetting_probe_base_loss:.3f}"
-            f" -> {m.forgetting_probe_adapter_loss:.3f}"
+            f" -> {m.forgetting_probe_adapter_loss:.3f}\n"
+            f"  published step {m.best_step} of {m.steps}"
+            + (f", stopped early ({m.steps_saved} steps saved)" if m.stopped_early else "")
         )
     else:
         error = f": {job.error.code} {job.error.field + ': ' if job.error.field else ''}{job.error.message}"
@@ -115,11 +124,18 @@ def train(
     validation: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Validation JSONL.")] = None,
     base_model: Annotated[str, typer.Option(help="Base model name; default: the trainer's.")] = "",
     method: Method = Method.lora,
+    prompt_format: Annotated[
+        PromptFormat,
+        typer.Option(help="How prompt/completion examples are trained: auto = chat on a model with a chat template."),
+    ] = PromptFormat.auto,  # type: ignore[attr-defined]
     rank: Annotated[int, typer.Option(help="LoRA rank; 0 = trainer default.")] = 0,
     epochs: float = 0.0,
     max_steps: int = 0,
     batch_size: int = 0,
     learning_rate: float = 0.0,
+    early_stopping_patience: Annotated[
+        int | None, typer.Option(help="Evaluations without improvement before stopping; 0 = off.")
+    ] = None,
     watch: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
     trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
 ) -> None:
@@ -134,9 +150,14 @@ def train(
             validation_file=validation,
             base_model=base_model,
             method=method.value,
+            prompt_format=prompt_format.value,
             lora=trainer_pb2.LoraParameters(rank=rank),
             training=trainer_pb2.TrainingParameters(
-                epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate
+                epochs=epochs,
+                max_steps=max_steps,
+                batch_size=batch_size,
+                learning_rate=learning_rate,
+                early_stopping_patience=early_stopping_patience,
             ),
         )
         console.print(f"job [bold]{job.id}[/bold] {_state_name(job.state)}")
@@ -192,7 +213,7 @@ def jobs(
 @app.command()
 def adapters(loaded: bool = False, serving: ServingTarget = DEFAULT_SERVING_TARGET) -> None:
     """List the adapters the serving replica can answer with."""
-    table = Table("adapter", "version", "method", "rank", "loaded", "created")
+    table = Table("adapter", "version", "method", "rank", "prompt format", "loaded", "created")
     with _reporting_errors(), LoraplaneClient(serving=serving) as client:
         for info in client.inference.list_adapters(loaded_only=loaded):
             table.add_row(
@@ -200,6 +221,7 @@ def adapters(loaded: bool = False, serving: ServingTarget = DEFAULT_SERVING_TARG
                 f"v{info.ref.version}",
                 info.method,
                 str(info.rank),
+                info.prompt_format,
                 "yes" if info.loaded else "",
                 info.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
             )

@@ -78,11 +78,14 @@ class Jobs:
         training_file: Path | None = None,
         training_uri: str | None = None,
         validation_file: Path | None = None,
+        test_file: Path | None = None,
         base_model: str = "",
         method: str = "lora",
+        prompt_format: str = "auto",
         lora: trainer_pb2.LoraParameters | None = None,
         training: trainer_pb2.TrainingParameters | None = None,
         labels: dict[str, str] | None = None,
+        refuse_leakage: bool = False,
         request_id: str | None = None,
     ) -> trainer_pb2.Job:
         """Submit a job. A retry with the same request_id returns the first job, not a second."""
@@ -100,7 +103,10 @@ class Jobs:
             validation_data=(
                 trainer_pb2.Dataset(inline_jsonl=validation_file.read_text()) if validation_file else None
             ),
+            test_data=trainer_pb2.Dataset(inline_jsonl=test_file.read_text()) if test_file else None,
+            refuse_leakage=refuse_leakage,
             method=trainer_pb2.Method.Value(f"METHOD_{method.upper()}"),
+            prompt_format=trainer_pb2.PromptFormat.Value(f"PROMPT_FORMAT_{prompt_format.upper()}"),
             lora=lora,
             training=training,
             labels=labels or {},

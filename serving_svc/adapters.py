@@ -161,10 +161,15 @@ class AdapterManager:
     @asynccontextmanager
     async def use(self, spec: AdapterSpec | None) -> AsyncIterator[ResolvedAdapter | None]:
         """The loaded version `spec` names (None: the base model), kept from eviction while in use."""
-        if spec is None:
+        async with self.hold(await self.resolve(spec) if spec is not None else None) as adapter:
+            yield adapter
+
+    @asynccontextmanager
+    async def hold(self, adapter: ResolvedAdapter | None) -> AsyncIterator[ResolvedAdapter | None]:
+        """`adapter` (a version `resolve` returned; None: the base model) loaded, and kept from eviction while held."""
+        if adapter is None:
             yield None
             return
-        adapter = await self.resolve(spec)
         slot = await self._ensure_loaded(adapter)
         slot.in_use += 1  # no await since _ensure_loaded returned: eviction cannot slip in between
         try:

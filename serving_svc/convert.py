@@ -158,6 +158,7 @@ def adapter_info(adapter: ResolvedAdapter, *, loaded: bool) -> serving_pb2.Adapt
         rank=manifest.rank,
         created_at=created_at,
         loaded=loaded,
+        prompt_format=manifest.prompt_format,
     )
 
 

@@ -22,6 +22,7 @@ from serving_svc.adapters import AdapterManager, ResolvedAdapter
 from serving_svc.admission import Admission
 from serving_svc.drift_monitor import AdapterDrift, DriftMonitor
 from serving_svc.engines.base import (
+    ChatMessage,
     Engine,
     FinishReason,
     GenerationDelta,
@@ -32,6 +33,15 @@ from serving_svc.engines.base import (
     Usage,
 )
 from serving_svc.metrics import BASE_MODEL_LABEL, NO_ADAPTER_LABEL, RequestRecord, ServingMetrics
+
+
+def as_trained(prompt: Prompt, adapter: ResolvedAdapter | None) -> Prompt:
+    """The prompt in the format the adapter was trained in: a plain prompt to an adapter trained in
+    chat format becomes the user turn of the chat template, as its training examples were. Chat
+    messages stay messages, and the base model takes either as sent."""
+    if isinstance(prompt, str) and adapter is not None and adapter.manifest.prompt_format == "chat":
+        return [ChatMessage(role="user", content=prompt)]
+    return prompt
 
 
 @dataclass(frozen=True)
@@ -164,9 +174,10 @@ class InferenceService:
 
     async def _generate(self, request: GenerationInput, record: RequestRecord) -> AsyncGenerator[GenerationChunk, None]:
         received = time.perf_counter()
-        token_ids = await self._engine.tokenize(request.prompt)
+        resolved = await self._adapters.resolve(request.adapter) if request.adapter else None
+        token_ids = await self._engine.tokenize(as_trained(request.prompt, resolved))
         sampling = self._checked_sampling(request, len(token_ids))
-        async with self._admission.place(), self._adapters.use(request.adapter) as adapter:
+        async with self._admission.place(), self._adapters.hold(resolved) as adapter:
             label = self._metrics.adapter_label(adapter.manifest.name) if adapter else BASE_MODEL_LABEL
             record.adapter = label
             metrics = self._metrics

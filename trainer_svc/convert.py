@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from loraplane.errors import InvalidArgument
 from loraplane.proto import common_pb2, trainer_pb2
 from trainer_svc.jobs import Job, JobEvent, JobState
-from trainer_svc.spec import DatasetSource, JobSpec, LoraParameters, TrainingParameters
+from trainer_svc.spec import TASK_METRICS, DatasetSource, JobSpec, LoraParameters, TaskMetric, TrainingParameters
 
 _METHODS = {
     trainer_pb2.METHOD_UNSPECIFIED: "lora",
@@ -20,6 +20,21 @@ _METHODS = {
     trainer_pb2.METHOD_DORA: "dora",
 }
 _METHOD_ENUMS = {"lora": trainer_pb2.METHOD_LORA, "qlora": trainer_pb2.METHOD_QLORA, "dora": trainer_pb2.METHOD_DORA}
+_PROMPT_FORMATS = {
+    trainer_pb2.PROMPT_FORMAT_UNSPECIFIED: "auto",
+    trainer_pb2.PROMPT_FORMAT_AUTO: "auto",
+    trainer_pb2.PROMPT_FORMAT_CHAT: "chat",
+    trainer_pb2.PROMPT_FORMAT_RAW: "raw",
+}
+_PROMPT_FORMAT_ENUMS = {
+    "auto": trainer_pb2.PROMPT_FORMAT_AUTO,
+    "chat": trainer_pb2.PROMPT_FORMAT_CHAT,
+    "raw": trainer_pb2.PROMPT_FORMAT_RAW,
+}
+_TASK_METRICS: dict[trainer_pb2.TaskMetric.ValueType, TaskMetric] = {
+    trainer_pb2.TaskMetric.Value(f"TASK_METRIC_{name.upper()}"): name for name in TASK_METRICS
+}
+_TASK_METRIC_ENUMS = {name: value for value, name in _TASK_METRICS.items()}
 _STATES: dict[JobState, trainer_pb2.JobState.ValueType] = {
     state: trainer_pb2.JobState.Value(f"JOB_STATE_{state.value}") for state in JobState
 }
@@ -43,6 +58,11 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
     """A validated JobSpec; InvalidArgument names the first bad field as spec.<path>."""
     if message.method not in _METHODS:
         raise InvalidArgument(f"unknown method {message.method}", field="spec.method")
+    if message.prompt_format not in _PROMPT_FORMATS:
+        raise InvalidArgument(f"unknown prompt format {message.prompt_format}", field="spec.prompt_format")
+    for index, metric in enumerate(message.task_metrics):
+        if metric not in _TASK_METRICS:
+            raise InvalidArgument(f"unknown task metric {metric}", field=f"spec.task_metrics[{index}]")
     training_data = _dataset(message.training_data)
     if training_data is None:
         raise InvalidArgument("give training data as inline_jsonl or uri", field="spec.training_data")
@@ -54,8 +74,12 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
             validation_data=_dataset(message.validation_data),
             method=_METHODS[message.method],  # type: ignore[arg-type]
             lora=LoraParameters(**_nonzero(message.lora, ("rank", "alpha", "dropout", "target_modules"))),
-            training=TrainingParameters(**_nonzero(message.training, tuple(TrainingParameters.model_fields))),
+            training=TrainingParameters(**_training_fields(message.training)),
             labels=dict(message.labels),
+            prompt_format=_PROMPT_FORMATS[message.prompt_format],  # type: ignore[arg-type]
+            test_data=_dataset(message.test_data),
+            task_metrics=[_TASK_METRICS[m] for m in message.task_metrics] or list(TASK_METRICS),
+            refuse_leakage=message.refuse_leakage,
         )
     except ValidationError as exc:
         error = exc.errors()[0]
@@ -63,6 +87,14 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
         section = "lora" if exc.title == "LoraParameters" else "training" if exc.title == "TrainingParameters" else ""
         field = ".".join(p for p in ("spec", section, where) if p)
         raise InvalidArgument(f"{error['msg']} (got {error.get('input')!r})", field=field) from None
+
+
+def _training_fields(message: trainer_pb2.TrainingParameters) -> dict[str, object]:
+    """The training fields the caller set; early_stopping_patience has presence, so an explicit 0 turns it off."""
+    fields = _nonzero(message, tuple(TrainingParameters.model_fields))
+    if message.HasField("early_stopping_patience"):
+        fields["early_stopping_patience"] = message.early_stopping_patience
+    return fields
 
 
 def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
@@ -80,10 +112,14 @@ def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
         adapter_name=spec.adapter_name,
         training_data=dataset(spec.training_data),
         validation_data=dataset(spec.validation_data),
+        test_data=dataset(spec.test_data),
+        task_metrics=[_TASK_METRIC_ENUMS[m] for m in spec.task_metrics],
+        refuse_leakage=spec.refuse_leakage,
         method=_METHOD_ENUMS[spec.method],
         lora=trainer_pb2.LoraParameters(**spec.lora.model_dump()),
         training=trainer_pb2.TrainingParameters(**spec.training.model_dump()),
         labels=spec.labels,
+        prompt_format=_PROMPT_FORMAT_ENUMS[spec.prompt_format],
     )
 
 
@@ -113,7 +149,7 @@ def job_to_proto(job: Job) -> trainer_pb2.Job:
         spec=spec,
         state=_STATES[job.state],
         progress=trainer_pb2.JobProgress(**job.progress.model_dump()),
-        metrics=_metrics_to_proto(job.metrics),
+        metrics=_metrics_to_proto(job),
         created_at=_timestamp(job.created_at),
         started_at=_timestamp(job.started_at),
         finished_at=_timestamp(job.finished_at),
@@ -125,12 +161,25 @@ def job_to_proto(job: Job) -> trainer_pb2.Job:
     return message
 
 
-def _metrics_to_proto(metrics: dict[str, float]) -> trainer_pb2.JobMetrics:
-    """Known metrics, cast to their proto field types; others stay in the manifest only."""
+def _metrics_to_proto(job: Job) -> trainer_pb2.JobMetrics:
+    """Known metrics, cast to their proto field types (others stay in the manifest only), with the task
+    scores and checkpoints."""
     fields = trainer_pb2.JobMetrics.DESCRIPTOR.fields_by_name
     casts = {FieldDescriptor.TYPE_DOUBLE: float, FieldDescriptor.TYPE_UINT32: int, FieldDescriptor.TYPE_BOOL: bool}
+    scalars = {
+        name: casts[fields[name].type](value)
+        for name, value in {**job.dataset_metrics, **job.metrics}.items()
+        if name in fields and fields[name].type in casts and not fields[name].is_repeated
+    }
     return trainer_pb2.JobMetrics(
-        **{name: casts[fields[name].type](value) for name, value in metrics.items() if name in fields}
+        **scalars,
+        task_scores=[
+            trainer_pb2.TaskScore(
+                metric=_TASK_METRIC_ENUMS[score.metric], base=score.base, adapter=score.adapter, examples=score.examples
+            )
+            for score in job.task_scores
+        ],
+        checkpoints=[trainer_pb2.Checkpoint(**checkpoint.model_dump()) for checkpoint in job.checkpoints],
     )
 
 

@@ -1,12 +1,15 @@
 """Training data: parse and validate JSONL, naming the line and field of every mistake.
 
-Two formats, one example per line:
-    {"prompt": "...", "completion": "..."}
-    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
-The service validates a dataset before it accepts a job, then hands the worker the normalised
-examples (`write_examples` / `read_examples`), so a worker never sees malformed data. Each
-example keeps the line it came from, so errors found later (too many tokens) still name the
-line the user wrote.
+Three formats, one example per line:
+    {"prompt": "...", "completion": "..."}                                  instruction tuning
+    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}    chat
+    {"text": "..."}                                                          continued pre-training
+A line whose keys fit two formats, or none, is refused with the reason. The service validates a
+dataset before it accepts a job, removes duplicates (`deduplicate`), looks for held-out examples
+that also appear in training (`leaked`), then hands the worker the normalised examples
+(`write_examples` / `read_examples`), so a worker never sees malformed data. Each example keeps
+the line it came from, so errors found later (too many tokens) still name the line the user
+wrote.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import hashlib
 import json
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -46,7 +50,14 @@ class ChatExample(BaseModel):
         return self
 
 
-Example = PromptCompletion | ChatExample
+class TextExample(BaseModel):
+    """Plain text the model learns every token of (continued pre-training)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1)
+
+
+Example = PromptCompletion | ChatExample | TextExample
 
 
 class SourcedExample(BaseModel):
@@ -56,12 +67,23 @@ class SourcedExample(BaseModel):
     example: Example
 
 
+_FORMATS: dict[str, tuple[type[BaseModel], frozenset[str]]] = {
+    "prompt/completion": (PromptCompletion, frozenset({"prompt", "completion"})),
+    "messages": (ChatExample, frozenset({"messages"})),
+    "text": (TextExample, frozenset({"text"})),
+}
+
+
 def _parse_line(obj: object) -> Example:
-    if isinstance(obj, dict) and "messages" in obj:
-        return ChatExample.model_validate(obj)
-    if isinstance(obj, dict) and ("prompt" in obj or "completion" in obj):
-        return PromptCompletion.model_validate(obj)
-    raise ValueError('expected an object with "prompt" and "completion", or with "messages"')
+    if not isinstance(obj, dict):
+        raise ValueError('expected an object with "prompt" and "completion", with "messages", or with "text"')
+    fits = [name for name, (_, keys) in _FORMATS.items() if keys & obj.keys()]
+    if len(fits) > 1:
+        raise ValueError(f"the object fits two formats ({' and '.join(fits)}); give the keys of one only")
+    if not fits:
+        raise ValueError('expected an object with "prompt" and "completion", with "messages", or with "text"')
+    model, _ = _FORMATS[fits[0]]
+    return model.model_validate(obj)  # type: ignore[return-value]
 
 
 def _describe(error: ValidationError) -> str:
@@ -116,6 +138,57 @@ def write_examples(path: Path, examples: list[SourcedExample]) -> None:
 def read_examples(path: Path) -> list[SourcedExample]:
     """Examples `write_examples` wrote: already validated, so no line-level checks here."""
     return [SourcedExample.model_validate_json(line) for line in path.read_text().split("\n") if line]
+
+
+def _normalised(example: Example) -> str:
+    """What two examples that differ only in case and whitespace have in common."""
+    if isinstance(example, PromptCompletion):
+        parts = [example.prompt, example.completion]
+    elif isinstance(example, ChatExample):
+        parts = [f"{turn.role}:{turn.content}" for turn in example.messages]
+    else:
+        parts = [example.text]
+    return "\x1f".join(" ".join(part.casefold().split()) for part in parts)
+
+
+def deduplicate(examples: list[SourcedExample]) -> tuple[list[SourcedExample], int]:
+    """The examples without repeats (the same after case and whitespace are normalised), first kept; and how
+    many were removed. A repeated example is weighted twice in training and can sit on both sides of a split."""
+    seen: set[str] = set()
+    kept = []
+    for sourced in examples:
+        key = _normalised(sourced.example)
+        if key not in seen:
+            seen.add(key)
+            kept.append(sourced)
+    return kept, len(examples) - len(kept)
+
+
+def leaked(held_out: list[SourcedExample], train: list[SourcedExample]) -> list[int]:
+    """Lines of `held_out` whose example (normalised) is also in `train`: scores on them measure memory."""
+    seen = {_normalised(sourced.example) for sourced in train}
+    return [sourced.line for sourced in held_out if _normalised(sourced.example) in seen]
+
+
+@dataclass(frozen=True)
+class JobData:
+    """A job's examples as the service accepted them, and what cleaning them found."""
+
+    train: list[SourcedExample]
+    validation: list[SourcedExample]
+    test: list[SourcedExample]
+    duplicates_removed: int
+    leaked_examples: int
+
+    def metrics(self) -> dict[str, float]:
+        return {"duplicates_removed": float(self.duplicates_removed), "leaked_examples": float(self.leaked_examples)}
+
+    def summary(self) -> str:
+        test = f", {len(self.test)} test" if self.test else ""
+        return (
+            f"dataset valid: {len(self.train)} training, {len(self.validation)} validation{test} examples; "
+            f"{self.duplicates_removed} duplicates removed, {self.leaked_examples} held-out examples also in training"
+        )
 
 
 def fingerprint(examples: list[SourcedExample]) -> str:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
-from trainer_svc.progress import PublishedAdapter
+from trainer_svc.progress import Checkpoint, PublishedAdapter, TaskScore
 from trainer_svc.spec import JobSpec
 
 
@@ -51,6 +51,10 @@ class Job(BaseModel):
     state: JobState = JobState.VALIDATING
     progress: JobProgress = Field(default_factory=JobProgress)
     metrics: dict[str, float] = Field(default_factory=dict)
+    dataset_metrics: dict[str, float] = Field(default_factory=dict)
+    """What validating the data found (duplicates removed, leaks); kept when a restart clears `metrics`."""
+    task_scores: list[TaskScore] = Field(default_factory=list)
+    checkpoints: list[Checkpoint] = Field(default_factory=list)
     adapter: PublishedAdapter | None = None
     error: JobError | None = None
     created_at: datetime = Field(default_factory=utcnow)

@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from trainer_svc.spec import TaskMetric
+
 Phase = Literal["loading_model", "tokenizing", "training", "evaluating", "publishing"]
 
 
@@ -44,12 +46,32 @@ class PublishedAdapter(BaseModel):
     manifest_sha256: str
 
 
+class TaskScore(BaseModel):
+    """A task metric of the greedy answers to the test prompts, by the base model and by the adapter."""
+
+    metric: TaskMetric
+    base: float
+    adapter: float
+    examples: int
+
+
+class Checkpoint(BaseModel):
+    """One evaluation during training; the published checkpoint is the best by validation loss."""
+
+    step: int
+    validation_loss: float
+    train_loss: float
+    published: bool
+
+
 class ResultEvent(BaseModel):
     """The last event of a successful run."""
 
     kind: Literal["result"] = "result"
     adapter: PublishedAdapter
     metrics: dict[str, float]
+    task_scores: list[TaskScore] = Field(default_factory=list)
+    checkpoints: list[Checkpoint] = Field(default_factory=list)
 
 
 class ErrorEvent(BaseModel):

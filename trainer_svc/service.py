@@ -19,6 +19,7 @@ from loraplane.errors import FailedPrecondition, InvalidArgument, LoraplaneError
 from loraplane.names import validate_adapter_name
 from loraplane.storage import open_store
 from trainer_svc import dataset
+from trainer_svc.dataset import JobData
 from trainer_svc.executors import Executor
 from trainer_svc.job_store import JobStore
 from trainer_svc.jobs import Job, JobError, JobEvent, JobProgress, JobState, utcnow
@@ -88,17 +89,22 @@ class JobService:
                     f"base model {spec.base_model!r} is not prepared at {base_model_path}; run "
                     "`loraplane prepare-model` on the trainer host"
                 )
-            train, validation = await asyncio.to_thread(self._load_examples, spec)
+            data = await asyncio.to_thread(self._load_examples, spec)
         except LoraplaneError as exc:
             self.metrics.rejected_jobs.labels(exc.code.name).inc()
             raise
-        job = Job(id=f"job-{uuid.uuid4().hex[:16]}", request_id=request_id, spec=spec.without_inline_text())
+        job = Job(
+            id=f"job-{uuid.uuid4().hex[:16]}",
+            request_id=request_id,
+            spec=spec.without_inline_text(),
+            dataset_metrics=data.metrics(),
+        )
         job, created = await asyncio.to_thread(self.store.create, job, f"job created for adapter {spec.adapter_name}")
         if not created:
             return job
         self.metrics.job_transitions.labels("validating").inc()
         try:
-            await asyncio.to_thread(self._write_examples, job.id, train, validation)
+            await asyncio.to_thread(self._write_examples, job.id, data)
         except OSError as exc:
             log.exception("cannot write the examples of job %s", job.id)
             error = JobError(code="UNAVAILABLE", message=f"the trainer could not store the dataset ({exc}); retry")
@@ -107,7 +113,7 @@ class JobService:
             job = await self.get(job.id)
             if job.state.terminal:
                 return job
-            message = f"dataset valid: {len(train)} training, {len(validation)} validation examples"
+            message = data.summary()
             await self._enter(job, JobState.QUEUED, message)
         self._queue.put_nowait(job.id)
         return job
@@ -188,6 +194,7 @@ class JobService:
             base_model_path=self.settings.base_model_path(job.spec.base_model),
             train_file=self._work_dir(job.id) / "train.jsonl",
             validation_file=self._work_dir(job.id) / "validation.jsonl",
+            test_file=self._work_dir(job.id) / "test.jsonl" if job.spec.test_data else None,
             store_uri=self.settings.store_uri,
             s3_endpoint_url=self.settings.s3_endpoint_url,
             work_dir=self._work_dir(job.id),
@@ -204,6 +211,7 @@ class JobService:
         if outcome_events and isinstance(outcome_events[-1], ResultEvent):  # published: a late cancel lost
             result = outcome_events[-1]
             job.adapter, job.metrics = result.adapter, result.metrics
+            job.task_scores, job.checkpoints = result.task_scores, result.checkpoints
             await self._finish(job, JobState.SUCCEEDED, f"published {result.adapter.name}@v{result.adapter.version}")
         elif outcome.cancelled:
             await self._finish(job, JobState.CANCELLED, "cancelled while running")
@@ -265,27 +273,46 @@ class JobService:
     def _work_dir(self, job_id: str) -> Path:
         return self.settings.trainer_work_dir / job_id
 
-    def _write_examples(
-        self, job_id: str, train: list[dataset.SourcedExample], validation: list[dataset.SourcedExample]
-    ) -> None:
+    def _write_examples(self, job_id: str, data: JobData) -> None:
         work_dir = self._work_dir(job_id)
         work_dir.mkdir(parents=True, exist_ok=True)
-        dataset.write_examples(work_dir / "train.jsonl", train)
-        dataset.write_examples(work_dir / "validation.jsonl", validation)  # last: recovery checks for it
+        dataset.write_examples(work_dir / "train.jsonl", data.train)
+        if data.test:
+            dataset.write_examples(work_dir / "test.jsonl", data.test)
+        dataset.write_examples(work_dir / "validation.jsonl", data.validation)  # last: recovery checks for it
 
     def _examples_ready(self, job: Job) -> bool:
         return (self._work_dir(job.id) / "validation.jsonl").is_file()
 
-    def _load_examples(self, spec: JobSpec) -> tuple[list[dataset.SourcedExample], list[dataset.SourcedExample]]:
-        train = dataset.parse_jsonl(
-            self._read_source(spec.training_data, "spec.training_data"), field="spec.training_data"
-        )
-        if spec.validation_data is None:
-            return dataset.split_validation(train, spec.training.validation_fraction, spec.training.seed)
-        validation = dataset.parse_jsonl(
-            self._read_source(spec.validation_data, "spec.validation_data"), field="spec.validation_data"
-        )
-        return train, validation
+    def _parse(self, source: DatasetSource, field: str) -> tuple[list[dataset.SourcedExample], int]:
+        """The source's examples without repeats, and how many repeats were removed."""
+        return dataset.deduplicate(dataset.parse_jsonl(self._read_source(source, field), field=field))
+
+    def _load_examples(self, spec: JobSpec) -> JobData:
+        """The job's examples, deduplicated, with held-out examples that also appear in training counted (or
+        refused, when the spec says so)."""
+        train, removed = self._parse(spec.training_data, "spec.training_data")
+        if spec.validation_data is None:  # split after deduplication: no example is on both sides
+            train, validation = dataset.split_validation(train, spec.training.validation_fraction, spec.training.seed)
+        else:
+            validation, repeats = self._parse(spec.validation_data, "spec.validation_data")
+            removed += repeats
+        test: list[dataset.SourcedExample] = []
+        if spec.test_data is not None:
+            test, repeats = self._parse(spec.test_data, "spec.test_data")
+            removed += repeats
+        leaks = 0
+        for field, held_out in (("spec.validation_data", validation), ("spec.test_data", test)):
+            lines = dataset.leaked(held_out, train)
+            leaks += len(lines)
+            if lines and spec.refuse_leakage:
+                shown = ", ".join(str(line) for line in lines[:10]) + (" ..." if len(lines) > 10 else "")
+                raise InvalidArgument(
+                    f"{len(lines)} examples also appear in the training data (lines {shown}); remove them, or "
+                    "set spec.refuse_leakage to false to train anyway",
+                    field=field,
+                )
+        return JobData(train, validation, test, duplicates_removed=removed, leaked_examples=leaks)
 
     def _check_dataset_size(self, size: int, field: str) -> None:
         if size > self.settings.trainer_max_dataset_bytes:

@@ -11,7 +11,13 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from loraplane.artifact import PromptFormat
+
 Method = Literal["lora", "qlora", "dora"]
+PromptFormatChoice = Literal["auto"] | PromptFormat
+"""auto: chat when the base model has a chat template, else raw."""
+TaskMetric = Literal["exact_match", "rouge_l", "bleu", "chrf"]
+TASK_METRICS: tuple[TaskMetric, ...] = ("exact_match", "rouge_l", "bleu", "chrf")
 
 
 class LoraParameters(BaseModel):
@@ -33,8 +39,11 @@ class TrainingParameters(BaseModel):
     batch_size: int = Field(8, ge=1, le=512)
     learning_rate: float = Field(2e-4, gt=0, le=1)
     max_seq_length: int = Field(512, ge=8, le=32_768)
-    eval_every_steps: int = Field(0, ge=0, description="0 = once per epoch")
-    early_stopping_patience: int = Field(0, ge=0, description="0 = never stop early")
+    eval_every_steps: int = Field(0, ge=0, description="0 = about ten evaluations over the run")
+    early_stopping_patience: int = Field(
+        3, ge=0, description="evaluations without improvement before stopping; 0 = never stop early"
+    )
+    early_stopping_min_delta: float = Field(0.0, ge=0, description="the least fall in validation loss that counts")
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = Field(0, ge=0)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
@@ -64,6 +73,10 @@ class JobSpec(BaseModel):
     training_data: DatasetSource
     validation_data: DatasetSource | None = None
     method: Method = "lora"
+    prompt_format: PromptFormatChoice = "auto"
+    test_data: DatasetSource | None = None
+    task_metrics: list[TaskMetric] = Field(default_factory=lambda: list(TASK_METRICS), min_length=1)
+    refuse_leakage: bool = False
     lora: LoraParameters = Field(default_factory=LoraParameters)
     training: TrainingParameters = Field(default_factory=TrainingParameters)
     labels: dict[str, str] = Field(default_factory=dict)
@@ -71,6 +84,11 @@ class JobSpec(BaseModel):
     def without_inline_text(self) -> JobSpec:
         """The spec as stored once its examples are in the job's folder."""
         validation = self.validation_data.without_inline_text() if self.validation_data else None
+        test = self.test_data.without_inline_text() if self.test_data else None
         return self.model_copy(
-            update={"training_data": self.training_data.without_inline_text(), "validation_data": validation}
+            update={
+                "training_data": self.training_data.without_inline_text(),
+                "validation_data": validation,
+                "test_data": test,
+            }
         )

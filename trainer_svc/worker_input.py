@@ -20,6 +20,8 @@ class WorkerInput(BaseModel):
     # one JSON object per line.
     train_file: Path
     validation_file: Path
+    # Held-out examples the task metrics are computed on; None: the validation examples.
+    test_file: Path | None = None
     store_uri: str
     s3_endpoint_url: str | None = None
     # Scratch space for checkpoints and the adapter before publishing.

@@ -426,11 +426,16 @@ class AdapterInfo(_message.Message):
     RANK_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     LOADED_FIELD_NUMBER: _builtins.int
+    PROMPT_FORMAT_FIELD_NUMBER: _builtins.int
     base_model: _builtins.str
     method: _builtins.str
     rank: _builtins.int
     loaded: _builtins.bool
     """Loaded in this replica's engine now."""
+    prompt_format: _builtins.str
+    """How the adapter was trained: "chat" (a plain prompt is sent to it as a user turn of the
+    base model's chat template) or "raw" (a plain prompt is sent as it is).
+    """
     @_builtins.property
     def ref(self) -> _common_pb2.AdapterRef: ...
     @_builtins.property
@@ -444,10 +449,11 @@ class AdapterInfo(_message.Message):
         rank: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         loaded: _builtins.bool = ...,
+        prompt_format: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ref", b"ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "created_at", b"created_at", "loaded", b"loaded", "method", b"method", "rank", b"rank", "ref", b"ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "created_at", b"created_at", "loaded", b"loaded", "method", b"method", "prompt_format", b"prompt_format", "rank", b"rank", "ref", b"ref"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -67,10 +67,73 @@ METHOD_QLORA: Method.ValueType  # 2
 METHOD_DORA: Method.ValueType  # 3
 Global___Method: _TypeAlias = Method  # noqa: Y015
 
+class _PromptFormat:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _PromptFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PromptFormat.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROMPT_FORMAT_UNSPECIFIED: _PromptFormat.ValueType  # 0
+    """auto"""
+    PROMPT_FORMAT_AUTO: _PromptFormat.ValueType  # 1
+    """Chat when the base model has a chat template, else raw."""
+    PROMPT_FORMAT_CHAT: _PromptFormat.ValueType  # 2
+    """The prompt is the user turn and the completion the assistant's answer, through the base
+    model's chat template (as instruction data is trained by the OpenAI API and TRL).
+    """
+    PROMPT_FORMAT_RAW: _PromptFormat.ValueType  # 3
+    """The prompt and completion as plain text, one after the other."""
+
+class PromptFormat(_PromptFormat, metaclass=_PromptFormatEnumTypeWrapper):
+    """How prompt/completion examples are put to the model, in training and then in serving."""
+
+PROMPT_FORMAT_UNSPECIFIED: PromptFormat.ValueType  # 0
+"""auto"""
+PROMPT_FORMAT_AUTO: PromptFormat.ValueType  # 1
+"""Chat when the base model has a chat template, else raw."""
+PROMPT_FORMAT_CHAT: PromptFormat.ValueType  # 2
+"""The prompt is the user turn and the completion the assistant's answer, through the base
+model's chat template (as instruction data is trained by the OpenAI API and TRL).
+"""
+PROMPT_FORMAT_RAW: PromptFormat.ValueType  # 3
+"""The prompt and completion as plain text, one after the other."""
+Global___PromptFormat: _TypeAlias = PromptFormat  # noqa: Y015
+
+class _TaskMetric:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskMetric.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_METRIC_UNSPECIFIED: _TaskMetric.ValueType  # 0
+    TASK_METRIC_EXACT_MATCH: _TaskMetric.ValueType  # 1
+    """The answer equals the reference once surrounding whitespace is stripped."""
+    TASK_METRIC_ROUGE_L: _TaskMetric.ValueType  # 2
+    """ROUGE-L F1 (rouge-score), 0 to 1."""
+    TASK_METRIC_BLEU: _TaskMetric.ValueType  # 3
+    """Corpus BLEU (sacrebleu), 0 to 1."""
+    TASK_METRIC_CHRF: _TaskMetric.ValueType  # 4
+    """Corpus chrF (sacrebleu), 0 to 1."""
+
+class TaskMetric(_TaskMetric, metaclass=_TaskMetricEnumTypeWrapper):
+    """A score of generated answers against the dataset's answers."""
+
+TASK_METRIC_UNSPECIFIED: TaskMetric.ValueType  # 0
+TASK_METRIC_EXACT_MATCH: TaskMetric.ValueType  # 1
+"""The answer equals the reference once surrounding whitespace is stripped."""
+TASK_METRIC_ROUGE_L: TaskMetric.ValueType  # 2
+"""ROUGE-L F1 (rouge-score), 0 to 1."""
+TASK_METRIC_BLEU: TaskMetric.ValueType  # 3
+"""Corpus BLEU (sacrebleu), 0 to 1."""
+TASK_METRIC_CHRF: TaskMetric.ValueType  # 4
+"""Corpus chrF (sacrebleu), 0 to 1."""
+Global___TaskMetric: _TypeAlias = TaskMetric  # noqa: Y015
+
 @_typing.final
 class Dataset(_message.Message):
-    """Where training examples come from: JSONL, one example per line, either
-    {"prompt": ..., "completion": ...} or {"messages": [{"role": ..., "content": ...}, ...]}.
+    """Where training examples come from: JSONL, one example per line, one of
+    {"prompt": ..., "completion": ...}, {"messages": [{"role": ..., "content": ...}, ...]}
+    or {"text": ...} (continued pre-training: every token is learnt).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -145,6 +208,7 @@ class TrainingParameters(_message.Message):
     SEED_FIELD_NUMBER: _builtins.int
     GRADIENT_ACCUMULATION_STEPS_FIELD_NUMBER: _builtins.int
     WARMUP_RATIO_FIELD_NUMBER: _builtins.int
+    EARLY_STOPPING_MIN_DELTA_FIELD_NUMBER: _builtins.int
     epochs: _builtins.float
     """Passes over the training data; 0 = default (3). Ignored when max_steps is set."""
     max_steps: _builtins.int
@@ -156,14 +220,18 @@ class TrainingParameters(_message.Message):
     max_seq_length: _builtins.int
     """Longer examples are rejected with the line number; 0 = default (512)."""
     eval_every_steps: _builtins.int
-    """Evaluate validation loss every N steps; 0 = once per epoch."""
+    """Evaluate validation loss every N steps; 0 = about ten times over the run."""
     early_stopping_patience: _builtins.int
-    """Stop after this many evaluations without improvement; 0 = never stop early."""
+    """Stop after this many evaluations without improvement, and publish the best checkpoint;
+    unset = 3; 0 = never stop early.
+    """
     validation_fraction: _builtins.float
     """Held-out fraction of training data when no validation_data is given; 0 = default (0.1)."""
     seed: _builtins.int
     gradient_accumulation_steps: _builtins.int
     warmup_ratio: _builtins.float
+    early_stopping_min_delta: _builtins.float
+    """An evaluation counts as an improvement when validation loss falls by more than this."""
     def __init__(
         self,
         *,
@@ -173,17 +241,20 @@ class TrainingParameters(_message.Message):
         learning_rate: _builtins.float = ...,
         max_seq_length: _builtins.int = ...,
         eval_every_steps: _builtins.int = ...,
-        early_stopping_patience: _builtins.int = ...,
+        early_stopping_patience: _builtins.int | None = ...,
         validation_fraction: _builtins.float = ...,
         seed: _builtins.int = ...,
         gradient_accumulation_steps: _builtins.int = ...,
         warmup_ratio: _builtins.float = ...,
+        early_stopping_min_delta: _builtins.float = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience", "early_stopping_patience", b"early_stopping_patience"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "eval_every_steps", b"eval_every_steps", "gradient_accumulation_steps", b"gradient_accumulation_steps", "learning_rate", b"learning_rate", "max_seq_length", b"max_seq_length", "max_steps", b"max_steps", "seed", b"seed", "validation_fraction", b"validation_fraction", "warmup_ratio", b"warmup_ratio"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience", "batch_size", b"batch_size", "early_stopping_min_delta", b"early_stopping_min_delta", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "eval_every_steps", b"eval_every_steps", "gradient_accumulation_steps", b"gradient_accumulation_steps", "learning_rate", b"learning_rate", "max_seq_length", b"max_seq_length", "max_steps", b"max_steps", "seed", b"seed", "validation_fraction", b"validation_fraction", "warmup_ratio", b"warmup_ratio"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__early_stopping_patience: _TypeAlias = _typing.Literal["early_stopping_patience"]  # noqa: Y015
+    _WhichOneofArgType__early_stopping_patience: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__early_stopping_patience) -> _WhichOneofReturnType__early_stopping_patience | None: ...
 
 Global___TrainingParameters: _TypeAlias = TrainingParameters  # noqa: Y015
 
@@ -219,11 +290,20 @@ class JobSpec(_message.Message):
     LORA_FIELD_NUMBER: _builtins.int
     TRAINING_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    PROMPT_FORMAT_FIELD_NUMBER: _builtins.int
+    TEST_DATA_FIELD_NUMBER: _builtins.int
+    TASK_METRICS_FIELD_NUMBER: _builtins.int
+    REFUSE_LEAKAGE_FIELD_NUMBER: _builtins.int
     base_model: _builtins.str
     """Name of a base model the trainer offers; empty = its default."""
     adapter_name: _builtins.str
     """Name the adapter is published under; each success adds a version."""
     method: Global___Method.ValueType
+    prompt_format: Global___PromptFormat.ValueType
+    refuse_leakage: _builtins.bool
+    """Refuse the job when a validation or test example also appears in the training data (after
+    case and whitespace are normalised); otherwise such leaks are only counted.
+    """
     @_builtins.property
     def training_data(self) -> Global___Dataset: ...
     @_builtins.property
@@ -238,6 +318,16 @@ class JobSpec(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels, returned with the job and usable by callers for bookkeeping."""
 
+    @_builtins.property
+    def test_data(self) -> Global___Dataset:
+        """Held-out examples the base model and the adapter both answer after training, scored by
+        task_metrics; without it, the validation examples are used.
+        """
+
+    @_builtins.property
+    def task_metrics(self) -> _containers.RepeatedScalarFieldContainer[Global___TaskMetric.ValueType]:
+        """Empty = all of them."""
+
     def __init__(
         self,
         *,
@@ -249,10 +339,14 @@ class JobSpec(_message.Message):
         lora: Global___LoraParameters | None = ...,
         training: Global___TrainingParameters | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        prompt_format: Global___PromptFormat.ValueType = ...,
+        test_data: Global___Dataset | None = ...,
+        task_metrics: _abc.Iterable[Global___TaskMetric.ValueType] | None = ...,
+        refuse_leakage: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lora", b"lora", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lora", b"lora", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_name", b"adapter_name", "base_model", b"base_model", "labels", b"labels", "lora", b"lora", "method", b"method", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_name", b"adapter_name", "base_model", b"base_model", "labels", b"labels", "lora", b"lora", "method", b"method", "prompt_format", b"prompt_format", "refuse_leakage", b"refuse_leakage", "task_metrics", b"task_metrics", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -310,6 +404,20 @@ class JobMetrics(_message.Message):
     VALIDATION_EXAMPLES_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
     STOPPED_EARLY_FIELD_NUMBER: _builtins.int
+    BEST_STEP_FIELD_NUMBER: _builtins.int
+    STEPS_SAVED_FIELD_NUMBER: _builtins.int
+    FINAL_GENERALIZATION_GAP_FIELD_NUMBER: _builtins.int
+    BEST_GENERALIZATION_GAP_FIELD_NUMBER: _builtins.int
+    DUPLICATES_REMOVED_FIELD_NUMBER: _builtins.int
+    LEAKED_EXAMPLES_FIELD_NUMBER: _builtins.int
+    TRAIN_TOKENS_FIELD_NUMBER: _builtins.int
+    EXAMPLE_TOKENS_P50_FIELD_NUMBER: _builtins.int
+    EXAMPLE_TOKENS_P90_FIELD_NUMBER: _builtins.int
+    EXAMPLE_TOKENS_MAX_FIELD_NUMBER: _builtins.int
+    TASK_SCORES_FIELD_NUMBER: _builtins.int
+    PROBE_FACTS_KNOWN_FIELD_NUMBER: _builtins.int
+    PROBE_FACTS_LOST_FIELD_NUMBER: _builtins.int
+    CHECKPOINTS_FIELD_NUMBER: _builtins.int
     train_loss: _builtins.float
     validation_loss: _builtins.float
     validation_perplexity: _builtins.float
@@ -320,6 +428,36 @@ class JobMetrics(_message.Message):
     validation_examples: _builtins.int
     steps: _builtins.int
     stopped_early: _builtins.bool
+    best_step: _builtins.int
+    """The step of the checkpoint published (the best by validation loss when early stopping is on)."""
+    steps_saved: _builtins.int
+    """Steps planned but not run because validation loss had stopped improving."""
+    final_generalization_gap: _builtins.float
+    """Validation loss minus training loss: at the last step, and at the published checkpoint.
+    A gap that grows from the second to the first is overfitting.
+    """
+    best_generalization_gap: _builtins.float
+    duplicates_removed: _builtins.int
+    """Dataset hygiene: repeats removed from each dataset, held-out examples also in training."""
+    leaked_examples: _builtins.int
+    train_tokens: _builtins.int
+    """Tokens per training example: total and percentiles."""
+    example_tokens_p50: _builtins.int
+    example_tokens_p90: _builtins.int
+    example_tokens_max: _builtins.int
+    probe_facts_known: _builtins.int
+    """General-knowledge questions shipped with the trainer: answered right by the base model, and
+    of those, answered wrong by the adapter.
+    """
+    probe_facts_lost: _builtins.int
+    @_builtins.property
+    def task_scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskScore]:
+        """Task metrics of greedy answers to the test (or validation) prompts, base model and adapter."""
+
+    @_builtins.property
+    def checkpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___Checkpoint]:
+        """Every evaluated checkpoint; the published one is marked."""
+
     def __init__(
         self,
         *,
@@ -332,14 +470,86 @@ class JobMetrics(_message.Message):
         validation_examples: _builtins.int = ...,
         steps: _builtins.int = ...,
         stopped_early: _builtins.bool = ...,
+        best_step: _builtins.int = ...,
+        steps_saved: _builtins.int = ...,
+        final_generalization_gap: _builtins.float = ...,
+        best_generalization_gap: _builtins.float = ...,
+        duplicates_removed: _builtins.int = ...,
+        leaked_examples: _builtins.int = ...,
+        train_tokens: _builtins.int = ...,
+        example_tokens_p50: _builtins.int = ...,
+        example_tokens_p90: _builtins.int = ...,
+        example_tokens_max: _builtins.int = ...,
+        task_scores: _abc.Iterable[Global___TaskScore] | None = ...,
+        probe_facts_known: _builtins.int = ...,
+        probe_facts_lost: _builtins.int = ...,
+        checkpoints: _abc.Iterable[Global___Checkpoint] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forgetting_probe_adapter_loss", b"forgetting_probe_adapter_loss", "forgetting_probe_base_loss", b"forgetting_probe_base_loss", "steps", b"steps", "stopped_early", b"stopped_early", "train_examples", b"train_examples", "train_loss", b"train_loss", "validation_examples", b"validation_examples", "validation_loss", b"validation_loss", "validation_perplexity", b"validation_perplexity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_generalization_gap", b"best_generalization_gap", "best_step", b"best_step", "checkpoints", b"checkpoints", "duplicates_removed", b"duplicates_removed", "example_tokens_max", b"example_tokens_max", "example_tokens_p50", b"example_tokens_p50", "example_tokens_p90", b"example_tokens_p90", "final_generalization_gap", b"final_generalization_gap", "forgetting_probe_adapter_loss", b"forgetting_probe_adapter_loss", "forgetting_probe_base_loss", b"forgetting_probe_base_loss", "leaked_examples", b"leaked_examples", "probe_facts_known", b"probe_facts_known", "probe_facts_lost", b"probe_facts_lost", "steps", b"steps", "steps_saved", b"steps_saved", "stopped_early", b"stopped_early", "task_scores", b"task_scores", "train_examples", b"train_examples", "train_loss", b"train_loss", "train_tokens", b"train_tokens", "validation_examples", b"validation_examples", "validation_loss", b"validation_loss", "validation_perplexity", b"validation_perplexity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobMetrics: _TypeAlias = JobMetrics  # noqa: Y015
+
+@_typing.final
+class TaskScore(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    BASE_FIELD_NUMBER: _builtins.int
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    EXAMPLES_FIELD_NUMBER: _builtins.int
+    metric: Global___TaskMetric.ValueType
+    base: _builtins.float
+    adapter: _builtins.float
+    examples: _builtins.int
+    """Test prompts answered."""
+    def __init__(
+        self,
+        *,
+        metric: Global___TaskMetric.ValueType = ...,
+        base: _builtins.float = ...,
+        adapter: _builtins.float = ...,
+        examples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "base", b"base", "examples", b"examples", "metric", b"metric"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskScore: _TypeAlias = TaskScore  # noqa: Y015
+
+@_typing.final
+class Checkpoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STEP_FIELD_NUMBER: _builtins.int
+    VALIDATION_LOSS_FIELD_NUMBER: _builtins.int
+    TRAIN_LOSS_FIELD_NUMBER: _builtins.int
+    PUBLISHED_FIELD_NUMBER: _builtins.int
+    step: _builtins.int
+    validation_loss: _builtins.float
+    train_loss: _builtins.float
+    """Mean training loss over the steps since the evaluation before."""
+    published: _builtins.bool
+    def __init__(
+        self,
+        *,
+        step: _builtins.int = ...,
+        validation_loss: _builtins.float = ...,
+        train_loss: _builtins.float = ...,
+        published: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["published", b"published", "step", b"step", "train_loss", b"train_loss", "validation_loss", b"validation_loss"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
 
 @_typing.final
 class JobError(_message.Message):

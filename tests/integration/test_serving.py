@@ -66,7 +66,12 @@ def _make_adapter(base_dir: Path, dest: Path, seed: int, *, dora: bool = False) 
 
 
 def _publish(
-    repository: ArtifactRepository, source: Path, name: str, fingerprint: str, method: str = "lora"
+    repository: ArtifactRepository,
+    source: Path,
+    name: str,
+    fingerprint: str,
+    method: str = "lora",
+    prompt_format: str = "raw",
 ) -> Manifest:
     draft = ManifestDraft(
         name=name,
@@ -76,6 +81,7 @@ def _publish(
         metrics={"train_loss": 1.0},
         dataset=DatasetInfo(fingerprint="sha256:test", train_examples=1, validation_examples=0),
         job_id=f"test-{name}",
+        prompt_format=prompt_format,
     )
     return repository.publish(source, draft)[0]
 
@@ -270,6 +276,41 @@ async def test_chat_messages_generate(serving: Serving) -> None:
     messages = serving_pb2.ChatMessages(messages=[common_pb2.ChatMessage(role="user", content="Hello")])
     reply = await serving.stub.Generate(serving_pb2.GenerateRequest(messages=messages, sampling=GREEDY))
     assert reply.usage.completion_tokens >= 1
+
+
+async def test_a_plain_prompt_reaches_a_chat_trained_adapter_as_its_training_did(
+    serving: Serving, tiny_model_dir: Path
+) -> None:
+    """The rule: to an adapter trained in chat format, a plain prompt is the user turn of the chat
+    template; to a raw-trained one, and to the base model, it goes as it is."""
+    _publish(
+        serving.repository,
+        serving.sources["beta"],
+        "chatty",
+        base_model_fingerprint(tiny_model_dir),
+        prompt_format="chat",
+    )
+    listed = await serving.stub.ListAdapters(serving_pb2.ListAdaptersRequest())
+    formats = {info.ref.name: info.prompt_format for info in listed.adapters}
+    assert (formats["chatty"], formats["beta"]) == ("chat", "raw")
+
+    as_message = common_pb2.ChatMessage(role="user", content=PROMPT)
+    plain = await serving.generate("chatty")
+    chat = await serving.stub.Generate(
+        serving_pb2.GenerateRequest(
+            adapter="chatty", messages=serving_pb2.ChatMessages(messages=[as_message]), sampling=GREEDY
+        )
+    )
+    assert [t.token_id for t in plain.logprobs] == [t.token_id for t in chat.logprobs]
+    assert plain.usage.prompt_tokens == chat.usage.prompt_tokens > len(PROMPT.split())  # the template's markup
+
+    raw_trained = await serving.generate("beta")
+    same_weights_as_chat = await serving.stub.Generate(
+        serving_pb2.GenerateRequest(
+            adapter="beta", messages=serving_pb2.ChatMessages(messages=[as_message]), sampling=GREEDY
+        )
+    )
+    assert raw_trained.usage.prompt_tokens < same_weights_as_chat.usage.prompt_tokens
 
 
 async def test_concurrent_first_requests_load_an_adapter_once(serving: Serving) -> None:

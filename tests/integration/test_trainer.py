@@ -5,6 +5,7 @@ Jobs that train end to end are in test_e2e.py; these need only the tiny base mod
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,6 +97,24 @@ def test_bad_spec_is_invalid_argument_naming_the_field(
         else:
             _create(client, tmp_path, GOOD_LINE, **kwargs)
     assert info.value.field == field  # type: ignore[attr-defined]
+
+
+def test_repeats_are_removed_and_leaks_counted_or_refused(client: LoraplaneClient, tmp_path: Path) -> None:
+    train = GOOD_LINE + GOOD_LINE.replace("ping", "PING ") + '{"prompt": "a", "completion": "b"}\n'
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text('{"prompt": "c", "completion": "d"}\n{"prompt": "a", "completion": "b"}\n')
+    before = len(list(client.jobs.list()))
+    with pytest.raises(InvalidArgument, match=r"1 examples also appear in the training data \(lines 2\)") as info:
+        _create(client, tmp_path, train, validation_file=validation, refuse_leakage=True)
+    assert info.value.field == "spec.validation_data"
+    assert len(list(client.jobs.list())) == before, "a refused job must not be stored"
+
+    job = _create(client, tmp_path, train, validation_file=validation)
+    assert (job.metrics.duplicates_removed, job.metrics.leaked_examples) == (1, 1)
+    accepted = next(event.message for event in client.jobs.watch(job.id) if event.message.startswith("dataset valid"))
+    assert "2 training, 2 validation examples; 1 duplicates removed, 1 held-out examples also in training" in accepted
+    with contextlib.suppress(FailedPrecondition):  # it may have ended already
+        client.jobs.cancel(job.id)
 
 
 def test_missing_dataset_uri_in_the_store_is_not_found(client: LoraplaneClient, trainer: TrainerServer) -> None:

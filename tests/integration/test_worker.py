@@ -40,16 +40,20 @@ def _worker_input(
     *,
     train: list[PromptCompletion] = TRAIN,
     validation: list[PromptCompletion] = VALIDATION,
+    test: list[PromptCompletion] | None = None,
     **spec: Any,
 ) -> Path:
     write_examples(tmp_path / "train.jsonl", _sourced(train, first_line=1))
     write_examples(tmp_path / "validation.jsonl", _sourced(validation, first_line=len(train) + 1))
+    if test is not None:
+        write_examples(tmp_path / "test.jsonl", _sourced(test, first_line=1))
     worker_input = WorkerInput(
         job_id="job-1",
         spec=JobSpec(base_model="tiny-llama", adapter_name="blue", training_data={"inline_jsonl": "{}"}, **spec),
         base_model_path=base_model,
         train_file=tmp_path / "train.jsonl",
         validation_file=tmp_path / "validation.jsonl",
+        test_file=tmp_path / "test.jsonl" if test is not None else None,
         store_uri=(tmp_path / "store").as_uri(),
         work_dir=tmp_path / "work",
     )
@@ -80,9 +84,11 @@ def _of(kind: type, events: list[Any]) -> list[Any]:
 
 
 def test_lora_run_learns_and_publishes(tiny_model_dir: Path, tmp_path: Path) -> None:
+    test = [PromptCompletion(prompt=f"What colour is {thing}?", completion=" Blue.") for thing in ("ink", "a sky")]
     input_path = _worker_input(
         tmp_path,
         tiny_model_dir,
+        test=test,
         training={"max_steps": 16, "batch_size": 3, "learning_rate": 1e-2, "eval_every_steps": 4},
     )
     code, events = _run(input_path)
@@ -111,6 +117,19 @@ def test_lora_run_learns_and_publishes(tiny_model_dir: Path, tmp_path: Path) -> 
     assert manifest.hyperparameters["learning_rate"] == 1e-2
     assert (manifest.dataset.train_examples, manifest.dataset.validation_examples) == (6, 2)
     assert manifest.base_model.name == "tiny-llama"
+    assert manifest.prompt_format == "chat"  # auto, on a model with a chat template
+    assert result.metrics["best_step"] == 16 and result.metrics["steps_saved"] == 0
+    assert [(c.step, c.published) for c in result.checkpoints] == [(4, False), (8, False), (12, False), (16, True)]
+
+    # Generated answers to the test prompts: the adapter says "Blue." where the random base model cannot.
+    scores = {score.metric: score for score in result.task_scores}
+    assert set(scores) == {"exact_match", "rouge_l", "bleu", "chrf"}
+    assert scores["exact_match"].examples == 2
+    assert (scores["exact_match"].base, scores["exact_match"].adapter) == (0.0, 1.0)
+    assert scores["chrf"].adapter > scores["chrf"].base
+    assert manifest.metrics["task_exact_match_adapter"] == 1.0
+    assert result.metrics["probe_facts_lost"] <= result.metrics["probe_facts_known"]
+    assert result.metrics["train_tokens"] >= 6 * result.metrics["example_tokens_p50"] / 2
 
     version_dir = tmp_path / "store" / "adapters" / "blue" / "v1"
     adapter_config = json.loads((version_dir / "adapter_config.json").read_text())
@@ -130,6 +149,7 @@ def test_dora_and_qlora_publish(method: str, tiny_model_dir: Path, tmp_path: Pat
         tiny_model_dir,
         validation=[],
         method=method,
+        prompt_format="raw",
         lora={"rank": 4},
         training={"max_steps": 4, "batch_size": 3, "learning_rate": 1e-2},
     )
@@ -141,7 +161,7 @@ def test_dora_and_qlora_publish(method: str, tiny_model_dir: Path, tmp_path: Pat
     assert isinstance(result, ResultEvent)
     assert "validation_loss" not in result.metrics
     manifest, _ = ArtifactRepository(FileStore(tmp_path / "store")).read_manifest("blue", 1)
-    assert manifest.method == method and manifest.rank == 4
+    assert manifest.method == method and manifest.rank == 4 and manifest.prompt_format == "raw"
     version_dir = tmp_path / "store" / "adapters" / "blue" / "v1"
     assert json.loads((version_dir / "adapter_config.json").read_text())["use_dora"] == (method == "dora")
     assert Profile.load(version_dir / "profile.json").sample_count == len(TRAIN)
@@ -166,9 +186,13 @@ def test_early_stopping_keeps_the_best_adapter(tiny_model_dir: Path, tmp_path: P
     assert code == 0, events[-1]
     evaluations = _of(EvalEvent, events)
     assert _of(ProgressEvent, events)[-1].step < 60
-    best = min(event.validation_loss for event in evaluations)
-    assert evaluations[-1].validation_loss > best
-    assert events[-1].metrics["validation_loss"] == pytest.approx(best, rel=1e-4)
+    best = min(evaluations, key=lambda event: event.validation_loss)
+    assert evaluations[-1].validation_loss > best.validation_loss
+    metrics = events[-1].metrics
+    assert metrics["validation_loss"] == pytest.approx(best.validation_loss, rel=1e-4)  # the best was published
+    assert metrics["best_step"] == best.step and metrics["stopped_early"] == 1.0
+    assert metrics["steps_saved"] == 60 - evaluations[-1].step
+    assert metrics["final_generalization_gap"] > metrics["best_generalization_gap"]
 
 
 def test_overlong_example_fails_naming_its_line(tiny_model_dir: Path, tmp_path: Path) -> None:

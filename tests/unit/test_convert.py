@@ -33,6 +33,26 @@ def test_zero_fields_take_defaults_and_set_ones_survive_a_round_trip() -> None:
     assert spec_from_proto(spec_to_proto(spec)) == spec
 
 
+def test_prompt_format_defaults_to_auto_and_survives_a_round_trip() -> None:
+    assert spec_from_proto(_spec()).prompt_format == "auto"
+    for value, name in ((trainer_pb2.PROMPT_FORMAT_CHAT, "chat"), (trainer_pb2.PROMPT_FORMAT_RAW, "raw")):
+        spec = spec_from_proto(_spec(prompt_format=value))
+        assert spec.prompt_format == name
+        assert spec_from_proto(spec_to_proto(spec)) == spec
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_proto(_spec(prompt_format=99))
+    assert info.value.field == "spec.prompt_format"
+
+
+def test_early_stopping_is_on_unless_turned_off_explicitly() -> None:
+    assert spec_from_proto(_spec()).training.early_stopping_patience == 3
+    off = spec_from_proto(_spec(training=trainer_pb2.TrainingParameters(early_stopping_patience=0)))
+    assert off.training.early_stopping_patience == 0
+    assert spec_from_proto(spec_to_proto(off)) == off
+    patient = trainer_pb2.TrainingParameters(early_stopping_patience=5, early_stopping_min_delta=0.01)
+    assert spec_from_proto(_spec(training=patient)).training.early_stopping_patience == 5
+
+
 def test_out_of_range_parameter_names_its_field() -> None:
     with pytest.raises(InvalidArgument) as info:
         spec_from_proto(_spec(lora=trainer_pb2.LoraParameters(rank=100000)))

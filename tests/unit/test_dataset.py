@@ -4,7 +4,10 @@ from loraplane.errors import InvalidArgument
 from trainer_svc.dataset import (
     ChatExample,
     PromptCompletion,
+    TextExample,
+    deduplicate,
     fingerprint,
+    leaked,
     parse_jsonl,
     read_examples,
     split_validation,
@@ -31,7 +34,10 @@ def test_both_formats_parse_and_blank_lines_are_skipped() -> None:
         ('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": "b"\n', "line 2 is not valid JSON"),
         ('{"prompt": "a", "completion": "b"}\n{"prompt": "a"}\n', "line 2: completion"),
         ('{"prompt": "a", "completion": ""}\n', "line 1: completion"),
-        ('{"text": "a"}\n', 'line 1: expected an object with "prompt"'),
+        ('{"prompt": "a", "completion": "b", "text": "c"}\n', "line 1: the object fits two formats"),
+        ('{"messages": [], "text": "c"}\n', "line 1: .*fits two formats \\(messages and text\\)"),
+        ('{"input": "a", "output": "b"}\n', 'line 1: expected an object with "prompt"'),
+        ('{"text": ""}\n', "line 1: text"),
         ("[1, 2]\n", "line 1: expected"),
         ('{"messages": [{"role": "user", "content": "q"}]}\n', "line 1: .*last message must be"),
         ('{"messages": [{"role": "robot", "content": "q"}]}\n', "line 1: messages.0.role"),
@@ -71,3 +77,28 @@ def test_unicode_line_separators_inside_json_strings_are_not_line_breaks() -> No
     examples = parse_jsonl(text, field="f")
     assert [e.line for e in examples] == [1, 2]
     assert examples[0].example.prompt == "a\u2028b\u0085c"  # type: ignore[union-attr]
+
+
+def test_text_examples_parse() -> None:
+    (example,) = parse_jsonl('{"text": "Once upon a time."}\n', field="spec.training_data")
+    assert example.example == TextExample(text="Once upon a time.")
+
+
+def test_repeats_are_removed_after_case_and_whitespace_are_normalised_and_counted() -> None:
+    text = (
+        '{"prompt": "What is 2+2?", "completion": "4"}\n'
+        '{"prompt": "what is  2+2? ", "completion": "4"}\n'
+        '{"prompt": "What is 3+3?", "completion": "6"}\n'
+        '{"text": "Hello   World"}\n'
+        '{"text": "hello world"}\n'
+    )
+    kept, removed = deduplicate(parse_jsonl(text, field="f"))
+    assert removed == 2
+    assert [sourced.line for sourced in kept] == [1, 3, 4]  # the first of each kept, with its line
+
+
+def test_leaked_names_the_held_out_lines_that_are_in_training() -> None:
+    train = parse_jsonl('{"prompt": "Q1", "completion": "A1"}\n{"prompt": "Q2", "completion": "A2"}\n', field="f")
+    held_out = parse_jsonl('{"prompt": "q2", "completion": "a2"}\n{"prompt": "Q3", "completion": "A3"}\n', field="f")
+    assert leaked(held_out, train) == [1]
+    assert leaked(held_out[1:], train) == []

@@ -25,11 +25,13 @@ from loraplane.artifact import DatasetInfo
 from loraplane.errors import LoraplaneError
 from trainer_svc.dataset import fingerprint, read_examples
 from trainer_svc.progress import ErrorEvent, PhaseEvent, ResultEvent
-from trainer_svc.worker.evaluate import evaluate
+from trainer_svc.worker.evaluate import evaluate, token_statistics
 from trainer_svc.worker.events import Emit, claim_stdout
+from trainer_svc.worker.knowledge_probe import FACTS_LOST_WARNING, knowledge_probe
 from trainer_svc.worker.model import load_model, load_tokenizer
 from trainer_svc.worker.publish import publish
-from trainer_svc.worker.tokenization import tokenize_examples
+from trainer_svc.worker.task_metrics import task_scores
+from trainer_svc.worker.tokenization import resolve_prompt_format, tokenize_examples
 from trainer_svc.worker.train import train
 from trainer_svc.worker_input import PARENT_PID_ENV, WorkerInput
 
@@ -45,28 +47,52 @@ def run(worker_input: WorkerInput, emit: Emit) -> None:
 
     train_examples = read_examples(worker_input.train_file)
     validation_examples = read_examples(worker_input.validation_file)
+    test_examples = read_examples(worker_input.test_file) if worker_input.test_file else []
+    prompt_format = resolve_prompt_format(spec.prompt_format, tokenizer)
     emit(
         PhaseEvent(
             phase="tokenizing",
-            message=f"{len(train_examples)} training and {len(validation_examples)} validation examples",
+            message=f"{len(train_examples)} training and {len(validation_examples)} validation examples, "
+            f"prompts in {prompt_format} format",
         )
     )
     max_length = spec.training.max_seq_length
-    train_set = tokenize_examples(train_examples, tokenizer, max_seq_length=max_length, field="spec.training_data")
+    train_set = tokenize_examples(
+        train_examples, tokenizer, prompt_format=prompt_format, max_seq_length=max_length, field="spec.training_data"
+    )
     validation_set = tokenize_examples(
         validation_examples,
         tokenizer,
+        prompt_format=prompt_format,
         max_seq_length=max_length,
         field="spec.validation_data" if spec.validation_data else "spec.training_data",
+    )
+    test_set = tokenize_examples(
+        test_examples, tokenizer, prompt_format=prompt_format, max_seq_length=max_length, field="spec.test_data"
     )
 
     emit(PhaseEvent(phase="training"))
     output_dir = worker_input.work_dir / "checkpoints"
-    metrics = train(model, tokenizer, train_set, validation_set, spec.training, output_dir, emit)
+    outcome = train(model, tokenizer, train_set, validation_set, spec.training, output_dir, emit)
+    metrics = {**outcome.metrics, **token_statistics(train_set)}
 
     emit(PhaseEvent(phase="evaluating"))
-    evaluation = evaluate(model, tokenizer, train_set, validation_set, batch_size=spec.training.batch_size)
+    batch_size = spec.training.batch_size
+    evaluation = evaluate(model, tokenizer, train_set, validation_set, batch_size=batch_size)
     metrics.update(evaluation.metrics)
+    scores = task_scores(model, tokenizer, test_set or validation_set, spec.task_metrics, batch_size=batch_size)
+    for score in scores:  # the manifest keeps them too, as plain numbers
+        metrics.update({f"task_{score.metric}_base": score.base, f"task_{score.metric}_adapter": score.adapter})
+    probe = knowledge_probe(model, tokenizer, prompt_format, batch_size=batch_size)
+    metrics.update(probe_facts_known=float(len(probe.known)), probe_facts_lost=float(len(probe.lost)))
+    if len(probe.lost) >= FACTS_LOST_WARNING:
+        emit(
+            PhaseEvent(
+                phase="evaluating",
+                message=f"warning: the adapter lost {len(probe.lost)} of the {len(probe.known)} general facts its "
+                f"base model knew ({'; '.join(probe.lost)}): fewer steps or a lower learning rate forget less",
+            )
+        )
 
     emit(PhaseEvent(phase="publishing", message=spec.adapter_name))
     dataset = DatasetInfo(
@@ -76,8 +102,8 @@ def run(worker_input: WorkerInput, emit: Emit) -> None:
     )
     metrics.update(train_examples=float(dataset.train_examples), validation_examples=float(dataset.validation_examples))
     with _sigterm_deferred():
-        adapter = publish(model, evaluation.profile, metrics, dataset, worker_input)
-        emit(ResultEvent(adapter=adapter, metrics=metrics))
+        adapter = publish(model, evaluation.profile, metrics, dataset, prompt_format, worker_input)
+        emit(ResultEvent(adapter=adapter, metrics=metrics, task_scores=scores, checkpoints=outcome.checkpoints))
 
 
 @contextlib.contextmanager

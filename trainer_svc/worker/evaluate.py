@@ -32,6 +32,17 @@ def _validation_loss(examples: list[TokenizedExample], logprobs: list[np.ndarray
     return total / tokens
 
 
+def token_statistics(train_set: list[TokenizedExample]) -> dict[str, float]:
+    """Tokens of the training examples: in all, and per example at the median, 90th percentile and most."""
+    lengths = np.array([len(example.input_ids) for example in train_set])
+    return {
+        "train_tokens": float(lengths.sum()),
+        "example_tokens_p50": float(np.percentile(lengths, 50)),
+        "example_tokens_p90": float(np.percentile(lengths, 90)),
+        "example_tokens_max": float(lengths.max()),
+    }
+
+
 def _probe_loss(model: PeftModel, sequences: list[list[int]], batch_size: int) -> float:
     return -float(np.concatenate(token_logprobs(model, sequences, batch_size=batch_size)).mean())
 

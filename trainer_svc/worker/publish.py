@@ -10,6 +10,7 @@ from loraplane.artifact import (
     BaseModelInfo,
     DatasetInfo,
     ManifestDraft,
+    PromptFormat,
     manifest_digest,
 )
 from loraplane.drift import Profile
@@ -24,6 +25,7 @@ def publish(
     profile: Profile,
     metrics: dict[str, float],
     dataset: DatasetInfo,
+    prompt_format: PromptFormat,
     worker_input: WorkerInput,
 ) -> PublishedAdapter:
     """Write adapter_config.json, adapter_model.safetensors and profile.json, then publish them."""
@@ -49,6 +51,7 @@ def publish(
             metrics=metrics,
             dataset=dataset,
             job_id=worker_input.job_id,
+            prompt_format=prompt_format,
         ),
     )
     return PublishedAdapter(

@@ -15,7 +15,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from loraplane.drift import Profile, ProfileBuilder, Sample
-from loraplane.models import end_token_ids
+from trainer_svc.worker.generation import greedy_answers
 from trainer_svc.worker.scoring import token_logprobs
 from trainer_svc.worker.tokenization import TokenizedExample
 
@@ -23,46 +23,6 @@ MAX_REFERENCE_PROMPTS = 64
 """Held-out prompts answered for the reference; enough for stable means at seconds of CPU time."""
 MAX_REFERENCE_TOKENS = 256
 """Tokens generated per reference prompt, at most; a little past the longest held-out answer."""
-
-
-@torch.no_grad()
-def _generate(
-    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], max_new_tokens: int
-) -> list[tuple[list[int], float]]:
-    """Greedy answers to the prompts: each answer's tokens (up to and including an end token) and the
-    sum of their log-probabilities."""
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    end_ids = end_token_ids(model, tokenizer)
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, prompt in enumerate(prompts):  # left-padded, as generation needs
-        ids[row, width - len(prompt) :] = torch.tensor(prompt)
-        mask[row, width - len(prompt) :] = 1
-    output = model.generate(  # type: ignore[operator]
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        pad_token_id=pad,
-        eos_token_id=end_ids or None,
-        output_logits=True,
-        return_dict_in_generate=True,
-    )
-    generated = output.sequences[:, width:].cpu()
-    logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in output.logits], dim=1).cpu()
-    answers = []
-    for row in range(len(prompts)):
-        tokens: list[int] = []
-        total = 0.0
-        for position, token in enumerate(generated[row].tolist()):
-            tokens.append(token)
-            total += float(logprobs[row, position, token])
-            if token in end_ids:
-                break
-        answers.append((tokens, total))
-    return answers
 
 
 def reference_profile(
@@ -86,7 +46,7 @@ def reference_profile(
         prompt_scores = token_logprobs(model, prompts, batch_size=batch_size)
         for first in range(0, len(prompts), batch_size):
             batch = prompts[first : first + batch_size]
-            answers = _generate(model, tokenizer, batch, max_new_tokens)
+            answers = greedy_answers(model, tokenizer, batch, max_new_tokens)
             for prompt, (answer, answer_logprob), scores in zip(
                 batch, answers, prompt_scores[first : first + batch_size], strict=True
             ):

@@ -1,7 +1,10 @@
 """Examples to token ids and labels: the model learns only what the assistant (or completion) says.
 
 Every token the model should not learn to produce (prompt, system and user turns, chat markup
-before an assistant turn) gets the label -100, which the loss ignores.
+before an assistant turn) gets the label -100, which the loss ignores. Prompt/completion
+examples go through the base model's chat template as one user turn and its answer when the job
+trains in chat format (the default on a chat model), so the adapter learns the format its
+callers, and serving, put prompts in.
 """
 
 from __future__ import annotations
@@ -10,8 +13,10 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from loraplane.artifact import PromptFormat
 from loraplane.errors import FailedPrecondition, InvalidArgument
-from trainer_svc.dataset import ChatExample, Example, PromptCompletion, SourcedExample
+from trainer_svc.dataset import ChatExample, ChatTurn, Example, PromptCompletion, SourcedExample, TextExample
+from trainer_svc.spec import PromptFormatChoice
 
 IGNORE_INDEX = -100
 
@@ -44,6 +49,12 @@ def _tokenize_prompt_completion(example: PromptCompletion, tokenizer: PreTrained
         labels=[IGNORE_INDEX] * len(prompt_ids) + completion_ids,
         prompt_length=len(prompt_ids),
     )
+
+
+def _tokenize_text(example: TextExample, tokenizer: PreTrainedTokenizerBase) -> TokenizedExample:
+    # Every token is learnt, and EOS after the text, so the model learns where a document ends.
+    input_ids = [*tokenizer(example.text)["input_ids"], tokenizer.eos_token_id]
+    return TokenizedExample(input_ids=input_ids, labels=list(input_ids), prompt_length=0)
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
@@ -90,9 +101,35 @@ def _tokenize_chat(example: ChatExample, tokenizer: PreTrainedTokenizerBase) -> 
     return TokenizedExample(input_ids=input_ids, labels=labels, prompt_length=prompt_length)
 
 
-def tokenize_example(example: Example, tokenizer: PreTrainedTokenizerBase) -> TokenizedExample:
+def resolve_prompt_format(choice: PromptFormatChoice, tokenizer: PreTrainedTokenizerBase) -> PromptFormat:
+    """The format prompt/completion examples train in: auto is chat wherever the tokenizer has a template."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if choice == "auto":
+        return "chat" if has_template else "raw"
+    if choice == "chat" and not has_template:
+        raise FailedPrecondition(
+            "the base model has no chat template, so examples cannot train in chat format; "
+            "set spec.prompt_format to raw (or auto)",
+            field="spec.prompt_format",
+        )
+    return choice
+
+
+def as_chat(example: PromptCompletion) -> ChatExample:
+    return ChatExample(
+        messages=[ChatTurn(role="user", content=example.prompt), ChatTurn(role="assistant", content=example.completion)]
+    )
+
+
+def tokenize_example(
+    example: Example, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat
+) -> TokenizedExample:
+    if isinstance(example, PromptCompletion) and prompt_format == "chat":
+        example = as_chat(example)
     if isinstance(example, ChatExample):
         return _tokenize_chat(example, tokenizer)
+    if isinstance(example, TextExample):
+        return _tokenize_text(example, tokenizer)
     return _tokenize_prompt_completion(example, tokenizer)
 
 
@@ -100,6 +137,7 @@ def tokenize_examples(
     examples: list[SourcedExample],
     tokenizer: PreTrainedTokenizerBase,
     *,
+    prompt_format: PromptFormat,
     max_seq_length: int,
     field: str,
 ) -> list[TokenizedExample]:
@@ -112,7 +150,7 @@ def tokenize_examples(
         raise FailedPrecondition("the base model's tokenizer has no EOS token", field="spec.base_model")
     tokenized = []
     for sourced in examples:
-        item = tokenize_example(sourced.example, tokenizer)
+        item = tokenize_example(sourced.example, tokenizer, prompt_format)
         if len(item.input_ids) > max_seq_length:
             raise InvalidArgument(
                 f"line {sourced.line}: the example is {len(item.input_ids)} tokens long, more than "

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from trainer_svc.progress import EvalEvent, ProgressEvent
+from trainer_svc.progress import Checkpoint, EvalEvent, ProgressEvent
 from trainer_svc.spec import TrainingParameters
 from trainer_svc.worker.events import Emit
 from trainer_svc.worker.model import compute_dtype
@@ -74,18 +76,30 @@ class EventReporter(TrainerCallback):
             self._emit(EvalEvent(step=state.global_step, validation_loss=metrics["eval_loss"]))
 
 
-def training_arguments(params: TrainingParameters, output_dir: Path, *, has_validation: bool) -> TrainingArguments:
+EVALUATIONS_PER_RUN = 10
+"""Evaluations over a run when the spec gives no frequency: early stopping with the default
+patience (3) then gives up after 30% of the planned steps without improvement."""
+
+
+def planned_steps(params: TrainingParameters, train_examples: int) -> int:
+    """Optimizer steps the run is set for: max_steps, or the epochs over the data (as the Trainer counts)."""
+    if params.max_steps:
+        return params.max_steps
+    per_epoch = max(math.ceil(train_examples / params.batch_size) // params.gradient_accumulation_steps, 1)
+    return max(math.ceil(params.epochs * per_epoch), 1)
+
+
+def training_arguments(
+    params: TrainingParameters, output_dir: Path, *, train_examples: int, has_validation: bool
+) -> TrainingArguments:
     """Trainer settings from the job's parameters.
 
-    Evaluation runs every `eval_every_steps` steps, or once per epoch. Checkpoints are written only
-    when early stopping needs them to restore the best adapter, and then only the model.
+    Validation runs every `eval_every_steps` steps, or EVALUATIONS_PER_RUN times over the run.
+    With early stopping on (the default), each evaluation saves the adapter weights so that the
+    best one, by validation loss, is restored at the end and published; one checkpoint is kept.
     """
-    if not has_validation:
-        eval_strategy = "no"
-    elif params.eval_every_steps:
-        eval_strategy = "steps"
-    else:
-        eval_strategy = "epoch"
+    eval_every = params.eval_every_steps or max(planned_steps(params, train_examples) // EVALUATIONS_PER_RUN, 1)
+    eval_strategy = "steps" if has_validation else "no"
     keep_best = has_validation and params.early_stopping_patience > 0
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -97,9 +111,9 @@ def training_arguments(params: TrainingParameters, output_dir: Path, *, has_vali
         learning_rate=params.learning_rate,
         warmup_steps=params.warmup_ratio,  # a float below 1 is a ratio of the total steps
         eval_strategy=eval_strategy,
-        eval_steps=params.eval_every_steps or None,
-        save_strategy=eval_strategy if keep_best else "no",
-        save_steps=params.eval_every_steps or 500,  # only read when saving by steps
+        eval_steps=eval_every,
+        save_strategy="steps" if keep_best else "no",
+        save_steps=eval_every,
         save_total_limit=1 if keep_best else None,
         save_only_model=True,
         load_best_model_at_end=keep_best,
@@ -115,6 +129,56 @@ def training_arguments(params: TrainingParameters, output_dir: Path, *, has_vali
     )
 
 
+def checkpoints_of(log_history: list[dict[str, float]], published_step: int) -> list[Checkpoint]:
+    """Every evaluation of the run, with the mean training loss over the steps since the one before (one
+    batch's loss is too noisy to compare with validation loss)."""
+    losses = {int(entry["step"]): entry["loss"] for entry in log_history if "loss" in entry}
+    checkpoints: list[Checkpoint] = []
+    since = 0
+    for entry in log_history:
+        if "eval_loss" not in entry:
+            continue
+        step = int(entry["step"])
+        window = [loss for at, loss in losses.items() if since < at <= step]
+        train_loss = sum(window) / len(window) if window else float("nan")
+        checkpoints.append(
+            Checkpoint(
+                step=step, validation_loss=entry["eval_loss"], train_loss=train_loss, published=step == published_step
+            )
+        )
+        since = step
+    return checkpoints
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    metrics: dict[str, float]
+    """Steps, early stop, the published step and the generalization gaps (validation minus training loss)."""
+    checkpoints: list[Checkpoint]
+
+
+def run_outcome(
+    log_history: list[dict[str, float]], *, global_step: int, max_steps: int, best_step: int | None
+) -> TrainingOutcome:
+    """What the run's logs say; the published step is the best one when early stopping restored it, else the last."""
+    published_step = best_step if best_step is not None else global_step
+    checkpoints = checkpoints_of(log_history, published_step)
+    losses = [entry["loss"] for entry in log_history if "loss" in entry]
+    metrics = {
+        "train_loss": losses[-1],
+        "steps": float(global_step),
+        "stopped_early": float(global_step < max_steps),
+        "steps_saved": float(max_steps - global_step),
+        "best_step": float(published_step),
+    }
+    if checkpoints:
+        last = checkpoints[-1]
+        published = next((checkpoint for checkpoint in checkpoints if checkpoint.published), last)
+        metrics["final_generalization_gap"] = last.validation_loss - last.train_loss
+        metrics["best_generalization_gap"] = published.validation_loss - published.train_loss
+    return TrainingOutcome(metrics, checkpoints)
+
+
 def train(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -123,12 +187,17 @@ def train(
     params: TrainingParameters,
     output_dir: Path,
     emit: Emit,
-) -> dict[str, float]:
-    """Train the adapter in place; return the training metrics that go into the manifest."""
-    args = training_arguments(params, output_dir, has_validation=bool(validation_set))
+) -> TrainingOutcome:
+    """Train the adapter in place; return the training metrics that go into the manifest, and the checkpoints."""
+    args = training_arguments(params, output_dir, train_examples=len(train_set), has_validation=bool(validation_set))
     callbacks: list[TrainerCallback] = [EventReporter(emit)]
     if args.load_best_model_at_end:
-        callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.early_stopping_patience))
+        callbacks.append(
+            EarlyStoppingCallback(
+                early_stopping_patience=params.early_stopping_patience,
+                early_stopping_threshold=params.early_stopping_min_delta,
+            )
+        )
     trainer = Trainer(
         model=model,
         args=args,
@@ -138,10 +207,12 @@ def train(
         callbacks=callbacks,
     )
     trainer.train()
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return {
-        "train_loss": losses[-1],
-        "steps": float(trainer.state.global_step),
-        "epochs": float(trainer.state.epoch or 0.0),
-        "stopped_early": float(trainer.state.global_step < trainer.state.max_steps),
-    }
+    state = trainer.state
+    outcome = run_outcome(
+        state.log_history,
+        global_step=state.global_step,
+        max_steps=state.max_steps,
+        best_step=state.best_global_step if args.load_best_model_at_end else None,
+    )
+    outcome.metrics["epochs"] = float(state.epoch or 0.0)
+    return outcome

@@ -1,0 +1,162 @@
+"""`python -m bench.quality`: what a default training job gets right, against a plain peft script, in one run.
+
+A task of our own (bench/quality/task.py: dates to ISO 8601, test dates from years never seen in
+training). Our side runs as a user would: trainer-svc and serving-svc on their defaults, one job
+submitted with nothing but the data, then the test prompts sent to serving as plain prompts and
+as chat messages, to the base model and to the adapter, greedy; and the knowledge questions
+(trainer_svc/worker/knowledge_probe.py) to both. The baseline (bench/quality/plain_script.py)
+trains the same model on the same data with the same LoRA settings for a fixed 150 steps.
+Systems run one after the other. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench.quality.task import Example, make_task, write_jsonl
+from bench.serving import processes
+from bench.serving.ours import free_port
+from bench.serving.workspace import prepare_model
+from loraplane.client import LoraplaneClient, sampling
+from loraplane.proto import trainer_pb2
+from trainer_svc.worker.knowledge_probe import QUESTIONS, _names_an_answer
+
+log = logging.getLogger("bench.quality")
+GREEDY = sampling(max_tokens=32, temperature=0)
+
+
+def _console_script(name: str) -> str:
+    return str(Path(sys.executable).with_name(name))
+
+
+def _ask(client: LoraplaneClient, adapter: str, prompts: list[str], *, chat: bool) -> list[str]:
+    def one(prompt: str) -> str:
+        if chat:
+            answer = client.inference.generate(
+                messages=[{"role": "user", "content": prompt}], adapter=adapter, params=GREEDY
+            )
+        else:
+            answer = client.inference.generate(prompt=prompt, adapter=adapter, params=GREEDY)
+        return answer.text.strip()
+
+    with ThreadPoolExecutor(8) as pool:  # concurrent, as apps call it; greedy answers do not depend on batching
+        return list(pool.map(one, prompts))
+
+
+def _exact_match(answers: list[str], test: list[Example]) -> float:
+    return sum(a == e.answer for a, e in zip(answers, test, strict=True)) / len(test)
+
+
+def _facts(answers: list[str]) -> list[bool]:
+    return [_names_an_answer(a, accepted) for a, (_, accepted) in zip(answers, QUESTIONS, strict=True)]
+
+
+def run_ours(model_dir: Path, train_file: Path, test: list[Example], scratch: Path) -> dict[str, Any]:
+    trainer_port, serving_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "LORAPLANE_DATA_DIR": str(scratch / "data"),
+        "LORAPLANE_BASE_MODEL": str(model_dir),
+        "LORAPLANE_BASE_MODEL_NAME": "smollm2",
+        "LORAPLANE_TRAINER_ADDRESS": f"127.0.0.1:{trainer_port}",
+        "LORAPLANE_TRAINER_METRICS_PORT": "0",
+        "LORAPLANE_SERVING_ADDRESS": f"127.0.0.1:{serving_port}",
+        "LORAPLANE_SERVING_METRICS_PORT": "0",
+    }
+    servers = [
+        processes.spawn([_console_script(name)], env=env, log_path=scratch / f"{name}.log")
+        for name in ("trainer-svc", "serving-svc")
+    ]
+    try:
+        with LoraplaneClient(trainer=f"127.0.0.1:{trainer_port}", serving=f"127.0.0.1:{serving_port}") as client:
+            for service in ("trainer", "serving"):
+                if not client.wait_until_serving(service, 300):
+                    raise RuntimeError(f"{service} did not start; see {scratch}")
+            job = client.jobs.create(adapter_name="dates", training_file=train_file)
+            started = time.perf_counter()
+            for event in client.jobs.watch(job.id):
+                log.info("job: %s", event.message)
+            elapsed = time.perf_counter() - started
+            job = client.jobs.retrieve(job.id)
+            if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
+                raise RuntimeError(f"the job ended {trainer_pb2.JobState.Name(job.state)}: {job.error.message}")
+            prompts = [e.prompt for e in test]
+            questions = [question for question, _ in QUESTIONS]
+            base_known = _facts(_ask(client, "", questions, chat=True))
+            adapter_known = _facts(_ask(client, "dates", questions, chat=True))
+            metrics = job.metrics
+            return {
+                "job_s": round(elapsed, 1),
+                "steps": metrics.steps,
+                "best_step": metrics.best_step,
+                "stopped_early": metrics.stopped_early,
+                "exact_match_prompt": _exact_match(_ask(client, "dates", prompts, chat=False), test),
+                "exact_match_chat": _exact_match(_ask(client, "dates", prompts, chat=True), test),
+                "base_exact_match_prompt": _exact_match(_ask(client, "", prompts, chat=False), test),
+                "base_exact_match_chat": _exact_match(_ask(client, "", prompts, chat=True), test),
+                "facts_known_by_base": sum(base_known),
+                "facts_lost": sum(k and not a for k, a in zip(base_known, adapter_known, strict=True)),
+                "job_reported": {
+                    "task_scores": {
+                        trainer_pb2.TaskMetric.Name(s.metric): [round(s.base, 3), round(s.adapter, 3)]
+                        for s in metrics.task_scores
+                    },
+                    "probe_facts_known": metrics.probe_facts_known,
+                    "probe_facts_lost": metrics.probe_facts_lost,
+                    "final_generalization_gap": round(metrics.final_generalization_gap, 4),
+                    "best_generalization_gap": round(metrics.best_generalization_gap, 4),
+                },
+            }
+    finally:
+        for server in servers:
+            processes.stop(server)
+
+
+def run_plain(model_dir: Path, train_file: Path, test_file: Path, scratch: Path) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.quality.plain_script", str(model_dir), str(train_file), str(test_file)]
+    done = subprocess.run(
+        [*command, str(scratch / "plain")], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[2]
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
+    parser.add_argument("--train", type=int, default=400, help="training examples (the trainer holds 10%% out)")
+    parser.add_argument("--test", type=int, default=40, help="test prompts")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--systems", default="ours,plain", help="ours,plain")
+    parser.add_argument("--work-dir", type=Path, default=Path("~/.cache/loraplane-bench").expanduser())
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    model_dir = prepare_model("smollm2", args.work_dir)
+    train, test = make_task(args.seed, args.train, args.test)
+    report: dict[str, Any] = {"task": "dates to ISO 8601", "train": args.train, "test": args.test, "seed": args.seed}
+    with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
+        scratch = Path(tmp)
+        train_file, test_file = write_jsonl(scratch / "train.jsonl", train), write_jsonl(scratch / "test.jsonl", test)
+        for system in args.systems.split(","):
+            log.info("running %s", system)
+            if system == "ours":
+                report["ours"] = run_ours(model_dir, train_file, test, scratch)
+            else:
+                report["plain"] = run_plain(model_dir, train_file, test_file, scratch)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

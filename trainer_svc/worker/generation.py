@@ -1,0 +1,74 @@
+"""Greedy answers of a model to token-id prompts, the way serving decodes them.
+
+The drift reference, the task metrics and the knowledge probe all judge what the model would
+answer through serving, so they share this one decoding: greedy, left-padded batches, stopping
+at any of the model's end tokens (loraplane.models.end_token_ids, which the engines use too).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from loraplane.models import end_token_ids
+
+
+@torch.no_grad()
+def greedy_answers(
+    model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], max_new_tokens: int
+) -> list[tuple[list[int], float]]:
+    """Greedy answers to the prompts: each answer's tokens (up to and including an end token) and the
+    sum of their log-probabilities."""
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    end_ids = end_token_ids(model, tokenizer)
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, prompt in enumerate(prompts):  # left-padded, as generation needs
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    output = model.generate(  # type: ignore[operator]
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=pad,
+        eos_token_id=end_ids or None,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    generated = output.sequences[:, width:].cpu()
+    logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in output.logits], dim=1).cpu()
+    answers = []
+    for row in range(len(prompts)):
+        tokens: list[int] = []
+        total = 0.0
+        for position, token in enumerate(generated[row].tolist()):
+            tokens.append(token)
+            total += float(logprobs[row, position, token])
+            if token in end_ids:
+                break
+        answers.append((tokens, total))
+    return answers
+
+
+def greedy_texts(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[str]:
+    """The answers as text, special tokens (the end token) left out."""
+    was_training = model.training
+    model.eval()
+    texts: list[str] = []
+    try:
+        for first in range(0, len(prompts), batch_size):
+            answers = greedy_answers(model, tokenizer, prompts[first : first + batch_size], max_new_tokens)
+            texts.extend(str(tokenizer.decode(tokens, skip_special_tokens=True)) for tokens, _ in answers)
+    finally:
+        model.train(was_training)
+    return texts

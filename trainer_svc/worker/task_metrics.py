@@ -1,0 +1,88 @@
+"""Task metrics by generation: how much better the adapter answers held-out prompts than its base.
+
+Loss says how likely the reference answers are; a caller wants to know whether the answers the
+adapter gives are right. After training, the base model and the adapter each answer the test
+prompts (the validation prompts when the job has no test set) greedily, as serving would, and
+both are scored against the dataset's answers with maintained implementations: sacrebleu for
+BLEU and chrF, rouge-score for ROUGE-L.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sacrebleu
+from peft import PeftModel
+from rouge_score import rouge_scorer
+from transformers import PreTrainedTokenizerBase
+
+from trainer_svc.progress import TaskScore
+from trainer_svc.spec import TaskMetric
+from trainer_svc.worker.generation import greedy_texts
+from trainer_svc.worker.tokenization import TokenizedExample
+
+MAX_TASK_EXAMPLES = 200
+"""Test prompts answered, at most: enough to tell a few points of exact match apart, in seconds to minutes."""
+MAX_ANSWER_TOKENS = 256
+
+
+def _exact_match(predictions: list[str], references: list[str]) -> float:
+    return sum(p.strip() == r.strip() for p, r in zip(predictions, references, strict=True)) / len(references)
+
+
+def _rouge_l(predictions: list[str], references: list[str]) -> float:
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    scores = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True)]
+    return sum(scores) / len(scores)
+
+
+def _bleu(predictions: list[str], references: list[str]) -> float:
+    return float(sacrebleu.corpus_bleu(predictions, [references]).score) / 100
+
+
+def _chrf(predictions: list[str], references: list[str]) -> float:
+    return float(sacrebleu.corpus_chrf(predictions, [references]).score) / 100
+
+
+SCORERS: dict[TaskMetric, Callable[[list[str], list[str]], float]] = {
+    "exact_match": _exact_match,
+    "rouge_l": _rouge_l,
+    "bleu": _bleu,
+    "chrf": _chrf,
+}
+
+
+def reference_answer(tokenizer: PreTrainedTokenizerBase, example: TokenizedExample) -> str:
+    """The example's final answer as text: its tokens after the prompt, markup and end token left out."""
+    return str(tokenizer.decode(example.input_ids[example.prompt_length :], skip_special_tokens=True)).strip()
+
+
+def task_scores(
+    model: PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: list[TokenizedExample],
+    metrics: list[TaskMetric],
+    *,
+    batch_size: int,
+) -> list[TaskScore]:
+    """Each metric for the base model and the adapter on up to MAX_TASK_EXAMPLES examples that have a prompt
+    (text examples have none: nothing to answer)."""
+    answerable = [example for example in examples if example.prompt_length > 0][:MAX_TASK_EXAMPLES]
+    if not answerable:
+        return []
+    prompts = [example.input_ids[: example.prompt_length] for example in answerable]
+    references = [reference_answer(tokenizer, example) for example in answerable]
+    longest = max(len(example.input_ids) - example.prompt_length for example in answerable)
+    budget = {"max_new_tokens": min(MAX_ANSWER_TOKENS, 2 * longest + 8), "batch_size": batch_size}
+    adapter_answers = greedy_texts(model, tokenizer, prompts, **budget)
+    with model.disable_adapter():
+        base_answers = greedy_texts(model, tokenizer, prompts, **budget)
+    return [
+        TaskScore(
+            metric=metric,
+            base=SCORERS[metric](base_answers, references),
+            adapter=SCORERS[metric](adapter_answers, references),
+            examples=len(answerable),
+        )
+        for metric in metrics
+    ]
