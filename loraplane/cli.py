@@ -110,7 +110,11 @@ def _print_outcome(job: trainer_pb2.Job) -> None:
             f" -> {m.forgetting_probe_adapter_loss:.3f}\n"
             f"  published step {m.best_step} of {m.steps}"
             + (f", stopped early ({m.steps_saved} steps saved)" if m.stopped_early else "")
+            + f"; general facts lost {m.probe_facts_lost} of {m.probe_facts_known}"
         )
+        for score in m.task_scores:
+            name = trainer_pb2.TaskMetric.Name(score.metric).removeprefix("TASK_METRIC_").lower()
+            console.print(f"  {name}: base {score.base:.3f} -> adapter {score.adapter:.3f} ({score.examples} prompts)")
     else:
         error = f": {job.error.code} {job.error.field + ': ' if job.error.field else ''}{job.error.message}"
         console.print(f"[red]{_state_name(job.state)}[/red]{error if job.error.code else ''}")

@@ -1,7 +1,9 @@
 """A held-out task: dates written many ways, to be answered in ISO 8601.
 
-Training dates fall in 1950-1999, test dates in 2031-2059: the adapter must learn the rule, not
-recall dates it saw. Deterministic for a seed, so every system in a run sees the same examples.
+Training dates fall in 1900-1979, test dates in 1980-1999: the adapter must learn the rule, not
+recall dates it saw. (A first split with test dates in 2031-2059 defeated every system, the plain
+script included: trained on one century, SmolLM2-135M writes the next one's years in it.)
+Deterministic for a seed, so every system in a run sees the same examples.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _examples(rng: random.Random, first_year: int, last_year: int, count: int) -
 
 def make_task(seed: int, train_count: int, test_count: int) -> tuple[list[Example], list[Example]]:
     rng = random.Random(seed)
-    return _examples(rng, 1950, 1999, train_count), _examples(rng, 2031, 2059, test_count)
+    return _examples(rng, 1900, 1979, train_count), _examples(rng, 1980, 1999, test_count)
 
 
 def write_jsonl(path: Path, examples: list[Example]) -> Path:
