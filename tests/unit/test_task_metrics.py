@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from trainer_svc.worker import knowledge_probe
+from trainer_svc.worker import generation, knowledge_probe
 from trainer_svc.worker.knowledge_probe import QUESTIONS, _names_an_answer
 from trainer_svc.worker.task_metrics import SCORERS
 
@@ -75,7 +75,7 @@ def test_a_fact_the_base_knew_and_the_adapter_does_not_is_counted_lost(monkeypat
         assert len(prompts) == len(QUESTIONS)
         return adapter if model_.adapter_enabled else base
 
-    monkeypatch.setattr(knowledge_probe, "greedy_texts", answers)
+    monkeypatch.setattr(generation, "greedy_texts", answers)
     monkeypatch.setattr(knowledge_probe, "_prompt", lambda tokenizer, question, prompt_format: [1, 2])
     result = knowledge_probe.knowledge_probe(model, object(), "chat", batch_size=4)  # type: ignore[arg-type]
     assert result.known == [QUESTIONS[0][0], QUESTIONS[1][0]]

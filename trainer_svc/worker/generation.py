@@ -7,6 +7,8 @@ at any of the model's end tokens (loraplane.models.end_token_ids, which the engi
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from transformers import PreTrainedTokenizerBase
 
@@ -72,3 +74,14 @@ def greedy_texts(
     finally:
         model.train(was_training)
     return texts
+
+
+def base_and_adapter_texts(
+    model: Any, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int
+) -> tuple[list[str], list[str]]:
+    """The answers of the base model (the peft model's adapter disabled) and of the adapter."""
+    budget = {"max_new_tokens": max_new_tokens, "batch_size": batch_size}
+    adapter = greedy_texts(model, tokenizer, prompts, **budget)
+    with model.disable_adapter():
+        base = greedy_texts(model, tokenizer, prompts, **budget)
+    return base, adapter

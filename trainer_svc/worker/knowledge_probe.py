@@ -17,7 +17,7 @@ from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
 from loraplane.artifact import PromptFormat
-from trainer_svc.worker.generation import greedy_texts
+from trainer_svc.worker.generation import base_and_adapter_texts
 
 QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What is the capital of France?", ("paris",)),
@@ -65,10 +65,9 @@ def knowledge_probe(
     model: PeftModel, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat, *, batch_size: int
 ) -> ProbeResult:
     prompts = [_prompt(tokenizer, question, prompt_format) for question, _ in QUESTIONS]
-    budget = {"max_new_tokens": MAX_ANSWER_TOKENS, "batch_size": batch_size}
-    adapter_answers = greedy_texts(model, tokenizer, prompts, **budget)
-    with model.disable_adapter():
-        base_answers = greedy_texts(model, tokenizer, prompts, **budget)
+    base_answers, adapter_answers = base_and_adapter_texts(
+        model, tokenizer, prompts, max_new_tokens=MAX_ANSWER_TOKENS, batch_size=batch_size
+    )
     known = [
         question
         for (question, accepted), answer in zip(QUESTIONS, base_answers, strict=True)

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from trainer_svc.progress import TaskScore
 from trainer_svc.spec import TaskMetric
-from trainer_svc.worker.generation import greedy_texts
+from trainer_svc.worker.generation import base_and_adapter_texts
 from trainer_svc.worker.tokenization import TokenizedExample
 
 MAX_TASK_EXAMPLES = 200
@@ -73,10 +73,9 @@ def task_scores(
     prompts = [example.input_ids[: example.prompt_length] for example in answerable]
     references = [reference_answer(tokenizer, example) for example in answerable]
     longest = max(len(example.input_ids) - example.prompt_length for example in answerable)
-    budget = {"max_new_tokens": min(MAX_ANSWER_TOKENS, 2 * longest + 8), "batch_size": batch_size}
-    adapter_answers = greedy_texts(model, tokenizer, prompts, **budget)
-    with model.disable_adapter():
-        base_answers = greedy_texts(model, tokenizer, prompts, **budget)
+    base_answers, adapter_answers = base_and_adapter_texts(
+        model, tokenizer, prompts, max_new_tokens=min(MAX_ANSWER_TOKENS, 2 * longest + 8), batch_size=batch_size
+    )
     return [
         TaskScore(
             metric=metric,
