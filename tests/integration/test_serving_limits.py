@@ -39,7 +39,11 @@ def _settings(tiny_model_dir: Path, data_dir: Path, **overrides: object) -> Serv
 async def narrow_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServingServer]:
     """One request generating and one waiting, at most."""
     settings = _settings(
-        tiny_model_dir, tmp_path_factory.mktemp("narrow"), max_concurrent_requests=1, max_queued_requests=1
+        tiny_model_dir,
+        tmp_path_factory.mktemp("narrow"),
+        max_concurrent_requests=1,
+        max_queued_requests=1,
+        max_model_len=512,
     )
     server = create_server(settings)
     await server.start()
@@ -50,7 +54,9 @@ async def narrow_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathF
 
 
 async def test_requests_past_the_limits_are_resource_exhausted(narrow_server: ServingServer) -> None:
-    long = serving_pb2.SamplingParameters(temperature=0, max_tokens=150, min_tokens=150, ignore_eos=True)
+    # As long as the tiny model's context allows: the first request must still hold its place when
+    # the third arrives, even on a loaded machine.
+    long = serving_pb2.SamplingParameters(temperature=0, max_tokens=480, min_tokens=480, ignore_eos=True)
     request = serving_pb2.GenerateRequest(prompt="The capital of France is", sampling=long)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{narrow_server.port}") as channel:
         stub = serving_pb2_grpc.InferenceStub(channel)
@@ -65,7 +71,7 @@ async def test_requests_past_the_limits_are_resource_exhausted(narrow_server: Se
         assert "LORAPLANE_MAX_QUEUED_REQUESTS" in (info.value.details() or "")
         generating.cancel()
         reply = await waiting  # the queued request gets the place once the first leaves
-        assert reply.usage.completion_tokens == 150
+        assert reply.usage.completion_tokens == 480
 
 
 async def test_a_context_longer_than_the_model_fails_at_start_naming_the_setting(
