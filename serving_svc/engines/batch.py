@@ -1,54 +1,58 @@
 """A batch of sequences decoding together, that sequences join and leave between steps.
 
 This is the continuous batching of TGI's transformers models (`CausalLMBatch.concatenate` and
-`filter`) on today's transformers cache: rows are left-padded to one length, a 2D attention mask
-marks the padding and per-row position ids keep each row's positions its own, so a row computes
-exactly what it would alone. New sequences are prefilled together, then concatenated onto the
-running batch (keys and values left-padded to the longer one); finished rows are dropped and
-the columns no live row needs any more are trimmed away.
+`filter`) on a cache made for it (`kv_cache.BatchCache`): rows are left-padded to one length, a
+2D attention mask marks the padding and per-row position ids keep each row's positions its own,
+so a row computes exactly what it would alone. New sequences are prefilled together, then take
+the places of rows that have finished (or are added after the last); finished rows are only
+marked free, and the batch is compacted once a quarter of its rows are free. Either way no step
+copies the whole cache, as dropping and appending rows of transformers' `DynamicCache` does.
 
-Each row names its adapter; `adapter_names` (peft's mixed-adapter batches) applies to each row
-its own adapter in the same forward pass, and "__base__" is the base model.
+Each row names its adapter, "__base__" for the base model; a free row decodes a placeholder token
+as the base model, which costs a row of a step that is bound by reading the weights, and nothing else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import torch
-from transformers import DynamicCache
+
+from serving_svc.engines.kv_cache import BatchCache
 
 Forward = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
-"""The model's forward, bound to how the batch's adapters are applied (see TransformersEngine): the
-last position's logits of every row, and every position's logits of the rows named in
-`every_position_of` (None when no row is named)."""
+"""The model's forward, bound to how the batch's adapters are applied (see TransformersEngine):
+called as forward(input_ids, mask, positions, cache, adapter_names, *, prefill, every_position_of),
+it returns the last position's logits of every row, and every position's logits of the rows named
+in `every_position_of` (None when no row is named)."""
+
+FREE = "__base__"
+"""The adapter name of a free row: the base model's."""
+
+_COMPACT_AT = 0.25
+"""Share of a batch's rows that may be free before it is compacted (one copy of the cache)."""
 
 
-def _left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    missing = length - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
-def _layers(cache: DynamicCache) -> list[Any]:
-    """The cache's per-layer key/value holders (DynamicLayer: `.keys`, `.values` of [rows, heads, columns, dim])."""
-    return list(cache.layers)
+def _left_pad(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    missing = length - tensor.shape[1]
+    return tensor if missing == 0 else torch.cat([tensor.new_zeros((tensor.shape[0], missing)), tensor], dim=1)
 
 
 class DecodeBatch:
     """Rows of token ids decoding in step, with their attention mask and key/value cache."""
 
-    def __init__(self, cache: DynamicCache, mask: torch.Tensor, adapter_names: list[str]) -> None:
+    def __init__(self, cache: BatchCache, mask: torch.Tensor, adapter_names: list[str]) -> None:
         self.cache = cache
         self.mask = mask  # [rows, columns]: 1 for a real token, 0 for left padding
         self.adapter_names = adapter_names
+        self.free: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.adapter_names)
+
+    @property
+    def live(self) -> list[int]:
+        return [row for row in range(len(self)) if row not in self.free]
 
     @classmethod
     def prefill(
@@ -64,8 +68,10 @@ class DecodeBatch:
             input_ids[row, length - len(prompt) :] = torch.tensor(prompt)
             mask[row, length - len(prompt) :] = 1
         positions = (mask.cumsum(1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits, every_position = forward(input_ids, mask, positions, cache, adapter_names, every_position_of=scored)
+        cache = BatchCache()
+        logits, every_position = forward(
+            input_ids, mask, positions, cache, adapter_names, prefill=True, every_position_of=scored
+        )
         scores: dict[int, float] = {}
         if every_position is not None:
             rows = scored
@@ -79,31 +85,59 @@ class DecodeBatch:
         return cls(cache, mask, adapter_names), logits, scores
 
     def step(self, forward: Forward, next_tokens: list[int]) -> torch.Tensor:
-        """Feed each row its next token; the logits for the token after it."""
+        """Feed each row its next token (free rows: any token); the logits for the token after it."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self), 1))], dim=1)
         positions = self.mask.sum(1, keepdim=True) - 1
         input_ids = torch.tensor(next_tokens, dtype=torch.long).unsqueeze(1)
-        logits, _ = forward(input_ids, self.mask, positions, self.cache, self.adapter_names)
+        logits, _ = forward(input_ids, self.mask, positions, self.cache, self.adapter_names, prefill=False)
         return logits
 
-    def concatenate(self, other: DecodeBatch) -> None:
-        """Append `other`'s rows (both batches must be between the same kind of step)."""
+    def release(self, rows: list[int]) -> None:
+        """Free `rows` for sequences that join later; the columns no live row needs leave the window."""
+        for row in rows:
+            self.mask[row] = 0
+            self.adapter_names[row] = FREE
+            self.free.add(row)
+        live = self.live
+        if not live:
+            return
+        first = int(self.mask[live].any(0).long().argmax())
+        if first:
+            self.mask = self.mask[:, first:]
+            for layer in self.cache.window_layers:
+                layer.drop_leading(first)
+
+    def join(self, other: DecodeBatch) -> list[int]:
+        """Put `other`'s rows into free rows (then after the last); the rows they now are, in order.
+        Both batches must be between the same kind of step."""
+        free = sorted(self.free)
+        rows = [free[i] if i < len(free) else len(self) + i - len(free) for i in range(len(other))]
         length = max(self.mask.shape[1], other.mask.shape[1])
-        self.mask = torch.cat([_left_pad(self.mask, length, 1), _left_pad(other.mask, length, 1)])
-        for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
-            mine.keys = torch.cat([_left_pad(mine.keys, length, 2), _left_pad(theirs.keys, length, 2)])
-            mine.values = torch.cat([_left_pad(mine.values, length, 2), _left_pad(theirs.values, length, 2)])
-        self.adapter_names = [*self.adapter_names, *other.adapter_names]
+        grown = len(self) + max(0, len(other) - len(free))
+        mask = self.mask.new_zeros((grown, length))
+        mask[: len(self)] = _left_pad(self.mask, length)
+        index = torch.tensor(rows, dtype=torch.long)
+        mask[index] = _left_pad(other.mask, length)
+        for mine, theirs in zip(self.cache.window_layers, other.cache.window_layers, strict=True):
+            mine.write_rows(index, theirs.keys, theirs.values)  # type: ignore[arg-type]
+        self.mask = mask
+        self.adapter_names.extend([FREE] * (grown - len(self)))
+        for row, name in zip(rows, other.adapter_names, strict=True):
+            self.adapter_names[row] = name
+            self.free.discard(row)
+        return rows
+
+    def needs_compacting(self) -> bool:
+        return len(self.free) > _COMPACT_AT * len(self)
 
     def keep(self, rows: list[int]) -> None:
         """Keep only `rows` (in that order), then drop the leading columns that are padding in all of them."""
-        if len(rows) == len(self):
+        if rows == list(range(len(self))):
             return
         index = torch.tensor(rows, dtype=torch.long)
-        mask = self.mask[index]
-        first = int(mask.any(0).long().argmax()) if rows else 0
-        self.mask = mask[:, first:]
-        for layer in _layers(self.cache):
-            layer.keys = layer.keys[index, :, first:]
-            layer.values = layer.values[index, :, first:]
+        for layer in self.cache.window_layers:
+            layer.keep_rows(index)
+        self.mask = self.mask[index]
         self.adapter_names = [self.adapter_names[i] for i in rows]
+        self.free = {i for i, row in enumerate(rows) if row in self.free}
+        self.release([])

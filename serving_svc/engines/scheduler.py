@@ -3,7 +3,8 @@
 `run` occupies the engine's one torch thread, and every model call happens there, so adapters
 are added and removed between steps (as calls queued with `call`) and never under a running
 forward pass. Requests that arrive while others decode are prefilled at the next step and join
-the running batch; finished and aborted rows leave it at once. Rows whose adapters can be
+the running batch; finished and aborted rows are freed at once, for the next request to take
+their place (see `DecodeBatch`). Rows whose adapters can be
 stacked share one batch; an adapter that cannot (DoRA) decodes in a batch of its own, stepped
 in turn with the others.
 
@@ -74,7 +75,7 @@ class Scheduler:
         self._on_step = on_step
         self._waiting: deque[Sequence] = deque()
         self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
-        self._batches: dict[str, tuple[DecodeBatch, list[Sequence]]] = {}
+        self._batches: dict[str, tuple[DecodeBatch, list[Sequence | None]]] = {}  # None: a free row
         self._wake = threading.Condition()
         self._stopping = False
         self._running = 0
@@ -109,7 +110,7 @@ class Scheduler:
         return EngineStats(running=self._running, waiting=len(self._waiting))
 
     def _count_running(self) -> int:
-        self._running = sum(len(rows) for _, rows in self._batches.values())
+        self._running = sum(len(batch.live) for batch, _ in self._batches.values())
         return self._running
 
     # -- the engine thread ------------------------------------------------------------------
@@ -140,7 +141,7 @@ class Scheduler:
         self._fail_all(RuntimeError("the engine is shutting down"))
 
     def _admit(self) -> None:
-        """Prefill waiting sequences, as many as free rows allow, and add them to their batches."""
+        """Prefill waiting sequences, as many as free rows allow, and put them into their batches."""
         free = self._max_batch_size - self._count_running()
         admitted: dict[str, list[Sequence]] = {}
         with self._wake:
@@ -156,38 +157,53 @@ class Scheduler:
             batch, logits, scores = DecodeBatch.prefill(forward, prompts, [s.adapter_name for s in sequences], scored)
             for row, prompt_logprob in scores.items():
                 sequences[row].prompt_logprob = prompt_logprob
-            kept = self._advance(batch, sequences, logits)
-            if not kept:
+            candidates: list[Sequence | None] = list(sequences)
+            finished = set(self._advance(candidates, logits))
+            going_on = [row for row in range(len(sequences)) if row not in finished]
+            if not going_on:
                 continue
+            batch.keep(going_on)
             if key in self._batches:
                 running, rows = self._batches[key]
-                running.concatenate(batch)
-                rows.extend(kept)
+                for row, index in zip(going_on, running.join(batch), strict=True):
+                    rows.extend([None] * (index + 1 - len(rows)))
+                    rows[index] = sequences[row]
             else:
-                self._batches[key] = (batch, kept)
+                self._batches[key] = (batch, [sequences[row] for row in going_on])
 
     def _decode(self) -> None:
         for key, (batch, rows) in list(self._batches.items()):
-            live = [i for i, s in enumerate(rows) if not s.aborted]
+            aborted = [i for i, s in enumerate(rows) if s is not None and s.aborted]
+            self._release(batch, rows, aborted)
+            live = batch.live
             if not live:
                 del self._batches[key]
                 continue
-            batch.keep(live)
-            rows = [rows[i] for i in live]
-            self._on_step(len(rows))
-            logits = batch.step(self._forward_for(key), [s.next_token for s in rows])
-            kept = self._advance(batch, rows, logits)
-            if kept:
-                self._batches[key] = (batch, kept)
-            else:
+            if batch.needs_compacting():
+                batch.keep(live)
+                rows = [rows[i] for i in live]
+                self._batches[key] = (batch, rows)
+            self._on_step(len(batch.live))
+            logits = batch.step(self._forward_for(key), [s.next_token if s is not None else 0 for s in rows])
+            self._release(batch, rows, self._advance(rows, logits))
+            if not batch.live:
                 del self._batches[key]
 
-    def _advance(self, batch: DecodeBatch, rows: list[Sequence], logits: torch.Tensor) -> list[Sequence]:
-        """Choose every row's next token, send what it adds, and keep the rows that go on."""
-        samplers = [s.sampler for s in rows]
-        tokens, logprobs = select_tokens(logits, samplers, [len(s.generated) for s in rows], self._end_token_ids)
-        keep: list[int] = []
-        for index, (sequence, token, logprob) in enumerate(zip(rows, tokens, logprobs, strict=True)):
+    @staticmethod
+    def _release(batch: DecodeBatch, rows: list[Sequence | None], finished: list[int]) -> None:
+        batch.release(finished)
+        for row in finished:
+            rows[row] = None
+
+    def _advance(self, rows: list[Sequence | None], logits: torch.Tensor) -> list[int]:
+        """Choose every live row's next token and send what it adds; the rows that have finished."""
+        live = [(row, s) for row, s in enumerate(rows) if s is not None]
+        index = [row for row, _ in live]
+        tokens, logprobs = select_tokens(
+            logits[index], [s.sampler for _, s in live], [len(s.generated) for _, s in live], self._end_token_ids
+        )
+        finished: list[int] = []
+        for (row, sequence), token, logprob in zip(live, tokens, logprobs, strict=True):
             sequence.generated.append(token)
             reason = self._finish_reason(sequence, token)
             stop_allowed = len(sequence.generated) >= sequence.request.sampling.min_tokens
@@ -197,9 +213,9 @@ class Scheduler:
             sequence.emit(self._delta(sequence, token, logprob, text, reason))
             if reason is None:
                 sequence.next_token = token
-                keep.append(index)
-        batch.keep(keep)
-        return [rows[i] for i in keep]
+            else:
+                finished.append(row)
+        return finished
 
     def _finish_reason(self, sequence: Sequence, token: int) -> FinishReason | None:
         generated = len(sequence.generated)
@@ -235,5 +251,5 @@ class Scheduler:
             waiting, self._waiting = list(self._waiting), deque()
         batches, self._batches = self._batches, {}
         self._running = 0
-        for sequence in [*waiting, *(s for _, rows in batches.values() for s in rows)]:
+        for sequence in [*waiting, *(s for _, rows in batches.values() for s in rows if s is not None)]:
             sequence.emit(exc)

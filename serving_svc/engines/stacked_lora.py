@@ -9,8 +9,9 @@ folded in; slot 0 holds zeros, for base-model rows), and a forward hook on each 
 
 - for a few distinct adapters in the batch: ((x @ A_cat) * row_mask) @ B_cat, where A_cat and
   B_cat hold just those adapters side by side and `row_mask` keeps each row's own block;
-- for more: each row's own A and B, gathered from the table once per change of the batch's
-  rows, applied with two batched matmuls.
+- for more: each row's own A and B, applied with two batched matmuls. For the running batch they
+  live in per-row buffers, and a row that changes (a request that joins in a freed row) copies
+  just its own adapter's weights there; a prefill gathers the weights of its new rows.
 
 Either way two matmuls per layer, whatever the number of adapters. Adding an adapter writes its
 weights into a free slot (no module of the model changes), so a cold adapter costs the read of
@@ -19,7 +20,6 @@ its file; removing one zeroes its slot for reuse.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,8 +34,6 @@ BASE = "__base__"
 _MASKED_UP_TO = 4
 """Up to this many adapters in a batch, every row multiplies by all their A's side by side and
 keeps its own block (each adapter adds ~2% to a step); past it, each row gathers its own weights."""
-_CACHED_ROW_SETS = 2
-"""A step alternates at most between the running batch and the prefill of the rows joining it."""
 
 _Delta = Callable[[torch.Tensor, torch.Tensor], object]
 """Adds a layer's LoRA delta for input x ([rows, seq, in]) to its output ([rows, seq, out]), in place."""
@@ -54,6 +52,10 @@ class _LayerTable:
         self.b = torch.zeros((1, 0, self.out_features), dtype=dtype)
         self.used: set[int] = set()
         self.resize(slots, 0)
+        # The running batch's rows: row i holds slot row_slots[i]'s weights (stale past len(row_slots)).
+        self._row_a = torch.zeros((0, self.in_features, 0), dtype=dtype)
+        self._row_b = torch.zeros((0, 0, self.out_features), dtype=dtype)
+        self._row_slots: list[int] = []
 
     def resize(self, slots: int, rank: int) -> None:
         """Grow to at least `slots` slots of rank `rank` (zero-padded), keeping what is there."""
@@ -68,6 +70,7 @@ class _LayerTable:
         a[kept, :, :old_rank] = self.a[kept]
         b[kept, :old_rank, :] = self.b[kept]
         self.a, self.b = a, b
+        self._row_slots = []
 
     def write(self, slot: int, module: LoraModule) -> None:
         rank = int(module.a.shape[0])
@@ -77,15 +80,18 @@ class _LayerTable:
         self.a[slot, :, :rank] = module.a.T
         self.b[slot, :rank, :] = module.b.T * module.scaling
         self.used.add(slot)
+        self._row_slots = []
 
     def clear(self, slot: int) -> None:
         if slot in self.used:
             self.a[slot].zero_()
             self.b[slot].zero_()
             self.used.discard(slot)
+            self._row_slots = []
 
-    def delta_for(self, slots: list[int]) -> _Delta | None:
-        """This layer's delta for rows using `slots` (one per row), or None when none of them has weights here."""
+    def delta_for(self, slots: list[int], running: bool) -> _Delta | None:
+        """This layer's delta for rows using `slots` (one per row), or None when none of them has weights
+        here; `running` for the running batch, whose per-row weights stay in buffers between steps."""
         distinct = sorted(set(slots) & self.used)
         if not distinct:
             return None
@@ -102,9 +108,29 @@ class _LayerTable:
                 ((x @ a_cat) * mask).view(-1, b_cat.shape[0]), b_cat
             )
         # Slot 0 (zeros) for rows whose adapter has no weights here: their slot holds no data in this table.
-        index = torch.tensor([slot if slot in self.used else 0 for slot in slots], dtype=torch.long)
-        a_rows, b_rows = self.a[index], self.b[index]
+        own = [slot if slot in self.used else 0 for slot in slots]
+        if running:
+            a_rows, b_rows = self._running_rows(own)
+        else:
+            index = torch.tensor(own, dtype=torch.long)
+            a_rows, b_rows = self.a[index], self.b[index]
         return lambda x, out: out.baddbmm_(torch.bmm(x, a_rows), b_rows)
+
+    def _running_rows(self, slots: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-row buffers for rows using `slots`, after copying in the weights of the rows that changed."""
+        rows, rank = len(slots), self.a.shape[2]
+        if self._row_a.shape[0] < rows or self._row_a.shape[2] != rank:
+            self._row_a = torch.empty((rows, self.in_features, rank), dtype=self.dtype)
+            self._row_b = torch.empty((rows, rank, self.out_features), dtype=self.dtype)
+            self._row_slots = []
+        held = self._row_slots
+        changed = [row for row, slot in enumerate(slots) if row >= len(held) or held[row] != slot]
+        if changed:
+            index, source = torch.tensor(changed), torch.tensor([slots[row] for row in changed])
+            self._row_a[index] = self.a[source]
+            self._row_b[index] = self.b[source]
+            self._row_slots = [*slots, *held[rows:]] if len(held) > rows else list(slots)
+        return self._row_a[:rows], self._row_b[:rows]
 
 
 class StackedLora:
@@ -117,7 +143,7 @@ class StackedLora:
         self._tables: dict[str, _LayerTable] = {}
         self._slots: dict[str, int] = {}
         self._free: list[int] = []
-        self._deltas: OrderedDict[tuple[int, ...], dict[str, _Delta]] = OrderedDict()
+        self._running: tuple[tuple[int, ...], dict[str, _Delta]] | None = None  # the running batch's rows, deltas
         self._current: dict[str, _Delta] | None = None
 
     def __contains__(self, adapter: str) -> bool:
@@ -139,40 +165,40 @@ class StackedLora:
                 linears[path].register_forward_hook(self._hook_for(path))
             self._tables[path].write(slot, module)
         self._slots[adapter] = slot
-        self._deltas.clear()
+        self._running = None
 
     def remove(self, adapter: str) -> None:
         slot = self._slots.pop(adapter)
         for table in self._tables.values():
             table.clear(slot)
         self._free.append(slot)
-        self._deltas.clear()
+        self._running = None
 
     @contextmanager
-    def rows(self, adapter_names: list[str]) -> Iterator[None]:
-        """Apply each row's adapter (or none, for BASE) to the forward passes inside the block."""
+    def rows(self, adapter_names: list[str], running: bool) -> Iterator[None]:
+        """Apply each row's adapter (or none, for BASE) to the forward passes inside the block;
+        `running` for the batch that decodes step after step, whose deltas are kept between steps."""
         slots = tuple(self._slots.get(name, 0) for name in adapter_names)
         if not any(slots):
             yield
             return
-        self._current = self._deltas_for(slots)
+        if not running:
+            self._current = self._deltas_for(slots, running=False)
+        elif self._running is not None and self._running[0] == slots:
+            self._current = self._running[1]
+        else:
+            self._current = self._deltas_for(slots, running=True)
+            self._running = (slots, self._current)
         try:
             yield
         finally:
             self._current = None
 
-    def _deltas_for(self, slots: tuple[int, ...]) -> dict[str, _Delta]:
-        """Each layer's delta for these rows, kept while the batch's rows stay the same (most steps)."""
-        if slots in self._deltas:
-            self._deltas.move_to_end(slots)
-            return self._deltas[slots]
+    def _deltas_for(self, slots: tuple[int, ...], running: bool) -> dict[str, _Delta]:
         deltas = {}
         for path, table in self._tables.items():
-            if (delta := table.delta_for(list(slots))) is not None:
+            if (delta := table.delta_for(list(slots), running)) is not None:
                 deltas[path] = delta
-        self._deltas[slots] = deltas
-        while len(self._deltas) > _CACHED_ROW_SETS:
-            self._deltas.popitem(last=False)
         return deltas
 
     def _hook_for(self, path: str) -> Any:

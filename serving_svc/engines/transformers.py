@@ -164,6 +164,8 @@ class TransformersEngine(Engine):
             positions: torch.Tensor,
             cache: Any,
             adapter_names: list[str],
+            *,
+            prefill: bool,
             every_position_of: list[int] | None = None,
         ) -> tuple[torch.Tensor, torch.Tensor | None]:
             model: Any = self._model
@@ -171,7 +173,7 @@ class TransformersEngine(Engine):
             if batch_key == MIXED:
                 self._use_peft_layers(False)
                 assert self._stacked is not None
-                applied = self._stacked.rows(adapter_names)
+                applied = self._stacked.rows(adapter_names, running=not prefill)
             else:  # an adapter that is not stacked: peft applies it to its batch alone
                 self._use_peft_layers(True)
                 assert self._peft is not None
