@@ -140,6 +140,10 @@ def train(
     early_stopping_patience: Annotated[
         int | None, typer.Option(help="Evaluations without improvement before stopping; 0 = off.")
     ] = None,
+    early_stopping_min_delta: Annotated[
+        float | None,
+        typer.Option(help="Least fall in validation loss (nats per token) that counts as an improvement; 0 = any."),
+    ] = None,
     watch: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
     trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
 ) -> None:
@@ -162,6 +166,7 @@ def train(
                 batch_size=batch_size,
                 learning_rate=learning_rate,
                 early_stopping_patience=early_stopping_patience,
+                early_stopping_min_delta=early_stopping_min_delta,
             ),
         )
         console.print(f"job [bold]{job.id}[/bold] {_state_name(job.state)}")

@@ -90,10 +90,11 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
 
 
 def _training_fields(message: trainer_pb2.TrainingParameters) -> dict[str, object]:
-    """The training fields the caller set; early_stopping_patience has presence, so an explicit 0 turns it off."""
+    """The training fields the caller set; the early-stopping fields have presence, so an explicit 0 counts."""
     fields = _nonzero(message, tuple(TrainingParameters.model_fields))
-    if message.HasField("early_stopping_patience"):
-        fields["early_stopping_patience"] = message.early_stopping_patience
+    for name in ("early_stopping_patience", "early_stopping_min_delta"):
+        if message.HasField(name):
+            fields[name] = getattr(message, name)
     return fields
 
 

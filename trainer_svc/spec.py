@@ -43,7 +43,12 @@ class TrainingParameters(BaseModel):
     early_stopping_patience: int = Field(
         3, ge=0, description="evaluations without improvement before stopping; 0 = never stop early"
     )
-    early_stopping_min_delta: float = Field(0.0, ge=0, description="the least fall in validation loss that counts")
+    early_stopping_min_delta: float = Field(
+        0.01,
+        ge=0,
+        description="the least fall in validation loss (nats per token) that counts as an improvement; 0.01 is "
+        "1% of perplexity",
+    )
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = Field(0, ge=0)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)

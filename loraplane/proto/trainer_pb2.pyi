@@ -231,7 +231,9 @@ class TrainingParameters(_message.Message):
     gradient_accumulation_steps: _builtins.int
     warmup_ratio: _builtins.float
     early_stopping_min_delta: _builtins.float
-    """An evaluation counts as an improvement when validation loss falls by more than this."""
+    """An evaluation counts as an improvement when validation loss falls by more than this
+    (nats per token); unset = 0.01; 0 = any fall counts.
+    """
     def __init__(
         self,
         *,
@@ -246,14 +248,19 @@ class TrainingParameters(_message.Message):
         seed: _builtins.int = ...,
         gradient_accumulation_steps: _builtins.int = ...,
         warmup_ratio: _builtins.float = ...,
-        early_stopping_min_delta: _builtins.float = ...,
+        early_stopping_min_delta: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience", "early_stopping_patience", b"early_stopping_patience"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_min_delta", b"_early_stopping_min_delta", "_early_stopping_patience", b"_early_stopping_patience", "early_stopping_min_delta", b"early_stopping_min_delta", "early_stopping_patience", b"early_stopping_patience"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience", "batch_size", b"batch_size", "early_stopping_min_delta", b"early_stopping_min_delta", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "eval_every_steps", b"eval_every_steps", "gradient_accumulation_steps", b"gradient_accumulation_steps", "learning_rate", b"learning_rate", "max_seq_length", b"max_seq_length", "max_steps", b"max_steps", "seed", b"seed", "validation_fraction", b"validation_fraction", "warmup_ratio", b"warmup_ratio"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_min_delta", b"_early_stopping_min_delta", "_early_stopping_patience", b"_early_stopping_patience", "batch_size", b"batch_size", "early_stopping_min_delta", b"early_stopping_min_delta", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "eval_every_steps", b"eval_every_steps", "gradient_accumulation_steps", b"gradient_accumulation_steps", "learning_rate", b"learning_rate", "max_seq_length", b"max_seq_length", "max_steps", b"max_steps", "seed", b"seed", "validation_fraction", b"validation_fraction", "warmup_ratio", b"warmup_ratio"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__early_stopping_min_delta: _TypeAlias = _typing.Literal["early_stopping_min_delta"]  # noqa: Y015
+    _WhichOneofArgType__early_stopping_min_delta: _TypeAlias = _typing.Literal["_early_stopping_min_delta", b"_early_stopping_min_delta"]  # noqa: Y015
     _WhichOneofReturnType__early_stopping_patience: _TypeAlias = _typing.Literal["early_stopping_patience"]  # noqa: Y015
     _WhichOneofArgType__early_stopping_patience: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__early_stopping_min_delta) -> _WhichOneofReturnType__early_stopping_min_delta | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__early_stopping_patience) -> _WhichOneofReturnType__early_stopping_patience | None: ...
 
 Global___TrainingParameters: _TypeAlias = TrainingParameters  # noqa: Y015

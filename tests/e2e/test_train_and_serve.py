@@ -189,6 +189,8 @@ def test_cli_trains_with_a_progress_bar_and_answers(
             "4",
             "--learning-rate",
             "0.01",
+            "--early-stopping-patience",
+            "0",  # all 20 steps: the bar must reach its end
             "--watch",
         ],
     )

@@ -49,8 +49,16 @@ def test_early_stopping_is_on_unless_turned_off_explicitly() -> None:
     off = spec_from_proto(_spec(training=trainer_pb2.TrainingParameters(early_stopping_patience=0)))
     assert off.training.early_stopping_patience == 0
     assert spec_from_proto(spec_to_proto(off)) == off
-    patient = trainer_pb2.TrainingParameters(early_stopping_patience=5, early_stopping_min_delta=0.01)
+    patient = trainer_pb2.TrainingParameters(early_stopping_patience=5, early_stopping_min_delta=0.05)
     assert spec_from_proto(_spec(training=patient)).training.early_stopping_patience == 5
+    assert spec_from_proto(_spec(training=patient)).training.early_stopping_min_delta == 0.05
+
+
+def test_an_explicit_zero_min_delta_counts_any_fall() -> None:
+    assert spec_from_proto(_spec()).training.early_stopping_min_delta == 0.01
+    any_fall = spec_from_proto(_spec(training=trainer_pb2.TrainingParameters(early_stopping_min_delta=0)))
+    assert any_fall.training.early_stopping_min_delta == 0
+    assert spec_from_proto(spec_to_proto(any_fall)) == any_fall
 
 
 def test_out_of_range_parameter_names_its_field() -> None:
