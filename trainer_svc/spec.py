@@ -44,10 +44,9 @@ class TrainingParameters(BaseModel):
         3, ge=0, description="evaluations without improvement before stopping; 0 = never stop early"
     )
     early_stopping_min_delta: float = Field(
-        0.01,
+        0.0,
         ge=0,
-        description="the least fall in validation loss (nats per token) that counts as an improvement; 0.01 is "
-        "1% of perplexity",
+        description="the least fall in validation loss (nats per token) that counts as an improvement; 0 = any fall",
     )
     validation_fraction: float = Field(0.1, ge=0, lt=1)
     seed: int = Field(0, ge=0)

@@ -232,7 +232,7 @@ class TrainingParameters(_message.Message):
     warmup_ratio: _builtins.float
     early_stopping_min_delta: _builtins.float
     """An evaluation counts as an improvement when validation loss falls by more than this
-    (nats per token); unset = 0.01; 0 = any fall counts.
+    (nats per token); unset or 0 = any fall counts.
     """
     def __init__(
         self,

@@ -54,11 +54,11 @@ def test_early_stopping_is_on_unless_turned_off_explicitly() -> None:
     assert spec_from_proto(_spec(training=patient)).training.early_stopping_min_delta == 0.05
 
 
-def test_an_explicit_zero_min_delta_counts_any_fall() -> None:
-    assert spec_from_proto(_spec()).training.early_stopping_min_delta == 0.01
-    any_fall = spec_from_proto(_spec(training=trainer_pb2.TrainingParameters(early_stopping_min_delta=0)))
-    assert any_fall.training.early_stopping_min_delta == 0
-    assert spec_from_proto(spec_to_proto(any_fall)) == any_fall
+def test_min_delta_counts_any_fall_unless_set() -> None:
+    assert spec_from_proto(_spec()).training.early_stopping_min_delta == 0
+    strict = spec_from_proto(_spec(training=trainer_pb2.TrainingParameters(early_stopping_min_delta=0.01)))
+    assert strict.training.early_stopping_min_delta == 0.01
+    assert spec_from_proto(spec_to_proto(strict)) == strict
 
 
 def test_out_of_range_parameter_names_its_field() -> None:
