@@ -19,15 +19,13 @@ from collections.abc import Callable, Sequence
 import torch
 
 from serving_svc.engines.kv_cache import BatchCache
+from serving_svc.engines.stacked_lora import BASE
 
 Forward = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 """The model's forward, bound to how the batch's adapters are applied (see TransformersEngine):
 called as forward(input_ids, mask, positions, cache, adapter_names, *, prefill, every_position_of),
 it returns the last position's logits of every row, and every position's logits of the rows named
 in `every_position_of` (None when no row is named)."""
-
-FREE = "__base__"
-"""The adapter name of a free row: the base model's."""
 
 _COMPACT_AT = 0.25
 """Share of a batch's rows that may be free before it is compacted (one copy of the cache)."""
@@ -96,7 +94,7 @@ class DecodeBatch:
         """Free `rows` for sequences that join later; the columns no live row needs leave the window."""
         for row in rows:
             self.mask[row] = 0
-            self.adapter_names[row] = FREE
+            self.adapter_names[row] = BASE
             self.free.add(row)
         live = self.live
         if not live:
@@ -121,7 +119,7 @@ class DecodeBatch:
         for mine, theirs in zip(self.cache.window_layers, other.cache.window_layers, strict=True):
             mine.write_rows(index, theirs.keys, theirs.values)  # type: ignore[arg-type]
         self.mask = mask
-        self.adapter_names.extend([FREE] * (grown - len(self)))
+        self.adapter_names.extend([BASE] * (grown - len(self)))
         for row, name in zip(rows, other.adapter_names, strict=True):
             self.adapter_names[row] = name
             self.free.discard(row)

@@ -37,12 +37,12 @@ class WindowLayer(DynamicLayer):
         self._start = self._end = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Empty buffers of the states' rows, heads and dims: the first `update` sizes them."""
         rows, heads, _, dim = key_states.shape
         self.dtype, self.device = key_states.dtype, key_states.device
-        self._key_buffer = key_states.new_zeros((rows, heads, _SPARE_COLUMNS, dim))
-        self._value_buffer = value_states.new_zeros((rows, heads, _SPARE_COLUMNS, value_states.shape[-1]))
+        self._key_buffer = key_states.new_zeros((rows, heads, 0, dim))
+        self._value_buffer = value_states.new_zeros((rows, heads, 0, value_states.shape[-1]))
         self._start = self._end = 0
-        self._publish()
         self.is_initialized = True
 
     def update(

@@ -129,7 +129,7 @@ class _LayerTable:
             index, source = torch.tensor(changed), torch.tensor([slots[row] for row in changed])
             self._row_a[index] = self.a[source]
             self._row_b[index] = self.b[source]
-            self._row_slots = [*slots, *held[rows:]] if len(held) > rows else list(slots)
+            self._row_slots = [*slots, *held[rows:]]
         return self._row_a[:rows], self._row_b[:rows]
 
 
