@@ -40,6 +40,21 @@ loraplane compare --adapter demo-city-json "${prompts[@]}"
 
 loraplane adapters
 
+echo "== the same adapter through the OpenAI-compatible HTTP API (port 8000), with the openai client"
+python - <<'PY'
+from openai import OpenAI
+
+client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+print("models:", [model.id for model in client.models.list()])
+answer = client.chat.completions.create(
+    model="demo-city-json",
+    messages=[{"role": "user", "content": "Lisbon is a port city in Portugal."}],
+    max_tokens=24,
+    temperature=0,
+)
+print("demo-city-json:", answer.choices[0].message.content)
+PY
+
 send_traffic() {  # every line of $1 as a chat message to the adapter, 8 at a time
   python - "$1" <<'PY'
 import sys

@@ -8,7 +8,7 @@ import logging
 from loraplane.artifact import ArtifactRepository
 from loraplane.errors import FailedPrecondition, StartupError
 from loraplane.fingerprint import base_model_fingerprint
-from loraplane.grpc_server import EndpointsHost, ServiceEndpoints
+from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, host_of
 from loraplane.proto import serving_pb2, serving_pb2_grpc
 from loraplane.storage import open_store
 from serving_svc.adapters import AdapterManager, AdapterPolicy
@@ -16,8 +16,10 @@ from serving_svc.admission import Admission
 from serving_svc.drift_metrics import DriftCollector
 from serving_svc.drift_monitor import DriftMonitor, DriftPolicy
 from serving_svc.engines import create_engine
+from serving_svc.http_endpoint import HttpEndpoint
 from serving_svc.inference import InferenceService
 from serving_svc.metrics import ServingMetrics
+from serving_svc.openai_app import create_app
 from serving_svc.servicer import InferenceServicer
 from serving_svc.settings import ServingSettings
 
@@ -63,6 +65,12 @@ class ServingServer(EndpointsHost):
             default_max_tokens=settings.default_max_tokens,
         )
         serving_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.inference), self.endpoints.server)
+        self.http = HttpEndpoint(
+            create_app(self.inference, settings.base_model_name),
+            host_of(settings.serving_address),
+            settings.serving_http_port,
+            setting="LORAPLANE_SERVING_HTTP_PORT",
+        )
 
     def _drift_monitor(self, settings: ServingSettings) -> DriftMonitor | None:
         if not settings.drift_monitoring:
@@ -90,8 +98,15 @@ class ServingServer(EndpointsHost):
             raise
         if self.drift is not None:
             self._drift_refresher = asyncio.create_task(self._refresh_drift(self.drift))
+        await self.http.start()
         await self.endpoints.set_serving(True)
-        log.info("serving %s with the %s engine", self.settings.base_model_name, self.engine.name)
+        log.info(
+            "serving %s with the %s engine; gRPC on port %d, OpenAI-compatible HTTP on port %d",
+            self.settings.base_model_name,
+            self.engine.name,
+            self.port,
+            self.http.port,
+        )
 
     @staticmethod
     async def _refresh_drift(monitor: DriftMonitor) -> None:
@@ -102,7 +117,7 @@ class ServingServer(EndpointsHost):
 
     async def stop(self, grace: float = 5.0) -> None:
         """Report NOT_SERVING, let calls in flight finish for `grace` seconds, then release the engine."""
-        await self.endpoints.close(grace)
+        await asyncio.gather(self.endpoints.close(grace), self.http.stop())
         if self._drift_refresher is not None:
             self._drift_refresher.cancel()
         await self.engine.close()

@@ -23,6 +23,13 @@ class ServingSettings(CommonSettings):
     serving_metrics_port: int = Field(
         9102, ge=0, le=65535, description="Prometheus /metrics port, on the gRPC address's host; 0 = free."
     )
+    serving_http_port: int = Field(
+        8000,
+        ge=0,
+        le=65535,
+        description="OpenAI-compatible HTTP API port (/v1/chat/completions, /v1/completions, /v1/models), on the "
+        "gRPC address's host; 0 = free.",
+    )
     serving_engine: EngineChoice = Field(
         "auto",
         description="Inference engine: vllm (AsyncLLM), transformers (transformers + peft, mixed-adapter "

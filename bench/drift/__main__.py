@@ -22,7 +22,16 @@ import grpc
 
 from bench.serving import processes
 from bench.serving.measure import RequestResult, percentile
-from bench.serving.ours import Load, drive, free_port, server_env, serving_svc_command, wait_serving, warm_up
+from bench.serving.ours import (
+    Load,
+    drive,
+    free_port,
+    grpc_sender,
+    server_env,
+    serving_svc_command,
+    wait_serving,
+    warm_up,
+)
 from bench.serving.traffic import PlannedRequest, prompt_for
 from bench.serving.workspace import ModelName, Workspace, prepare
 from loraplane.artifact import ADAPTER_FILES, PROFILE_FILE
@@ -61,7 +70,7 @@ async def _measure(
         stub = serving_pb2_grpc.InferenceStub(channel)
         await warm_up(stub, adapters, load)
         planned = [PlannedRequest(adapters[i % len(adapters)], prompt_for(i)) for i in range(requests)]
-        results, _ = await drive(stub, planned, load.sampling(), load.concurrency)
+        results, _ = await drive(grpc_sender(stub, load.sampling()), planned, load.concurrency)
         return results
 
 
@@ -70,7 +79,10 @@ def _run(
 ) -> list[RequestResult]:
     data_dir = Path(tempfile.mkdtemp(prefix="data-", dir=run_dir))
     port = free_port()
-    env = {**server_env("auto", workspace, data_dir, port, ADAPTERS), "LORAPLANE_DRIFT_MONITORING": str(drift).lower()}
+    env = {
+        **server_env("auto", workspace, data_dir, (port, free_port()), ADAPTERS),
+        "LORAPLANE_DRIFT_MONITORING": str(drift).lower(),
+    }
     log_path = run_dir / f"serving-drift-{'on' if drift else 'off'}.log"
     with processes.running([serving_svc_command()], env=env, log_path=log_path, grace_s=30.0) as process:
         results = asyncio.run(_measure(f"127.0.0.1:{port}", process, log_path, adapters, load, requests))

@@ -27,7 +27,8 @@ from bench.serving.workspace import ModelName, prepare
 
 log = logging.getLogger("bench.serving")
 
-OURS = ("ours-transformers", "ours-vllm")
+OURS = ("ours-transformers", "ours-transformers-http", "ours-vllm", "ours-vllm-http")
+"""Our server over gRPC, and over the OpenAI-compatible HTTP API (measured in the same server session)."""
 SYSTEMS = (*OURS, "raw-vllm", "peft-mixed", "peft-sequential")
 DEFAULT_WORK_DIR = Path("~/.cache/loraplane-bench")
 
@@ -124,11 +125,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     cold_load: dict[str, Any] = {}
     for system in args.systems:
+        engine = system.removeprefix("ours-").removesuffix("-http")
+        if system in OURS and system != f"ours-{engine}" and f"ours-{engine}" in args.systems:
+            continue  # measured in the gRPC system's session
         log.info("== %s", system)
         system_start = time.perf_counter()
         if system in OURS:
-            summaries, cold = run_ours(system.removeprefix("ours-"), rows, workspace, load, run_dir)
-            cold_load[system] = cold
+            fronts = [s for s in (f"ours-{engine}", f"ours-{engine}-http") if s in args.systems]
+            summaries, cold = run_ours(engine, fronts, rows, workspace, load, run_dir)
+            cold_load[f"ours-{engine}"] = cold
         else:
             summaries = run_baseline(BASELINES[system], rows, workspace, args.max_tokens, args.concurrency, run_dir)
         results.extend(summaries)

@@ -10,6 +10,7 @@ before any row is timed; loading a never-seen adapter is measured on its own aft
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import shutil
@@ -20,12 +21,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -39,6 +41,7 @@ from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc
 log = logging.getLogger("bench.serving")
 
 MIN_SLOTS = 8
+BASE_MODEL_NAME = "bench"
 MAX_MODEL_LEN = 512
 COLD_LOAD_REPEATS = 3
 STARTUP_TIMEOUT_S = 600.0
@@ -75,15 +78,17 @@ def serving_svc_command() -> str:
     return str(beside) if beside.exists() else (shutil.which("serving-svc") or "serving-svc")
 
 
-def server_env(engine: str, workspace: Workspace, data_dir: Path, port: int, slots: int) -> dict[str, str]:
+def server_env(engine: str, workspace: Workspace, data_dir: Path, ports: tuple[int, int], slots: int) -> dict[str, str]:
+    """The settings of our server for a row group: gRPC and HTTP on `ports`."""
     return {
         **os.environ,
         "LORAPLANE_DATA_DIR": str(data_dir),
         "LORAPLANE_STORE_URI": workspace.store_uri,
         "LORAPLANE_BASE_MODEL": str(workspace.model_dir),
-        "LORAPLANE_BASE_MODEL_NAME": "bench",
-        "LORAPLANE_SERVING_ADDRESS": f"127.0.0.1:{port}",
+        "LORAPLANE_BASE_MODEL_NAME": BASE_MODEL_NAME,
+        "LORAPLANE_SERVING_ADDRESS": f"127.0.0.1:{ports[0]}",
         "LORAPLANE_SERVING_METRICS_PORT": "0",
+        "LORAPLANE_SERVING_HTTP_PORT": str(ports[1]),
         "LORAPLANE_SERVING_ENGINE": engine,
         "LORAPLANE_MAX_LOADED_ADAPTERS": str(slots),
         "LORAPLANE_MAX_LORA_RANK": str(RANK),
@@ -116,18 +121,60 @@ async def _one(
 
 
 async def drive(
-    stub: serving_pb2_grpc.InferenceStub, requests: list[PlannedRequest], sampling: Any, concurrency: int
+    send: Callable[[PlannedRequest], Awaitable[RequestResult]], requests: list[PlannedRequest], concurrency: int
 ) -> tuple[list[RequestResult], float]:
     """All requests at once, at most `concurrency` in flight; results in request order, wall time."""
     gate = asyncio.Semaphore(concurrency)
 
     async def gated(planned: PlannedRequest) -> RequestResult:
         async with gate:
-            return await _one(stub, planned, sampling)
+            return await send(planned)
 
     start = time.perf_counter()
     results = await asyncio.gather(*(gated(planned) for planned in requests))
     return list(results), time.perf_counter() - start
+
+
+def grpc_sender(
+    stub: serving_pb2_grpc.InferenceStub, sampling: serving_pb2.SamplingParameters
+) -> Callable[[PlannedRequest], Awaitable[RequestResult]]:
+    return lambda planned: _one(stub, planned, sampling)
+
+
+def http_sender(
+    session: aiohttp.ClientSession, base_url: str, max_tokens: int
+) -> Callable[[PlannedRequest], Awaitable[RequestResult]]:
+    """Streamed chat completions on the OpenAI-compatible API, the same work as the gRPC requests."""
+
+    async def one(planned: PlannedRequest) -> RequestResult:
+        body = {
+            "model": planned.adapter or BASE_MODEL_NAME,
+            "messages": [{"role": "user", "content": planned.prompt}],
+            "max_tokens": max_tokens,
+            "min_tokens": max_tokens,
+            "ignore_eos": True,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        start = time.perf_counter()
+        result = RequestResult()
+        async with session.post(f"{base_url}/v1/chat/completions", json=body) as reply:
+            if reply.status != 200:
+                result.error = f"HTTP {reply.status}: {(await reply.text())[:200]}"
+                return result
+            async for line in reply.content:
+                if not line.startswith(b"data: {"):
+                    continue
+                event = json.loads(line[len(b"data: ") :])
+                if result.ttft_s is None and event["choices"] and event["choices"][0]["delta"].get("content"):
+                    result.ttft_s = time.perf_counter() - start
+                if event.get("usage"):
+                    result.tokens = event["usage"]["completion_tokens"]
+        result.latency_s = time.perf_counter() - start
+        return result
+
+    return one
 
 
 async def wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen[bytes], log_path: Path) -> None:
@@ -150,8 +197,9 @@ async def wait_serving(channel: grpc.aio.Channel, process: subprocess.Popen[byte
 async def warm_up(stub: serving_pb2_grpc.InferenceStub, adapters: list[str], load: Load) -> None:
     """Load every adapter and run each once more, so no timed request pays a load or a first step."""
     requests = [PlannedRequest(name, prompt_for(i)) for i, name in enumerate([None, *adapters])]
+    send = grpc_sender(stub, load.sampling(min(WARMUP_TOKENS, load.max_tokens)))
     for _ in range(WARMUP_ROUNDS):
-        results, _ = await drive(stub, requests, load.sampling(min(WARMUP_TOKENS, load.max_tokens)), load.concurrency)
+        results, _ = await drive(send, requests, load.concurrency)
         failures = [r.error for r in results if r.error]
         if failures:
             raise RuntimeError(f"warm-up failed for {len(failures)} of {len(results)} requests: {failures[0]}")
@@ -188,25 +236,39 @@ async def _cold_load(
 
 
 async def _session(
-    target: str,
+    ports: tuple[int, int],
     process: subprocess.Popen[bytes],
     log_path: Path,
     workspace: Workspace,
     engine: str,
     rows: list[RowPlan],
     load: Load,
-    on_row: Callable[[RowRun], None],
+    on_row: Callable[[tuple[str, RowRun]], None],
+    systems: list[str],
     measure_cold: bool,
 ) -> dict[str, Any] | None:
-    async with grpc.aio.insecure_channel(target) as channel:
+    """Warm up, then drive every row through each of `systems` (gRPC, HTTP) in turn, first one then
+    the other leading, so the two fronts share the same server and the same moment of the machine."""
+    grpc_port, http_port = ports
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
+        aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S), connector=aiohttp.TCPConnector(limit=0)
+        ) as session,
+    ):
         await wait_serving(channel, process, log_path)
         stub = serving_pb2_grpc.InferenceStub(channel)
+        senders = {
+            f"ours-{engine}": grpc_sender(stub, load.sampling()),
+            f"ours-{engine}-http": http_sender(session, f"http://127.0.0.1:{http_port}", load.max_tokens),
+        }
         adapters = sorted({name for row in rows for name in row.adapter_names})
         await warm_up(stub, adapters, load)
-        for row in rows:
-            log.info("  %d adapters, %s traffic", row.adapters, row.traffic)
-            results, wall = await drive(stub, list(row.requests), load.sampling(), load.concurrency)
-            on_row(RowRun(row.adapters, row.traffic, wall, results))
+        for index, row in enumerate(rows):
+            for system in systems if index % 2 == 0 else systems[::-1]:
+                log.info("  %s: %d adapters, %s traffic", system, row.adapters, row.traffic)
+                results, wall = await drive(senders[system], list(row.requests), load.concurrency)
+                on_row((system, RowRun(row.adapters, row.traffic, wall, results)))
         if not measure_cold:
             return None
         return await _cold_load(stub, workspace, engine, adapters[0] if adapters else None, load)
@@ -219,54 +281,56 @@ def _serve_group(
     workspace: Workspace,
     load: Load,
     run_dir: Path,
-    on_row: Callable[[RowRun], None],
+    on_row: Callable[[tuple[str, RowRun]], None],
+    systems: list[str],
     measure_cold: bool,
 ) -> dict[str, Any] | None:
     """One server process for `rows`: start, wait until SERVING, warm up, measure, SIGTERM."""
     log_path = run_dir / f"ours-{engine}-{slots}-slots.log"
     data_dir = Path(tempfile.mkdtemp(prefix=f"data-{engine}-", dir=run_dir))
-    port = free_port()
-    env = server_env(engine, workspace, data_dir, port, slots)
+    ports = (free_port(), free_port())
+    env = server_env(engine, workspace, data_dir, ports, slots)
     log.info("ours-%s: starting serving-svc with %d adapter slots (log: %s)", engine, slots, log_path)
     try:
         with processes.running([serving_svc_command()], env=env, log_path=log_path, grace_s=30.0) as process:
             return asyncio.run(
-                _session(f"127.0.0.1:{port}", process, log_path, workspace, engine, rows, load, on_row, measure_cold)
+                _session(ports, process, log_path, workspace, engine, rows, load, on_row, systems, measure_cold)
             )
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def run_ours(
-    engine: str, rows: list[RowPlan], workspace: Workspace, load: Load, run_dir: Path
+    engine: str, systems: list[str], rows: list[RowPlan], workspace: Workspace, load: Load, run_dir: Path
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Every row on `engine`, a server per slot count, then cold load on the last server.
+    """Every row on `engine` through each of `systems` (`ours-ENGINE` over gRPC, `ours-ENGINE-http`
+    over the OpenAI-compatible API), a server per slot count, then cold load on the last server.
 
     A failing server fails only its own rows (and the cold-load measurement if it was the last);
     the returned rows say why, and the next server is still tried.
     """
-    system = f"ours-{engine}"
     summaries: list[dict[str, Any]] = []
     cold: dict[str, Any] = {"error": "not measured"}
     ordered = sorted(rows, key=lambda row: slots_for(row.adapters))
     groups = [(slots, list(group)) for slots, group in groupby(ordered, key=lambda row: slots_for(row.adapters))]
     for index, (slots, group) in enumerate(groups):
-        done: list[RowRun] = []
+        done: list[tuple[str, RowRun]] = []
         last = index == len(groups) - 1
         try:
-            measured = _serve_group(engine, slots, group, workspace, load, run_dir, done.append, last)
+            measured = _serve_group(engine, slots, group, workspace, load, run_dir, done.append, systems, last)
             if measured is not None:
                 cold = {"slots": slots, **measured}
         except Exception as exc:  # noqa: BLE001 - any failure is this system's result, not the benchmark's end
-            log.error("%s with %d slots failed: %s", system, slots, exc)
+            log.error("ours-%s with %d slots failed: %s", engine, slots, exc)
             error = f"{type(exc).__name__}: {exc}"
             if last:
                 cold = {"slots": slots, "error": error}
-            finished = {(run.adapters, run.traffic) for run in done}
+            finished = {(system, run.adapters, run.traffic) for system, run in done}
             summaries.extend(
                 failed_row(system, row.adapters, row.traffic, len(row.requests), error)
                 for row in group
-                if (row.adapters, row.traffic) not in finished
+                for system in systems
+                if (system, row.adapters, row.traffic) not in finished
             )
-        summaries.extend(summarize(system, run) for run in done)
+        summaries.extend(summarize(system, run) for system, run in done)
     return summaries, cold

@@ -24,7 +24,8 @@ def _ratio(numerator: float | None, denominator: float | None) -> float | None:
 
 def ratios(results: list[dict[str, Any]], ours: str) -> dict[str, Any]:
     """For each row: ours against the best baseline, against itself at 1 adapter and on the base
-    model, and against peft-sequential; `ours` is the engine auto picks on this machine."""
+    model, and against peft-sequential, and its HTTP API against its gRPC API; `ours` is the
+    engine auto picks on this machine."""
     speed = {(r["system"], r["adapters"], r["traffic"]): r["tokens_per_s"] for r in results}
     base_traffic = next((r["traffic"] for r in results if r["adapters"] == 0), "base")
     rows: dict[str, dict[str, Any]] = {}
@@ -39,6 +40,7 @@ def ratios(results: list[dict[str, Any]], ours: str) -> dict[str, Any]:
             "vs_best_baseline": _ratio(mine, measured[best]) if best else None,
             "vs_peft_sequential": _ratio(mine, speed.get(("peft-sequential", adapters, traffic))),
         }
+        entry["http_vs_grpc"] = _ratio(speed.get((f"{ours}-http", adapters, traffic)), mine)
         if adapters > 0:
             entry["vs_ours_1_adapter"] = _ratio(mine, speed.get((ours, 1, traffic)))
             entry["vs_ours_base"] = _ratio(mine, speed.get((ours, 0, base_traffic)))
@@ -74,14 +76,15 @@ def markdown(document: dict[str, Any]) -> str:
         "",
         f"ratios of {document['ratios']['ours']} tokens/s",
         "",
-        "| adapters/traffic | vs best baseline | best baseline | vs 1 adapter | vs base | vs peft-sequential |",
-        "|---|---:|---|---:|---:|---:|",
+        "| adapters/traffic | vs best baseline | best baseline | vs 1 adapter | vs base | vs peft-sequential "
+        "| HTTP vs gRPC |",
+        "|---|---:|---|---:|---:|---:|---:|",
     ]
     for key, entry in ratio_rows.items():
         lines.append(
             f"| {key} | {_cell(entry['vs_best_baseline'])} | {_cell(entry['best_baseline'])} | "
             f"{_cell(entry.get('vs_ours_1_adapter'))} | {_cell(entry.get('vs_ours_base'))} | "
-            f"{_cell(entry['vs_peft_sequential'])} |"
+            f"{_cell(entry['vs_peft_sequential'])} | {_cell(entry['http_vs_grpc'])} |"
         )
     if document["cold_load"]:
         lines += ["", "| cold load | warm TTFT s | cold TTFT s | load ms |", "|---|---:|---:|---:|"]

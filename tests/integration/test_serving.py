@@ -19,71 +19,21 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from loraplane.artifact import ArtifactRepository, BaseModelInfo, DatasetInfo, Manifest, ManifestDraft
-from loraplane.drift import Profile
+from loraplane.artifact import ArtifactRepository
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc
 from loraplane.storage import FileStore
 from serving_svc.server import ServingServer, create_server
 from serving_svc.settings import ServingSettings
+from tests.support.adapters import RANK, make_adapter, publish_adapter
 
 pytestmark = pytest.mark.integration
 
 PROMPT = "The capital of France is"
 NEW_TOKENS = 8
 GREEDY = serving_pb2.SamplingParameters(temperature=0, max_tokens=NEW_TOKENS, logprobs=True)
-RANK = 8
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-def _make_adapter(base_dir: Path, dest: Path, seed: int, *, dora: bool = False) -> Path:
-    """A peft LoRA (or DoRA) adapter on every linear layer, with random B (and magnitudes) so it really
-    changes the model."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    config = LoraConfig(
-        r=RANK,
-        lora_alpha=2 * RANK,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        use_dora=dora,
-    )
-    peft_model = get_peft_model(model, config)
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, parameter in peft_model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-            elif "lora_magnitude_vector" in name:
-                parameter.mul_(1 + 0.5 * torch.rand(parameter.shape, generator=generator))
-    peft_model.save_pretrained(str(dest))
-    Profile().save(dest / "profile.json")  # valid and empty: traffic is profiled, no statistic computed
-    return dest
-
-
-def _publish(
-    repository: ArtifactRepository,
-    source: Path,
-    name: str,
-    fingerprint: str,
-    method: str = "lora",
-    prompt_format: str = "raw",
-) -> Manifest:
-    draft = ManifestDraft(
-        name=name,
-        base_model=BaseModelInfo(name="tiny", fingerprint=fingerprint),
-        method=method,
-        hyperparameters={"rank": RANK, "alpha": 2 * RANK},
-        metrics={"train_loss": 1.0},
-        dataset=DatasetInfo(fingerprint="sha256:test", train_examples=1, validation_examples=0),
-        job_id=f"test-{name}",
-        prompt_format=prompt_format,
-    )
-    return repository.publish(source, draft)[0]
 
 
 def _reference_greedy(base_dir: Path, adapter_dir: Path | None, prompt_ids: list[int]) -> list[int]:
@@ -128,9 +78,9 @@ class Serving:
 def adapter_sources(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("adapter-sources")
     return {
-        name: _make_adapter(tiny_model_dir, root / name, seed)
+        name: make_adapter(tiny_model_dir, root / name, seed)
         for name, seed in (("alpha-v1", 1), ("alpha-v2", 2), ("beta", 3), ("gamma", 4))
-    } | {"delta-dora": _make_adapter(tiny_model_dir, root / "delta-dora", 5, dora=True)}
+    } | {"delta-dora": make_adapter(tiny_model_dir, root / "delta-dora", 5, dora=True)}
 
 
 @pytest.fixture(scope="module", params=["vllm", "transformers"])
@@ -143,17 +93,18 @@ async def serving(
     data_dir = tmp_path_factory.mktemp("serving")
     repository = ArtifactRepository(FileStore(data_dir / "store"))
     fingerprint = base_model_fingerprint(tiny_model_dir)
-    _publish(repository, adapter_sources["alpha-v1"], "alpha", fingerprint)
-    _publish(repository, adapter_sources["beta"], "beta", fingerprint)
-    _publish(repository, adapter_sources["gamma"], "gamma", fingerprint)
-    _publish(repository, adapter_sources["beta"], "foreign", "sha256:" + "0" * 64)
-    _publish(repository, adapter_sources["delta-dora"], "delta", fingerprint, method="dora")
+    publish_adapter(repository, adapter_sources["alpha-v1"], "alpha", fingerprint)
+    publish_adapter(repository, adapter_sources["beta"], "beta", fingerprint)
+    publish_adapter(repository, adapter_sources["gamma"], "gamma", fingerprint)
+    publish_adapter(repository, adapter_sources["beta"], "foreign", "sha256:" + "0" * 64)
+    publish_adapter(repository, adapter_sources["delta-dora"], "delta", fingerprint, method="dora")
     settings = ServingSettings(
         data_dir=data_dir,
         base_model=tiny_model_dir,
         base_model_name="tiny",
         serving_address="127.0.0.1:0",
         serving_metrics_port=0,
+        serving_http_port=0,
         serving_engine=request.param,
         max_loaded_adapters=2,
         max_lora_rank=16,
@@ -283,7 +234,7 @@ async def test_a_plain_prompt_reaches_a_chat_trained_adapter_as_its_training_did
 ) -> None:
     """The rule: to an adapter trained in chat format, a plain prompt is the user turn of the chat
     template; to a raw-trained one, and to the base model, it goes as it is."""
-    _publish(
+    publish_adapter(
         serving.repository,
         serving.sources["beta"],
         "chatty",
@@ -344,7 +295,7 @@ async def test_new_version_is_served_without_restart_and_a_pin_holds(serving: Se
     v1 = await serving.generate("alpha")
     assert v1.adapter.version == 1
     await asyncio.to_thread(
-        _publish,
+        publish_adapter,
         serving.repository,
         serving.sources["alpha-v2"],
         "alpha",
@@ -572,7 +523,7 @@ async def test_live_drift_figures_equal_the_trainers_reference_on_the_same_promp
         held_out.append(TokenizedExample(input_ids=[*ids, 5], labels=[], prompt_length=len(ids)))
     reference = reference_profile(model, tokenizer, held_out, batch_size=2)
 
-    _publish(serving.repository, serving.sources["gamma"], "scored", base_model_fingerprint(tiny_model_dir))
+    publish_adapter(serving.repository, serving.sources["gamma"], "scored", base_model_fingerprint(tiny_model_dir))
     params = serving_pb2.SamplingParameters(temperature=0, max_tokens=10)
     for prompt in prompts:
         await serving.stub.Generate(serving_pb2.GenerateRequest(adapter="scored", prompt=prompt, sampling=params))

@@ -16,29 +16,15 @@ import pytest
 from loraplane.errors import StartupError
 from loraplane.proto import serving_pb2, serving_pb2_grpc
 from serving_svc.server import ServingServer, create_server
-from serving_svc.settings import ServingSettings
+from tests.support.serving_settings import tiny_serving_settings
 
 pytestmark = pytest.mark.integration
-
-
-def _settings(tiny_model_dir: Path, data_dir: Path, **overrides: object) -> ServingSettings:
-    values: dict[str, object] = {
-        "data_dir": data_dir,
-        "base_model": tiny_model_dir,
-        "base_model_name": "tiny",
-        "serving_address": "127.0.0.1:0",
-        "serving_metrics_port": 0,
-        "serving_engine": "transformers",
-        "max_model_len": 256,
-        **overrides,
-    }
-    return ServingSettings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
 async def narrow_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServingServer]:
     """One request generating and one waiting, at most."""
-    settings = _settings(
+    settings = tiny_serving_settings(
         tiny_model_dir,
         tmp_path_factory.mktemp("narrow"),
         max_concurrent_requests=1,
@@ -77,7 +63,9 @@ async def test_requests_past_the_limits_are_resource_exhausted(narrow_server: Se
 async def test_a_context_longer_than_the_model_fails_at_start_naming_the_setting(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    server = create_server(_settings(tiny_model_dir, tmp_path, max_model_len=100_000, default_max_tokens=16))
+    server = create_server(
+        tiny_serving_settings(tiny_model_dir, tmp_path, max_model_len=100_000, default_max_tokens=16)
+    )
     with pytest.raises(StartupError, match="LORAPLANE_MAX_MODEL_LEN=100000 exceeds the model's context length"):
         await server.start()
 
@@ -87,7 +75,9 @@ async def test_vllm_without_room_for_its_cache_fails_at_start_naming_the_setting
 ) -> None:
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     server = create_server(
-        _settings(tiny_model_dir, tmp_path, serving_engine="vllm", dtype="float32", gpu_memory_utilization=0.001)
+        tiny_serving_settings(
+            tiny_model_dir, tmp_path, serving_engine="vllm", dtype="float32", gpu_memory_utilization=0.001
+        )
     )
     with pytest.raises(StartupError, match="raise LORAPLANE_GPU_MEMORY_UTILIZATION \\(now 0.001\\)"):
         await server.start()
@@ -100,6 +90,7 @@ def test_the_entry_point_reports_a_bad_setting_without_a_stack_trace(tiny_model_
         "LORAPLANE_BASE_MODEL": str(tmp_path / "no-such-model"),
         "LORAPLANE_SERVING_ADDRESS": "127.0.0.1:0",
         "LORAPLANE_SERVING_METRICS_PORT": "0",
+        "LORAPLANE_SERVING_HTTP_PORT": "0",
         "LORAPLANE_SERVING_ENGINE": "transformers",
     }
     done = subprocess.run(

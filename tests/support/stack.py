@@ -46,7 +46,12 @@ def running_stack(
     `serving` the serving replica's own."""
     shared = {"data_dir": data_dir, "base_model": tiny_model_dir, "base_model_name": "tiny", **common}
     trainer_settings = TrainerSettings(**shared, trainer_address="127.0.0.1:0", trainer_metrics_port=0)
-    serving_defaults = {"serving_address": "127.0.0.1:0", "serving_metrics_port": 0, "max_model_len": 256}
+    serving_defaults = {
+        "serving_address": "127.0.0.1:0",
+        "serving_metrics_port": 0,
+        "serving_http_port": 0,
+        "max_model_len": 256,
+    }
     serving_settings = ServingSettings(**shared, **{**serving_defaults, "dtype": "float32", **(serving or {})})
     with pytest.MonkeyPatch.context() as env:
         env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine core runs the model itself: faster start

@@ -1,0 +1,229 @@
+"""The OpenAI-compatible HTTP API: the same inference service as gRPC, behind a second door.
+
+`/v1/chat/completions`, `/v1/completions` (both streaming with server-sent events) and
+`/v1/models`, where the base model and every published adapter is a `model`. Routes only
+translate (`openai_convert`); errors leave in OpenAI's shape with the HTTP status that matches
+the gRPC one (400 naming the parameter, 404 for an unknown adapter, 429 with Retry-After when
+the replica is at its limits). A caller that disconnects aborts its request in the engine,
+streaming or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from functools import partial
+from typing import Any, TypeVar
+
+import grpc
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from loraplane.errors import Cancelled, InternalError, InvalidArgument, LoraplaneError, NotFound
+from serving_svc import openai_convert as convert
+from serving_svc.inference import GenerationChunk, InferenceService
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1
+"""What a 429 tells the caller to wait: the engine frees places as requests finish, within a second or so."""
+
+_HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
+    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
+    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
+    grpc.StatusCode.ALREADY_EXISTS: (409, "invalid_request_error"),
+    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
+    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
+    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
+    grpc.StatusCode.CANCELLED: (499, "cancelled"),
+}
+_T = TypeVar("_T")
+
+
+def _error_body(error: LoraplaneError) -> tuple[int, dict[str, Any]]:
+    """The HTTP status of `error` and OpenAI's error object for it."""
+    status, kind = _HTTP_STATUS.get(error.code, (500, "internal_error"))
+    if error.code == grpc.StatusCode.NOT_FOUND:  # what this API looks up is a model
+        return status, {"error": {"message": error.message, "type": kind, "param": "model", "code": "model_not_found"}}
+    param = convert.parameter(error.field) if error.field else None
+    return status, {"error": {"message": error.message, "type": kind, "param": param, "code": error.code.name.lower()}}
+
+
+def error_response(error: LoraplaneError) -> JSONResponse:
+    status, body = _error_body(error)
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_error(error: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 turned into OpenAI's 400, naming the first parameter at fault (messages[0].role)."""
+    first = error.errors()[0]
+    location = [part for part in first.get("loc", ()) if part != "body"]
+    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
+    message = first.get("msg", "invalid request")
+    if first.get("type") == "json_invalid":
+        message, param = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', message)})", ""
+    return error_response(InvalidArgument(f"{param}: {message}" if param else message, field=param))
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[_T]) -> _T:
+    """`work`'s result; cancelled (aborting the engine request) if the caller disconnects first."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise Cancelled("the caller disconnected")
+    return task.result()
+
+
+def _event(payload: dict[str, Any] | str) -> str:
+    return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
+
+
+def create_app(service: InferenceService, base_model: str) -> FastAPI:
+    app = FastAPI(title="loraplane serving", docs_url=None, redoc_url=None)
+
+    @app.exception_handler(LoraplaneError)
+    async def domain_error(request: Request, error: LoraplaneError) -> JSONResponse:
+        return error_response(error)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
+        return _validation_error(error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        log.exception("unhandled error in %s", request.url.path, exc_info=error)
+        return error_response(InternalError("internal error; the server log has details"))
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Up means serving: this port opens only once the base model is loaded."""
+        return {"status": "ok"}
+
+    async def models() -> list[dict[str, Any]]:
+        info = service.model_info()
+        listed = await service.list_adapters(loaded_only=False)
+        started = int(time.time())
+        return [
+            convert.model_card(info.base_model, started),
+            *convert.adapter_cards([a for a, _ in listed], info.base_model),
+        ]
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": await models()}
+
+    @app.get("/v1/models/{model:path}")
+    async def get_model(model: str) -> dict[str, Any]:
+        for card in await models():
+            if model in (card["id"], card["root"]):
+                return card
+        raise NotFound(f"no model or adapter named {model!r}; GET /v1/models lists them", field="model")
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(
+        body: convert.ChatCompletionRequest, request: Request
+    ) -> JSONResponse | StreamingResponse:
+        if body.stream:
+            return await _stream(request, body, _chat_events)
+        parse = partial(body.generation_input, base_model)
+        completion = await _unless_disconnected(request, service.complete(parse, "ChatCompletions"))
+        return JSONResponse(convert.chat_completion(completion, body.model, logprobs=body.logprobs))
+
+    @app.post("/v1/completions", response_model=None)
+    async def completions(body: convert.CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+        if body.stream:
+            return await _stream(request, body, _completion_events)
+        parse = partial(body.generation_input, base_model)
+        completion = await _unless_disconnected(request, service.complete(parse, "Completions"))
+        return JSONResponse(convert.text_completion(completion, body.model, logprobs=body.logprobs is not None))
+
+    async def _stream(
+        request: Request,
+        body: convert.ChatCompletionRequest | convert.CompletionRequest,
+        events: Callable[[GenerationChunk, Any, int, bool], list[dict[str, Any]]],
+    ) -> StreamingResponse:
+        """Wait for the first chunk before answering, so that a refused request (unknown adapter, over
+        the limits) gets its HTTP status; after that, errors travel as an `error` event."""
+        rpc = "ChatCompletionsStream" if isinstance(body, convert.ChatCompletionRequest) else "CompletionsStream"
+        chunks = service.stream(partial(body.generation_input, base_model), rpc)
+        try:
+            first = await _unless_disconnected(request, anext(chunks))
+        except BaseException:
+            await chunks.aclose()
+            raise
+
+        created = int(time.time())
+
+        async def sse() -> AsyncIterator[str]:
+            async with aclosing(chunks):
+                try:
+                    for event in events(first, body, created, True):
+                        yield _event(event)
+                    async for chunk in chunks:
+                        for event in events(chunk, body, created, False):
+                            yield _event(event)
+                except LoraplaneError as error:
+                    yield _event(_error_body(error)[1])
+                    return
+            yield _event("[DONE]")
+
+        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _chat_events(chunk: GenerationChunk, body: Any, created: int, first: bool) -> list[dict[str, Any]]:
+    delta = chunk.delta
+    events = []
+    if first:
+        events.append(convert.chat_chunk(chunk.request_id, body.model, created, {"role": "assistant", "content": ""}))
+    if delta.text or (delta.logprobs and body.logprobs):
+        event = convert.chat_chunk(chunk.request_id, body.model, created, {"content": delta.text})
+        if body.logprobs:
+            event["choices"][0]["logprobs"] = convert.chat_logprobs(delta.logprobs)
+        events.append(event)
+    events.extend(_final_events(chunk, body, created, convert.chat_chunk(chunk.request_id, body.model, created, {})))
+    return events
+
+
+def _completion_events(chunk: GenerationChunk, body: Any, created: int, first: bool) -> list[dict[str, Any]]:
+    delta = chunk.delta
+    events = []
+    if delta.text or (delta.logprobs and body.logprobs is not None):
+        event = convert.completion_chunk(chunk.request_id, body.model, created, delta.text)
+        if body.logprobs is not None:
+            event["choices"][0]["logprobs"] = convert.completion_logprobs(delta.logprobs)
+        events.append(event)
+    events.extend(
+        _final_events(chunk, body, created, convert.completion_chunk(chunk.request_id, body.model, created, ""))
+    )
+    return events
+
+
+def _final_events(chunk: GenerationChunk, body: Any, created: int, last: dict[str, Any]) -> list[dict[str, Any]]:
+    """On the last chunk: the finish reason, then (with stream_options.include_usage) the usage."""
+    delta = chunk.delta
+    if delta.finish_reason is None:
+        return []
+    last["choices"][0]["finish_reason"] = delta.finish_reason
+    events = [last]
+    if body.include_usage_in_stream():
+        events.append({**last, "choices": [], "usage": convert.usage(delta.usage)})
+    return events

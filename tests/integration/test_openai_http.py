@@ -1,0 +1,233 @@
+"""The OpenAI-compatible HTTP API of a real serving replica on loopback, called with the official
+`openai` client (and httpx for what a client library hides: raw bodies, a caller that leaves).
+
+The HTTP layer only translates to the inference service the gRPC API uses, whichever engine
+runs; so these tests run the transformers engine (the CPU default) and check answers against
+the gRPC API's answer to the same request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from loraplane.artifact import ArtifactRepository
+from loraplane.client import LoraplaneClient, sampling
+from loraplane.fingerprint import base_model_fingerprint
+from loraplane.storage import FileStore
+from serving_svc.server import ServingServer, create_server
+from tests.support.adapters import make_adapter, publish_adapter
+from tests.support.servers import running
+from tests.support.serving_settings import tiny_serving_settings
+
+pytestmark = pytest.mark.integration
+
+QUESTION = [{"role": "user", "content": "Name a colour."}]
+PROMPT = "The capital of France is"
+
+
+@dataclass
+class Replica:
+    server: ServingServer
+    openai: openai.OpenAI
+    grpc: LoraplaneClient
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.http.port}"
+
+
+@pytest.fixture(scope="module")
+def replica(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+    data_dir = tmp_path_factory.mktemp("http")
+    repository = ArtifactRepository(FileStore(data_dir / "store"))
+    fingerprint = base_model_fingerprint(tiny_model_dir)
+    sources = tmp_path_factory.mktemp("http-adapters")
+    for seed, name in enumerate(("alpha", "alpha", "beta"), start=1):
+        publish_adapter(repository, make_adapter(tiny_model_dir, sources / f"{name}-{seed}", seed), name, fingerprint)
+    settings = tiny_serving_settings(tiny_model_dir, data_dir, default_max_tokens=16)
+    with (
+        running(lambda: create_server(settings)) as server,
+        LoraplaneClient(serving=f"127.0.0.1:{server.port}") as grpc_client,
+    ):
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.http.port}/v1", api_key="unused", max_retries=0)
+        yield Replica(server, client, grpc_client)
+        client.close()
+
+
+def test_models_lists_the_base_model_each_adapter_and_loaded_older_versions(replica: Replica) -> None:
+    replica.openai.completions.create(model="alpha@v1", prompt=PROMPT, max_tokens=1)  # loads an older version
+    models = {model.id: model for model in replica.openai.models.list()}
+    assert set(models) == {"tiny", "alpha", "beta", "alpha@v1"}
+    assert models["alpha"].model_dump()["root"] == "alpha@v2"
+    assert models["alpha"].model_dump()["parent"] == "tiny"
+    assert replica.openai.models.retrieve("alpha@v2").id == "alpha"
+    with pytest.raises(openai.NotFoundError):
+        replica.openai.models.retrieve("nobody")
+
+
+@pytest.mark.parametrize("model", ["tiny", "alpha", "beta@v1", "alpha@v1"])
+def test_chat_answers_equal_the_grpc_answers(replica: Replica, model: str) -> None:
+    adapter = "" if model == "tiny" else model
+    expected = replica.grpc.inference.generate(
+        messages=QUESTION, adapter=adapter, params=sampling(max_tokens=12, temperature=0)
+    )
+    answer = replica.openai.chat.completions.create(model=model, messages=QUESTION, max_tokens=12, temperature=0)
+    choice = answer.choices[0]
+    assert choice.message.content == expected.text
+    assert choice.message.role == "assistant"
+    assert choice.finish_reason == "length"
+    assert answer.usage is not None
+    assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (
+        expected.usage.prompt_tokens,
+        expected.usage.completion_tokens,
+    )
+    assert answer.model == model
+
+
+def test_adapters_change_the_answer(replica: Replica) -> None:
+    def answer(model: str) -> str | None:
+        reply = replica.openai.completions.create(model=model, prompt=PROMPT, max_tokens=8, temperature=0)
+        return reply.choices[0].text
+
+    assert len({answer("tiny"), answer("alpha"), answer("beta")}) == 3
+
+
+def test_streamed_chat_equals_the_whole_answer_and_ends_with_usage(replica: Replica) -> None:
+    whole = replica.openai.chat.completions.create(model="beta", messages=QUESTION, max_tokens=12, temperature=0)
+    chunks = list(
+        replica.openai.chat.completions.create(
+            model="beta",
+            messages=QUESTION,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
+    assert text == whole.choices[0].message.content
+    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 12
+    assert len({chunk.id for chunk in chunks}) == 1
+
+
+def test_completions_with_logprobs_stop_and_streaming(replica: Replica) -> None:
+    whole = replica.openai.completions.create(model="alpha", prompt=PROMPT, max_tokens=10, temperature=0, logprobs=0)
+    choice = whole.choices[0]
+    assert choice.logprobs is not None and whole.usage is not None
+    assert len(choice.logprobs.token_logprobs or []) == whole.usage.completion_tokens == 10
+    assert "".join(choice.logprobs.tokens or []) == choice.text
+    assert all(lp is not None and lp <= 0 for lp in choice.logprobs.token_logprobs or [])
+
+    streamed = replica.openai.completions.create(
+        model="alpha", prompt=PROMPT, max_tokens=10, temperature=0, stream=True
+    )
+    assert "".join(chunk.choices[0].text for chunk in streamed) == choice.text
+
+    stop = choice.text[len(choice.text) // 2 :][:3]
+    if stop.strip():
+        stopped = replica.openai.completions.create(
+            model="alpha", prompt=PROMPT, max_tokens=10, temperature=0, stop=[stop]
+        )
+        assert stopped.choices[0].finish_reason == "stop"
+        assert stop not in stopped.choices[0].text
+
+
+def test_the_response_id_takes_feedback(replica: Replica) -> None:
+    answer = replica.openai.chat.completions.create(model="beta", messages=QUESTION, max_tokens=4)
+    assert replica.grpc.inference.record_feedback(answer.id, 1.0) == "beta"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "param"),
+    [
+        ({"model": "nobody"}, openai.NotFoundError, "model"),
+        ({"model": "Not A Name"}, openai.BadRequestError, "model"),
+        ({"model": "beta", "temperature": 5}, openai.BadRequestError, "temperature"),
+        ({"model": "beta", "n": 2}, openai.BadRequestError, "n"),
+        ({"model": "beta", "max_tokens": 100_000}, openai.BadRequestError, "max_tokens"),
+        ({"model": "beta", "messages": [{"role": "tool", "content": "x"}]}, openai.BadRequestError, "messages[0].role"),
+        ({"model": "beta", "messages": []}, openai.BadRequestError, "messages"),
+        ({"model": "beta", "messages": [{"role": "user", "content": "x " * 400}]}, openai.BadRequestError, "messages"),
+        ({"model": "beta", "top_logprobs": 3, "logprobs": True}, openai.BadRequestError, "top_logprobs"),
+        ({"model": "beta", "response_format": {"type": "json_object"}}, openai.BadRequestError, "response_format"),
+    ],
+    ids=["unknown", "bad-name", "temperature", "n", "max-tokens", "role", "no-messages", "too-long", "top", "format"],
+)
+def test_bad_requests_get_openai_errors_naming_the_parameter(
+    replica: Replica, kwargs: dict[str, Any], error: type[openai.APIStatusError], param: str
+) -> None:
+    request = {"messages": QUESTION, "max_tokens": 4, **kwargs}
+    with pytest.raises(error) as info:
+        replica.openai.chat.completions.create(**request)
+    body = info.value.body
+    assert isinstance(body, dict), body
+    assert body["param"] == param, body
+    assert body["message"], body
+    assert replica.openai.models.list().data, "the replica still answers"
+
+
+def test_a_body_that_is_not_json_is_a_400(replica: Replica) -> None:
+    reply = httpx.post(
+        f"{replica.base_url}/v1/completions", content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert reply.status_code == 400
+    assert "not valid JSON" in reply.json()["error"]["message"]
+
+
+def test_a_caller_who_leaves_stops_the_engine(replica: Replica) -> None:
+    """Streaming and not: the connection closes long before max_tokens, and the engine stops
+    generating for it (counted by the replica's generated-token metric)."""
+    body = {"model": "alpha", "prompt": PROMPT, "max_tokens": 200, "min_tokens": 200, "ignore_eos": True}
+
+    def generated() -> float:
+        _wait_until_idle(replica.server.engine)
+        value = replica.server.metrics.registry.get_sample_value(
+            "loraplane_serving_generated_tokens_total", {"adapter": "alpha"}
+        )
+        return value or 0.0
+
+    before = generated()
+    with httpx.stream("POST", f"{replica.base_url}/v1/completions", json={**body, "stream": True}) as reply:
+        assert reply.status_code == 200
+        next(reply.iter_lines())  # the dropped iterator closes the connection
+    streamed = generated() - before
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{replica.base_url}/v1/completions", json=body, timeout=0.1)
+    whole = generated() - before - streamed
+    assert 0 < streamed < 100 and 0 <= whole < 100, (streamed, whole)
+
+
+def _wait_until_idle(engine: Any) -> None:
+    deadline = time.monotonic() + 10
+    while engine.stats().running or engine.stats().waiting:
+        assert time.monotonic() < deadline, "the engine kept generating"
+        time.sleep(0.02)
+
+
+def test_over_the_limits_is_429_with_retry_after(tiny_model_dir: Path, tmp_path: Path) -> None:
+    settings = tiny_serving_settings(
+        tiny_model_dir, tmp_path, max_concurrent_requests=1, max_queued_requests=0, max_model_len=512
+    )
+    long = {"model": "tiny", "prompt": PROMPT, "max_tokens": 480, "min_tokens": 480, "ignore_eos": True}
+    with running(lambda: create_server(settings)) as server:
+        base_url = f"http://127.0.0.1:{server.http.port}"
+        with httpx.stream("POST", f"{base_url}/v1/completions", json={**long, "stream": True}) as first:
+            lines = first.iter_lines()  # kept: a dropped iterator closes the connection
+            next(lines)  # generating: the one place is taken
+            refused = httpx.post(f"{base_url}/v1/completions", json=long)
+        assert refused.status_code == 429
+        assert refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "resource_exhausted"
+        client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+        assert client.completions.create(model="tiny", prompt=PROMPT, max_tokens=2).choices[0].text is not None
