@@ -12,11 +12,12 @@ with the offending request field in `.field`.
 from __future__ import annotations
 
 import functools
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -155,8 +156,12 @@ def sampling(
     logprobs: bool = False,
     min_tokens: int = 0,
     ignore_eos: bool = False,
+    json_schema: dict[str, Any] | None = None,
+    regex: str | None = None,
+    choices: list[str] | None = None,
 ) -> serving_pb2.SamplingParameters:
-    return serving_pb2.SamplingParameters(
+    """Sampling parameters; at most one of json_schema, regex and choices constrains the answer."""
+    params = serving_pb2.SamplingParameters(
         max_tokens=max_tokens,
         temperature=temperature,
         top_p=top_p,
@@ -167,6 +172,13 @@ def sampling(
         min_tokens=min_tokens,
         ignore_eos=ignore_eos,
     )
+    if json_schema is not None:
+        params.json_schema = json.dumps(json_schema)
+    if regex is not None:
+        params.regex = regex
+    if choices is not None:
+        params.choice.CopyFrom(serving_pb2.Choices(choices=choices))  # set even when empty: refused, not ignored
+    return params
 
 
 class Inference:

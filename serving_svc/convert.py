@@ -16,7 +16,15 @@ from loraplane.names import AdapterSpec, parse_adapter_spec
 from loraplane.proto import common_pb2, serving_pb2
 from serving_svc.adapters import ResolvedAdapter
 from serving_svc.drift_monitor import AdapterDrift
-from serving_svc.engines.base import ChatMessage, FinishReason, Prompt, SamplingOptions, TokenLogprob, Usage
+from serving_svc.engines.base import (
+    ChatMessage,
+    FinishReason,
+    Prompt,
+    SamplingOptions,
+    StructuredOutput,
+    TokenLogprob,
+    Usage,
+)
 from serving_svc.inference import Completion, GenerationChunk, GenerationInput, ModelInfo
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
@@ -83,7 +91,23 @@ def sampling(params: serving_pb2.SamplingParameters) -> SamplingOptions:
         logprobs=params.logprobs,
         min_tokens=params.min_tokens,
         ignore_eos=params.ignore_eos,
+        structured=structured_output(params),
     )
+
+
+def structured_output(params: serving_pb2.SamplingParameters) -> StructuredOutput | None:
+    kind = params.WhichOneof("structured_output")
+    if kind is None:
+        return None
+    if kind == "json_schema":
+        return StructuredOutput.from_json_schema(params.json_schema, field="sampling.json_schema")
+    if kind == "json_object":
+        return StructuredOutput("json_object") if params.json_object else None
+    if kind == "regex":
+        if not params.regex:
+            raise InvalidArgument("the regular expression is empty", field="sampling.regex")
+        return StructuredOutput("regex", params.regex)
+    return StructuredOutput.from_choices(list(params.choice.choices), field="sampling.choice")
 
 
 def generation_input(request: serving_pb2.GenerateRequest) -> GenerationInput:

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from loraplane.errors import InvalidArgument
 from loraplane.names import AdapterSpec, parse_adapter_spec
 from serving_svc.adapters import ResolvedAdapter
-from serving_svc.engines.base import ChatMessage, SamplingOptions, TokenLogprob, Usage
+from serving_svc.engines.base import ChatMessage, SamplingOptions, StructuredOutput, TokenLogprob, Usage
 from serving_svc.inference import Completion, GenerationInput
 
 OWNER = "loraplane"
@@ -65,6 +65,9 @@ class _Sampling(BaseModel):
     frequency_penalty: float = 0.0
     min_tokens: Annotated[int, Field(ge=0)] = 0
     ignore_eos: bool = False
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    """vLLM's extra parameter: one of json (a schema), json_object, regex or choice."""
 
     @field_validator("stop")
     @classmethod
@@ -84,6 +87,25 @@ class _Sampling(BaseModel):
             if getattr(self, name):
                 raise InvalidArgument(f"{name} is not supported; leave it 0", field=name)
 
+    def _structured(self) -> StructuredOutput | None:
+        if self.structured_outputs is not None:
+            if self.response_format is not None:
+                raise InvalidArgument(
+                    "give response_format or structured_outputs, not both", field="structured_outputs"
+                )
+            return _vllm_structured_outputs(self.structured_outputs)
+        kind = (self.response_format or {}).get("type", "text")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return StructuredOutput("json_object")
+        if kind == "json_schema":
+            schema = ((self.response_format or {}).get("json_schema") or {}).get("schema")
+            if schema is None:
+                raise InvalidArgument("give the schema", field="response_format.json_schema.schema")
+            return StructuredOutput.from_json_schema(schema, field="response_format.json_schema.schema")
+        raise InvalidArgument(f"type {kind!r} is not text, json_object or json_schema", field="response_format.type")
+
     def _options(self, max_tokens: int, *, logprobs: bool) -> SamplingOptions:
         return SamplingOptions(
             max_tokens=max_tokens,
@@ -95,7 +117,26 @@ class _Sampling(BaseModel):
             logprobs=logprobs,
             min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos,
+            structured=self._structured(),
         )
+
+
+def _vllm_structured_outputs(given: dict[str, Any]) -> StructuredOutput:
+    chosen = {key: value for key, value in given.items() if value not in (None, False)}
+    if len(chosen) != 1 or not chosen.keys() <= {"json", "json_object", "regex", "choice"}:
+        raise InvalidArgument("give exactly one of json, json_object, regex or choice", field="structured_outputs")
+    (key, value), field = next(iter(chosen.items())), f"structured_outputs.{next(iter(chosen))}"
+    if key == "json":
+        return StructuredOutput.from_json_schema(value, field=field)
+    if key == "json_object":
+        return StructuredOutput("json_object")
+    if key == "regex":
+        if not isinstance(value, str) or not value:
+            raise InvalidArgument("give the regular expression as a non-empty string", field=field)
+        return StructuredOutput("regex", value)
+    if not isinstance(value, list) or not all(isinstance(choice, str) for choice in value):
+        raise InvalidArgument("give the choices as a list of strings", field=field)
+    return StructuredOutput.from_choices(value, field=field)
 
 
 class ChatCompletionRequest(_Sampling):
@@ -104,7 +145,6 @@ class ChatCompletionRequest(_Sampling):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     logprobs: bool = False
     top_logprobs: Annotated[int, Field(ge=0, le=20)] = 0
-    response_format: dict[str, Any] | None = None
     tools: list[Any] | None = None
 
     def generation_input(self, base_model: str) -> GenerationInput:
@@ -114,11 +154,6 @@ class ChatCompletionRequest(_Sampling):
         if self.top_logprobs:
             raise InvalidArgument(
                 "only the chosen token's log-probability is computed; leave top_logprobs 0", field="top_logprobs"
-            )
-        if self.response_format is not None and self.response_format.get("type", "text") != "text":
-            raise InvalidArgument(
-                f"response_format {self.response_format.get('type')!r} is not supported; only text",
-                field="response_format",
             )
         turns = []
         for index, message in enumerate(self.messages):
@@ -171,11 +206,18 @@ def model_adapter(model: str, base_model: str) -> AdapterSpec | None:
     return None if model == base_model else parse_adapter_spec(model, field="model")
 
 
+_PARAMETERS = {
+    "adapter": "model",
+    "sampling.json_schema": "response_format",
+    "sampling.json_object": "response_format",
+    "sampling.regex": "structured_outputs.regex",
+    "sampling.choice": "structured_outputs.choice",
+}
+
+
 def parameter(field: str) -> str:
     """OpenAI's name for a field the inference service names in an error (sampling.max_tokens -> max_tokens)."""
-    if field == "adapter":
-        return "model"
-    return field.removeprefix("sampling.")
+    return _PARAMETERS.get(field, field.removeprefix("sampling."))
 
 
 # -- responses --------------------------------------------------------------------------------

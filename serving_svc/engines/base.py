@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import json
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,36 @@ Prompt = str | Sequence[ChatMessage]
 """Raw text passed to the model as is, or chat turns rendered with the model's chat template."""
 
 
+StructuredKind = Literal["json_schema", "json_object", "regex", "choice"]
+
+
+@dataclass(frozen=True)
+class StructuredOutput:
+    """What every answer must match, enforced token by token while it is generated."""
+
+    kind: StructuredKind
+    spec: str | tuple[str, ...] = ""
+    """json_schema: the schema as JSON text; regex: the pattern; choice: the strings allowed;
+    json_object: nothing (any JSON object)."""
+
+    @classmethod
+    def from_json_schema(cls, schema: str | dict[str, Any], *, field: str) -> StructuredOutput:
+        """A schema given as text (gRPC) or as an object (HTTP); InvalidArgument unless it is a JSON object."""
+        try:
+            parsed = json.loads(schema) if isinstance(schema, str) else schema
+        except json.JSONDecodeError as exc:
+            raise InvalidArgument(f"the JSON schema is not valid JSON ({exc})", field=field) from None
+        if not isinstance(parsed, dict):
+            raise InvalidArgument("a JSON schema is a JSON object", field=field)
+        return cls("json_schema", json.dumps(parsed))
+
+    @classmethod
+    def from_choices(cls, choices: list[str], *, field: str) -> StructuredOutput:
+        if not choices or any(not choice for choice in choices):
+            raise InvalidArgument("give at least one choice, none of them empty", field=field)
+        return cls("choice", tuple(choices))
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
     """Validated sampling settings; temperature 0 is greedy, top_k 0 is no cut."""
@@ -48,6 +79,9 @@ class SamplingOptions:
     """End-of-sequence tokens and stop strings cannot end the answer before this many tokens."""
     ignore_eos: bool = False
     """Generate past end-of-sequence tokens, until max_tokens or a stop string."""
+    structured: StructuredOutput | None = None
+    """The answer's required form; once it is complete the answer ends, min_tokens and ignore_eos
+    notwithstanding."""
 
 
 @dataclass(frozen=True)

@@ -9,27 +9,42 @@ distribution, before temperature or truncation, as vLLM reports them by default.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from serving_svc.engines.base import SamplingOptions
 
 
+class TokenConstraint(Protocol):
+    """Structured output's hold on one row: which tokens may come next, and the one that came."""
+
+    def mask(self, logits: torch.Tensor) -> None:
+        """Set the logits ([1, vocabulary]) of the tokens not allowed next to -inf, in place."""
+
+    def accept(self, token: int) -> None: ...
+
+
 @dataclass
 class RowSampler:
-    """One sequence's sampling state: its options and, when seeded, its own random generator."""
+    """One sequence's sampling state: its options, its own random generator when seeded, and its
+    structured-output constraint if it has one."""
 
     options: SamplingOptions
     generator: torch.Generator | None = None
+    constraint: TokenConstraint | None = None
 
     @classmethod
-    def for_options(cls, options: SamplingOptions) -> RowSampler:
+    def for_options(cls, options: SamplingOptions, constraint: TokenConstraint | None = None) -> RowSampler:
         generator = None
         if options.seed is not None and options.temperature > 0:
             generator = torch.Generator().manual_seed(options.seed)
-        return cls(options, generator)
+        return cls(options, generator, constraint)
 
     def end_token_allowed(self, generated: int) -> bool:
+        """Whether an end token may end the answer now; under a constraint, the grammar decides."""
+        if self.constraint is not None:
+            return True
         return not self.options.ignore_eos and generated >= self.options.min_tokens
 
 
@@ -37,18 +52,24 @@ def select_tokens(
     logits: torch.Tensor, samplers: list[RowSampler], generated: list[int], end_token_ids: torch.Tensor
 ) -> tuple[list[int], list[float]]:
     """The next token of every row and its log-probability; end tokens are barred where a row's
-    min_tokens or ignore_eos says so."""
+    min_tokens or ignore_eos says so, and a constrained row chooses among the tokens its grammar allows."""
     logits = logits.float()
     logprobs = torch.log_softmax(logits, dim=-1)
     barred = [i for i, (s, n) in enumerate(zip(samplers, generated, strict=True)) if not s.end_token_allowed(n)]
-    if barred:
+    constrained = [(i, s.constraint) for i, s in enumerate(samplers) if s.constraint is not None]
+    if barred or constrained:
         logits = logits.clone()
+    if barred:
         rows = torch.tensor(barred)
         logits[rows.unsqueeze(1), end_token_ids.unsqueeze(0)] = float("-inf")
+    for i, constraint in constrained:
+        constraint.mask(logits[i : i + 1])
     tokens = logits.argmax(dim=-1).tolist()
     for i, sampler in enumerate(samplers):
         if sampler.options.temperature > 0:
             tokens[i] = _sample(logits[i], sampler)
+    for i, constraint in constrained:
+        constraint.accept(tokens[i])
     chosen = logprobs.gather(1, torch.tensor(tokens).unsqueeze(1)).squeeze(1).tolist()
     return tokens, chosen
 

@@ -35,9 +35,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from loraplane.errors import FailedPrecondition, InternalError, StartupError, Unavailable
 from loraplane.models import end_token_ids
 from serving_svc.engines.attention import register_grouped_sdpa
-from serving_svc.engines.base import Engine, EngineConfig, EngineStats, GenerationDelta, GenerationRequest, Tokenizer
+from serving_svc.engines.base import (
+    Engine,
+    EngineConfig,
+    EngineStats,
+    GenerationDelta,
+    GenerationRequest,
+    StructuredOutput,
+    Tokenizer,
+)
 from serving_svc.engines.batch import Forward
 from serving_svc.engines.detokenizer import IncrementalDetokenizer
+from serving_svc.engines.grammar import GrammarConstraint, Grammars
 from serving_svc.engines.lora_weights import read_adapter
 from serving_svc.engines.packed_linear import pack_linear_weights
 from serving_svc.engines.sampler import RowSampler
@@ -76,6 +85,7 @@ class TransformersEngine(Engine):
         self._loop_done: concurrent.futures.Future[None] | None = None
         self._stacked: StackedLora | None = None
         self._peft_layers_enabled: bool | None = None
+        self._grammars: Grammars | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -106,11 +116,13 @@ class TransformersEngine(Engine):
             )
         self._model = model
         self._stacked = StackedLora(model, model.dtype, expected_adapters=self._config.max_loaded_adapters)
+        ends = end_token_ids(model, self._tokenizer)
+        self._grammars = Grammars(self._tokenizer, int(model.config.vocab_size), ends)
         self._scheduler = Scheduler(
             self._forward_for,
             max_batch_size=self._config.max_batch_size,
             max_model_len=self._max_model_len,
-            end_token_ids=end_token_ids(model, self._tokenizer),
+            end_token_ids=ends,
             on_step=self._on_step,
             # Its own copy: a fast tokenizer is not meant to be shared between threads.
             decoder=copy.deepcopy(self._tokenizer),
@@ -238,7 +250,7 @@ class TransformersEngine(Engine):
             batch_key=batch_key,
             emit=emit,
             detokenizer=IncrementalDetokenizer(self.scheduler.decoder, request.sampling.stop),
-            sampler=RowSampler.for_options(request.sampling),
+            sampler=RowSampler.for_options(request.sampling, await self._constraint(request.sampling.structured)),
         )
         self.scheduler.submit(sequence)
         try:
@@ -251,6 +263,13 @@ class TransformersEngine(Engine):
                     return
         finally:
             self.scheduler.abort(sequence)  # the caller left early: the row leaves its batch at the next step
+
+    async def _constraint(self, structured: StructuredOutput | None) -> GrammarConstraint | None:
+        """The row's grammar, compiled off the event loop (a new JSON schema takes milliseconds to compile)."""
+        if structured is None:
+            return None
+        assert self._grammars is not None, "start() the engine first"
+        return await asyncio.to_thread(self._grammars.constraint, structured)
 
     # -- adapters ---------------------------------------------------------------------------
 

@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import cast, get_args
 
 from vllm import AsyncEngineArgs, SamplingParams
+from vllm.config import StructuredOutputsConfig
 from vllm.config.lora import MaxLoRARanks
 from vllm.exceptions import VLLMValidationError
 from vllm.inputs import tokens_input
 from vllm.lora.request import LoRARequest
 from vllm.outputs import CompletionOutput
 from vllm.platforms import current_platform
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -33,10 +34,12 @@ from serving_svc.engines.base import (
     GenerationDelta,
     GenerationRequest,
     SamplingOptions,
+    StructuredOutput,
     Tokenizer,
     TokenLogprob,
     Usage,
 )
+from serving_svc.engines.grammar import grammar_for
 
 _ENGINE_DEAD = "the vLLM engine has stopped; this replica needs a restart"
 _FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
@@ -61,7 +64,23 @@ def _sampling_params(options: SamplingOptions) -> SamplingParams:
         # reads them, and the caller gets them only with options.logprobs.
         logprobs=0,
         output_kind=RequestOutputKind.DELTA,
+        structured_outputs=_structured_outputs(options.structured),
     )
+
+
+def _structured_outputs(structured: StructuredOutput | None) -> StructuredOutputsParams | None:
+    """vLLM's form of the spec, checked first so that a bad one is refused naming its field."""
+    if structured is None:
+        return None
+    grammar_for(structured)
+    spec = structured.spec
+    if structured.kind == "json_schema":
+        return StructuredOutputsParams(json=str(spec))
+    if structured.kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if structured.kind == "regex":
+        return StructuredOutputsParams(regex=str(spec))
+    return StructuredOutputsParams(choice=list(spec))
 
 
 def _logprobs(completion: CompletionOutput) -> tuple[TokenLogprob, ...]:
@@ -120,6 +139,9 @@ class VllmEngine(Engine):
             max_cpu_loras=self._lora_slots(),
             max_lora_rank=_supported_rank(c.max_lora_rank),
             disable_log_stats=True,
+            # Compact JSON for structured output, as on the transformers engine: vLLM's xgrammar
+            # backend (named: "auto" refuses the setting) reads it engine-wide, not per request.
+            structured_outputs_config=StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
         )
 
     def _lora_slots(self) -> int:

@@ -8,6 +8,7 @@ the gRPC API's answer to the same request.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,6 +144,42 @@ def test_completions_with_logprobs_stop_and_streaming(replica: Replica) -> None:
         assert stop not in stopped.choices[0].text
 
 
+def test_structured_output_by_response_format_and_by_structured_outputs(replica: Replica) -> None:
+    import jsonschema
+
+    schema = {
+        "type": "object",
+        "properties": {"city": {"enum": ["Lisbon", "Porto"]}, "port": {"type": "boolean"}},
+        "required": ["city", "port"],
+        "additionalProperties": False,
+    }
+    answer = replica.openai.chat.completions.create(
+        model="beta",
+        messages=QUESTION,
+        max_tokens=48,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "city", "schema": schema}},
+    )
+    jsonschema.validate(json.loads(answer.choices[0].message.content or ""), schema)
+    chosen = replica.openai.completions.create(
+        model="alpha",
+        prompt=PROMPT,
+        max_tokens=8,
+        temperature=0,
+        extra_body={"structured_outputs": {"choice": ["Paris", "Rome"]}},
+    )
+    assert chosen.choices[0].text in {"Paris", "Rome"}
+    streamed = replica.openai.chat.completions.create(
+        model="beta",
+        messages=QUESTION,
+        max_tokens=48,
+        temperature=0,
+        stream=True,
+        response_format={"type": "json_object"},
+    )
+    assert isinstance(json.loads("".join(c.choices[0].delta.content or "" for c in streamed if c.choices)), dict)
+
+
 def test_the_response_id_takes_feedback(replica: Replica) -> None:
     answer = replica.openai.chat.completions.create(model="beta", messages=QUESTION, max_tokens=4)
     assert replica.grpc.inference.record_feedback(answer.id, 1.0) == "beta"
@@ -160,9 +197,32 @@ def test_the_response_id_takes_feedback(replica: Replica) -> None:
         ({"model": "beta", "messages": []}, openai.BadRequestError, "messages"),
         ({"model": "beta", "messages": [{"role": "user", "content": "x " * 400}]}, openai.BadRequestError, "messages"),
         ({"model": "beta", "top_logprobs": 3, "logprobs": True}, openai.BadRequestError, "top_logprobs"),
-        ({"model": "beta", "response_format": {"type": "json_object"}}, openai.BadRequestError, "response_format"),
+        ({"model": "beta", "response_format": {"type": "xml"}}, openai.BadRequestError, "response_format.type"),
+        (
+            {"model": "beta", "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+            openai.BadRequestError,
+            "response_format.json_schema.schema",
+        ),
+        (
+            {"model": "beta", "extra_body": {"structured_outputs": {"regex": "[a-"}}},
+            openai.BadRequestError,
+            "structured_outputs.regex",
+        ),
     ],
-    ids=["unknown", "bad-name", "temperature", "n", "max-tokens", "role", "no-messages", "too-long", "top", "format"],
+    ids=[
+        "unknown",
+        "bad-name",
+        "temperature",
+        "n",
+        "max-tokens",
+        "role",
+        "no-messages",
+        "too-long",
+        "top",
+        "format-type",
+        "no-schema",
+        "bad-regex",
+    ],
 )
 def test_bad_requests_get_openai_errors_naming_the_parameter(
     replica: Replica, kwargs: dict[str, Any], error: type[openai.APIStatusError], param: str

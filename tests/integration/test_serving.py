@@ -8,6 +8,8 @@ against peft + transformers on the same weights.
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loraplane.artifact import ArtifactRepository
+from loraplane.client import sampling
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc
 from loraplane.storage import FileStore
@@ -330,6 +333,10 @@ async def test_malformed_adapter_names_are_invalid_argument(serving: Serving, ad
         (serving_pb2.SamplingParameters(max_tokens=100_000), "sampling.max_tokens"),
         (serving_pb2.SamplingParameters(stop=[""]), "sampling.stop"),
         (serving_pb2.SamplingParameters(max_tokens=4, min_tokens=8), "sampling.min_tokens"),
+        (serving_pb2.SamplingParameters(json_schema="{not json"), "sampling.json_schema"),
+        (serving_pb2.SamplingParameters(json_schema="[1]"), "sampling.json_schema"),
+        (serving_pb2.SamplingParameters(regex=""), "sampling.regex"),
+        (serving_pb2.SamplingParameters(choice=serving_pb2.Choices()), "sampling.choice"),
     ],
 )
 async def test_bad_sampling_is_invalid_argument_naming_the_field(
@@ -540,3 +547,43 @@ async def test_live_drift_figures_equal_the_trainers_reference_on_the_same_promp
         assert live.prompt_surprise == pytest.approx(reference.prompt_surprise, rel=1e-3)
     else:  # vLLM: prompt log-probabilities with LoRA kill its engine (see VllmEngine.scores_prompts)
         assert live.prompt_nll_tokens == 0
+
+
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "colour": {"enum": ["red", "green", "blue"]},
+        "size": {"enum": ["S", "M", "L"]},
+        "ok": {"type": "boolean"},
+    },
+    "required": ["colour", "size", "ok"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("adapter", ["", "beta", "delta"], ids=["base", "lora", "dora"])
+async def test_structured_output_matches_its_schema_regex_or_choices(serving: Serving, adapter: str) -> None:
+    """The tiny model is random: whatever it would say, the answer takes the form asked for."""
+    import jsonschema
+
+    if adapter == "delta" and serving.server.engine.name == "vllm":
+        pytest.skip("vLLM cannot apply DoRA (test_dora_adapter_is_served_by_the_transformers_engine_only)")
+
+    async def answer(**structured: object) -> serving_pb2.GenerateResponse:
+        params = sampling(max_tokens=48, temperature=0, **structured)  # type: ignore[arg-type]
+        return await serving.stub.Generate(serving_pb2.GenerateRequest(adapter=adapter, prompt=PROMPT, sampling=params))
+
+    as_json = await answer(json_schema=SCHEMA)
+    assert as_json.finish_reason == serving_pb2.FINISH_REASON_STOP, as_json.text
+    jsonschema.validate(json.loads(as_json.text), SCHEMA)
+    coded = await answer(regex=r"[a-c]{3}-[0-9]{2}")
+    assert re.fullmatch(r"[a-c]{3}-[0-9]{2}", coded.text), coded.text
+    chosen = await answer(choices=["yes", "no", "not sure"])
+    assert chosen.text in {"yes", "no", "not sure"}
+    free = await answer()
+    assert free.text != as_json.text and not re.fullmatch(r"[a-c]{3}-[0-9]{2}", free.text)
+
+
+async def test_a_regex_that_does_not_compile_is_invalid_argument(serving: Serving) -> None:
+    request = serving_pb2.GenerateRequest(prompt=PROMPT, sampling=sampling(max_tokens=4, regex="[a-"))
+    await _expect_error(serving, serving.stub.Generate(request), grpc.StatusCode.INVALID_ARGUMENT, "sampling.regex")

@@ -3,13 +3,14 @@ replica refuses rather than ignores, named as OpenAI names it."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from loraplane.errors import InvalidArgument
 from loraplane.names import AdapterSpec
-from serving_svc.engines.base import ChatMessage
+from serving_svc.engines.base import ChatMessage, StructuredOutput
 from serving_svc.openai_convert import ChatCompletionRequest, CompletionRequest, model_adapter, parameter
 
 
@@ -71,7 +72,13 @@ def test_completions_default_to_16_tokens_and_logprobs_0_gives_the_chosen_tokens
         ({"presence_penalty": 0.5}, "presence_penalty"),
         ({"tools": [{"type": "function"}]}, "tools"),
         ({"logprobs": True, "top_logprobs": 2}, "top_logprobs"),
-        ({"response_format": {"type": "json_schema"}}, "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema.schema"),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"schema": [1]}}},
+            "response_format.json_schema.schema",
+        ),
+        ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs"),
+        ({"structured_outputs": {"choice": []}}, "structured_outputs.choice"),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
     ],
 )
@@ -89,6 +96,20 @@ def test_completion_parameters_that_cannot_be_honoured_are_refused(fields: dict[
     with pytest.raises(InvalidArgument) as info:
         CompletionRequest.model_validate({"model": "m", "prompt": "p", **fields}).generation_input("base")
     assert info.value.field == param
+
+
+def test_structured_output_from_response_format_or_vllms_structured_outputs() -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    assert _chat(response_format=fmt).generation_input("b").sampling.structured == StructuredOutput(
+        "json_schema", json.dumps(schema)
+    )
+    assert _chat(response_format={"type": "json_object"}).generation_input("b").sampling.structured == StructuredOutput(
+        "json_object"
+    )
+    assert _chat(response_format={"type": "text"}).generation_input("b").sampling.structured is None
+    completion = CompletionRequest.model_validate({"model": "m", "prompt": "p", "structured_outputs": {"regex": "a+"}})
+    assert completion.generation_input("b").sampling.structured == StructuredOutput("regex", "a+")
 
 
 def test_empty_stop_strings_are_invalid() -> None:
