@@ -5,13 +5,17 @@ rank, method, checksums) before it can evict anything or reach the engine. Loads
 single-flight per version, so ten first requests for one adapter load it once. Versions are
 immutable, so a pinned `name@vN` resolves once; an unpinned `name` is re-resolved after a short
 TTL, so a newly published version is served without a restart. Store and disk work runs in
-threads, off the event loop.
+threads, off the event loop. The verified copies on disk are bounded in bytes: past the bound,
+the least recently used copies of versions not in the engine are deleted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import shutil
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -76,6 +80,8 @@ class AdapterPolicy:
     max_loaded: int
     max_rank: int
     resolve_ttl_seconds: float
+    max_cache_bytes: int = 0
+    """Bytes of verified copies kept on disk; 0 = no bound."""
 
 
 class AdapterManager:
@@ -97,6 +103,8 @@ class AdapterManager:
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # loaded versions, least recently used first
         self._slots_lock = asyncio.Lock()
         self._locks = _KeyedLocks()
+        self._disk_lock = threading.Lock()  # copies are fetched and trimmed on worker threads
+        self._fetching: set[Path] = set()
 
     @property
     def policy(self) -> AdapterPolicy:
@@ -196,7 +204,8 @@ class AdapterManager:
             started = time.perf_counter()
             name = adapter.manifest.name
             try:
-                path, source = await asyncio.to_thread(self._fetch_checked, adapter)
+                loaded = {self._cache_path(slot.adapter) for slot in self._slots.values()}
+                path, source = await asyncio.to_thread(self._fetch_checked, adapter, loaded)
                 async with self._slots_lock:
                     while len(self._slots) >= self._policy.max_loaded:
                         await self._evict_least_recently_used()
@@ -225,13 +234,24 @@ class AdapterManager:
         manifest = adapter.manifest
         return self._cache_dir / manifest.name / f"v{manifest.version}-{adapter.manifest_sha256[:16]}"
 
-    def _fetch_checked(self, adapter: ResolvedAdapter) -> tuple[Path, LoadSource]:
-        """Download and verify the files (reusing a verified copy), then check the LoRA config itself."""
-        cached = (self._cache_path(adapter) / MANIFEST).is_file()
+    def _fetch_checked(self, adapter: ResolvedAdapter, loaded: set[Path]) -> tuple[Path, LoadSource]:
+        """Download and verify the files (reusing a verified copy), then check the LoRA config itself.
+
+        `loaded`: the copies of the versions in the engine, which trimming the disk cache keeps.
+        """
+        destination = self._cache_path(adapter)
+        cached = (destination / MANIFEST).is_file()
         self._metrics.adapter_cache_lookups.labels("disk", "hit" if cached else "miss").inc()
-        path = self._repository.fetch(adapter.manifest, self._cache_path(adapter))
+        with self._disk_lock:
+            self._fetching.add(destination)
+        try:
+            path = self._repository.fetch(adapter.manifest, destination)
+            os.utime(path)  # the copy's last use, for the disk cache's LRU order (kept across restarts)
+        finally:
+            with self._disk_lock:
+                self._fetching.discard(destination)
         if not cached:
-            self._measure_disk_cache()
+            self._trim_disk_cache(loaded | {path})
         config = json.loads((path / "adapter_config.json").read_text())
         ranks = [int(config.get("r", 0)), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
         if max(ranks) > self._policy.max_rank:
@@ -241,10 +261,26 @@ class AdapterManager:
             )
         return path, "disk" if cached else "store"
 
-    def _measure_disk_cache(self) -> None:
-        versions = [p for p in self._cache_dir.glob("*/v*") if (p / MANIFEST).is_file()]
-        self._metrics.adapters_resident.labels("disk").set(len(versions))
-        self._metrics.adapter_cache_bytes.set(sum(f.stat().st_size for v in versions for f in v.iterdir()))
+    def _trim_disk_cache(self, keep: set[Path]) -> None:
+        """Delete the least recently used copies until the cache fits its bound; copies in `keep` or
+        being fetched stay (a deleted copy is fetched from the store again when next needed)."""
+        with self._disk_lock:
+            versions = sorted(
+                (p for p in self._cache_dir.glob("*/v*") if (p / MANIFEST).is_file()), key=lambda p: p.stat().st_mtime
+            )
+            sizes = {version: sum(f.stat().st_size for f in version.iterdir()) for version in versions}
+            total = sum(sizes.values())
+            bound = self._policy.max_cache_bytes
+            for version in versions:
+                if not bound or total <= bound:
+                    break
+                if version in keep or version in self._fetching:
+                    continue
+                shutil.rmtree(version, ignore_errors=True)
+                total -= sizes.pop(version)
+                self._metrics.adapter_evictions.labels("disk").inc()
+            self._metrics.adapters_resident.labels("disk").set(len(sizes))
+            self._metrics.adapter_cache_bytes.set(total)
 
     async def _evict_least_recently_used(self) -> None:
         victim = next((key for key, slot in self._slots.items() if slot.in_use == 0), None)

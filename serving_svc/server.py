@@ -47,6 +47,7 @@ class ServingServer(EndpointsHost):
             max_loaded=settings.max_loaded_adapters,
             max_rank=settings.max_lora_rank,
             resolve_ttl_seconds=settings.adapter_resolve_ttl_seconds,
+            max_cache_bytes=settings.adapter_cache_max_bytes,
         )
         repository = ArtifactRepository(open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url))
         self.adapters = AdapterManager(repository, self.engine, settings.adapter_cache_dir, policy, self.metrics)

@@ -38,6 +38,12 @@ class ServingSettings(CommonSettings):
     adapter_cache_dir: Path = Field(
         Path(""), description="Verified local copies of adapter versions. Default: {data_dir}/adapter-cache."
     )
+    adapter_cache_max_bytes: int = Field(
+        16 * 2**30,
+        ge=0,
+        description="Bytes of verified adapter copies kept on disk; past this the least recently used copies "
+        "of versions not in the engine are deleted (and fetched again when next needed). 0 = no bound.",
+    )
     max_loaded_adapters: int = Field(
         8,
         ge=1,

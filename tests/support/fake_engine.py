@@ -222,6 +222,7 @@ def build_adapter_manager(
     max_rank: int = 16,
     resolve_ttl_seconds: float = 3600.0,
     adapter_labels: int = 8,
+    max_cache_bytes: int = 0,
 ) -> AdapterParts:
     repository = ArtifactRepository(FileStore(tmp_path / "store"))
     engine = engine or FakeEngine()
@@ -232,6 +233,7 @@ def build_adapter_manager(
         max_loaded=max_loaded,
         max_rank=max_rank,
         resolve_ttl_seconds=resolve_ttl_seconds,
+        max_cache_bytes=max_cache_bytes,
     )
     cache_dir = tmp_path / "cache"
     manager = AdapterManager(repository, engine, cache_dir, policy, metrics)

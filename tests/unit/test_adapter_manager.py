@@ -385,3 +385,38 @@ async def test_keyed_locks_are_dropped_when_nobody_holds_or_waits() -> None:
     await asyncio.wait_for(asyncio.gather(first, other), TIMEOUT)
     assert order == ["first", "other"]
     assert locks._locks == {}
+
+
+async def test_the_disk_cache_keeps_to_its_bound_deleting_the_least_recently_used_copies(tmp_path: Path) -> None:
+    """Room on disk for about two copies, one engine slot: loading a third version deletes the copy
+    used longest ago, never the one in the engine; a deleted copy comes from the store again."""
+    probe = build_adapter_manager(tmp_path / "probe", max_loaded=1)
+    probe.publish("probe")
+    await probe.manager.load(AdapterSpec("probe"))
+    one_copy = int(sample(probe.metrics, "loraplane_serving_adapter_cache_bytes") or 0)
+    parts = build_adapter_manager(tmp_path, max_loaded=1, max_cache_bytes=2 * one_copy + one_copy // 2)
+    for name in ("alpha", "beta", "gamma"):
+        parts.publish(name)
+
+    def cached() -> set[str]:
+        return {path.parent.name for path in parts.cache_dir.glob("*/v*")}
+
+    for name in ("alpha", "beta"):
+        await parts.manager.load(AdapterSpec(name))
+        await asyncio.sleep(0.01)  # distinct modification times
+    assert cached() == {"alpha", "beta"}
+    await parts.manager.load(AdapterSpec("gamma"))
+    assert cached() == {"beta", "gamma"}, "alpha, used longest ago and out of the engine, is deleted"
+    assert sample(parts.metrics, "loraplane_serving_adapter_evictions_total", tier="disk") == 1
+    on_disk = sum(f.stat().st_size for f in parts.cache_dir.glob("*/v*/*"))
+    assert (
+        sample(parts.metrics, "loraplane_serving_adapter_cache_bytes")
+        == on_disk
+        <= parts.manager.policy.max_cache_bytes
+    )
+    assert sample(parts.metrics, "loraplane_serving_adapters_resident", tier="disk") == 2
+
+    misses = sample(parts.metrics, LOOKUPS, tier="disk", result="miss")
+    await parts.manager.load(AdapterSpec("alpha"))
+    assert sample(parts.metrics, LOOKUPS, tier="disk", result="miss") == (misses or 0) + 1, "fetched again"
+    assert cached() == {"gamma", "alpha"}, "beta is now the least recently used"
