@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from loraplane.client import DEFAULT_SERVING_TARGET, DEFAULT_TRAINER_TARGET, LoraplaneClient, sampling
 from loraplane.errors import InvalidArgument, LoraplaneError
@@ -222,19 +222,52 @@ def jobs(
 @app.command()
 def adapters(loaded: bool = False, serving: ServingTarget = DEFAULT_SERVING_TARGET) -> None:
     """List the adapters the serving replica can answer with."""
-    table = Table("adapter", "version", "method", "rank", "prompt format", "loaded", "created")
+    table = Table(
+        Column("adapter", no_wrap=True),
+        "method",
+        "rank",
+        "format",
+        Column("tier", no_wrap=True),
+        "requests",
+        "last used",
+    )
     with _reporting_errors(), LoraplaneClient(serving=serving) as client:
         for info in client.inference.list_adapters(loaded_only=loaded):
+            tier = serving_pb2.AdapterTier.Name(info.tier).removeprefix("ADAPTER_TIER_").lower()
+            used = info.last_used_at.ToDatetime().strftime("%m-%d %H:%M") if info.HasField("last_used_at") else ""
             table.add_row(
-                info.ref.name,
-                f"v{info.ref.version}",
+                f"{info.ref.name}@v{info.ref.version}",
                 info.method,
                 str(info.rank),
                 info.prompt_format,
-                "yes" if info.loaded else "",
-                info.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+                f"{tier}, pinned" if info.pinned else tier,
+                str(info.requests),
+                used,
             )
     console.print(table)
+
+
+@app.command()
+def load(
+    adapter: Annotated[str, typer.Argument(help="name or name@vN")],
+    pin: Annotated[bool, typer.Option(help="Keep it in the engine until `loraplane unload`.")] = False,
+    serving: ServingTarget = DEFAULT_SERVING_TARGET,
+) -> None:
+    """Load an adapter into the serving replica's engine ahead of traffic."""
+    with _reporting_errors(), LoraplaneClient(serving=serving) as client:
+        info = client.inference.load_adapter(adapter, pin=pin)
+    console.print(f"{info.ref.name} v{info.ref.version} loaded{' and pinned' if info.pinned else ''}")
+
+
+@app.command()
+def unload(
+    adapter: Annotated[str, typer.Argument(help="name@vN, or name for every loaded version")],
+    serving: ServingTarget = DEFAULT_SERVING_TARGET,
+) -> None:
+    """Unload (and unpin) an adapter once the requests using it have finished."""
+    with _reporting_errors(), LoraplaneClient(serving=serving) as client:
+        client.inference.unload_adapter(adapter)
+    console.print(f"{adapter} unloaded")
 
 
 @app.command()

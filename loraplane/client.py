@@ -238,11 +238,13 @@ class Inference:
         return list(self._stub.ListAdapters(serving_pb2.ListAdaptersRequest(loaded_only=loaded_only)).adapters)
 
     @_typed_errors
-    def load_adapter(self, adapter: str) -> serving_pb2.AdapterInfo:
-        return self._stub.LoadAdapter(serving_pb2.LoadAdapterRequest(adapter=adapter)).adapter
+    def load_adapter(self, adapter: str, *, pin: bool = False) -> serving_pb2.AdapterInfo:
+        """Load ahead of traffic; `pin` keeps it in the engine until unload_adapter."""
+        return self._stub.LoadAdapter(serving_pb2.LoadAdapterRequest(adapter=adapter, pin=pin)).adapter
 
     @_typed_errors
     def unload_adapter(self, adapter: str) -> None:
+        """Unload and unpin, once the requests using it have finished."""
         self._stub.UnloadAdapter(serving_pb2.UnloadAdapterRequest(adapter=adapter))
 
     @_typed_errors

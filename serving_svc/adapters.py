@@ -20,8 +20,9 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from loraplane.artifact import MANIFEST, PROFILE_FILE, ArtifactRepository, Manifest, manifest_digest
 from loraplane.errors import FailedPrecondition, ResourceExhausted
@@ -48,6 +49,37 @@ class ResolvedAdapter:
 class _Slot:
     adapter: ResolvedAdapter
     in_use: int = 0
+    pinned: bool = False
+    draining: bool = False
+    """Being unloaded: no new request takes it; the unload waits for `idle`."""
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+
+@dataclass
+class AdapterUsage:
+    """What one version has served on this replica since it started."""
+
+    requests: int = 0
+    last_used_at: float | None = None
+    """Wall-clock seconds (time.time())."""
+
+
+@dataclass(frozen=True)
+class AdapterStatus:
+    """One version as ListAdapters shows it."""
+
+    adapter: ResolvedAdapter
+    tier: AdapterTier
+    size_bytes: int
+    usage: AdapterUsage
+    pinned: bool
+
+
+AdapterTier = Literal["store", "disk", "engine"]
+"""Where a replica holds a version: only in the store, a verified copy on disk, or loaded in the engine."""
 
 
 class _KeyedLocks:
@@ -102,9 +134,11 @@ class AdapterManager:
         self._latest: dict[str, tuple[float, ResolvedAdapter]] = {}  # name -> (resolved at, newest)
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # loaded versions, least recently used first
         self._slots_lock = asyncio.Lock()
+        self._slot_freed = asyncio.Event()  # set when a slot's last request finishes or a slot empties
         self._locks = _KeyedLocks()
         self._disk_lock = threading.Lock()  # copies are fetched and trimmed on worker threads
         self._fetching: set[Path] = set()
+        self._usage: dict[str, AdapterUsage] = {}  # "name@vN" -> what it has served here
 
     @property
     def policy(self) -> AdapterPolicy:
@@ -180,15 +214,24 @@ class AdapterManager:
             return
         slot = await self._ensure_loaded(adapter)
         slot.in_use += 1  # no await since _ensure_loaded returned: eviction cannot slip in between
+        slot.idle.clear()
+        usage = self._usage.setdefault(adapter.key, AdapterUsage())
+        usage.requests += 1
+        usage.last_used_at = time.time()
         try:
             yield adapter
         finally:
             slot.in_use -= 1
+            if not slot.in_use:
+                slot.idle.set()
+                self._slot_freed.set()
 
-    async def load(self, spec: AdapterSpec) -> ResolvedAdapter:
-        """Load ahead of traffic (or just mark as recently used when already loaded)."""
+    async def load(self, spec: AdapterSpec, *, pin: bool = False) -> ResolvedAdapter:
+        """Load ahead of traffic (or just mark as recently used when already loaded); `pin` keeps it
+        in the engine until `unload`."""
         adapter = await self.resolve(spec)
-        await self._ensure_loaded(adapter)
+        slot = await self._ensure_loaded(adapter)
+        slot.pinned = slot.pinned or pin
         return adapter
 
     async def _ensure_loaded(self, adapter: ResolvedAdapter) -> _Slot:
@@ -208,7 +251,7 @@ class AdapterManager:
                 path, source = await asyncio.to_thread(self._fetch_checked, adapter, loaded)
                 async with self._slots_lock:
                     while len(self._slots) >= self._policy.max_loaded:
-                        await self._evict_least_recently_used()
+                        await self._evict_least_recently_used_or_wait()
                     await self._engine.add_adapter(key, path)
                     slot = self._slots[key] = _Slot(adapter)
             except Exception:  # counted whatever the cause, then handed on
@@ -220,9 +263,11 @@ class AdapterManager:
             return slot
 
     def _touch(self, key: str) -> _Slot | None:
+        """The version's slot, now the most recently used; None when it is not loaded or on its way out."""
         slot = self._slots.get(key)
-        if slot is not None:
-            self._slots.move_to_end(key)
+        if slot is None or slot.draining:
+            return None
+        self._slots.move_to_end(key)
         return slot
 
     def profile_path(self, adapter: ResolvedAdapter) -> Path:
@@ -282,13 +327,25 @@ class AdapterManager:
             self._metrics.adapters_resident.labels("disk").set(len(sizes))
             self._metrics.adapter_cache_bytes.set(total)
 
-    async def _evict_least_recently_used(self) -> None:
-        victim = next((key for key, slot in self._slots.items() if slot.in_use == 0), None)
+    async def _evict_least_recently_used_or_wait(self) -> None:
+        """Evict the least recently used version no request is using and no one pinned; when every
+        slot is busy, wait (holding no lock) for one to free. Call with the slots lock held."""
+        victim = next(
+            (key for key, slot in self._slots.items() if not (slot.in_use or slot.pinned or slot.draining)), None
+        )
         if victim is None:
-            raise ResourceExhausted(
-                f"all {self._policy.max_loaded} adapter slots are serving requests; retry shortly, or run "
-                "more replicas or a larger max_loaded_adapters"
-            )
+            if all(slot.pinned for slot in self._slots.values()):
+                raise ResourceExhausted(
+                    f"all {self._policy.max_loaded} adapter slots are pinned; unpin one (UnloadAdapter), or raise "
+                    "LORAPLANE_MAX_LOADED_ADAPTERS"
+                )
+            self._slot_freed.clear()  # no await since the slots were read: no slot can have freed since
+            self._slots_lock.release()
+            try:
+                await self._slot_freed.wait()  # the request's own deadline bounds the wait
+            finally:
+                await self._slots_lock.acquire()
+            return
         # Forget it before awaiting, so no request starts using a version on its way out.
         del self._slots[victim]
         await self._engine.remove_adapter(victim)
@@ -296,24 +353,29 @@ class AdapterManager:
         self._metrics.adapters_resident.labels("engine").set(len(self._slots))
 
     async def unload(self, spec: AdapterSpec) -> None:
-        """Unload `name@vN`, or every loaded version of `name`; NotFound if the store has no such adapter."""
-        async with self._slots_lock:
-            keys = [
-                key
-                for key, slot in self._slots.items()
-                if slot.adapter.manifest.name == spec.name and spec.version in (None, slot.adapter.manifest.version)
-            ]
-            busy = [key for key in keys if self._slots[key].in_use]
-            if busy:
-                raise FailedPrecondition(
-                    f"adapter {', '.join(busy)} is serving requests now; unload it when they have finished"
-                )
-            for key in keys:
-                del self._slots[key]
-                await self._engine.remove_adapter(key)
-            self._metrics.adapters_resident.labels("engine").set(len(self._slots))
+        """Unload (and unpin) `name@vN`, or every loaded version of `name`, once the requests using it
+        have finished; requests that arrive meanwhile wait and load it again. NotFound if the store has
+        no such adapter."""
+        keys = [
+            key
+            for key, slot in self._slots.items()
+            if slot.adapter.manifest.name == spec.name and spec.version in (None, slot.adapter.manifest.version)
+        ]
+        for key in keys:
+            async with self._locks.hold(f"load:{key}"):  # new requests for it wait here, then load it again
+                slot = self._slots.get(key)
+                if slot is None:
+                    continue  # evicted meanwhile
+                slot.draining = True
+                await slot.idle.wait()
+                async with self._slots_lock:
+                    if self._slots.get(key) is slot:
+                        del self._slots[key]
+                        await self._engine.remove_adapter(key)
+                        self._slot_freed.set()
+                    self._metrics.adapters_resident.labels("engine").set(len(self._slots))
         if not keys:
-            await self._lookup(spec)  # outside the lock: unknown -> NotFound; known but not loaded -> nothing
+            await self._lookup(spec)  # unknown -> NotFound; known but not loaded -> nothing
 
     # -- listing ----------------------------------------------------------------------------
 
@@ -323,6 +385,16 @@ class AdapterManager:
 
     def is_loaded(self, key: str) -> bool:
         return key in self._slots
+
+    def status(self, adapter: ResolvedAdapter) -> AdapterStatus:
+        """Where this replica holds `adapter`, how large its copy is, and what it has served."""
+        slot = self._slots.get(adapter.key)
+        copy = self._cache_path(adapter)
+        on_disk = (copy / MANIFEST).is_file()
+        size = sum(f.stat().st_size for f in copy.iterdir()) if on_disk else 0
+        tier: AdapterTier = "engine" if slot is not None else "disk" if on_disk else "store"
+        usage = self._usage.get(adapter.key, AdapterUsage())
+        return AdapterStatus(adapter, tier, size, usage, pinned=slot is not None and slot.pinned)
 
     async def published(self) -> list[ResolvedAdapter]:
         """The newest version of every adapter in the store, servable here or not."""

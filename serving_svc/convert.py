@@ -14,7 +14,7 @@ from loraplane.drift import Profile
 from loraplane.errors import InvalidArgument
 from loraplane.names import AdapterSpec, parse_adapter_spec
 from loraplane.proto import common_pb2, serving_pb2
-from serving_svc.adapters import ResolvedAdapter
+from serving_svc.adapters import AdapterStatus, AdapterTier, ResolvedAdapter
 from serving_svc.drift_monitor import AdapterDrift
 from serving_svc.engines.base import (
     ChatMessage,
@@ -171,19 +171,39 @@ def adapter_ref(adapter: ResolvedAdapter) -> common_pb2.AdapterRef:
     )
 
 
-def adapter_info(adapter: ResolvedAdapter, *, loaded: bool) -> serving_pb2.AdapterInfo:
-    manifest = adapter.manifest
+_TIERS: dict[AdapterTier, serving_pb2.AdapterTier.ValueType] = {
+    "store": serving_pb2.ADAPTER_TIER_STORE,
+    "disk": serving_pb2.ADAPTER_TIER_DISK,
+    "engine": serving_pb2.ADAPTER_TIER_ENGINE,
+}
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def adapter_info(status: AdapterStatus) -> serving_pb2.AdapterInfo:
+    adapter, manifest = status.adapter, status.adapter.manifest
     created_at = Timestamp()
     created_at.FromDatetime(manifest.created_at)
-    return serving_pb2.AdapterInfo(
+    info = serving_pb2.AdapterInfo(
         ref=adapter_ref(adapter),
         base_model=manifest.base_model.name,
         method=manifest.method,
         rank=manifest.rank,
         created_at=created_at,
-        loaded=loaded,
+        loaded=status.tier == "engine",
         prompt_format=manifest.prompt_format,
+        tier=_TIERS[status.tier],
+        size_bytes=status.size_bytes,
+        requests=status.usage.requests,
+        pinned=status.pinned,
     )
+    if status.usage.last_used_at is not None:
+        info.last_used_at.CopyFrom(_timestamp(status.usage.last_used_at))
+    return info
 
 
 def finish_reason(reason: FinishReason | None) -> serving_pb2.FinishReason.ValueType:

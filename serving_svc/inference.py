@@ -9,6 +9,7 @@ answered request handed to the drift monitor with the feedback callers send abou
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from loraplane.drift import Sample
 from loraplane.errors import FailedPrecondition, InvalidArgument
 from loraplane.names import AdapterSpec
-from serving_svc.adapters import AdapterManager, ResolvedAdapter
+from serving_svc.adapters import AdapterManager, AdapterStatus, ResolvedAdapter
 from serving_svc.admission import Admission
 from serving_svc.drift_monitor import AdapterDrift, DriftMonitor
 from serving_svc.engines.base import (
@@ -256,21 +257,21 @@ class InferenceService:
                 max_lora_rank=policy.max_rank,
             )
 
-    async def list_adapters(self, *, loaded_only: bool) -> list[tuple[ResolvedAdapter, bool]]:
+    async def list_adapters(self, *, loaded_only: bool) -> list[AdapterStatus]:
         """The newest version of every published adapter (unless loaded_only) and every loaded version,
-        each with whether it is loaded."""
+        each with where this replica holds it and what it has served."""
         with self._metrics.track("ListAdapters") as record:
             record.adapter = NO_ADAPTER_LABEL
             listed = [] if loaded_only else await self._adapters.published()
             listed_keys = {adapter.key for adapter in listed}
             listed += [adapter for adapter in self._adapters.loaded() if adapter.key not in listed_keys]
-            return [(adapter, self._adapters.is_loaded(adapter.key)) for adapter in listed]
+            return await asyncio.to_thread(lambda: [self._adapters.status(adapter) for adapter in listed])
 
-    async def load_adapter(self, spec: AdapterSpec) -> ResolvedAdapter:
+    async def load_adapter(self, spec: AdapterSpec, *, pin: bool = False) -> AdapterStatus:
         with self._metrics.track("LoadAdapter") as record:
-            adapter = await self._adapters.load(spec)
+            adapter = await self._adapters.load(spec, pin=pin)
             record.adapter = self._metrics.adapter_label(adapter.manifest.name)
-            return adapter
+            return self._adapters.status(adapter)
 
     async def unload_adapter(self, spec: AdapterSpec) -> None:
         with self._metrics.track("UnloadAdapter") as record:

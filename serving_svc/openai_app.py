@@ -122,7 +122,7 @@ def create_app(service: InferenceService, base_model: str) -> FastAPI:
         started = int(time.time())
         return [
             convert.model_card(info.base_model, started),
-            *convert.adapter_cards([a for a, _ in listed], info.base_model),
+            *convert.adapter_cards([status.adapter for status in listed], info.base_model),
         ]
 
     @app.get("/v1/models")

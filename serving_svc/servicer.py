@@ -54,15 +54,13 @@ class InferenceServicer(serving_pb2_grpc.InferenceServicer):
         self, request: serving_pb2.ListAdaptersRequest, context: grpc.aio.ServicerContext
     ) -> serving_pb2.ListAdaptersResponse:
         listed = await self._service.list_adapters(loaded_only=request.loaded_only)
-        return serving_pb2.ListAdaptersResponse(
-            adapters=[convert.adapter_info(adapter, loaded=loaded) for adapter, loaded in listed]
-        )
+        return serving_pb2.ListAdaptersResponse(adapters=[convert.adapter_info(status) for status in listed])
 
     async def LoadAdapter(
         self, request: serving_pb2.LoadAdapterRequest, context: grpc.aio.ServicerContext
     ) -> serving_pb2.LoadAdapterResponse:
-        adapter = await self._service.load_adapter(convert.required_adapter_spec(request.adapter))
-        return serving_pb2.LoadAdapterResponse(adapter=convert.adapter_info(adapter, loaded=True))
+        status = await self._service.load_adapter(convert.required_adapter_spec(request.adapter), pin=request.pin)
+        return serving_pb2.LoadAdapterResponse(adapter=convert.adapter_info(status))
 
     async def UnloadAdapter(
         self, request: serving_pb2.UnloadAdapterRequest, context: grpc.aio.ServicerContext

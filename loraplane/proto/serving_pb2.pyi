@@ -42,6 +42,31 @@ FINISH_REASON_LENGTH: FinishReason.ValueType  # 2
 """max_tokens reached."""
 Global___FinishReason: _TypeAlias = FinishReason  # noqa: Y015
 
+class _AdapterTier:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AdapterTierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AdapterTier.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ADAPTER_TIER_UNSPECIFIED: _AdapterTier.ValueType  # 0
+    ADAPTER_TIER_STORE: _AdapterTier.ValueType  # 1
+    """Only in the store: the first request fetches and loads it."""
+    ADAPTER_TIER_DISK: _AdapterTier.ValueType  # 2
+    """A verified copy on this replica's disk: the first request loads it without a download."""
+    ADAPTER_TIER_ENGINE: _AdapterTier.ValueType  # 3
+    """Loaded in the engine: requests use it at once."""
+
+class AdapterTier(_AdapterTier, metaclass=_AdapterTierEnumTypeWrapper): ...
+
+ADAPTER_TIER_UNSPECIFIED: AdapterTier.ValueType  # 0
+ADAPTER_TIER_STORE: AdapterTier.ValueType  # 1
+"""Only in the store: the first request fetches and loads it."""
+ADAPTER_TIER_DISK: AdapterTier.ValueType  # 2
+"""A verified copy on this replica's disk: the first request loads it without a download."""
+ADAPTER_TIER_ENGINE: AdapterTier.ValueType  # 3
+"""Loaded in the engine: requests use it at once."""
+Global___AdapterTier: _TypeAlias = AdapterTier  # noqa: Y015
+
 class _FeedbackLabel:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -469,6 +494,11 @@ class AdapterInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     LOADED_FIELD_NUMBER: _builtins.int
     PROMPT_FORMAT_FIELD_NUMBER: _builtins.int
+    TIER_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    LAST_USED_AT_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    PINNED_FIELD_NUMBER: _builtins.int
     base_model: _builtins.str
     method: _builtins.str
     rank: _builtins.int
@@ -478,10 +508,22 @@ class AdapterInfo(_message.Message):
     """How the adapter was trained: "chat" (a plain prompt is sent to it as a user turn of the
     base model's chat template) or "raw" (a plain prompt is sent as it is).
     """
+    tier: Global___AdapterTier.ValueType
+    """Where this replica holds the version now."""
+    size_bytes: _builtins.int
+    """Bytes of its verified copy on this replica's disk; 0 while it is only in the store."""
+    requests: _builtins.int
+    """Generation requests it has served on this replica since it started."""
+    pinned: _builtins.bool
+    """Kept in the engine: never evicted for another adapter, until UnloadAdapter."""
     @_builtins.property
     def ref(self) -> _common_pb2.AdapterRef: ...
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_used_at(self) -> _timestamp_pb2.Timestamp:
+        """When a request last used it on this replica; unset if none has since the replica started."""
+
     def __init__(
         self,
         *,
@@ -492,10 +534,15 @@ class AdapterInfo(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         loaded: _builtins.bool = ...,
         prompt_format: _builtins.str = ...,
+        tier: Global___AdapterTier.ValueType = ...,
+        size_bytes: _builtins.int = ...,
+        last_used_at: _timestamp_pb2.Timestamp | None = ...,
+        requests: _builtins.int = ...,
+        pinned: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "ref", b"ref"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "last_used_at", b"last_used_at", "ref", b"ref"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "created_at", b"created_at", "loaded", b"loaded", "method", b"method", "prompt_format", b"prompt_format", "rank", b"rank", "ref", b"ref"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "created_at", b"created_at", "last_used_at", b"last_used_at", "loaded", b"loaded", "method", b"method", "pinned", b"pinned", "prompt_format", b"prompt_format", "rank", b"rank", "ref", b"ref", "requests", b"requests", "size_bytes", b"size_bytes", "tier", b"tier"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -548,16 +595,20 @@ class LoadAdapterRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ADAPTER_FIELD_NUMBER: _builtins.int
+    PIN_FIELD_NUMBER: _builtins.int
     adapter: _builtins.str
     """"name" or "name@vN"."""
+    pin: _builtins.bool
+    """Keep it in the engine: never evicted for another adapter, until UnloadAdapter."""
     def __init__(
         self,
         *,
         adapter: _builtins.str = ...,
+        pin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "pin", b"pin"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -589,6 +640,9 @@ class UnloadAdapterRequest(_message.Message):
 
     ADAPTER_FIELD_NUMBER: _builtins.int
     adapter: _builtins.str
+    """"name@vN", or "name" for every loaded version. Unpins it; requests in flight finish first,
+    and requests that arrive meanwhile load it again once it is out.
+    """
     def __init__(
         self,
         *,

@@ -199,6 +199,10 @@ def test_cli_trains_with_a_progress_bar_and_answers(
     answer = runner.invoke(app, ["generate", "--adapter", "cli-word", "--raw", "--max-tokens", "4", QUESTIONS[4]])
     assert answer.exit_code == 0 and answer.output.startswith(ANSWER), answer.output
     assert "cli-word" in runner.invoke(app, ["jobs", "--adapter", "cli-word"]).output
-    assert "cli-word" in runner.invoke(app, ["adapters"]).output
+    assert "cli-word@v1" in runner.invoke(app, ["adapters"]).output
+    assert "loaded and pinned" in runner.invoke(app, ["load", "cli-word", "--pin"]).output
+    assert "engine, pinned" in runner.invoke(app, ["adapters", "--loaded"]).output
+    assert runner.invoke(app, ["unload", "cli-word"]).exit_code == 0
+    assert "cli-word" not in runner.invoke(app, ["adapters", "--loaded"]).output
     bad = runner.invoke(app, ["generate", "--adapter", "../x", "hi"])
     assert bad.exit_code == 2 and "INVALID_ARGUMENT" in bad.output

@@ -294,6 +294,28 @@ async def test_list_load_unload_and_lru_eviction(serving: Serving) -> None:
     assert (await serving.generate("beta")).adapter.name == "beta", "an unloaded adapter loads again on use"
 
 
+async def test_a_pinned_adapter_stays_in_the_engine_and_lists_its_tier_and_use(serving: Serving) -> None:
+    pinned = await serving.stub.LoadAdapter(serving_pb2.LoadAdapterRequest(adapter="gamma", pin=True))
+    assert pinned.adapter.pinned and pinned.adapter.tier == serving_pb2.ADAPTER_TIER_ENGINE
+    try:
+        for adapter in ("alpha@v1", "beta", "alpha@v1", "beta"):  # two slots: these evict each other, not gamma
+            await serving.generate(adapter)
+        await serving.generate("gamma")
+        listed = {
+            a.ref.name: a
+            for a in (await serving.stub.ListAdapters(serving_pb2.ListAdaptersRequest(loaded_only=True))).adapters
+        }
+        gamma = listed["gamma"]
+        assert gamma.pinned and gamma.tier == serving_pb2.ADAPTER_TIER_ENGINE and gamma.requests >= 1
+        assert gamma.size_bytes > 0 and gamma.HasField("last_used_at")
+        assert set(listed) == {"gamma", "beta"}
+    finally:
+        await serving.stub.UnloadAdapter(serving_pb2.UnloadAdapterRequest(adapter="gamma"))
+    everything = (await serving.stub.ListAdapters(serving_pb2.ListAdaptersRequest())).adapters
+    gamma = next(a for a in everything if a.ref.name == "gamma")
+    assert not gamma.pinned and gamma.tier == serving_pb2.ADAPTER_TIER_DISK
+
+
 async def test_new_version_is_served_without_restart_and_a_pin_holds(serving: Serving) -> None:
     v1 = await serving.generate("alpha")
     assert v1.adapter.version == 1

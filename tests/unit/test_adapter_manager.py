@@ -32,6 +32,9 @@ class FakeClock:
     def perf_counter(self) -> float:
         return self.now
 
+    def time(self) -> float:
+        return self.now
+
     def advance(self, seconds: float) -> None:
         self.now += seconds
 
@@ -139,16 +142,17 @@ async def test_adapter_in_use_is_never_evicted(parts: AdapterParts) -> None:
     assert parts.engine.remove_calls == ["b@v1", "c@v1", "a@v1"]
 
 
-async def test_every_slot_busy_is_resource_exhausted_until_one_is_free(tmp_path: Path) -> None:
+async def test_with_every_slot_busy_a_load_waits_for_one_to_free(tmp_path: Path) -> None:
     parts = build_adapter_manager(tmp_path, max_loaded=1)
     parts.publish("a")
     parts.publish("b")
     async with parts.manager.use(AdapterSpec("a")):
-        with pytest.raises(ResourceExhausted, match="all 1 adapter slots"):
-            await parts.manager.load(AdapterSpec("b"))
+        waiting = asyncio.create_task(parts.manager.load(AdapterSpec("b")))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
         assert parts.engine.added_keys == ["a@v1"]
         assert parts.engine.remove_calls == []
-    await parts.manager.load(AdapterSpec("b"))
+    await asyncio.wait_for(waiting, TIMEOUT)
     assert parts.engine.remove_calls == ["a@v1"]
     assert [a.key for a in parts.manager.loaded()] == ["b@v1"]
 
@@ -197,11 +201,12 @@ async def test_adapter_stays_busy_until_its_last_user_leaves(tmp_path: Path) -> 
     for event in leave[:2]:
         event.set()
     await asyncio.wait_for(asyncio.gather(*tasks[:2]), TIMEOUT)
-    with pytest.raises(ResourceExhausted):
-        await parts.manager.load(AdapterSpec("b"))
+    waiting = asyncio.create_task(parts.manager.load(AdapterSpec("b")))
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "one user is still inside"
     leave[2].set()
     await asyncio.wait_for(tasks[2], TIMEOUT)
-    await parts.manager.load(AdapterSpec("b"))
+    await asyncio.wait_for(waiting, TIMEOUT)
     assert parts.engine.remove_calls == ["a@v1"]
 
 
@@ -306,15 +311,61 @@ async def test_unload_removes_the_named_versions(
 
 
 @pytest.mark.parametrize("unload", ["alpha", "alpha@v1"])
-async def test_unload_of_a_busy_adapter_is_refused(parts: AdapterParts, unload: str) -> None:
+async def test_unload_of_a_busy_adapter_waits_for_its_requests_and_new_ones_load_it_again(
+    parts: AdapterParts, unload: str
+) -> None:
     parts.publish("alpha")
-    async with parts.manager.use(AdapterSpec("alpha")):
-        with pytest.raises(FailedPrecondition, match="alpha@v1 is serving requests"):
-            await parts.manager.unload(_spec(unload))
-    assert parts.engine.remove_calls == []
-    assert parts.manager.is_loaded("alpha@v1")
-    await parts.manager.unload(_spec(unload))
+    in_flight = parts.manager.use(AdapterSpec("alpha"))
+    await in_flight.__aenter__()
+    unloading = asyncio.create_task(parts.manager.unload(_spec(unload)))
+    await asyncio.sleep(0.05)
+    assert not unloading.done() and parts.engine.remove_calls == [], "the request in flight keeps it"
+    arriving = asyncio.create_task(parts.manager.load(AdapterSpec("alpha")))
+    await asyncio.sleep(0.05)
+    assert not arriving.done(), "a new request does not take a version on its way out"
+    await in_flight.__aexit__(None, None, None)
+    await asyncio.wait_for(unloading, TIMEOUT)
+    await asyncio.wait_for(arriving, TIMEOUT)
     assert parts.engine.remove_calls == ["alpha@v1"]
+    assert [key for key, _ in parts.engine.add_calls] == ["alpha@v1", "alpha@v1"], "loaded again after"
+    assert parts.manager.is_loaded("alpha@v1")
+
+
+async def test_pinned_adapters_are_never_evicted_until_unloaded(tmp_path: Path) -> None:
+    parts = build_adapter_manager(tmp_path, max_loaded=2)
+    for name in ("alpha", "beta", "gamma", "delta"):
+        parts.publish(name)
+    await parts.manager.load(AdapterSpec("alpha"), pin=True)
+    for name in ("beta", "gamma", "delta"):  # each evicts the last, never the pinned alpha
+        async with parts.manager.use(AdapterSpec(name)):
+            pass
+    assert parts.engine.remove_calls == ["beta@v1", "gamma@v1"]
+    assert parts.manager.status(await parts.manager.resolve(AdapterSpec("alpha"))).pinned
+    await parts.manager.load(AdapterSpec("delta"), pin=True)
+    with pytest.raises(ResourceExhausted, match="all 2 adapter slots are pinned"):
+        await parts.manager.load(AdapterSpec("beta"))
+    await parts.manager.unload(AdapterSpec("alpha"))  # unpins and unloads
+    await parts.manager.load(AdapterSpec("beta"))
+    assert {a.key for a in parts.manager.loaded()} == {"delta@v1", "beta@v1"}
+
+
+async def test_status_gives_tier_size_requests_and_last_use(parts: AdapterParts) -> None:
+    for name in ("alpha", "beta", "gamma"):
+        parts.publish(name)
+    for _ in range(3):
+        async with parts.manager.use(AdapterSpec("alpha")):
+            pass
+    await parts.manager.load(AdapterSpec("beta"))
+    await parts.manager.load(AdapterSpec("gamma"))  # two slots: alpha, the least recently used, leaves
+
+    resolved = {name: await parts.manager.resolve(AdapterSpec(name)) for name in ("alpha", "beta", "gamma")}
+    alpha, beta = parts.manager.status(resolved["alpha"]), parts.manager.status(resolved["beta"])
+    assert (alpha.tier, alpha.usage.requests, alpha.pinned) == ("disk", 3, False)
+    assert alpha.usage.last_used_at is not None and alpha.size_bytes > 0
+    assert (beta.tier, beta.usage.requests, beta.usage.last_used_at) == ("engine", 0, None), "loaded, not used"
+    parts.publish("delta")
+    delta = parts.manager.status(await parts.manager.resolve(AdapterSpec("delta")))
+    assert (delta.tier, delta.size_bytes) == ("store", 0)
 
 
 @pytest.mark.parametrize("unload", ["nope", "alpha@v9"])

@@ -282,17 +282,17 @@ async def test_per_adapter_metrics_count_tokens_and_observe_ttft_once_per_reques
 async def test_adapter_rpcs_and_model_info(replica: Replica) -> None:
     replica.parts.publish("alpha")
     replica.parts.publish("beta")
-    loaded = await replica.service.load_adapter(AdapterSpec("alpha", 1))
-    assert loaded.key == "alpha@v1"
+    loaded = await replica.service.load_adapter(AdapterSpec("alpha", 1), pin=True)
+    assert (loaded.adapter.key, loaded.tier, loaded.pinned) == ("alpha@v1", "engine", True)
 
     listed = await replica.service.list_adapters(loaded_only=False)
-    assert sorted((a.key, is_loaded) for a, is_loaded in listed) == [
-        ("alpha@v1", True),
-        ("alpha@v2", False),
-        ("beta@v1", False),
+    assert sorted((s.adapter.key, s.tier) for s in listed) == [
+        ("alpha@v1", "engine"),
+        ("alpha@v2", "store"),
+        ("beta@v1", "store"),
     ]
-    assert [(a.key, is_loaded) for a, is_loaded in await replica.service.list_adapters(loaded_only=True)] == [
-        ("alpha@v1", True)
+    assert [(s.adapter.key, s.tier) for s in await replica.service.list_adapters(loaded_only=True)] == [
+        ("alpha@v1", "engine")
     ]
 
     await replica.service.unload_adapter(AdapterSpec("alpha"))

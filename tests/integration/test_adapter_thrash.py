@@ -1,0 +1,79 @@
+"""Forty adapters through two engine slots under concurrent load, on both engines: requests wait
+for a slot rather than fail, adapters are evicted and loaded again and again, and every answer is
+the one its adapter gives when served alone."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import grpc
+import pytest
+
+from loraplane.artifact import ArtifactRepository
+from loraplane.client import sampling
+from loraplane.fingerprint import base_model_fingerprint
+from loraplane.proto import serving_pb2, serving_pb2_grpc
+from loraplane.storage import FileStore
+from serving_svc.server import create_server
+from tests.support.adapters import make_adapter, publish_adapter
+from tests.support.serving_settings import tiny_serving_settings
+
+pytestmark = pytest.mark.integration
+
+ADAPTERS = 40
+SLOTS = 2
+PROMPT = "The capital of France is"
+
+
+@pytest.fixture(scope="module")
+def store_with_adapters(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data_dir = tmp_path_factory.mktemp("thrash")
+    repository = ArtifactRepository(FileStore(data_dir / "store"))
+    fingerprint = base_model_fingerprint(tiny_model_dir)
+    sources = tmp_path_factory.mktemp("thrash-sources")
+    for index in range(ADAPTERS):
+        source = make_adapter(tiny_model_dir, sources / f"a{index}", seed=100 + index)
+        publish_adapter(repository, source, f"a{index}", fingerprint)
+    return data_dir / "store"
+
+
+@pytest.mark.parametrize("engine", ["transformers", "vllm"])
+async def test_forty_adapters_through_two_slots_answer_as_each_does_alone(
+    engine: str, tiny_model_dir: Path, store_with_adapters: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    settings = tiny_serving_settings(
+        tiny_model_dir,
+        tmp_path,
+        store_uri=f"file://{store_with_adapters}",
+        serving_engine=engine,
+        dtype="float32",
+        max_loaded_adapters=SLOTS,
+    )
+    server = create_server(settings)
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = serving_pb2_grpc.InferenceStub(channel)
+
+            async def answer(adapter: str) -> str:
+                request = serving_pb2.GenerateRequest(
+                    adapter=adapter, prompt=PROMPT, sampling=sampling(max_tokens=6, temperature=0)
+                )
+                return (await stub.Generate(request, timeout=300)).text
+
+            alone = {f"a{i}": await answer(f"a{i}") for i in range(ADAPTERS)}
+            assert len(set(alone.values())) > ADAPTERS // 2, "the adapters must answer differently"
+            order = [f"a{i}" for i in range(ADAPTERS)] * 2
+            random.Random(0).shuffle(order)
+            together = await asyncio.gather(*(answer(adapter) for adapter in order))
+        assert [alone[adapter] for adapter in order] == together
+        assert len(server.adapters.loaded()) == SLOTS
+        evictions = server.metrics.registry.get_sample_value(
+            "loraplane_serving_adapter_evictions_total", {"tier": "engine"}
+        )
+        assert evictions is not None and evictions >= 2 * ADAPTERS - SLOTS
+    finally:
+        await server.stop(1.0)
