@@ -471,3 +471,21 @@ async def test_the_disk_cache_keeps_to_its_bound_deleting_the_least_recently_use
     await parts.manager.load(AdapterSpec("alpha"))
     assert sample(parts.metrics, LOOKUPS, tier="disk", result="miss") == (misses or 0) + 1, "fetched again"
     assert cached() == {"gamma", "alpha"}, "beta is now the least recently used"
+
+
+async def test_a_cold_load_holds_up_no_request_for_a_loaded_adapter(tmp_path: Path) -> None:
+    parts = build_adapter_manager(tmp_path, max_loaded=3)
+    parts.publish("warm")
+    parts.publish("cold")
+    await parts.manager.load(AdapterSpec("warm"))
+    parts.engine.load_gate = asyncio.Event()  # the cold adapter's load stalls in the engine
+    parts.engine.load_started.clear()
+    loading = asyncio.create_task(parts.manager.load(AdapterSpec("cold")))
+    await asyncio.wait_for(parts.engine.load_started.wait(), TIMEOUT)
+    for _ in range(5):
+        async with asyncio.timeout(TIMEOUT / 10):  # at once, while the load is still in flight
+            async with parts.manager.use(AdapterSpec("warm")) as adapter:
+                assert adapter is not None and adapter.key == "warm@v1"
+    assert not loading.done()
+    parts.engine.load_gate.set()
+    await asyncio.wait_for(loading, TIMEOUT)
