@@ -157,7 +157,7 @@ def create_app(service: InferenceService, base_model: str) -> FastAPI:
     async def _stream(
         request: Request,
         body: convert.ChatCompletionRequest | convert.CompletionRequest,
-        events: Callable[[GenerationChunk, Any, int, bool], list[dict[str, Any]]],
+        events: Callable[[GenerationChunk, Any, int, int], list[dict[str, Any]]],
     ) -> StreamingResponse:
         """Wait for the first chunk before answering, so that a refused request (unknown adapter, over
         the limits) gets its HTTP status; after that, errors travel as an `error` event."""
@@ -172,13 +172,16 @@ def create_app(service: InferenceService, base_model: str) -> FastAPI:
         created = int(time.time())
 
         async def sse() -> AsyncIterator[str]:
+            sent = 0  # characters of text sent so far; -1 before the first chunk
             async with aclosing(chunks):
                 try:
-                    for event in events(first, body, created, True):
+                    for event in events(first, body, created, -1):
                         yield _event(event)
+                    sent = len(first.delta.text)
                     async for chunk in chunks:
-                        for event in events(chunk, body, created, False):
+                        for event in events(chunk, body, created, sent):
                             yield _event(event)
+                        sent += len(chunk.delta.text)
                 except LoraplaneError as error:
                     yield _event(_error_body(error)[1])
                     return
@@ -189,10 +192,11 @@ def create_app(service: InferenceService, base_model: str) -> FastAPI:
     return app
 
 
-def _chat_events(chunk: GenerationChunk, body: Any, created: int, first: bool) -> list[dict[str, Any]]:
+def _chat_events(chunk: GenerationChunk, body: Any, created: int, sent: int) -> list[dict[str, Any]]:
+    """The SSE events of one chunk; `sent` is the text's length so far, -1 on the first chunk."""
     delta = chunk.delta
     events = []
-    if first:
+    if sent < 0:
         events.append(convert.chat_chunk(chunk.request_id, body.model, created, {"role": "assistant", "content": ""}))
     if delta.text or (delta.logprobs and body.logprobs):
         event = convert.chat_chunk(chunk.request_id, body.model, created, {"content": delta.text})
@@ -203,13 +207,14 @@ def _chat_events(chunk: GenerationChunk, body: Any, created: int, first: bool) -
     return events
 
 
-def _completion_events(chunk: GenerationChunk, body: Any, created: int, first: bool) -> list[dict[str, Any]]:
+def _completion_events(chunk: GenerationChunk, body: Any, created: int, sent: int) -> list[dict[str, Any]]:
+    """The SSE events of one chunk; `sent` is the text's length so far, -1 on the first chunk."""
     delta = chunk.delta
     events = []
     if delta.text or (delta.logprobs and body.logprobs is not None):
         event = convert.completion_chunk(chunk.request_id, body.model, created, delta.text)
-        if body.logprobs is not None:
-            event["choices"][0]["logprobs"] = convert.completion_logprobs(delta.logprobs)
+        if body.logprobs is not None:  # text offsets count from the start of the whole answer
+            event["choices"][0]["logprobs"] = convert.completion_logprobs(delta.logprobs, max(sent, 0))
         events.append(event)
     events.extend(
         _final_events(chunk, body, created, convert.completion_chunk(chunk.request_id, body.model, created, ""))

@@ -130,10 +130,16 @@ def test_completions_with_logprobs_stop_and_streaming(replica: Replica) -> None:
     assert "".join(choice.logprobs.tokens or []) == choice.text
     assert all(lp is not None and lp <= 0 for lp in choice.logprobs.token_logprobs or [])
 
-    streamed = replica.openai.completions.create(
-        model="alpha", prompt=PROMPT, max_tokens=10, temperature=0, stream=True
+    streamed = list(
+        replica.openai.completions.create(
+            model="alpha", prompt=PROMPT, max_tokens=10, temperature=0, stream=True, logprobs=0
+        )
     )
     assert "".join(chunk.choices[0].text for chunk in streamed) == choice.text
+    offsets = [
+        o for chunk in streamed if chunk.choices[0].logprobs for o in chunk.choices[0].logprobs.text_offset or []
+    ]
+    assert offsets == choice.logprobs.text_offset, "offsets count from the start of the whole answer"
 
     stop = choice.text[len(choice.text) // 2 :][:3]
     if stop.strip():
