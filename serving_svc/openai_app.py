@@ -172,16 +172,16 @@ def create_app(service: InferenceService, base_model: str) -> FastAPI:
         created = int(time.time())
 
         async def sse() -> AsyncIterator[str]:
-            sent = 0  # characters of text sent so far; -1 before the first chunk
+            sent = 0  # characters of the tokens sent so far (what text offsets count); -1 before the first chunk
             async with aclosing(chunks):
                 try:
                     for event in events(first, body, created, -1):
                         yield _event(event)
-                    sent = len(first.delta.text)
+                    sent = _token_chars(first)
                     async for chunk in chunks:
                         for event in events(chunk, body, created, sent):
                             yield _event(event)
-                        sent += len(chunk.delta.text)
+                        sent += _token_chars(chunk)
                 except LoraplaneError as error:
                     yield _event(_error_body(error)[1])
                     return
@@ -192,8 +192,13 @@ def create_app(service: InferenceService, base_model: str) -> FastAPI:
     return app
 
 
+def _token_chars(chunk: GenerationChunk) -> int:
+    """Characters of the chunk's tokens: a chunk's text can lag its tokens (half a UTF-8 character)."""
+    return sum(len(entry.token) for entry in chunk.delta.logprobs)
+
+
 def _chat_events(chunk: GenerationChunk, body: Any, created: int, sent: int) -> list[dict[str, Any]]:
-    """The SSE events of one chunk; `sent` is the text's length so far, -1 on the first chunk."""
+    """The SSE events of one chunk; `sent`: characters of the tokens sent before it, -1 on the first chunk."""
     delta = chunk.delta
     events = []
     if sent < 0:
@@ -208,7 +213,7 @@ def _chat_events(chunk: GenerationChunk, body: Any, created: int, sent: int) -> 
 
 
 def _completion_events(chunk: GenerationChunk, body: Any, created: int, sent: int) -> list[dict[str, Any]]:
-    """The SSE events of one chunk; `sent` is the text's length so far, -1 on the first chunk."""
+    """The SSE events of one chunk; `sent`: characters of the tokens sent before it, -1 on the first chunk."""
     delta = chunk.delta
     events = []
     if delta.text or (delta.logprobs and body.logprobs is not None):
