@@ -67,6 +67,10 @@ class AdapterUsage:
     """Wall-clock seconds (time.time())."""
 
 
+AdapterTier = Literal["store", "disk", "engine"]
+"""Where a replica holds a version: only in the store, a verified copy on disk, or loaded in the engine."""
+
+
 @dataclass(frozen=True)
 class AdapterStatus:
     """One version as ListAdapters shows it."""
@@ -78,8 +82,9 @@ class AdapterStatus:
     pinned: bool
 
 
-AdapterTier = Literal["store", "disk", "engine"]
-"""Where a replica holds a version: only in the store, a verified copy on disk, or loaded in the engine."""
+def _copy_bytes(copy: Path) -> int:
+    """Bytes of one version's verified copy (a flat folder of files)."""
+    return sum(f.stat().st_size for f in copy.iterdir())
 
 
 class _KeyedLocks:
@@ -313,7 +318,7 @@ class AdapterManager:
             versions = sorted(
                 (p for p in self._cache_dir.glob("*/v*") if (p / MANIFEST).is_file()), key=lambda p: p.stat().st_mtime
             )
-            sizes = {version: sum(f.stat().st_size for f in version.iterdir()) for version in versions}
+            sizes = {version: _copy_bytes(version) for version in versions}
             total = sum(sizes.values())
             bound = self._policy.max_cache_bytes
             for version in versions:
@@ -391,7 +396,7 @@ class AdapterManager:
         slot = self._slots.get(adapter.key)
         copy = self._cache_path(adapter)
         on_disk = (copy / MANIFEST).is_file()
-        size = sum(f.stat().st_size for f in copy.iterdir()) if on_disk else 0
+        size = _copy_bytes(copy) if on_disk else 0
         tier: AdapterTier = "engine" if slot is not None else "disk" if on_disk else "store"
         usage = self._usage.get(adapter.key, AdapterUsage())
         return AdapterStatus(adapter, tier, size, usage, pinned=slot is not None and slot.pinned)

@@ -104,9 +104,7 @@ def structured_output(params: serving_pb2.SamplingParameters) -> StructuredOutpu
     if kind == "json_object":
         return StructuredOutput("json_object") if params.json_object else None
     if kind == "regex":
-        if not params.regex:
-            raise InvalidArgument("the regular expression is empty", field="sampling.regex")
-        return StructuredOutput("regex", params.regex)
+        return StructuredOutput.from_regex(params.regex, field="sampling.regex")
     return StructuredOutput.from_choices(list(params.choice.choices), field="sampling.choice")
 
 

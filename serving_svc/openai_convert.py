@@ -131,9 +131,7 @@ def _vllm_structured_outputs(given: dict[str, Any]) -> StructuredOutput:
     if key == "json_object":
         return StructuredOutput("json_object")
     if key == "regex":
-        if not isinstance(value, str) or not value:
-            raise InvalidArgument("give the regular expression as a non-empty string", field=field)
-        return StructuredOutput("regex", value)
+        return StructuredOutput.from_regex(value, field=field)
     if not isinstance(value, list) or not all(isinstance(choice, str) for choice in value):
         raise InvalidArgument("give the choices as a list of strings", field=field)
     return StructuredOutput.from_choices(value, field=field)

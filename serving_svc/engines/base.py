@@ -58,6 +58,12 @@ class StructuredOutput:
         return cls("json_schema", json.dumps(parsed))
 
     @classmethod
+    def from_regex(cls, pattern: object, *, field: str) -> StructuredOutput:
+        if not isinstance(pattern, str) or not pattern:
+            raise InvalidArgument("give the regular expression as a non-empty string", field=field)
+        return cls("regex", pattern)
+
+    @classmethod
     def from_choices(cls, choices: list[str], *, field: str) -> StructuredOutput:
         if not choices or any(not choice for choice in choices):
             raise InvalidArgument("give at least one choice, none of them empty", field=field)

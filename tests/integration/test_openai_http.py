@@ -12,6 +12,7 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,8 @@ def test_completions_with_logprobs_stop_and_streaming(replica: Replica) -> None:
     choice = whole.choices[0]
     assert choice.logprobs is not None and whole.usage is not None
     assert len(choice.logprobs.token_logprobs or []) == whole.usage.completion_tokens == 10
-    assert "".join(choice.logprobs.tokens or []) == choice.text
+    # Token texts include special tokens, which the answer's text leaves out.
+    assert choice.logprobs.text_offset == [0, *accumulate(len(t) for t in (choice.logprobs.tokens or [])[:-1])]
     assert all(lp is not None and lp <= 0 for lp in choice.logprobs.token_logprobs or [])
 
     streamed = list(
@@ -136,6 +138,8 @@ def test_completions_with_logprobs_stop_and_streaming(replica: Replica) -> None:
         )
     )
     assert "".join(chunk.choices[0].text for chunk in streamed) == choice.text
+    tokens = [t for chunk in streamed if chunk.choices[0].logprobs for t in chunk.choices[0].logprobs.tokens or []]
+    assert tokens == choice.logprobs.tokens
     offsets = [
         o for chunk in streamed if chunk.choices[0].logprobs for o in chunk.choices[0].logprobs.text_offset or []
     ]
