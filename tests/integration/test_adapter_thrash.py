@@ -74,6 +74,8 @@ async def test_forty_adapters_through_two_slots_answer_as_each_does_alone(
         evictions = server.metrics.registry.get_sample_value(
             "loraplane_serving_adapter_evictions_total", {"tier": "engine"}
         )
-        assert evictions is not None and evictions >= 2 * ADAPTERS - SLOTS
+        # Each pass loads every adapter but the SLOTS it starts with, and each such load evicts one;
+        # the concurrent pass may serve both requests for an adapter with one load.
+        assert evictions is not None and evictions >= 2 * (ADAPTERS - SLOTS)
     finally:
         await server.stop(1.0)
