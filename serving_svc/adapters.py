@@ -5,8 +5,11 @@ rank, method, checksums) before it can evict anything or reach the engine. Loads
 single-flight per version, so ten first requests for one adapter load it once. Versions are
 immutable, so a pinned `name@vN` resolves once; an unpinned `name` is re-resolved after a short
 TTL, so a newly published version is served without a restart. Store and disk work runs in
-threads, off the event loop. The verified copies on disk are bounded in bytes: past the bound,
-the least recently used copies of versions not in the engine are deleted.
+threads, off the event loop.
+
+A version lives in one of three tiers on a replica, each bounded, least recently used out first:
+the engine's slots; host memory (the engine keeps its weights, so loading it again is a copy, not
+a read and parse of its files); and the verified copies on disk, bounded in bytes.
 """
 
 from __future__ import annotations
@@ -67,8 +70,9 @@ class AdapterUsage:
     """Wall-clock seconds (time.time())."""
 
 
-AdapterTier = Literal["store", "disk", "engine"]
-"""Where a replica holds a version: only in the store, a verified copy on disk, or loaded in the engine."""
+AdapterTier = Literal["store", "disk", "cpu", "engine"]
+"""Where a replica holds a version: only in the store, a verified copy on disk, its weights in host
+memory, or loaded in the engine."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +123,8 @@ class AdapterPolicy:
     resolve_ttl_seconds: float
     max_cache_bytes: int = 0
     """Bytes of verified copies kept on disk; 0 = no bound."""
+    max_cpu: int = 0
+    """Versions kept in host memory after leaving the engine; 0 = none (removed from the engine)."""
 
 
 class AdapterManager:
@@ -138,6 +144,7 @@ class AdapterManager:
         self._versions: dict[str, ResolvedAdapter] = {}  # "name@vN" -> immutable version
         self._latest: dict[str, tuple[float, ResolvedAdapter]] = {}  # name -> (resolved at, newest)
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # loaded versions, least recently used first
+        self._host: OrderedDict[str, ResolvedAdapter] = OrderedDict()  # offloaded versions, least recently used first
         self._slots_lock = asyncio.Lock()
         self._slot_freed = asyncio.Event()  # set when a slot's last request finishes or a slot empties
         self._locks = _KeyedLocks()
@@ -251,21 +258,41 @@ class AdapterManager:
             self._metrics.adapter_cache_lookups.labels("engine", "miss").inc()
             started = time.perf_counter()
             name = adapter.manifest.name
+            # Out of the host tier until it has a slot, so no eviction drops it meanwhile.
+            offloaded = self._host.pop(key, None) is not None
+            if self._policy.max_cpu:
+                self._metrics.adapter_cache_lookups.labels("cpu", "hit" if offloaded else "miss").inc()
+            placed = False
             try:
-                loaded = {self._cache_path(slot.adapter) for slot in self._slots.values()}
-                path, source = await asyncio.to_thread(self._fetch_checked, adapter, loaded)
+                if offloaded:
+                    path, source = self._cache_path(adapter), "cpu"
+                else:
+                    path, source = await asyncio.to_thread(self._fetch_checked, adapter, self._held_copies())
                 async with self._slots_lock:
                     while len(self._slots) >= self._policy.max_loaded:
                         await self._evict_least_recently_used_or_wait()
                     await self._engine.add_adapter(key, path)
                     slot = self._slots[key] = _Slot(adapter)
+                    placed = True
             except Exception:  # counted whatever the cause, then handed on
                 self._metrics.labelled(self._metrics.adapter_load_failures, self._metrics.adapter_label(name)).inc()
                 raise
+            finally:
+                if offloaded and not placed:  # the engine still holds its host copy (or reads its files again)
+                    self._host[key] = adapter
+                    self._host.move_to_end(key, last=False)
+                    self._metrics.adapters_resident.labels("cpu").set(len(self._host))
             self._metrics.adapter_load_duration.labels(source).observe(time.perf_counter() - started)
             self._metrics.labelled(self._metrics.adapter_loads, self._metrics.adapter_label(name)).inc()
             self._metrics.adapters_resident.labels("engine").set(len(self._slots))
+            self._metrics.adapters_resident.labels("cpu").set(len(self._host))
             return slot
+
+    def _held_copies(self) -> set[Path]:
+        """The disk copies of the versions in the engine or host memory, which trimming keeps: a
+        loaded version's drift profile is read from its copy."""
+        held = [slot.adapter for slot in self._slots.values()] + list(self._host.values())
+        return {self._cache_path(adapter) for adapter in held}
 
     def _touch(self, key: str) -> _Slot | None:
         """The version's slot, now the most recently used; None when it is not loaded or on its way out."""
@@ -284,10 +311,10 @@ class AdapterManager:
         manifest = adapter.manifest
         return self._cache_dir / manifest.name / f"v{manifest.version}-{adapter.manifest_sha256[:16]}"
 
-    def _fetch_checked(self, adapter: ResolvedAdapter, loaded: set[Path]) -> tuple[Path, LoadSource]:
+    def _fetch_checked(self, adapter: ResolvedAdapter, held: set[Path]) -> tuple[Path, LoadSource]:
         """Download and verify the files (reusing a verified copy), then check the LoRA config itself.
 
-        `loaded`: the copies of the versions in the engine, which trimming the disk cache keeps.
+        `held`: the copies that trimming the disk cache keeps (`_held_copies`).
         """
         destination = self._cache_path(adapter)
         cached = (destination / MANIFEST).is_file()
@@ -301,7 +328,7 @@ class AdapterManager:
             with self._disk_lock:
                 self._fetching.discard(destination)
         if not cached:
-            self._trim_disk_cache(loaded | {path})
+            self._trim_disk_cache(held | {path})
         config = json.loads((path / "adapter_config.json").read_text())
         ranks = [int(config.get("r", 0)), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
         if max(ranks) > self._policy.max_rank:
@@ -352,20 +379,35 @@ class AdapterManager:
                 await self._slots_lock.acquire()
             return
         # Forget it before awaiting, so no request starts using a version on its way out.
-        del self._slots[victim]
-        await self._engine.remove_adapter(victim)
+        adapter = self._slots.pop(victim).adapter
         self._metrics.adapter_evictions.labels("engine").inc()
         self._metrics.adapters_resident.labels("engine").set(len(self._slots))
+        if not self._policy.max_cpu:
+            await self._engine.remove_adapter(victim)
+            return
+        self._host[victim] = adapter
+        await self._engine.offload_adapter(victim)
+        while len(self._host) > self._policy.max_cpu:
+            dropped, _ = self._host.popitem(last=False)
+            await self._engine.remove_adapter(dropped)
+            self._metrics.adapter_evictions.labels("cpu").inc()
+        self._metrics.adapters_resident.labels("cpu").set(len(self._host))
 
     async def unload(self, spec: AdapterSpec) -> None:
-        """Unload (and unpin) `name@vN`, or every loaded version of `name`, once the requests using it
-        have finished; requests that arrive meanwhile wait and load it again. NotFound if the store has
-        no such adapter."""
-        keys = [
-            key
-            for key, slot in self._slots.items()
-            if slot.adapter.manifest.name == spec.name and spec.version in (None, slot.adapter.manifest.version)
-        ]
+        """Unload (and unpin) `name@vN`, or every loaded version of `name`, from the engine and host memory,
+        once the requests using it have finished; requests that arrive meanwhile wait and load it again.
+        NotFound if the store has no such adapter."""
+
+        def named(adapter: ResolvedAdapter) -> bool:
+            return adapter.manifest.name == spec.name and spec.version in (None, adapter.manifest.version)
+
+        keys = [key for key, slot in self._slots.items() if named(slot.adapter)]
+        offloaded = [key for key, adapter in self._host.items() if named(adapter)]
+        for key in offloaded:
+            async with self._locks.hold(f"load:{key}"):
+                if self._host.pop(key, None) is not None:
+                    await self._engine.remove_adapter(key)
+            self._metrics.adapters_resident.labels("cpu").set(len(self._host))
         for key in keys:
             async with self._locks.hold(f"load:{key}"):  # new requests for it wait here, then load it again
                 slot = self._slots.get(key)
@@ -379,7 +421,7 @@ class AdapterManager:
                         await self._engine.remove_adapter(key)
                         self._slot_freed.set()
                     self._metrics.adapters_resident.labels("engine").set(len(self._slots))
-        if not keys:
+        if not keys and not offloaded:
             await self._lookup(spec)  # unknown -> NotFound; known but not loaded -> nothing
 
     # -- listing ----------------------------------------------------------------------------
@@ -397,7 +439,9 @@ class AdapterManager:
         copy = self._cache_path(adapter)
         on_disk = (copy / MANIFEST).is_file()
         size = _copy_bytes(copy) if on_disk else 0
-        tier: AdapterTier = "engine" if slot is not None else "disk" if on_disk else "store"
+        tier: AdapterTier = (
+            "engine" if slot is not None else "cpu" if adapter.key in self._host else "disk" if on_disk else "store"
+        )
         usage = self._usage.get(adapter.key, AdapterUsage())
         return AdapterStatus(adapter, tier, size, usage, pinned=slot is not None and slot.pinned)
 

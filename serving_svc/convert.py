@@ -157,6 +157,7 @@ def model_info(info: ModelInfo) -> serving_pb2.ModelInfoResponse:
         max_model_length=info.max_model_len,
         max_loaded_adapters=info.max_loaded_adapters,
         max_lora_rank=info.max_lora_rank,
+        max_cpu_adapters=info.max_cpu_adapters,
     )
 
 
@@ -172,6 +173,7 @@ def adapter_ref(adapter: ResolvedAdapter) -> common_pb2.AdapterRef:
 _TIERS: dict[AdapterTier, serving_pb2.AdapterTier.ValueType] = {
     "store": serving_pb2.ADAPTER_TIER_STORE,
     "disk": serving_pb2.ADAPTER_TIER_DISK,
+    "cpu": serving_pb2.ADAPTER_TIER_CPU,
     "engine": serving_pb2.ADAPTER_TIER_ENGINE,
 }
 

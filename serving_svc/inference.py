@@ -81,6 +81,7 @@ class ModelInfo:
     max_model_len: int
     max_loaded_adapters: int
     max_lora_rank: int
+    max_cpu_adapters: int
 
 
 @dataclass
@@ -255,6 +256,7 @@ class InferenceService:
                 max_model_len=self._engine.max_model_len,
                 max_loaded_adapters=policy.max_loaded,
                 max_lora_rank=policy.max_rank,
+                max_cpu_adapters=policy.max_cpu,
             )
 
     async def list_adapters(self, *, loaded_only: bool) -> list[AdapterStatus]:

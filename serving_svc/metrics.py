@@ -31,10 +31,8 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
-CacheTier = Literal["engine", "disk"]
-"""Where an adapter version can be held: loaded in the engine, or verified on local disk."""
-LoadSource = Literal["disk", "store"]
-"""Where a load read the adapter from: the local disk cache, or the object store."""
+LoadSource = Literal["cpu", "disk", "store"]
+"""Where a load took the adapter from: its copy in host memory, the local disk cache, or the object store."""
 
 
 @dataclass
@@ -105,13 +103,14 @@ class ServingMetrics:
         )
         self.adapter_cache_lookups = Counter(
             "loraplane_serving_adapter_cache_lookups",
-            "Adapter version lookups by cache tier (engine, disk) and result (hit, miss).",
+            "Adapter version lookups by cache tier (engine, cpu, disk) and result (hit, miss).",
             ["tier", "result"],
             registry=self.registry,
         )
         self.adapter_load_duration = Histogram(
             "loraplane_serving_adapter_load_duration_seconds",
-            "Time to fetch (from the store when not on disk), verify and load one adapter version, by source.",
+            "Time to load one adapter version into the engine, by source: copied back from host memory (cpu), "
+            "or read from disk, fetched from the store first when not there.",
             ["source"],
             buckets=_LOAD_BUCKETS,
             registry=self.registry,

@@ -48,6 +48,7 @@ class ServingServer(EndpointsHost):
             max_rank=settings.max_lora_rank,
             resolve_ttl_seconds=settings.adapter_resolve_ttl_seconds,
             max_cache_bytes=settings.adapter_cache_max_bytes,
+            max_cpu=self._host_tier_size(settings.max_cpu_adapters),
         )
         repository = ArtifactRepository(open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url))
         self.adapters = AdapterManager(repository, self.engine, settings.adapter_cache_dir, policy, self.metrics)
@@ -72,6 +73,18 @@ class ServingServer(EndpointsHost):
             settings.serving_http_port,
             setting="LORAPLANE_SERVING_HTTP_PORT",
         )
+
+    def _host_tier_size(self, max_cpu_adapters: int) -> int:
+        """How many offloaded adapters this replica keeps in host memory: none where the engine cannot."""
+        if max_cpu_adapters and not self.engine.keeps_host_copies:
+            log.warning(
+                "the %s engine keeps no adapters in host memory here, so LORAPLANE_MAX_CPU_ADAPTERS=%d is "
+                "ignored: an adapter leaving the engine is removed, and loading it again reads its files",
+                self.engine.name,
+                max_cpu_adapters,
+            )
+            return 0
+        return max_cpu_adapters
 
     def _drift_monitor(self, settings: ServingSettings) -> DriftMonitor | None:
         if not settings.drift_monitoring:

@@ -48,7 +48,16 @@ class ServingSettings(CommonSettings):
         8,
         ge=1,
         le=512,
-        description="Adapters held in the engine at once; the least recently used is evicted.",
+        description="Adapters held in the engine at once (its LoRA slots: vLLM's max_loras); the least recently "
+        "used is moved to host memory.",
+    )
+    max_cpu_adapters: int = Field(
+        16,
+        ge=0,
+        le=4096,
+        description="Adapters kept in host memory after leaving the engine (vLLM's CPU LoRA cache; parsed "
+        "weights or resident peft adapters on the transformers engine), so loading one again copies "
+        "rather than reads its files; past this the least recently used is dropped. 0 = none kept.",
     )
     max_lora_rank: int = Field(
         16,

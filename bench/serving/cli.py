@@ -63,12 +63,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=128, help="requests per row")
     parser.add_argument("--concurrency", type=int, default=128, help="requests in flight at most")
     parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request, exactly")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="times each row is driven through each front of our server (gRPC, HTTP), interleaved; "
+        "tokens/s is over them all",
+    )
     parser.add_argument("--systems", type=_choices(SYSTEMS), default=list(SYSTEMS), help=",".join(SYSTEMS))
     parser.add_argument("--seed", type=int, default=0, help="seed of the adapter draw")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="cache of model, adapters, logs")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    for name in ("requests", "concurrency", "max_tokens"):
+    for name in ("requests", "concurrency", "max_tokens", "repeats"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     return args
@@ -121,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cold_count = COLD_LOAD_REPEATS if any(system in OURS for system in args.systems) else 0
     workspace = prepare(cast(ModelName, args.model), work_dir, max(args.adapters), cold_count)
     rows = plan_rows(args.adapters, cast(list[Traffic], args.traffic), args.requests, args.seed)
-    load = Load(args.max_tokens, args.concurrency)
+    load = Load(args.max_tokens, args.concurrency, args.repeats)
     results: list[dict[str, Any]] = []
     cold_load: dict[str, Any] = {}
     for system in args.systems:
@@ -144,6 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "requests": args.requests,
         "concurrency": args.concurrency,
         "max_tokens": args.max_tokens,
+        "repeats": args.repeats,
         "batch_size": BATCH_SIZE,
         "adapters": sorted(set(args.adapters)),
         "traffic": args.traffic,

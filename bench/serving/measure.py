@@ -44,6 +44,13 @@ class RowRun:
         return cls(int(data["adapters"]), str(data["traffic"]), float(data["wall_s"]), results)
 
 
+def merged(runs: list[RowRun]) -> RowRun:
+    """Repeated runs of one row as one: all their requests over their summed wall time, so its
+    tokens/s is the mean throughput of the repeats."""
+    first, wall = runs[0], sum(run.wall_s for run in runs)
+    return RowRun(first.adapters, first.traffic, wall, [result for run in runs for result in run.results])
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """The q-th percentile with linear interpolation between ranks (numpy's default); None if empty."""
     if not values:

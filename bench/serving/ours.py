@@ -32,7 +32,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.serving import processes
-from bench.serving.measure import RequestResult, RowRun, failed_row, summarize
+from bench.serving.measure import RequestResult, RowRun, failed_row, merged, summarize
 from bench.serving.traffic import PlannedRequest, RowPlan, prompt_for
 from bench.serving.workers import WARMUP_ROUNDS, WARMUP_TOKENS
 from bench.serving.workspace import RANK, Workspace
@@ -50,10 +50,12 @@ REQUEST_TIMEOUT_S = 1800.0
 
 @dataclass(frozen=True)
 class Load:
-    """How a row is driven: tokens per request and requests in flight at most."""
+    """How a row is driven: tokens per request, requests in flight at most, and how many times each
+    row is driven through each front of our server."""
 
     max_tokens: int
     concurrency: int
+    repeats: int = 1
 
     def sampling(self, max_tokens: int | None = None) -> serving_pb2.SamplingParameters:
         """Greedy, and exactly `max_tokens` tokens: every system does the same amount of work."""
@@ -247,8 +249,9 @@ async def _session(
     systems: list[str],
     measure_cold: bool,
 ) -> dict[str, Any] | None:
-    """Warm up, then drive every row through each of `systems` (gRPC, HTTP) in turn, first one then
-    the other leading, so the two fronts share the same server and the same moment of the machine."""
+    """Warm up, then drive every row through each of `systems` (gRPC, HTTP) in turn, `load.repeats`
+    times, first one then the other leading, so the two fronts share the same server and the same
+    moments of the machine."""
     grpc_port, http_port = ports
     async with (
         grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
@@ -264,11 +267,14 @@ async def _session(
         }
         adapters = sorted({name for row in rows for name in row.adapter_names})
         await warm_up(stub, adapters, load)
-        for index, row in enumerate(rows):
-            for system in systems if index % 2 == 0 else systems[::-1]:
-                log.info("  %s: %d adapters, %s traffic", system, row.adapters, row.traffic)
-                results, wall = await drive(senders[system], list(row.requests), load.concurrency)
-                on_row((system, RowRun(row.adapters, row.traffic, wall, results)))
+        turn = 0
+        for row in rows:
+            for repeat in range(load.repeats):
+                for system in systems if turn % 2 == 0 else systems[::-1]:
+                    log.info("  %s: %d adapters, %s traffic (run %d)", system, row.adapters, row.traffic, repeat + 1)
+                    results, wall = await drive(senders[system], list(row.requests), load.concurrency)
+                    on_row((system, RowRun(row.adapters, row.traffic, wall, results)))
+                turn += 1
         if not measure_cold:
             return None
         return await _cold_load(stub, workspace, engine, adapters[0] if adapters else None, load)
@@ -332,5 +338,19 @@ def run_ours(
                 for system in systems
                 if (system, row.adapters, row.traffic) not in finished
             )
-        summaries.extend(summarize(system, run) for system, run in done)
+        summaries.extend(_summarize_repeats(done))
     return summaries, cold
+
+
+def _summarize_repeats(done: list[tuple[str, RowRun]]) -> list[dict[str, Any]]:
+    """One result row per system and row, over all its repeats, with each repeat's tokens/s beside."""
+    runs: dict[tuple[str, int, str], list[RowRun]] = {}
+    for system, run in done:
+        runs.setdefault((system, run.adapters, run.traffic), []).append(run)
+    summaries = []
+    for (system, _, _), repeats in runs.items():
+        summary = summarize(system, merged(repeats))
+        if len(repeats) > 1:
+            summary["tokens_per_s_runs"] = [summarize(system, run)["tokens_per_s"] for run in repeats]
+        summaries.append(summary)
+    return summaries

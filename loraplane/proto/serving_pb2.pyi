@@ -55,6 +55,8 @@ class _AdapterTierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AdapterTi
     """A verified copy on this replica's disk: the first request loads it without a download."""
     ADAPTER_TIER_ENGINE: _AdapterTier.ValueType  # 3
     """Loaded in the engine: requests use it at once."""
+    ADAPTER_TIER_CPU: _AdapterTier.ValueType  # 4
+    """Its weights in host memory, out of the engine: the first request copies them back, reading no file."""
 
 class AdapterTier(_AdapterTier, metaclass=_AdapterTierEnumTypeWrapper): ...
 
@@ -65,6 +67,8 @@ ADAPTER_TIER_DISK: AdapterTier.ValueType  # 2
 """A verified copy on this replica's disk: the first request loads it without a download."""
 ADAPTER_TIER_ENGINE: AdapterTier.ValueType  # 3
 """Loaded in the engine: requests use it at once."""
+ADAPTER_TIER_CPU: AdapterTier.ValueType  # 4
+"""Its weights in host memory, out of the engine: the first request copies them back, reading no file."""
 Global___AdapterTier: _TypeAlias = AdapterTier  # noqa: Y015
 
 class _FeedbackLabel:
@@ -456,6 +460,7 @@ class ModelInfoResponse(_message.Message):
     MAX_MODEL_LENGTH_FIELD_NUMBER: _builtins.int
     MAX_LOADED_ADAPTERS_FIELD_NUMBER: _builtins.int
     MAX_LORA_RANK_FIELD_NUMBER: _builtins.int
+    MAX_CPU_ADAPTERS_FIELD_NUMBER: _builtins.int
     base_model: _builtins.str
     base_model_fingerprint: _builtins.str
     """Fingerprint of the base model's config and tokenizer; adapters must match it."""
@@ -465,6 +470,8 @@ class ModelInfoResponse(_message.Message):
     max_loaded_adapters: _builtins.int
     """How many adapters can be loaded at once."""
     max_lora_rank: _builtins.int
+    max_cpu_adapters: _builtins.int
+    """How many adapters are kept in host memory after leaving the engine (0: none)."""
     def __init__(
         self,
         *,
@@ -474,10 +481,11 @@ class ModelInfoResponse(_message.Message):
         max_model_length: _builtins.int = ...,
         max_loaded_adapters: _builtins.int = ...,
         max_lora_rank: _builtins.int = ...,
+        max_cpu_adapters: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "base_model_fingerprint", b"base_model_fingerprint", "engine", b"engine", "max_loaded_adapters", b"max_loaded_adapters", "max_lora_rank", b"max_lora_rank", "max_model_length", b"max_model_length"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_model", b"base_model", "base_model_fingerprint", b"base_model_fingerprint", "engine", b"engine", "max_cpu_adapters", b"max_cpu_adapters", "max_loaded_adapters", b"max_loaded_adapters", "max_lora_rank", b"max_lora_rank", "max_model_length", b"max_model_length"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -38,6 +38,7 @@ def engine_config(settings: ServingSettings, has_gpu: bool) -> EngineConfig:
         max_model_len=settings.max_model_len,
         max_batch_size=settings.max_batch_size,
         max_loaded_adapters=settings.max_loaded_adapters,
+        max_cpu_adapters=settings.max_cpu_adapters,
         max_lora_rank=settings.max_lora_rank,
         gpu_memory_utilization=settings.gpu_memory_utilization,
     )

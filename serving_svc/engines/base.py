@@ -144,6 +144,8 @@ class EngineConfig:
     max_batch_size: int
     """Sequences decoded together in one step; more wait in the engine's queue."""
     max_loaded_adapters: int
+    max_cpu_adapters: int
+    """Adapters kept in host memory besides those in engine slots (`offload_adapter`)."""
     max_lora_rank: int
     gpu_memory_utilization: float
 
@@ -202,11 +204,23 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     async def add_adapter(self, key: str, path: Path) -> None:
-        """Load the verified adapter folder at `path` so requests can name it by `key`."""
+        """Load the verified adapter folder at `path` so requests can name it by `key`; from the
+        host copy `offload_adapter` kept, when there is one, without reading the folder again."""
+
+    @property
+    def keeps_host_copies(self) -> bool:
+        """Whether `offload_adapter` can keep adapters out of the engine's slots; when not, the replica
+        keeps no CPU tier and an adapter leaving the engine is removed."""
+        return True
+
+    @abc.abstractmethod
+    async def offload_adapter(self, key: str) -> None:
+        """Free the engine slot of the adapter added under `key`, keeping its weights in host memory
+        so that adding it again is a copy rather than a read and parse of its files."""
 
     @abc.abstractmethod
     async def remove_adapter(self, key: str) -> None:
-        """Drop the adapter added under `key`, freeing its slot."""
+        """Drop the adapter under `key`: its engine slot if it holds one, and its host copy."""
 
     async def tokenize(self, prompt: Prompt) -> list[int]:
         """Token ids of a raw prompt, or of chat turns rendered for the assistant's next answer.

@@ -15,7 +15,8 @@ folded in; slot 0 holds zeros, for base-model rows), and a forward hook on each 
 
 Either way two matmuls per layer, whatever the number of adapters. Adding an adapter writes its
 weights into a free slot (no module of the model changes), so a cold adapter costs the read of
-its file; removing one zeroes its slot for reuse.
+its file; removing one copies its weights out (for the host copy an engine keeps) and zeroes its
+slot for reuse.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ _Delta = Callable[[torch.Tensor, torch.Tensor], object]
 class _LayerTable:
     """One linear layer's adapters: slot s holds adapter s's A (a[s]: [in, rank]) and scaled B (b[s]: [rank, out]).
 
-    Only slot 0 (zeros) and the slots in `used` are ever read, so the rest stay uninitialised
+    Only slot 0 (zeros) and the slots in `ranks` are ever read, so the rest stay uninitialised
     memory: a table for 64 adapters is allocated without touching its pages.
     """
 
@@ -50,7 +51,8 @@ class _LayerTable:
         self.in_features, self.out_features, self.dtype = linear.in_features, linear.out_features, dtype
         self.a = torch.zeros((1, self.in_features, 0), dtype=dtype)
         self.b = torch.zeros((1, 0, self.out_features), dtype=dtype)
-        self.used: set[int] = set()
+        self.ranks: dict[int, int] = {}
+        """The rank of the adapter in each used slot; past it, the slot's columns are zero padding."""
         self.resize(slots, 0)
         # The running batch's rows: row i holds slot row_slots[i]'s weights (stale past len(row_slots)).
         self._row_a = torch.zeros((0, self.in_features, 0), dtype=dtype)
@@ -65,7 +67,7 @@ class _LayerTable:
         slots, rank = max(slots, old_slots), max(rank, old_rank)
         a = torch.empty((slots, self.in_features, rank), dtype=self.dtype)
         b = torch.empty((slots, rank, self.out_features), dtype=self.dtype)
-        kept = [0, *sorted(self.used)]
+        kept = [0, *sorted(self.ranks)]
         a[kept], b[kept] = 0, 0
         a[kept, :, :old_rank] = self.a[kept]
         b[kept, :old_rank, :] = self.b[kept]
@@ -79,20 +81,26 @@ class _LayerTable:
         self.b[slot].zero_()
         self.a[slot, :, :rank] = module.a.T
         self.b[slot, :rank, :] = module.b.T * module.scaling
-        self.used.add(slot)
+        self.ranks[slot] = rank
         self._row_slots = []
 
-    def clear(self, slot: int) -> None:
-        if slot in self.used:
-            self.a[slot].zero_()
-            self.b[slot].zero_()
-            self.used.discard(slot)
-            self._row_slots = []
+    def take(self, slot: int) -> LoraModule | None:
+        """The weights in `slot` (None: none here), copied to host memory, and the slot zeroed for reuse."""
+        rank = self.ranks.pop(slot, None)
+        if rank is None:
+            return None
+        a = self.a[slot, :, :rank].T.to("cpu", copy=True)
+        b = self.b[slot, :rank, :].T.to("cpu", copy=True)  # the scaling is folded in
+        module = LoraModule(a, b, scaling=1.0)
+        self.a[slot].zero_()
+        self.b[slot].zero_()
+        self._row_slots = []
+        return module
 
     def delta_for(self, slots: list[int], running: bool) -> _Delta | None:
         """This layer's delta for rows using `slots` (one per row), or None when none of them has weights
         here; `running` for the running batch, whose per-row weights stay in buffers between steps."""
-        distinct = sorted(set(slots) & self.used)
+        distinct = sorted(set(slots) & self.ranks.keys())
         if not distinct:
             return None
         if len(distinct) <= _MASKED_UP_TO:
@@ -108,7 +116,7 @@ class _LayerTable:
                 ((x @ a_cat) * mask).view(-1, b_cat.shape[0]), b_cat
             )
         # Slot 0 (zeros) for rows whose adapter has no weights here: their slot holds no data in this table.
-        own = [slot if slot in self.used else 0 for slot in slots]
+        own = [slot if slot in self.ranks else 0 for slot in slots]
         if running:
             a_rows, b_rows = self._running_rows(own)
         else:
@@ -167,12 +175,13 @@ class StackedLora:
         self._slots[adapter] = slot
         self._running = None
 
-    def remove(self, adapter: str) -> None:
+    def remove(self, adapter: str) -> dict[str, LoraModule]:
+        """Free `adapter`'s slot; its weights come back in host memory, scaling folded in, for `add`."""
         slot = self._slots.pop(adapter)
-        for table in self._tables.values():
-            table.clear(slot)
+        modules = {path: module for path, table in self._tables.items() if (module := table.take(slot)) is not None}
         self._free.append(slot)
         self._running = None
+        return modules
 
     @contextmanager
     def rows(self, adapter_names: list[str], running: bool) -> Iterator[None]:

@@ -47,7 +47,7 @@ from serving_svc.engines.base import (
 from serving_svc.engines.batch import Forward
 from serving_svc.engines.detokenizer import IncrementalDetokenizer
 from serving_svc.engines.grammar import GrammarConstraint, Grammars
-from serving_svc.engines.lora_weights import read_adapter
+from serving_svc.engines.lora_weights import LoraModule, read_adapter
 from serving_svc.engines.packed_linear import pack_linear_weights
 from serving_svc.engines.sampler import RowSampler
 from serving_svc.engines.scheduler import MIXED, Scheduler, Sequence
@@ -77,6 +77,8 @@ class TransformersEngine(Engine):
         self._scheduler: Scheduler | None = None
         self._max_model_len = config.max_model_len
         self._adapters: dict[str, tuple[str, str]] = {}  # key -> (adapter name in the model, batch key)
+        # Offloaded adapters: key -> (name, stacked weights in host memory; None: resident in peft).
+        self._host_copies: dict[str, tuple[str, dict[str, LoraModule] | None]] = {}
         self._adapter_numbers = 0
         # All torch work (loading, adapters, every step) runs on this one thread: a second thread
         # running torch ops gets an OpenMP team of its own, and the two halve each other's speed
@@ -274,15 +276,22 @@ class TransformersEngine(Engine):
     # -- adapters ---------------------------------------------------------------------------
 
     async def add_adapter(self, key: str, path: Path) -> None:
-        if key in self._adapters:  # loaded by an earlier call whose caller left before it finished
-            return
-        self._adapter_numbers += 1
         # peft names become module keys, which cannot hold the "." an adapter name may have.
+        self._adapter_numbers += 1
         name = f"adapter_{self._adapter_numbers}"
 
-        def load() -> None:  # on the engine thread; registered there, so a caller who leaves loses nothing
+        # On the engine thread, which owns the adapter tables: a caller who leaves once it started loses nothing.
+        def load() -> None:
             model, stacked = self._model, self._stacked
             assert model is not None and stacked is not None
+            if key in self._adapters:  # loaded by an earlier call whose caller left before it finished
+                return
+            if (host_copy := self._host_copies.pop(key, None)) is not None:
+                kept_name, kept = host_copy  # offloaded: weights back into a slot, or peft's adapter back in use
+                if kept is not None:
+                    stacked.add(kept_name, kept)
+                self._adapters[key] = (kept_name, MIXED if kept is not None else key)
+                return
             modules = read_adapter(path, model, model.dtype)
             if isinstance(modules, str):  # more than plain LoRA: peft applies it, in a batch of its own
                 log.info("adapter %s goes through peft and decodes in batches of its own: %s", key, modules)
@@ -306,18 +315,31 @@ class TransformersEngine(Engine):
             self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
         self._peft_layers_enabled = None  # layers peft just added start enabled
 
-    async def remove_adapter(self, key: str) -> None:
-        entry = self._adapters.pop(key, None)
-        if entry is None:
-            return
-        name = entry[0]
+    async def offload_adapter(self, key: str) -> None:
+        """Stacked weights move out of their slot into host memory; a peft adapter stays resident in
+        peft (no request names it, so no batch applies it), since loading one into peft is the slow part."""
 
+        def offload() -> None:
+            entry = self._adapters.pop(key, None)
+            if entry is not None:
+                name, batch_key = entry
+                assert self._stacked is not None
+                self._host_copies[key] = (name, self._stacked.remove(name) if batch_key == MIXED else None)
+
+        await asyncio.wrap_future(self.scheduler.call(offload))
+
+    async def remove_adapter(self, key: str) -> None:
         def delete() -> None:
-            if self._stacked is not None and name in self._stacked:
-                self._stacked.remove(name)
-            elif self._peft is not None:
+            entry = self._adapters.pop(key, None)
+            host_copy = self._host_copies.pop(key, None)  # stacked weights held there just go with it
+            if entry is not None and entry[1] == MIXED:
+                assert self._stacked is not None
+                self._stacked.remove(entry[0])
+                return
+            in_peft = entry[0] if entry is not None else host_copy[0] if host_copy and host_copy[1] is None else None
+            if in_peft is not None and self._peft is not None:
                 with warnings.catch_warnings():  # "was active, now deleted": rows name their adapter anyway
                     warnings.simplefilter("ignore", UserWarning)
-                    self._peft.delete_adapter(name)
+                    self._peft.delete_adapter(in_peft)
 
         await asyncio.wrap_future(self.scheduler.call(delete))

@@ -135,8 +135,9 @@ class VllmEngine(Engine):
             enforce_eager=current_platform.is_cpu(),
             enable_lora=True,
             max_loras=self._lora_slots(),
-            # The adapter manager evicts first; vLLM's own CPU cache never has to.
-            max_cpu_loras=self._lora_slots(),
+            # vLLM's CPU cache holds the adapters in slots and those offloaded from them. The adapter
+            # manager evicts first, so vLLM's cache never has to.
+            max_cpu_loras=self._lora_slots() + (c.max_cpu_adapters if self.keeps_host_copies else 0),
             max_lora_rank=_supported_rank(c.max_lora_rank),
             disable_log_stats=True,
             # Compact JSON for structured output, as on the transformers engine: vLLM's xgrammar
@@ -152,6 +153,12 @@ class VllmEngine(Engine):
         Kept empty (zero weights), the last slot makes base-model rows in a mixed batch exact.
         """
         return self._config.max_loaded_adapters + (1 if current_platform.is_cpu() else 0)
+
+    @property
+    def keeps_host_copies(self) -> bool:
+        """Not on a CPU: vLLM would keep an offloaded adapter in a LoRA slot until another needs it, and
+        so fill the last slot, whose weights base-model rows then read (see `_lora_slots`)."""
+        return not current_platform.is_cpu()
 
     @property
     def llm(self) -> AsyncLLM:
@@ -261,6 +268,8 @@ class VllmEngine(Engine):
 
     async def add_adapter(self, key: str, path: Path) -> None:
         self._check_alive()
+        if key in self._loaded:  # offloaded: still in vLLM's CPU cache, which puts it in a slot when used
+            return
         lora_id = self._lora_ids.setdefault(key, next(self._next_lora_id))
         request = LoRARequest(lora_name=key, lora_int_id=lora_id, lora_path=str(path))
         try:
@@ -271,6 +280,10 @@ class VllmEngine(Engine):
         except Exception as exc:  # noqa: BLE001
             raise FailedPrecondition(f"the vLLM engine cannot load adapter {key}: {exc}") from None
         self._loaded[key] = request
+
+    async def offload_adapter(self, key: str) -> None:
+        """Nothing to do: vLLM moves an adapter between its GPU slots and its CPU cache by itself, and
+        the manager hands out at most `max_loaded_adapters` at once, so the slots suffice."""
 
     async def remove_adapter(self, key: str) -> None:
         request = self._loaded.pop(key, None)

@@ -1,6 +1,6 @@
-"""Forty adapters through two engine slots under concurrent load, on both engines: requests wait
-for a slot rather than fail, adapters are evicted and loaded again and again, and every answer is
-the one its adapter gives when served alone."""
+"""Forty adapters through two engine slots and four host-memory copies under concurrent load, on
+both engines: requests wait for a slot rather than fail, adapters are evicted, offloaded and loaded
+again and again, and every answer is the one its adapter gives when served alone."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 ADAPTERS = 40
 SLOTS = 2
+HOST_COPIES = 4
 PROMPT = "The capital of France is"
 
 
@@ -51,6 +52,7 @@ async def test_forty_adapters_through_two_slots_answer_as_each_does_alone(
         serving_engine=engine,
         dtype="float32",
         max_loaded_adapters=SLOTS,
+        max_cpu_adapters=HOST_COPIES,
     )
     server = create_server(settings)
     await server.start()
@@ -69,13 +71,25 @@ async def test_forty_adapters_through_two_slots_answer_as_each_does_alone(
             order = [f"a{i}" for i in range(ADAPTERS)] * 2
             random.Random(0).shuffle(order)
             together = await asyncio.gather(*(answer(adapter) for adapter in order))
-        assert [alone[adapter] for adapter in order] == together
-        assert len(server.adapters.loaded()) == SLOTS
-        evictions = server.metrics.registry.get_sample_value(
-            "loraplane_serving_adapter_evictions_total", {"tier": "engine"}
-        )
-        # Each pass loads every adapter but the SLOTS it starts with, and each such load evicts one;
-        # the concurrent pass may serve both requests for an adapter with one load.
-        assert evictions is not None and evictions >= 2 * (ADAPTERS - SLOTS)
+            assert [alone[adapter] for adapter in order] == together
+
+            registry = server.metrics.registry
+
+            def metric(name: str, **labels: str) -> float:
+                return registry.get_sample_value(name, labels) or 0.0
+
+            # Each pass loads every adapter but the SLOTS it starts with, and each such load evicts one;
+            # the concurrent pass may serve both requests for an adapter with one load.
+            assert metric("loraplane_serving_adapter_evictions_total", tier="engine") >= 2 * (ADAPTERS - SLOTS)
+            assert len(server.adapters.loaded()) == SLOTS
+            listed = (await stub.ListAdapters(serving_pb2.ListAdaptersRequest())).adapters
+            in_host = [info.ref.name for info in listed if info.tier == serving_pb2.ADAPTER_TIER_CPU]
+            restored = metric("loraplane_serving_adapter_load_duration_seconds_count", source="cpu")
+            if not server.engine.keeps_host_copies:  # vLLM on a CPU (VllmEngine.keeps_host_copies)
+                assert server.adapters.policy.max_cpu == 0 and not in_host and not restored
+                return
+            assert len(in_host) == HOST_COPIES
+            assert await answer(in_host[0]) == alone[in_host[0]], "same answer after host memory"
+            assert metric("loraplane_serving_adapter_load_duration_seconds_count", source="cpu") == restored + 1
     finally:
         await server.stop(1.0)

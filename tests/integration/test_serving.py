@@ -169,6 +169,7 @@ async def test_model_info(serving: Serving, tiny_model_dir: Path) -> None:
     assert (info.base_model, info.engine, info.max_model_length) == ("tiny", serving.server.engine.name, 256)
     assert info.base_model_fingerprint == base_model_fingerprint(tiny_model_dir)
     assert (info.max_loaded_adapters, info.max_lora_rank) == (2, 16)
+    assert info.max_cpu_adapters == (16 if serving.server.engine.keeps_host_copies else 0)
 
 
 async def test_tokenize_matches_the_tokenizer(serving: Serving, tiny_model_dir: Path) -> None:
@@ -478,6 +479,12 @@ async def test_dora_adapter_is_served_by_the_transformers_engine_only(serving: S
     assert replies[0].text == replies[2].text
     assert replies[1].text == (await serving.generate("beta")).text
     assert replies[0].text != replies[3].text
+
+    for other in ("alpha@v1", "gamma"):  # two slots: delta leaves the engine, and stays resident in peft
+        await serving.stub.LoadAdapter(serving_pb2.LoadAdapterRequest(adapter=other))
+    listed = {a.ref.name: a for a in (await serving.stub.ListAdapters(serving_pb2.ListAdaptersRequest())).adapters}
+    assert listed["delta"].tier == serving_pb2.ADAPTER_TIER_CPU
+    assert [entry.token_id for entry in (await serving.generate("delta")).logprobs] == expected
 
 
 async def _engine_idle(serving: Serving, within: float = 5.0) -> bool:

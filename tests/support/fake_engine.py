@@ -74,7 +74,11 @@ class FakeEngine(Engine):
         self.add_calls: list[tuple[str, Path]] = []
         self.remove_calls: list[str] = []
         self.adapters: set[str] = set()
-        """Keys added and not removed since."""
+        """Keys in a slot: added and not offloaded or removed since."""
+        self.offloaded: set[str] = set()
+        """Keys whose host copy is kept: offloaded and not added or removed since."""
+        self.restored: list[str] = []
+        """Keys added again from their host copy."""
         self.load_gate: asyncio.Event | None = None
         """When set to an Event, add_adapter waits for it (after recording the call)."""
         self.load_started = asyncio.Event()
@@ -144,13 +148,23 @@ class FakeEngine(Engine):
             raise self.add_error
         if key in self.adapters:
             raise RuntimeError(f"fake engine: {key} is already added")
+        if key in self.offloaded:
+            self.restored.append(key)
+            self.offloaded.remove(key)
         self.adapters.add(key)
+
+    async def offload_adapter(self, key: str) -> None:
+        if key not in self.adapters:
+            raise RuntimeError(f"fake engine: {key} is not in a slot")
+        self.adapters.remove(key)
+        self.offloaded.add(key)
 
     async def remove_adapter(self, key: str) -> None:
         self.remove_calls.append(key)
-        if key not in self.adapters:
+        if key not in self.adapters | self.offloaded:
             raise RuntimeError(f"fake engine: {key} was never added")
-        self.adapters.remove(key)
+        self.adapters.discard(key)
+        self.offloaded.discard(key)
 
     @property
     def added_keys(self) -> list[str]:
@@ -223,6 +237,7 @@ def build_adapter_manager(
     resolve_ttl_seconds: float = 3600.0,
     adapter_labels: int = 8,
     max_cache_bytes: int = 0,
+    max_cpu: int = 0,
 ) -> AdapterParts:
     repository = ArtifactRepository(FileStore(tmp_path / "store"))
     engine = engine or FakeEngine()
@@ -234,6 +249,7 @@ def build_adapter_manager(
         max_rank=max_rank,
         resolve_ttl_seconds=resolve_ttl_seconds,
         max_cache_bytes=max_cache_bytes,
+        max_cpu=max_cpu,
     )
     cache_dir = tmp_path / "cache"
     manager = AdapterManager(repository, engine, cache_dir, policy, metrics)

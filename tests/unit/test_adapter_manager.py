@@ -489,3 +489,62 @@ async def test_a_cold_load_holds_up_no_request_for_a_loaded_adapter(tmp_path: Pa
     assert not loading.done()
     parts.engine.load_gate.set()
     await asyncio.wait_for(loading, TIMEOUT)
+
+
+async def test_evicted_adapters_wait_in_host_memory_and_come_back_without_reading_their_files(tmp_path: Path) -> None:
+    parts = build_adapter_manager(tmp_path, max_loaded=1, max_cpu=2)
+    for name in "abcd":
+        parts.publish(name)
+    for name in "abcad":  # a leaves for host memory, comes back from it; d's arrival drops b from it
+        await parts.manager.load(AdapterSpec(name))
+
+    assert parts.engine.restored == ["a@v1"]
+    assert parts.engine.added_keys == ["a@v1", "b@v1", "c@v1", "a@v1", "d@v1"]
+    assert parts.engine.remove_calls == ["b@v1"], "only the least recently used host copy is dropped"
+    assert parts.engine.offloaded == {"a@v1", "c@v1"}
+    tiers = {name: parts.manager.status(await parts.manager.resolve(AdapterSpec(name))).tier for name in "abcd"}
+    assert tiers == {"a": "cpu", "b": "disk", "c": "cpu", "d": "engine"}
+
+    def value(name: str, **labels: str) -> float | None:
+        return sample(parts.metrics, name, **labels)
+
+    assert value(LOOKUPS, tier="cpu", result="hit") == 1
+    assert value(LOOKUPS, tier="cpu", result="miss") == 4
+    assert value(LOOKUPS, tier="disk", result="miss") == 4, "the restored adapter's files were not read"
+    assert value("loraplane_serving_adapter_load_duration_seconds_count", source="cpu") == 1
+    assert value("loraplane_serving_adapter_evictions_total", tier="engine") == 4
+    assert value("loraplane_serving_adapter_evictions_total", tier="cpu") == 1
+    assert value("loraplane_serving_adapters_resident", tier="cpu") == 2
+
+
+async def test_unload_drops_host_copies_too(tmp_path: Path) -> None:
+    parts = build_adapter_manager(tmp_path, max_loaded=1, max_cpu=4)
+    for name in ("alpha", "beta"):
+        parts.publish(name)
+    await parts.manager.load(AdapterSpec("alpha"))
+    await parts.manager.load(AdapterSpec("beta"))  # alpha to host memory
+    assert parts.engine.offloaded == {"alpha@v1"}
+
+    await parts.manager.unload(AdapterSpec("alpha"))
+
+    assert parts.engine.offloaded == set() and parts.engine.remove_calls == ["alpha@v1"]
+    assert parts.manager.status(await parts.manager.resolve(AdapterSpec("alpha"))).tier == "disk"
+    await parts.manager.load(AdapterSpec("alpha"))
+    assert parts.engine.restored == [], "loaded again from its files"
+
+
+async def test_a_failed_return_from_host_memory_keeps_the_host_copy(tmp_path: Path) -> None:
+    parts = build_adapter_manager(tmp_path, max_loaded=1, max_cpu=1)
+    for name in ("alpha", "beta"):
+        parts.publish(name)
+    await parts.manager.load(AdapterSpec("alpha"))
+    await parts.manager.load(AdapterSpec("beta"))
+    parts.engine.add_error = RuntimeError("engine busy")
+    with pytest.raises(RuntimeError, match="engine busy"):
+        await parts.manager.load(AdapterSpec("alpha"))
+    parts.engine.add_error = None
+
+    assert parts.manager.status(await parts.manager.resolve(AdapterSpec("alpha"))).tier == "cpu"
+    assert parts.engine.remove_calls == [], "beta went to host memory, and alpha stayed there"
+    await parts.manager.load(AdapterSpec("alpha"))
+    assert parts.engine.restored == ["alpha@v1"]
