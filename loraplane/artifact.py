@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from loraplane.names import AdapterSpec, validate_adapter_name
 from loraplane.storage import ObjectStore
+from loraplane.training import Method
 
 PROFILE_FILE = "profile.json"
 """The drift reference profile (loraplane.drift.Profile) of an adapter version."""
@@ -56,7 +57,7 @@ class ManifestDraft(BaseModel):
 
     name: str
     base_model: BaseModelInfo
-    method: Literal["lora", "qlora", "dora"]
+    method: Method
     hyperparameters: dict[str, Any]
     metrics: dict[str, float]
     dataset: DatasetInfo

@@ -23,6 +23,7 @@ from rich.table import Column, Table
 from loraplane.client import DEFAULT_SERVING_TARGET, DEFAULT_TRAINER_TARGET, LoraplaneClient, sampling
 from loraplane.errors import InvalidArgument, LoraplaneError
 from loraplane.proto import serving_pb2, trainer_pb2
+from loraplane.training import JobState, Method
 
 app = typer.Typer(help="Fine-tune LoRA adapters and serve them, over gRPC.", no_args_is_help=True)
 console = Console()
@@ -32,26 +33,11 @@ TrainerTarget = Annotated[str, typer.Option("--trainer", envvar="LORAPLANE_TRAIN
 ServingTarget = Annotated[str, typer.Option("--serving", envvar="LORAPLANE_SERVING_TARGET", help="Serving address.")]
 
 
-class Method(enum.StrEnum):
-    lora = "lora"
-    qlora = "qlora"
-    dora = "dora"
-
-
 PromptFormat = enum.StrEnum(  # type: ignore[misc]
     "PromptFormat",
     [name.removeprefix("PROMPT_FORMAT_").lower() for name in trainer_pb2.PromptFormat.keys()[1:]],
 )
 """auto, chat or raw: the proto's PromptFormat values."""
-
-
-class State(enum.StrEnum):
-    validating = "validating"
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
 
 
 def _state_name(value: trainer_pb2.JobState.ValueType) -> str:
@@ -127,7 +113,7 @@ def train(
     data_uri: Annotated[str | None, typer.Option(help="Training data already in the trainer's store.")] = None,
     validation: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Validation JSONL.")] = None,
     base_model: Annotated[str, typer.Option(help="Base model name; default: the trainer's.")] = "",
-    method: Method = Method.lora,
+    method: Method = Method.LORA,
     prompt_format: Annotated[
         PromptFormat,
         typer.Option(help="How prompt/completion examples are trained: auto = chat on a model with a chat template."),
@@ -157,7 +143,7 @@ def train(
             training_uri=data_uri,
             validation_file=validation,
             base_model=base_model,
-            method=method.value,
+            method=method,
             prompt_format=prompt_format.value,
             lora=trainer_pb2.LoraParameters(rank=rank),
             training=trainer_pb2.TrainingParameters(
@@ -193,7 +179,7 @@ def cancel(job_id: str, trainer: TrainerTarget = DEFAULT_TRAINER_TARGET) -> None
 
 @app.command()
 def jobs(
-    state: State | None = None,
+    state: Annotated[JobState | None, typer.Option(case_sensitive=False, help="Only jobs in this state.")] = None,
     adapter: str = "",
     limit: int = 20,
     trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
@@ -201,7 +187,7 @@ def jobs(
     """List jobs, newest first."""
     table = Table("job", "adapter", "state", "step", "val loss", "published", "created")
     with _reporting_errors(), LoraplaneClient(trainer=trainer) as client:
-        for i, job in enumerate(client.jobs.list(state=state.value if state else "", adapter_name=adapter)):
+        for i, job in enumerate(client.jobs.list(state=state, adapter_name=adapter)):
             if i >= limit:
                 break
             published = f"v{job.adapter.version}" if job.adapter.version else ""

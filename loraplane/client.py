@@ -25,6 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loraplane.grpc_errors import from_rpc_error
 from loraplane.grpc_server import MAX_MESSAGE_BYTES
 from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from loraplane.training import JobState, Method
 
 DEFAULT_TRAINER_TARGET = "127.0.0.1:50051"
 DEFAULT_SERVING_TARGET = "127.0.0.1:50052"
@@ -81,7 +82,7 @@ class Jobs:
         validation_file: Path | None = None,
         test_file: Path | None = None,
         base_model: str = "",
-        method: str = "lora",
+        method: Method = Method.LORA,
         prompt_format: str = "auto",
         lora: trainer_pb2.LoraParameters | None = None,
         training: trainer_pb2.TrainingParameters | None = None,
@@ -106,7 +107,7 @@ class Jobs:
             ),
             test_data=trainer_pb2.Dataset(inline_jsonl=test_file.read_text()) if test_file else None,
             refuse_leakage=refuse_leakage,
-            method=trainer_pb2.Method.Value(f"METHOD_{method.upper()}"),
+            method=trainer_pb2.Method.Value(f"METHOD_{method.name}"),
             prompt_format=trainer_pb2.PromptFormat.Value(f"PROMPT_FORMAT_{prompt_format.upper()}"),
             lora=lora,
             training=training,
@@ -120,9 +121,11 @@ class Jobs:
         return self._stub.GetJob(trainer_pb2.GetJobRequest(job_id=job_id))
 
     @_stream_typed_errors
-    def list(self, *, state: str = "", adapter_name: str = "", page_size: int = 20) -> Iterator[trainer_pb2.Job]:
-        """Every matching job, newest first, fetching pages as the iteration goes."""
-        state_value = trainer_pb2.JobState.Value(f"JOB_STATE_{state.upper()}" if state else "JOB_STATE_UNSPECIFIED")
+    def list(
+        self, *, state: JobState | None = None, adapter_name: str = "", page_size: int = 20
+    ) -> Iterator[trainer_pb2.Job]:
+        """Every matching job (in `state`, when given), newest first, fetching pages as the iteration goes."""
+        state_value = trainer_pb2.JobState.Value(f"JOB_STATE_{state.name}" if state else "JOB_STATE_UNSPECIFIED")
         token = ""
         while True:
             page = self._stub.ListJobs(

@@ -6,7 +6,40 @@ one place and the client maps statuses back, so no layer matches on message stri
 
 from __future__ import annotations
 
+import enum
+
 import grpc
+
+
+class ErrorCode(enum.StrEnum):
+    """A failure's status where it is kept or sent as data (a job's error, a training worker's last
+    event): the name of its gRPC status code, which it maps to and from."""
+
+    CANCELLED = "CANCELLED"
+    UNKNOWN = "UNKNOWN"
+    INVALID_ARGUMENT = "INVALID_ARGUMENT"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    NOT_FOUND = "NOT_FOUND"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    RESOURCE_EXHAUSTED = "RESOURCE_EXHAUSTED"
+    FAILED_PRECONDITION = "FAILED_PRECONDITION"
+    ABORTED = "ABORTED"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    UNIMPLEMENTED = "UNIMPLEMENTED"
+    INTERNAL = "INTERNAL"
+    UNAVAILABLE = "UNAVAILABLE"
+    DATA_LOSS = "DATA_LOSS"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+
+    @classmethod
+    def of(cls, status: grpc.StatusCode) -> ErrorCode:
+        """The code of a gRPC status (INTERNAL for OK, which is no failure)."""
+        return cls.__members__.get(status.name, cls.INTERNAL)
+
+    @property
+    def status(self) -> grpc.StatusCode:
+        return grpc.StatusCode[self.value]
 
 
 class LoraplaneError(Exception):
@@ -22,6 +55,10 @@ class LoraplaneError(Exception):
 
     def __str__(self) -> str:
         return f"{self.field}: {self.message}" if self.field else self.message
+
+    @property
+    def error_code(self) -> ErrorCode:
+        return ErrorCode.of(self.code)
 
 
 class InvalidArgument(LoraplaneError):
@@ -88,7 +125,6 @@ ERRORS_BY_CODE: dict[grpc.StatusCode, type[LoraplaneError]] = {
 }
 
 
-def error_for_code(code_name: str, message: str, field: str = "") -> LoraplaneError:
-    """Rebuild a typed error from a status code name, e.g. a job's recorded error."""
-    code = getattr(grpc.StatusCode, code_name, grpc.StatusCode.INTERNAL)
-    return ERRORS_BY_CODE.get(code, InternalError)(message, field=field)
+def error_for_code(code: ErrorCode, message: str, field: str = "") -> LoraplaneError:
+    """Rebuild a typed error from its code, e.g. a job's recorded error."""
+    return ERRORS_BY_CODE.get(code.status, InternalError)(message, field=field)

@@ -16,7 +16,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from loraplane.errors import InternalError, LoraplaneError, error_for_code
+from loraplane.errors import ErrorCode, InternalError, LoraplaneError, error_for_code
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def from_rpc_error(error: grpc.RpcError) -> LoraplaneError:
                 if bad_request.field_violations:
                     field = bad_request.field_violations[0].field
                     message = bad_request.field_violations[0].description
-    return error_for_code(code.name, message, field)
+    return error_for_code(ErrorCode.of(code), message, field)
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:

@@ -10,16 +10,16 @@ from pydantic import ValidationError
 
 from loraplane.errors import InvalidArgument
 from loraplane.proto import common_pb2, trainer_pb2
-from trainer_svc.jobs import Job, JobEvent, JobState
+from loraplane.training import JobState, Method
+from trainer_svc.jobs import Job, JobEvent
 from trainer_svc.spec import TASK_METRICS, DatasetSource, JobSpec, LoraParameters, TaskMetric, TrainingParameters
 
-_METHODS = {
-    trainer_pb2.METHOD_UNSPECIFIED: "lora",
-    trainer_pb2.METHOD_LORA: "lora",
-    trainer_pb2.METHOD_QLORA: "qlora",
-    trainer_pb2.METHOD_DORA: "dora",
+_METHOD_ENUMS: dict[Method, trainer_pb2.Method.ValueType] = {
+    method: trainer_pb2.Method.Value(f"METHOD_{method.name}") for method in Method
 }
-_METHOD_ENUMS = {"lora": trainer_pb2.METHOD_LORA, "qlora": trainer_pb2.METHOD_QLORA, "dora": trainer_pb2.METHOD_DORA}
+_METHODS: dict[trainer_pb2.Method.ValueType, Method] = {trainer_pb2.METHOD_UNSPECIFIED: Method.LORA} | {
+    value: method for method, value in _METHOD_ENUMS.items()
+}
 _PROMPT_FORMATS = {
     trainer_pb2.PROMPT_FORMAT_UNSPECIFIED: "auto",
     trainer_pb2.PROMPT_FORMAT_AUTO: "auto",
@@ -72,7 +72,7 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
             adapter_name=message.adapter_name,
             training_data=training_data,
             validation_data=_dataset(message.validation_data),
-            method=_METHODS[message.method],  # type: ignore[arg-type]
+            method=_METHODS[message.method],
             lora=LoraParameters(**_nonzero(message.lora, ("rank", "alpha", "dropout", "target_modules"))),
             training=TrainingParameters(**_training_fields(message.training)),
             labels=dict(message.labels),

@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from loraplane.errors import InvalidArgument, NotFound
-from trainer_svc.jobs import Job, JobEvent, JobState, utcnow
+from loraplane.training import JobState
+from trainer_svc.jobs import Job, JobEvent, utcnow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

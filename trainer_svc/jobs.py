@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import UTC, datetime
 
 from pydantic import BaseModel, Field
 
+from loraplane.errors import ErrorCode
+from loraplane.training import JobState
 from trainer_svc.progress import Checkpoint, PublishedAdapter, TaskScore
 from trainer_svc.spec import JobSpec
-
-
-class JobState(enum.StrEnum):
-    VALIDATING = "VALIDATING"
-    QUEUED = "QUEUED"
-    RUNNING = "RUNNING"
-    SUCCEEDED = "SUCCEEDED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 class JobProgress(BaseModel):
@@ -35,7 +23,7 @@ class JobProgress(BaseModel):
 
 
 class JobError(BaseModel):
-    code: str
+    code: ErrorCode
     message: str
     field: str = ""
 

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
+from loraplane.errors import ErrorCode
 from trainer_svc.spec import TaskMetric
 
 Phase = Literal["loading_model", "tokenizing", "training", "evaluating", "publishing"]
@@ -75,10 +76,10 @@ class ResultEvent(BaseModel):
 
 
 class ErrorEvent(BaseModel):
-    """The last event of a failed run; `code` is a gRPC status code name."""
+    """The last event of a failed run."""
 
     kind: Literal["error"] = "error"
-    code: str
+    code: ErrorCode
     message: str
     field: str = ""
 

@@ -15,14 +15,15 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from loraplane.errors import FailedPrecondition, InvalidArgument, LoraplaneError
+from loraplane.errors import ErrorCode, FailedPrecondition, InvalidArgument, LoraplaneError
 from loraplane.names import validate_adapter_name
 from loraplane.storage import open_store
+from loraplane.training import JobState
 from trainer_svc import dataset
 from trainer_svc.dataset import JobData
 from trainer_svc.executors import Executor
 from trainer_svc.job_store import JobStore
-from trainer_svc.jobs import Job, JobError, JobEvent, JobProgress, JobState, utcnow
+from trainer_svc.jobs import Job, JobError, JobEvent, JobProgress, utcnow
 from trainer_svc.metrics import TrainerMetrics
 from trainer_svc.progress import ErrorEvent, EvalEvent, PhaseEvent, ProgressEvent, ResultEvent, WorkerEvent
 from trainer_svc.settings import TrainerSettings
@@ -57,7 +58,7 @@ class JobService:
                     job,
                     JobState.FAILED,
                     "the trainer stopped while validating; resubmit the job",
-                    JobError(code="ABORTED", message="interrupted during validation; resubmit"),
+                    JobError(code=ErrorCode.ABORTED, message="interrupted during validation; resubmit"),
                 )
                 continue
             if job.state is not JobState.QUEUED:
@@ -91,7 +92,7 @@ class JobService:
                 )
             data = await asyncio.to_thread(self._load_examples, spec)
         except LoraplaneError as exc:
-            self.metrics.rejected_jobs.labels(exc.code.name).inc()
+            self.metrics.rejected_jobs.labels(exc.error_code).inc()
             raise
         job = Job(
             id=f"job-{uuid.uuid4().hex[:16]}",
@@ -107,7 +108,8 @@ class JobService:
             await asyncio.to_thread(self._write_examples, job.id, data)
         except OSError as exc:
             log.exception("cannot write the examples of job %s", job.id)
-            error = JobError(code="UNAVAILABLE", message=f"the trainer could not store the dataset ({exc}); retry")
+            message = f"the trainer could not store the dataset ({exc}); retry"
+            error = JobError(code=ErrorCode.UNAVAILABLE, message=message)
             return await self._finish(job, JobState.FAILED, error.message, error)
         async with self._dispatch_lock:  # a CancelJob may have come in meanwhile: it wins
             job = await self.get(job.id)
@@ -168,12 +170,12 @@ class JobService:
                 await self._run(job_id)
             except LoraplaneError as exc:  # e.g. its base model is no longer offered after a restart
                 await self._fail_unless_ended(
-                    job_id, JobError(code=exc.code.name, message=exc.message, field=exc.field)
+                    job_id, JobError(code=exc.error_code, message=exc.message, field=exc.field)
                 )
             except Exception:  # noqa: BLE001 - one broken job must not stop the runner
                 log.exception("job %s failed in the trainer itself", job_id)
                 await self._fail_unless_ended(
-                    job_id, JobError(code="INTERNAL", message="trainer error; see the trainer log")
+                    job_id, JobError(code=ErrorCode.INTERNAL, message="trainer error; see the trainer log")
                 )
 
     async def _fail_unless_ended(self, job_id: str, error: JobError) -> None:
@@ -223,7 +225,7 @@ class JobService:
             )
         else:
             message = f"worker exited with code {outcome.exit_code} without a result: {outcome.log_tail[-2000:]}"
-            await self._finish(job, JobState.FAILED, message, JobError(code="INTERNAL", message=message))
+            await self._finish(job, JobState.FAILED, message, JobError(code=ErrorCode.INTERNAL, message=message))
         for scratch in ("adapter", "checkpoints"):  # the job's input and log stay for inspection
             await asyncio.to_thread(shutil.rmtree, self._work_dir(job.id) / scratch, True)
 

@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 
 from loraplane.artifact import PromptFormat
+from loraplane.training import Method
 
-Method = Literal["lora", "qlora", "dora"]
 PromptFormatChoice = Literal["auto"] | PromptFormat
 """auto: chat when the base model has a chat template, else raw."""
 TaskMetric = Literal["exact_match", "rouge_l", "bleu", "chrf"]
@@ -76,7 +76,7 @@ class JobSpec(BaseModel):
     adapter_name: str
     training_data: DatasetSource
     validation_data: DatasetSource | None = None
-    method: Method = "lora"
+    method: Method = Method.LORA
     prompt_format: PromptFormatChoice = "auto"
     test_data: DatasetSource | None = None
     task_metrics: list[TaskMetric] = Field(default_factory=lambda: list(TASK_METRICS), min_length=1)

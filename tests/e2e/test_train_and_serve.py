@@ -20,6 +20,7 @@ from loraplane.errors import InvalidArgument, NotFound
 from loraplane.names import AdapterSpec
 from loraplane.proto import trainer_pb2
 from loraplane.storage import open_store
+from loraplane.training import Method
 from tests.support.prometheus import running_prometheus
 from tests.support.stack import ANSWER, QUESTIONS, Stack, memorise_jsonl, running_stack
 
@@ -97,7 +98,7 @@ def test_a_dora_adapter_is_trained_and_served_by_the_default_engine(stack: Stack
     job = stack.client.jobs.create(
         adapter_name="secret-word-dora",
         training_file=data,
-        method="dora",
+        method=Method.DORA,
         training=trainer_pb2.TrainingParameters(max_steps=20, batch_size=4, learning_rate=1e-2),
     )
     list(stack.client.jobs.watch(job.id))

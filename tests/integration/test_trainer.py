@@ -19,6 +19,7 @@ from loraplane.client import LoraplaneClient
 from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from loraplane.proto import trainer_pb2
 from loraplane.storage import open_store
+from loraplane.training import JobState
 from tests.support.servers import running
 from trainer_svc.server import TrainerServer, create_server
 from trainer_svc.settings import TrainerSettings
@@ -168,7 +169,7 @@ def test_list_filters_by_state_and_pages(client: LoraplaneClient, tmp_path: Path
         client.jobs.cancel(job_id)
     listed = [j.id for j in client.jobs.list(adapter_name="paged", page_size=2)]
     assert listed == ids[::-1]
-    cancelled = {j.id for j in client.jobs.list(state="cancelled")}
+    cancelled = {j.id for j in client.jobs.list(state=JobState.CANCELLED)}
     assert set(ids) <= cancelled
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 from loraplane.artifact import ArtifactRepository
 from loraplane.drift import Profile
+from loraplane.errors import ErrorCode
 from loraplane.storage import FileStore
 from trainer_svc.dataset import PromptCompletion, SourcedExample, write_examples
 from trainer_svc.progress import ErrorEvent, EvalEvent, PhaseEvent, ProgressEvent, ResultEvent, parse_event
@@ -202,7 +204,7 @@ def test_overlong_example_fails_naming_its_line(tiny_model_dir: Path, tmp_path: 
     assert code == 1
     error = events[-1]
     assert isinstance(error, ErrorEvent)
-    assert error.code == "INVALID_ARGUMENT"
+    assert error.code is ErrorCode.INVALID_ARGUMENT
     assert error.field == "spec.training_data"
     assert "line 2" in error.message
     assert "training" not in [event.phase for event in _of(PhaseEvent, events)]
@@ -231,3 +233,68 @@ def test_sigterm_stops_the_run_without_publishing(tiny_model_dir: Path, tmp_path
             process.kill()
             process.wait()
     assert ArtifactRepository(FileStore(tmp_path / "store")).versions("blue") == []
+
+
+RESUMABLE = {"max_steps": 24, "batch_size": 3, "learning_rate": 1e-2, "eval_every_steps": 4}
+
+
+def _adapter_weights(store: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(store / "adapters" / "blue" / "v1" / "adapter_model.safetensors")
+
+
+def _kill_after_step(input_path: Path, step: int) -> None:
+    """Run the worker and SIGKILL it once it reports training step `step`."""
+    process = subprocess.Popen(
+        _worker(input_path), cwd=REPO_ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            event = parse_event(line)
+            if isinstance(event, ProgressEvent) and event.step >= step:
+                break
+        process.kill()
+        assert process.wait(timeout=20) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_a_run_killed_mid_training_resumes_from_its_checkpoint_to_the_same_adapter(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    whole_dir, killed_dir, moved_dir = tmp_path / "whole", tmp_path / "killed", tmp_path / "moved"
+    for folder in (whole_dir, killed_dir, moved_dir):
+        folder.mkdir()
+    code, whole = _run(_worker_input(whole_dir, tiny_model_dir, training=RESUMABLE))
+    assert code == 0, whole[-1]
+
+    killed_input = _worker_input(killed_dir, tiny_model_dir, training=RESUMABLE)
+    _kill_after_step(killed_input, 10)  # checkpoint-8 is saved before step 9 starts
+    assert ArtifactRepository(FileStore(killed_dir / "store")).versions("blue") == []
+    checkpoints = killed_dir / "work" / "checkpoints"
+    assert (checkpoints / "checkpoint-8" / "trainer_state.json").is_file()
+
+    # Resuming over another base model is refused, with the reason.
+    shutil.copytree(killed_dir / "work", moved_dir / "work")
+    record = moved_dir / "work" / "checkpoints" / "run.json"
+    record.write_text(json.dumps({"base_model_fingerprint": "sha256:" + "0" * 64}))
+    code, refused = _run(_worker_input(moved_dir, tiny_model_dir, training=RESUMABLE))
+    assert code == 1 and isinstance(refused[-1], ErrorEvent)
+    assert refused[-1].code is ErrorCode.FAILED_PRECONDITION and "cannot resume this job" in refused[-1].message
+
+    code, resumed = _run(killed_input)
+    assert code == 0, resumed[-1]
+    training = next(event for event in _of(PhaseEvent, resumed) if event.phase == "training")
+    assert training.message == "resuming from the checkpoint at step 8"
+    assert [event.step for event in _of(ProgressEvent, resumed)] == list(range(9, 25))
+    assert resumed[-1].metrics["best_step"] == whole[-1].metrics["best_step"]
+    expected, actual = _adapter_weights(whole_dir / "store"), _adapter_weights(killed_dir / "store")
+    assert expected.keys() == actual.keys()
+    for name, tensor in expected.items():
+        import torch
+
+        torch.testing.assert_close(actual[name], tensor, rtol=1e-5, atol=1e-6, msg=name)

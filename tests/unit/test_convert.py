@@ -2,8 +2,9 @@ import pytest
 
 from loraplane.errors import InvalidArgument
 from loraplane.proto import trainer_pb2
+from loraplane.training import JobState
 from trainer_svc.convert import job_to_proto, spec_from_proto, spec_to_proto
-from trainer_svc.jobs import Job, JobState
+from trainer_svc.jobs import Job
 from trainer_svc.progress import PublishedAdapter
 
 

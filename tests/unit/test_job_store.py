@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 
 from loraplane.errors import InvalidArgument, NotFound
+from loraplane.training import JobState
 from trainer_svc.job_store import SqliteJobStore
-from trainer_svc.jobs import Job, JobState
+from trainer_svc.jobs import Job
 from trainer_svc.spec import DatasetSource, JobSpec
 
 

@@ -22,7 +22,8 @@ from types import FrameType
 from transformers import set_seed
 
 from loraplane.artifact import DatasetInfo
-from loraplane.errors import LoraplaneError
+from loraplane.errors import ErrorCode, LoraplaneError
+from loraplane.fingerprint import base_model_fingerprint
 from trainer_svc.dataset import fingerprint, read_examples
 from trainer_svc.progress import ErrorEvent, PhaseEvent, ResultEvent
 from trainer_svc.worker.evaluate import evaluate, token_statistics
@@ -30,6 +31,7 @@ from trainer_svc.worker.events import Emit, claim_stdout
 from trainer_svc.worker.knowledge_probe import FACTS_LOST_WARNING, knowledge_probe
 from trainer_svc.worker.model import load_model, load_tokenizer
 from trainer_svc.worker.publish import publish
+from trainer_svc.worker.resume import checkpoint_step, resume_point
 from trainer_svc.worker.task_metrics import task_scores
 from trainer_svc.worker.tokenization import resolve_prompt_format, tokenize_examples
 from trainer_svc.worker.train import train
@@ -71,9 +73,11 @@ def run(worker_input: WorkerInput, emit: Emit) -> None:
         test_examples, tokenizer, prompt_format=prompt_format, max_seq_length=max_length, field="spec.test_data"
     )
 
-    emit(PhaseEvent(phase="training"))
     output_dir = worker_input.work_dir / "checkpoints"
-    outcome = train(model, tokenizer, train_set, validation_set, spec.training, output_dir, emit)
+    resume_from = resume_point(output_dir, base_model_fingerprint(worker_input.base_model_path))
+    resuming = f"resuming from the checkpoint at step {checkpoint_step(resume_from)}" if resume_from else ""
+    emit(PhaseEvent(phase="training", message=resuming))
+    outcome = train(model, tokenizer, train_set, validation_set, spec.training, output_dir, emit, resume_from)
     metrics = {**outcome.metrics, **token_statistics(train_set)}
 
     emit(PhaseEvent(phase="evaluating"))
@@ -141,16 +145,17 @@ def main(argv: list[str]) -> int:
     _die_with_parent()
     events = claim_stdout()
     if len(argv) != 1:
-        events.emit(ErrorEvent(code="INVALID_ARGUMENT", message="usage: python -m trainer_svc.worker INPUT.json"))
+        usage = "usage: python -m trainer_svc.worker INPUT.json"
+        events.emit(ErrorEvent(code=ErrorCode.INVALID_ARGUMENT, message=usage))
         return 1
     try:
         run(WorkerInput.model_validate_json(Path(argv[0]).read_text()), events.emit)
     except LoraplaneError as exc:
-        events.emit(ErrorEvent(code=exc.code.name, message=exc.message, field=exc.field))
+        events.emit(ErrorEvent(code=exc.error_code, message=exc.message, field=exc.field))
         return 1
     except Exception as exc:
         traceback.print_exc()
-        events.emit(ErrorEvent(code="INTERNAL", message=f"{type(exc).__name__}: {exc}"))
+        events.emit(ErrorEvent(code=ErrorCode.INTERNAL, message=f"{type(exc).__name__}: {exc}"))
         return 1
     return 0
 

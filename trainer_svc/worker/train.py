@@ -34,11 +34,13 @@ class EventReporter(TrainerCallback):
     def __init__(self, emit: Emit) -> None:
         self._emit = emit
         self._started = time.monotonic()
+        self._first_step = 0  # past zero when the run resumed from a checkpoint
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self._started = time.monotonic()
+        self._first_step = state.global_step
 
     def on_log(
         self,
@@ -51,7 +53,7 @@ class EventReporter(TrainerCallback):
         if not logs or "loss" not in logs:  # evaluation and end-of-training summaries log too
             return
         elapsed = time.monotonic() - self._started
-        step = max(state.global_step, 1)
+        steps_here = max(state.global_step - self._first_step, 1)
         self._emit(
             ProgressEvent(
                 step=state.global_step,
@@ -60,7 +62,7 @@ class EventReporter(TrainerCallback):
                 loss=logs["loss"],
                 learning_rate=logs.get("learning_rate", 0.0),
                 elapsed_seconds=elapsed,
-                eta_seconds=elapsed / step * max(state.max_steps - state.global_step, 0),
+                eta_seconds=elapsed / steps_here * max(state.max_steps - state.global_step, 0),
             )
         )
 
@@ -94,9 +96,11 @@ def training_arguments(
 ) -> TrainingArguments:
     """Trainer settings from the job's parameters.
 
-    Validation runs every `eval_every_steps` steps, or EVALUATIONS_PER_RUN times over the run.
-    With early stopping on (the default), each evaluation saves the adapter weights so that the
-    best one, by validation loss, is restored at the end and published; one checkpoint is kept.
+    Validation runs every `eval_every_steps` steps, or EVALUATIONS_PER_RUN times over the run, and
+    a checkpoint is saved as often: the adapter with its optimizer, schedule, RNG and callback
+    states, so that a run cut short resumes where it was (`resume.py`). With early stopping on (the
+    default), the best checkpoint by validation loss is restored at the end and published; the best
+    and the newest are kept.
     """
     eval_every = params.eval_every_steps or max(planned_steps(params, train_examples) // EVALUATIONS_PER_RUN, 1)
     eval_strategy = "steps" if has_validation else "no"
@@ -112,10 +116,10 @@ def training_arguments(
         warmup_steps=params.warmup_ratio,  # a float below 1 is a ratio of the total steps
         eval_strategy=eval_strategy,
         eval_steps=eval_every,
-        save_strategy="steps" if keep_best else "no",
+        save_strategy="steps",
         save_steps=eval_every,
-        save_total_limit=1 if keep_best else None,
-        save_only_model=True,
+        save_total_limit=1,
+        restore_callback_states_from_checkpoint=True,  # early stopping's patience counter goes on too
         load_best_model_at_end=keep_best,
         metric_for_best_model="eval_loss" if keep_best else None,
         greater_is_better=False if keep_best else None,
@@ -187,8 +191,10 @@ def train(
     params: TrainingParameters,
     output_dir: Path,
     emit: Emit,
+    resume_from: Path | None = None,
 ) -> TrainingOutcome:
-    """Train the adapter in place; return the training metrics that go into the manifest, and the checkpoints."""
+    """Train the adapter in place, from the start or from the checkpoint `resume_from`; return the
+    training metrics that go into the manifest, and the checkpoints."""
     args = training_arguments(params, output_dir, train_examples=len(train_set), has_validation=bool(validation_set))
     callbacks: list[TrainerCallback] = [EventReporter(emit)]
     if args.load_best_model_at_end:
@@ -206,7 +212,7 @@ def train(
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
         callbacks=callbacks,
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     state = trainer.state
     outcome = run_outcome(
         state.log_history,

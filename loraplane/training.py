@@ -1,0 +1,27 @@
+"""The vocabulary of training jobs, shared by the trainer, the published manifests, the client and
+the CLI: each defined here once (the proto enums are their wire form)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class Method(enum.StrEnum):
+    """How an adapter is trained: plain LoRA, LoRA on a 4-bit quantized base (QLoRA), or DoRA."""
+
+    LORA = "lora"
+    QLORA = "qlora"
+    DORA = "dora"
+
+
+class JobState(enum.StrEnum):
+    VALIDATING = "VALIDATING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
