@@ -11,31 +11,32 @@ pytestmark = pytest.mark.integration  # loads transformers and the tiny model
 
 
 @pytest.mark.parametrize(
-    ("params", "has_validation", "eval_strategy", "save_strategy", "eval_steps"),
+    ("params", "has_validation", "eval_strategy", "keeps_best", "eval_steps"),
     [
-        (TrainingParameters(), False, "no", "no", 12),
-        (TrainingParameters(), True, "steps", "steps", 12),  # early stopping on by default: ten evaluations
-        (TrainingParameters(early_stopping_patience=0), True, "steps", "no", 12),
-        (TrainingParameters(eval_every_steps=5), True, "steps", "steps", 5),
-        (TrainingParameters(max_steps=7), True, "steps", "steps", 1),
+        (TrainingParameters(), False, "no", False, 12),
+        (TrainingParameters(), True, "steps", True, 12),  # early stopping on by default: ten evaluations
+        (TrainingParameters(early_stopping_patience=0), True, "steps", False, 12),
+        (TrainingParameters(eval_every_steps=5), True, "steps", True, 5),
+        (TrainingParameters(max_steps=7), True, "steps", True, 1),
     ],
 )
 def test_evaluation_and_checkpoints_follow_the_spec(
     params: TrainingParameters,
     has_validation: bool,
     eval_strategy: str,
-    save_strategy: str,
+    keeps_best: bool,
     eval_steps: int,
     tmp_path: Path,
 ) -> None:
     # 320 examples in batches of 8: 40 steps an epoch, 120 over the default 3 epochs.
     args = training_arguments(params, tmp_path, train_examples=320, has_validation=has_validation)
     assert args.eval_strategy == eval_strategy
-    assert args.save_strategy == save_strategy
-    assert args.load_best_model_at_end == (save_strategy != "no")
     assert args.eval_steps == eval_steps
-    if save_strategy != "no":
-        assert args.save_steps == eval_steps and args.metric_for_best_model == "eval_loss"
+    # Every run saves a resumable checkpoint as often as it evaluates, early stopping or not.
+    assert args.save_strategy == "steps" and args.save_steps == eval_steps and not args.save_only_model
+    assert args.restore_callback_states_from_checkpoint
+    assert args.load_best_model_at_end == keeps_best
+    assert args.metric_for_best_model == ("eval_loss" if keeps_best else None)
     assert args.report_to == [] or args.report_to == "none"
 
 
@@ -86,8 +87,9 @@ def test_reporter_turns_logs_into_events(tmp_path: Path) -> None:
     reporter = EventReporter(events.append)
     args = training_arguments(TrainingParameters(), tmp_path, train_examples=30, has_validation=True)
     state, control = TrainerState(), TrainerControl()
-    state.max_steps, state.global_step, state.epoch = 10, 4, 0.8
+    state.max_steps = 10
     reporter.on_train_begin(args, state, control)
+    state.global_step, state.epoch = 4, 0.8
     reporter.on_log(args, state, control, logs={"loss": 1.5, "learning_rate": 2e-4, "epoch": 0.8})
     reporter.on_log(args, state, control, logs={"train_loss": 1.2, "train_runtime": 3.0})
     reporter.on_evaluate(args, state, control, metrics={"eval_loss": 1.1})
@@ -96,3 +98,16 @@ def test_reporter_turns_logs_into_events(tmp_path: Path) -> None:
     assert (progress.step, progress.total_steps, progress.epoch, progress.loss) == (4, 10, 0.8, 1.5)
     assert progress.eta_seconds == pytest.approx(progress.elapsed_seconds * 6 / 4)
     assert evaluation == EvalEvent(step=4, validation_loss=1.1)
+
+
+def test_a_resumed_run_estimates_its_time_left_from_its_own_steps(tmp_path: Path) -> None:
+    events = []
+    reporter = EventReporter(events.append)
+    args = training_arguments(TrainingParameters(), tmp_path, train_examples=30, has_validation=True)
+    state, control = TrainerState(), TrainerControl()
+    state.max_steps, state.global_step = 10, 4  # resumed from the checkpoint at step 4
+    reporter.on_train_begin(args, state, control)
+    state.global_step = 6
+    reporter.on_log(args, state, control, logs={"loss": 1.5})
+    [progress] = events
+    assert progress.eta_seconds == pytest.approx(progress.elapsed_seconds / 2 * 4)
