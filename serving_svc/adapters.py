@@ -145,6 +145,7 @@ class AdapterManager:
         self._latest: dict[str, tuple[float, ResolvedAdapter]] = {}  # name -> (resolved at, newest)
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # loaded versions, least recently used first
         self._host: OrderedDict[str, ResolvedAdapter] = OrderedDict()  # offloaded versions, least recently used first
+        self._restoring: dict[str, ResolvedAdapter] = {}  # taken from the host tier, not yet in a slot
         self._slots_lock = asyncio.Lock()
         self._slot_freed = asyncio.Event()  # set when a slot's last request finishes or a slot empties
         self._locks = _KeyedLocks()
@@ -260,6 +261,8 @@ class AdapterManager:
             name = adapter.manifest.name
             # Out of the host tier until it has a slot, so no eviction drops it meanwhile.
             offloaded = self._host.pop(key, None) is not None
+            if offloaded:
+                self._restoring[key] = adapter
             if self._policy.max_cpu:
                 self._metrics.adapter_cache_lookups.labels("cpu", "hit" if offloaded else "miss").inc()
             placed = False
@@ -278,6 +281,7 @@ class AdapterManager:
                 self._metrics.labelled(self._metrics.adapter_load_failures, self._metrics.adapter_label(name)).inc()
                 raise
             finally:
+                self._restoring.pop(key, None)
                 if offloaded and not placed:  # the engine still holds its host copy (or reads its files again)
                     self._host[key] = adapter
                     self._host.move_to_end(key, last=False)
@@ -291,7 +295,7 @@ class AdapterManager:
     def _held_copies(self) -> set[Path]:
         """The disk copies of the versions in the engine or host memory, which trimming keeps: a
         loaded version's drift profile is read from its copy."""
-        held = [slot.adapter for slot in self._slots.values()] + list(self._host.values())
+        held = [slot.adapter for slot in self._slots.values()] + [*self._host.values(), *self._restoring.values()]
         return {self._cache_path(adapter) for adapter in held}
 
     def _touch(self, key: str) -> _Slot | None:
