@@ -33,7 +33,15 @@ class FileStore(ObjectStore):
         return self.root.as_uri()
 
     def _path(self, key: str) -> Path:
-        return self.root / check_key(key)
+        """The file of `key`. A symbolic link on the way that leads out of the store is refused: a
+        link planted in a shared store must not make the services read or write files elsewhere."""
+        path = self.root / check_key(key)
+        if not self._inside(path):
+            raise InvalidArgument(f"object key {key!r} leads out of the store {self.uri} through a symbolic link")
+        return path
+
+    def _inside(self, path: Path) -> bool:
+        return path.resolve().is_relative_to(self.root)
 
     def _write_atomically(self, path: Path, write: Callable[[BinaryIO], object]) -> Path:
         """Write to a hidden temp file beside `path` and return it, fsynced, for the caller to place."""
@@ -97,15 +105,17 @@ class FileStore(ObjectStore):
         base = self.root / prefix if prefix else self.root
         if not base.is_dir():
             return
+        if not self._inside(base):
+            return
         for path in sorted(base.rglob("*")):
-            if path.is_file() and not path.name.startswith("."):
+            if path.is_file() and not path.name.startswith(".") and self._inside(path):
                 yield path.relative_to(self.root).as_posix()
 
     def list_children(self, prefix: str) -> list[str]:
         base = self.root / prefix if prefix else self.root
-        if not base.is_dir():
+        if not base.is_dir() or not self._inside(base):
             return []
-        return sorted(p.name for p in base.iterdir() if p.is_dir())
+        return sorted(p.name for p in base.iterdir() if p.is_dir() and self._inside(p))
 
     def delete(self, key: str) -> None:
         self._path(key).unlink(missing_ok=True)
