@@ -336,10 +336,11 @@ class TransformersEngine(Engine):
                 assert self._stacked is not None
                 self._stacked.remove(entry[0])
                 return
-            in_peft = entry[0] if entry is not None else host_copy[0] if host_copy and host_copy[1] is None else None
-            if in_peft is not None and self._peft is not None:
+            # Not stacked: a peft adapter, in use or resident for its host copy.
+            peft_name = entry[0] if entry is not None else host_copy[0] if host_copy and host_copy[1] is None else None
+            if peft_name is not None and self._peft is not None:
                 with warnings.catch_warnings():  # "was active, now deleted": rows name their adapter anyway
                     warnings.simplefilter("ignore", UserWarning)
-                    self._peft.delete_adapter(in_peft)
+                    self._peft.delete_adapter(peft_name)
 
         await asyncio.wrap_future(self.scheduler.call(delete))
