@@ -23,6 +23,7 @@ import pytest
 from loraplane.artifact import ArtifactRepository
 from loraplane.client import LoraplaneClient, sampling
 from loraplane.fingerprint import base_model_fingerprint
+from loraplane.proto import serving_pb2
 from loraplane.storage import FileStore
 from serving_svc.server import ServingServer, create_server
 from tests.support.adapters import make_adapter, publish_adapter
@@ -33,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 QUESTION = [{"role": "user", "content": "Name a colour."}]
 PROMPT = "The capital of France is"
+FINISH_REASONS = {serving_pb2.FINISH_REASON_STOP: "stop", serving_pb2.FINISH_REASON_LENGTH: "length"}
 
 
 @dataclass
@@ -85,7 +87,8 @@ def test_chat_answers_equal_the_grpc_answers(replica: Replica, model: str) -> No
     choice = answer.choices[0]
     assert choice.message.content == expected.text
     assert choice.message.role == "assistant"
-    assert choice.finish_reason == "length"
+    # The random tiny model may end its answer before max_tokens: whichever way, as over gRPC.
+    assert choice.finish_reason == FINISH_REASONS[expected.finish_reason]
     assert answer.usage is not None
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (
         expected.usage.prompt_tokens,
@@ -117,9 +120,9 @@ def test_streamed_chat_equals_the_whole_answer_and_ends_with_usage(replica: Repl
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert text == whole.choices[0].message.content
-    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == "length"
-    assert chunks[-1].choices == [] and chunks[-1].usage is not None
-    assert chunks[-1].usage.completion_tokens == 12
+    assert [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None and whole.usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
     assert len({chunk.id for chunk in chunks}) == 1
 
 
@@ -127,7 +130,8 @@ def test_completions_with_logprobs_stop_and_streaming(replica: Replica) -> None:
     whole = replica.openai.completions.create(model="alpha", prompt=PROMPT, max_tokens=10, temperature=0, logprobs=0)
     choice = whole.choices[0]
     assert choice.logprobs is not None and whole.usage is not None
-    assert len(choice.logprobs.token_logprobs or []) == whole.usage.completion_tokens == 10
+    assert len(choice.logprobs.token_logprobs or []) == whole.usage.completion_tokens
+    assert 0 < whole.usage.completion_tokens <= 10  # the random tiny model may end early
     # Token texts include special tokens, which the answer's text leaves out.
     assert choice.logprobs.text_offset == [0, *accumulate(len(t) for t in (choice.logprobs.tokens or [])[:-1])]
     assert all(lp is not None and lp <= 0 for lp in choice.logprobs.token_logprobs or [])
