@@ -15,8 +15,8 @@ folded in; slot 0 holds zeros, for base-model rows), and a forward hook on each 
 
 Either way two matmuls per layer, whatever the number of adapters. Adding an adapter writes its
 weights into a free slot (no module of the model changes), so a cold adapter costs the read of
-its file; removing one copies its weights out (for the host copy an engine keeps) and zeroes its
-slot for reuse.
+its file; removing one zeroes its slot for reuse, and `take` first copies its weights out (the
+host copy an engine keeps).
 """
 
 from __future__ import annotations
@@ -84,18 +84,21 @@ class _LayerTable:
         self.ranks[slot] = rank
         self._row_slots = []
 
-    def take(self, slot: int) -> LoraModule | None:
-        """The weights in `slot` (None: none here), copied to host memory, and the slot zeroed for reuse."""
-        rank = self.ranks.pop(slot, None)
+    def weights(self, slot: int) -> LoraModule | None:
+        """The weights in `slot` (None: none here), copied to host memory, scaling folded in."""
+        rank = self.ranks.get(slot)
         if rank is None:
             return None
         a = self.a[slot, :, :rank].T.to("cpu", copy=True)
-        b = self.b[slot, :rank, :].T.to("cpu", copy=True)  # the scaling is folded in
-        module = LoraModule(a, b, scaling=1.0)
-        self.a[slot].zero_()
-        self.b[slot].zero_()
-        self._row_slots = []
-        return module
+        b = self.b[slot, :rank, :].T.to("cpu", copy=True)
+        return LoraModule(a, b, scaling=1.0)
+
+    def clear(self, slot: int) -> None:
+        """Zero `slot` for reuse."""
+        if self.ranks.pop(slot, None) is not None:
+            self.a[slot].zero_()
+            self.b[slot].zero_()
+            self._row_slots = []
 
     def delta_for(self, slots: list[int], running: bool) -> _Delta | None:
         """This layer's delta for rows using `slots` (one per row), or None when none of them has weights
@@ -175,13 +178,20 @@ class StackedLora:
         self._slots[adapter] = slot
         self._running = None
 
-    def remove(self, adapter: str) -> dict[str, LoraModule]:
-        """Free `adapter`'s slot; its weights come back in host memory, scaling folded in, for `add`."""
+    def take(self, adapter: str) -> dict[str, LoraModule]:
+        """`remove` `adapter`, handing back its weights in host memory (scaling folded in) for `add`."""
+        slot = self._slots[adapter]
+        modules = {path: module for path, table in self._tables.items() if (module := table.weights(slot)) is not None}
+        self.remove(adapter)
+        return modules
+
+    def remove(self, adapter: str) -> None:
+        """Free `adapter`'s slot."""
         slot = self._slots.pop(adapter)
-        modules = {path: module for path, table in self._tables.items() if (module := table.take(slot)) is not None}
+        for table in self._tables.values():
+            table.clear(slot)
         self._free.append(slot)
         self._running = None
-        return modules
 
     @contextmanager
     def rows(self, adapter_names: list[str], running: bool) -> Iterator[None]:

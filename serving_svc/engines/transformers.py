@@ -324,7 +324,7 @@ class TransformersEngine(Engine):
             if entry is not None:
                 name, batch_key = entry
                 assert self._stacked is not None
-                self._host_copies[key] = (name, self._stacked.remove(name) if batch_key == MIXED else None)
+                self._host_copies[key] = (name, self._stacked.take(name) if batch_key == MIXED else None)
 
         await asyncio.wrap_future(self.scheduler.call(offload))
 

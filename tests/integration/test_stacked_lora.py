@@ -144,14 +144,14 @@ def test_a_removed_adapters_slot_is_reused_cleanly(
 
 
 def test_removed_weights_added_back_give_the_same_logits(peft_model: Any, stacked: Any) -> None:
-    """What `remove` hands back (the host copy of an offloaded adapter) is the adapter at its own rank,
+    """What `take` hands back (the host copy of an offloaded adapter) is the adapter at its own rank,
     scaling folded in: added again, it answers as before, beside adapters of a higher rank."""
     import torch
 
     model, lora = stacked
     rows = ["a1", "a0", "__base__", "a3"]  # a1: rank 4 in tables padded to 8; a3: rank 4 with rsLoRA scaling
     for name in ("a1", "a3"):
-        weights = lora.remove(name)
+        weights = lora.take(name)
         assert {module.a.shape[0] for module in weights.values()} == {4}
         assert {module.scaling for module in weights.values()} == {1.0}
         lora.add(name, weights)
