@@ -130,6 +130,9 @@ def train(
         float | None,
         typer.Option(help="Least fall in validation loss (nats per token) that counts as an improvement; 0 = any."),
     ] = None,
+    dpo_beta: Annotated[
+        float, typer.Option(help="With --method dpo: how far the adapter may move from the base; 0 = default.")
+    ] = 0.0,
     watch: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
     trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
 ) -> None:
@@ -154,6 +157,7 @@ def train(
                 early_stopping_patience=early_stopping_patience,
                 early_stopping_min_delta=early_stopping_min_delta,
             ),
+            dpo=trainer_pb2.DpoParameters(beta=dpo_beta),
         )
         console.print(f"job [bold]{job.id}[/bold] {_state_name(job.state)}")
         if watch:

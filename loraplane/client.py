@@ -86,6 +86,7 @@ class Jobs:
         prompt_format: str = "auto",
         lora: trainer_pb2.LoraParameters | None = None,
         training: trainer_pb2.TrainingParameters | None = None,
+        dpo: trainer_pb2.DpoParameters | None = None,
         labels: dict[str, str] | None = None,
         refuse_leakage: bool = False,
         request_id: str | None = None,
@@ -111,6 +112,7 @@ class Jobs:
             prompt_format=trainer_pb2.PromptFormat.Value(f"PROMPT_FORMAT_{prompt_format.upper()}"),
             lora=lora,
             training=training,
+            dpo=dpo,
             labels=labels or {},
         )
         request = trainer_pb2.CreateJobRequest(spec=spec, request_id=request_id or uuid.uuid4().hex)

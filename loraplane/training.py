@@ -7,11 +7,18 @@ import enum
 
 
 class Method(enum.StrEnum):
-    """How an adapter is trained: plain LoRA, LoRA on a 4-bit quantized base (QLoRA), or DoRA."""
+    """How an adapter is trained: supervised LoRA, LoRA on a 4-bit quantized base (QLoRA) or DoRA, or
+    preference tuning (DPO) of a LoRA adapter on pairs of a better and a worse answer."""
 
     LORA = "lora"
     QLORA = "qlora"
     DORA = "dora"
+    DPO = "dpo"
+
+    @property
+    def learns_preferences(self) -> bool:
+        """Whether the method trains on preference pairs rather than on examples of the answer."""
+        return self is Method.DPO
 
 
 class JobState(enum.StrEnum):

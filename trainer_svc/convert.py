@@ -12,7 +12,15 @@ from loraplane.errors import InvalidArgument
 from loraplane.proto import common_pb2, trainer_pb2
 from loraplane.training import JobState, Method
 from trainer_svc.jobs import Job, JobEvent
-from trainer_svc.spec import TASK_METRICS, DatasetSource, JobSpec, LoraParameters, TaskMetric, TrainingParameters
+from trainer_svc.spec import (
+    TASK_METRICS,
+    DatasetSource,
+    DpoParameters,
+    JobSpec,
+    LoraParameters,
+    TaskMetric,
+    TrainingParameters,
+)
 
 _METHOD_ENUMS: dict[Method, trainer_pb2.Method.ValueType] = {
     method: trainer_pb2.Method.Value(f"METHOD_{method.name}") for method in Method
@@ -54,6 +62,10 @@ def _dataset(message: trainer_pb2.Dataset) -> DatasetSource | None:
     return DatasetSource(**{source: getattr(message, source)})
 
 
+_SECTIONS = {"LoraParameters": "lora", "TrainingParameters": "training", "DpoParameters": "dpo"}
+"""The spec field each nested message's validation errors belong to."""
+
+
 def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
     """A validated JobSpec; InvalidArgument names the first bad field as spec.<path>."""
     if message.method not in _METHODS:
@@ -75,6 +87,7 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
             method=_METHODS[message.method],
             lora=LoraParameters(**_nonzero(message.lora, ("rank", "alpha", "dropout", "target_modules"))),
             training=TrainingParameters(**_training_fields(message.training)),
+            dpo=DpoParameters(**_nonzero(message.dpo, ("beta",))),
             labels=dict(message.labels),
             prompt_format=_PROMPT_FORMATS[message.prompt_format],  # type: ignore[arg-type]
             test_data=_dataset(message.test_data),
@@ -84,7 +97,7 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"])
-        section = "lora" if exc.title == "LoraParameters" else "training" if exc.title == "TrainingParameters" else ""
+        section = _SECTIONS.get(exc.title, "")
         field = ".".join(p for p in ("spec", section, where) if p)
         raise InvalidArgument(f"{error['msg']} (got {error.get('input')!r})", field=field) from None
 
@@ -119,6 +132,7 @@ def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
         method=_METHOD_ENUMS[spec.method],
         lora=trainer_pb2.LoraParameters(**spec.lora.model_dump()),
         training=trainer_pb2.TrainingParameters(**spec.training.model_dump()),
+        dpo=trainer_pb2.DpoParameters(**spec.dpo.model_dump()),
         labels=spec.labels,
         prompt_format=_PROMPT_FORMAT_ENUMS[spec.prompt_format],
     )

@@ -1,10 +1,12 @@
 """Training data: parse and validate JSONL, naming the line and field of every mistake.
 
-Three formats, one example per line:
+Four formats, one example per line:
     {"prompt": "...", "completion": "..."}                                  instruction tuning
     {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}    chat
     {"text": "..."}                                                          continued pre-training
-A line whose keys fit two formats, or none, is refused with the reason. The service validates a
+    {"prompt": "..." | [turns], "chosen": "...", "rejected": "..."}          preference pairs (DPO)
+A line whose keys fit two formats, or none, is refused with the reason; a preference job takes
+preference pairs only, and any other job none. The service validates a
 dataset before it accepts a job, removes duplicates (`deduplicate`), looks for held-out examples
 that also appear in training (`leaked`), then hands the worker the normalised examples
 (`write_examples` / `read_examples`), so a worker never sees malformed data. Each example keeps
@@ -20,9 +22,9 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from loraplane.errors import InvalidArgument
 
@@ -57,7 +59,52 @@ class TextExample(BaseModel):
     text: str = Field(min_length=1)
 
 
-Example = PromptCompletion | ChatExample | TextExample
+def _answer_text(value: object) -> object:
+    """An answer given as TRL's conversational form, a list of one assistant message, is its text."""
+    if not isinstance(value, list):
+        return value
+    if len(value) == 1 and isinstance(value[0], dict) and value[0].get("role") == "assistant":
+        return value[0].get("content")
+    raise ValueError("give the answer as text, or as a list of one assistant message")
+
+
+def _prompt_shape(value: object) -> object:
+    if not isinstance(value, str | list):
+        raise ValueError("give the prompt as text, or as a list of messages")
+    return value
+
+
+Answer = Annotated[str, Field(min_length=1), BeforeValidator(_answer_text)]
+
+
+class PreferenceExample(BaseModel):
+    """A prompt and two answers to it, the better (`chosen`) and the worse (`rejected`): what preference
+    tuning learns from. The prompt is text, or a conversation that ends in a user turn (TRL's
+    conversational form); each answer is text, or a list of one assistant message."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: Annotated[str | Annotated[list[ChatTurn], Field(min_length=1)], BeforeValidator(_prompt_shape)]
+    chosen: Answer
+    rejected: Answer
+
+    @model_validator(mode="after")
+    def _a_real_choice(self) -> PreferenceExample:
+        if isinstance(self.prompt, list) and self.prompt[-1].role != "user":
+            raise ValueError("a conversation given as the prompt must end with a user message (what is answered)")
+        if self.chosen == self.rejected:
+            raise ValueError("chosen and rejected are the same answer, so there is nothing to prefer")
+        return self
+
+    def answered(self, *, chosen: bool) -> PromptCompletion | ChatExample:
+        """The prompt with one of its answers, as a supervised example: how lengths, the drift profile and
+        scores see the pair."""
+        answer = self.chosen if chosen else self.rejected
+        if isinstance(self.prompt, str):
+            return PromptCompletion(prompt=self.prompt, completion=answer)
+        return ChatExample(messages=[*self.prompt, ChatTurn(role="assistant", content=answer)])
+
+
+Example = PromptCompletion | ChatExample | TextExample | PreferenceExample
 
 
 class SourcedExample(BaseModel):
@@ -68,39 +115,61 @@ class SourcedExample(BaseModel):
 
 
 _FORMATS: dict[str, tuple[type[BaseModel], frozenset[str]]] = {
-    "prompt/completion": (PromptCompletion, frozenset({"prompt", "completion"})),
+    # The keys that tell each format apart ("prompt" is in two of them).
+    "prompt/completion": (PromptCompletion, frozenset({"completion"})),
     "messages": (ChatExample, frozenset({"messages"})),
     "text": (TextExample, frozenset({"text"})),
+    "preference": (PreferenceExample, frozenset({"chosen", "rejected"})),
 }
+_UNION_BRANCHES = frozenset({"str", "list[ChatTurn]"})
+_EXPECTED = 'expected an object with "prompt" and "completion", with "messages", or with "text"'
+_EXPECTED_PREFERENCE = 'expected a preference pair: an object with "prompt", "chosen" and "rejected"'
 
 
-def _parse_line(obj: object) -> Example:
+def _parse_line(obj: object, *, preferences: bool) -> Example:
+    expected = _EXPECTED_PREFERENCE if preferences else _EXPECTED
     if not isinstance(obj, dict):
-        raise ValueError('expected an object with "prompt" and "completion", with "messages", or with "text"')
+        raise ValueError(expected)
     fits = [name for name, (_, keys) in _FORMATS.items() if keys & obj.keys()]
+    if not fits and "prompt" in obj:  # named as what it most nearly is, so the error says what is missing
+        fits = ["preference" if preferences else "prompt/completion"]
     if len(fits) > 1:
         raise ValueError(f"the object fits two formats ({' and '.join(fits)}); give the keys of one only")
     if not fits:
-        raise ValueError('expected an object with "prompt" and "completion", with "messages", or with "text"')
+        raise ValueError(expected)
+    if (fits[0] == "preference") != preferences:
+        needed = (
+            "a preference pair" if preferences else 'an example of the answer (a preference pair needs method "dpo")'
+        )
+        raise ValueError(f"this line is a {fits[0]} example, but the job's method trains on {needed}; {expected}")
     model, _ = _FORMATS[fits[0]]
     return model.model_validate(obj)  # type: ignore[return-value]
 
 
 def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"])
+    """The first mistake, as field path and message. A value that a union field (a prompt as text or as
+    messages) refuses fails every branch; the mistake is in the branch of the value's own type, so a branch's
+    bare type mismatch gives way to any other error, and the branch's name is left out of the path."""
+    errors = error.errors()
+    first = next((e for e in errors if not e["type"].endswith("_type")), errors[0])
+    where = ".".join(str(p) for p in first["loc"] if p not in _UNION_BRANCHES)
     return f"{where}: {first['msg']}" if where else first["msg"]
 
 
-def parse_jsonl(text: str, *, field: str, max_examples: int = 1_000_000) -> list[SourcedExample]:
-    """Every example in `text`; InvalidArgument naming `field` and the line for the first mistake."""
+def parse_jsonl(
+    text: str, *, field: str, preferences: bool = False, max_examples: int = 1_000_000
+) -> list[SourcedExample]:
+    """Every example in `text`; InvalidArgument naming `field` and the line for the first mistake.
+
+    `preferences`: the job learns from preference pairs (DPO), so every line must be one; otherwise none may.
+    """
     examples: list[SourcedExample] = []
     # Only "\n" ends a line: str.splitlines() also splits at U+2028 and others, legal inside JSON strings.
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
-            examples.append(SourcedExample(line=number, example=_parse_line(json.loads(line))))
+            examples.append(SourcedExample(line=number, example=_parse_line(json.loads(line), preferences=preferences)))
         except json.JSONDecodeError as exc:
             raise InvalidArgument(
                 f"line {number} is not valid JSON ({exc.msg} at column {exc.colno})", field=field
@@ -146,6 +215,12 @@ def _normalised(example: Example) -> str:
         parts = [example.prompt, example.completion]
     elif isinstance(example, ChatExample):
         parts = [f"{turn.role}:{turn.content}" for turn in example.messages]
+    elif isinstance(example, PreferenceExample):
+        if isinstance(example.prompt, str):
+            parts = [example.prompt]
+        else:
+            parts = [f"{turn.role}:{turn.content}" for turn in example.prompt]
+        parts += [example.chosen, example.rejected]
     else:
         parts = [example.text]
     return "\x1f".join(" ".join(part.casefold().split()) for part in parts)

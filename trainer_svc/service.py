@@ -286,22 +286,26 @@ class JobService:
     def _examples_ready(self, job: Job) -> bool:
         return (self._work_dir(job.id) / "validation.jsonl").is_file()
 
-    def _parse(self, source: DatasetSource, field: str) -> tuple[list[dataset.SourcedExample], int]:
+    def _parse(
+        self, source: DatasetSource, field: str, *, preferences: bool
+    ) -> tuple[list[dataset.SourcedExample], int]:
         """The source's examples without repeats, and how many repeats were removed."""
-        return dataset.deduplicate(dataset.parse_jsonl(self._read_source(source, field), field=field))
+        text = self._read_source(source, field)
+        return dataset.deduplicate(dataset.parse_jsonl(text, field=field, preferences=preferences))
 
     def _load_examples(self, spec: JobSpec) -> JobData:
         """The job's examples, deduplicated, with held-out examples that also appear in training counted (or
         refused, when the spec says so)."""
-        train, removed = self._parse(spec.training_data, "spec.training_data")
+        preferences = spec.method.learns_preferences
+        train, removed = self._parse(spec.training_data, "spec.training_data", preferences=preferences)
         if spec.validation_data is None:  # split after deduplication: no example is on both sides
             train, validation = dataset.split_validation(train, spec.training.validation_fraction, spec.training.seed)
         else:
-            validation, repeats = self._parse(spec.validation_data, "spec.validation_data")
+            validation, repeats = self._parse(spec.validation_data, "spec.validation_data", preferences=preferences)
             removed += repeats
         test: list[dataset.SourcedExample] = []
         if spec.test_data is not None:
-            test, repeats = self._parse(spec.test_data, "spec.test_data")
+            test, repeats = self._parse(spec.test_data, "spec.test_data", preferences=preferences)
             removed += repeats
         leaks = 0
         for field, held_out in (("spec.validation_data", validation), ("spec.test_data", test)):

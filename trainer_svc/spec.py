@@ -54,6 +54,14 @@ class TrainingParameters(BaseModel):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
 
 
+class DpoParameters(BaseModel):
+    """Preference tuning's own setting (the rest are the training parameters)."""
+
+    beta: float = Field(
+        0.1, gt=0, le=10, description="strength of DPO's implicit KL penalty towards the base model; 0 = default"
+    )
+
+
 class DatasetSource(BaseModel):
     """Exactly one of inline JSONL text or a URI in the trainer's store.
 
@@ -71,6 +79,12 @@ class DatasetSource(BaseModel):
         return DatasetSource(inline_sha256=f"sha256:{hashlib.sha256(self.inline_jsonl.encode()).hexdigest()}")
 
 
+DPO_LEARNING_RATE = 5e-5
+"""A DPO job's learning rate unless it sets one. Preference tuning moves a model with far smaller steps
+than supervised tuning (TRL's LoRA recipe: 5e-6 over tens of thousands of pairs); a job of a few hundred
+pairs takes a few dozen steps, and 5e-5 moves a LoRA adapter measurably within them."""
+
+
 class JobSpec(BaseModel):
     base_model: str
     adapter_name: str
@@ -83,7 +97,14 @@ class JobSpec(BaseModel):
     refuse_leakage: bool = False
     lora: LoraParameters = Field(default_factory=LoraParameters)
     training: TrainingParameters = Field(default_factory=TrainingParameters)
+    dpo: DpoParameters = Field(default_factory=DpoParameters)
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _method_defaults(self) -> JobSpec:
+        if self.method.learns_preferences and "learning_rate" not in self.training.model_fields_set:
+            self.training.learning_rate = DPO_LEARNING_RATE
+        return self
 
     def without_inline_text(self) -> JobSpec:
         """The spec as stored once its examples are in the job's folder."""

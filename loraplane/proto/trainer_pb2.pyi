@@ -57,6 +57,8 @@ class _MethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Method.ValueTy
     METHOD_LORA: _Method.ValueType  # 1
     METHOD_QLORA: _Method.ValueType  # 2
     METHOD_DORA: _Method.ValueType  # 3
+    METHOD_DPO: _Method.ValueType  # 4
+    """Preference tuning (Direct Preference Optimization) of a LoRA adapter, on preference pairs."""
 
 class Method(_Method, metaclass=_MethodEnumTypeWrapper): ...
 
@@ -65,6 +67,8 @@ METHOD_UNSPECIFIED: Method.ValueType  # 0
 METHOD_LORA: Method.ValueType  # 1
 METHOD_QLORA: Method.ValueType  # 2
 METHOD_DORA: Method.ValueType  # 3
+METHOD_DPO: Method.ValueType  # 4
+"""Preference tuning (Direct Preference Optimization) of a LoRA adapter, on preference pairs."""
 Global___Method: _TypeAlias = Method  # noqa: Y015
 
 class _PromptFormat:
@@ -133,7 +137,9 @@ Global___TaskMetric: _TypeAlias = TaskMetric  # noqa: Y015
 class Dataset(_message.Message):
     """Where training examples come from: JSONL, one example per line, one of
     {"prompt": ..., "completion": ...}, {"messages": [{"role": ..., "content": ...}, ...]}
-    or {"text": ...} (continued pre-training: every token is learnt).
+    or {"text": ...} (continued pre-training: every token is learnt). A METHOD_DPO job takes
+    preference pairs instead: {"prompt": ..., "chosen": ..., "rejected": ...}, the prompt as text
+    or as messages ending in a user turn, each answer as text or as one assistant message.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -194,6 +200,30 @@ class LoraParameters(_message.Message):
 Global___LoraParameters: _TypeAlias = LoraParameters  # noqa: Y015
 
 @_typing.final
+class DpoParameters(_message.Message):
+    """Preference tuning (METHOD_DPO) only."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BETA_FIELD_NUMBER: _builtins.int
+    beta: _builtins.float
+    """How far the adapter may move from the base model: DPO's beta, the strength of its implicit
+    KL penalty. Lower lets the preferences pull harder. 0 = default (0.1).
+    """
+    def __init__(
+        self,
+        *,
+        beta: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["beta", b"beta"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DpoParameters: _TypeAlias = DpoParameters  # noqa: Y015
+
+@_typing.final
 class TrainingParameters(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -216,7 +246,7 @@ class TrainingParameters(_message.Message):
     batch_size: _builtins.int
     """0 = default (8)."""
     learning_rate: _builtins.float
-    """0 = default (2e-4)."""
+    """0 = default (2e-4; 5e-5 for METHOD_DPO)."""
     max_seq_length: _builtins.int
     """Longer examples are rejected with the line number; 0 = default (512)."""
     eval_every_steps: _builtins.int
@@ -301,6 +331,7 @@ class JobSpec(_message.Message):
     TEST_DATA_FIELD_NUMBER: _builtins.int
     TASK_METRICS_FIELD_NUMBER: _builtins.int
     REFUSE_LEAKAGE_FIELD_NUMBER: _builtins.int
+    DPO_FIELD_NUMBER: _builtins.int
     base_model: _builtins.str
     """Name of a base model the trainer offers; empty = its default."""
     adapter_name: _builtins.str
@@ -335,6 +366,8 @@ class JobSpec(_message.Message):
     def task_metrics(self) -> _containers.RepeatedScalarFieldContainer[Global___TaskMetric.ValueType]:
         """Empty = all of them."""
 
+    @_builtins.property
+    def dpo(self) -> Global___DpoParameters: ...
     def __init__(
         self,
         *,
@@ -350,10 +383,11 @@ class JobSpec(_message.Message):
         test_data: Global___Dataset | None = ...,
         task_metrics: _abc.Iterable[Global___TaskMetric.ValueType] | None = ...,
         refuse_leakage: _builtins.bool = ...,
+        dpo: Global___DpoParameters | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lora", b"lora", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dpo", b"dpo", "lora", b"lora", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_name", b"adapter_name", "base_model", b"base_model", "labels", b"labels", "lora", b"lora", "method", b"method", "prompt_format", b"prompt_format", "refuse_leakage", b"refuse_leakage", "task_metrics", b"task_metrics", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_name", b"adapter_name", "base_model", b"base_model", "dpo", b"dpo", "labels", b"labels", "lora", b"lora", "method", b"method", "prompt_format", b"prompt_format", "refuse_leakage", b"refuse_leakage", "task_metrics", b"task_metrics", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

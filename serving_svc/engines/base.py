@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from jinja2 import TemplateError
 
 from loraplane.errors import FailedPrecondition, InvalidArgument
+from loraplane.training import Method
 from serving_svc.settings import Dtype
 
 FinishReason = Literal["stop", "length"]
@@ -171,7 +172,7 @@ class Engine(abc.ABC):
     """One base model, adapters added and removed by key, generation as a stream of deltas."""
 
     name: ClassVar[str]
-    supported_methods: ClassVar[frozenset[str]]
+    supported_methods: ClassVar[frozenset[Method]]
     """Adapter methods (manifest `method`) this engine can apply."""
     scores_prompts: ClassVar[bool]
     """Whether the engine honours `GenerationRequest.score_prompt` (drift's prompt surprise)."""

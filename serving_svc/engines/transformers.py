@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from loraplane.errors import FailedPrecondition, InternalError, StartupError, Unavailable
 from loraplane.models import end_token_ids
+from loraplane.training import Method
 from serving_svc.engines.attention import register_grouped_sdpa
 from serving_svc.engines.base import (
     Engine,
@@ -65,7 +66,7 @@ _DTYPES: dict[str, torch.dtype | str] = {
 
 class TransformersEngine(Engine):
     name = "transformers"
-    supported_methods = frozenset({"lora", "qlora", "dora"})
+    supported_methods = frozenset(Method)
     scores_prompts = True
 
     def __init__(self, config: EngineConfig, on_step: Callable[[int], None] = lambda rows: None) -> None:

@@ -26,6 +26,7 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from loraplane.errors import Cancelled, FailedPrecondition, InternalError, InvalidArgument, StartupError, Unavailable
+from loraplane.training import Method
 from serving_svc.engines.base import (
     Engine,
     EngineConfig,
@@ -107,7 +108,7 @@ class VllmEngine(Engine):
     """vLLM's AsyncLLM; every adapter version gets its own LoRA id for the engine's lifetime."""
 
     name = "vllm"
-    supported_methods = frozenset({"lora", "qlora"})  # vLLM cannot apply DoRA's magnitude vectors
+    supported_methods = frozenset(Method) - {Method.DORA}  # vLLM cannot apply DoRA's magnitude vectors
     # vLLM 0.32 computes prompt log-probabilities with the batch's per-request LoRA mapping where it
     # needs a per-token one, and the engine dies (vllm-project/vllm#16668, #29955): prompts are not
     # scored here, so drift's prompt surprise comes from the transformers engine only.

@@ -17,7 +17,7 @@ from loraplane.artifact import ArtifactRepository
 from loraplane.drift import Profile
 from loraplane.errors import ErrorCode
 from loraplane.storage import FileStore
-from trainer_svc.dataset import PromptCompletion, SourcedExample, write_examples
+from trainer_svc.dataset import ChatTurn, Example, PreferenceExample, PromptCompletion, SourcedExample, write_examples
 from trainer_svc.progress import ErrorEvent, EvalEvent, PhaseEvent, ProgressEvent, ResultEvent, parse_event
 from trainer_svc.spec import JobSpec
 from trainer_svc.worker_input import WorkerInput
@@ -32,7 +32,7 @@ TRAIN = [PromptCompletion(prompt=f"What colour is {thing}?", completion=" Blue."
 VALIDATION = [PromptCompletion(prompt=f"What colour is {thing}?", completion=" Blue.") for thing in THINGS[6:]]
 
 
-def _sourced(examples: list[PromptCompletion], first_line: int) -> list[SourcedExample]:
+def _sourced(examples: list[Example], first_line: int) -> list[SourcedExample]:
     return [SourcedExample(line=first_line + i, example=e) for i, e in enumerate(examples)]
 
 
@@ -40,9 +40,9 @@ def _worker_input(
     tmp_path: Path,
     base_model: Path,
     *,
-    train: list[PromptCompletion] = TRAIN,
-    validation: list[PromptCompletion] = VALIDATION,
-    test: list[PromptCompletion] | None = None,
+    train: list[Example] = TRAIN,  # type: ignore[assignment]  # a list of one kind of example is one of Examples
+    validation: list[Example] = VALIDATION,  # type: ignore[assignment]
+    test: list[Example] | None = None,
     **spec: Any,
 ) -> Path:
     write_examples(tmp_path / "train.jsonl", _sourced(train, first_line=1))
@@ -167,6 +167,78 @@ def test_dora_and_qlora_publish(method: str, tiny_model_dir: Path, tmp_path: Pat
     version_dir = tmp_path / "store" / "adapters" / "blue" / "v1"
     assert json.loads((version_dir / "adapter_config.json").read_text())["use_dora"] == (method == "dora")
     assert Profile.load(version_dir / "profile.json").sample_count == len(TRAIN)
+
+
+def _pair(thing: str) -> PreferenceExample:
+    # The random base model finds " Blue." the likelier answer: preference tuning must turn that round.
+    return PreferenceExample(prompt=f"What colour is {thing}?", chosen=" Red.", rejected=" Blue.")
+
+
+def test_dpo_run_learns_the_preferences_and_publishes_a_lora_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # One pair is a conversation (TRL's conversational form); the job trains in chat format.
+    conversation = PreferenceExample(
+        prompt=[ChatTurn(role="system", content="Answer in one word."), ChatTurn(role="user", content="And ink?")],
+        chosen=" Red.",
+        rejected=" Blue.",
+    )
+    test = [_pair("a jay"), _pair("the night sky"), _pair("a cornflower")]
+    input_path = _worker_input(
+        tmp_path,
+        tiny_model_dir,
+        train=[*map(_pair, THINGS[:5]), conversation],
+        validation=[_pair(thing) for thing in THINGS[5:7]],
+        test=test,
+        method="dpo",
+        training={"max_steps": 12, "batch_size": 3, "learning_rate": 1e-2, "eval_every_steps": 4},
+    )
+    code, events = _run(input_path)
+    assert code == 0, events[-1]
+    assert [event.phase for event in _of(PhaseEvent, events)] == PHASES
+    assert [event.step for event in _of(ProgressEvent, events)] == list(range(1, 13))
+    evaluations = _of(EvalEvent, events)
+    assert [event.step for event in evaluations] == [4, 8, 12]
+    # The DPO loss starts at log 2 (the adapter starts equal to its reference) and falls on held-out pairs.
+    assert _of(ProgressEvent, events)[0].loss == pytest.approx(0.693, abs=0.01)
+    assert evaluations[-1].validation_loss < 0.6
+    result = events[-1]
+    assert isinstance(result, ResultEvent)
+
+    # On the held-out test pairs the adapter prefers every chosen answer, by a wider margin than the base.
+    metrics = result.metrics
+    assert metrics["preference_accuracy_adapter"] == 1.0
+    assert metrics["preference_accuracy_adapter"] > metrics["preference_accuracy_base"]
+    assert metrics["preference_margin_adapter"] > metrics["preference_margin_base"] + 1.0
+
+    manifest, _ = ArtifactRepository(FileStore(tmp_path / "store")).read_manifest("blue", 1)
+    assert manifest.method == "dpo" and manifest.prompt_format == "chat"
+    assert manifest.metrics == metrics
+    assert manifest.hyperparameters["learning_rate"] == 1e-2
+    version_dir = tmp_path / "store" / "adapters" / "blue" / "v1"
+    adapter_config = json.loads((version_dir / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == "LORA" and not adapter_config["use_dora"]
+    # The drift profile sees each held-out pair as its prompt with the chosen answer.
+    assert Profile.load(version_dir / "profile.json").sample_count == 2
+    scores = {score.metric: score for score in result.task_scores}
+    assert scores["exact_match"].examples == len(test)
+
+
+def test_dpo_run_refuses_an_overlong_rejected_answer_naming_its_line(tiny_model_dir: Path, tmp_path: Path) -> None:
+    overlong = PreferenceExample(prompt="What colour is the sea?", chosen=" Red.", rejected=" Blue, " * 20)
+    input_path = _worker_input(
+        tmp_path,
+        tiny_model_dir,
+        train=[_pair("the sky"), overlong],
+        validation=[_pair("denim")],
+        method="dpo",
+        training={"max_seq_length": 40},
+    )
+    code, events = _run(input_path)
+    assert code == 1
+    error = events[-1]
+    assert isinstance(error, ErrorEvent)
+    assert (error.code, error.field) == (ErrorCode.INVALID_ARGUMENT, "spec.training_data")
+    assert error.message.startswith("line 2: the example is")
+    assert "training" not in [event.phase for event in _of(PhaseEvent, events)]
 
 
 def test_early_stopping_keeps_the_best_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:

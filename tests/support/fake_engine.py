@@ -21,6 +21,7 @@ from typing import Any
 from loraplane.artifact import ArtifactRepository, BaseModelInfo, DatasetInfo, Manifest, ManifestDraft
 from loraplane.drift import Profile, ProfileBuilder, Sample
 from loraplane.storage import FileStore
+from loraplane.training import Method
 from serving_svc.adapters import AdapterManager, AdapterPolicy
 from serving_svc.engines.base import (
     Engine,
@@ -57,7 +58,7 @@ class FakeTokenizer:
 
 class FakeEngine(Engine):
     name = "fake"
-    supported_methods = frozenset({"lora", "qlora"})
+    supported_methods = frozenset({Method.LORA, Method.QLORA})
     scores_prompts = True
 
     def __init__(

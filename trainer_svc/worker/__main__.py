@@ -24,16 +24,17 @@ from transformers import set_seed
 from loraplane.artifact import DatasetInfo
 from loraplane.errors import ErrorCode, LoraplaneError
 from loraplane.fingerprint import base_model_fingerprint
-from trainer_svc.dataset import fingerprint, read_examples
+from trainer_svc.dataset import SourcedExample, fingerprint, read_examples
 from trainer_svc.progress import ErrorEvent, PhaseEvent, ResultEvent
 from trainer_svc.worker.evaluate import evaluate, token_statistics
 from trainer_svc.worker.events import Emit, claim_stdout
 from trainer_svc.worker.knowledge_probe import FACTS_LOST_WARNING, knowledge_probe
 from trainer_svc.worker.model import load_model, load_tokenizer
+from trainer_svc.worker.preference import preference_scores, rejected_answers, train_preferences
 from trainer_svc.worker.publish import publish
 from trainer_svc.worker.resume import checkpoint_step, resume_point
 from trainer_svc.worker.task_metrics import task_scores
-from trainer_svc.worker.tokenization import resolve_prompt_format, tokenize_examples
+from trainer_svc.worker.tokenization import TokenizedExample, resolve_prompt_format, tokenize_examples
 from trainer_svc.worker.train import train
 from trainer_svc.worker_input import PARENT_PID_ENV, WorkerInput
 
@@ -58,32 +59,50 @@ def run(worker_input: WorkerInput, emit: Emit) -> None:
             f"prompts in {prompt_format} format",
         )
     )
-    max_length = spec.training.max_seq_length
-    train_set = tokenize_examples(
-        train_examples, tokenizer, prompt_format=prompt_format, max_seq_length=max_length, field="spec.training_data"
-    )
-    validation_set = tokenize_examples(
-        validation_examples,
-        tokenizer,
-        prompt_format=prompt_format,
-        max_seq_length=max_length,
-        field="spec.validation_data" if spec.validation_data else "spec.training_data",
-    )
-    test_set = tokenize_examples(
-        test_examples, tokenizer, prompt_format=prompt_format, max_seq_length=max_length, field="spec.test_data"
+    validation_field = "spec.validation_data" if spec.validation_data else "spec.training_data"
+    sets = [(train_examples, "spec.training_data"), (validation_examples, validation_field)]
+    sets.append((test_examples, "spec.test_data"))
+
+    def tokenized(examples: list[SourcedExample], field: str) -> list[TokenizedExample]:
+        return tokenize_examples(
+            examples, tokenizer, prompt_format=prompt_format, max_seq_length=spec.training.max_seq_length, field=field
+        )
+
+    train_set, validation_set, test_set = (tokenized(examples, field) for examples, field in sets)
+    preferences = spec.method.learns_preferences
+    # The sets above hold each pair's chosen answer; the rejected ones are checked for length before training too.
+    _, rejected_validation, rejected_test = (
+        [tokenized(rejected_answers(examples), field) for examples, field in sets] if preferences else [[], [], []]
     )
 
     output_dir = worker_input.work_dir / "checkpoints"
     resume_from = resume_point(output_dir, base_model_fingerprint(worker_input.base_model_path))
     resuming = f"resuming from the checkpoint at step {checkpoint_step(resume_from)}" if resume_from else ""
     emit(PhaseEvent(phase="training", message=resuming))
-    outcome = train(model, tokenizer, train_set, validation_set, spec.training, output_dir, emit, resume_from)
+    if preferences:
+        outcome = train_preferences(
+            model,
+            tokenizer,
+            train_examples,
+            validation_examples,
+            params=spec.training,
+            dpo=spec.dpo,
+            prompt_format=prompt_format,
+            output_dir=output_dir,
+            emit=emit,
+            resume_from=resume_from,
+        )
+    else:
+        outcome = train(model, tokenizer, train_set, validation_set, spec.training, output_dir, emit, resume_from)
     metrics = {**outcome.metrics, **token_statistics(train_set)}
 
     emit(PhaseEvent(phase="evaluating"))
     batch_size = spec.training.batch_size
     evaluation = evaluate(model, tokenizer, train_set, validation_set, batch_size=batch_size)
     metrics.update(evaluation.metrics)
+    if preferences and (test_set or validation_set):  # held-out pairs: the test pairs, else the validation pairs
+        chosen, rejected = (test_set, rejected_test) if test_set else (validation_set, rejected_validation)
+        metrics.update(preference_scores(model, chosen, rejected, batch_size=batch_size))
     scores = task_scores(model, tokenizer, test_set or validation_set, spec.task_metrics, batch_size=batch_size)
     for score in scores:  # the manifest keeps them too, as plain numbers
         metrics.update({f"task_{score.metric}_base": score.base, f"task_{score.metric}_adapter": score.adapter})

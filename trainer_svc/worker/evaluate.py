@@ -22,14 +22,11 @@ class Evaluation:
     profile: Profile
 
 
-def _validation_loss(examples: list[TokenizedExample], logprobs: list[np.ndarray]) -> float:
-    """Mean loss per trained token (labels not masked), over the whole validation set."""
-    total, tokens = 0.0, 0
-    for example, scores in zip(examples, logprobs, strict=True):
-        trained = np.asarray(example.labels[1:]) != IGNORE_INDEX
-        total -= float(scores[trained].sum())
-        tokens += int(trained.sum())
-    return total / tokens
+def answer_logprobs(model: PeftModel, examples: list[TokenizedExample], *, batch_size: int) -> list[np.ndarray]:
+    """For each example, the log-probabilities of its trained tokens (labels not masked: its answer) given
+    the tokens before them."""
+    scores = token_logprobs(model, [example.input_ids for example in examples], batch_size=batch_size)
+    return [s[np.asarray(e.labels[1:]) != IGNORE_INDEX] for e, s in zip(examples, scores, strict=True)]
 
 
 def token_statistics(train_set: list[TokenizedExample]) -> dict[str, float]:
@@ -59,8 +56,7 @@ def evaluate(
     reference = validation_set or train_set
     metrics: dict[str, float] = {}
     if validation_set:
-        logprobs = token_logprobs(model, [example.input_ids for example in validation_set], batch_size=batch_size)
-        loss = _validation_loss(validation_set, logprobs)
+        loss = -float(np.concatenate(answer_logprobs(model, validation_set, batch_size=batch_size)).mean())
         metrics["validation_loss"] = loss
         metrics["validation_perplexity"] = math.exp(min(loss, 50.0))  # capped: a diverged run stays finite
     probe = [tokenizer(text)["input_ids"] for text in GENERAL_TEXT]

@@ -15,7 +15,15 @@ from transformers import PreTrainedTokenizerBase
 
 from loraplane.artifact import PromptFormat
 from loraplane.errors import FailedPrecondition, InvalidArgument
-from trainer_svc.dataset import ChatExample, ChatTurn, Example, PromptCompletion, SourcedExample, TextExample
+from trainer_svc.dataset import (
+    ChatExample,
+    ChatTurn,
+    Example,
+    PreferenceExample,
+    PromptCompletion,
+    SourcedExample,
+    TextExample,
+)
 from trainer_svc.spec import PromptFormatChoice
 
 IGNORE_INDEX = -100
@@ -124,6 +132,10 @@ def as_chat(example: PromptCompletion) -> ChatExample:
 def tokenize_example(
     example: Example, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat
 ) -> TokenizedExample:
+    """The example as the model is trained on it; a preference pair as its prompt and chosen answer (how
+    its lengths, its drift profile and the answers it is scored on see it)."""
+    if isinstance(example, PreferenceExample):
+        example = example.answered(chosen=True)
     if isinstance(example, PromptCompletion) and prompt_format == "chat":
         example = as_chat(example)
     if isinstance(example, ChatExample):

@@ -94,7 +94,17 @@ def planned_steps(params: TrainingParameters, train_examples: int) -> int:
 def training_arguments(
     params: TrainingParameters, output_dir: Path, *, train_examples: int, has_validation: bool
 ) -> TrainingArguments:
-    """Trainer settings from the job's parameters.
+    """The Trainer's settings for a supervised run (`training_settings`)."""
+    return TrainingArguments(
+        **training_settings(params, output_dir, train_examples=train_examples, has_validation=has_validation)
+    )
+
+
+def training_settings(
+    params: TrainingParameters, output_dir: Path, *, train_examples: int, has_validation: bool
+) -> dict[str, Any]:
+    """Trainer settings from the job's parameters, as keyword arguments of TrainingArguments or of a
+    subclass that a trainer of another objective takes (TRL's DPOConfig).
 
     Validation runs every `eval_every_steps` steps, or EVALUATIONS_PER_RUN times over the run, and
     a checkpoint is saved as often: the adapter with its optimizer, schedule, RNG and callback
@@ -105,7 +115,7 @@ def training_arguments(
     eval_every = params.eval_every_steps or max(planned_steps(params, train_examples) // EVALUATIONS_PER_RUN, 1)
     eval_strategy = "steps" if has_validation else "no"
     keep_best = has_validation and params.early_stopping_patience > 0
-    return TrainingArguments(
+    return dict(
         output_dir=str(output_dir),
         num_train_epochs=params.epochs,
         max_steps=params.max_steps or -1,
@@ -183,6 +193,34 @@ def run_outcome(
     return TrainingOutcome(metrics, checkpoints)
 
 
+def callbacks(args: TrainingArguments, params: TrainingParameters, emit: Emit) -> list[TrainerCallback]:
+    """Progress events, and early stopping where the run keeps its best checkpoint."""
+    chosen: list[TrainerCallback] = [EventReporter(emit)]
+    if args.load_best_model_at_end:
+        chosen.append(
+            EarlyStoppingCallback(
+                early_stopping_patience=params.early_stopping_patience,
+                early_stopping_threshold=params.early_stopping_min_delta,
+            )
+        )
+    return chosen
+
+
+def fit(trainer: Trainer, resume_from: Path | None) -> TrainingOutcome:
+    """Run `trainer` from the start or from the checkpoint `resume_from`; the metrics that go into the
+    manifest, and the checkpoints."""
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
+    state = trainer.state
+    outcome = run_outcome(
+        state.log_history,
+        global_step=state.global_step,
+        max_steps=state.max_steps,
+        best_step=state.best_global_step if trainer.args.load_best_model_at_end else None,
+    )
+    outcome.metrics["epochs"] = float(state.epoch or 0.0)
+    return outcome
+
+
 def train(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -193,32 +231,15 @@ def train(
     emit: Emit,
     resume_from: Path | None = None,
 ) -> TrainingOutcome:
-    """Train the adapter in place, from the start or from the checkpoint `resume_from`; return the
-    training metrics that go into the manifest, and the checkpoints."""
+    """Train the adapter in place on examples of the answer (supervised), from the start or from the
+    checkpoint `resume_from`."""
     args = training_arguments(params, output_dir, train_examples=len(train_set), has_validation=bool(validation_set))
-    callbacks: list[TrainerCallback] = [EventReporter(emit)]
-    if args.load_best_model_at_end:
-        callbacks.append(
-            EarlyStoppingCallback(
-                early_stopping_patience=params.early_stopping_patience,
-                early_stopping_threshold=params.early_stopping_min_delta,
-            )
-        )
     trainer = Trainer(
         model=model,
         args=args,
         train_dataset=[example.features() for example in train_set],
         eval_dataset=[example.features() for example in validation_set] or None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
-        callbacks=callbacks,
+        callbacks=callbacks(args, params, emit),
     )
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
-    state = trainer.state
-    outcome = run_outcome(
-        state.log_history,
-        global_step=state.global_step,
-        max_steps=state.max_steps,
-        best_step=state.best_global_step if args.load_best_model_at_end else None,
-    )
-    outcome.metrics["epochs"] = float(state.epoch or 0.0)
-    return outcome
+    return fit(trainer, resume_from)
