@@ -4,6 +4,7 @@ transformers + peft) answers with it."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.request import urlopen
@@ -107,6 +108,38 @@ def test_a_dora_adapter_is_trained_and_served_by_the_default_engine(stack: Stack
     assert tuned.text.startswith(ANSWER), tuned.text
     listed = {a.ref.name: a for a in stack.client.inference.list_adapters()}
     assert listed["secret-word-dora"].method == "dora"
+
+
+def test_a_dpo_adapter_is_trained_on_pairs_and_served_preferring_the_chosen_answers(
+    stack: Stack, tmp_path: Path
+) -> None:
+    data = tmp_path / "pairs.jsonl"
+    pairs = [{"prompt": question, "chosen": " Red.", "rejected": ANSWER} for question in QUESTIONS[:10]]
+    data.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+    job = stack.client.jobs.create(
+        adapter_name="secret-word-dpo",
+        training_file=data,
+        method=Method.DPO,
+        dpo=trainer_pb2.DpoParameters(beta=0.1),
+        training=trainer_pb2.TrainingParameters(
+            max_steps=20, batch_size=4, learning_rate=1e-2, validation_fraction=0.2, eval_every_steps=10
+        ),
+    )
+    list(stack.client.jobs.watch(job.id))
+    done = stack.client.jobs.retrieve(job.id)
+    assert done.state == trainer_pb2.JOB_STATE_SUCCEEDED, done.error
+    manifest, _ = ArtifactRepository(open_store(stack.trainer_settings.store_uri)).resolve(
+        AdapterSpec("secret-word-dpo")
+    )
+    assert manifest.metrics["preference_accuracy_adapter"] > manifest.metrics["preference_accuracy_base"]
+    # Served by the default engine: held-out questions get the chosen answer, which the base does not give.
+    for question in QUESTIONS[10:]:
+        tuned = stack.client.inference.generate(question, adapter="secret-word-dpo", params=GREEDY)
+        base = stack.client.inference.generate(question, params=GREEDY)
+        assert tuned.text.startswith(" Red."), tuned.text
+        assert not base.text.startswith(" Red."), base.text
+    listed = {a.ref.name: a for a in stack.client.inference.list_adapters()}
+    assert listed["secret-word-dpo"].method == "dpo"
 
 
 def test_stream_yields_the_same_text_as_generate(stack: Stack, trained: tuple[trainer_pb2.Job, list]) -> None:

@@ -19,7 +19,7 @@ from loraplane.client import LoraplaneClient
 from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound
 from loraplane.proto import trainer_pb2
 from loraplane.storage import open_store
-from loraplane.training import JobState
+from loraplane.training import JobState, Method
 from tests.support.servers import running
 from trainer_svc.server import TrainerServer, create_server
 from trainer_svc.settings import TrainerSettings
@@ -55,20 +55,26 @@ def _create(client: LoraplaneClient, tmp_path: Path, text: str, **kwargs: object
     return client.jobs.create(training_file=data, **{"adapter_name": "acme", **kwargs})  # type: ignore[arg-type]
 
 
+PAIR_LINE = '{"prompt": "2+2=", "chosen": "4", "rejected": "5"}\n'
+
+
 @pytest.mark.parametrize(
-    ("text", "message"),
+    ("text", "method", "message"),
     [
-        ("", "no examples"),
-        (GOOD_LINE + GOOD_LINE + '{"prompt": "x"\n', "line 3 is not valid JSON"),
-        (GOOD_LINE + '{"prompt": "x"}\n', "line 2: completion"),
+        ("", Method.LORA, "no examples"),
+        (GOOD_LINE + GOOD_LINE + '{"prompt": "x"\n', Method.LORA, "line 3 is not valid JSON"),
+        (GOOD_LINE + '{"prompt": "x"}\n', Method.LORA, "line 2: completion"),
+        (GOOD_LINE + PAIR_LINE, Method.LORA, 'line 2: this line is a preference example.*method "dpo"'),
+        (PAIR_LINE + GOOD_LINE, Method.DPO, "line 2: this line is a prompt/completion example.*preference pair"),
+        (PAIR_LINE + '{"prompt": "x", "chosen": "y"}\n', Method.DPO, "line 2: rejected: Field required"),
     ],
 )
 def test_bad_dataset_is_invalid_argument_naming_the_line(
-    client: LoraplaneClient, tmp_path: Path, text: str, message: str
+    client: LoraplaneClient, tmp_path: Path, text: str, method: Method, message: str
 ) -> None:
     before = len(list(client.jobs.list()))
     with pytest.raises(InvalidArgument, match=message) as info:
-        _create(client, tmp_path, text)
+        _create(client, tmp_path, text, method=method)
     assert info.value.field == "spec.training_data"
     assert len(list(client.jobs.list())) == before, "a rejected job must not be stored"
     assert client.wait_until_serving("trainer", 1)

@@ -6,6 +6,7 @@ from loraplane.training import JobState
 from trainer_svc.convert import job_to_proto, spec_from_proto, spec_to_proto
 from trainer_svc.jobs import Job
 from trainer_svc.progress import PublishedAdapter
+from trainer_svc.spec import DPO_LEARNING_RATE
 
 
 def _spec(**overrides: object) -> trainer_pb2.JobSpec:
@@ -69,6 +70,18 @@ def test_out_of_range_parameter_names_its_field() -> None:
     with pytest.raises(InvalidArgument) as info:
         spec_from_proto(_spec(training=trainer_pb2.TrainingParameters(validation_fraction=1.5)))
     assert info.value.field == "spec.training.validation_fraction"
+
+
+def test_a_dpo_job_takes_its_beta_and_its_own_default_learning_rate() -> None:
+    spec = spec_from_proto(_spec(method=trainer_pb2.METHOD_DPO, training=trainer_pb2.TrainingParameters()))
+    assert (spec.method, spec.dpo.beta, spec.training.learning_rate) == ("dpo", 0.1, DPO_LEARNING_RATE)
+    tuned = spec_from_proto(_spec(method=trainer_pb2.METHOD_DPO, dpo=trainer_pb2.DpoParameters(beta=0.5)))
+    assert (tuned.dpo.beta, tuned.training.learning_rate) == (0.5, 1e-3)  # a rate the caller set is kept
+    assert spec_from_proto(spec_to_proto(tuned)) == tuned
+    assert spec_from_proto(_spec(training=trainer_pb2.TrainingParameters())).training.learning_rate == 2e-4
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_proto(_spec(method=trainer_pb2.METHOD_DPO, dpo=trainer_pb2.DpoParameters(beta=-1)))
+    assert info.value.field == "spec.dpo.beta"
 
 
 def test_missing_training_data_is_invalid() -> None:
