@@ -370,3 +370,26 @@ def test_a_run_killed_mid_training_resumes_from_its_checkpoint_to_the_same_adapt
         import torch
 
         torch.testing.assert_close(actual[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_dpo_run_killed_mid_training_resumes_to_the_same_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:
+    whole_dir, killed_dir = tmp_path / "whole", tmp_path / "killed"
+    pairs = {"train": [_pair(thing) for thing in THINGS[:6]], "validation": [_pair(thing) for thing in THINGS[6:]]}
+    training = {"max_steps": 12, "batch_size": 3, "learning_rate": 1e-2, "eval_every_steps": 4}
+    inputs = []
+    for folder in (whole_dir, killed_dir):
+        folder.mkdir()
+        inputs.append(_worker_input(folder, tiny_model_dir, method="dpo", training=training, **pairs))
+    code, whole = _run(inputs[0])
+    assert code == 0, whole[-1]
+
+    _kill_after_step(inputs[1], 6)  # checkpoint-4 is saved before step 5 starts
+    code, resumed = _run(inputs[1])
+    assert code == 0, resumed[-1]
+    assert [event.step for event in _of(ProgressEvent, resumed)] == list(range(5, 13))
+    expected, actual = _adapter_weights(whole_dir / "store"), _adapter_weights(killed_dir / "store")
+    assert expected.keys() == actual.keys()
+    for name, tensor in expected.items():
+        import torch
+
+        torch.testing.assert_close(actual[name], tensor, rtol=1e-5, atol=1e-6, msg=name)

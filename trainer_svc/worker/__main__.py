@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+from peft import get_peft_model
 from transformers import set_seed
 
 from loraplane.artifact import DatasetInfo
@@ -29,7 +30,7 @@ from trainer_svc.progress import ErrorEvent, PhaseEvent, ResultEvent
 from trainer_svc.worker.evaluate import evaluate, token_statistics
 from trainer_svc.worker.events import Emit, claim_stdout
 from trainer_svc.worker.knowledge_probe import FACTS_LOST_WARNING, knowledge_probe
-from trainer_svc.worker.model import load_model, load_tokenizer
+from trainer_svc.worker.model import adapter_config, load_base_model, load_tokenizer
 from trainer_svc.worker.preference import preference_scores, rejected_answers, train_preferences
 from trainer_svc.worker.publish import publish
 from trainer_svc.worker.resume import checkpoint_step, resume_point
@@ -46,7 +47,8 @@ def run(worker_input: WorkerInput, emit: Emit) -> None:
 
     emit(PhaseEvent(phase="loading_model", message=f"{spec.method} on {spec.base_model}"))
     tokenizer = load_tokenizer(worker_input.base_model_path)
-    model = load_model(worker_input.base_model_path, spec)
+    base = load_base_model(worker_input.base_model_path, spec)
+    lora = adapter_config(base, spec)
 
     train_examples = read_examples(worker_input.train_file)
     validation_examples = read_examples(worker_input.validation_file)
@@ -80,8 +82,9 @@ def run(worker_input: WorkerInput, emit: Emit) -> None:
     resuming = f"resuming from the checkpoint at step {checkpoint_step(resume_from)}" if resume_from else ""
     emit(PhaseEvent(phase="training", message=resuming))
     if preferences:
-        outcome = train_preferences(
-            model,
+        model, outcome = train_preferences(
+            base,
+            lora,
             tokenizer,
             train_examples,
             validation_examples,
@@ -93,6 +96,7 @@ def run(worker_input: WorkerInput, emit: Emit) -> None:
             resume_from=resume_from,
         )
     else:
+        model = get_peft_model(base, lora)
         outcome = train(model, tokenizer, train_set, validation_set, spec.training, output_dir, emit, resume_from)
     metrics = {**outcome.metrics, **token_statistics(train_set)}
 

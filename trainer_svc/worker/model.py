@@ -10,10 +10,18 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedTokenizerBase
+from peft.tuners.tuners_utils import check_target_module_exists
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from loraplane.errors import FailedPrecondition, InvalidArgument
-from trainer_svc.spec import JobSpec, LoraParameters
+from loraplane.training import Method
+from trainer_svc.spec import JobSpec
 
 
 def compute_dtype() -> torch.dtype:
@@ -55,21 +63,33 @@ def _keep_4bit_weights_trainable_on_cpu(model: torch.nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _lora_config(params: LoraParameters, *, use_dora: bool) -> LoraConfig:
+def adapter_config(base: PreTrainedModel, spec: JobSpec) -> LoraConfig:
+    """The adapter `spec` asks for (DoRA is LoRA with use_dora); InvalidArgument when its target modules name
+    no module of `base`."""
+    params = spec.lora
     targets: str | list[str] = "all-linear" if params.target_modules == ["all-linear"] else params.target_modules
-    return LoraConfig(
+    config = LoraConfig(
         r=params.rank,
         lora_alpha=params.alpha,  # type: ignore[arg-type]  # peft annotates int; scaling alpha/r takes floats
         lora_dropout=params.dropout,
         target_modules=targets,
-        use_dora=use_dora,
+        use_dora=spec.method == Method.DORA,
         task_type="CAUSAL_LM",
     )
+    if targets != "all-linear" and not any(
+        check_target_module_exists(config, name) for name, _ in base.named_modules()
+    ):
+        raise InvalidArgument(
+            f"no module of the base model is named {' or '.join(params.target_modules)}; name its linear layers "
+            "(such as q_proj, v_proj) or leave target_modules empty for all of them",
+            field="spec.lora.target_modules",
+        )
+    return config
 
 
-def load_model(base_model_path: Path, spec: JobSpec) -> PeftModel:
-    """The base model with a fresh adapter for `spec`, in train mode, ready for the Trainer."""
-    quantized = spec.method == "qlora"
+def load_base_model(base_model_path: Path, spec: JobSpec) -> PreTrainedModel:
+    """The base model for `spec`, 4-bit for QLoRA, in train mode."""
+    quantized = spec.method == Method.QLORA
     try:
         model = AutoModelForCausalLM.from_pretrained(
             base_model_path,
@@ -88,7 +108,10 @@ def load_model(base_model_path: Path, spec: JobSpec) -> PeftModel:
     if quantized:
         _keep_4bit_weights_trainable_on_cpu(model)
         model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
-    try:
-        return get_peft_model(model, _lora_config(spec.lora, use_dora=spec.method == "dora"))
-    except ValueError as exc:
-        raise InvalidArgument(str(exc), field="spec.lora.target_modules") from exc
+    return model
+
+
+def load_model(base_model_path: Path, spec: JobSpec) -> PeftModel:
+    """The base model with a fresh adapter for `spec`, in train mode, ready for the Trainer."""
+    base = load_base_model(base_model_path, spec)
+    return get_peft_model(base, adapter_config(base, spec))  # type: ignore[return-value]

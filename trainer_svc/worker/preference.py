@@ -14,8 +14,8 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-from peft import PeftModel
-from transformers import PreTrainedTokenizerBase
+from peft import LoraConfig, PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trl import DPOConfig, DPOTrainer
 
 from loraplane.artifact import PromptFormat
@@ -75,7 +75,8 @@ def trl_rows(examples: list[SourcedExample], prompt_format: PromptFormat, *, fie
 
 
 def train_preferences(
-    model: PeftModel,
+    base: PreTrainedModel,
+    adapter: LoraConfig,
     tokenizer: PreTrainedTokenizerBase,
     train_examples: list[SourcedExample],
     validation_examples: list[SourcedExample],
@@ -86,9 +87,14 @@ def train_preferences(
     output_dir: Path,
     emit: Emit,
     resume_from: Path | None = None,
-) -> TrainingOutcome:
-    """Train the adapter in place by DPO on the pairs; the adapter disabled is the reference model, so no
-    second copy of the base is held."""
+) -> tuple[PeftModel, TrainingOutcome]:
+    """Give `base` the fresh adapter `adapter` and train it by DPO on the pairs; return the model with its
+    trained adapter, and the outcome.
+
+    TRL creates the adapter from its config: handed a model that already has one, it would keep a
+    copy of it as the reference, which a resumed run restores wrongly. The reference is the model
+    with its adapter switched off, so no second copy of the base is held.
+    """
     datasets.disable_progress_bars()
     train_rows = trl_rows(train_examples, prompt_format, field="spec.training_data")
     validation_rows = trl_rows(validation_examples, prompt_format, field="spec.validation_data")
@@ -97,14 +103,16 @@ def train_preferences(
     )
     args = DPOConfig(**settings, beta=dpo.beta, max_length=params.max_seq_length)
     trainer = DPOTrainer(
-        model=model,
+        model=base,
         args=args,
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(validation_rows) if validation_rows else None,
         processing_class=tokenizer,
+        peft_config=adapter,
         callbacks=callbacks(args, params, emit),
     )
-    return fit(trainer, resume_from)
+    outcome = fit(trainer, resume_from)
+    return trainer.model, outcome  # type: ignore[return-value]  # a PeftModel: TRL wrapped `base` with `adapter`
 
 
 def preference_scores(
