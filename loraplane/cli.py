@@ -98,6 +98,12 @@ def _print_outcome(job: trainer_pb2.Job) -> None:
             + (f", stopped early ({m.steps_saved} steps saved)" if m.stopped_early else "")
             + f"; general facts lost {m.probe_facts_lost} of {m.probe_facts_known}"
         )
+        if m.HasField("preference_accuracy_adapter"):
+            console.print(
+                f"  held-out pairs preferred: base {m.preference_accuracy_base:.3f} -> adapter "
+                f"{m.preference_accuracy_adapter:.3f} (margin {m.preference_margin_base:.2f} -> "
+                f"{m.preference_margin_adapter:.2f} nats)"
+            )
         for score in m.task_scores:
             name = trainer_pb2.TaskMetric.Name(score.metric).removeprefix("TASK_METRIC_").lower()
             console.print(f"  {name}: base {score.base:.3f} -> adapter {score.adapter:.3f} ({score.examples} prompts)")

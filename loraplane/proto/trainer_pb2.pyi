@@ -459,6 +459,10 @@ class JobMetrics(_message.Message):
     PROBE_FACTS_KNOWN_FIELD_NUMBER: _builtins.int
     PROBE_FACTS_LOST_FIELD_NUMBER: _builtins.int
     CHECKPOINTS_FIELD_NUMBER: _builtins.int
+    PREFERENCE_ACCURACY_BASE_FIELD_NUMBER: _builtins.int
+    PREFERENCE_ACCURACY_ADAPTER_FIELD_NUMBER: _builtins.int
+    PREFERENCE_MARGIN_BASE_FIELD_NUMBER: _builtins.int
+    PREFERENCE_MARGIN_ADAPTER_FIELD_NUMBER: _builtins.int
     train_loss: _builtins.float
     validation_loss: _builtins.float
     validation_perplexity: _builtins.float
@@ -491,6 +495,14 @@ class JobMetrics(_message.Message):
     of those, answered wrong by the adapter.
     """
     probe_facts_lost: _builtins.int
+    preference_accuracy_base: _builtins.float
+    """METHOD_DPO jobs, on the held-out (test, else validation) pairs: the share of pairs whose
+    chosen answer the base model / the adapter finds likelier than the rejected one, and the
+    mean log-probability margin of chosen over rejected (nats). Unset for other methods.
+    """
+    preference_accuracy_adapter: _builtins.float
+    preference_margin_base: _builtins.float
+    preference_margin_adapter: _builtins.float
     @_builtins.property
     def task_scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskScore]:
         """Task metrics of greedy answers to the test (or validation) prompts, base model and adapter."""
@@ -525,12 +537,31 @@ class JobMetrics(_message.Message):
         probe_facts_known: _builtins.int = ...,
         probe_facts_lost: _builtins.int = ...,
         checkpoints: _abc.Iterable[Global___Checkpoint] | None = ...,
+        preference_accuracy_base: _builtins.float | None = ...,
+        preference_accuracy_adapter: _builtins.float | None = ...,
+        preference_margin_base: _builtins.float | None = ...,
+        preference_margin_adapter: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["best_generalization_gap", b"best_generalization_gap", "best_step", b"best_step", "checkpoints", b"checkpoints", "duplicates_removed", b"duplicates_removed", "example_tokens_max", b"example_tokens_max", "example_tokens_p50", b"example_tokens_p50", "example_tokens_p90", b"example_tokens_p90", "final_generalization_gap", b"final_generalization_gap", "forgetting_probe_adapter_loss", b"forgetting_probe_adapter_loss", "forgetting_probe_base_loss", b"forgetting_probe_base_loss", "leaked_examples", b"leaked_examples", "probe_facts_known", b"probe_facts_known", "probe_facts_lost", b"probe_facts_lost", "steps", b"steps", "steps_saved", b"steps_saved", "stopped_early", b"stopped_early", "task_scores", b"task_scores", "train_examples", b"train_examples", "train_loss", b"train_loss", "train_tokens", b"train_tokens", "validation_examples", b"validation_examples", "validation_loss", b"validation_loss", "validation_perplexity", b"validation_perplexity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "best_generalization_gap", b"best_generalization_gap", "best_step", b"best_step", "checkpoints", b"checkpoints", "duplicates_removed", b"duplicates_removed", "example_tokens_max", b"example_tokens_max", "example_tokens_p50", b"example_tokens_p50", "example_tokens_p90", b"example_tokens_p90", "final_generalization_gap", b"final_generalization_gap", "forgetting_probe_adapter_loss", b"forgetting_probe_adapter_loss", "forgetting_probe_base_loss", b"forgetting_probe_base_loss", "leaked_examples", b"leaked_examples", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base", "probe_facts_known", b"probe_facts_known", "probe_facts_lost", b"probe_facts_lost", "steps", b"steps", "steps_saved", b"steps_saved", "stopped_early", b"stopped_early", "task_scores", b"task_scores", "train_examples", b"train_examples", "train_loss", b"train_loss", "train_tokens", b"train_tokens", "validation_examples", b"validation_examples", "validation_loss", b"validation_loss", "validation_perplexity", b"validation_perplexity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__preference_accuracy_adapter: _TypeAlias = _typing.Literal["preference_accuracy_adapter"]  # noqa: Y015
+    _WhichOneofArgType__preference_accuracy_adapter: _TypeAlias = _typing.Literal["_preference_accuracy_adapter", b"_preference_accuracy_adapter"]  # noqa: Y015
+    _WhichOneofReturnType__preference_accuracy_base: _TypeAlias = _typing.Literal["preference_accuracy_base"]  # noqa: Y015
+    _WhichOneofArgType__preference_accuracy_base: _TypeAlias = _typing.Literal["_preference_accuracy_base", b"_preference_accuracy_base"]  # noqa: Y015
+    _WhichOneofReturnType__preference_margin_adapter: _TypeAlias = _typing.Literal["preference_margin_adapter"]  # noqa: Y015
+    _WhichOneofArgType__preference_margin_adapter: _TypeAlias = _typing.Literal["_preference_margin_adapter", b"_preference_margin_adapter"]  # noqa: Y015
+    _WhichOneofReturnType__preference_margin_base: _TypeAlias = _typing.Literal["preference_margin_base"]  # noqa: Y015
+    _WhichOneofArgType__preference_margin_base: _TypeAlias = _typing.Literal["_preference_margin_base", b"_preference_margin_base"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__preference_accuracy_adapter) -> _WhichOneofReturnType__preference_accuracy_adapter | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__preference_accuracy_base) -> _WhichOneofReturnType__preference_accuracy_base | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__preference_margin_adapter) -> _WhichOneofReturnType__preference_margin_adapter | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__preference_margin_base) -> _WhichOneofReturnType__preference_margin_base | None: ...
 
 Global___JobMetrics: _TypeAlias = JobMetrics  # noqa: Y015
 

@@ -64,6 +64,7 @@ def test_watch_streams_progress_until_succeeded(trained: tuple[trainer_pb2.Job, 
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert job.metrics.validation_loss < 1.0
     assert (job.metrics.train_examples, job.metrics.validation_examples) == (9, 3)
+    assert not job.metrics.HasField("preference_accuracy_adapter")  # a supervised job has no pairs to score
 
 
 def test_artifact_has_manifest_files_and_profile(stack: Stack, trained: tuple[trainer_pb2.Job, list]) -> None:
@@ -131,7 +132,9 @@ def test_a_dpo_adapter_is_trained_on_pairs_and_served_preferring_the_chosen_answ
     manifest, _ = ArtifactRepository(open_store(stack.trainer_settings.store_uri)).resolve(
         AdapterSpec("secret-word-dpo")
     )
-    assert manifest.metrics["preference_accuracy_adapter"] > manifest.metrics["preference_accuracy_base"]
+    assert done.metrics.preference_accuracy_adapter > done.metrics.preference_accuracy_base
+    assert done.metrics.preference_margin_adapter > done.metrics.preference_margin_base
+    assert manifest.metrics["preference_accuracy_adapter"] == done.metrics.preference_accuracy_adapter
     # Served by the default engine: held-out questions get the chosen answer, which the base does not give.
     for question in QUESTIONS[10:]:
         tuned = stack.client.inference.generate(question, adapter="secret-word-dpo", params=GREEDY)
