@@ -5,6 +5,8 @@
 #                                       127.0.0.1:PORT, all state in DIR; prints
 #                                       `export AWS_...=...` lines (eval them) once S3 answers
 #   scripts/ceph-s3.sh stop DIR         stops what `start DIR` started
+#   scripts/ceph-s3.sh gateway-stop DIR        kills radosgw alone (an S3 outage; the data stays)
+#   scripts/ceph-s3.sh gateway-start DIR PORT  starts it again on PORT and waits until S3 answers
 #
 # Needs the Debian packages radosgw, ceph-mon and ceph-osd. Auth is off and every pool has
 # one replica: this is a throwaway server, never a deployment. Every path, port and socket
@@ -17,7 +19,7 @@ readonly SECRET_KEY="loraplane-test-secret-key"
 readonly START_TIMEOUT_S="${CEPH_S3_START_TIMEOUT_S:-120}"
 
 usage() {
-    echo "usage: $0 start DIR PORT | stop DIR" >&2
+    echo "usage: $0 start DIR PORT | stop DIR | gateway-stop DIR | gateway-start DIR PORT" >&2
     exit 2
 }
 
@@ -158,21 +160,32 @@ start() {
     echo "export AWS_DEFAULT_REGION=us-east-1"
 }
 
-# Stop the daemons `start` spawned. A pid is only signalled while its command line still
+# Kill one daemon `start` spawned. Its pid is only signalled while its command line still
 # names this DIR's ceph.conf, so a recycled pid never hits another process. SIGKILL, because
 # a memstore OSD holds its data in memory: there is nothing to flush, and SIGTERM takes ~6 s.
+kill_daemon() {
+    local pidfile="$DIR/run/$1.pid" pid
+    [[ -f "$pidfile" ]] || return 0
+    pid=$(<"$pidfile")
+    if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$DIR/ceph.conf"; then
+        kill -KILL "$pid"
+        while running "$pid"; do sleep 0.05; done
+    fi
+    rm -f "$pidfile"
+}
+
 stop() {
-    local name pidfile pid
+    local name
     for name in rgw osd.0 mon.a; do
-        pidfile="$DIR/run/$name.pid"
-        [[ -f "$pidfile" ]] || continue
-        pid=$(<"$pidfile")
-        if tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$DIR/ceph.conf"; then
-            kill -KILL "$pid"
-            while running "$pid"; do sleep 0.05; done
-        fi
-        rm -f "$pidfile"
+        kill_daemon "$name"
     done
+}
+
+gateway_start() {
+    [[ -e "$DIR/ceph.conf" ]] || die "$DIR holds no Ceph instance; use start"
+    [[ -f "$DIR/run/rgw.pid" ]] && running "$(<"$DIR/run/rgw.pid")" && die "radosgw already runs in $DIR"
+    spawn rgw radosgw -n client.rgw
+    wait_for "radosgw on 127.0.0.1:$PORT" s3_answers
 }
 
 case "${1:-}" in
@@ -187,6 +200,18 @@ stop)
     (($# == 2)) || usage
     DIR=$(realpath -m "$2")
     stop
+    ;;
+gateway-stop)
+    (($# == 2)) || usage
+    DIR=$(realpath -m "$2")
+    kill_daemon rgw
+    ;;
+gateway-start)
+    (($# == 3)) || usage
+    DIR=$(realpath -m "$2")
+    PORT=$3
+    [[ "$PORT" =~ ^[0-9]+$ ]] || usage
+    gateway_start
     ;;
 *) usage ;;
 esac

@@ -4,7 +4,8 @@ Order matters and follows vLLM's LoRA manager: a version is checked (base model 
 rank, method, checksums) before it can evict anything or reach the engine. Loads are
 single-flight per version, so ten first requests for one adapter load it once. Versions are
 immutable, so a pinned `name@vN` resolves once; an unpinned `name` is re-resolved after a short
-TTL, so a newly published version is served without a restart. Store and disk work runs in
+TTL, so a newly published version is served without a restart; while the store is unreachable,
+a name keeps the version it last resolved to. Store and disk work runs in
 threads, off the event loop.
 
 A version lives in one of three tiers on a replica, each bounded, least recently used out first:
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import threading
@@ -28,10 +30,12 @@ from pathlib import Path
 from typing import Literal
 
 from loraplane.artifact import MANIFEST, PROFILE_FILE, ArtifactRepository, Manifest, manifest_digest
-from loraplane.errors import FailedPrecondition, ResourceExhausted
+from loraplane.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from loraplane.names import AdapterSpec
 from serving_svc.engines.base import Engine
 from serving_svc.metrics import LoadSource, ServingMetrics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,19 @@ class AdapterManager:
             cached = self._versions.get(str(spec)) if spec.version is not None else self._fresh_latest(spec.name)
             if cached is not None:
                 return cached
-            manifest, raw = await asyncio.to_thread(self._repository.resolve, spec)
+            try:
+                manifest, raw = await asyncio.to_thread(self._repository.resolve, spec)
+            except Unavailable:
+                # The store is down: a name resolved before keeps its last version (it was complete and
+                # is immutable), so adapters in use go on answering through an outage.
+                if spec.version is None and spec.name in self._latest:
+                    log.warning(
+                        "store unavailable: %s stays at %s until it can be resolved again",
+                        spec,
+                        self._latest[spec.name][1].key,
+                    )
+                    return self._latest[spec.name][1]
+                raise
             adapter = self._described(manifest, raw)
             self._versions[adapter.key] = adapter
             if spec.version is None:

@@ -212,7 +212,7 @@ def test_dpo_run_learns_the_preferences_and_publishes_a_lora_adapter(tiny_model_
     manifest, _ = ArtifactRepository(FileStore(tmp_path / "store")).read_manifest("blue", 1)
     assert manifest.method == "dpo" and manifest.prompt_format == "chat"
     assert manifest.metrics == metrics
-    assert manifest.hyperparameters["learning_rate"] == 1e-2
+    assert manifest.hyperparameters["learning_rate"] == 1e-2 and manifest.hyperparameters["dpo_beta"] == 0.1
     version_dir = tmp_path / "store" / "adapters" / "blue" / "v1"
     adapter_config = json.loads((version_dir / "adapter_config.json").read_text())
     assert adapter_config["peft_type"] == "LORA" and not adapter_config["use_dora"]

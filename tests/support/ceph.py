@@ -6,6 +6,7 @@ instead of skipping it: a skipped S3 suite would pass green while testing nothin
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -32,7 +33,21 @@ class S3Endpoint:
     endpoint_url: str
     access_key: str
     secret_key: str
+    ceph_dir: Path
     region: str = "us-east-1"
+
+    @contextlib.contextmanager
+    def outage(self) -> Iterator[None]:
+        """radosgw really stopped (killed) inside the block, and started again after it on the same port;
+        the objects stay in the cluster behind it."""
+        port = self.endpoint_url.rsplit(":", 1)[1]
+        subprocess.run([str(CEPH_SCRIPT), "gateway-stop", str(self.ceph_dir)], check=True, timeout=30)
+        try:
+            yield
+        finally:
+            subprocess.run(
+                [str(CEPH_SCRIPT), "gateway-start", str(self.ceph_dir), port], check=True, timeout=START_TIMEOUT_S
+            )
 
     def env(self) -> dict[str, str]:
         """Variables that point boto3 (in this or a child process) at this server."""
@@ -101,6 +116,7 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint
             access_key=exports["AWS_ACCESS_KEY_ID"],
             secret_key=exports["AWS_SECRET_ACCESS_KEY"],
             region=exports["AWS_DEFAULT_REGION"],
+            ceph_dir=ceph_dir,
         )
     finally:
         subprocess.run([str(CEPH_SCRIPT), "stop", str(ceph_dir)], check=True, timeout=60)

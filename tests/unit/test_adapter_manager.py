@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from loraplane.artifact import MANIFEST
-from loraplane.errors import FailedPrecondition, NotFound, ResourceExhausted
+from loraplane.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from loraplane.names import AdapterSpec
 from serving_svc import adapters as adapters_module
 from serving_svc.adapters import _KeyedLocks
@@ -276,6 +276,27 @@ async def test_pinned_versions_resolve_once_and_names_once_per_ttl(
         clock.advance(seconds)
         assert (await parts.manager.resolve(_spec(spec))).key == "alpha@v1"
     assert len(reads) == store_reads
+
+
+async def test_while_the_store_is_unavailable_a_name_keeps_its_last_version_and_a_new_one_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(adapters_module, "time", clock)
+    parts = build_adapter_manager(tmp_path, resolve_ttl_seconds=10.0)
+    parts.publish("alpha")
+    parts.publish("beta")
+    assert (await parts.manager.resolve(AdapterSpec("alpha"))).key == "alpha@v1"
+
+    def store_down(asked: AdapterSpec) -> Any:
+        raise Unavailable("cannot reach S3")
+
+    monkeypatch.setattr(parts.repository, "resolve", store_down)
+    clock.advance(60)  # past the TTL: the name must be resolved again, and cannot be
+    assert (await parts.manager.resolve(AdapterSpec("alpha"))).key == "alpha@v1"
+    for never_resolved in (AdapterSpec("beta"), AdapterSpec("alpha", 2)):
+        with pytest.raises(Unavailable, match="S3"):
+            await parts.manager.resolve(never_resolved)
 
 
 async def test_unknown_adapter_is_not_found(parts: AdapterParts) -> None:

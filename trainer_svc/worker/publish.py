@@ -14,6 +14,7 @@ from loraplane.artifact import (
     manifest_digest,
 )
 from loraplane.drift import Profile
+from loraplane.errors import Unavailable
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.storage import open_store
 from trainer_svc.progress import PublishedAdapter
@@ -39,21 +40,28 @@ def publish(
     model.save_pretrained(str(adapter_dir), safe_serialization=True, save_embedding_layers=False)
     profile.save(adapter_dir / PROFILE_FILE)
     repository = ArtifactRepository(open_store(worker_input.store_uri, s3_endpoint_url=worker_input.s3_endpoint_url))
-    manifest, manifest_bytes = repository.publish(
-        adapter_dir,
-        ManifestDraft(
-            name=spec.adapter_name,
-            base_model=BaseModelInfo(
-                name=spec.base_model, fingerprint=base_model_fingerprint(worker_input.base_model_path)
-            ),
-            method=spec.method,
-            hyperparameters={**spec.lora.model_dump(), **spec.training.model_dump()},
-            metrics=metrics,
-            dataset=dataset,
-            job_id=worker_input.job_id,
-            prompt_format=prompt_format,
+    hyperparameters = {**spec.lora.model_dump(), **spec.training.model_dump()}
+    if spec.method.learns_preferences:
+        hyperparameters["dpo_beta"] = spec.dpo.beta
+    draft = ManifestDraft(
+        name=spec.adapter_name,
+        base_model=BaseModelInfo(
+            name=spec.base_model, fingerprint=base_model_fingerprint(worker_input.base_model_path)
         ),
+        method=spec.method,
+        hyperparameters=hyperparameters,
+        metrics=metrics,
+        dataset=dataset,
+        job_id=worker_input.job_id,
+        prompt_format=prompt_format,
     )
+    try:
+        manifest, manifest_bytes = repository.publish(adapter_dir, draft)
+    except Unavailable as exc:  # the store's client has already retried with backoff
+        raise Unavailable(
+            f"could not publish {spec.adapter_name}: {exc.message}. No version was made visible (a manifest is "
+            "written last); submit the job again once the store is reachable"
+        ) from exc
     return PublishedAdapter(
         name=manifest.name,
         version=manifest.version,
