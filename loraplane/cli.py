@@ -349,15 +349,27 @@ def drift(
         console.print(_drift_table(entry))
 
 
+class Service(enum.StrEnum):
+    """A service `status` checks."""
+
+    trainer = "trainer"
+    serving = "serving"
+    both = "both"
+
+
 @app.command()
 def status(
-    wait: Annotated[float, typer.Option(help="Seconds to wait for both services to report SERVING.")] = 0.0,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for the services to report SERVING.")] = 0.0,
+    service: Annotated[
+        Service, typer.Option(help="Which service to check: a container's health check names its own.")
+    ] = Service.both,
     trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
     serving: ServingTarget = DEFAULT_SERVING_TARGET,
 ) -> None:
-    """Check both services' gRPC health; exit 1 unless both are SERVING."""
+    """Check the services' gRPC health; exit 1 unless each one checked is SERVING."""
+    names = ("trainer", "serving") if service is Service.both else (service.value,)
     with LoraplaneClient(trainer=trainer, serving=serving) as client:
-        healthy = {name: client.wait_until_serving(name, wait) for name in ("trainer", "serving")}
+        healthy = {name: client.wait_until_serving(name, wait) for name in names}
     for name, ok in healthy.items():
         console.print(f"{name}: {'[green]SERVING[/green]' if ok else '[red]not serving[/red]'}")
     if not all(healthy.values()):

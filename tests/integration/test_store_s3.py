@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +70,16 @@ def test_list_children_pages(s3_endpoint: S3Endpoint, s3_bucket: str) -> None:
         list(pool.map(lambda name: client.put_object(Bucket=s3_bucket, Key=f"adapters/{name}/v1/m"), names))
     assert store.list_children("adapters/") == names
     assert len(list(store.list_keys("adapters/"))) == len(names)
+
+
+def test_a_large_file_goes_up_in_parts_and_comes_back_whole(
+    s3_endpoint: S3Endpoint, s3_bucket: str, tmp_path: Path
+) -> None:
+    store = S3Store.from_uri(f"s3://{s3_bucket}", endpoint_url=s3_endpoint.endpoint_url)
+    source = tmp_path / "adapter_model.safetensors"
+    source.write_bytes(os.urandom(20 << 20))  # past boto3's 8 MiB multipart threshold
+    store.put_file("adapters/big/v1/adapter_model.safetensors", source)
+    head = s3_endpoint.client().head_object(Bucket=s3_bucket, Key="adapters/big/v1/adapter_model.safetensors")
+    assert head["ETag"].strip('"').endswith("-3")  # a multipart upload's ETag counts its parts (8 + 8 + 4 MiB)
+    store.download_file("adapters/big/v1/adapter_model.safetensors", tmp_path / "back")
+    assert (tmp_path / "back").read_bytes() == source.read_bytes()
