@@ -7,7 +7,10 @@ task of bench.quality), with the same batches, learning rate, seed, fixed number
 validation evaluations. Our worker runs as the trainer runs it (`python -m trainer_svc.worker`,
 early stopping off so the work is equal) and pays for what it adds while training: a resumable
 checkpoint at every evaluation. What it does after training (evaluation by generation,
-publishing) is not timed. Then our worker again with QLoRA, for its memory.
+publishing) is not timed. Then our worker again with QLoRA, for its memory; and with --dpo, by
+preference tuning on pairs of the same task (chosen: the ISO date; rejected: the date spelt
+out), reporting also what its evaluation found on pairs from held-out years: how often the base
+model and the adapter prefer the chosen answer, and the adapter's greedy exact match.
 
 Measured per system, each in a process of its own, one at a time: training seconds (ours: from
 its "training" phase event to its "evaluating" one; the script: `trainer.train()`), tokens
@@ -20,6 +23,7 @@ stdout, a table on stderr.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import logging
 import os
@@ -35,9 +39,9 @@ from bench.quality.task import make_task
 from bench.serving.cli import DEFAULT_WORK_DIR, machine
 from bench.serving.workspace import prepare_model
 from loraplane.training import Method
-from trainer_svc.dataset import PromptCompletion, SourcedExample, write_examples
+from trainer_svc.dataset import Example, PreferenceExample, PromptCompletion, SourcedExample, write_examples
 from trainer_svc.progress import ErrorEvent, PhaseEvent, ResultEvent, parse_event
-from trainer_svc.spec import DatasetSource, JobSpec, LoraParameters, TrainingParameters
+from trainer_svc.spec import DPO_LEARNING_RATE, DatasetSource, JobSpec, LoraParameters, TrainingParameters
 from trainer_svc.worker_input import WorkerInput
 
 log = logging.getLogger("bench.training")
@@ -58,20 +62,39 @@ def _high_water_mark(pid: int) -> int:
     raise RuntimeError(f"no VmHWM for process {pid}")
 
 
-def _write_data(folder: Path, train_count: int) -> tuple[Path, Path]:
-    train, _ = make_task(SEED, train_count + VALIDATION_EXAMPLES, 0)
+DPO_TEST_PAIRS = 40
+DPO_FIGURES = (
+    "preference_accuracy_base",
+    "preference_accuracy_adapter",
+    "preference_margin_base",
+    "preference_margin_adapter",
+    "task_exact_match_base",
+    "task_exact_match_adapter",
+    "probe_facts_lost",
+)
+
+
+def _write(folder: Path, name: str, examples: list[Example], first_line: int) -> None:
+    write_examples(folder / name, [SourcedExample(line=first_line + i, example=e) for i, e in enumerate(examples)])
+
+
+def _pair(prompt: str, answer: str) -> PreferenceExample:
+    date = datetime.date.fromisoformat(answer)
+    return PreferenceExample(prompt=prompt, chosen=answer, rejected=f"{date:%B} {date.day}, {date.year}")
+
+
+def _write_data(folder: Path, train_count: int) -> None:
+    """The examples for every system; and the same prompts as preference pairs, with pairs from held-out
+    years for DPO's evaluation."""
+    train, test = make_task(SEED, train_count + VALIDATION_EXAMPLES, DPO_TEST_PAIRS)
     rows = [PromptCompletion(prompt=e.prompt, completion=e.answer) for e in train]
-    files = []
-    for name, examples, first in (
-        ("train.jsonl", rows[:train_count], 1),
-        ("validation.jsonl", rows[train_count:], train_count + 1),
-    ):
-        path = folder / name
-        write_examples(path, [SourcedExample(line=first + i, example=e) for i, e in enumerate(examples)])
+    pairs = [_pair(e.prompt, e.answer) for e in train]
+    for name, first, last in (("train.jsonl", 0, train_count), ("validation.jsonl", train_count, len(rows))):
+        _write(folder, name, list(rows[first:last]), first + 1)
+        _write(folder, f"pairs-{name}", list(pairs[first:last]), first + 1)
         plain = folder / f"plain-{name}"
-        plain.write_text("".join(json.dumps(e.model_dump()) + "\n" for e in examples))
-        files.append(path)
-    return files[0], files[1]
+        plain.write_text("".join(json.dumps(e.model_dump()) + "\n" for e in rows[first:last]))
+    _write(folder, "pairs-test.jsonl", [_pair(e.prompt, e.answer) for e in test], 1)
 
 
 def run_ours(model_dir: Path, method: Method, steps: int, eval_every: int, folder: Path) -> dict[str, Any]:
@@ -85,19 +108,22 @@ def run_ours(model_dir: Path, method: Method, steps: int, eval_every: int, folde
         training=TrainingParameters(
             max_steps=steps,
             batch_size=BATCH_SIZE,
-            learning_rate=LEARNING_RATE,
+            # DPO takes its own default rate, as a job that sets none does.
+            learning_rate=DPO_LEARNING_RATE if method.learns_preferences else LEARNING_RATE,
             eval_every_steps=eval_every,
             early_stopping_patience=0,
             seed=SEED,
         ),
     )
     work = Path(tempfile.mkdtemp(prefix=f"ours-{method}-", dir=folder))
+    data = "pairs-" if method.learns_preferences else ""
     worker_input = WorkerInput(
         job_id=work.name,
         spec=spec,
         base_model_path=model_dir,
-        train_file=folder / "train.jsonl",
-        validation_file=folder / "validation.jsonl",
+        train_file=folder / f"{data}train.jsonl",
+        validation_file=folder / f"{data}validation.jsonl",
+        test_file=folder / "pairs-test.jsonl" if method.learns_preferences else None,
         store_uri=(work / "store").as_uri(),
         work_dir=work / "work",
     )
@@ -122,7 +148,10 @@ def run_ours(model_dir: Path, method: Method, steps: int, eval_every: int, folde
     if not isinstance(outcome, ResultEvent) or began is None or ended is None:
         return {"error": outcome.message if isinstance(outcome, ErrorEvent) else f"exit code {process.returncode}"}
     tokens = outcome.metrics["train_tokens"] * outcome.metrics["epochs"]
-    return _figures(ended - began, tokens, peak)
+    if method.learns_preferences:  # each step trains on both answers of a pair; train_tokens counts the chosen
+        tokens *= 2
+    found = {name: round(outcome.metrics[name], 3) for name in DPO_FIGURES if name in outcome.metrics}
+    return {**_figures(ended - began, tokens, peak), **(found if method.learns_preferences else {})}
 
 
 def run_plain(model_dir: Path, steps: int, eval_every: int, folder: Path) -> dict[str, Any]:
@@ -155,6 +184,9 @@ def run_plain(model_dir: Path, steps: int, eval_every: int, folder: Path) -> dic
     return _figures(result["train_s"], result["tokens"], usage.ru_maxrss * 1024)  # ru_maxrss is in KiB
 
 
+FIGURES = ("train_s", "tokens", "tokens_per_s", "peak_rss_mib")
+
+
 def _figures(train_s: float, tokens: float, peak_bytes: int) -> dict[str, Any]:
     return {
         "train_s": round(train_s, 2),
@@ -169,8 +201,8 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
     good = [run for run in runs if "error" not in run]
     if not good:
         return {"error": runs[0]["error"], "runs": runs}
-    keys = ("train_s", "tokens", "tokens_per_s", "peak_rss_mib")
-    return {**{key: round(statistics.median(run[key] for run in good), 2) for key in keys}, "runs": runs}
+    keys = [key for key in good[0] if key in FIGURES or key in DPO_FIGURES]
+    return {**{key: round(statistics.median(run[key] for run in good), 3) for key in keys}, "runs": runs}
 
 
 def _ratio(numerator: dict[str, Any], denominator: dict[str, Any], key: str) -> float | None:
@@ -197,6 +229,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 runs[system].append(run_plain(model_dir, args.steps, eval_every, folder))
     log.info("ours-qlora")
     runs["ours-qlora"] = [run_ours(model_dir, Method.QLORA, args.steps, eval_every, folder)]
+    if args.dpo:
+        log.info("ours-dpo")
+        runs["ours-dpo"] = [run_ours(model_dir, Method.DPO, args.steps, eval_every, folder)]
     systems = {name: _median(system_runs) for name, system_runs in runs.items()}
     ours, plain, qlora = systems["ours-lora"], systems["plain-lora"], systems["ours-qlora"]
     return {
@@ -212,6 +247,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tokens_per_s_ours_vs_plain": _ratio(ours, plain, "tokens_per_s"),
             "peak_rss_ours_vs_plain": _ratio(ours, plain, "peak_rss_mib"),
             "peak_rss_qlora_vs_lora": _ratio(qlora, ours, "peak_rss_mib"),
+            "peak_rss_dpo_vs_lora": _ratio(systems.get("ours-dpo", {}), ours, "peak_rss_mib"),
         },
         "duration_s": round(time.time() - started, 1),
     }
@@ -230,6 +266,8 @@ def markdown(document: dict[str, Any]) -> str:
         else:
             lines.append(f"| {name} | {figures['train_s']} | {figures['tokens_per_s']} | {figures['peak_rss_mib']} |")
     lines += ["", *(f"{key}: {value}" for key, value in document["ratios"].items())]
+    dpo = document["systems"].get("ours-dpo", {})
+    lines += [f"ours-dpo {name}: {dpo[name]}" for name in DPO_FIGURES if name in dpo]
     return "\n".join(lines)
 
 
@@ -239,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=40, help="optimizer steps, the same for every system")
     parser.add_argument("--examples", type=int, default=200, help="training examples (the date task)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of our worker and of the script, alternating")
+    parser.add_argument("--dpo", action="store_true", help="also one run of our worker by preference tuning (DPO)")
     parser.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR, help="cache of models and scratch")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
