@@ -16,7 +16,11 @@ class TrainerSettings(CommonSettings):
     trainer_metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus /metrics port; 0 = free.")
     trainer_db_path: Path = Field(Path(""), description="SQLite job store. Default: {data_dir}/trainer/jobs.sqlite3.")
     trainer_work_dir: Path = Field(Path(""), description="Per-job scratch folders. Default: {data_dir}/trainer/jobs.")
-    trainer_executor: Literal["local"] = Field("local", description="Where workers run: child processes here.")
+    trainer_executor: Literal["local", "kubernetes"] = Field(
+        "local",
+        description="Where workers run: child processes here (local), or one Kubernetes Job per training job "
+        "(kubernetes; the kubernetes_* settings).",
+    )
     trainer_max_concurrent_jobs: int = Field(1, ge=1, le=64, description="Jobs trained at once.")
     trainer_base_models: dict[str, Path] = Field(
         default_factory=dict,
@@ -24,6 +28,34 @@ class TrainerSettings(CommonSettings):
     )
     trainer_max_dataset_bytes: int = Field(64 << 20, ge=1024, description="Largest dataset accepted.")
     trainer_cancel_grace_seconds: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL delay on cancel.")
+    kubernetes_api_server: str = Field(
+        "",
+        description="The Kubernetes API the kubernetes executor talks to: empty = the cluster the trainer runs "
+        "in (its service account), else KUBECONFIG or ~/.kube/config; a URL = that server, without credentials "
+        "(kubectl proxy).",
+    )
+    kubernetes_namespace: str = Field("", description="Where worker Jobs go; empty = the trainer's own namespace.")
+    kubernetes_worker_image: str = Field(
+        "loraplane:0.1.0", description="The image worker Jobs run (the trainer's own, so both run the same code)."
+    )
+    kubernetes_worker_cpu: str = Field("2", description="CPU each worker pod requests.")
+    kubernetes_worker_memory: str = Field("8Gi", description="Memory each worker pod requests (and may use).")
+    kubernetes_worker_gpus: int = Field(0, ge=0, le=16, description="nvidia.com/gpu each worker pod asks for.")
+    kubernetes_job_deadline_seconds: int = Field(
+        86_400, ge=60, description="activeDeadlineSeconds of a worker Job: past it, Kubernetes stops the job."
+    )
+    kubernetes_job_backoff_limit: int = Field(
+        0, ge=0, le=10, description="Pods a worker Job may retry after a failure (each starts over)."
+    )
+    kubernetes_job_ttl_seconds: int = Field(
+        3600, ge=0, description="How long a finished worker Job (and its pod's log) stays for inspection."
+    )
+    kubernetes_config_map: str = Field(
+        "loraplane-config", description="ConfigMap whose LORAPLANE_* variables worker pods get, as the trainer's do."
+    )
+    kubernetes_s3_secret: str = Field(
+        "loraplane-s3", description="Secret with the S3 keys (access-key-id, secret-access-key); empty = none."
+    )
 
     @model_validator(mode="after")
     def _fill_trainer_paths(self) -> TrainerSettings:

@@ -1,4 +1,4 @@
-"""Where workers run. One interface; `local` runs a child process on this machine."""
+"""Where workers run. One interface; `local` runs a child process on this machine, `kubernetes` a Job."""
 
 from __future__ import annotations
 
@@ -11,5 +11,8 @@ __all__ = ["Executor", "LocalExecutor", "RunOutcome", "create_executor"]
 
 def create_executor(settings: TrainerSettings) -> Executor:
     """The executor `settings.trainer_executor` names."""
-    executors: dict[str, type[Executor]] = {"local": LocalExecutor}
-    return executors[settings.trainer_executor](settings)
+    if settings.trainer_executor == "kubernetes":
+        from trainer_svc.executors.kubernetes import KubernetesExecutor  # the client loads only where it runs
+
+        return KubernetesExecutor(settings)
+    return LocalExecutor(settings)

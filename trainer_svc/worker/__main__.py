@@ -1,5 +1,9 @@
 """`python -m trainer_svc.worker INPUT.json`: run one training job and report it as events.
 
+`python -m trainer_svc.worker --from-store STORE_URI JOB_ID` fetches the input the trainer staged
+in the store first (`staged_input.py`); a Kubernetes Job's pod runs it so. The S3 endpoint, if
+any, comes from LORAPLANE_S3_ENDPOINT_URL.
+
 The last event is a ResultEvent (exit 0) or an ErrorEvent (exit 1). A cancelled job is stopped
 with SIGTERM: the worker exits at once and publishes nothing, since an adapter only becomes
 visible when its manifest is written last. Once publishing has begun, SIGTERM waits until the
@@ -25,6 +29,8 @@ from transformers import set_seed
 from loraplane.artifact import DatasetInfo
 from loraplane.errors import ErrorCode, LoraplaneError
 from loraplane.fingerprint import base_model_fingerprint
+from loraplane.storage import open_store
+from trainer_svc import staged_input
 from trainer_svc.dataset import SourcedExample, fingerprint, read_examples
 from trainer_svc.progress import ErrorEvent, PhaseEvent, ResultEvent
 from trainer_svc.worker.evaluate import evaluate, token_statistics
@@ -163,16 +169,24 @@ def _die_with_parent() -> None:
             raise SystemExit(128 + signal.SIGTERM)
 
 
+S3_ENDPOINT_ENV = "LORAPLANE_S3_ENDPOINT_URL"
+
+
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     _die_with_parent()
     events = claim_stdout()
-    if len(argv) != 1:
-        usage = "usage: python -m trainer_svc.worker INPUT.json"
+    if len(argv) != 1 and not (len(argv) == 3 and argv[0] == "--from-store"):
+        usage = "usage: python -m trainer_svc.worker INPUT.json | --from-store STORE_URI JOB_ID"
         events.emit(ErrorEvent(code=ErrorCode.INVALID_ARGUMENT, message=usage))
         return 1
     try:
-        run(WorkerInput.model_validate_json(Path(argv[0]).read_text()), events.emit)
+        if len(argv) == 3:
+            store = open_store(argv[1], s3_endpoint_url=os.environ.get(S3_ENDPOINT_ENV) or None)
+            worker_input = staged_input.fetch(store, argv[2])
+        else:
+            worker_input = WorkerInput.model_validate_json(Path(argv[0]).read_text())
+        run(worker_input, events.emit)
     except LoraplaneError as exc:
         events.emit(ErrorEvent(code=exc.error_code, message=exc.message, field=exc.field))
         return 1

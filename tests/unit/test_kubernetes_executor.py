@@ -1,0 +1,202 @@
+"""The kubernetes executor against a FAKE Kubernetes API server (tests/support/fake_kube.py; no
+cluster can run here): the exact Job it sends, the log it follows, cancel, re-attaching after a
+trainer restart, and a pod that fails or is evicted. The store is a real file store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loraplane.errors import ErrorCode
+from loraplane.storage import FileStore
+from tests.support.fake_kube import FakeKubernetes, running_fake_kubernetes
+from trainer_svc import staged_input
+from trainer_svc.executors import create_executor
+from trainer_svc.executors.kubernetes import KubernetesExecutor, job_manifest, job_name
+from trainer_svc.progress import ErrorEvent, PhaseEvent, ProgressEvent, WorkerEvent, format_event
+from trainer_svc.settings import TrainerSettings
+from trainer_svc.spec import JobSpec
+from trainer_svc.worker_input import WorkerInput
+
+JOB_ID = "job-0123456789abcdef"
+NAME = job_name(JOB_ID)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKubernetes]:
+    with running_fake_kubernetes() as fake:
+        yield fake
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake: FakeKubernetes) -> TrainerSettings:
+    return TrainerSettings(
+        data_dir=tmp_path,
+        trainer_executor="kubernetes",
+        kubernetes_api_server=fake.url,
+        kubernetes_namespace="training",
+        kubernetes_worker_image="registry.example/loraplane:0.1.0-gpu",
+        kubernetes_worker_gpus=1,
+        kubernetes_job_deadline_seconds=7200,
+    )
+
+
+@pytest.fixture
+def worker_input(tmp_path: Path, settings: TrainerSettings) -> WorkerInput:
+    work = tmp_path / "trainer" / "jobs" / JOB_ID
+    work.mkdir(parents=True)
+    for name in ("train.jsonl", "validation.jsonl"):
+        (work / name).write_text(f'{{"line": 1, "example": {{"text": "{name}"}}}}\n')
+    return WorkerInput(
+        job_id=JOB_ID,
+        spec=JobSpec(base_model="smollm2", adapter_name="support-bot", training_data={"inline_sha256": "sha256:0"}),
+        base_model_path=Path("/models/smollm2-135m-instruct"),
+        train_file=work / "train.jsonl",
+        validation_file=work / "validation.jsonl",
+        store_uri=settings.store_uri,
+        work_dir=work,
+    )
+
+
+def _store(settings: TrainerSettings) -> FileStore:
+    return FileStore.from_uri(settings.store_uri)
+
+
+async def _run(executor: KubernetesExecutor, worker_input: WorkerInput) -> tuple[Any, list[WorkerEvent]]:
+    events: list[WorkerEvent] = []
+
+    async def on_event(event: WorkerEvent) -> None:
+        events.append(event)
+
+    return await executor.run(worker_input, on_event), events
+
+
+async def _started(
+    fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
+) -> tuple[KubernetesExecutor, asyncio.Task[tuple[Any, list[WorkerEvent]]], str]:
+    """An executor running `worker_input`, and the name of its pod, started."""
+    executor = KubernetesExecutor(settings)
+    running = asyncio.create_task(_run(executor, worker_input))
+    pod = await asyncio.to_thread(fake.pod_of, NAME)
+    fake.start(pod)
+    return executor, running, pod
+
+
+def test_the_setting_picks_the_kubernetes_executor(settings: TrainerSettings) -> None:
+    assert isinstance(create_executor(settings), KubernetesExecutor)
+
+
+async def test_a_job_runs_as_the_exact_job_sent_and_its_log_is_its_progress(
+    fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
+) -> None:
+    _, running, pod = await _started(fake, settings, worker_input)
+    # The input is staged before the Job exists, with the paths the pod will use.
+    staged = WorkerInput.model_validate_json(_store(settings).get_bytes(f"jobs/{JOB_ID}/worker-input.json"))
+    assert staged.train_file == Path("/var/lib/loraplane/job/train.jsonl") and staged.test_file is None
+    assert _store(settings).get_bytes(f"jobs/{JOB_ID}/train.jsonl") == worker_input.train_file.read_bytes()
+    fake.write(
+        pod,
+        format_event(PhaseEvent(phase="training")).strip(),
+        "Some library warning on stderr",
+        format_event(
+            ProgressEvent(
+                step=1, total_steps=2, epoch=0.5, loss=2.0, learning_rate=1e-4, elapsed_seconds=1.0, eta_seconds=1.0
+            )
+        ).strip(),
+    )
+    fake.exit(pod, 0)
+    outcome, events = await asyncio.wait_for(running, 20)
+
+    assert (outcome.exit_code, outcome.cancelled) == (0, False)
+    assert [type(event) for event in events] == [PhaseEvent, ProgressEvent]
+    assert list(_store(settings).list_keys("jobs/")) == []  # the staged input is gone with the run
+    [sent] = fake.created
+    labels = {
+        "app.kubernetes.io/name": "loraplane-worker",
+        "app.kubernetes.io/part-of": "loraplane",
+        "app.kubernetes.io/managed-by": "loraplane-trainer",
+        "loraplane.dev/job-id": JOB_ID,
+    }
+    assert sent["metadata"] == {"name": NAME, "labels": labels, "annotations": {"loraplane.dev/adapter": "support-bot"}}
+    assert {key: sent["spec"][key] for key in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished")} == {
+        "backoffLimit": 0,
+        "activeDeadlineSeconds": 7200,
+        "ttlSecondsAfterFinished": 3600,
+    }
+    template = sent["spec"]["template"]
+    assert template["metadata"]["labels"] == labels
+    assert template["spec"]["restartPolicy"] == "Never"
+    assert template["spec"]["volumes"] == [{"name": "work", "emptyDir": {}}]
+    [container] = template["spec"]["containers"]
+    assert container["image"] == "registry.example/loraplane:0.1.0-gpu"
+    assert container["command"] == ["python", "-m", "trainer_svc.worker", "--from-store", settings.store_uri, JOB_ID]
+    assert container["resources"] == {
+        "requests": {"cpu": "2", "memory": "8Gi"},
+        "limits": {"memory": "8Gi", "nvidia.com/gpu": "1"},
+    }
+    assert container["envFrom"] == [{"configMapRef": {"name": "loraplane-config"}}]
+    assert [variable["name"] for variable in container["env"]] == ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+    assert container["env"][0]["valueFrom"] == {"secretKeyRef": {"name": "loraplane-s3", "key": "access-key-id"}}
+    assert container["volumeMounts"] == [{"name": "work", "mountPath": "/var/lib/loraplane/job"}]
+    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "runAsNonRoot": True}
+
+
+async def test_cancel_deletes_the_job_with_its_pod(
+    fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
+) -> None:
+    executor, running, pod = await _started(fake, settings, worker_input)
+    fake.write(pod, format_event(PhaseEvent(phase="training")).strip())
+    await asyncio.to_thread(fake.wait_until_read, pod)  # the worker is under way
+    await executor.cancel(JOB_ID)
+    outcome, events = await asyncio.wait_for(running, 20)
+    assert outcome.cancelled
+    assert fake.deleted == [(NAME, "Background")]
+    assert NAME not in fake.jobs and pod not in fake.pods
+    assert [type(event) for event in events] == [PhaseEvent]
+
+
+async def test_a_restarted_trainer_follows_the_job_still_running_instead_of_starting_it_again(
+    fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
+) -> None:
+    # An earlier trainer created the Job and staged its input, then died; the pod runs on.
+    staged_input.stage(_store(settings), worker_input, Path("/var/lib/loraplane/job"))
+    pod = fake.add_job(job_manifest(settings, worker_input).to_dict())
+    fake.start(pod)
+    fake.write(pod, format_event(PhaseEvent(phase="training", message="resuming")).strip())
+
+    executor = KubernetesExecutor(settings)  # the new trainer's
+    running = asyncio.create_task(_run(executor, worker_input))
+    await asyncio.to_thread(fake.wait_until_read, pod)
+    fake.exit(pod, 0)
+    outcome, events = await asyncio.wait_for(running, 20)
+    assert outcome.exit_code == 0
+    assert fake.created == []  # nothing submitted twice
+    assert [(type(event), getattr(event, "message", None)) for event in events] == [(PhaseEvent, "resuming")]
+
+
+async def test_a_failing_pod_gives_its_exit_code_and_error_event_with_its_log_tail(
+    fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
+) -> None:
+    _, running, pod = await _started(fake, settings, worker_input)
+    error = ErrorEvent(code=ErrorCode.FAILED_PRECONDITION, message="cannot load the base model")
+    fake.write(pod, "Traceback (most recent call last):", "OSError: no file", format_event(error).strip())
+    fake.exit(pod, 1)
+    outcome, events = await asyncio.wait_for(running, 20)
+    assert outcome.exit_code == 1 and not outcome.cancelled
+    assert events == [error]
+    assert outcome.log_tail.splitlines() == ["Traceback (most recent call last):", "OSError: no file"]
+
+
+async def test_an_evicted_pod_ends_the_run_saying_why(
+    fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
+) -> None:
+    _, running, pod = await _started(fake, settings, worker_input)
+    fake.write(pod, format_event(PhaseEvent(phase="training")).strip())
+    fake.evict(pod)
+    outcome, _ = await asyncio.wait_for(running, 20)
+    assert outcome.exit_code == -1 and not outcome.cancelled
+    assert "the pod was stopped: Evicted: The node was low on resource: memory." in outcome.log_tail

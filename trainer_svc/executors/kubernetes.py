@@ -1,0 +1,215 @@
+"""Run each worker as a Kubernetes Job: training scales with the cluster, not with the trainer's pod.
+
+One `batch/v1` Job per training job, running the same worker entry point in the same image. Its
+input travels through the store (`staged_input.py`); its progress is the pod's log, the same JSON
+lines the local executor reads from a child's stdout. Cancel deletes the Job (its pod gets SIGTERM
+and the worker exits without publishing). Jobs carry the training job's id as a label, so a
+trainer that restarts finds the Jobs still running and follows them again instead of starting
+them twice. Kubernetes is the scheduler: this only submits, follows and deletes.
+
+lightkube is the client: asyncio-native (the trainer is an asyncio service; the official
+`kubernetes` package is synchronous), typed resource models, and a log stream that follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from pathlib import Path
+
+from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.config.models import Cluster, User
+from lightkube.models.batch_v1 import JobSpec as KubeJobSpec
+from lightkube.models.core_v1 import (
+    ConfigMapEnvSource,
+    Container,
+    EmptyDirVolumeSource,
+    EnvFromSource,
+    EnvVar,
+    EnvVarSource,
+    PodSpec,
+    PodTemplateSpec,
+    ResourceRequirements,
+    SecretKeySelector,
+    SecurityContext,
+    Volume,
+    VolumeMount,
+)
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.batch_v1 import Job as KubeJob
+from lightkube.resources.core_v1 import Pod
+from lightkube.types import CascadeType
+
+from loraplane.storage import open_store
+from trainer_svc import staged_input
+from trainer_svc.executors.base import EventHandler, Executor, RunOutcome
+from trainer_svc.progress import parse_event
+from trainer_svc.settings import TrainerSettings
+from trainer_svc.worker_input import WorkerInput
+
+log = logging.getLogger(__name__)
+
+JOB_ID_LABEL = "loraplane.dev/job-id"
+WORKER_LABELS = {
+    "app.kubernetes.io/name": "loraplane-worker",
+    "app.kubernetes.io/part-of": "loraplane",
+    "app.kubernetes.io/managed-by": "loraplane-trainer",
+}
+POD_WORK_DIR = Path("/var/lib/loraplane/job")
+"""Where a worker pod keeps its input, checkpoints and adapter: an emptyDir, gone with the pod."""
+_POLL_SECONDS = 1.0
+_LOG_TAIL_LINES = 20
+
+
+def job_name(job_id: str) -> str:
+    return f"loraplane-{job_id}"
+
+
+def job_manifest(settings: TrainerSettings, worker_input: WorkerInput) -> KubeJob:
+    """The Job that trains `worker_input`'s job: the worker fetches its staged input from the store."""
+    labels = {**WORKER_LABELS, JOB_ID_LABEL: worker_input.job_id}
+    env = []
+    if settings.kubernetes_s3_secret:
+        env = [
+            EnvVar(
+                name=variable,
+                valueFrom=EnvVarSource(secretKeyRef=SecretKeySelector(name=settings.kubernetes_s3_secret, key=key)),
+            )
+            for variable, key in (
+                ("AWS_ACCESS_KEY_ID", "access-key-id"),
+                ("AWS_SECRET_ACCESS_KEY", "secret-access-key"),
+            )
+        ]
+    limits = {"memory": settings.kubernetes_worker_memory}
+    if settings.kubernetes_worker_gpus:
+        limits["nvidia.com/gpu"] = str(settings.kubernetes_worker_gpus)
+    worker = Container(
+        name="worker",
+        image=settings.kubernetes_worker_image,
+        command=["python", "-m", "trainer_svc.worker", "--from-store", worker_input.store_uri, worker_input.job_id],
+        envFrom=[EnvFromSource(configMapRef=ConfigMapEnvSource(name=settings.kubernetes_config_map))],
+        env=env,
+        resources=ResourceRequirements(
+            requests={"cpu": settings.kubernetes_worker_cpu, "memory": settings.kubernetes_worker_memory},
+            limits=limits,
+        ),
+        volumeMounts=[VolumeMount(name="work", mountPath=str(POD_WORK_DIR))],
+        securityContext=SecurityContext(allowPrivilegeEscalation=False, runAsNonRoot=True),
+    )
+    return KubeJob(
+        metadata=ObjectMeta(
+            name=job_name(worker_input.job_id),
+            labels=labels,
+            annotations={"loraplane.dev/adapter": worker_input.spec.adapter_name},
+        ),
+        spec=KubeJobSpec(
+            backoffLimit=settings.kubernetes_job_backoff_limit,
+            activeDeadlineSeconds=settings.kubernetes_job_deadline_seconds,
+            ttlSecondsAfterFinished=settings.kubernetes_job_ttl_seconds,
+            template=PodTemplateSpec(
+                metadata=ObjectMeta(labels=labels),
+                spec=PodSpec(
+                    restartPolicy="Never",
+                    containers=[worker],
+                    volumes=[Volume(name="work", emptyDir=EmptyDirVolumeSource())],
+                ),
+            ),
+        ),
+    )
+
+
+class KubernetesExecutor(Executor):
+    def __init__(self, settings: TrainerSettings) -> None:
+        super().__init__(settings)
+        self._client: AsyncClient | None = None
+        self._cancelled: set[str] = set()
+
+    @property
+    def _api(self) -> AsyncClient:
+        if self._client is None:
+            server = self.settings.kubernetes_api_server
+            # A bare server URL (kubectl proxy) takes no credentials: an empty user says so.
+            config = (
+                KubeConfig.from_one(cluster=Cluster(server=server), user=User()) if server else KubeConfig.from_env()
+            )
+            self._client = AsyncClient(config, namespace=self.settings.kubernetes_namespace or None)
+        return self._client
+
+    async def run(self, worker_input: WorkerInput, on_event: EventHandler) -> RunOutcome:
+        job_id = worker_input.job_id
+        store = open_store(self.settings.store_uri, s3_endpoint_url=self.settings.s3_endpoint_url)
+        try:
+            if await self._worker_job(job_id) is None:
+                await asyncio.to_thread(staged_input.stage, store, worker_input, POD_WORK_DIR)
+                await self._api.create(job_manifest(self.settings, worker_input))
+            else:
+                log.info("job %s: following its Kubernetes Job %s again", job_id, job_name(job_id))
+            return await self._follow(job_id, on_event)
+        finally:
+            self._cancelled.discard(job_id)
+            await asyncio.to_thread(staged_input.discard, store, job_id)
+
+    async def cancel(self, job_id: str) -> None:
+        """Delete the job's Kubernetes Job and its pod; `run` then returns with cancelled=True."""
+        self._cancelled.add(job_id)
+        try:
+            await self._api.delete(KubeJob, job_name(job_id), cascade=CascadeType.BACKGROUND)
+        except ApiError as exc:
+            if exc.status.code != 404:  # not created yet: `run` sees the mark and stops
+                raise
+
+    async def _worker_job(self, job_id: str) -> KubeJob | None:
+        async for job in self._api.list(KubeJob, labels={JOB_ID_LABEL: job_id}):
+            return job
+        return None
+
+    async def _pod(self, job_id: str) -> Pod | None:
+        """The Job's newest pod, once it has left Pending (its log can then be read); None if it is gone."""
+        while True:
+            pods = [pod async for pod in self._api.list(Pod, labels={JOB_ID_LABEL: job_id})]
+            if job_id in self._cancelled or (not pods and await self._worker_job(job_id) is None):
+                return None
+            pods.sort(key=lambda pod: pod.metadata.creationTimestamp if pod.metadata else "")  # type: ignore[arg-type, return-value, union-attr]
+            if pods and pods[-1].status is not None and pods[-1].status.phase != "Pending":
+                return pods[-1]
+            await asyncio.sleep(_POLL_SECONDS)
+
+    async def _follow(self, job_id: str, on_event: EventHandler) -> RunOutcome:
+        pod = await self._pod(job_id)
+        if pod is None or pod.metadata is None or pod.metadata.name is None:
+            return RunOutcome(exit_code=-1, cancelled=job_id in self._cancelled, log_tail="the worker Job is gone")
+        name = pod.metadata.name
+        tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
+        try:
+            async for line in self._api.log(name, follow=True):
+                event = parse_event(line)
+                if event is not None:
+                    await on_event(event)
+                elif line.strip():
+                    tail.append(line.rstrip())
+        except ApiError as exc:  # the pod was deleted under the stream (cancel) or never started
+            tail.append(f"reading the log of pod {name}: {exc.status.message}")
+        return await self._ended(job_id, name, "\n".join(tail))
+
+    async def _ended(self, job_id: str, pod_name: str, log_tail: str) -> RunOutcome:
+        """How the pod ended: its container's exit code, or why Kubernetes stopped it."""
+        while job_id not in self._cancelled:
+            try:
+                pod = await self._api.get(Pod, pod_name)
+            except ApiError as exc:
+                if exc.status.code == 404:
+                    return RunOutcome(exit_code=-1, cancelled=False, log_tail=f"{log_tail}\npod {pod_name} vanished")
+                raise
+            status = pod.status
+            if status is not None and status.phase == "Failed" and status.reason:  # Evicted, DeadlineExceeded
+                return RunOutcome(
+                    exit_code=-1,
+                    cancelled=False,
+                    log_tail=f"{log_tail}\nthe pod was stopped: {status.reason}: {status.message or ''}".strip(),
+                )
+            for container in (status.containerStatuses or []) if status is not None else []:
+                if container.state is not None and container.state.terminated is not None:
+                    return RunOutcome(exit_code=container.state.terminated.exitCode, cancelled=False, log_tail=log_tail)
+            await asyncio.sleep(_POLL_SECONDS)
+        return RunOutcome(exit_code=-1, cancelled=True, log_tail=log_tail)
