@@ -36,7 +36,9 @@ class TrainerSettings(CommonSettings):
     )
     kubernetes_namespace: str = Field("", description="Where worker Jobs go; empty = the trainer's own namespace.")
     kubernetes_worker_image: str = Field(
-        "loraplane:0.1.0", description="The image worker Jobs run (the trainer's own, so both run the same code)."
+        "",
+        description="The image worker Jobs run; empty = the trainer's own, read from its pod, so both run the "
+        "same code.",
     )
     kubernetes_worker_cpu: str = Field("2", description="CPU each worker pod requests.")
     kubernetes_worker_memory: str = Field("8Gi", description="Memory each worker pod requests (and may use).")
@@ -51,10 +53,14 @@ class TrainerSettings(CommonSettings):
         3600, ge=0, description="How long a finished worker Job (and its pod's log) stays for inspection."
     )
     kubernetes_config_map: str = Field(
-        "loraplane-config", description="ConfigMap whose LORAPLANE_* variables worker pods get, as the trainer's do."
+        "loraplane-config",
+        description="With kubernetes_worker_image set: the ConfigMap whose LORAPLANE_* variables worker pods get. "
+        "Otherwise workers get the trainer pod's own environment.",
     )
     kubernetes_s3_secret: str = Field(
-        "loraplane-s3", description="Secret with the S3 keys (access-key-id, secret-access-key); empty = none."
+        "loraplane-s3",
+        description="With kubernetes_worker_image set: the Secret with the S3 keys (access-key-id, "
+        "secret-access-key) worker pods get; empty = none.",
     )
 
     @model_validator(mode="after")

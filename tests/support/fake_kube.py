@@ -86,6 +86,19 @@ class FakeKubernetes:
         with self._lock:
             self.pods[pod].log_closed = True
 
+    def add_pod(self, name: str, container: dict[str, Any]) -> None:
+        """A pod of something else (the trainer itself) with one `container`."""
+        with self._lock:
+            self.pods[name] = FakePod(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "loraplane-trainer"}},
+                    "spec": {"containers": [container]},
+                    "status": {"phase": "Running"},
+                }
+            )
+
     def add_job(self, manifest: dict[str, Any]) -> str:
         """A Job that exists before the test's trainer starts (one an earlier trainer created); its pod's name."""
         with self._lock:

@@ -148,3 +148,26 @@ def test_monitoring_renders_one_dashboard_configmap_per_dashboard() -> None:
         assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
         found[file_name] = text
     assert found == dashboards
+
+
+def test_the_trainer_may_run_jobs_in_its_namespace_and_nothing_else(rendered: list[Resource]) -> None:
+    trainer = one(rendered, "Deployment", "loraplane-trainer")
+    account = trainer["spec"]["template"]["spec"]["serviceAccountName"]
+    one(rendered, "ServiceAccount", account)
+    binding = one(rendered, "RoleBinding", account)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": account}]
+    role = one(rendered, binding["roleRef"]["kind"], binding["roleRef"]["name"])
+    granted = {
+        (group, resource): set(rule["verbs"])
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+    }
+    # What the kubernetes executor calls: create, list, delete Jobs; read its pods, their logs and its own pod.
+    assert granted == {
+        ("batch", "jobs"): {"create", "list", "delete"},
+        ("", "pods"): {"get", "list"},
+        ("", "pods/log"): {"get"},
+    }
+    assert not [r for r in rendered if r["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert _config(rendered)["data"]["LORAPLANE_TRAINER_EXECUTOR"] == "kubernetes"

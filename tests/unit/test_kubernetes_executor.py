@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 
-from loraplane.errors import ErrorCode
+from loraplane.errors import ErrorCode, FailedPrecondition
 from loraplane.storage import FileStore
 from tests.support.fake_kube import FakeKubernetes, running_fake_kubernetes
 from trainer_svc import staged_input
 from trainer_svc.executors import create_executor
-from trainer_svc.executors.kubernetes import KubernetesExecutor, job_manifest, job_name
+from trainer_svc.executors.kubernetes import KubernetesExecutor, WorkerTemplate, job_manifest, job_name
 from trainer_svc.progress import ErrorEvent, PhaseEvent, ProgressEvent, WorkerEvent, format_event
 from trainer_svc.settings import TrainerSettings
 from trainer_svc.spec import JobSpec
@@ -164,7 +164,7 @@ async def test_a_restarted_trainer_follows_the_job_still_running_instead_of_star
 ) -> None:
     # An earlier trainer created the Job and staged its input, then died; the pod runs on.
     staged_input.stage(_store(settings), worker_input, Path("/var/lib/loraplane/job"))
-    pod = fake.add_job(job_manifest(settings, worker_input).to_dict())
+    pod = fake.add_job(job_manifest(settings, worker_input, WorkerTemplate.from_settings(settings)).to_dict())
     fake.start(pod)
     fake.write(pod, format_event(PhaseEvent(phase="training", message="resuming")).strip())
 
@@ -200,3 +200,32 @@ async def test_an_evicted_pod_ends_the_run_saying_why(
     outcome, _ = await asyncio.wait_for(running, 20)
     assert outcome.exit_code == -1 and not outcome.cancelled
     assert "the pod was stopped: Evicted: The node was low on resource: memory." in outcome.log_tail
+
+
+async def test_without_an_image_setting_workers_run_the_trainers_own_image_and_configuration(
+    fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trainer = {
+        "name": "trainer",
+        "image": "registry.example/loraplane:0.2.0-cpu",
+        "envFrom": [{"configMapRef": {"name": "loraplane-config-5f8h2c"}}],  # kustomize's hashed name
+        "env": [{"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3-keys", "key": "id"}}}],
+    }
+    fake.add_pod("loraplane-trainer-7d9f-abcde", trainer)
+    monkeypatch.setenv("HOSTNAME", "loraplane-trainer-7d9f-abcde")
+    own_image = settings.model_copy(update={"kubernetes_worker_image": ""})
+    _, running, pod = await _started(fake, own_image, worker_input)
+    fake.exit(pod, 0)
+    await asyncio.wait_for(running, 20)
+    [worker] = fake.created[0]["spec"]["template"]["spec"]["containers"]
+    shared = ("image", "envFrom", "env")
+    assert {key: worker[key] for key in shared} == {key: trainer[key] for key in shared}
+
+    monkeypatch.setenv("HOSTNAME", "not-in-a-pod")
+    with pytest.raises(FailedPrecondition, match="LORAPLANE_KUBERNETES_WORKER_IMAGE"):
+        await KubernetesExecutor(own_image).run(worker_input.model_copy(update={"job_id": "job-other"}), _ignore)
+    assert list(_store(settings).list_keys("jobs/")) == []  # a run that could not start leaves nothing staged
+
+
+async def _ignore(event: WorkerEvent) -> None:
+    return None

@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from lightkube import ApiError, AsyncClient, KubeConfig
@@ -41,6 +43,7 @@ from lightkube.resources.batch_v1 import Job as KubeJob
 from lightkube.resources.core_v1 import Pod
 from lightkube.types import CascadeType
 
+from loraplane.errors import FailedPrecondition
 from loraplane.storage import open_store
 from trainer_svc import staged_input
 from trainer_svc.executors.base import EventHandler, Executor, RunOutcome
@@ -66,30 +69,47 @@ def job_name(job_id: str) -> str:
     return f"loraplane-{job_id}"
 
 
-def job_manifest(settings: TrainerSettings, worker_input: WorkerInput) -> KubeJob:
-    """The Job that trains `worker_input`'s job: the worker fetches its staged input from the store."""
-    labels = {**WORKER_LABELS, JOB_ID_LABEL: worker_input.job_id}
-    env = []
-    if settings.kubernetes_s3_secret:
+@dataclass(frozen=True)
+class WorkerTemplate:
+    """What a worker container shares with the trainer's: its image and its environment (the LORAPLANE_*
+    ConfigMap and the S3 Secret), so a worker runs the trainer's code with the trainer's configuration."""
+
+    image: str
+    env_from: list[EnvFromSource]
+    env: list[EnvVar]
+
+    @classmethod
+    def from_container(cls, container: Container) -> WorkerTemplate:
+        return cls(image=container.image or "", env_from=container.envFrom or [], env=container.env or [])
+
+    @classmethod
+    def from_settings(cls, settings: TrainerSettings) -> WorkerTemplate:
+        """For a trainer outside the cluster (or one that pins the worker image): the names in its settings."""
+        secret = settings.kubernetes_s3_secret
         env = [
-            EnvVar(
-                name=variable,
-                valueFrom=EnvVarSource(secretKeyRef=SecretKeySelector(name=settings.kubernetes_s3_secret, key=key)),
-            )
+            EnvVar(name=variable, valueFrom=EnvVarSource(secretKeyRef=SecretKeySelector(name=secret, key=key)))
             for variable, key in (
                 ("AWS_ACCESS_KEY_ID", "access-key-id"),
                 ("AWS_SECRET_ACCESS_KEY", "secret-access-key"),
             )
+            if secret
         ]
+        config_map = EnvFromSource(configMapRef=ConfigMapEnvSource(name=settings.kubernetes_config_map))
+        return cls(image=settings.kubernetes_worker_image, env_from=[config_map], env=env)
+
+
+def job_manifest(settings: TrainerSettings, worker_input: WorkerInput, template: WorkerTemplate) -> KubeJob:
+    """The Job that trains `worker_input`'s job: the worker fetches its staged input from the store."""
+    labels = {**WORKER_LABELS, JOB_ID_LABEL: worker_input.job_id}
     limits = {"memory": settings.kubernetes_worker_memory}
     if settings.kubernetes_worker_gpus:
         limits["nvidia.com/gpu"] = str(settings.kubernetes_worker_gpus)
     worker = Container(
         name="worker",
-        image=settings.kubernetes_worker_image,
+        image=template.image,
         command=["python", "-m", "trainer_svc.worker", "--from-store", worker_input.store_uri, worker_input.job_id],
-        envFrom=[EnvFromSource(configMapRef=ConfigMapEnvSource(name=settings.kubernetes_config_map))],
-        env=env,
+        envFrom=template.env_from,
+        env=template.env,
         resources=ResourceRequirements(
             requests={"cpu": settings.kubernetes_worker_cpu, "memory": settings.kubernetes_worker_memory},
             limits=limits,
@@ -123,6 +143,7 @@ class KubernetesExecutor(Executor):
     def __init__(self, settings: TrainerSettings) -> None:
         super().__init__(settings)
         self._client: AsyncClient | None = None
+        self._template: WorkerTemplate | None = None
         self._cancelled: set[str] = set()
 
     @property
@@ -142,13 +163,19 @@ class KubernetesExecutor(Executor):
         try:
             if await self._worker_job(job_id) is None:
                 await asyncio.to_thread(staged_input.stage, store, worker_input, POD_WORK_DIR)
-                await self._api.create(job_manifest(self.settings, worker_input))
+                await self._api.create(job_manifest(self.settings, worker_input, await self._worker_template()))
             else:
                 log.info("job %s: following its Kubernetes Job %s again", job_id, job_name(job_id))
-            return await self._follow(job_id, on_event)
+            outcome = await self._follow(job_id, on_event)
+        except asyncio.CancelledError:  # the trainer is stopping: the Job runs on, and the next trainer follows it
+            raise
+        except BaseException:
+            await asyncio.to_thread(staged_input.discard, store, job_id)
+            raise
         finally:
             self._cancelled.discard(job_id)
-            await asyncio.to_thread(staged_input.discard, store, job_id)
+        await asyncio.to_thread(staged_input.discard, store, job_id)
+        return outcome
 
     async def cancel(self, job_id: str) -> None:
         """Delete the job's Kubernetes Job and its pod; `run` then returns with cancelled=True."""
@@ -158,6 +185,27 @@ class KubernetesExecutor(Executor):
         except ApiError as exc:
             if exc.status.code != 404:  # not created yet: `run` sees the mark and stops
                 raise
+
+    async def _worker_template(self) -> WorkerTemplate:
+        """From the settings when they name a worker image; else the trainer's own container, read from its
+        pod, so a new image or configuration rolled out to the trainer reaches its workers too (kustomize
+        gives the ConfigMap a hashed name only the trainer's pod spec knows)."""
+        if self._template is not None:
+            return self._template
+        if self.settings.kubernetes_worker_image:
+            self._template = WorkerTemplate.from_settings(self.settings)
+            return self._template
+        pod_name = os.environ.get("HOSTNAME", "")  # a pod's hostname is its name
+        try:
+            pod = await self._api.get(Pod, pod_name)
+        except ApiError as exc:
+            raise FailedPrecondition(
+                f"cannot find the trainer's own pod {pod_name!r} to give worker Jobs its image and configuration "
+                f"({exc.status.message}); outside a cluster, set LORAPLANE_KUBERNETES_WORKER_IMAGE"
+            ) from exc
+        assert pod.spec is not None  # a pod the API returns always has one
+        self._template = WorkerTemplate.from_container(pod.spec.containers[0])
+        return self._template
 
     async def _worker_job(self, job_id: str) -> KubeJob | None:
         async for job in self._api.list(KubeJob, labels={JOB_ID_LABEL: job_id}):
