@@ -17,6 +17,7 @@ from loraplane.artifact import ArtifactRepository
 from loraplane.drift import Profile
 from loraplane.errors import ErrorCode
 from loraplane.storage import FileStore
+from trainer_svc import staged_input
 from trainer_svc.dataset import ChatTurn, Example, PreferenceExample, PromptCompletion, SourcedExample, write_examples
 from trainer_svc.progress import ErrorEvent, EvalEvent, PhaseEvent, ProgressEvent, ResultEvent, parse_event
 from trainer_svc.spec import JobSpec
@@ -393,3 +394,30 @@ def test_a_dpo_run_killed_mid_training_resumes_to_the_same_adapter(tiny_model_di
         import torch
 
         torch.testing.assert_close(actual[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_worker_fetches_its_staged_input_from_the_store_as_a_kubernetes_pod_does(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # The trainer's side: the input with its examples, staged in the store for a pod's paths.
+    trainer_dir, pod_dir = tmp_path / "trainer", tmp_path / "pod"
+    trainer_dir.mkdir()
+    worker_input = WorkerInput.model_validate_json(
+        _worker_input(trainer_dir, tiny_model_dir, training={"max_steps": 4, "batch_size": 3}).read_text()
+    )
+    store = FileStore(trainer_dir / "store")
+    staged_input.stage(store, worker_input, pod_dir / "job")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "trainer_svc.worker", "--from-store", store.uri, worker_input.job_id],
+        cwd=REPO_ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    events = [parse_event(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 0, events[-1]
+    assert isinstance(events[-1], ResultEvent) and events[-1].adapter.version == 1
+    assert (pod_dir / "job" / "train.jsonl").read_bytes() == worker_input.train_file.read_bytes()
+    assert ArtifactRepository(store).versions("blue") == [1]
