@@ -150,6 +150,8 @@ class AdapterManager:
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # loaded versions, least recently used first
         self._host: OrderedDict[str, ResolvedAdapter] = OrderedDict()  # offloaded versions, least recently used first
         self._restoring: dict[str, ResolvedAdapter] = {}  # taken from the host tier, not yet in a slot
+        self._waiting: dict[str, int] = {}  # version key -> requests waiting for its load
+        self._waiting_for: dict[str, ResolvedAdapter] = {}
         self._slots_lock = asyncio.Lock()
         self._slot_freed = asyncio.Event()  # set when a slot's last request finishes or a slot empties
         self._locks = _KeyedLocks()
@@ -268,6 +270,18 @@ class AdapterManager:
         if (slot := self._touch(key)) is not None:
             self._metrics.adapter_cache_lookups.labels("engine", "hit").inc()
             return slot
+        self._waiting[key] = self._waiting.get(key, 0) + 1
+        self._waiting_for[key] = adapter
+        try:
+            return await self._load(adapter)
+        finally:
+            self._waiting[key] -= 1
+            if not self._waiting[key]:
+                del self._waiting[key], self._waiting_for[key]
+
+    async def _load(self, adapter: ResolvedAdapter) -> _Slot:
+        """Load `adapter` into a slot, once however many requests wait for it."""
+        key = adapter.key
         async with self._locks.hold(f"load:{key}"):
             if (slot := self._touch(key)) is not None:  # loaded by the request this one waited for
                 self._metrics.adapter_cache_lookups.labels("engine", "hit").inc()
@@ -449,6 +463,15 @@ class AdapterManager:
     def loaded(self) -> list[ResolvedAdapter]:
         """Loaded versions, least recently used first."""
         return [slot.adapter for slot in self._slots.values()]
+
+    def newest_version(self, name: str) -> int | None:
+        """The version the name `name` last resolved to here, if it was ever asked for unpinned."""
+        entry = self._latest.get(name)
+        return entry[1].manifest.version if entry is not None else None
+
+    def waiting(self) -> list[ResolvedAdapter]:
+        """Versions requests are waiting to have loaded (fetching, or waiting for a free slot)."""
+        return list(self._waiting_for.values())
 
     def is_loaded(self, key: str) -> bool:
         return key in self._slots

@@ -20,6 +20,7 @@ from serving_svc.http_endpoint import HttpEndpoint
 from serving_svc.inference import InferenceService
 from serving_svc.metrics import ServingMetrics
 from serving_svc.openai_app import create_app
+from serving_svc.routing_metrics import RoutingCollector
 from serving_svc.servicer import InferenceServicer
 from serving_svc.settings import ServingSettings
 
@@ -56,6 +57,17 @@ class ServingServer(EndpointsHost):
             settings.serving_address, SERVICE_NAME, settings.serving_metrics_port, self.metrics.registry
         )
         self.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
+        self.metrics.registry.register(
+            RoutingCollector(
+                engine_stats=self.engine.stats,
+                queued=lambda: self.admission.queued,
+                running_adapters=self.adapters.loaded,
+                waiting_adapters=self.adapters.waiting,
+                newest_version=self.adapters.newest_version,
+                max_lora=settings.max_loaded_adapters,
+                max_batch_size=settings.max_batch_size,
+            )
+        )
         self.drift = self._drift_monitor(settings)
         self._drift_refresher: asyncio.Task[None] | None = None
         self.inference = InferenceService(

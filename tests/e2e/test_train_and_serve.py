@@ -188,6 +188,13 @@ def test_metrics_count_what_happened(stack: Stack, trained: tuple[trainer_pb2.Jo
     assert requests[("secret-word", "OK")] >= 3
     assert requests[("_unresolved", "NOT_FOUND")] >= 1
     assert requests[("_unresolved", "INVALID_ARGUMENT")] >= 1
+    # What an inference gateway's endpoint picker routes by, under vLLM's names.
+    [lora] = serving["vllm:lora_requests_info"]
+    assert lora.labels["max_lora"] == str(stack.serving.settings.max_loaded_adapters)
+    assert {"secret-word@v1", "secret-word"} <= set(lora.labels["running_lora_adapters"].split(","))
+    assert lora.labels["waiting_lora_adapters"] == ""
+    assert [s.value for s in serving["vllm:num_requests_waiting"]] == [0.0]
+    assert [s.value for s in serving["vllm:gpu_cache_usage_perc"]] == [0.0]
 
 
 def test_a_real_prometheus_scrapes_both_services(
