@@ -8,14 +8,19 @@ ports, selectors that match nothing, settings the services would refuse.
 
 from __future__ import annotations
 
+import os
+import subprocess
+from pathlib import Path
+
 import pytest
+import yaml
 
 from serving_svc.settings import ServingSettings
-from tests.support.kustomize import K8S, Resource, one, render
+from tests.support.kustomize import K8S, Resource, kubectl, one, render
 from trainer_svc.settings import TrainerSettings
 
 KUBERNETES_VERSION = "1.32"
-TARGETS = ["base", "overlays/cpu", "overlays/gpu"]
+TARGETS = ["base", "overlays/cpu", "overlays/gpu", "overlays/dev"]
 IMAGE = "loraplane:0.1.0"
 COMMANDS = {"loraplane-trainer": ["trainer-svc"], "loraplane-serving": ["serving-svc"]}
 
@@ -36,7 +41,8 @@ def _container(deployment: Resource) -> Resource:
 
 
 def _deployments(resources: list[Resource]) -> list[Resource]:
-    return [r for r in resources if r["kind"] == "Deployment"]
+    """The loraplane services' Deployments (the dev overlay adds MinIO's)."""
+    return [r for r in resources if r["kind"] == "Deployment" and r["metadata"]["name"] in COMMANDS]
 
 
 def test_every_resource_is_valid(rendered: list[Resource]) -> None:
@@ -69,7 +75,10 @@ def test_containers(rendered: list[Resource]) -> None:
         assert container["command"] == COMMANDS[deployment["metadata"]["name"]]
         assert container["envFrom"] == [{"configMapRef": {"name": config_name}}]
         secrets = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"]}
-        assert secrets == {"AWS_ACCESS_KEY_ID": "loraplane-s3", "AWS_SECRET_ACCESS_KEY": "loraplane-s3"}
+        assert set(secrets) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+        assert {name.rsplit("-", 1)[0] if name != "loraplane-s3" else name for name in secrets.values()} == {
+            "loraplane-s3"  # the dev overlay generates it, with a hash suffix
+        }
         assert {"cpu", "memory"} <= set(container["resources"]["requests"])
 
 
@@ -105,6 +114,7 @@ def test_services_reach_their_pods(rendered: list[Resource]) -> None:
 def test_config_is_accepted_by_both_services(rendered: list[Resource], monkeypatch: pytest.MonkeyPatch) -> None:
     env = _config(rendered)["data"]
     assert env["LORAPLANE_STORE_URI"] == "s3://loraplane/"
+    assert env["LORAPLANE_S3_ENDPOINT_URL"].startswith("http://")
     assert env["LORAPLANE_BASE_MODEL"] == "/models/smollm2-135m-instruct"
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -112,7 +122,9 @@ def test_config_is_accepted_by_both_services(rendered: list[Resource], monkeypat
     ServingSettings()
 
 
-@pytest.mark.parametrize(("target", "gpu"), [("base", False), ("overlays/cpu", False), ("overlays/gpu", True)])
+@pytest.mark.parametrize(
+    ("target", "gpu"), [("base", False), ("overlays/cpu", False), ("overlays/gpu", True), ("overlays/dev", False)]
+)
 def test_gpu_only_in_the_gpu_overlay(target: str, gpu: bool) -> None:
     resources = render(target)
     serving = _container(one(resources, "Deployment", "loraplane-serving"))
@@ -171,3 +183,68 @@ def test_the_trainer_may_run_jobs_in_its_namespace_and_nothing_else(rendered: li
     }
     assert not [r for r in rendered if r["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     assert _config(rendered)["data"]["LORAPLANE_TRAINER_EXECUTOR"] == "kubernetes"
+
+
+def test_serving_leaves_the_service_before_it_is_stopped(rendered: list[Resource]) -> None:
+    serving = one(rendered, "Deployment", "loraplane-serving")
+    pod = serving["spec"]["template"]["spec"]
+    pause = _container(serving)["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert 0 < pause < pod["terminationGracePeriodSeconds"]
+
+
+def test_the_dev_overlay_brings_its_own_store_with_its_bucket() -> None:
+    resources = render("overlays/dev")
+    minio = one(resources, "Deployment", "loraplane-minio")
+    service = one(resources, "Service", "loraplane-minio")
+    endpoint = _config(resources)["data"]["LORAPLANE_S3_ENDPOINT_URL"]
+    assert endpoint == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
+    [secret] = [r for r in resources if r["kind"] == "Secret"]
+    minio_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in _container(minio)["env"]}
+    assert {ref["name"] for ref in minio_env.values()} == {secret["metadata"]["name"]}
+    bucket_job = one(resources, "Job", "loraplane-minio-bucket")
+    [command] = [c["command"][-1] for c in bucket_job["spec"]["template"]["spec"]["containers"]]
+    assert endpoint in command and "mb --ignore-existing dev/loraplane" in command
+
+
+def test_service_monitors_scrape_ports_the_services_have() -> None:
+    services = {r["metadata"]["name"]: r for r in render("base") if r["kind"] == "Service"}
+    monitors = [r for r in render("monitoring") if r["kind"] == "ServiceMonitor"]
+    assert {m["metadata"]["name"] for m in monitors} == {"loraplane-serving", "loraplane-trainer"}
+    for monitor in monitors:
+        [service] = [
+            s
+            for s in services.values()
+            if monitor["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
+        ]
+        ports = {p["name"] for p in service["spec"]["ports"]}
+        assert {endpoint["port"] for endpoint in monitor["spec"]["endpoints"]} <= ports
+
+
+def test_the_autoscaling_component_scales_serving_on_a_metric_the_adapter_rule_defines(tmp_path: Path) -> None:
+    import kubernetes_validate
+
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    base, component = (os.path.relpath(K8S / target, overlay) for target in ("base", "components/autoscaling"))
+    (overlay / "kustomization.yaml").write_text(f"resources: [{base}]\ncomponents: [{component}]\n")
+    result = subprocess.run(
+        [kubectl(), "kustomize", "--load-restrictor=LoadRestrictionsNone", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    resources = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    hpa = one(resources, "HorizontalPodAutoscaler", "loraplane-serving")
+    kubernetes_validate.validate(hpa, KUBERNETES_VERSION, strict=True)
+    target = hpa["spec"]["scaleTargetRef"]
+    one(resources, target["kind"], target["name"])
+    rules = yaml.safe_load(
+        one(resources, "ConfigMap", "loraplane-prometheus-adapter-rules")["data"]["prometheus-adapter-rules.yaml"]
+    )
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] in {rule["name"]["as"] for rule in rules["rules"]}
+    # The series the rule reads are ones serving exports.
+    for rule in rules["rules"]:
+        for series in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+            assert series in rule["metricsQuery"]
