@@ -182,14 +182,18 @@ class AdapterManager:
                 manifest, raw = await asyncio.to_thread(self._repository.resolve, spec)
             except Unavailable:
                 # The store is down: a name resolved before keeps its last version (it was complete and
-                # is immutable), so adapters in use go on answering through an outage.
+                # is immutable), so adapters in use go on answering through an outage; the store is
+                # asked again after another TTL, not by every request.
                 if spec.version is None and spec.name in self._latest:
+                    stale = self._latest[spec.name][1]
+                    self._latest[spec.name] = (time.monotonic(), stale)
                     log.warning(
-                        "store unavailable: %s stays at %s until it can be resolved again",
+                        "store unavailable: %s stays at %s for another %.0f s",
                         spec,
-                        self._latest[spec.name][1].key,
+                        stale.key,
+                        self._policy.resolve_ttl_seconds,
                     )
-                    return self._latest[spec.name][1]
+                    return stale
                 raise
             adapter = self._described(manifest, raw)
             self._versions[adapter.key] = adapter

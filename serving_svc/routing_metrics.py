@@ -9,8 +9,9 @@ already holds it, or to one with a free slot.
 - `vllm:num_requests_waiting`: requests waiting for the engine (this replica's queue and the
   engine's own).
 - `vllm:num_requests_running`: requests generating tokens.
-- `vllm:gpu_cache_usage_perc`: the share of the engine's batch in use (0 to 1). Each running
-  request holds one row of the key/value cache, so it is how full the cache's rows are.
+- `vllm:kv_cache_usage_perc` (and `vllm:gpu_cache_usage_perc`, its name before vLLM 0.10, which
+  older pickers read): the share of the engine's batch in use (0 to 1). Each running request
+  holds one row of the key/value cache, so it is how full the cache's rows are.
 - `vllm:lora_requests_info{max_lora, running_lora_adapters, waiting_lora_adapters}`: value the
   time of the reading (the picker keeps the newest); adapters in the engine, and adapters requests
   wait to have loaded, comma-separated, each both as `name@vN` and, for the newest version a
@@ -66,11 +67,12 @@ class RoutingCollector(Collector):
             value=self._queued() + stats.waiting,
         )
         yield GaugeMetricFamily("vllm:num_requests_running", "Requests generating tokens.", value=stats.running)
-        yield GaugeMetricFamily(
-            "vllm:gpu_cache_usage_perc",
-            "Share of the engine's batch rows (each holds a request's key/value cache) in use, 0 to 1.",
-            value=min(stats.running / self._max_batch_size, 1.0),
-        )
+        for name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):  # vLLM's name now, and before
+            yield GaugeMetricFamily(
+                name,
+                "Share of the engine's batch rows (each holds a request's key/value cache) in use, 0 to 1.",
+                value=min(stats.running / self._max_batch_size, 1.0),
+            )
         info = GaugeMetricFamily(
             "vllm:lora_requests_info",
             "LoRA adapters in the engine and adapters requests wait for; the value is the time of reading.",

@@ -46,9 +46,6 @@ class TrainerSettings(CommonSettings):
     kubernetes_job_deadline_seconds: int = Field(
         86_400, ge=60, description="activeDeadlineSeconds of a worker Job: past it, Kubernetes stops the job."
     )
-    kubernetes_job_backoff_limit: int = Field(
-        0, ge=0, le=10, description="Pods a worker Job may retry after a failure (each starts over)."
-    )
     kubernetes_job_ttl_seconds: int = Field(
         3600, ge=0, description="How long a finished worker Job (and its pod's log) stays for inspection."
     )

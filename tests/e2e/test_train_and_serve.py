@@ -194,7 +194,7 @@ def test_metrics_count_what_happened(stack: Stack, trained: tuple[trainer_pb2.Jo
     assert {"secret-word@v1", "secret-word"} <= set(lora.labels["running_lora_adapters"].split(","))
     assert lora.labels["waiting_lora_adapters"] == ""
     assert [s.value for s in serving["vllm:num_requests_waiting"]] == [0.0]
-    assert [s.value for s in serving["vllm:gpu_cache_usage_perc"]] == [0.0]
+    assert [s.value for s in serving["vllm:kv_cache_usage_perc"]] == [0.0]
 
 
 def test_a_real_prometheus_scrapes_both_services(

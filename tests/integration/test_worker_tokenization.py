@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from loraplane.errors import FailedPrecondition, InvalidArgument
-from trainer_svc.dataset import ChatExample, PromptCompletion, SourcedExample, TextExample
+from trainer_svc.dataset import ChatExample, ChatTurn, PreferenceExample, PromptCompletion, SourcedExample, TextExample
 from trainer_svc.worker.model import load_tokenizer
 from trainer_svc.worker.tokenization import (
     IGNORE_INDEX,
@@ -113,3 +113,13 @@ def test_chat_template_that_reorders_turns_is_refused(tiny_model_dir: Path) -> N
     )
     with pytest.raises(FailedPrecondition, match="chat template"):
         tokenize_example(CHAT, tokenizer, "chat")
+
+
+def test_a_conversation_on_a_model_without_a_chat_template_is_a_failed_precondition(tiny_model_dir: Path) -> None:
+    tokenizer = load_tokenizer(tiny_model_dir)
+    tokenizer.chat_template = None
+    pair = PreferenceExample(prompt=[ChatTurn(role="user", content="2+2?")], chosen="4", rejected="5")
+    for example in (CHAT, pair):
+        with pytest.raises(FailedPrecondition, match="no chat template") as info:
+            tokenize_example(example, tokenizer, "raw")
+        assert info.value.field == "spec.base_model"

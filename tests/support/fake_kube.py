@@ -32,6 +32,7 @@ class FakePod:
     log: list[str] = field(default_factory=list)
     log_closed: bool = False
     lines_read: int = 0
+    streams_cut: int = 0
 
 
 class FakeKubernetes:
@@ -80,6 +81,15 @@ class FakeKubernetes:
         self._set(pod, phase="Succeeded" if code == 0 else "Failed", state={"terminated": {"exitCode": code}})
         with self._lock:
             self.pods[pod].log_closed = True
+
+    def cannot_start(self, pod: str, reason: str) -> None:
+        """The container waits for something that will not come (an image that cannot be pulled)."""
+        self._set(pod, phase="Pending", state={"waiting": {"reason": reason, "message": f"{reason} for the image"}})
+
+    def cut_log_streams(self, pod: str) -> None:
+        """End the log streams open now, as a connection dropped by a proxy would; the pod runs on."""
+        with self._lock:
+            self.pods[pod].streams_cut += 1
 
     def evict(self, pod: str) -> None:
         self._set(pod, phase="Failed", state=None, reason="Evicted", message="The node was low on resource: memory.")
@@ -217,10 +227,10 @@ class FakeKubernetes:
             return self._not_found("pods", name)
 
         async def lines() -> AsyncIterator[bytes]:
-            sent = 0
+            sent, cut_at_start = 0, pod.streams_cut
             while True:
                 with self._lock:
-                    new, closed = pod.log[sent:], pod.log_closed
+                    new, closed = pod.log[sent:], pod.log_closed or pod.streams_cut != cut_at_start
                 for line in new:
                     yield (line + "\n").encode()
                 sent += len(new)

@@ -100,7 +100,8 @@ def test_every_setting_is_real_and_the_base_model_is_the_one_built_in_and_the_ma
         if name.startswith("LORAPLANE_") and name != "LORAPLANE_SERVICE":
             assert name.removeprefix("LORAPLANE_").lower() in fields, f"{dockerfile.name} sets unknown {name}"
     assert f"--dest {env['LORAPLANE_BASE_MODEL']}" in dockerfile.read_text()
-    k8s_env = dict(line.split("=", 1) for line in (ROOT / "k8s/base/loraplane.env").read_text().split())
+    env_file = (ROOT / "k8s/base/loraplane.env").read_text().splitlines()
+    k8s_env = dict(line.split("=", 1) for line in env_file if line.strip() and not line.startswith("#"))
     assert k8s_env["LORAPLANE_BASE_MODEL"] == env["LORAPLANE_BASE_MODEL"]
 
 

@@ -229,3 +229,60 @@ async def test_without_an_image_setting_workers_run_the_trainers_own_image_and_c
 
 async def _ignore(event: WorkerEvent) -> None:
     return None
+
+
+async def test_a_pod_that_can_never_start_fails_the_run_with_the_reason_and_its_job_is_deleted(
+    fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
+) -> None:
+    executor = KubernetesExecutor(settings)
+    running = asyncio.create_task(_run(executor, worker_input))
+    pod = await asyncio.to_thread(fake.pod_of, NAME)
+    fake.cannot_start(pod, "ImagePullBackOff")
+    outcome, events = await asyncio.wait_for(running, 20)
+    assert (outcome.exit_code, outcome.cancelled, events) == (-1, False, [])
+    assert "the worker pod cannot start: ImagePullBackOff" in outcome.log_tail
+    assert fake.deleted == [(NAME, "Background")]
+
+
+async def test_a_log_stream_cut_while_the_worker_runs_is_opened_again_without_repeating_lines(
+    fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
+) -> None:
+    _, running, pod = await _started(fake, settings, worker_input)
+    first, second = PhaseEvent(phase="training"), PhaseEvent(phase="evaluating")
+    fake.write(pod, format_event(first).strip())
+    await asyncio.to_thread(fake.wait_until_read, pod)
+    fake.cut_log_streams(pod)
+    fake.write(pod, format_event(second).strip())
+    await asyncio.to_thread(fake.wait_until_read, pod)
+    fake.exit(pod, 0)
+    outcome, events = await asyncio.wait_for(running, 20)
+    assert outcome.exit_code == 0
+    assert events == [first, second]
+
+
+async def test_a_cancel_before_the_job_exists_starts_nothing(
+    fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
+) -> None:
+    executor = KubernetesExecutor(settings)
+    await executor.cancel(JOB_ID)  # as the service does when a cancel beats the runner to it
+    outcome, events = await asyncio.wait_for(_run(executor, worker_input), 20)
+    assert outcome.cancelled and events == []
+    assert fake.created == [] and fake.jobs == {}
+    assert list(_store(settings).list_keys("jobs/")) == []
+
+
+async def test_a_run_that_breaks_deletes_its_job_so_nothing_runs_on_unfollowed(
+    fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
+) -> None:
+    async def broken(event: WorkerEvent) -> None:
+        raise RuntimeError("the job store is gone")
+
+    executor = KubernetesExecutor(settings)
+    running = asyncio.create_task(executor.run(worker_input, broken))
+    pod = await asyncio.to_thread(fake.pod_of, NAME)
+    fake.start(pod)
+    fake.write(pod, format_event(PhaseEvent(phase="training")).strip())
+    with pytest.raises(RuntimeError, match="job store"):
+        await asyncio.wait_for(running, 20)
+    assert NAME not in fake.jobs and fake.deleted[-1] == (NAME, "Background")
+    assert list(_store(settings).list_keys("jobs/")) == []

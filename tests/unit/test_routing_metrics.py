@@ -42,7 +42,8 @@ def test_queue_batch_use_and_adapters_are_exported_under_vllms_names() -> None:
     )
     assert [s.value for s in scraped["vllm:num_requests_waiting"]] == [5.0]
     assert [s.value for s in scraped["vllm:num_requests_running"]] == [6.0]
-    assert [s.value for s in scraped["vllm:gpu_cache_usage_perc"]] == [0.75]
+    for name in ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"):
+        assert [s.value for s in scraped[name]] == [0.75]
     [info] = scraped["vllm:lora_requests_info"]
     # alpha@v1 is not what the name alpha means now, so only its pinned name routes to it.
     assert info.labels == {
@@ -67,4 +68,4 @@ def test_an_idle_replica_has_empty_adapter_lists() -> None:
     )
     [info] = scraped["vllm:lora_requests_info"]
     assert (info.labels["running_lora_adapters"], info.labels["waiting_lora_adapters"]) == ("", "")
-    assert [s.value for s in scraped["vllm:gpu_cache_usage_perc"]] == [0.0]
+    assert [s.value for s in scraped["vllm:kv_cache_usage_perc"]] == [0.0]

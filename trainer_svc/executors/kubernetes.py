@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -124,7 +125,9 @@ def job_manifest(settings: TrainerSettings, worker_input: WorkerInput, template:
             annotations={"loraplane.dev/adapter": worker_input.spec.adapter_name},
         ),
         spec=KubeJobSpec(
-            backoffLimit=settings.kubernetes_job_backoff_limit,
+            # No retried pods: a retry would start over from nothing (checkpoints live in the pod), and the
+            # trainer follows one pod per job; a job that fails is failed with the pod's reason.
+            backoffLimit=0,
             activeDeadlineSeconds=settings.kubernetes_job_deadline_seconds,
             ttlSecondsAfterFinished=settings.kubernetes_job_ttl_seconds,
             template=PodTemplateSpec(
@@ -163,13 +166,18 @@ class KubernetesExecutor(Executor):
         try:
             if await self._worker_job(job_id) is None:
                 await asyncio.to_thread(staged_input.stage, store, worker_input, POD_WORK_DIR)
-                await self._api.create(job_manifest(self.settings, worker_input, await self._worker_template()))
+                if job_id not in self._cancelled:  # a cancel while staging: nothing to start
+                    await self._api.create(job_manifest(self.settings, worker_input, await self._worker_template()))
+                if job_id in self._cancelled:  # a cancel before the Job existed found nothing to delete
+                    await self._delete(job_id)
             else:
                 log.info("job %s: following its Kubernetes Job %s again", job_id, job_name(job_id))
             outcome = await self._follow(job_id, on_event)
         except asyncio.CancelledError:  # the trainer is stopping: the Job runs on, and the next trainer follows it
             raise
-        except BaseException:
+        except BaseException:  # nobody will follow the Job now: it must not run on and publish unseen
+            with contextlib.suppress(Exception):
+                await self._delete(job_id)
             await asyncio.to_thread(staged_input.discard, store, job_id)
             raise
         finally:
@@ -180,10 +188,14 @@ class KubernetesExecutor(Executor):
     async def cancel(self, job_id: str) -> None:
         """Delete the job's Kubernetes Job and its pod; `run` then returns with cancelled=True."""
         self._cancelled.add(job_id)
+        await self._delete(job_id)  # not created yet: `run` sees the mark and deletes it once it is
+
+    async def _delete(self, job_id: str) -> None:
+        """Delete the Job with its pods (which get SIGTERM); nothing if it does not exist."""
         try:
             await self._api.delete(KubeJob, job_name(job_id), cascade=CascadeType.BACKGROUND)
         except ApiError as exc:
-            if exc.status.code != 404:  # not created yet: `run` sees the mark and stops
+            if exc.status.code != 404:
                 raise
 
     async def _worker_template(self) -> WorkerTemplate:
@@ -212,52 +224,101 @@ class KubernetesExecutor(Executor):
             return job
         return None
 
-    async def _pod(self, job_id: str) -> Pod | None:
-        """The Job's newest pod, once it has left Pending (its log can then be read); None if it is gone."""
-        while True:
+    async def _pod(self, job_id: str) -> Pod | RunOutcome:
+        """The Job's newest pod once it has left Pending (its log can then be read); or how the job ended
+        before that: cancelled, its Job failed or gone, or a pod that can never start (its Job is deleted)."""
+        while job_id not in self._cancelled:
             pods = [pod async for pod in self._api.list(Pod, labels={JOB_ID_LABEL: job_id})]
-            if job_id in self._cancelled or (not pods and await self._worker_job(job_id) is None):
-                return None
-            pods.sort(key=lambda pod: pod.metadata.creationTimestamp if pod.metadata else "")  # type: ignore[arg-type, return-value, union-attr]
-            if pods and pods[-1].status is not None and pods[-1].status.phase != "Pending":
-                return pods[-1]
+            if not pods:
+                job = await self._worker_job(job_id)
+                if job is None:
+                    return RunOutcome(exit_code=-1, cancelled=False, log_tail="the worker Job is gone")
+                failed = _failed_condition(job)
+                if failed:
+                    return RunOutcome(exit_code=-1, cancelled=False, log_tail=f"the worker Job failed: {failed}")
+            else:
+                pods.sort(key=lambda pod: pod.metadata.creationTimestamp if pod.metadata else "")  # type: ignore[arg-type, return-value, union-attr]
+                pod = pods[-1]
+                stuck = _cannot_start(pod)
+                if stuck:
+                    await self._delete(job_id)
+                    return RunOutcome(exit_code=-1, cancelled=False, log_tail=f"the worker pod cannot start: {stuck}")
+                if pod.status is not None and pod.status.phase != "Pending":
+                    return pod
             await asyncio.sleep(_POLL_SECONDS)
+        return RunOutcome(exit_code=-1, cancelled=True, log_tail="")
 
     async def _follow(self, job_id: str, on_event: EventHandler) -> RunOutcome:
+        """Hand on the pod's events until it ends. A log stream that closes while the container still runs
+        is opened again, skipping the lines already read."""
         pod = await self._pod(job_id)
-        if pod is None or pod.metadata is None or pod.metadata.name is None:
-            return RunOutcome(exit_code=-1, cancelled=job_id in self._cancelled, log_tail="the worker Job is gone")
+        if isinstance(pod, RunOutcome):
+            return pod
+        assert pod.metadata is not None and pod.metadata.name is not None  # a listed pod has a name
         name = pod.metadata.name
         tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
-        try:
-            async for line in self._api.log(name, follow=True):
-                event = parse_event(line)
-                if event is not None:
-                    await on_event(event)
-                elif line.strip():
-                    tail.append(line.rstrip())
-        except ApiError as exc:  # the pod was deleted under the stream (cancel) or never started
-            tail.append(f"reading the log of pod {name}: {exc.status.message}")
-        return await self._ended(job_id, name, "\n".join(tail))
-
-    async def _ended(self, job_id: str, pod_name: str, log_tail: str) -> RunOutcome:
-        """How the pod ended: its container's exit code, or why Kubernetes stopped it."""
-        while job_id not in self._cancelled:
+        read = 0
+        while True:
+            seen = 0
             try:
-                pod = await self._api.get(Pod, pod_name)
-            except ApiError as exc:
-                if exc.status.code == 404:
-                    return RunOutcome(exit_code=-1, cancelled=False, log_tail=f"{log_tail}\npod {pod_name} vanished")
-                raise
-            status = pod.status
-            if status is not None and status.phase == "Failed" and status.reason:  # Evicted, DeadlineExceeded
-                return RunOutcome(
-                    exit_code=-1,
-                    cancelled=False,
-                    log_tail=f"{log_tail}\nthe pod was stopped: {status.reason}: {status.message or ''}".strip(),
-                )
-            for container in (status.containerStatuses or []) if status is not None else []:
-                if container.state is not None and container.state.terminated is not None:
-                    return RunOutcome(exit_code=container.state.terminated.exitCode, cancelled=False, log_tail=log_tail)
+                async for line in self._api.log(name, follow=True):
+                    seen += 1
+                    if seen <= read:
+                        continue
+                    read = seen
+                    event = parse_event(line)
+                    if event is not None:
+                        await on_event(event)
+                    elif line.strip():
+                        tail.append(line.rstrip())
+            except ApiError as exc:  # the pod was deleted under the stream (cancel), or never started
+                tail.append(f"reading the log of pod {name}: {exc.status.message}")
+            ended = await self._ended(job_id, name, "\n".join(tail))
+            if ended is not None:
+                return ended
             await asyncio.sleep(_POLL_SECONDS)
-        return RunOutcome(exit_code=-1, cancelled=True, log_tail=log_tail)
+
+    async def _ended(self, job_id: str, pod_name: str, log_tail: str) -> RunOutcome | None:
+        """How the pod ended (its container's exit code, or why Kubernetes stopped it); None while it runs."""
+        if job_id in self._cancelled:
+            return RunOutcome(exit_code=-1, cancelled=True, log_tail=log_tail)
+        try:
+            pod = await self._api.get(Pod, pod_name)
+        except ApiError as exc:
+            if exc.status.code == 404:
+                return RunOutcome(exit_code=-1, cancelled=False, log_tail=f"{log_tail}\npod {pod_name} vanished")
+            raise
+        status = pod.status
+        if status is not None and status.phase == "Failed" and status.reason:  # Evicted, DeadlineExceeded
+            return RunOutcome(
+                exit_code=-1,
+                cancelled=False,
+                log_tail=f"{log_tail}\nthe pod was stopped: {status.reason}: {status.message or ''}".strip(),
+            )
+        for container in (status.containerStatuses or []) if status is not None else []:
+            if container.state is not None and container.state.terminated is not None:
+                return RunOutcome(exit_code=container.state.terminated.exitCode, cancelled=False, log_tail=log_tail)
+        return None
+
+
+_CANNOT_START = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}
+)
+"""Why a container waits that no waiting cures (a missing image, ConfigMap or Secret)."""
+
+
+def _cannot_start(pod: Pod) -> str:
+    """Why `pod`'s container can never start, or "" if it may yet."""
+    for container in (pod.status.containerStatuses or []) if pod.status is not None else []:
+        waiting = container.state.waiting if container.state is not None else None
+        if waiting is not None and waiting.reason in _CANNOT_START:
+            return f"{waiting.reason}: {waiting.message or ''}".strip()
+    return ""
+
+
+def _failed_condition(job: KubeJob) -> str:
+    """The reason a Job has failed (DeadlineExceeded, BackoffLimitExceeded), or "" if it has not."""
+    for condition in (job.status.conditions or []) if job.status is not None else []:
+        if condition.type == "Failed" and condition.status == "True":
+            return f"{condition.reason}: {condition.message or ''}".strip()
+    return ""

@@ -97,6 +97,7 @@ def run(worker_input: WorkerInput, emit: Emit) -> None:
             params=spec.training,
             dpo=spec.dpo,
             prompt_format=prompt_format,
+            validation_field=validation_field,
             output_dir=output_dir,
             emit=emit,
             resume_from=resume_from,

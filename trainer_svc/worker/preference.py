@@ -84,12 +84,14 @@ def train_preferences(
     params: TrainingParameters,
     dpo: DpoParameters,
     prompt_format: PromptFormat,
+    validation_field: str,
     output_dir: Path,
     emit: Emit,
     resume_from: Path | None = None,
 ) -> tuple[PeftModel, TrainingOutcome]:
     """Give `base` the fresh adapter `adapter` and train it by DPO on the pairs; return the model with its
-    trained adapter, and the outcome.
+    trained adapter, and the outcome. `validation_field` is the spec field the validation pairs came
+    from (the training data, when they were split from it), for errors.
 
     TRL creates the adapter from its config: handed a model that already has one, it would keep a
     copy of it as the reference, which a resumed run restores wrongly. The reference is the model
@@ -97,7 +99,7 @@ def train_preferences(
     """
     datasets.disable_progress_bars()
     train_rows = trl_rows(train_examples, prompt_format, field="spec.training_data")
-    validation_rows = trl_rows(validation_examples, prompt_format, field="spec.validation_data")
+    validation_rows = trl_rows(validation_examples, prompt_format, field=validation_field)
     settings = training_settings(
         params, output_dir, train_examples=len(train_rows), has_validation=bool(validation_rows)
     )

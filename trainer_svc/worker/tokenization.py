@@ -66,6 +66,12 @@ def _tokenize_text(example: TextExample, tokenizer: PreTrainedTokenizerBase) -> 
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], *, generation_prompt: bool) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        raise FailedPrecondition(
+            "the base model has no chat template, so conversations (messages, or a preference prompt given as "
+            "messages) cannot be rendered; give prompts as text, or choose a base model with a chat template",
+            field="spec.base_model",
+        )
     return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt))
 
 
