@@ -139,6 +139,9 @@ def train(
     dpo_beta: Annotated[
         float, typer.Option(help="With --method dpo: how far the adapter may move from the base; 0 = default.")
     ] = 0.0,
+    worker_cpu: Annotated[str, typer.Option(help='CPU the worker Job asks for ("4", "500m"); Kubernetes only.')] = "",
+    worker_memory: Annotated[str, typer.Option(help='Memory the worker Job asks for ("16Gi"); Kubernetes only.')] = "",
+    worker_gpus: Annotated[int | None, typer.Option(help="GPUs the worker Job asks for; Kubernetes only.")] = None,
     watch: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
     trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
 ) -> None:
@@ -164,6 +167,7 @@ def train(
                 early_stopping_min_delta=early_stopping_min_delta,
             ),
             dpo=trainer_pb2.DpoParameters(beta=dpo_beta),
+            resources=trainer_pb2.WorkerResources(cpu=worker_cpu, memory=worker_memory, gpus=worker_gpus),
         )
         console.print(f"job [bold]{job.id}[/bold] {_state_name(job.state)}")
         if watch:

@@ -87,6 +87,7 @@ class Jobs:
         lora: trainer_pb2.LoraParameters | None = None,
         training: trainer_pb2.TrainingParameters | None = None,
         dpo: trainer_pb2.DpoParameters | None = None,
+        resources: trainer_pb2.WorkerResources | None = None,
         labels: dict[str, str] | None = None,
         refuse_leakage: bool = False,
         request_id: str | None = None,
@@ -113,6 +114,7 @@ class Jobs:
             lora=lora,
             training=training,
             dpo=dpo,
+            resources=resources,
             labels=labels or {},
         )
         request = trainer_pb2.CreateJobRequest(spec=spec, request_id=request_id or uuid.uuid4().hex)

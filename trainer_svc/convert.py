@@ -20,6 +20,7 @@ from trainer_svc.spec import (
     LoraParameters,
     TaskMetric,
     TrainingParameters,
+    WorkerResources,
 )
 
 _METHOD_ENUMS: dict[Method, trainer_pb2.Method.ValueType] = {
@@ -62,7 +63,12 @@ def _dataset(message: trainer_pb2.Dataset) -> DatasetSource | None:
     return DatasetSource(**{source: getattr(message, source)})
 
 
-_SECTIONS = {"LoraParameters": "lora", "TrainingParameters": "training", "DpoParameters": "dpo"}
+_SECTIONS = {
+    "LoraParameters": "lora",
+    "TrainingParameters": "training",
+    "DpoParameters": "dpo",
+    "WorkerResources": "resources",
+}
 """The spec field each nested message's validation errors belong to."""
 
 
@@ -88,6 +94,7 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
             lora=LoraParameters(**_nonzero(message.lora, ("rank", "alpha", "dropout", "target_modules"))),
             training=TrainingParameters(**_training_fields(message.training)),
             dpo=DpoParameters(**_nonzero(message.dpo, ("beta",))),
+            resources=_resources(message.resources),
             labels=dict(message.labels),
             prompt_format=_PROMPT_FORMATS[message.prompt_format],  # type: ignore[arg-type]
             test_data=_dataset(message.test_data),
@@ -100,6 +107,14 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
         section = _SECTIONS.get(exc.title, "")
         field = ".".join(p for p in ("spec", section, where) if p)
         raise InvalidArgument(f"{error['msg']} (got {error.get('input')!r})", field=field) from None
+
+
+def _resources(message: trainer_pb2.WorkerResources) -> WorkerResources:
+    """The resources the caller asked for; gpus has presence, so an explicit 0 (no GPU) counts."""
+    fields = _nonzero(message, ("cpu", "memory"))
+    if message.HasField("gpus"):
+        fields["gpus"] = message.gpus
+    return WorkerResources(**fields)  # type: ignore[arg-type]
 
 
 def _training_fields(message: trainer_pb2.TrainingParameters) -> dict[str, object]:
@@ -133,6 +148,7 @@ def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
         lora=trainer_pb2.LoraParameters(**spec.lora.model_dump()),
         training=trainer_pb2.TrainingParameters(**spec.training.model_dump()),
         dpo=trainer_pb2.DpoParameters(**spec.dpo.model_dump()),
+        resources=trainer_pb2.WorkerResources(**spec.resources.model_dump(exclude_none=True)),
         labels=spec.labels,
         prompt_format=_PROMPT_FORMAT_ENUMS[spec.prompt_format],
     )

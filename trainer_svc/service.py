@@ -83,6 +83,12 @@ class JobService:
         """Validate `spec` and its data, store the job and queue it. Nothing is stored on bad input."""
         try:
             validate_adapter_name(spec.adapter_name, field="spec.adapter_name")
+            if spec.resources.requested and self.settings.trainer_executor == "local":
+                raise InvalidArgument(
+                    "this trainer runs workers on its own machine, where a job cannot ask for resources; "
+                    "leave spec.resources empty, or send the job to a trainer that runs Kubernetes Jobs",
+                    field="spec.resources",
+                )
             base_model_path = self.settings.base_model_path(spec.base_model)
             spec = spec.model_copy(update={"base_model": spec.base_model or self.settings.base_model_name})
             if not (base_model_path / "config.json").is_file():

@@ -54,6 +54,22 @@ class TrainingParameters(BaseModel):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
 
 
+CPU_QUANTITY = r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$"
+MEMORY_QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|K|M|G|T)?$"
+
+
+class WorkerResources(BaseModel):
+    """What the job's worker asks the cluster for (the kubernetes executor); None = the trainer's default."""
+
+    cpu: str | None = Field(None, pattern=CPU_QUANTITY, description='CPU cores as Kubernetes writes them: "2", "500m"')
+    memory: str | None = Field(None, pattern=MEMORY_QUANTITY, description='memory: "8Gi", "16G"')
+    gpus: int | None = Field(None, ge=0, le=16)
+
+    @property
+    def requested(self) -> bool:
+        return any(value is not None for value in (self.cpu, self.memory, self.gpus))
+
+
 class DpoParameters(BaseModel):
     """Preference tuning's own setting (the rest are the training parameters)."""
 
@@ -98,6 +114,7 @@ class JobSpec(BaseModel):
     lora: LoraParameters = Field(default_factory=LoraParameters)
     training: TrainingParameters = Field(default_factory=TrainingParameters)
     dpo: DpoParameters = Field(default_factory=DpoParameters)
+    resources: WorkerResources = Field(default_factory=WorkerResources)
     labels: dict[str, str] = Field(default_factory=dict)
 
     @model_validator(mode="after")

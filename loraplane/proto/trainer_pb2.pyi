@@ -200,6 +200,42 @@ class LoraParameters(_message.Message):
 Global___LoraParameters: _TypeAlias = LoraParameters  # noqa: Y015
 
 @_typing.final
+class WorkerResources(_message.Message):
+    """What a job's worker asks the cluster for, where the trainer runs workers as Kubernetes Jobs
+    (LORAPLANE_TRAINER_EXECUTOR=kubernetes); empty fields take the trainer's defaults
+    (LORAPLANE_KUBERNETES_WORKER_CPU, _MEMORY, _GPUS). A trainer that runs workers on its own
+    machine refuses them.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CPU_FIELD_NUMBER: _builtins.int
+    MEMORY_FIELD_NUMBER: _builtins.int
+    GPUS_FIELD_NUMBER: _builtins.int
+    cpu: _builtins.str
+    """CPU cores, as Kubernetes writes them: "2", "500m"."""
+    memory: _builtins.str
+    """Memory, requested and the limit: "8Gi", "16G"."""
+    gpus: _builtins.int
+    """nvidia.com/gpu; several GPUs in one pod are all used by the Trainer."""
+    def __init__(
+        self,
+        *,
+        cpu: _builtins.str = ...,
+        memory: _builtins.str = ...,
+        gpus: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gpus", b"_gpus", "gpus", b"gpus"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gpus", b"_gpus", "cpu", b"cpu", "gpus", b"gpus", "memory", b"memory"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__gpus: _TypeAlias = _typing.Literal["gpus"]  # noqa: Y015
+    _WhichOneofArgType__gpus: _TypeAlias = _typing.Literal["_gpus", b"_gpus"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gpus) -> _WhichOneofReturnType__gpus | None: ...
+
+Global___WorkerResources: _TypeAlias = WorkerResources  # noqa: Y015
+
+@_typing.final
 class DpoParameters(_message.Message):
     """Preference tuning (METHOD_DPO) only."""
 
@@ -332,6 +368,7 @@ class JobSpec(_message.Message):
     TASK_METRICS_FIELD_NUMBER: _builtins.int
     REFUSE_LEAKAGE_FIELD_NUMBER: _builtins.int
     DPO_FIELD_NUMBER: _builtins.int
+    RESOURCES_FIELD_NUMBER: _builtins.int
     base_model: _builtins.str
     """Name of a base model the trainer offers; empty = its default."""
     adapter_name: _builtins.str
@@ -368,6 +405,8 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def dpo(self) -> Global___DpoParameters: ...
+    @_builtins.property
+    def resources(self) -> Global___WorkerResources: ...
     def __init__(
         self,
         *,
@@ -384,10 +423,11 @@ class JobSpec(_message.Message):
         task_metrics: _abc.Iterable[Global___TaskMetric.ValueType] | None = ...,
         refuse_leakage: _builtins.bool = ...,
         dpo: Global___DpoParameters | None = ...,
+        resources: Global___WorkerResources | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dpo", b"dpo", "lora", b"lora", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dpo", b"dpo", "lora", b"lora", "resources", b"resources", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_name", b"adapter_name", "base_model", b"base_model", "dpo", b"dpo", "labels", b"labels", "lora", b"lora", "method", b"method", "prompt_format", b"prompt_format", "refuse_leakage", b"refuse_leakage", "task_metrics", b"task_metrics", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_name", b"adapter_name", "base_model", b"base_model", "dpo", b"dpo", "labels", b"labels", "lora", b"lora", "method", b"method", "prompt_format", b"prompt_format", "refuse_leakage", b"refuse_leakage", "resources", b"resources", "task_metrics", b"task_metrics", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

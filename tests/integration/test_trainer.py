@@ -93,6 +93,7 @@ def test_bad_dataset_is_invalid_argument_naming_the_line(
             "spec.training.learning_rate",
         ),
         ({"training_uri": "file:///etc/passwd", "training_file": None}, InvalidArgument, "spec.training_data"),
+        ({"resources": trainer_pb2.WorkerResources(gpus=1)}, InvalidArgument, "spec.resources"),
     ],
 )
 def test_bad_spec_is_invalid_argument_naming_the_field(

@@ -84,6 +84,21 @@ def test_a_dpo_job_takes_its_beta_and_its_own_default_learning_rate() -> None:
     assert info.value.field == "spec.dpo.beta"
 
 
+def test_worker_resources_are_optional_and_an_explicit_zero_gpus_counts() -> None:
+    assert not spec_from_proto(_spec()).resources.requested
+    asked = spec_from_proto(_spec(resources=trainer_pb2.WorkerResources(cpu="500m", memory="16Gi", gpus=0)))
+    assert (asked.resources.cpu, asked.resources.memory, asked.resources.gpus) == ("500m", "16Gi", 0)
+    assert spec_from_proto(spec_to_proto(asked)) == asked
+    for resources, field in (
+        (trainer_pb2.WorkerResources(cpu="two"), "spec.resources.cpu"),
+        (trainer_pb2.WorkerResources(memory="16 GB"), "spec.resources.memory"),
+        (trainer_pb2.WorkerResources(gpus=99), "spec.resources.gpus"),
+    ):
+        with pytest.raises(InvalidArgument) as info:
+            spec_from_proto(_spec(resources=resources))
+        assert info.value.field == field
+
+
 def test_missing_training_data_is_invalid() -> None:
     spec = _spec()
     spec.ClearField("training_data")

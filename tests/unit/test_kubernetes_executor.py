@@ -19,7 +19,7 @@ from trainer_svc.executors import create_executor
 from trainer_svc.executors.kubernetes import KubernetesExecutor, WorkerTemplate, job_manifest, job_name
 from trainer_svc.progress import ErrorEvent, PhaseEvent, ProgressEvent, WorkerEvent, format_event
 from trainer_svc.settings import TrainerSettings
-from trainer_svc.spec import JobSpec
+from trainer_svc.spec import JobSpec, WorkerResources
 from trainer_svc.worker_input import WorkerInput
 
 JOB_ID = "job-0123456789abcdef"
@@ -286,3 +286,15 @@ async def test_a_run_that_breaks_deletes_its_job_so_nothing_runs_on_unfollowed(
         await asyncio.wait_for(running, 20)
     assert NAME not in fake.jobs and fake.deleted[-1] == (NAME, "Background")
     assert list(_store(settings).list_keys("jobs/")) == []
+
+
+def test_a_jobs_own_resources_take_the_place_of_the_trainers_defaults(
+    settings: TrainerSettings, worker_input: WorkerInput
+) -> None:
+    spec = worker_input.spec.model_copy(update={"resources": WorkerResources(cpu="4", memory="16Gi", gpus=0)})
+    manifest = job_manifest(
+        settings, worker_input.model_copy(update={"spec": spec}), WorkerTemplate.from_settings(settings)
+    )
+    [container] = manifest.to_dict()["spec"]["template"]["spec"]["containers"]
+    # gpus 0 is asked for explicitly: no GPU, though the trainer's default is one.
+    assert container["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "16Gi"}}

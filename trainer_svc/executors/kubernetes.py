@@ -102,9 +102,13 @@ class WorkerTemplate:
 def job_manifest(settings: TrainerSettings, worker_input: WorkerInput, template: WorkerTemplate) -> KubeJob:
     """The Job that trains `worker_input`'s job: the worker fetches its staged input from the store."""
     labels = {**WORKER_LABELS, JOB_ID_LABEL: worker_input.job_id}
-    limits = {"memory": settings.kubernetes_worker_memory}
-    if settings.kubernetes_worker_gpus:
-        limits["nvidia.com/gpu"] = str(settings.kubernetes_worker_gpus)
+    asked = worker_input.spec.resources  # the job's own, else the trainer's defaults
+    cpu = asked.cpu or settings.kubernetes_worker_cpu
+    memory = asked.memory or settings.kubernetes_worker_memory
+    gpus = asked.gpus if asked.gpus is not None else settings.kubernetes_worker_gpus
+    limits = {"memory": memory}
+    if gpus:
+        limits["nvidia.com/gpu"] = str(gpus)
     worker = Container(
         name="worker",
         image=template.image,
@@ -112,7 +116,7 @@ def job_manifest(settings: TrainerSettings, worker_input: WorkerInput, template:
         envFrom=template.env_from,
         env=template.env,
         resources=ResourceRequirements(
-            requests={"cpu": settings.kubernetes_worker_cpu, "memory": settings.kubernetes_worker_memory},
+            requests={"cpu": cpu, "memory": memory},
             limits=limits,
         ),
         volumeMounts=[VolumeMount(name="work", mountPath=str(POD_WORK_DIR))],
