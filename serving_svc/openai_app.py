@@ -22,7 +22,8 @@ from typing import Any, TypeVar
 import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from loraplane.errors import Cancelled, InternalError, InvalidArgument, LoraplaneError, NotFound
 from serving_svc import openai_convert as convert
@@ -95,8 +96,14 @@ def _event(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-def create_app(service: InferenceService, base_model: str) -> FastAPI:
+def create_app(service: InferenceService, base_model: str, metrics: CollectorRegistry) -> FastAPI:
+    """The OpenAI-compatible API; `/metrics` serves `metrics` here too, as vLLM does on its API port, since
+    an inference gateway's endpoint picker scrapes the port it routes to."""
     app = FastAPI(title="loraplane serving", docs_url=None, redoc_url=None)
+
+    @app.get("/metrics")
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(LoraplaneError)
     async def domain_error(request: Request, error: LoraplaneError) -> JSONResponse:

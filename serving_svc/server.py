@@ -80,7 +80,7 @@ class ServingServer(EndpointsHost):
         )
         serving_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.inference), self.endpoints.server)
         self.http = HttpEndpoint(
-            create_app(self.inference, settings.base_model_name),
+            create_app(self.inference, settings.base_model_name, self.metrics.registry),
             host_of(settings.serving_address),
             settings.serving_http_port,
             setting="LORAPLANE_SERVING_HTTP_PORT",

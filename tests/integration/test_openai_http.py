@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from loraplane.artifact import ArtifactRepository
 from loraplane.client import LoraplaneClient, sampling
@@ -256,6 +257,16 @@ def test_bad_requests_get_openai_errors_naming_the_parameter(
     assert body["param"] == param, body
     assert body["message"], body
     assert replica.openai.models.list().data, "the replica still answers"
+
+
+def test_the_api_port_serves_the_metrics_an_endpoint_picker_scrapes(replica: Replica) -> None:
+    replica.openai.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    reply = httpx.get(f"{replica.base_url}/metrics")
+    assert reply.status_code == 200
+    families = {family.name: family for family in text_string_to_metric_families(reply.text)}
+    [info] = families["vllm:lora_requests_info"].samples
+    assert "alpha" in info.labels["running_lora_adapters"].split(",")
+    assert "loraplane_serving_requests" in families  # the same registry as the metrics port
 
 
 def test_a_body_that_is_not_json_is_a_400(replica: Replica) -> None:

@@ -248,3 +248,15 @@ def test_the_autoscaling_component_scales_serving_on_a_metric_the_adapter_rule_d
     for rule in rules["rules"]:
         for series in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
             assert series in rule["metricsQuery"]
+
+
+def test_the_inference_pool_selects_the_serving_pods_on_the_port_that_serves_the_api_and_its_metrics() -> None:
+    values = yaml.safe_load((K8S / "inference-gateway" / "values.yaml").read_text())["inferencePool"]
+    base = render("base")
+    serving = one(base, "Deployment", "loraplane-serving")
+    assert values["modelServers"]["matchLabels"].items() <= serving["spec"]["template"]["metadata"]["labels"].items()
+    assert values["targetPortNumber"] == int(_config(base)["data"]["LORAPLANE_SERVING_HTTP_PORT"])
+    [route] = render("inference-gateway")
+    [backend] = route["spec"]["rules"][0]["backendRefs"]
+    assert (backend["group"], backend["kind"]) == ("inference.networking.k8s.io", "InferencePool")
+    assert "helm install " + backend["name"] in (K8S / "inference-gateway" / "values.yaml").read_text()
