@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lightkube.resources.core_v1 import Pod
 
-from loraplane.errors import ErrorCode, FailedPrecondition
+from loraplane.errors import ErrorCode, FailedPrecondition, StartupError
 from loraplane.storage import FileStore
 from tests.support.fake_kube import FakeKubernetes, running_fake_kubernetes
 from trainer_svc import staged_input
@@ -86,8 +87,13 @@ async def _started(
     return executor, running, pod
 
 
-def test_the_setting_picks_the_kubernetes_executor(settings: TrainerSettings) -> None:
-    assert isinstance(create_executor(settings), KubernetesExecutor)
+def test_the_setting_picks_the_kubernetes_executor_which_needs_a_store_its_pods_reach(
+    settings: TrainerSettings,
+) -> None:
+    on_s3 = settings.model_copy(update={"store_uri": "s3://loraplane/"})
+    assert isinstance(create_executor(on_s3), KubernetesExecutor)
+    with pytest.raises(StartupError, match="LORAPLANE_STORE_URI to an s3:// bucket"):
+        create_executor(settings)  # a file:// folder on the trainer
 
 
 async def test_a_job_runs_as_the_exact_job_sent_and_its_log_is_its_progress(
@@ -298,3 +304,40 @@ def test_a_jobs_own_resources_take_the_place_of_the_trainers_defaults(
     [container] = manifest.to_dict()["spec"]["template"]["spec"]["containers"]
     # gpus 0 is asked for explicitly: no GPU, though the trainer's default is one.
     assert container["resources"] == {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "16Gi"}}
+
+
+def test_a_base_model_on_a_volume_of_the_trainers_is_mounted_read_only_and_nothing_else(
+    settings: TrainerSettings, worker_input: WorkerInput
+) -> None:
+    trainer_pod = Pod.from_dict(
+        {
+            "metadata": {"name": "loraplane-trainer-0"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "trainer",
+                        "image": "registry.example/loraplane:0.2.0-cpu",
+                        "volumeMounts": [
+                            {"name": "data", "mountPath": "/var/lib/loraplane"},
+                            {"name": "models", "mountPath": "/models"},
+                        ],
+                    }
+                ],
+                "volumes": [
+                    {"name": "data", "persistentVolumeClaim": {"claimName": "loraplane-trainer-data"}},
+                    {"name": "models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
+                ],
+            },
+        }
+    )
+    on_volume = worker_input.model_copy(update={"base_model_path": Path("/models/llama-3.1-8b")})
+    pod = job_manifest(settings, on_volume, WorkerTemplate.from_pod(trainer_pod)).to_dict()["spec"]["template"]["spec"]
+    assert pod["volumes"] == [
+        {"name": "work", "emptyDir": {}},
+        {"name": "models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
+    ]
+    assert pod["containers"][0]["volumeMounts"][1:] == [{"name": "models", "mountPath": "/models", "readOnly": True}]
+    # A model in the image (not under any volume) mounts nothing of the trainer's.
+    in_image = worker_input.model_copy(update={"base_model_path": Path("/opt/models/smollm2")})
+    pod = job_manifest(settings, in_image, WorkerTemplate.from_pod(trainer_pod)).to_dict()["spec"]["template"]["spec"]
+    assert [volume["name"] for volume in pod["volumes"]] == ["work"]

@@ -18,7 +18,7 @@ import collections
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lightkube import ApiError, AsyncClient, KubeConfig
@@ -73,15 +73,38 @@ def job_name(job_id: str) -> str:
 @dataclass(frozen=True)
 class WorkerTemplate:
     """What a worker container shares with the trainer's: its image and its environment (the LORAPLANE_*
-    ConfigMap and the S3 Secret), so a worker runs the trainer's code with the trainer's configuration."""
+    ConfigMap and the S3 Secret), so a worker runs the trainer's code with the trainer's configuration;
+    and the trainer's volumes, of which a worker mounts those that hold its job's base model."""
 
     image: str
     env_from: list[EnvFromSource]
     env: list[EnvVar]
+    volumes: list[Volume] = field(default_factory=list)
+    mounts: list[VolumeMount] = field(default_factory=list)
 
     @classmethod
-    def from_container(cls, container: Container) -> WorkerTemplate:
-        return cls(image=container.image or "", env_from=container.envFrom or [], env=container.env or [])
+    def from_pod(cls, pod: Pod) -> WorkerTemplate:
+        """The trainer's own pod: its (first) container's image, environment and mounts, and the pod's volumes."""
+        assert pod.spec is not None  # a pod the API returns always has one
+        container = pod.spec.containers[0]
+        return cls(
+            image=container.image or "",
+            env_from=container.envFrom or [],
+            env=container.env or [],
+            volumes=pod.spec.volumes or [],
+            mounts=container.volumeMounts or [],
+        )
+
+    def model_volumes(self, base_model_path: Path) -> tuple[list[Volume], list[VolumeMount]]:
+        """The volumes holding `base_model_path` (a model on a volume rather than in the image), mounted
+        read-only: a worker reads the model and must not take the trainer's other volumes (its job DB)."""
+        mounts = [
+            VolumeMount(name=mount.name, mountPath=mount.mountPath, subPath=mount.subPath, readOnly=True)
+            for mount in self.mounts
+            if base_model_path.is_relative_to(mount.mountPath)
+        ]
+        names = {mount.name for mount in mounts}
+        return [volume for volume in self.volumes if volume.name in names], mounts
 
     @classmethod
     def from_settings(cls, settings: TrainerSettings) -> WorkerTemplate:
@@ -106,6 +129,7 @@ def job_manifest(settings: TrainerSettings, worker_input: WorkerInput, template:
     cpu = asked.cpu or settings.kubernetes_worker_cpu
     memory = asked.memory or settings.kubernetes_worker_memory
     gpus = asked.gpus if asked.gpus is not None else settings.kubernetes_worker_gpus
+    model_volumes, model_mounts = template.model_volumes(worker_input.base_model_path)
     limits = {"memory": memory}
     if gpus:
         limits["nvidia.com/gpu"] = str(gpus)
@@ -119,7 +143,7 @@ def job_manifest(settings: TrainerSettings, worker_input: WorkerInput, template:
             requests={"cpu": cpu, "memory": memory},
             limits=limits,
         ),
-        volumeMounts=[VolumeMount(name="work", mountPath=str(POD_WORK_DIR))],
+        volumeMounts=[VolumeMount(name="work", mountPath=str(POD_WORK_DIR)), *model_mounts],
         securityContext=SecurityContext(allowPrivilegeEscalation=False, runAsNonRoot=True),
     )
     return KubeJob(
@@ -139,7 +163,7 @@ def job_manifest(settings: TrainerSettings, worker_input: WorkerInput, template:
                 spec=PodSpec(
                     restartPolicy="Never",
                     containers=[worker],
-                    volumes=[Volume(name="work", emptyDir=EmptyDirVolumeSource())],
+                    volumes=[Volume(name="work", emptyDir=EmptyDirVolumeSource()), *model_volumes],
                 ),
             ),
         ),
@@ -219,8 +243,7 @@ class KubernetesExecutor(Executor):
                 f"cannot find the trainer's own pod {pod_name!r} to give worker Jobs its image and configuration "
                 f"({exc.status.message}); outside a cluster, set LORAPLANE_KUBERNETES_WORKER_IMAGE"
             ) from exc
-        assert pod.spec is not None  # a pod the API returns always has one
-        self._template = WorkerTemplate.from_container(pod.spec.containers[0])
+        self._template = WorkerTemplate.from_pod(pod)
         return self._template
 
     async def _worker_job(self, job_id: str) -> KubeJob | None:
