@@ -217,7 +217,7 @@ class WorkerResources(_message.Message):
     memory: _builtins.str
     """Memory, requested and the limit: "8Gi", "16G"."""
     gpus: _builtins.int
-    """nvidia.com/gpu; several GPUs in one pod are all used by the Trainer."""
+    """nvidia.com/gpu; with several, the pod runs one worker process per GPU under torchrun."""
     def __init__(
         self,
         *,

@@ -421,3 +421,22 @@ def test_a_worker_fetches_its_staged_input_from_the_store_as_a_kubernetes_pod_do
     assert isinstance(events[-1], ResultEvent) and events[-1].adapter.version == 1
     assert (pod_dir / "job" / "train.jsonl").read_bytes() == worker_input.train_file.read_bytes()
     assert ArtifactRepository(store).versions("blue") == [1]
+
+
+def test_under_torchrun_every_rank_trains_and_the_first_alone_reports_and_publishes(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Two processes on the CPU (gloo) stand in for two GPUs in one pod.
+    input_path = _worker_input(
+        tmp_path, tiny_model_dir, training={"max_steps": 4, "batch_size": 2, "eval_every_steps": 2}
+    )
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "trainer_svc.worker", str(input_path)]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    events = [parse_event(line) for line in done.stdout.splitlines()]
+    events = [event for event in events if event is not None]  # torchrun prints a line of its own
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [event.step for event in _of(ProgressEvent, events)] == [1, 2, 3, 4]  # once each, not once per rank
+    assert [event.step for event in _of(EvalEvent, events)] == [2, 4]
+    assert len(_of(ResultEvent, events)) == 1 and events[-1].adapter.version == 1
+    assert ArtifactRepository(FileStore(tmp_path / "store")).versions("blue") == [1]

@@ -341,3 +341,15 @@ def test_a_base_model_on_a_volume_of_the_trainers_is_mounted_read_only_and_nothi
     in_image = worker_input.model_copy(update={"base_model_path": Path("/opt/models/smollm2")})
     pod = job_manifest(settings, in_image, WorkerTemplate.from_pod(trainer_pod)).to_dict()["spec"]["template"]["spec"]
     assert [volume["name"] for volume in pod["volumes"]] == ["work"]
+
+
+def test_a_job_with_several_gpus_runs_one_worker_process_per_gpu_under_torchrun(
+    settings: TrainerSettings, worker_input: WorkerInput
+) -> None:
+    spec = worker_input.spec.model_copy(update={"resources": WorkerResources(gpus=4)})
+    manifest = job_manifest(
+        settings, worker_input.model_copy(update={"spec": spec}), WorkerTemplate.from_settings(settings)
+    )
+    [container] = manifest.to_dict()["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:5] == ["torchrun", "--standalone", "--nproc_per_node=4", "-m", "trainer_svc.worker"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"

@@ -70,6 +70,13 @@ def job_name(job_id: str) -> str:
     return f"loraplane-{job_id}"
 
 
+def _launcher(gpus: int) -> list[str]:
+    """Python for one process; torchrun for one process per GPU, as one data-parallel (DDP) run."""
+    if gpus > 1:
+        return ["torchrun", "--standalone", f"--nproc_per_node={gpus}"]
+    return ["python"]
+
+
 @dataclass(frozen=True)
 class WorkerTemplate:
     """What a worker container shares with the trainer's: its image and its environment (the LORAPLANE_*
@@ -136,7 +143,14 @@ def job_manifest(settings: TrainerSettings, worker_input: WorkerInput, template:
     worker = Container(
         name="worker",
         image=template.image,
-        command=["python", "-m", "trainer_svc.worker", "--from-store", worker_input.store_uri, worker_input.job_id],
+        command=[
+            *_launcher(gpus),
+            "-m",
+            "trainer_svc.worker",
+            "--from-store",
+            worker_input.store_uri,
+            worker_input.job_id,
+        ],
         envFrom=template.env_from,
         env=template.env,
         resources=ResourceRequirements(

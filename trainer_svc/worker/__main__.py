@@ -2,7 +2,8 @@
 
 `python -m trainer_svc.worker --from-store STORE_URI JOB_ID` fetches the input the trainer staged
 in the store first (`staged_input.py`); a Kubernetes Job's pod runs it so. The S3 endpoint, if
-any, comes from LORAPLANE_S3_ENDPOINT_URL.
+any, comes from LORAPLANE_S3_ENDPOINT_URL. Under `torchrun` (several GPUs in one pod) every rank
+trains and the first one alone reports, evaluates and publishes.
 
 The last event is a ResultEvent (exit 0) or an ErrorEvent (exit 1). A cancelled job is stopped
 with SIGTERM: the worker exits at once and publishes nothing, since an adapter only becomes
@@ -46,8 +47,9 @@ from trainer_svc.worker.train import train
 from trainer_svc.worker_input import PARENT_PID_ENV, WorkerInput
 
 
-def run(worker_input: WorkerInput, emit: Emit) -> None:
-    """The job's phases in order; any failure raises."""
+def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> None:
+    """The job's phases in order; any failure raises. In a distributed run (torchrun) every process
+    trains its share of each batch; only the first (`main_process`) evaluates and publishes."""
     spec = worker_input.spec
     set_seed(spec.training.seed)  # before the adapter exists: its initial weights are random too
 
@@ -105,6 +107,8 @@ def run(worker_input: WorkerInput, emit: Emit) -> None:
     else:
         model = get_peft_model(base, lora)
         outcome = train(model, tokenizer, train_set, validation_set, spec.training, output_dir, emit, resume_from)
+    if not main_process:
+        return
     metrics = {**outcome.metrics, **token_statistics(train_set)}
 
     emit(PhaseEvent(phase="evaluating"))
@@ -176,7 +180,8 @@ S3_ENDPOINT_ENV = "LORAPLANE_S3_ENDPOINT_URL"
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     _die_with_parent()
-    events = claim_stdout()
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun
+    events = claim_stdout(reports=rank == 0)
     if len(argv) != 1 and not (len(argv) == 3 and argv[0] == "--from-store"):
         usage = "usage: python -m trainer_svc.worker INPUT.json | --from-store STORE_URI JOB_ID"
         events.emit(ErrorEvent(code=ErrorCode.INVALID_ARGUMENT, message=usage))
@@ -187,7 +192,7 @@ def main(argv: list[str]) -> int:
             worker_input = staged_input.fetch(store, argv[2])
         else:
             worker_input = WorkerInput.model_validate_json(Path(argv[0]).read_text())
-        run(worker_input, events.emit)
+        run(worker_input, events.emit, main_process=rank == 0)
     except LoraplaneError as exc:
         events.emit(ErrorEvent(code=exc.error_code, message=exc.message, field=exc.field))
         return 1

@@ -25,13 +25,18 @@ class EventStream:
         self._out.flush()
 
 
-def claim_stdout() -> EventStream:
+def claim_stdout(*, reports: bool = True) -> EventStream:
     """Keep the process's stdout for events and point fd 1 at stderr.
 
     Libraries print to stdout (progress bars, warnings, C++ logging); after this, whatever they
-    print lands in stderr, and only events reach the stream the executor parses.
+    print lands in stderr, and only events reach the stream the executor parses. A process that
+    does not `report` (every rank of a distributed run but the first, which speaks for all) emits
+    into nothing.
     """
     sys.stdout.flush()
     events_fd = os.dup(1)
     os.dup2(2, 1)
+    if not reports:
+        os.close(events_fd)
+        return EventStream(open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - lives as long as the process
     return EventStream(os.fdopen(events_fd, "w", encoding="utf-8", buffering=1))

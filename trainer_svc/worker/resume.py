@@ -73,6 +73,6 @@ def _recorded_fingerprint(record: Path) -> str | None:
 
 def _write_record(record: Path, base_model_fingerprint: str) -> None:
     record.parent.mkdir(parents=True, exist_ok=True)
-    partial = record.with_suffix(".partial")
+    partial = record.with_suffix(f".{os.getpid()}.partial")  # the ranks of a distributed run all write it
     partial.write_text(json.dumps({"base_model_fingerprint": base_model_fingerprint}))
     os.replace(partial, record)
