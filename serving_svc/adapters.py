@@ -22,7 +22,7 @@ import os
 import shutil
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -150,8 +150,7 @@ class AdapterManager:
         self._slots: OrderedDict[str, _Slot] = OrderedDict()  # loaded versions, least recently used first
         self._host: OrderedDict[str, ResolvedAdapter] = OrderedDict()  # offloaded versions, least recently used first
         self._restoring: dict[str, ResolvedAdapter] = {}  # taken from the host tier, not yet in a slot
-        self._waiting: dict[str, int] = {}  # version key -> requests waiting for its load
-        self._waiting_for: dict[str, ResolvedAdapter] = {}
+        self._waiting: Counter[str] = Counter()  # version key -> requests waiting for its load
         self._slots_lock = asyncio.Lock()
         self._slot_freed = asyncio.Event()  # set when a slot's last request finishes or a slot empties
         self._locks = _KeyedLocks()
@@ -274,14 +273,13 @@ class AdapterManager:
         if (slot := self._touch(key)) is not None:
             self._metrics.adapter_cache_lookups.labels("engine", "hit").inc()
             return slot
-        self._waiting[key] = self._waiting.get(key, 0) + 1
-        self._waiting_for[key] = adapter
+        self._waiting[key] += 1
         try:
             return await self._load(adapter)
         finally:
             self._waiting[key] -= 1
             if not self._waiting[key]:
-                del self._waiting[key], self._waiting_for[key]
+                del self._waiting[key]
 
     async def _load(self, adapter: ResolvedAdapter) -> _Slot:
         """Load `adapter` into a slot, once however many requests wait for it."""
@@ -475,7 +473,7 @@ class AdapterManager:
 
     def waiting(self) -> list[ResolvedAdapter]:
         """Versions requests are waiting to have loaded (fetching, or waiting for a free slot)."""
-        return list(self._waiting_for.values())
+        return [self._versions[key] for key in self._waiting]  # every version a request holds was resolved here
 
     def is_loaded(self, key: str) -> bool:
         return key in self._slots

@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from loraplane.errors import FailedPrecondition, InvalidArgument
+from tests.support.adapters import load_model
 from trainer_svc.spec import JobSpec
-from trainer_svc.worker.model import load_model
 
 pytestmark = pytest.mark.integration  # loads transformers and the tiny model
 

@@ -7,13 +7,15 @@ from pathlib import Path
 import pytest
 
 from loraplane.errors import InvalidArgument
+from tests.support.adapters import load_model
 from trainer_svc.dataset import ChatTurn, PreferenceExample, SourcedExample
 from trainer_svc.spec import JobSpec
-from trainer_svc.worker.model import load_model, load_tokenizer
+from trainer_svc.worker.model import load_tokenizer
 from trainer_svc.worker.preference import preference_scores, rejected_answers, trl_rows
 from trainer_svc.worker.tokenization import tokenize_examples
 
 pytestmark = pytest.mark.integration
+
 
 TEXT = PreferenceExample(prompt="2+2=", chosen="4", rejected="5")
 CONVERSATION = PreferenceExample(

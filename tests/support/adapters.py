@@ -1,12 +1,18 @@
-"""Adapters for serving tests: made with peft (random, non-zero B weights so they change the
-output) and published to a store the way the trainer publishes them."""
+"""Adapters for tests: made with peft (random, non-zero B weights so they change the output) and
+published to a store the way the trainer publishes them; and the fresh adapter the worker trains."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loraplane.artifact import ArtifactRepository, BaseModelInfo, DatasetInfo, Manifest, ManifestDraft
 from loraplane.drift import Profile
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+    from trainer_svc.spec import JobSpec
 
 RANK = 8
 
@@ -58,3 +64,13 @@ def publish_adapter(
         prompt_format=prompt_format,
     )
     return repository.publish(source, draft)[0]
+
+
+def load_model(base_model_path: Path, spec: JobSpec) -> PeftModel:
+    """The base model with the fresh adapter `spec` asks for, as the worker builds it for supervised tuning."""
+    from peft import get_peft_model
+
+    from trainer_svc.worker.model import adapter_config, load_base_model
+
+    base = load_base_model(base_model_path, spec)
+    return get_peft_model(base, adapter_config(base, spec))  # type: ignore[return-value]

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from lightkube import ApiError, AsyncClient, KubeConfig
@@ -205,6 +206,7 @@ class KubernetesExecutor(Executor):
     async def run(self, worker_input: WorkerInput, on_event: EventHandler) -> RunOutcome:
         job_id = worker_input.job_id
         store = open_store(self.settings.store_uri, s3_endpoint_url=self.settings.s3_endpoint_url)
+        trainer_stopping = False
         try:
             if await self._worker_job(job_id) is None:
                 await asyncio.to_thread(staged_input.stage, store, worker_input, POD_WORK_DIR)
@@ -214,18 +216,18 @@ class KubernetesExecutor(Executor):
                     await self._delete(job_id)
             else:
                 log.info("job %s: following its Kubernetes Job %s again", job_id, job_name(job_id))
-            outcome = await self._follow(job_id, on_event)
+            return await self._follow(job_id, on_event)
         except asyncio.CancelledError:  # the trainer is stopping: the Job runs on, and the next trainer follows it
+            trainer_stopping = True
             raise
         except BaseException:  # nobody will follow the Job now: it must not run on and publish unseen
             with contextlib.suppress(Exception):
                 await self._delete(job_id)
-            await asyncio.to_thread(staged_input.discard, store, job_id)
             raise
         finally:
             self._cancelled.discard(job_id)
-        await asyncio.to_thread(staged_input.discard, store, job_id)
-        return outcome
+            if not trainer_stopping:  # the Job has ended (or never will): its pod needs the input no more
+                await asyncio.to_thread(staged_input.discard, store, job_id)
 
     async def cancel(self, job_id: str) -> None:
         """Delete the job's Kubernetes Job and its pod; `run` then returns with cancelled=True."""
@@ -278,8 +280,7 @@ class KubernetesExecutor(Executor):
                 if failed:
                     return RunOutcome(exit_code=-1, cancelled=False, log_tail=f"the worker Job failed: {failed}")
             else:
-                pods.sort(key=lambda pod: pod.metadata.creationTimestamp if pod.metadata else "")  # type: ignore[arg-type, return-value, union-attr]
-                pod = pods[-1]
+                pod = max(pods, key=_created)  # one pod per Job (backoffLimit 0); the newest, were there more
                 stuck = _cannot_start(pod)
                 if stuck:
                     await self._delete(job_id)
@@ -346,6 +347,11 @@ _CANNOT_START = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError", "CreateContainerError"}
 )
 """Why a container waits that no waiting cures (a missing image, ConfigMap or Secret)."""
+
+
+def _created(pod: Pod) -> datetime:
+    created = pod.metadata.creationTimestamp if pod.metadata is not None else None
+    return created or datetime.min.replace(tzinfo=UTC)
 
 
 def _cannot_start(pod: Pod) -> str:

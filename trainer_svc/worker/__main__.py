@@ -70,8 +70,11 @@ def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> 
         )
     )
     validation_field = "spec.validation_data" if spec.validation_data else "spec.training_data"
-    sets = [(train_examples, "spec.training_data"), (validation_examples, validation_field)]
-    sets.append((test_examples, "spec.test_data"))
+    sets = [
+        (train_examples, "spec.training_data"),
+        (validation_examples, validation_field),
+        (test_examples, "spec.test_data"),
+    ]
 
     def tokenized(examples: list[SourcedExample], field: str) -> list[TokenizedExample]:
         return tokenize_examples(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, prepare_model_for_kbit_training
 from peft.tuners.tuners_utils import check_target_module_exists
 from transformers import (
     AutoModelForCausalLM,
@@ -109,9 +109,3 @@ def load_base_model(base_model_path: Path, spec: JobSpec) -> PreTrainedModel:
         _keep_4bit_weights_trainable_on_cpu(model)
         model = prepare_model_for_kbit_training(model, gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
-
-
-def load_model(base_model_path: Path, spec: JobSpec) -> PeftModel:
-    """The base model with a fresh adapter for `spec`, in train mode, ready for the Trainer."""
-    base = load_base_model(base_model_path, spec)
-    return get_peft_model(base, adapter_config(base, spec))  # type: ignore[return-value]
