@@ -4,6 +4,9 @@ loraplane train --adapter acme --data train.jsonl --watch
 loraplane generate --adapter acme "Where is the Eiffel tower?"
 loraplane drift acme
 loraplane jobs | adapters | watch JOB | cancel JOB | prepare-model
+loraplane token add NAME --role train | token list | token revoke NAME
+
+Calls carry the token in LORAPLANE_TOKEN (see `loraplane token add`).
 """
 
 from __future__ import annotations
@@ -20,12 +23,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
 
+from loraplane.auth import Role, TokenFile, add_token, revoke_token
 from loraplane.client import DEFAULT_SERVING_TARGET, DEFAULT_TRAINER_TARGET, LoraplaneClient, sampling
 from loraplane.errors import InvalidArgument, LoraplaneError
 from loraplane.proto import serving_pb2, trainer_pb2
 from loraplane.training import JobState, Method
 
 app = typer.Typer(help="Fine-tune LoRA adapters and serve them, over gRPC.", no_args_is_help=True)
+token_app = typer.Typer(help="Tokens the services accept (their file holds hashes only).", no_args_is_help=True)
+app.add_typer(token_app, name="token")
 console = Console()
 err_console = Console(stderr=True)
 
@@ -391,3 +397,54 @@ def prepare_model(
     with _reporting_errors():
         path = prepare_smollm2(dest or CommonSettings().base_model)
     console.print(f"base model ready at {path}")
+
+
+TokensFile = Annotated[
+    Path | None,
+    typer.Option(
+        "--file",
+        envvar="LORAPLANE_AUTH_TOKENS_FILE",
+        help="The services' token file; default: {data_dir}/tokens.json.",
+    ),
+]
+
+
+def _tokens_file(path: Path | None) -> Path:
+    from loraplane.settings import CommonSettings
+
+    return path or CommonSettings().auth_tokens_file
+
+
+@token_app.command("add")
+def token_add(
+    name: Annotated[str, typer.Argument(help="Who holds the token; owns the jobs it creates.")],
+    role: Annotated[list[Role], typer.Option(case_sensitive=False, help="A role it grants; repeat for more.")],
+    replace: Annotated[bool, typer.Option(help="Rotate: a new token for an existing name.")] = False,
+    file: TokensFile = None,
+) -> None:
+    """Create a token and print it (only now: the file keeps its hash). Services pick it up within a second."""
+    path = _tokens_file(file)
+    with _reporting_errors():
+        token = add_token(path, name, role, replace=replace)
+    err_console.print(f"token for {name!r} ({', '.join(sorted(role))}) added to {path}; pass it as LORAPLANE_TOKEN:")
+    print(token)
+
+
+@token_app.command("list")
+def token_list(file: TokensFile = None) -> None:
+    """The names and roles in the token file."""
+    with _reporting_errors():
+        tokens = TokenFile.read(_tokens_file(file)).tokens
+    table = Table("name", "roles")
+    for entry in tokens:
+        table.add_row(entry.name, ", ".join(sorted(entry.roles)))
+    console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(name: str, file: TokensFile = None) -> None:
+    """Remove a token; services refuse it within a second, without a restart."""
+    path = _tokens_file(file)
+    with _reporting_errors():
+        revoke_token(path, name)
+    console.print(f"token {name!r} revoked")

@@ -7,15 +7,21 @@
 
 Failed calls raise the typed errors of `loraplane.errors` (NotFound, InvalidArgument, ...),
 with the offending request field in `.field`.
+
+Like the OpenAI SDK with OPENAI_API_KEY, the client reads its token from LORAPLANE_TOKEN unless
+given one, and TLS files from LORAPLANE_CLIENT_CA_FILE, LORAPLANE_CLIENT_CERT_FILE and
+LORAPLANE_CLIENT_KEY_FILE (any of them set = TLS) unless given a `ClientTls`.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -23,12 +29,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loraplane.grpc_errors import from_rpc_error
-from loraplane.grpc_server import MAX_MESSAGE_BYTES
 from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from loraplane.training import JobState, Method
 
 DEFAULT_TRAINER_TARGET = "127.0.0.1:50051"
 DEFAULT_SERVING_TARGET = "127.0.0.1:50052"
+MAX_MESSAGE_BYTES = 64 << 20
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -56,14 +62,61 @@ def _stream_typed_errors(call: Callable[P, Iterator[R]]) -> Callable[P, Iterator
     return wrapper
 
 
-def _channel(target: str) -> grpc.Channel:
-    return grpc.insecure_channel(
-        target,
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ],
+@dataclass(frozen=True)
+class ClientTls:
+    """How to check the server (ca_file; None = the system's CAs) and, for mutual TLS, who we are."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @classmethod
+    def from_environment(cls) -> ClientTls | None:
+        files = {
+            field: Path(os.environ[variable])
+            for field, variable in (
+                ("ca_file", "LORAPLANE_CLIENT_CA_FILE"),
+                ("cert_file", "LORAPLANE_CLIENT_CERT_FILE"),
+                ("key_file", "LORAPLANE_CLIENT_KEY_FILE"),
+            )
+            if os.environ.get(variable)
+        }
+        return cls(**files) if files else None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: Path | None) -> bytes | None:
+            return path.read_bytes() if path is not None else None
+
+        return grpc.ssl_channel_credentials(read(self.ca_file), read(self.key_file), read(self.cert_file))
+
+
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer <token>` to every call (on a plain or a TLS channel alike)."""
+
+    def __init__(self, token: str) -> None:
+        self._header = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self._header])
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._with_token(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._with_token(client_call_details), request)
+
+
+def _channel(target: str, token: str | None, tls: ClientTls | None) -> grpc.Channel:
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ]
+    channel = (
+        grpc.secure_channel(target, tls.credentials(), options=options)
+        if tls is not None
+        else grpc.insecure_channel(target, options=options)
     )
+    return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
 
 
 class Jobs:
@@ -267,10 +320,22 @@ class Inference:
 
 
 class LoraplaneClient:
-    """Both services; either may be left unused. Close it, or use it as a context manager."""
+    """Both services; either may be left unused. Close it, or use it as a context manager.
 
-    def __init__(self, trainer: str = DEFAULT_TRAINER_TARGET, serving: str = DEFAULT_SERVING_TARGET) -> None:
-        self._channels = {"trainer": _channel(trainer), "serving": _channel(serving)}
+    `token` None reads LORAPLANE_TOKEN ("" sends none); `tls` None reads the LORAPLANE_CLIENT_*_FILE variables.
+    """
+
+    def __init__(
+        self,
+        trainer: str = DEFAULT_TRAINER_TARGET,
+        serving: str = DEFAULT_SERVING_TARGET,
+        *,
+        token: str | None = None,
+        tls: ClientTls | None = None,
+    ) -> None:
+        token = os.environ.get("LORAPLANE_TOKEN", "") if token is None else token
+        tls = ClientTls.from_environment() if tls is None else tls
+        self._channels = {"trainer": _channel(trainer, token, tls), "serving": _channel(serving, token, tls)}
         self.jobs = Jobs(self._channels["trainer"])
         self.inference = Inference(self._channels["serving"])
 

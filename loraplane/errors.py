@@ -87,7 +87,15 @@ class ResourceExhausted(LoraplaneError):
 
 
 class Unauthenticated(LoraplaneError):
+    """No valid token came with the request."""
+
     code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(LoraplaneError):
+    """The caller's token is valid but lacks the role the call needs."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class Unavailable(LoraplaneError):
@@ -118,6 +126,7 @@ ERRORS_BY_CODE: dict[grpc.StatusCode, type[LoraplaneError]] = {
         FailedPrecondition,
         ResourceExhausted,
         Unauthenticated,
+        PermissionDenied,
         Unavailable,
         Cancelled,
         InternalError,

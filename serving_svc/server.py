@@ -6,9 +6,10 @@ import asyncio
 import logging
 
 from loraplane.artifact import ArtifactRepository
+from loraplane.auth import Role
 from loraplane.errors import FailedPrecondition, StartupError
 from loraplane.fingerprint import base_model_fingerprint
-from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, host_of
+from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security, host_of
 from loraplane.proto import serving_pb2, serving_pb2_grpc
 from loraplane.storage import open_store
 from serving_svc.adapters import AdapterManager, AdapterPolicy
@@ -17,7 +18,7 @@ from serving_svc.drift_metrics import DriftCollector
 from serving_svc.drift_monitor import DriftMonitor, DriftPolicy
 from serving_svc.engines import create_engine
 from serving_svc.http_endpoint import HttpEndpoint
-from serving_svc.inference import InferenceService
+from serving_svc.inference import InferenceService, RequestLimits
 from serving_svc.metrics import ServingMetrics
 from serving_svc.openai_app import create_app
 from serving_svc.routing_metrics import RoutingCollector
@@ -28,6 +29,18 @@ log = logging.getLogger(__name__)
 
 DRIFT_REFRESH_SECONDS = 1.0
 SERVICE_NAME = serving_pb2.DESCRIPTOR.services_by_name["Inference"].full_name
+RPC_ROLES = {
+    "Generate": Role.GENERATE,
+    "GenerateStream": Role.GENERATE,
+    "Tokenize": Role.GENERATE,
+    "ModelInfo": Role.GENERATE,
+    "ListAdapters": Role.GENERATE,
+    "RecordFeedback": Role.GENERATE,
+    "GetAdapterStats": Role.GENERATE,
+    "LoadAdapter": Role.ADMIN,
+    "UnloadAdapter": Role.ADMIN,
+}
+"""The role each call needs besides admin, which may call them all; the HTTP API needs generate."""
 
 
 class ServingServer(EndpointsHost):
@@ -53,10 +66,18 @@ class ServingServer(EndpointsHost):
         )
         repository = ArtifactRepository(open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url))
         self.adapters = AdapterManager(repository, self.engine, settings.adapter_cache_dir, policy, self.metrics)
+        security = endpoint_security(settings)
         self.endpoints = ServiceEndpoints(
-            settings.serving_address, SERVICE_NAME, settings.serving_metrics_port, self.metrics.registry
+            settings.serving_address,
+            SERVICE_NAME,
+            RPC_ROLES,
+            security,
+            settings.serving_metrics_port,
+            self.metrics.registry,
         )
-        self.admission = Admission(settings.max_concurrent_requests, settings.max_queued_requests)
+        self.admission = Admission(
+            settings.max_concurrent_requests, settings.max_queued_requests, settings.max_requests_per_caller
+        )
         self.metrics.registry.register(
             RoutingCollector(
                 engine_stats=self.engine.stats,
@@ -76,14 +97,25 @@ class ServingServer(EndpointsHost):
             self.metrics,
             self.admission,
             self.drift,
-            default_max_tokens=settings.default_max_tokens,
+            limits=RequestLimits(
+                default_max_tokens=settings.default_max_tokens,
+                max_tokens=settings.max_tokens_limit,
+                max_prompt_tokens=settings.max_prompt_tokens,
+            ),
         )
         serving_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(self.inference), self.endpoints.server)
         self.http = HttpEndpoint(
-            create_app(self.inference, settings.base_model_name, self.metrics.registry),
+            create_app(
+                self.inference,
+                settings.base_model_name,
+                self.metrics.registry,
+                security.authenticator,
+                max_body_bytes=security.max_message_bytes,
+            ),
             host_of(settings.serving_address),
             settings.serving_http_port,
             setting="LORAPLANE_SERVING_HTTP_PORT",
+            tls=security.tls,
         )
 
     def _host_tier_size(self, max_cpu_adapters: int) -> int:

@@ -1,5 +1,6 @@
 """The Inference gRPC servicer: translation between protobuf and the inference service, nothing more.
 
+The caller (authenticated by the interceptor) is passed on for its per-caller limit.
 Errors are raised as loraplane.errors types (by the service, or by `convert` for malformed
 messages) and leave as gRPC statuses through DomainErrorInterceptor. A caller that cancels or
 passes its deadline cancels the handler, which aborts the engine request.
@@ -13,6 +14,7 @@ from contextlib import aclosing
 
 import grpc
 
+from loraplane.auth import current_caller
 from loraplane.proto import serving_pb2, serving_pb2_grpc
 from serving_svc import convert
 from serving_svc.inference import InferenceService
@@ -25,14 +27,17 @@ class InferenceServicer(serving_pb2_grpc.InferenceServicer):
     async def Generate(
         self, request: serving_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> serving_pb2.GenerateResponse:
-        completion = await self._service.complete(lambda: convert.generation_input(request))
+        completion = await self._service.complete(
+            lambda: convert.generation_input(request), caller=current_caller().name
+        )
         return convert.generate_response(completion)
 
     async def GenerateStream(
         self, request: serving_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[serving_pb2.GenerateStreamResponse]:
         first = True
-        async with aclosing(self._service.stream(lambda: convert.generation_input(request))) as chunks:
+        chunks = self._service.stream(lambda: convert.generation_input(request), caller=current_caller().name)
+        async with aclosing(chunks):
             async for chunk in chunks:
                 delta = chunk.delta
                 if not (first or delta.usage or delta.text or delta.logprobs):

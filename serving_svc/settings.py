@@ -83,6 +83,23 @@ class ServingSettings(CommonSettings):
         ge=0,
         description="Generation requests waiting for a place in the engine; past this, RESOURCE_EXHAUSTED.",
     )
+    max_requests_per_caller: int = Field(
+        256,
+        ge=1,
+        description="Generation requests one token may have generating or waiting; past this, RESOURCE_EXHAUSTED "
+        "(HTTP 429) for that token only. With auth off only the replica's limits apply.",
+    )
+    max_prompt_tokens: int = Field(
+        0,
+        ge=0,
+        description="Longest prompt accepted, in tokens; longer ones get INVALID_ARGUMENT. 0 = as long as "
+        "max_model_len leaves room for.",
+    )
+    max_tokens_limit: int = Field(
+        0,
+        ge=0,
+        description="Largest max_tokens a request may ask for; more gets INVALID_ARGUMENT. 0 = max_model_len.",
+    )
     metrics_adapter_labels: int = Field(
         16,
         ge=1,

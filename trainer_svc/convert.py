@@ -177,6 +177,7 @@ def job_to_proto(job: Job) -> trainer_pb2.Job:
     message = trainer_pb2.Job(
         id=job.id,
         request_id=job.request_id,
+        owner=job.owner,
         spec=spec,
         state=_STATES[job.state],
         progress=trainer_pb2.JobProgress(**job.progress.model_dump()),

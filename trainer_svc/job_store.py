@@ -25,9 +25,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     request_id TEXT,
     adapter_name TEXT NOT NULL,
     state TEXT NOT NULL,
-    body TEXT NOT NULL
+    body TEXT NOT NULL,
+    owner TEXT NOT NULL DEFAULT ''
 );
-CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs(request_id) WHERE request_id != '';
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS job_events (
     job_id TEXT NOT NULL,
@@ -36,12 +36,18 @@ CREATE TABLE IF NOT EXISTS job_events (
     PRIMARY KEY (job_id, sequence)
 );
 """
+_OWNER_SCHEMA = """
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_owner_request_id ON jobs(owner, request_id) WHERE request_id != '';
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, state);
+"""
+"""Request ids are idempotency keys per owner: one caller's key never returns another's job."""
 
 
 class JobStore(abc.ABC):
     @abc.abstractmethod
     def create(self, job: Job, message: str) -> tuple[Job, bool]:
-        """Store a new job and its first event; for a known request_id, return that job and False."""
+        """Store a new job and its first event; for a request_id its owner used before, return that job and
+        False."""
 
     @abc.abstractmethod
     def get(self, job_id: str) -> Job: ...
@@ -52,9 +58,13 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     def list_jobs(
-        self, *, state: JobState | None, adapter_name: str, page_size: int, page_token: str
+        self, *, owner: str | None, state: JobState | None, adapter_name: str, page_size: int, page_token: str
     ) -> tuple[list[Job], str]:
-        """Jobs newest first, and the token of the next page ('' on the last)."""
+        """Jobs of `owner` (None = every owner's) newest first, and the token of the next page ('' on the last)."""
+
+    @abc.abstractmethod
+    def count_unfinished(self, owner: str) -> int:
+        """How many of `owner`'s jobs are not in a terminal state."""
 
     @abc.abstractmethod
     def events(self, job_id: str, after_sequence: int) -> list[JobEvent]: ...
@@ -74,7 +84,17 @@ class SqliteJobStore(JobStore):
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA)
+        self._add_owners()
         self._lock = threading.Lock()
+
+    def _add_owners(self) -> None:
+        """A store from before jobs had owners: add the column (its jobs are the no-auth caller's) and move
+        idempotency keys from global to per owner."""
+        columns = {row[1] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+        if "owner" not in columns:
+            self._conn.execute("ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT ''")
+        self._conn.execute("DROP INDEX IF EXISTS jobs_request_id")
+        self._conn.executescript(_OWNER_SCHEMA)
 
     def close(self) -> None:
         self._conn.close()
@@ -93,7 +113,9 @@ class SqliteJobStore(JobStore):
     def create(self, job: Job, message: str) -> tuple[Job, bool]:
         with self._transaction() as conn:
             if job.request_id:
-                row = conn.execute("SELECT body FROM jobs WHERE request_id = ?", (job.request_id,)).fetchone()
+                row = conn.execute(
+                    "SELECT body FROM jobs WHERE owner = ? AND request_id = ?", (job.owner, job.request_id)
+                ).fetchone()
                 if row:
                     existing = Job.model_validate_json(row[0])
                     if existing.spec != job.spec:
@@ -104,8 +126,8 @@ class SqliteJobStore(JobStore):
                         )
                     return existing, False
             conn.execute(
-                "INSERT INTO jobs (id, request_id, adapter_name, state, body) VALUES (?, ?, ?, ?, ?)",
-                (job.id, job.request_id, job.spec.adapter_name, job.state.value, job.model_dump_json()),
+                "INSERT INTO jobs (id, request_id, adapter_name, state, body, owner) VALUES (?, ?, ?, ?, ?, ?)",
+                (job.id, job.request_id, job.spec.adapter_name, job.state.value, job.model_dump_json(), job.owner),
             )
             self._append_event(conn, job, message)
         return job, True
@@ -139,10 +161,13 @@ class SqliteJobStore(JobStore):
         return event
 
     def list_jobs(
-        self, *, state: JobState | None, adapter_name: str, page_size: int, page_token: str
+        self, *, owner: str | None, state: JobState | None, adapter_name: str, page_size: int, page_token: str
     ) -> tuple[list[Job], str]:
         clauses: list[str] = []
         params: list[object] = []
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
         if page_token:
             clauses.append("seq < ?")
             params.append(_decode_page_token(page_token))
@@ -169,6 +194,14 @@ class SqliteJobStore(JobStore):
                 (job_id, after_sequence),
             ).fetchall()
         return [JobEvent.model_validate_json(body) for (body,) in rows]
+
+    def count_unfinished(self, owner: str) -> int:
+        live = [s.value for s in JobState if not s.terminal]
+        with self._lock:
+            (count,) = self._conn.execute(
+                f"SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN ({','.join('?' * len(live))})", (owner, *live)
+            ).fetchone()
+        return int(count)
 
     def unfinished(self) -> list[Job]:
         live = [s.value for s in JobState if not s.terminal]

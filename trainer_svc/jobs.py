@@ -35,6 +35,8 @@ def utcnow() -> datetime:
 class Job(BaseModel):
     id: str
     request_id: str = ""
+    owner: str = ""
+    """The name of the token that created it; "" when authentication is off (every caller's)."""
     spec: JobSpec
     state: JobState = JobState.VALIDATING
     progress: JobProgress = Field(default_factory=JobProgress)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from loraplane.grpc_server import EndpointsHost, ServiceEndpoints
+from loraplane.auth import Role
+from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security
 from loraplane.proto import trainer_pb2, trainer_pb2_grpc
 from trainer_svc.executors import create_executor
 from trainer_svc.job_store import SqliteJobStore
@@ -10,6 +11,10 @@ from trainer_svc.metrics import TrainerMetrics
 from trainer_svc.service import JobService
 from trainer_svc.servicer import TrainerServicer
 from trainer_svc.settings import TrainerSettings
+
+SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
+RPC_ROLES = dict.fromkeys(("CreateJob", "GetJob", "ListJobs", "CancelJob", "WatchJob"), Role.TRAIN)
+"""Every call needs train (or admin, which also reads and cancels every caller's jobs)."""
 
 
 class TrainerServer(EndpointsHost):
@@ -22,7 +27,9 @@ class TrainerServer(EndpointsHost):
         self.jobs = JobService(settings, self.store, create_executor(settings), self.metrics)
         self.endpoints = ServiceEndpoints(
             settings.trainer_address,
-            trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name,
+            SERVICE_NAME,
+            RPC_ROLES,
+            endpoint_security(settings),
             settings.trainer_metrics_port,
             self.metrics.registry,
         )

@@ -2,7 +2,8 @@
 
 The servicer translates protobuf to calls here; the executor runs workers; the job store keeps
 every change durable. A job is never lost: jobs that were queued or running when the trainer
-stopped are queued again when it starts.
+stopped are queued again when it starts. A job belongs to the caller that created it: another
+caller gets NOT_FOUND for it, as for a job that does not exist, unless it is an admin.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from loraplane.errors import ErrorCode, FailedPrecondition, InvalidArgument, LoraplaneError
+from loraplane.auth import Caller
+from loraplane.errors import ErrorCode, FailedPrecondition, InvalidArgument, LoraplaneError, NotFound, ResourceExhausted
 from loraplane.names import validate_adapter_name
 from loraplane.storage import open_store
 from loraplane.training import JobState
@@ -79,10 +81,11 @@ class JobService:
 
     # -- requests --------------------------------------------------------------------------
 
-    async def create(self, spec: JobSpec, request_id: str) -> Job:
+    async def create(self, spec: JobSpec, request_id: str, caller: Caller) -> Job:
         """Validate `spec` and its data, store the job and queue it. Nothing is stored on bad input."""
         try:
             validate_adapter_name(spec.adapter_name, field="spec.adapter_name")
+            await self._check_caller_room(caller)
             if spec.resources.requested and self.settings.trainer_executor == "local":
                 raise InvalidArgument(
                     "this trainer runs workers on its own machine, where a job cannot ask for resources; "
@@ -103,6 +106,7 @@ class JobService:
         job = Job(
             id=f"job-{uuid.uuid4().hex[:16]}",
             request_id=request_id,
+            owner=caller.name,
             spec=spec.without_inline_text(),
             dataset_metrics=data.metrics(),
         )
@@ -118,7 +122,7 @@ class JobService:
             error = JobError(code=ErrorCode.UNAVAILABLE, message=message)
             return await self._finish(job, JobState.FAILED, error.message, error)
         async with self._dispatch_lock:  # a CancelJob may have come in meanwhile: it wins
-            job = await self.get(job.id)
+            job = await self._load(job.id)
             if job.state.terminal:
                 return job
             message = data.summary()
@@ -126,25 +130,46 @@ class JobService:
         self._queue.put_nowait(job.id)
         return job
 
-    async def get(self, job_id: str) -> Job:
+    async def _check_caller_room(self, caller: Caller) -> None:
+        """Refuse a token that has its limit of unfinished jobs (the anonymous caller of auth off has none)."""
+        if not caller.name:
+            return
+        limit = self.settings.trainer_max_unfinished_jobs_per_caller
+        unfinished = await asyncio.to_thread(self.store.count_unfinished, caller.name)
+        if unfinished >= limit:
+            raise ResourceExhausted(
+                f"caller {caller.name!r} has {unfinished} jobs queued or running, its limit "
+                "(LORAPLANE_TRAINER_MAX_UNFINISHED_JOBS_PER_CALLER); wait for one to end"
+            )
+
+    async def _load(self, job_id: str) -> Job:
         return await asyncio.to_thread(self.store.get, job_id)
 
+    async def get(self, job_id: str, caller: Caller) -> Job:
+        """The job, if `caller` may see it: NOT_FOUND otherwise, so job ids cannot be probed."""
+        job = await self._load(job_id)
+        if job.owner != caller.name and not caller.sees_every_job:
+            raise NotFound(f"job {job_id!r} does not exist", field="job_id")
+        return job
+
     async def list_jobs(
-        self, *, state: JobState | None, adapter_name: str, page_size: int, page_token: str
+        self, *, caller: Caller, state: JobState | None, adapter_name: str, page_size: int, page_token: str
     ) -> tuple[list[Job], str]:
+        """The caller's jobs (an admin's: everyone's), newest first."""
         if page_size > 100:
             raise InvalidArgument("page_size must be at most 100", field="page_size")
         return await asyncio.to_thread(
             self.store.list_jobs,
+            owner=None if caller.sees_every_job else caller.name,
             state=state,
             adapter_name=adapter_name,
             page_size=page_size or 20,
             page_token=page_token,
         )
 
-    async def cancel(self, job_id: str) -> Job:
+    async def cancel(self, job_id: str, caller: Caller) -> Job:
         async with self._dispatch_lock:
-            job = await self.get(job_id)
+            job = await self.get(job_id, caller)
             if job.state.terminal:
                 raise FailedPrecondition(f"job {job_id} already ended ({job.state.value}); nothing to cancel")
             if job.state is not JobState.RUNNING:
@@ -152,8 +177,13 @@ class JobService:
         await self.executor.cancel(job_id)  # the runner records CANCELLED when the worker exits
         return await self._wait_until_ended(job_id)
 
-    async def watch(self, job_id: str, after_sequence: int) -> AsyncIterator[JobEvent]:
+    async def watch(self, job_id: str, after_sequence: int, caller: Caller) -> AsyncIterator[JobEvent]:
         """The job's events after `after_sequence`, live, until the job has ended."""
+        await self.get(job_id, caller)
+        async for event in self._events(job_id, after_sequence):
+            yield event
+
+    async def _events(self, job_id: str, after_sequence: int) -> AsyncIterator[JobEvent]:
         while True:
             changed = self._changed
             events = await asyncio.to_thread(self.store.events, job_id, after_sequence)
@@ -162,7 +192,7 @@ class JobService:
                 after_sequence = event.sequence
             if events and events[-1].job.state.terminal:
                 return
-            if not events and (await self.get(job_id)).state.terminal:
+            if not events and (await self._load(job_id)).state.terminal:
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), _WATCH_POLL_SECONDS)
@@ -185,13 +215,13 @@ class JobService:
                 )
 
     async def _fail_unless_ended(self, job_id: str, error: JobError) -> None:
-        job = await self.get(job_id)
+        job = await self._load(job_id)
         if not job.state.terminal:
             await self._finish(job, JobState.FAILED, error.message, error)
 
     async def _run(self, job_id: str) -> None:
         async with self._dispatch_lock:
-            job = await self.get(job_id)
+            job = await self._load(job_id)
             if job.state is not JobState.QUEUED:  # cancelled while queued
                 return
             job.started_at = utcnow()
@@ -273,10 +303,10 @@ class JobService:
         return await self._record(job, message)
 
     async def _wait_until_ended(self, job_id: str) -> Job:
-        async for event in self.watch(job_id, 0):
+        async for event in self._events(job_id, 0):
             if event.job.state.terminal:
                 return event.job
-        return await self.get(job_id)
+        return await self._load(job_id)
 
     def _work_dir(self, job_id: str) -> Path:
         return self.settings.trainer_work_dir / job_id
@@ -333,6 +363,14 @@ class JobService:
                 field=field,
             )
 
+    def _check_dataset_prefix(self, key: str, uri: str) -> None:
+        prefixes = self.settings.trainer_dataset_prefixes
+        if not key.startswith(tuple(prefixes)):
+            raise InvalidArgument(
+                f"URI {uri!r} is outside the store's dataset folders ({', '.join(prefixes)}); upload the dataset "
+                "under one of them (LORAPLANE_TRAINER_DATASET_PREFIXES)"
+            )
+
     def _read_source(self, source: DatasetSource, field: str) -> str:
         if source.inline_jsonl is not None:
             data = source.inline_jsonl.encode()
@@ -340,6 +378,7 @@ class JobService:
             store = open_store(self.settings.store_uri, s3_endpoint_url=self.settings.s3_endpoint_url)
             try:
                 key = store.key_for_uri(source.uri)
+                self._check_dataset_prefix(key, source.uri)
                 self._check_dataset_size(store.size(key), field)  # before reading it into memory
                 data = store.get_bytes(key)
             except LoraplaneError as exc:
@@ -347,6 +386,12 @@ class JobService:
         else:
             raise InvalidArgument("give the dataset as inline_jsonl or as a uri in the trainer's store", field=field)
         self._check_dataset_size(len(data), field)
+        rows = data.count(b"\n") + (not data.endswith(b"\n"))
+        if rows > self.settings.trainer_max_dataset_rows:
+            raise InvalidArgument(
+                f"dataset has {rows} lines; the limit is {self.settings.trainer_max_dataset_rows}: split it",
+                field=field,
+            )
         try:
             return data.decode()
         except UnicodeDecodeError as exc:

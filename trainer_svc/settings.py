@@ -27,6 +27,20 @@ class TrainerSettings(CommonSettings):
         description="More base models jobs may name, as JSON {name: folder}; base_model is always offered.",
     )
     trainer_max_dataset_bytes: int = Field(64 << 20, ge=1024, description="Largest dataset accepted.")
+    trainer_dataset_prefixes: list[str] = Field(
+        default_factory=lambda: ["datasets/"],
+        description="Where in the store a job's dataset URI may point, as JSON key prefixes; adapters and "
+        "anything else in the store stay out of reach.",
+    )
+    trainer_max_dataset_rows: int = Field(
+        1_000_000, ge=1, description="Most lines (examples) a dataset may have; more gets INVALID_ARGUMENT."
+    )
+    trainer_max_unfinished_jobs_per_caller: int = Field(
+        16,
+        ge=1,
+        description="Jobs one token may have validating, queued or running; past this its CreateJob gets "
+        "RESOURCE_EXHAUSTED. With auth off there is no such limit.",
+    )
     trainer_cancel_grace_seconds: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL delay on cancel.")
     kubernetes_api_server: str = Field(
         "",

@@ -73,6 +73,7 @@ def run_ours(model_dir: Path, train_file: Path, test: list[Example], scratch: Pa
         "LORAPLANE_SERVING_ADDRESS": f"127.0.0.1:{serving_port}",
         "LORAPLANE_SERVING_METRICS_PORT": "0",
         "LORAPLANE_SERVING_HTTP_PORT": "0",
+        "LORAPLANE_AUTH": "off",  # both services on loopback, called by this script alone
     }
     servers = [
         processes.spawn([_console_script(name)], env=env, log_path=scratch / f"{name}.log")

@@ -95,6 +95,7 @@ def server_env(engine: str, workspace: Workspace, data_dir: Path, ports: tuple[i
         "LORAPLANE_MAX_LOADED_ADAPTERS": str(slots),
         "LORAPLANE_MAX_LORA_RANK": str(RANK),
         "LORAPLANE_MAX_MODEL_LEN": str(MAX_MODEL_LEN),
+        "LORAPLANE_AUTH": "off",  # the baselines have none either; a token check is one SHA-256 per call
     }
 
 

@@ -707,9 +707,14 @@ class Job(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     request_id: _builtins.str
     state: Global___JobState.ValueType
+    owner: _builtins.str
+    """The name of the token that created the job ("" when authentication is off). Only it and admins see
+    the job.
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -742,10 +747,11 @@ class Job(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        owner: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "metrics", b"metrics", "progress", b"progress", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "metrics", b"metrics", "progress", b"progress", "request_id", b"request_id", "spec", b"spec", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "created_at", b"created_at", "error", b"error", "finished_at", b"finished_at", "id", b"id", "metrics", b"metrics", "owner", b"owner", "progress", b"progress", "request_id", b"request_id", "spec", b"spec", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

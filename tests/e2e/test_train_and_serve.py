@@ -216,6 +216,7 @@ def test_cli_trains_with_a_progress_bar_and_answers(
 ) -> None:
     monkeypatch.setenv("LORAPLANE_TRAINER_TARGET", f"127.0.0.1:{stack.trainer.port}")
     monkeypatch.setenv("LORAPLANE_SERVING_TARGET", f"127.0.0.1:{stack.serving.port}")
+    monkeypatch.setenv("LORAPLANE_TOKEN", stack.token)
     data = tmp_path / "train.jsonl"
     data.write_text(memorise_jsonl())
     runner = CliRunner()

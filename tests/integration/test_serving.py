@@ -116,6 +116,7 @@ async def serving(
         default_max_tokens=16,
         adapter_resolve_ttl_seconds=0.5,
         drift_prompt_scoring_fraction=1.0,
+        auth="off",
     )
     with pytest.MonkeyPatch.context() as env:
         # The engine core (spawned by AsyncLLM) then runs the model itself rather than in one more

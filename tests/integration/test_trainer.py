@@ -21,8 +21,8 @@ from loraplane.proto import trainer_pb2
 from loraplane.storage import open_store
 from loraplane.training import JobState, Method
 from tests.support.servers import running
+from tests.support.trainer_settings import tiny_trainer_settings
 from trainer_svc.server import TrainerServer, create_server
-from trainer_svc.settings import TrainerSettings
 
 pytestmark = pytest.mark.integration
 
@@ -31,13 +31,7 @@ GOOD_LINE = '{"prompt": "ping", "completion": "pong"}\n'
 
 @pytest.fixture(scope="module")
 def trainer(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainerServer]:
-    settings = TrainerSettings(
-        data_dir=tmp_path_factory.mktemp("trainer"),
-        base_model=tiny_model_dir,
-        base_model_name="tiny",
-        trainer_address="127.0.0.1:0",
-        trainer_metrics_port=0,
-    )
+    settings = tiny_trainer_settings(tiny_model_dir, tmp_path_factory.mktemp("trainer"))
     with running(lambda: create_server(settings)) as server:
         yield server
 
@@ -93,15 +87,22 @@ def test_bad_dataset_is_invalid_argument_naming_the_line(
             "spec.training.learning_rate",
         ),
         ({"training_uri": "file:///etc/passwd", "training_file": None}, InvalidArgument, "spec.training_data"),
+        ({"training_uri": "{store}/adapters/a/v1/manifest.json"}, InvalidArgument, "spec.training_data"),
         ({"resources": trainer_pb2.WorkerResources(gpus=1)}, InvalidArgument, "spec.resources"),
     ],
 )
 def test_bad_spec_is_invalid_argument_naming_the_field(
-    client: LoraplaneClient, tmp_path: Path, kwargs: dict[str, object], error: type[Exception], field: str
+    client: LoraplaneClient,
+    trainer: TrainerServer,
+    tmp_path: Path,
+    kwargs: dict[str, object],
+    error: type[Exception],
+    field: str,
 ) -> None:
     with pytest.raises(error) as info:
         if "training_uri" in kwargs:
-            client.jobs.create(adapter_name="acme", training_uri=str(kwargs["training_uri"]))
+            uri = str(kwargs["training_uri"]).format(store=trainer.settings.store_uri)
+            client.jobs.create(adapter_name="acme", training_uri=uri)
         else:
             _create(client, tmp_path, GOOD_LINE, **kwargs)
     assert info.value.field == field  # type: ignore[attr-defined]
@@ -195,13 +196,7 @@ def test_metrics_count_jobs_by_state(client: LoraplaneClient, trainer: TrainerSe
 
 
 def test_a_job_running_when_the_trainer_stops_runs_again_after_restart(tiny_model_dir: Path, tmp_path: Path) -> None:
-    settings = TrainerSettings(
-        data_dir=tmp_path,
-        base_model=tiny_model_dir,
-        base_model_name="tiny",
-        trainer_address="127.0.0.1:0",
-        trainer_metrics_port=0,
-    )
+    settings = tiny_trainer_settings(tiny_model_dir, tmp_path)
     data = tmp_path / "train.jsonl"
     data.write_text(GOOD_LINE * 8)
     params = trainer_pb2.TrainingParameters(max_steps=3, batch_size=4, learning_rate=1e-2)
@@ -231,13 +226,7 @@ def test_reflection_lists_the_services(trainer: TrainerServer) -> None:
 
 
 def test_a_dataset_uri_over_the_size_limit_is_refused_before_it_is_read(tiny_model_dir: Path, tmp_path: Path) -> None:
-    settings = TrainerSettings(
-        data_dir=tmp_path,
-        base_model=tiny_model_dir,
-        trainer_address="127.0.0.1:0",
-        trainer_metrics_port=0,
-        trainer_max_dataset_bytes=1024,
-    )
+    settings = tiny_trainer_settings(tiny_model_dir, tmp_path, trainer_max_dataset_bytes=1024)
     store = open_store(settings.store_uri)
     store.put_bytes("datasets/big.jsonl", GOOD_LINE.encode() * 100)
     with (

@@ -183,12 +183,22 @@ def publish_fake_adapter(
     method: str = "lora",
     fingerprint: str = FINGERPRINT,
     profile: Profile | None = None,
+    config_fields: dict[str, Any] | None = None,
 ) -> Manifest:
     """Publish the next version of `name`: `rank` in the manifest, `config_rank` (default: rank) in
-    adapter_config.json, random bytes as weights and `profile` (default: `reference_profile()`)."""
+    adapter_config.json (with `config_fields` over peft's usual ones), random bytes as weights and `profile`
+    (default: `reference_profile()`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     source = Path(tempfile.mkdtemp(dir=workdir, prefix=f"src-{name}-"))
-    config: dict[str, Any] = {"r": rank if config_rank is None else config_rank}
+    config: dict[str, Any] = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank if config_rank is None else config_rank,
+        "lora_alpha": 2 * rank,
+        "target_modules": ["q_proj", "v_proj"],
+        "megatron_core": "megatron.core",
+        **(config_fields or {}),
+    }
     if rank_pattern is not None:
         config["rank_pattern"] = rank_pattern
     (source / "adapter_config.json").write_text(json.dumps(config))

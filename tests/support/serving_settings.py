@@ -18,6 +18,7 @@ def tiny_serving_settings(tiny_model_dir: Path, data_dir: Path, **overrides: Any
         "serving_http_port": 0,
         "serving_engine": "transformers",
         "max_model_len": 256,
+        "auth": "off",  # tests/integration/test_auth.py covers tokens; here every call is the anonymous caller's
         **overrides,
     }
     return ServingSettings(**values)

@@ -1,5 +1,6 @@
 """Both services running for real on loopback (trainer with its worker processes, serving with
-its default engine), and a task the tiny model memorises in a few steps."""
+its default engine), as deployed: authentication on, one token with every role that the client
+sends. And a task the tiny model memorises in a few steps."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from loraplane.auth import Role, add_token
 from loraplane.client import LoraplaneClient
 from serving_svc.server import ServingServer
 from serving_svc.server import create_server as create_serving
@@ -36,6 +38,7 @@ class Stack:
     serving: ServingServer
     client: LoraplaneClient
     trainer_settings: TrainerSettings
+    token: str
 
 
 @contextmanager
@@ -44,6 +47,7 @@ def running_stack(
 ) -> Iterator[Stack]:
     """Trainer and serving sharing a store and the tiny base model; `common` overrides shared settings,
     `serving` the serving replica's own."""
+    token = add_token(data_dir / "tokens.json", "e2e", Role)
     shared = {"data_dir": data_dir, "base_model": tiny_model_dir, "base_model_name": "tiny", **common}
     trainer_settings = TrainerSettings(**shared, trainer_address="127.0.0.1:0", trainer_metrics_port=0)
     serving_defaults = {
@@ -58,7 +62,9 @@ def running_stack(
         with (
             running(lambda: create_trainer(trainer_settings)) as trainer,
             running(lambda: create_serving(serving_settings)) as serving,
-            LoraplaneClient(trainer=f"127.0.0.1:{trainer.port}", serving=f"127.0.0.1:{serving.port}") as client,
+            LoraplaneClient(
+                trainer=f"127.0.0.1:{trainer.port}", serving=f"127.0.0.1:{serving.port}", token=token
+            ) as client,
         ):
             assert client.wait_until_serving("trainer", 10) and client.wait_until_serving("serving", 10)
-            yield Stack(trainer, serving, client, trainer_settings)
+            yield Stack(trainer, serving, client, trainer_settings, token)

@@ -34,7 +34,7 @@ async def _settle() -> None:
 async def test_admission_runs_max_concurrent_queues_max_queued_and_refuses_the_rest(
     max_concurrent: int, max_queued: int
 ) -> None:
-    admission = Admission(max_concurrent, max_queued)
+    admission = Admission(max_concurrent, max_queued, max_per_caller=100)
     release = asyncio.Event()
     entered: list[int] = []
     tasks = [asyncio.create_task(_hold(admission, entered, i, release)) for i in range(max_concurrent + max_queued)]
@@ -57,7 +57,7 @@ async def test_admission_runs_max_concurrent_queues_max_queued_and_refuses_the_r
 
 
 async def test_a_cancelled_waiter_leaves_the_queue_and_makes_room() -> None:
-    admission = Admission(1, 1)
+    admission = Admission(1, 1, max_per_caller=100)
     release = asyncio.Event()
     entered: list[int] = []
     running = asyncio.create_task(_hold(admission, entered, 0, release))
@@ -79,7 +79,7 @@ async def test_a_cancelled_waiter_leaves_the_queue_and_makes_room() -> None:
 
 
 async def test_a_waiter_cancelled_just_as_its_place_frees_gives_the_place_back() -> None:
-    admission = Admission(1, 1)
+    admission = Admission(1, 1, max_per_caller=100)
     holder = admission.place()
     await holder.__aenter__()
     entered: list[int] = []
@@ -99,6 +99,37 @@ async def test_a_waiter_cancelled_just_as_its_place_frees_gives_the_place_back()
             pass
 
     await asyncio.wait_for(enter(), TIMEOUT)
+
+
+async def test_one_caller_at_its_limit_is_refused_while_others_are_admitted() -> None:
+    admission = Admission(1, 8, max_per_caller=2)
+    release = asyncio.Event()
+    entered: list[int] = []
+
+    async def hold(caller: str, index: int) -> None:
+        async with admission.place(caller):
+            entered.append(index)
+            await release.wait()
+
+    greedy = [asyncio.create_task(hold("greedy", i)) for i in range(2)]  # one generating, one waiting
+    await _settle()
+    with pytest.raises(ResourceExhausted, match="caller 'greedy' already has 2 requests in flight"):
+        await asyncio.wait_for(hold("greedy", 2), TIMEOUT)
+    polite = asyncio.create_task(hold("polite", 3))  # another caller still gets a place in the queue
+    await _settle()
+    assert admission.queued == 2
+
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*greedy, polite), TIMEOUT)
+    assert sorted(entered) == [0, 1, 3]
+    await asyncio.wait_for(hold("greedy", 4), TIMEOUT)  # its requests ended: room again
+
+    release.clear()
+    anonymous = [asyncio.create_task(hold("", i)) for i in range(5, 9)]  # auth off: the replica's limits only
+    await _settle()
+    assert admission.queued == 3
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*anonymous), TIMEOUT)
 
 
 # -- AdapterLabels --------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from loraplane.names import AdapterSpec
 from serving_svc.admission import Admission
 from serving_svc.drift_monitor import DriftMonitor
 from serving_svc.engines.base import ChatMessage, Prompt, SamplingOptions, TokenLogprob, Usage
-from serving_svc.inference import GenerationInput, InferenceService
+from serving_svc.inference import GenerationInput, InferenceService, RequestLimits
 from serving_svc.metrics import ServingMetrics
 from tests.support.fake_engine import FIRST_TOKEN_ID, AdapterParts, FakeEngine, build_adapter_manager, sample, until
 
@@ -51,9 +51,9 @@ def _replica(
     engine = FakeEngine(max_model_len=MAX_MODEL_LEN)
     parts = build_adapter_manager(tmp_path, engine, max_loaded=2, adapter_labels=adapter_labels)
     parts.publish("alpha")
-    admission = Admission(max_concurrent, max_queued)
+    admission = Admission(max_concurrent, max_queued, max_per_caller=100)
     service = InferenceService(
-        engine, parts.manager, parts.metrics, admission, drift, default_max_tokens=default_max_tokens
+        engine, parts.manager, parts.metrics, admission, drift, limits=RequestLimits(default_max_tokens)
     )
     return Replica(parts, admission, service)
 

@@ -1,3 +1,4 @@
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,9 @@ from trainer_svc.jobs import Job
 from trainer_svc.spec import DatasetSource, JobSpec
 
 
-def _job(job_id: str, adapter: str = "acme", request_id: str = "") -> Job:
+def _job(job_id: str, adapter: str = "acme", request_id: str = "", owner: str = "") -> Job:
     spec = JobSpec(base_model="m", adapter_name=adapter, training_data=DatasetSource(inline_jsonl="{}"))
-    return Job(id=job_id, request_id=request_id, spec=spec)
+    return Job(id=job_id, request_id=request_id, spec=spec, owner=owner)
 
 
 @pytest.fixture
@@ -31,6 +32,43 @@ def test_request_id_reused_with_another_spec_is_refused(store: SqliteJobStore) -
     with pytest.raises(InvalidArgument) as info:
         store.create(_job("j2", adapter="other", request_id="r1"), "created")
     assert info.value.field == "request_id"
+
+
+def test_request_ids_are_per_owner(store: SqliteJobStore) -> None:
+    alice, _ = store.create(_job("j1", request_id="r1", owner="alice"), "created")
+    bob, created = store.create(_job("j2", request_id="r1", owner="bob"), "created")
+    assert created and (alice.id, bob.id) == ("j1", "j2")  # bob's retry key never returns alice's job
+
+
+def test_listing_and_counting_by_owner(store: SqliteJobStore) -> None:
+    for i, owner in enumerate(["alice", "bob", "alice"]):
+        store.create(_job(f"j{i}", owner=owner), "created")
+    finished = store.get("j2")
+    finished.state = JobState.SUCCEEDED
+    store.update(finished, "done")
+    alices, _ = store.list_jobs(owner="alice", state=None, adapter_name="", page_size=10, page_token="")
+    assert [job.id for job in alices] == ["j2", "j0"]
+    everyone, _ = store.list_jobs(owner=None, state=None, adapter_name="", page_size=10, page_token="")
+    assert len(everyone) == 3
+    assert (store.count_unfinished("alice"), store.count_unfinished("bob"), store.count_unfinished("eve")) == (1, 1, 0)
+
+
+def test_a_store_from_before_owners_gains_the_column_and_keeps_its_jobs(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    with sqlite3.connect(path) as old:  # the schema as it was, with one job in it
+        old.executescript(
+            "CREATE TABLE jobs (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, request_id TEXT, "
+            "adapter_name TEXT NOT NULL, state TEXT NOT NULL, body TEXT NOT NULL);"
+            "CREATE UNIQUE INDEX jobs_request_id ON jobs(request_id) WHERE request_id != '';"
+        )
+        old.execute(
+            "INSERT INTO jobs (id, request_id, adapter_name, state, body) VALUES (?, ?, ?, ?, ?)",
+            ("j0", "r1", "acme", "QUEUED", _job("j0", request_id="r1").model_dump_json()),
+        )
+    store = SqliteJobStore(path)
+    assert store.count_unfinished("") == 1
+    _, created = store.create(_job("j1", request_id="r1", owner="alice"), "created")
+    assert created  # the old global key no longer collides across owners
 
 
 def test_events_are_sequenced_and_replayable(store: SqliteJobStore) -> None:
@@ -55,21 +93,21 @@ def test_unknown_job_is_not_found(store: SqliteJobStore) -> None:
 def test_list_pages_newest_first_and_filters(store: SqliteJobStore) -> None:
     for i in range(5):
         store.create(_job(f"j{i}", adapter="a" if i % 2 else "b"), "created")
-    page, token = store.list_jobs(state=None, adapter_name="", page_size=2, page_token="")
+    page, token = store.list_jobs(owner=None, state=None, adapter_name="", page_size=2, page_token="")
     assert [j.id for j in page] == ["j4", "j3"]
-    page2, token2 = store.list_jobs(state=None, adapter_name="", page_size=2, page_token=token)
+    page2, token2 = store.list_jobs(owner=None, state=None, adapter_name="", page_size=2, page_token=token)
     assert [j.id for j in page2] == ["j2", "j1"]
-    page3, token3 = store.list_jobs(state=None, adapter_name="", page_size=2, page_token=token2)
+    page3, token3 = store.list_jobs(owner=None, state=None, adapter_name="", page_size=2, page_token=token2)
     assert ([j.id for j in page3], token3) == (["j0"], "")
-    only_a, _ = store.list_jobs(state=None, adapter_name="a", page_size=10, page_token="")
+    only_a, _ = store.list_jobs(owner=None, state=None, adapter_name="a", page_size=10, page_token="")
     assert [j.id for j in only_a] == ["j3", "j1"]
-    queued, _ = store.list_jobs(state=JobState.QUEUED, adapter_name="", page_size=10, page_token="")
+    queued, _ = store.list_jobs(owner=None, state=JobState.QUEUED, adapter_name="", page_size=10, page_token="")
     assert queued == []
 
 
 def test_forged_page_token_is_invalid_argument(store: SqliteJobStore) -> None:
     with pytest.raises(InvalidArgument) as info:
-        store.list_jobs(state=None, adapter_name="", page_size=2, page_token="bm9wZQ==")
+        store.list_jobs(owner=None, state=None, adapter_name="", page_size=2, page_token="bm9wZQ==")
     assert info.value.field == "page_token"
 
 

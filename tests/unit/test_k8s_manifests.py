@@ -8,13 +8,16 @@ ports, selectors that match nothing, settings the services would refuse.
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from loraplane.auth import Role, TokenFile, hash_token
 from serving_svc.settings import ServingSettings
 from tests.support.kustomize import K8S, Resource, kubectl, one, render
 from trainer_svc.settings import TrainerSettings
@@ -63,8 +66,8 @@ def test_both_services_are_there(rendered: list[Resource]) -> None:
     assert trainer["spec"]["replicas"] == 1
     assert trainer["spec"]["strategy"]["type"] == "Recreate"
     assert serving["spec"]["replicas"] == 2
-    claim = trainer["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"]
-    one(rendered, "PersistentVolumeClaim", claim)
+    volumes = {volume["name"]: volume for volume in trainer["spec"]["template"]["spec"]["volumes"]}
+    one(rendered, "PersistentVolumeClaim", volumes["data"]["persistentVolumeClaim"]["claimName"])
 
 
 def test_containers(rendered: list[Resource]) -> None:
@@ -198,7 +201,7 @@ def test_the_dev_overlay_brings_its_own_store_with_its_bucket() -> None:
     service = one(resources, "Service", "loraplane-minio")
     endpoint = _config(resources)["data"]["LORAPLANE_S3_ENDPOINT_URL"]
     assert endpoint == f"http://{service['metadata']['name']}:{service['spec']['ports'][0]['port']}"
-    [secret] = [r for r in resources if r["kind"] == "Secret"]
+    [secret] = [r for r in resources if r["kind"] == "Secret" and r["metadata"]["name"].startswith("loraplane-s3")]
     minio_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in _container(minio)["env"]}
     assert {ref["name"] for ref in minio_env.values()} == {secret["metadata"]["name"]}
     bucket_job = one(resources, "Job", "loraplane-minio-bucket")
@@ -260,3 +263,22 @@ def test_the_inference_pool_selects_the_serving_pods_on_the_port_that_serves_the
     [backend] = route["spec"]["rules"][0]["backendRefs"]
     assert (backend["group"], backend["kind"]) == ("inference.networking.k8s.io", "InferencePool")
     assert "helm install " + backend["name"] in (K8S / "inference-gateway" / "values.yaml").read_text()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_both_services_read_their_tokens_from_the_secret_as_their_own_user(target: str) -> None:
+    rendered = render(target)
+    tokens_file = Path(_config(rendered)["data"]["LORAPLANE_AUTH_TOKENS_FILE"])
+    for deployment in _deployments(rendered):
+        pod = deployment["spec"]["template"]["spec"]
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        [mount] = [m for m in _container(deployment)["volumeMounts"] if m["mountPath"] == str(tokens_file.parent)]
+        assert mount["readOnly"] and volumes[mount["name"]]["secret"]["secretName"] == "loraplane-tokens"
+        assert pod["securityContext"]["runAsUser"] == pod["securityContext"]["fsGroup"] == 10001  # reads 0440
+
+
+def test_the_dev_overlay_accepts_its_documented_throwaway_token() -> None:
+    [secret] = [r for r in render("overlays/dev") if r["metadata"]["name"] == "loraplane-tokens"]
+    [entry] = TokenFile.model_validate_json(base64.b64decode(secret["data"]["tokens.json"])).tokens
+    documented = re.search(r"LORAPLANE_TOKEN=(\S+)", (K8S / "overlays/dev/kustomization.yaml").read_text())
+    assert documented and entry.sha256 == hash_token(documented.group(1)) and entry.roles == set(Role)

@@ -1,0 +1,41 @@
+"""Run code around every call of a grpc.aio handler, whatever its kind: what server interceptors share."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import grpc
+
+Around = Callable[[grpc.aio.ServicerContext], AbstractAsyncContextManager[None]]
+"""What runs around one call: entered before the servicer's method, left after its last message."""
+
+
+def _around_unary(behaviour: Callable[[Any, Any], Awaitable[Any]], around: Around) -> Callable[[Any, Any], Any]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async with around(context):
+            return await behaviour(request, context)
+
+    return call
+
+
+def _around_stream(behaviour: Callable[[Any, Any], AsyncIterator[Any]], around: Around) -> Callable[[Any, Any], Any]:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async with around(context):
+            async for item in behaviour(request, context):
+                yield item
+
+    return call
+
+
+def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMethodHandler:
+    """`handler` with its behaviour inside `around`: unary responses awaited, streamed ones iterated (the
+    request side, a message or an iterator, is passed through as it is)."""
+    if handler.unary_unary is not None:
+        return handler._replace(unary_unary=_around_unary(handler.unary_unary, around))  # type: ignore[attr-defined,no-any-return]
+    if handler.stream_unary is not None:
+        return handler._replace(stream_unary=_around_unary(handler.stream_unary, around))  # type: ignore[attr-defined,no-any-return]
+    if handler.unary_stream is not None:
+        return handler._replace(unary_stream=_around_stream(handler.unary_stream, around))  # type: ignore[attr-defined,no-any-return]
+    return handler._replace(stream_stream=_around_stream(handler.stream_stream, around))  # type: ignore[attr-defined,no-any-return]
