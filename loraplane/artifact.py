@@ -13,6 +13,7 @@ every file. Readers only ever see versions that have a manifest.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from loraplane.names import AdapterSpec, validate_adapter_name
 from loraplane.storage import ObjectStore
 from loraplane.training import Method
@@ -191,6 +192,17 @@ class ArtifactRepository:
             )
         if (dest / MANIFEST).is_file():
             return dest
+        try:
+            return self._fetch_into(manifest, dest)
+        except OSError as exc:  # the local copy could not be written; nothing of it is left behind
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise ResourceExhausted(
+                    f"no room to copy {manifest.spec} into {dest.parent} ({exc.strerror}); free disk space or "
+                    "lower LORAPLANE_ADAPTER_CACHE_MAX_BYTES"
+                ) from None
+            raise Unavailable(f"cannot copy {manifest.spec} into {dest.parent} ({exc})") from None
+
+    def _fetch_into(self, manifest: Manifest, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}."))
         try:

@@ -22,14 +22,29 @@ from loraplane.grpc_handlers import wrap_handler
 log = logging.getLogger(__name__)
 
 
+MAX_MESSAGE_BYTES = 512
+"""Longest error text (UTF-8) a status carries. Messages quote what the request held, and a status
+travels in trailing metadata that clients cap (grpc warns past 8 KiB and fails past 16 KiB, counting
+the message percent-encoded, up to three bytes per byte, and again in the details): a message quoting
+a huge field would otherwise reach the caller as RESOURCE_EXHAUSTED instead of its own status."""
+
+
+def _capped(text: str) -> str:
+    encoded = text.encode()
+    if len(encoded) <= MAX_MESSAGE_BYTES:
+        return text
+    kept = encoded[:MAX_MESSAGE_BYTES].decode(errors="ignore")  # never half a character
+    return f"{kept}... ({len(text) - len(kept)} more characters)"
+
+
 def to_status(error: LoraplaneError) -> status_pb2.Status:
-    status = status_pb2.Status(code=error.code.value[0], message=str(error))
+    status = status_pb2.Status(code=error.code.value[0], message=_capped(str(error)))
     if error.field:
         detail = any_pb2.Any()
         detail.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
+                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=_capped(error.message))
                 ]
             )
         )

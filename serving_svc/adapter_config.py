@@ -1,7 +1,8 @@
 """Check an adapter's `adapter_config.json` before peft or vLLM reads it.
 
-The config is data from the store, and peft acts on some of its fields: `auto_mapping` names
-classes to import, `megatron_core` a module to import, a `target_modules` string is a regular
+The config is data from the store, and peft acts on some of its fields: `auto_mapping` names a
+module and class to import (peft writes one naming the transformers model class when a config
+has no task type), `megatron_core` a module to import, a `target_modules` string is a regular
 expression run against every module name. So a config must be a plain LoRA config of the peft
 version we pin: known fields only, nothing that loads code, ranks within this replica's bound,
 target modules as names (or a short pattern).
@@ -49,8 +50,10 @@ def check_adapter_config(path: Path, key: str, max_rank: int) -> None:
         raise refuse(f"has peft_type {config.get('peft_type')!r}; only LORA (with DoRA) is served")
     if config.get("task_type") not in (None, "CAUSAL_LM"):
         raise refuse(f"has task_type {config['task_type']!r}; only CAUSAL_LM is served")
-    if config.get("auto_mapping") or config.get("megatron_config"):
-        raise refuse("asks for code to be imported (auto_mapping or megatron_config)")
+    if config.get("megatron_config"):
+        raise refuse("asks for code to be imported (megatron_config)")
+    if not _is_transformers_class(config.get("auto_mapping")):
+        raise refuse(f"asks for code outside transformers to be imported (auto_mapping {config['auto_mapping']!r})")
     if config.get("megatron_core") not in (None, _DEFAULT_MEGATRON_CORE):
         raise refuse(f"names a module to import ({config['megatron_core']!r} as megatron_core)")
     ranks = [config.get("r"), *(config.get("rank_pattern") or {}).values()]
@@ -68,3 +71,19 @@ def check_adapter_config(path: Path, key: str, max_rank: int) -> None:
 
 def _is_module_name(target: object) -> bool:
     return isinstance(target, str) and _MODULE_NAME.match(target) is not None
+
+
+def _is_transformers_class(auto_mapping: object) -> bool:
+    """True for no mapping, or one naming a class of a transformers module (what peft itself writes)."""
+    if not auto_mapping:
+        return True
+    if not isinstance(auto_mapping, dict) or set(auto_mapping) - {"base_model_class", "parent_library"}:
+        return False
+    library, model_class = auto_mapping.get("parent_library"), auto_mapping.get("base_model_class")
+    return (
+        isinstance(library, str)
+        and _MODULE_NAME.match(library) is not None
+        and library.startswith("transformers.")
+        and isinstance(model_class, str)
+        and model_class.isidentifier()
+    )

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from functools import partial
+from http import HTTPStatus
 from typing import Any, TypeVar
 
 import grpc
@@ -24,6 +25,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraplane.auth import Authenticator, Caller, Role
 from loraplane.errors import Cancelled, InternalError, InvalidArgument, LoraplaneError, NotFound
@@ -131,6 +133,15 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
         return _validation_error(error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        """What the framework refuses itself (an unknown path, a wrong method, a body that is not text) in
+        OpenAI's shape too."""
+        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
+        code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_")
+        body = {"error": {"message": str(error.detail), "type": kind, "param": None, "code": code}}
+        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, error: Exception) -> JSONResponse:

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import abc
 import base64
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from loraplane.errors import InvalidArgument, NotFound
+from loraplane.errors import InvalidArgument, NotFound, StartupError, Unavailable
 from loraplane.training import JobState
 from trainer_svc.jobs import Job, JobEvent, utcnow
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -78,13 +81,18 @@ class JobStore(abc.ABC):
 
 
 class SqliteJobStore(JobStore):
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.executescript(_SCHEMA)
-        self._add_owners()
+    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
+        """Open (creating if needed) the database; StartupError naming the setting when it cannot be used."""
+        self._path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(path, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript(_SCHEMA)
+            self._add_owners()
+        except (OSError, sqlite3.Error) as exc:
+            raise StartupError(f"cannot open the job store {path} ({exc}); check LORAPLANE_TRAINER_DB_PATH") from None
         self._lock = threading.Lock()
 
     def _add_owners(self) -> None:
@@ -100,15 +108,31 @@ class SqliteJobStore(JobStore):
         self._conn.close()
 
     @contextmanager
+    def _unavailable_on_database_errors(self) -> Iterator[None]:
+        """A database that is locked past the busy timeout, read-only, full or failing is UNAVAILABLE (retry
+        later), not a crash: the transaction it interrupted left nothing behind."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            log.error("job store %s: %s", self._path, exc)
+            raise Unavailable(f"the job store cannot be used right now ({exc}); retry shortly") from None
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        with self._lock, self._unavailable_on_database_errors():
+            yield
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._lock, self._unavailable_on_database_errors():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self._conn
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                if self._conn.in_transaction:  # a failed COMMIT can leave it open
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     def create(self, job: Job, message: str) -> tuple[Job, bool]:
         with self._transaction() as conn:
@@ -133,7 +157,7 @@ class SqliteJobStore(JobStore):
         return job, True
 
     def get(self, job_id: str) -> Job:
-        with self._lock:
+        with self._reading():
             row = self._conn.execute("SELECT body FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if row is None:
             raise NotFound(f"job {job_id!r} does not exist", field="job_id")
@@ -178,7 +202,7 @@ class SqliteJobStore(JobStore):
             clauses.append("adapter_name = ?")
             params.append(adapter_name)
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._lock:
+        with self._reading():
             rows = self._conn.execute(
                 f"SELECT seq, body FROM jobs {where} ORDER BY seq DESC LIMIT ?", (*params, page_size + 1)
             ).fetchall()
@@ -188,7 +212,7 @@ class SqliteJobStore(JobStore):
 
     def events(self, job_id: str, after_sequence: int) -> list[JobEvent]:
         self.get(job_id)
-        with self._lock:
+        with self._reading():
             rows = self._conn.execute(
                 "SELECT body FROM job_events WHERE job_id = ? AND sequence > ? ORDER BY sequence",
                 (job_id, after_sequence),
@@ -197,7 +221,7 @@ class SqliteJobStore(JobStore):
 
     def count_unfinished(self, owner: str) -> int:
         live = [s.value for s in JobState if not s.terminal]
-        with self._lock:
+        with self._reading():
             (count,) = self._conn.execute(
                 f"SELECT COUNT(*) FROM jobs WHERE owner = ? AND state IN ({','.join('?' * len(live))})", (owner, *live)
             ).fetchone()
@@ -205,14 +229,14 @@ class SqliteJobStore(JobStore):
 
     def unfinished(self) -> list[Job]:
         live = [s.value for s in JobState if not s.terminal]
-        with self._lock:
+        with self._reading():
             rows = self._conn.execute(
                 f"SELECT body FROM jobs WHERE state IN ({','.join('?' * len(live))}) ORDER BY seq", live
             ).fetchall()
         return [Job.model_validate_json(body) for (body,) in rows]
 
     def count_by_state(self) -> dict[JobState, int]:
-        with self._lock:
+        with self._reading():
             rows = self._conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall()
         counts = dict.fromkeys(JobState, 0)
         counts.update({JobState(state): n for state, n in rows})

@@ -35,6 +35,8 @@ from trainer_svc.worker_input import WorkerInput
 log = logging.getLogger(__name__)
 
 _WATCH_POLL_SECONDS = 5.0
+_RECORD_TIMEOUT_SECONDS = 10.0
+"""How long stopping waits for a preempted job's new state to be stored."""
 
 
 class JobService:
@@ -46,6 +48,9 @@ class JobService:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._runners: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
+        self._stopping = False
+        self._runs_ended: dict[str, asyncio.Event] = {}
+        """Set when `_run` of a job is over: what stopping waits for after preempting its worker."""
         # Serialises "is it still queued?" checks with the writes that act on the answer, so a
         # cancel and a runner picking the job up cannot both win.
         self._dispatch_lock = asyncio.Lock()
@@ -73,6 +78,13 @@ class JobService:
         ]
 
     async def stop(self) -> None:
+        """Preempt the running workers (each saves a checkpoint and its job is queued again), then stop."""
+        self._stopping = True  # a runner whose job ends now takes no other
+        preempted = await self.executor.preempt_all()
+        ends = [self._runs_ended[job_id].wait() for job_id in preempted if job_id in self._runs_ended]
+        if ends:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*ends), _RECORD_TIMEOUT_SECONDS)
         for task in self._runners:
             task.cancel()
         for task in self._runners:
@@ -200,8 +212,10 @@ class JobService:
     # -- running ---------------------------------------------------------------------------
 
     async def _run_forever(self) -> None:
-        while True:
+        while not self._stopping:
             job_id = await self._queue.get()
+            if self._stopping:  # it stays queued in the store, for the next start
+                return
             try:
                 await self._run(job_id)
             except LoraplaneError as exc:  # e.g. its base model is no longer offered after a restart
@@ -220,6 +234,14 @@ class JobService:
             await self._finish(job, JobState.FAILED, error.message, error)
 
     async def _run(self, job_id: str) -> None:
+        ended = self._runs_ended[job_id] = asyncio.Event()
+        try:
+            await self._run_worker(job_id)
+        finally:
+            ended.set()
+            del self._runs_ended[job_id]
+
+    async def _run_worker(self, job_id: str) -> None:
         async with self._dispatch_lock:
             job = await self._load(job_id)
             if job.state is not JobState.QUEUED:  # cancelled while queued
@@ -253,6 +275,11 @@ class JobService:
             await self._finish(job, JobState.SUCCEEDED, f"published {result.adapter.name}@v{result.adapter.version}")
         elif outcome.cancelled:
             await self._finish(job, JobState.CANCELLED, "cancelled while running")
+        elif outcome.preempted:  # its checkpoints stay: the restarted trainer's worker goes on from them
+            job.progress, job.started_at = JobProgress(), None
+            message = "the trainer is stopping; the job is queued again and resumes from its checkpoint"
+            await self._enter(job, JobState.QUEUED, message)
+            return
         elif outcome_events:
             error = outcome_events[-1]
             assert isinstance(error, ErrorEvent)

@@ -42,6 +42,12 @@ class TrainerSettings(CommonSettings):
         "RESOURCE_EXHAUSTED. With auth off there is no such limit.",
     )
     trainer_cancel_grace_seconds: float = Field(10.0, ge=0, description="SIGTERM to SIGKILL delay on cancel.")
+    trainer_stop_grace_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="When the trainer stops (SIGTERM), how long its local workers get to save a checkpoint at "
+        "their current step before they are killed; their jobs are queued again and resume from it.",
+    )
     kubernetes_api_server: str = Field(
         "",
         description="The Kubernetes API the kubernetes executor talks to: empty = the cluster the trainer runs "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -9,6 +10,8 @@ from pydantic import BaseModel
 from trainer_svc.spec import JobSpec
 
 PARENT_PID_ENV = "LORAPLANE_WORKER_PARENT_PID"
+PREEMPT_SIGNAL = signal.SIGUSR1
+"""What a stopping trainer sends its workers: save a checkpoint now, then exit (SIGTERM cancels)."""
 """Set by the local executor to its own pid, so a worker can tell it was orphaned at birth."""
 
 

@@ -71,9 +71,15 @@ class StructuredOutput:
         return cls("choice", tuple(choices))
 
 
+GREEDY_BELOW_TEMPERATURE = 1e-5
+"""Temperatures under this decode greedily, as in vLLM: dividing logits by a near-zero temperature
+overflows to infinities, whose softmax is not a distribution."""
+
+
 @dataclass(frozen=True)
 class SamplingOptions:
-    """Validated sampling settings; temperature 0 is greedy, top_k 0 is no cut."""
+    """Validated sampling settings; temperature 0 (or under GREEDY_BELOW_TEMPERATURE) is greedy, top_k 0 is
+    no cut."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -89,6 +95,10 @@ class SamplingOptions:
     structured: StructuredOutput | None = None
     """The answer's required form; once it is complete the answer ends, min_tokens and ignore_eos
     notwithstanding."""
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW_TEMPERATURE
 
 
 @dataclass(frozen=True)

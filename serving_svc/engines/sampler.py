@@ -37,7 +37,7 @@ class RowSampler:
     @classmethod
     def for_options(cls, options: SamplingOptions, constraint: TokenConstraint | None = None) -> RowSampler:
         generator = None
-        if options.seed is not None and options.temperature > 0:
+        if options.seed is not None and not options.greedy:
             generator = torch.Generator().manual_seed(options.seed)
         return cls(options, generator, constraint)
 
@@ -66,7 +66,7 @@ def select_tokens(
         constraint.mask(logits[i : i + 1])
     tokens = logits.argmax(dim=-1).tolist()
     for i, sampler in enumerate(samplers):
-        if sampler.options.temperature > 0:
+        if not sampler.options.greedy:
             tokens[i] = _sample(logits[i], sampler)
     for i, constraint in constrained:
         constraint.accept(tokens[i])

@@ -151,25 +151,34 @@ class Scheduler:
                     admitted.setdefault(sequence.batch_key, []).append(sequence)
                     free -= 1
         for key, sequences in admitted.items():
-            forward = self._forward_for(key)
-            prompts = [s.request.prompt_token_ids for s in sequences]
-            scored = [row for row, s in enumerate(sequences) if s.request.score_prompt]
-            batch, logits, scores = DecodeBatch.prefill(forward, prompts, [s.adapter_name for s in sequences], scored)
-            for row, prompt_logprob in scores.items():
-                sequences[row].prompt_logprob = prompt_logprob
-            candidates: list[Sequence | None] = list(sequences)
-            finished = set(self._advance(candidates, logits))
-            going_on = [row for row in range(len(sequences)) if row not in finished]
-            if not going_on:
-                continue
-            batch.keep(going_on)
-            if key in self._batches:
-                running, rows = self._batches[key]
-                for row, index in zip(going_on, running.join(batch), strict=True):
-                    rows.extend([None] * (index + 1 - len(rows)))
-                    rows[index] = sequences[row]
-            else:
-                self._batches[key] = (batch, [sequences[row] for row in going_on])
+            try:
+                self._prefill(key, sequences)
+            except Exception as exc:  # noqa: BLE001 - they are in no batch yet: fail them, not the others
+                log.exception("prefill failed")
+                for sequence in sequences:
+                    sequence.emit(exc)
+
+    def _prefill(self, key: str, sequences: list[Sequence]) -> None:
+        """Run the prompts of `sequences` (one batch key) and add those that go on to that key's batch."""
+        forward = self._forward_for(key)
+        prompts = [s.request.prompt_token_ids for s in sequences]
+        scored = [row for row, s in enumerate(sequences) if s.request.score_prompt]
+        batch, logits, scores = DecodeBatch.prefill(forward, prompts, [s.adapter_name for s in sequences], scored)
+        for row, prompt_logprob in scores.items():
+            sequences[row].prompt_logprob = prompt_logprob
+        candidates: list[Sequence | None] = list(sequences)
+        finished = set(self._advance(candidates, logits))
+        going_on = [row for row in range(len(sequences)) if row not in finished]
+        if not going_on:
+            return
+        batch.keep(going_on)
+        if key in self._batches:
+            running, rows = self._batches[key]
+            for row, index in zip(going_on, running.join(batch), strict=True):
+                rows.extend([None] * (index + 1 - len(rows)))
+                rows[index] = sequences[row]
+        else:
+            self._batches[key] = (batch, [sequences[row] for row in going_on])
 
     def _decode(self) -> None:
         for key, (batch, rows) in list(self._batches.items()):

@@ -95,7 +95,11 @@ def _ratios(prometheus: Prometheus, window: int) -> dict[str, float]:
 
 
 def _drift_cli(observed: Observed) -> str:
-    result = CliRunner().invoke(app, ["drift", ADAPTER, "--serving", f"127.0.0.1:{observed.stack.serving.port}"])
+    result = CliRunner().invoke(
+        app,
+        ["drift", ADAPTER, "--serving", f"127.0.0.1:{observed.stack.serving.port}"],
+        env={"LORAPLANE_TOKEN": observed.stack.token},
+    )
     assert result.exit_code == 0, result.output
     return result.output
 

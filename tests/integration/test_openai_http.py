@@ -277,6 +277,23 @@ def test_a_body_that_is_not_json_is_a_400(replica: Replica) -> None:
     assert "not valid JSON" in reply.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "content", "status", "kind"),
+    [
+        ("POST", "/v1/completions", b"\x00\xff\xfe", 400, "invalid_request_error"),  # not even text
+        ("GET", "/v1/embeddings", b"", 404, "not_found_error"),
+        ("PUT", "/v1/models", b"", 405, "invalid_request_error"),
+    ],
+)
+def test_what_the_framework_refuses_is_in_openais_shape_too(
+    replica: Replica, method: str, path: str, content: bytes, status: int, kind: str
+) -> None:
+    headers = {"content-type": "application/json"}
+    reply = httpx.request(method, f"{replica.base_url}{path}", content=content, headers=headers)
+    assert reply.status_code == status
+    assert reply.json()["error"]["type"] == kind and reply.json()["error"]["message"]
+
+
 def test_a_caller_who_leaves_stops_the_engine(replica: Replica) -> None:
     """Streaming and not: the connection closes long before max_tokens, and the engine stops
     generating for it (counted by the replica's generated-token metric)."""

@@ -78,7 +78,11 @@ async def test_base_model_uses_no_adapter(parts: AdapterParts) -> None:
         ({"method": "dora"}, "dora adapter, which the fake engine cannot serve", False),
         ({"rank": 8, "config_rank": 32}, "adapter_config.json has LoRA rank 32", True),
         ({"rank": 8, "rank_pattern": {"q_proj": 4, "v_proj": 64}}, "adapter_config.json has LoRA rank 64", True),
-        ({"config_fields": {"auto_mapping": {"base_model_class": "Evil"}}}, "asks for code to be imported", True),
+        (
+            {"config_fields": {"auto_mapping": {"base_model_class": "Evil", "parent_library": "evil.models"}}},
+            "code outside transformers",
+            True,
+        ),
         ({"config_fields": {"megatron_config": {"a": 1}}}, "asks for code to be imported", True),
         ({"config_fields": {"megatron_core": "os"}}, "names a module to import \\('os'", True),
         ({"config_fields": {"loader_hook": "x"}}, "fields peft's LoraConfig does not know: loader_hook", True),
@@ -121,6 +125,12 @@ async def test_refused_version_evicts_nothing_and_never_reaches_the_engine(
     assert parts.engine.remove_calls == []
     assert [a.key for a in parts.manager.loaded()] == ["good@v1"]
     assert (sample(parts.metrics, LOOKUPS, tier="disk", result="miss") or 0) == (2 if fetched else 1)
+
+
+async def test_the_auto_mapping_peft_writes_is_accepted(parts: AdapterParts) -> None:
+    mapping = {"base_model_class": "LlamaForCausalLM", "parent_library": "transformers.models.llama.modeling_llama"}
+    parts.publish("peft-made", config_fields={"auto_mapping": mapping, "task_type": None})
+    assert (await parts.manager.load(AdapterSpec("peft-made"))).manifest.name == "peft-made"
 
 
 async def test_rank_at_the_limit_is_accepted(parts: AdapterParts) -> None:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from loraplane.errors import InvalidArgument, NotFound
+from loraplane.errors import InvalidArgument, NotFound, StartupError, Unavailable
 from loraplane.training import JobState
 from trainer_svc.job_store import SqliteJobStore
 from trainer_svc.jobs import Job
@@ -121,3 +121,38 @@ def test_unfinished_survives_reopening(tmp_path: Path) -> None:
     reopened = SqliteJobStore(tmp_path / "jobs.sqlite3")
     assert [j.id for j in reopened.unfinished()] == ["j1"]
     assert reopened.count_by_state()[JobState.SUCCEEDED] == 1
+
+
+def test_a_locked_database_is_unavailable_and_nothing_is_half_written(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.sqlite3"
+    store = SqliteJobStore(path, busy_timeout=0.2)
+    store.create(_job("j1"), "created")
+    other = sqlite3.connect(path, isolation_level=None)  # another process holding the write lock
+    other.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(Unavailable, match="database is locked"):
+        store.create(_job("j2"), "created")
+    other.execute("ROLLBACK")
+    other.close()
+    store.create(_job("j3"), "created")
+    jobs, _ = store.list_jobs(owner=None, state=None, adapter_name="", page_size=10, page_token="")
+    assert [job.id for job in jobs] == ["j3", "j1"]
+    assert [event.sequence for event in store.events("j3", 0)] == [1]
+
+
+def test_a_read_only_database_is_unavailable(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    store.create(_job("j1"), "created")
+    # Fault injection through the store's own connection: what SQLite answers when the file or its
+    # filesystem turns read-only under a running trainer (root ignores file modes, so chmod cannot).
+    store._conn.execute("PRAGMA query_only = ON")
+    with pytest.raises(Unavailable, match="readonly database"):
+        store.create(_job("j2"), "created")
+    with pytest.raises(Unavailable):
+        store.update(store.get("j1"), "changed")
+    assert store.get("j1").state is JobState.VALIDATING and [e.sequence for e in store.events("j1", 0)] == [1]
+
+
+def test_a_database_that_cannot_be_opened_stops_start_up(tmp_path: Path) -> None:
+    (tmp_path / "not-a-db").write_text("plain text, not SQLite")
+    with pytest.raises(StartupError, match="LORAPLANE_TRAINER_DB_PATH"):
+        SqliteJobStore(tmp_path / "not-a-db")

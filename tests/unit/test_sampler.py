@@ -39,6 +39,14 @@ def test_greedy_takes_the_argmax_and_reports_its_raw_logprob() -> None:
     assert logprobs == pytest.approx(expected.tolist())
 
 
+@pytest.mark.parametrize("temperature", [2.8026e-45, 1e-30, 9e-6])
+def test_a_temperature_too_small_to_divide_by_decodes_greedily(temperature: float) -> None:
+    logits = _random_logits(3)
+    samplers = [_row(temperature=temperature, seed=7) for _ in range(3)]
+    tokens, _ = select_tokens(logits, samplers, [5] * 3, END_TOKENS)  # no inf/nan distribution, no error
+    assert tokens == logits.argmax(dim=-1).tolist()
+
+
 def _end_favoured() -> torch.Tensor:
     logits = torch.zeros(1, VOCAB)
     logits[0, 1] = 10.0  # an end token is by far the likeliest

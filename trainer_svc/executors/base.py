@@ -20,6 +20,8 @@ class RunOutcome:
     exit_code: int
     cancelled: bool
     log_tail: str
+    preempted: bool = False
+    """Stopped because the trainer is stopping (`preempt_all`): the job is to run again, from its checkpoint."""
 
 
 class Executor(abc.ABC):
@@ -33,3 +35,9 @@ class Executor(abc.ABC):
     @abc.abstractmethod
     async def cancel(self, job_id: str) -> None:
         """Stop the job's worker if it runs; `run` then returns with cancelled=True."""
+
+    @abc.abstractmethod
+    async def preempt_all(self) -> set[str]:
+        """The trainer is stopping: let the workers that stop with it save a checkpoint and exit (their `run`
+        returns with preempted=True); the ids of their jobs. Workers that outlive the trainer (Kubernetes
+        Jobs) are left running."""

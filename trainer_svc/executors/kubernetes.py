@@ -229,6 +229,10 @@ class KubernetesExecutor(Executor):
             if not trainer_stopping:  # the Job has ended (or never will): its pod needs the input no more
                 await asyncio.to_thread(staged_input.discard, store, job_id)
 
+    async def preempt_all(self) -> set[str]:
+        """Nothing: worker Jobs outlive the trainer, which follows them again when it restarts."""
+        return set()
+
     async def cancel(self, job_id: str) -> None:
         """Delete the job's Kubernetes Job and its pod; `run` then returns with cancelled=True."""
         self._cancelled.add(job_id)

@@ -12,7 +12,7 @@ from pathlib import Path
 from trainer_svc.executors.base import EventHandler, Executor, RunOutcome
 from trainer_svc.progress import parse_event
 from trainer_svc.settings import TrainerSettings
-from trainer_svc.worker_input import PARENT_PID_ENV, WorkerInput
+from trainer_svc.worker_input import PARENT_PID_ENV, PREEMPT_SIGNAL, WorkerInput
 
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 16 << 10
@@ -27,6 +27,7 @@ class LocalExecutor(Executor):
         super().__init__(settings)
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._cancelled: set[str] = set()
+        self._preempted: set[str] = set()
 
     async def run(self, worker_input: WorkerInput, on_event: EventHandler) -> RunOutcome:
         job_id = worker_input.job_id
@@ -64,9 +65,11 @@ class LocalExecutor(Executor):
                     await process.wait()
                 if stopping is not None:
                     await stopping
-        cancelled = job_id in self._cancelled
+        cancelled, preempted = job_id in self._cancelled, job_id in self._preempted
         self._cancelled.discard(job_id)
-        return RunOutcome(exit_code=exit_code, cancelled=cancelled, log_tail=await asyncio.to_thread(_tail, log_path))
+        self._preempted.discard(job_id)
+        log_tail = await asyncio.to_thread(_tail, log_path)
+        return RunOutcome(exit_code=exit_code, cancelled=cancelled, log_tail=log_tail, preempted=preempted)
 
     async def cancel(self, job_id: str) -> None:
         """Stop the job's worker; a worker still being started is stopped as soon as it exists."""
@@ -75,14 +78,29 @@ class LocalExecutor(Executor):
         if process is not None:
             await self._stop(process)
 
-    async def _stop(self, process: asyncio.subprocess.Process) -> None:
-        """SIGTERM (the worker exits without publishing), then SIGKILL after the grace period."""
+    async def preempt_all(self) -> set[str]:
+        """PREEMPT_SIGNAL to every worker (each saves a checkpoint at its current step and exits), SIGKILL to
+        those still running after trainer_stop_grace_seconds."""
+        preempted = set(self._processes)
+        self._preempted.update(preempted)
+        processes = list(self._processes.values())
+        await asyncio.gather(
+            *(self._stop(p, PREEMPT_SIGNAL, self.settings.trainer_stop_grace_seconds) for p in processes)
+        )
+        return preempted
+
+    async def _stop(
+        self, process: asyncio.subprocess.Process, sent: signal.Signals = signal.SIGTERM, grace: float | None = None
+    ) -> None:
+        """`sent` (SIGTERM: the worker exits without publishing), then SIGKILL after the grace period."""
         if process.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
-            process.send_signal(signal.SIGTERM)
+            process.send_signal(sent)
         try:
-            await asyncio.wait_for(process.wait(), self.settings.trainer_cancel_grace_seconds)
+            await asyncio.wait_for(
+                process.wait(), self.settings.trainer_cancel_grace_seconds if grace is None else grace
+            )
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()

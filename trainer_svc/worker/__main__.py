@@ -7,7 +7,9 @@ trains and the first one alone reports, evaluates and publishes.
 
 The last event is a ResultEvent (exit 0) or an ErrorEvent (exit 1). A cancelled job is stopped
 with SIGTERM: the worker exits at once and publishes nothing, since an adapter only becomes
-visible when its manifest is written last. Once publishing has begun, SIGTERM waits until the
+visible when its manifest is written last. A trainer that stops sends SIGUSR1 instead: during
+training the worker saves a checkpoint at the end of the current step before it exits, so the
+job goes on from that step when the trainer starts again. Once publishing has begun, SIGTERM waits until the
 ResultEvent is out, so a published adapter is always reported (the trainer's SIGKILL after its
 grace period can still cut an upload short; an unfinished version stays invisible).
 """
@@ -44,7 +46,7 @@ from trainer_svc.worker.resume import checkpoint_step, resume_point
 from trainer_svc.worker.task_metrics import task_scores
 from trainer_svc.worker.tokenization import TokenizedExample, resolve_prompt_format, tokenize_examples
 from trainer_svc.worker.train import train
-from trainer_svc.worker_input import PARENT_PID_ENV, WorkerInput
+from trainer_svc.worker_input import PARENT_PID_ENV, PREEMPT_SIGNAL, WorkerInput
 
 
 def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> None:
@@ -110,6 +112,15 @@ def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> 
     else:
         model = get_peft_model(base, lora)
         outcome = train(model, tokenizer, train_set, validation_set, spec.training, output_dir, emit, resume_from)
+    if outcome.preempted_at is not None:
+        emit(
+            PhaseEvent(
+                phase="training",
+                message=f"checkpoint saved at step {outcome.preempted_at} as the trainer stops; the job goes on from "
+                "it when the trainer starts again",
+            )
+        )
+        raise SystemExit(128 + PREEMPT_SIGNAL)
     if not main_process:
         return
     metrics = {**outcome.metrics, **token_statistics(train_set)}
@@ -149,12 +160,14 @@ def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> 
 
 @contextlib.contextmanager
 def _sigterm_deferred() -> Iterator[None]:
-    """Hold SIGTERM back until the block ends; it is then delivered as usual."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    """Hold SIGTERM (and the trainer's preemption signal) back until the block ends; they are then
+    delivered as usual."""
+    signals = {signal.SIGTERM, PREEMPT_SIGNAL}
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
 
 def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -182,6 +195,7 @@ S3_ENDPOINT_ENV = "LORAPLANE_S3_ENDPOINT_URL"
 
 def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(PREEMPT_SIGNAL, _exit_on_sigterm)  # during training, a checkpoint is saved first (train.py)
     _die_with_parent()
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun
     events = claim_stdout(reports=rank == 0)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -26,6 +28,38 @@ from trainer_svc.spec import TrainingParameters
 from trainer_svc.worker.events import Emit
 from trainer_svc.worker.model import compute_dtype
 from trainer_svc.worker.tokenization import IGNORE_INDEX, TokenizedExample
+from trainer_svc.worker_input import PREEMPT_SIGNAL
+
+
+class CheckpointWhenPreempted(TrainerCallback):
+    """On PREEMPT_SIGNAL during training, save a checkpoint at the end of the current step and stop, so
+    that the job resumes from this step, not from its last periodic checkpoint, when the trainer starts
+    again. Outside training the worker's own handler applies (it exits at once)."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+        self._requested = False
+
+    def _request(self, signum: int, frame: FrameType | None) -> None:
+        self._requested = True
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._previous = signal.signal(PREEMPT_SIGNAL, self._request)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self._requested:
+            control.should_save = True
+            control.should_training_stop = True
+            self.step = state.global_step
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        signal.signal(PREEMPT_SIGNAL, self._previous)
+        if self._requested and self.step is None:  # asked for between the last step and the end
+            self.step = state.global_step
 
 
 class EventReporter(TrainerCallback):
@@ -169,6 +203,8 @@ class TrainingOutcome:
     metrics: dict[str, float]
     """Steps, early stop, the published step and the generalization gaps (validation minus training loss)."""
     checkpoints: list[Checkpoint]
+    preempted_at: int | None = None
+    """The step of the checkpoint saved when the trainer stopped this run (it was not finished)."""
 
 
 def run_outcome(
@@ -195,7 +231,7 @@ def run_outcome(
 
 def callbacks(args: TrainingArguments, params: TrainingParameters, emit: Emit) -> list[TrainerCallback]:
     """Progress events, and early stopping where the run keeps its best checkpoint."""
-    chosen: list[TrainerCallback] = [EventReporter(emit)]
+    chosen: list[TrainerCallback] = [EventReporter(emit), CheckpointWhenPreempted()]
     if args.load_best_model_at_end:
         chosen.append(
             EarlyStoppingCallback(
@@ -218,7 +254,8 @@ def fit(trainer: Trainer, resume_from: Path | None) -> TrainingOutcome:
         best_step=state.best_global_step if trainer.args.load_best_model_at_end else None,
     )
     outcome.metrics["epochs"] = float(state.epoch or 0.0)
-    return outcome
+    preempted = [c.step for c in trainer.callback_handler.callbacks if isinstance(c, CheckpointWhenPreempted)]
+    return replace(outcome, preempted_at=preempted[0] if preempted else None)
 
 
 def train(
