@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from loraplane.auth import Role
 from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security
 from loraplane.proto import trainer_pb2, trainer_pb2_grpc
@@ -42,9 +44,9 @@ class TrainerServer(EndpointsHost):
         await self.endpoints.set_serving(True)
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Stop taking calls, stop the runners (their workers are killed; jobs re-run on restart)."""
-        await self.endpoints.close(grace)
-        await self.jobs.stop()
+        """Stop taking calls and, meanwhile, the running jobs: their workers save a checkpoint and exit, and
+        the jobs are queued again for the next start."""
+        await asyncio.gather(self.endpoints.close(grace), self.jobs.stop())
         self.store.close()
 
 

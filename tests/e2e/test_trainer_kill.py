@@ -79,9 +79,9 @@ def test_sigterm_checkpoints_the_running_job_at_its_step_and_the_restart_goes_on
 ) -> None:
     data = tmp_path / "train.jsonl"
     data.write_text(memorise_jsonl())
-    # The first periodic checkpoint would come at step 20: the stop comes long before it.
+    # No periodic checkpoint before the last step: the only one to resume from is the one the stop saves.
     params = trainer_pb2.TrainingParameters(
-        max_steps=40, batch_size=2, learning_rate=1e-2, eval_every_steps=20, early_stopping_patience=0
+        max_steps=40, batch_size=2, learning_rate=1e-2, eval_every_steps=40, early_stopping_patience=0
     )
     port = free_port()
     address = f"127.0.0.1:{port}"
@@ -101,7 +101,7 @@ def test_sigterm_checkpoints_the_running_job_at_its_step_and_the_restart_goes_on
     saved = [m for m in messages if m.startswith("checkpoint saved at step ")]
     assert saved, messages
     saved_at = int(saved[0].split()[4])
-    assert 3 <= saved_at < 20
+    assert 3 <= saved_at < 40
     requeued = messages.index("the trainer is stopping; the job is queued again and resumes from its checkpoint")
     assert events[requeued].job.state == trainer_pb2.JOB_STATE_QUEUED
     assert f"resuming from the checkpoint at step {saved_at}" in messages[requeued:]

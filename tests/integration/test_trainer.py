@@ -214,7 +214,11 @@ def test_a_job_running_when_the_trainer_stops_runs_again_after_restart(tiny_mode
     ):
         events = list(client.jobs.watch(job.id))
     messages = [e.message for e in events]
-    assert "trainer restarted; job queued again" in messages
+    requeued = {  # its worker preempted as the trainer stopped, or (still starting) requeued at the restart
+        "the trainer is stopping; the job is queued again and resumes from its checkpoint",
+        "trainer restarted; job queued again",
+    }
+    assert requeued & set(messages), messages
     assert events[-1].job.state == trainer_pb2.JOB_STATE_SUCCEEDED, events[-1].job.error
     assert events[-1].job.adapter.version == 1, "the interrupted run must not have published"
 

@@ -1,0 +1,1 @@
+"""How loraplane holds up: fuzzing, faults and sustained load, as one JSON summary."""
