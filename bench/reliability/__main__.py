@@ -77,7 +77,7 @@ def run_suite(fuzz_scale: float) -> dict[str, Any]:
         ]  # fmt: skip
         env = {**os.environ, "FUZZ_EXAMPLES": str(fuzz_scale)}
         log.info("running the fuzz and fault tests: %s", " ".join(command[3:]))
-        subprocess.run(command, cwd=ROOT, env=env, check=False)
+        subprocess.run(command, cwd=ROOT, env=env, check=False, stdout=sys.stderr)  # stdout carries the JSON
         cases = ElementTree.parse(report).getroot().iter("testcase")
         outcomes: dict[str, str] = {}
         fuzz: dict[str, Any] = {}

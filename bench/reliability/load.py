@@ -25,7 +25,7 @@ from bench.serving.ours import free_port, server_env, serving_svc_command, wait_
 from bench.serving.traffic import prompt_for
 from bench.serving.workspace import Workspace
 from loraplane.auth import Role, add_token
-from loraplane.proto import serving_pb2, serving_pb2_grpc
+from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc
 
 log = logging.getLogger("bench.reliability")
 
@@ -61,9 +61,10 @@ def rss_mib(pid: int) -> float:
 
 
 def _request(adapter: str, prompt: str, max_tokens: int) -> serving_pb2.GenerateRequest:
+    """The prompt as a user's chat message, as apps send it: the answer runs to max_tokens."""
     return serving_pb2.GenerateRequest(
         adapter=adapter,
-        prompt=prompt,
+        messages=serving_pb2.ChatMessages(messages=[common_pb2.ChatMessage(role="user", content=prompt)]),
         sampling=serving_pb2.SamplingParameters(max_tokens=max_tokens, temperature=0.0),
     )
 
