@@ -148,6 +148,9 @@ def train(
     worker_cpu: Annotated[str, typer.Option(help='CPU the worker Job asks for ("4", "500m"); Kubernetes only.')] = "",
     worker_memory: Annotated[str, typer.Option(help='Memory the worker Job asks for ("16Gi"); Kubernetes only.')] = "",
     worker_gpus: Annotated[int | None, typer.Option(help="GPUs the worker Job asks for; Kubernetes only.")] = None,
+    worker_nodes: Annotated[
+        int | None, typer.Option(help="Nodes to train on; over 1 = a Kubeflow TrainJob; Kubernetes only.")
+    ] = None,
     watch: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
     trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
 ) -> None:
@@ -173,7 +176,9 @@ def train(
                 early_stopping_min_delta=early_stopping_min_delta,
             ),
             dpo=trainer_pb2.DpoParameters(beta=dpo_beta),
-            resources=trainer_pb2.WorkerResources(cpu=worker_cpu, memory=worker_memory, gpus=worker_gpus),
+            resources=trainer_pb2.WorkerResources(
+                cpu=worker_cpu, memory=worker_memory, gpus=worker_gpus, nodes=worker_nodes
+            ),
         )
         console.print(f"job [bold]{job.id}[/bold] {_state_name(job.state)}")
         if watch:

@@ -110,10 +110,11 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
 
 
 def _resources(message: trainer_pb2.WorkerResources) -> WorkerResources:
-    """The resources the caller asked for; gpus has presence, so an explicit 0 (no GPU) counts."""
+    """The resources the caller asked for; gpus and nodes have presence, so an explicit 0 (no GPU) counts."""
     fields = _nonzero(message, ("cpu", "memory"))
-    if message.HasField("gpus"):
-        fields["gpus"] = message.gpus
+    for name in ("gpus", "nodes"):
+        if message.HasField(name):
+            fields[name] = getattr(message, name)
     return WorkerResources(**fields)  # type: ignore[arg-type]
 
 

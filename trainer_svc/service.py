@@ -104,6 +104,12 @@ class JobService:
                     "leave spec.resources empty, or send the job to a trainer that runs Kubernetes Jobs",
                     field="spec.resources",
                 )
+            if spec.resources.multi_node and not self.settings.kubernetes_trainjob_runtime:
+                raise FailedPrecondition(
+                    "this trainer has no Kubeflow Trainer runtime for jobs on several nodes; ask for one node (with "
+                    "several GPUs), or set LORAPLANE_KUBERNETES_TRAINJOB_RUNTIME where the operator is installed",
+                    field="spec.resources.nodes",
+                )
             base_model_path = self.settings.base_model_path(spec.base_model)
             spec = spec.model_copy(update={"base_model": spec.base_model or self.settings.base_model_name})
             if not (base_model_path / "config.json").is_file():

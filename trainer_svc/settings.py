@@ -63,6 +63,12 @@ class TrainerSettings(CommonSettings):
     kubernetes_worker_cpu: str = Field("2", description="CPU each worker pod requests.")
     kubernetes_worker_memory: str = Field("8Gi", description="Memory each worker pod requests (and may use).")
     kubernetes_worker_gpus: int = Field(0, ge=0, le=16, description="nvidia.com/gpu each worker pod asks for.")
+    kubernetes_trainjob_runtime: str = Field(
+        "",
+        description="The Kubeflow Trainer ClusterTrainingRuntime that multi-node jobs (spec.resources.nodes > 1) "
+        "run on as TrainJobs, e.g. torch-distributed; empty = the cluster has no Kubeflow Trainer, and such "
+        "jobs are refused.",
+    )
     kubernetes_job_deadline_seconds: int = Field(
         86_400, ge=60, description="activeDeadlineSeconds of a worker Job: past it, Kubernetes stops the job."
     )

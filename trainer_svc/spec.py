@@ -64,10 +64,15 @@ class WorkerResources(BaseModel):
     cpu: str | None = Field(None, pattern=CPU_QUANTITY, description='CPU cores as Kubernetes writes them: "2", "500m"')
     memory: str | None = Field(None, pattern=MEMORY_QUANTITY, description='memory: "8Gi", "16G"')
     gpus: int | None = Field(None, ge=0, le=16)
+    nodes: int | None = Field(None, ge=1, le=64, description="pods to train on; more than 1 = a Kubeflow TrainJob")
 
     @property
     def requested(self) -> bool:
-        return any(value is not None for value in (self.cpu, self.memory, self.gpus))
+        return any(value is not None for value in (self.cpu, self.memory, self.gpus, self.nodes))
+
+    @property
+    def multi_node(self) -> bool:
+        return (self.nodes or 1) > 1
 
 
 class DpoParameters(BaseModel):

@@ -212,26 +212,37 @@ class WorkerResources(_message.Message):
     CPU_FIELD_NUMBER: _builtins.int
     MEMORY_FIELD_NUMBER: _builtins.int
     GPUS_FIELD_NUMBER: _builtins.int
+    NODES_FIELD_NUMBER: _builtins.int
     cpu: _builtins.str
     """CPU cores, as Kubernetes writes them: "2", "500m"."""
     memory: _builtins.str
     """Memory, requested and the limit: "8Gi", "16G"."""
     gpus: _builtins.int
     """nvidia.com/gpu; with several, the pod runs one worker process per GPU under torchrun."""
+    nodes: _builtins.int
+    """Machines (pods) to train on, each with the cpu, memory and gpus above; more than 1 runs the job as a
+    Kubeflow Trainer TrainJob, on a trainer configured with a training runtime.
+    """
     def __init__(
         self,
         *,
         cpu: _builtins.str = ...,
         memory: _builtins.str = ...,
         gpus: _builtins.int | None = ...,
+        nodes: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_gpus", b"_gpus", "gpus", b"gpus"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gpus", b"_gpus", "_nodes", b"_nodes", "gpus", b"gpus", "nodes", b"nodes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gpus", b"_gpus", "cpu", b"cpu", "gpus", b"gpus", "memory", b"memory"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gpus", b"_gpus", "_nodes", b"_nodes", "cpu", b"cpu", "gpus", b"gpus", "memory", b"memory", "nodes", b"nodes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__gpus: _TypeAlias = _typing.Literal["gpus"]  # noqa: Y015
     _WhichOneofArgType__gpus: _TypeAlias = _typing.Literal["_gpus", b"_gpus"]  # noqa: Y015
+    _WhichOneofReturnType__nodes: _TypeAlias = _typing.Literal["nodes"]  # noqa: Y015
+    _WhichOneofArgType__nodes: _TypeAlias = _typing.Literal["_nodes", b"_nodes"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__gpus) -> _WhichOneofReturnType__gpus | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__nodes) -> _WhichOneofReturnType__nodes | None: ...
 
 Global___WorkerResources: _TypeAlias = WorkerResources  # noqa: Y015
 

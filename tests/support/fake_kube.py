@@ -1,9 +1,11 @@
 """A FAKE Kubernetes API server, for testing the kubernetes executor where no cluster can run.
 
 It serves, over real HTTP on loopback, just the endpoints the executor calls: create, list and
-delete batch/v1 Jobs, list and read core/v1 Pods, and follow a pod's log. Nothing is scheduled or
-run: creating a Job makes one Pending pod, and the test plays that pod (start it, write log lines,
-end it with an exit code, evict it). Every Job manifest received and every deletion is recorded.
+delete batch/v1 Jobs and Kubeflow Trainer TrainJobs (as a cluster with that operator does), list and
+read core/v1 Pods, and follow a pod's log; any other path is a 404 Status, as from a real API
+server. Nothing is scheduled or run: creating a Job makes one Pending pod, a TrainJob the Pending pod
+of its first node (labelled as JobSet labels it), and the test plays that pod (start it, write log
+lines, end it with an exit code, evict it). Every manifest received and every deletion is recorded.
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+TRAINJOB_VERSION = "trainer.kubeflow.org/v1alpha1"
+
+
+def job_list_kind(manifest: dict[str, Any]) -> str:
+    return "TrainJobList" if manifest.get("kind") == "TrainJob" else "JobList"
 
 
 @dataclass
@@ -136,7 +144,12 @@ class FakeKubernetes:
     def _create(self, manifest: dict[str, Any]) -> str:
         name = manifest["metadata"]["name"]
         self.jobs[name] = manifest
-        template = copy.deepcopy(manifest["spec"]["template"])
+        template = copy.deepcopy(manifest["spec"]["template"]) if "template" in manifest["spec"] else None
+        if template is None:  # a TrainJob: the operator's JobSet runs its first node's pod so
+            trainer = manifest["spec"]["trainer"]
+            container = {"name": "node", "image": trainer["image"], "command": trainer["command"]}
+            labels = {"jobset.sigs.k8s.io/jobset-name": name, "batch.kubernetes.io/job-completion-index": "0"}
+            template = {"metadata": {"labels": labels}, "spec": {"containers": [container]}}
         pod = f"{name}-{next(self._names):05d}"
         labels = {**template["metadata"].get("labels", {}), "job-name": name}
         self.pods[pod] = FakePod(
@@ -177,9 +190,15 @@ class FakeKubernetes:
     async def _list(self, request: Request) -> Response:
         selector = request.query_params.get("labelSelector", "")
         with self._lock:
-            if "jobs" in request.url.path:
-                kind, version = "JobList", "batch/v1"
-                items = [job for job in self.jobs.values() if self._selected(job["metadata"]["labels"], selector)]
+            if request.url.path.endswith(("/jobs", "/trainjobs")):
+                kind, version = (
+                    ("TrainJobList", TRAINJOB_VERSION) if "trainjobs" in request.url.path else ("JobList", "batch/v1")
+                )
+                items = [
+                    job
+                    for job in self.jobs.values()
+                    if self._selected(job["metadata"]["labels"], selector) and job_list_kind(job) == kind
+                ]
             else:
                 kind, version = "PodList", "v1"
                 items = [
@@ -201,14 +220,13 @@ class FakeKubernetes:
         policy = (
             (await request.json()).get("propagationPolicy") if body else request.query_params.get("propagationPolicy")
         )
+        kind = "TrainJobList" if request.url.path.rsplit("/", 2)[-2] == "trainjobs" else "JobList"
         with self._lock:
-            if name not in self.jobs:
-                return self._not_found("jobs.batch", name)
+            if name not in self.jobs or job_list_kind(self.jobs[name]) != kind:
+                return self._not_found("jobs", name)
             self.deleted.append((name, policy))
             job = self.jobs.pop(name)
-            for pod_name in [
-                n for n, p in self.pods.items() if p.manifest["metadata"]["labels"].get("job-name") == name
-            ]:
+            for pod_name in [n for n, p in self.pods.items() if p.manifest["metadata"]["labels"]["job-name"] == name]:
                 self.pods.pop(pod_name).log_closed = True
         return JSONResponse(job)
 
@@ -243,17 +261,26 @@ class FakeKubernetes:
         return StreamingResponse(lines(), media_type="text/plain")
 
     def app(self) -> Starlette:
-        jobs, pods = "/apis/batch/v1/namespaces/{namespace}/jobs", "/api/v1/namespaces/{namespace}/pods"
-        return Starlette(
-            routes=[
+        pods = "/api/v1/namespaces/{namespace}/pods"
+        routes = [
+            Route(pods, self._list, methods=["GET"]),
+            Route(pods + "/{name}", self._get_pod, methods=["GET"]),
+            Route(pods + "/{name}/log", self._log, methods=["GET"]),
+        ]
+        for jobs in (
+            "/apis/batch/v1/namespaces/{namespace}/jobs",
+            f"/apis/{TRAINJOB_VERSION}/namespaces/{{namespace}}/trainjobs",
+        ):
+            routes += [
                 Route(jobs, self._create_job, methods=["POST"]),
                 Route(jobs, self._list, methods=["GET"]),
                 Route(jobs + "/{name}", self._delete_job, methods=["DELETE"]),
-                Route(pods, self._list, methods=["GET"]),
-                Route(pods + "/{name}", self._get_pod, methods=["GET"]),
-                Route(pods + "/{name}/log", self._log, methods=["GET"]),
             ]
-        )
+
+        async def no_such_resource(request: Request, exc: Exception) -> Response:
+            return self._not_found("resource", request.url.path)
+
+        return Starlette(routes=routes, exception_handlers={404: no_such_resource})
 
 
 @contextlib.contextmanager

@@ -178,9 +178,11 @@ def test_the_trainer_may_run_jobs_in_its_namespace_and_nothing_else(rendered: li
         for group in rule["apiGroups"]
         for resource in rule["resources"]
     }
-    # What the kubernetes executor calls: create, list, delete Jobs; read its pods, their logs and its own pod.
+    # What the kubernetes executor calls: create, list, delete Jobs and TrainJobs; read its pods, their logs and
+    # its own pod.
     assert granted == {
         ("batch", "jobs"): {"create", "list", "delete"},
+        ("trainer.kubeflow.org", "trainjobs"): {"create", "list", "delete"},
         ("", "pods"): {"get", "list"},
         ("", "pods/log"): {"get"},
     }

@@ -12,13 +12,23 @@ from typing import Any
 import pytest
 from lightkube.resources.core_v1 import Pod
 
+from loraplane.auth import ANONYMOUS
 from loraplane.errors import ErrorCode, FailedPrecondition, StartupError
 from loraplane.storage import FileStore
 from tests.support.fake_kube import FakeKubernetes, running_fake_kubernetes
 from trainer_svc import staged_input
 from trainer_svc.executors import create_executor
-from trainer_svc.executors.kubernetes import KubernetesExecutor, WorkerTemplate, job_manifest, job_name
+from trainer_svc.executors.kubernetes import (
+    KubernetesExecutor,
+    WorkerTemplate,
+    job_manifest,
+    job_name,
+    trainjob_manifest,
+)
+from trainer_svc.job_store import SqliteJobStore
+from trainer_svc.metrics import TrainerMetrics
 from trainer_svc.progress import ErrorEvent, PhaseEvent, ProgressEvent, WorkerEvent, format_event
+from trainer_svc.service import JobService
 from trainer_svc.settings import TrainerSettings
 from trainer_svc.spec import JobSpec, WorkerResources
 from trainer_svc.worker_input import WorkerInput
@@ -353,3 +363,102 @@ def test_a_job_with_several_gpus_runs_one_worker_process_per_gpu_under_torchrun(
     [container] = manifest.to_dict()["spec"]["template"]["spec"]["containers"]
     assert container["command"][:5] == ["torchrun", "--standalone", "--nproc_per_node=4", "-m", "trainer_svc.worker"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+
+
+@pytest.fixture
+def multi_node(settings: TrainerSettings, worker_input: WorkerInput) -> tuple[TrainerSettings, WorkerInput]:
+    """A trainer on a cluster with Kubeflow Trainer, and a job on 3 nodes of 2 GPUs each."""
+    with_operator = settings.model_copy(
+        update={"kubernetes_trainjob_runtime": "torch-distributed", "s3_endpoint_url": "http://rgw.example:80"}
+    )
+    spec = worker_input.spec.model_copy(update={"resources": WorkerResources(nodes=3, gpus=2, memory="32Gi")})
+    return with_operator, worker_input.model_copy(update={"spec": spec})
+
+
+async def test_a_job_on_several_nodes_is_the_exact_trainjob_sent_and_its_first_node_is_followed(
+    fake: FakeKubernetes, multi_node: tuple[TrainerSettings, WorkerInput]
+) -> None:
+    settings, worker_input = multi_node
+    executor, running, pod = await _started(fake, settings, worker_input)
+    assert fake.pods[pod].manifest["metadata"]["labels"]["jobset.sigs.k8s.io/jobset-name"] == NAME
+    fake.write(pod, format_event(PhaseEvent(phase="training")).strip())
+    fake.exit(pod, 0)
+    outcome, events = await asyncio.wait_for(running, 20)
+    assert (outcome.exit_code, outcome.cancelled) == (0, False)
+    assert [type(event) for event in events] == [PhaseEvent]
+
+    [sent] = fake.created
+    assert (sent["apiVersion"], sent["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert sent["metadata"]["labels"]["loraplane.dev/job-id"] == JOB_ID
+    spec = sent["spec"]
+    assert spec["runtimeRef"] == {
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "ClusterTrainingRuntime",
+        "name": "torch-distributed",
+    }
+    trainer = spec["trainer"]
+    # A bare torchrun: the runtime's PET_* variables give it the nodes, this node's rank and the rendezvous.
+    assert trainer["command"] == ["torchrun", "-m", "trainer_svc.worker", "--from-store", settings.store_uri, JOB_ID]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (3, 2)
+    assert trainer["resourcesPerNode"] == {
+        "requests": {"cpu": "2", "memory": "32Gi"},
+        "limits": {"memory": "32Gi", "nvidia.com/gpu": "2"},
+    }
+    assert [variable["name"] for variable in trainer["env"]] == [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "LORAPLANE_S3_ENDPOINT_URL",  # a TrainJob takes no envFrom: the endpoint is passed by value
+    ]
+    [override] = spec["podSpecOverrides"]
+    assert override["targetJobs"] == [{"name": "node"}]
+    assert override["volumes"] == [{"name": "work", "emptyDir": {}}]
+    assert override["containers"] == [
+        {"name": "node", "volumeMounts": [{"name": "work", "mountPath": "/var/lib/loraplane/job"}]}
+    ]
+
+
+async def test_cancelling_a_job_on_several_nodes_deletes_its_trainjob(
+    fake: FakeKubernetes, multi_node: tuple[TrainerSettings, WorkerInput]
+) -> None:
+    settings, worker_input = multi_node
+    executor, running, pod = await _started(fake, settings, worker_input)
+    fake.write(pod, format_event(PhaseEvent(phase="training")).strip())
+    await asyncio.to_thread(fake.wait_until_read, pod)
+    await executor.cancel(JOB_ID)
+    outcome, _ = await asyncio.wait_for(running, 20)
+    assert outcome.cancelled
+    assert fake.deleted == [(NAME, "Background")] and NAME not in fake.jobs and pod not in fake.pods
+
+
+async def test_a_restarted_trainer_follows_a_trainjob_still_running(
+    fake: FakeKubernetes, multi_node: tuple[TrainerSettings, WorkerInput]
+) -> None:
+    settings, worker_input = multi_node
+    staged_input.stage(_store(settings), worker_input, Path("/var/lib/loraplane/job"))
+    manifest = trainjob_manifest(settings, worker_input, WorkerTemplate.from_settings(settings)).to_dict()
+    pod = fake.add_job({"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", **manifest})
+    fake.start(pod)
+    running = asyncio.create_task(_run(KubernetesExecutor(settings), worker_input))
+    fake.write(pod, format_event(PhaseEvent(phase="training", message="resuming")).strip())
+    await asyncio.to_thread(fake.wait_until_read, pod)
+    fake.exit(pod, 0)
+    outcome, events = await asyncio.wait_for(running, 20)
+    assert outcome.exit_code == 0 and fake.created == []
+    assert [getattr(event, "message", None) for event in events] == ["resuming"]
+
+
+async def test_a_job_on_several_nodes_is_refused_where_no_training_runtime_is_configured(
+    settings: TrainerSettings, tmp_path: Path
+) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    jobs = JobService(settings, store, KubernetesExecutor(settings), TrainerMetrics(store))
+    spec = JobSpec(
+        base_model="",
+        adapter_name="wide",
+        training_data={"inline_jsonl": '{"prompt": "a", "completion": "b"}\n'},
+        resources=WorkerResources(nodes=2),
+    )
+    with pytest.raises(FailedPrecondition, match="LORAPLANE_KUBERNETES_TRAINJOB_RUNTIME") as refused:
+        await jobs.create(spec, "", ANONYMOUS)
+    assert refused.value.field == "spec.resources.nodes"
+    assert store.count_unfinished("") == 0  # nothing stored

@@ -7,6 +7,12 @@ and the worker exits without publishing). Jobs carry the training job's id as a 
 trainer that restarts finds the Jobs still running and follows them again instead of starting
 them twice. Kubernetes is the scheduler: this only submits, follows and deletes.
 
+A job on several nodes (spec.resources.nodes > 1) is a Kubeflow Trainer TrainJob instead, on the
+training runtime the settings name (`torch-distributed`, say): the operator starts one pod per
+node with the rendezvous variables torchrun reads (PET_*), so the same worker command runs as one
+data-parallel run across the nodes, its first rank reporting. The trainer follows the first
+node's pod as it follows a Job's.
+
 lightkube is the client: asyncio-native (the trainer is an asyncio service; the official
 `kubernetes` package is synchronous), typed resource models, and a log stream that follows.
 """
@@ -21,9 +27,11 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.config.models import Cluster, User
+from lightkube.generic_resource import GenericNamespacedResource, create_namespaced_resource
 from lightkube.models.batch_v1 import JobSpec as KubeJobSpec
 from lightkube.models.core_v1 import (
     ConfigMapEnvSource,
@@ -61,6 +69,11 @@ WORKER_LABELS = {
     "app.kubernetes.io/part-of": "loraplane",
     "app.kubernetes.io/managed-by": "loraplane-trainer",
 }
+TrainJob = create_namespaced_resource("trainer.kubeflow.org", "v1alpha1", "TrainJob", "trainjobs")
+"""Kubeflow Trainer's job on several nodes (its CRD, where the operator is installed)."""
+TRAINJOB_NODE = "node"
+"""The replicated job, and its container, that Kubeflow's torch runtimes run the trainer in."""
+WorkerResource = KubeJob | GenericNamespacedResource
 POD_WORK_DIR = Path("/var/lib/loraplane/job")
 """Where a worker pod keeps its input, checkpoints and adapter: an emptyDir, gone with the pod."""
 _POLL_SECONDS = 1.0
@@ -130,35 +143,52 @@ class WorkerTemplate:
         return cls(image=settings.kubernetes_worker_image, env_from=[config_map], env=env)
 
 
+@dataclass(frozen=True)
+class PodResources:
+    """What each worker pod asks for: the job's own requests, else the trainer's defaults."""
+
+    cpu: str
+    memory: str
+    gpus: int
+
+    @classmethod
+    def of(cls, settings: TrainerSettings, worker_input: WorkerInput) -> PodResources:
+        asked = worker_input.spec.resources
+        return cls(
+            cpu=asked.cpu or settings.kubernetes_worker_cpu,
+            memory=asked.memory or settings.kubernetes_worker_memory,
+            gpus=asked.gpus if asked.gpus is not None else settings.kubernetes_worker_gpus,
+        )
+
+    def requirements(self) -> ResourceRequirements:
+        limits = {"memory": self.memory}
+        if self.gpus:
+            limits["nvidia.com/gpu"] = str(self.gpus)
+        return ResourceRequirements(requests={"cpu": self.cpu, "memory": self.memory}, limits=limits)
+
+
+def _worker_args(worker_input: WorkerInput) -> list[str]:
+    return ["-m", "trainer_svc.worker", "--from-store", worker_input.store_uri, worker_input.job_id]
+
+
+def _work_volume() -> tuple[Volume, VolumeMount]:
+    return Volume(name="work", emptyDir=EmptyDirVolumeSource()), VolumeMount(name="work", mountPath=str(POD_WORK_DIR))
+
+
 def job_manifest(settings: TrainerSettings, worker_input: WorkerInput, template: WorkerTemplate) -> KubeJob:
     """The Job that trains `worker_input`'s job: the worker fetches its staged input from the store."""
     labels = {**WORKER_LABELS, JOB_ID_LABEL: worker_input.job_id}
-    asked = worker_input.spec.resources  # the job's own, else the trainer's defaults
-    cpu = asked.cpu or settings.kubernetes_worker_cpu
-    memory = asked.memory or settings.kubernetes_worker_memory
-    gpus = asked.gpus if asked.gpus is not None else settings.kubernetes_worker_gpus
+    resources = PodResources.of(settings, worker_input)
     model_volumes, model_mounts = template.model_volumes(worker_input.base_model_path)
-    limits = {"memory": memory}
-    if gpus:
-        limits["nvidia.com/gpu"] = str(gpus)
+    work_volume, work_mount = _work_volume()
     worker = Container(
         name="worker",
         image=template.image,
-        command=[
-            *_launcher(gpus),
-            "-m",
-            "trainer_svc.worker",
-            "--from-store",
-            worker_input.store_uri,
-            worker_input.job_id,
-        ],
+        command=[*_launcher(resources.gpus), *_worker_args(worker_input)],
         envFrom=template.env_from,
         env=template.env,
-        resources=ResourceRequirements(
-            requests={"cpu": cpu, "memory": memory},
-            limits=limits,
-        ),
-        volumeMounts=[VolumeMount(name="work", mountPath=str(POD_WORK_DIR)), *model_mounts],
+        resources=resources.requirements(),
+        volumeMounts=[work_mount, *model_mounts],
         securityContext=SecurityContext(allowPrivilegeEscalation=False, runAsNonRoot=True),
     )
     return KubeJob(
@@ -175,14 +205,59 @@ def job_manifest(settings: TrainerSettings, worker_input: WorkerInput, template:
             ttlSecondsAfterFinished=settings.kubernetes_job_ttl_seconds,
             template=PodTemplateSpec(
                 metadata=ObjectMeta(labels=labels),
-                spec=PodSpec(
-                    restartPolicy="Never",
-                    containers=[worker],
-                    volumes=[Volume(name="work", emptyDir=EmptyDirVolumeSource()), *model_volumes],
-                ),
+                spec=PodSpec(restartPolicy="Never", containers=[worker], volumes=[work_volume, *model_volumes]),
             ),
         ),
     )
+
+
+def trainjob_manifest(
+    settings: TrainerSettings, worker_input: WorkerInput, template: WorkerTemplate
+) -> GenericNamespacedResource:
+    """The TrainJob that trains `worker_input`'s job on spec.resources.nodes pods of the configured runtime.
+
+    The runtime sets the rendezvous (PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR...) that a bare
+    `torchrun` reads; the pods get the trainer's image, its environment variables (a TrainJob takes no
+    envFrom, so the S3 endpoint is passed by value) and the volumes a Job's pod gets.
+    """
+    resources = PodResources.of(settings, worker_input)
+    model_volumes, model_mounts = template.model_volumes(worker_input.base_model_path)
+    work_volume, work_mount = _work_volume()
+    env = [variable.to_dict() for variable in template.env]
+    if settings.s3_endpoint_url:
+        env.append({"name": "LORAPLANE_S3_ENDPOINT_URL", "value": settings.s3_endpoint_url})
+    labels = {**WORKER_LABELS, JOB_ID_LABEL: worker_input.job_id}
+    spec: dict[str, Any] = {
+        "runtimeRef": {
+            "apiGroup": "trainer.kubeflow.org",
+            "kind": "ClusterTrainingRuntime",
+            "name": settings.kubernetes_trainjob_runtime,
+        },
+        "trainer": {
+            "image": template.image,
+            "command": ["torchrun", *_worker_args(worker_input)],
+            "numNodes": worker_input.spec.resources.nodes,
+            "numProcPerNode": max(resources.gpus, 1),
+            "resourcesPerNode": resources.requirements().to_dict(),
+            "env": env,
+        },
+        "labels": labels,
+        "podSpecOverrides": [
+            {
+                "targetJobs": [{"name": TRAINJOB_NODE}],
+                "volumes": [volume.to_dict() for volume in (work_volume, *model_volumes)],
+                "containers": [
+                    {"name": TRAINJOB_NODE, "volumeMounts": [m.to_dict() for m in (work_mount, *model_mounts)]}
+                ],
+            }
+        ],
+    }
+    metadata = ObjectMeta(
+        name=job_name(worker_input.job_id),
+        labels=labels,
+        annotations={"loraplane.dev/adapter": worker_input.spec.adapter_name},
+    )
+    return TrainJob(metadata=metadata, spec=spec)
 
 
 class KubernetesExecutor(Executor):
@@ -211,7 +286,8 @@ class KubernetesExecutor(Executor):
             if await self._worker_job(job_id) is None:
                 await asyncio.to_thread(staged_input.stage, store, worker_input, POD_WORK_DIR)
                 if job_id not in self._cancelled:  # a cancel while staging: nothing to start
-                    await self._api.create(job_manifest(self.settings, worker_input, await self._worker_template()))
+                    manifest = trainjob_manifest if worker_input.spec.resources.multi_node else job_manifest
+                    await self._api.create(manifest(self.settings, worker_input, await self._worker_template()))
                 if job_id in self._cancelled:  # a cancel before the Job existed found nothing to delete
                     await self._delete(job_id)
             else:
@@ -239,12 +315,13 @@ class KubernetesExecutor(Executor):
         await self._delete(job_id)  # not created yet: `run` sees the mark and deletes it once it is
 
     async def _delete(self, job_id: str) -> None:
-        """Delete the Job with its pods (which get SIGTERM); nothing if it does not exist."""
-        try:
-            await self._api.delete(KubeJob, job_name(job_id), cascade=CascadeType.BACKGROUND)
-        except ApiError as exc:
-            if exc.status.code != 404:
-                raise
+        """Delete the Job or TrainJob with its pods (which get SIGTERM); nothing if there is none."""
+        for kind in (KubeJob, TrainJob):
+            try:
+                await self._api.delete(kind, job_name(job_id), cascade=CascadeType.BACKGROUND)
+            except ApiError as exc:
+                if exc.status.code != 404:  # 404 also where Kubeflow Trainer is not installed
+                    raise
 
     async def _worker_template(self) -> WorkerTemplate:
         """From the settings when they name a worker image; else the trainer's own container, read from its
@@ -266,16 +343,28 @@ class KubernetesExecutor(Executor):
         self._template = WorkerTemplate.from_pod(pod)
         return self._template
 
-    async def _worker_job(self, job_id: str) -> KubeJob | None:
+    async def _worker_job(self, job_id: str) -> WorkerResource | None:
+        """The job's Job, or its TrainJob where the settings name a training runtime; None if it has neither."""
         async for job in self._api.list(KubeJob, labels={JOB_ID_LABEL: job_id}):
             return job
+        if self.settings.kubernetes_trainjob_runtime:
+            async for trainjob in self._api.list(TrainJob, labels={JOB_ID_LABEL: job_id}):
+                return trainjob
         return None
+
+    @staticmethod
+    def _pod_labels(job_id: str, job: WorkerResource | None) -> dict[str, Any]:
+        """The labels of the pod to follow: a Job's one pod, or a TrainJob's first node (its first rank)."""
+        if isinstance(job, GenericNamespacedResource):
+            return {"jobset.sigs.k8s.io/jobset-name": job_name(job_id), "batch.kubernetes.io/job-completion-index": "0"}
+        return {JOB_ID_LABEL: job_id}
 
     async def _pod(self, job_id: str) -> Pod | RunOutcome:
         """The Job's newest pod once it has left Pending (its log can then be read); or how the job ended
         before that: cancelled, its Job failed or gone, or a pod that can never start (its Job is deleted)."""
+        labels = self._pod_labels(job_id, await self._worker_job(job_id))
         while job_id not in self._cancelled:
-            pods = [pod async for pod in self._api.list(Pod, labels={JOB_ID_LABEL: job_id})]
+            pods = [pod async for pod in self._api.list(Pod, labels=labels)]
             if not pods:
                 job = await self._worker_job(job_id)
                 if job is None:
@@ -367,9 +456,14 @@ def _cannot_start(pod: Pod) -> str:
     return ""
 
 
-def _failed_condition(job: KubeJob) -> str:
-    """The reason a Job has failed (DeadlineExceeded, BackoffLimitExceeded), or "" if it has not."""
-    for condition in (job.status.conditions or []) if job.status is not None else []:
-        if condition.type == "Failed" and condition.status == "True":
-            return f"{condition.reason}: {condition.message or ''}".strip()
+def _failed_condition(job: WorkerResource) -> str:
+    """The reason a Job or TrainJob has failed (DeadlineExceeded, BackoffLimitExceeded), or "" if it has not."""
+    if isinstance(job, GenericNamespacedResource):  # a TrainJob's status is plain data
+        status: dict[str, Any] = job.status if isinstance(job.status, dict) else {}
+        conditions = [dict(c) for c in status.get("conditions", [])]
+    else:
+        conditions = [c.to_dict() for c in (job.status.conditions or [])] if job.status is not None else []
+    for condition in conditions:
+        if condition.get("type") == "Failed" and condition.get("status") == "True":
+            return f"{condition.get('reason')}: {condition.get('message') or ''}".strip()
     return ""
