@@ -187,10 +187,6 @@ class Authenticator:
     def __init__(self, registry: TokenRegistry | None) -> None:
         self._registry = registry
 
-    @property
-    def enabled(self) -> bool:
-        return self._registry is not None
-
     def caller(self, authorization: str | None, required: Iterable[Role]) -> Caller:
         """The caller, if it holds one of `required` (none = any valid token will do)."""
         if self._registry is None:
