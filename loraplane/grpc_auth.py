@@ -7,7 +7,7 @@ is given a role.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import grpc
@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from loraplane.auth import Authenticator, Caller, Role, set_current_caller
 from loraplane.errors import LoraplaneError, PermissionDenied
-from loraplane.grpc_handlers import wrap_handler
+from loraplane.grpc_handlers import Around, AroundEachCall
 
 HEALTH_PREFIX = f"/{health.SERVICE_NAME}/"
 REFLECTION_PREFIXES = (f"/{reflection.SERVICE_NAME}/", "/grpc.reflection.v1.ServerReflection/")
@@ -30,7 +30,7 @@ def method_roles(service_name: str, roles: Mapping[str, Role]) -> dict[str, froz
     return {f"/{service_name}/{method}": frozenset({role, Role.ADMIN}) for method, role in roles.items()}
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class AuthInterceptor(AroundEachCall):
     """Authenticates each call from its `authorization` metadata and makes the caller current for it.
 
     Refusals are raised inside the call, so the error interceptor turns them into
@@ -53,16 +53,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             raise PermissionDenied(f"{method} is not open to any role")
         return required
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
-        if handler is None or method.startswith(self._open_prefixes):
-            return handler
-        metadata = dict(handler_call_details.invocation_metadata or ())  # type: ignore[attr-defined]
+    def around(self, details: grpc.HandlerCallDetails) -> Around | None:
+        """Nothing for an open method; else the call as its authenticated caller, or its refusal."""
+        method: str = details.method  # type: ignore[attr-defined]
+        if method.startswith(self._open_prefixes):
+            return None
+        metadata = dict(details.invocation_metadata or ())  # type: ignore[attr-defined]
         authorization = metadata.get("authorization")
         try:
             outcome: Caller | LoraplaneError = self._authenticator.caller(
@@ -78,4 +74,4 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             set_current_caller(outcome)  # the call runs in a task of its own: this ends with it
             yield
 
-        return wrap_handler(handler, as_caller)
+        return as_caller

@@ -8,7 +8,7 @@ any gRPC client can unpack (`rpc_status.from_call`); ours turns it back into the
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import grpc
@@ -17,12 +17,12 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from loraplane.errors import ErrorCode, InternalError, LoraplaneError, error_for_code
-from loraplane.grpc_handlers import wrap_handler
+from loraplane.grpc_handlers import Around, AroundEachCall
 
 log = logging.getLogger(__name__)
 
 
-MAX_MESSAGE_BYTES = 512
+MAX_STATUS_MESSAGE_BYTES = 512
 """Longest error text (UTF-8) a status carries. Messages quote what the request held, and a status
 travels in trailing metadata that clients cap (grpc warns past 8 KiB and fails past 16 KiB, counting
 the message percent-encoded, up to three bytes per byte, and again in the details): a message quoting
@@ -31,9 +31,9 @@ a huge field would otherwise reach the caller as RESOURCE_EXHAUSTED instead of i
 
 def _capped(text: str) -> str:
     encoded = text.encode()
-    if len(encoded) <= MAX_MESSAGE_BYTES:
+    if len(encoded) <= MAX_STATUS_MESSAGE_BYTES:
         return text
-    kept = encoded[:MAX_MESSAGE_BYTES].decode(errors="ignore")  # never half a character
+    kept = encoded[:MAX_STATUS_MESSAGE_BYTES].decode(errors="ignore")  # never half a character
     return f"{kept}... ({len(text) - len(kept)} more characters)"
 
 
@@ -84,13 +84,8 @@ async def _errors_as_status(context: grpc.aio.ServicerContext) -> AsyncIterator[
         await _abort(context, exc)
 
 
-class DomainErrorInterceptor(grpc.aio.ServerInterceptor):
+class DomainErrorInterceptor(AroundEachCall):
     """Turns LoraplaneError into its status; anything else unexpected into a logged INTERNAL."""
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        return handler if handler is None else wrap_handler(handler, _errors_as_status)
+    def around(self, details: grpc.HandlerCallDetails) -> Around:
+        return _errors_as_status

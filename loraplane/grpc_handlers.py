@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -39,3 +40,20 @@ def wrap_handler(handler: grpc.RpcMethodHandler, around: Around) -> grpc.RpcMeth
     if handler.unary_stream is not None:
         return handler._replace(unary_stream=_around_stream(handler.unary_stream, around))  # type: ignore[attr-defined,no-any-return]
     return handler._replace(stream_stream=_around_stream(handler.stream_stream, around))  # type: ignore[attr-defined,no-any-return]
+
+
+class AroundEachCall(grpc.aio.ServerInterceptor, abc.ABC):
+    """A server interceptor that wraps the calls it chooses in what `around` returns for them."""
+
+    @abc.abstractmethod
+    def around(self, details: grpc.HandlerCallDetails) -> Around | None:
+        """What to run around this call; None leaves it as it is."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        around = None if handler is None else self.around(handler_call_details)
+        return handler if around is None else wrap_handler(handler, around)

@@ -69,9 +69,12 @@ class StreamResult:
     error: LoraplaneError | None = None
 
 
-def _streams(client: LoraplaneClient, started: threading.Barrier) -> tuple[list[threading.Thread], list[StreamResult]]:
-    """STREAMS long streams on threads; each waits at `started` once its first chunk is in."""
+def _signalled_during_streams(
+    process: subprocess.Popen[bytes], client: LoraplaneClient, stop: signal.Signals
+) -> list[StreamResult]:
+    """STREAMS long streams; `stop` is sent once each has its first chunk; how each stream ended."""
     results = [StreamResult() for _ in range(STREAMS)]
+    started = threading.Barrier(STREAMS + 1)
 
     def stream(result: StreamResult, adapter: str) -> None:
         try:
@@ -90,7 +93,11 @@ def _streams(client: LoraplaneClient, started: threading.Barrier) -> tuple[list[
     ]
     for thread in threads:
         thread.start()
-    return threads, results
+    started.wait(timeout=60)
+    process.send_signal(stop)
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
 
 
 def test_kill_9_during_streams_gives_unavailable_and_a_restart_serves_again(
@@ -99,12 +106,7 @@ def test_kill_9_during_streams_gives_unavailable_and_a_restart_serves_again(
     port = free_port()
     with _serving(data_dir, tiny_model_dir, port) as process, LoraplaneClient(serving=f"127.0.0.1:{port}") as client:
         assert client.wait_until_serving("serving", 120)
-        started = threading.Barrier(STREAMS + 1)
-        threads, results = _streams(client, started)
-        started.wait(timeout=60)
-        process.send_signal(signal.SIGKILL)
-        for thread in threads:
-            thread.join(timeout=60)
+        results = _signalled_during_streams(process, client, signal.SIGKILL)
     assert all(isinstance(result.error, Unavailable) for result in results), [r.error for r in results]
     assert all(result.usage is None for result in results), "no stream had finished when the process died"
 
@@ -118,12 +120,7 @@ def test_sigterm_lets_streams_in_flight_finish_whole_then_exits_cleanly(data_dir
     port = free_port()
     with _serving(data_dir, tiny_model_dir, port) as process, LoraplaneClient(serving=f"127.0.0.1:{port}") as client:
         assert client.wait_until_serving("serving", 120)
-        started = threading.Barrier(STREAMS + 1)
-        threads, results = _streams(client, started)
-        started.wait(timeout=60)
-        process.send_signal(signal.SIGTERM)
-        for thread in threads:
-            thread.join(timeout=60)
+        results = _signalled_during_streams(process, client, signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finished = [(r.error, r.usage and r.usage.completion_tokens, r.finish_reason) for r in results]
     assert finished == [(None, LONG.max_tokens, serving_pb2.FINISH_REASON_LENGTH)] * STREAMS

@@ -37,29 +37,45 @@ def _trainer_process(data_dir: Path, base_model: Path, port: int) -> Iterator[su
         yield process
 
 
-def test_a_job_survives_kill_9_of_the_trainer_and_resumes_from_its_checkpoint(
-    tiny_model_dir: Path, tmp_path: Path
-) -> None:
+def _interrupted_job(
+    tiny_model_dir: Path, tmp_path: Path, *, eval_every: int, past_step: int, stop: signal.Signals
+) -> list[trainer_pb2.JobEvent]:
+    """A 40-step job whose trainer gets `stop` once past `past_step`; the job's whole history from the
+    trainer started again on the same port and data, to its end."""
     data = tmp_path / "train.jsonl"
     data.write_text(memorise_jsonl())
     # Early stopping off: the run goes to its last step, whichever checkpoint is best.
     params = trainer_pb2.TrainingParameters(
-        max_steps=40, batch_size=2, learning_rate=1e-2, eval_every_steps=EVAL_EVERY, early_stopping_patience=0
+        max_steps=40, batch_size=2, learning_rate=1e-2, eval_every_steps=eval_every, early_stopping_patience=0
     )
     port = free_port()
     address = f"127.0.0.1:{port}"
     with _trainer_process(tmp_path, tiny_model_dir, port) as first, LoraplaneClient(trainer=address) as client:
         assert client.wait_until_serving("trainer", 60)
-        job = client.jobs.create(adapter_name="survivor", training_file=data, training=params)
+        job = client.jobs.create(adapter_name="interrupted", training_file=data, training=params)
         for event in client.jobs.watch(job.id):
-            if event.job.progress.step > 2 * EVAL_EVERY:  # a checkpoint is saved
+            if event.job.progress.step > past_step:
                 break
-        first.send_signal(signal.SIGKILL)
-        assert first.wait(timeout=30) == -signal.SIGKILL
+        first.send_signal(stop)
+        # SIGTERM: a clean exit within the trainer's grace period.
+        assert first.wait(timeout=60) == (0 if stop == signal.SIGTERM else -stop)
 
     with _trainer_process(tmp_path, tiny_model_dir, port), LoraplaneClient(trainer=address) as client:
         assert client.wait_until_serving("trainer", 60)
         events = list(client.jobs.watch(job.id))
+    final = events[-1].job
+    assert final.state == trainer_pb2.JOB_STATE_SUCCEEDED, final.error
+    assert final.adapter.version == 1 and final.metrics.steps == 40
+    return events
+
+
+def test_a_job_survives_kill_9_of_the_trainer_and_resumes_from_its_checkpoint(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    # Past two evaluations: a checkpoint is saved.
+    events = _interrupted_job(
+        tiny_model_dir, tmp_path, eval_every=EVAL_EVERY, past_step=2 * EVAL_EVERY, stop=signal.SIGKILL
+    )
     messages = [event.message for event in events]
     assert "trainer restarted; job queued again" in messages
     resumed = [message for message in messages if message.startswith("resuming from the checkpoint at step ")]
@@ -69,34 +85,13 @@ def test_a_job_survives_kill_9_of_the_trainer_and_resumes_from_its_checkpoint(
     after_resume = events[messages.index(resumed[-1]) :]
     steps_after = [event.job.progress.step for event in after_resume if event.job.progress.step]
     assert steps_after and min(steps_after) == resumed_at + 1, "training went on from the checkpoint, not from step 0"
-    final = events[-1].job
-    assert final.state == trainer_pb2.JOB_STATE_SUCCEEDED, final.error
-    assert final.adapter.version == 1 and final.metrics.steps == 40
 
 
 def test_sigterm_checkpoints_the_running_job_at_its_step_and_the_restart_goes_on_from_there(
     tiny_model_dir: Path, tmp_path: Path
 ) -> None:
-    data = tmp_path / "train.jsonl"
-    data.write_text(memorise_jsonl())
     # No periodic checkpoint before the last step: the only one to resume from is the one the stop saves.
-    params = trainer_pb2.TrainingParameters(
-        max_steps=40, batch_size=2, learning_rate=1e-2, eval_every_steps=40, early_stopping_patience=0
-    )
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    with _trainer_process(tmp_path, tiny_model_dir, port) as first, LoraplaneClient(trainer=address) as client:
-        assert client.wait_until_serving("trainer", 60)
-        job = client.jobs.create(adapter_name="preempted", training_file=data, training=params)
-        for event in client.jobs.watch(job.id):
-            if event.job.progress.step >= 3:
-                break
-        first.send_signal(signal.SIGTERM)
-        assert first.wait(timeout=60) == 0, "the trainer stops cleanly within its grace period"
-
-    with _trainer_process(tmp_path, tiny_model_dir, port), LoraplaneClient(trainer=address) as client:
-        assert client.wait_until_serving("trainer", 60)
-        events = list(client.jobs.watch(job.id))
+    events = _interrupted_job(tiny_model_dir, tmp_path, eval_every=40, past_step=2, stop=signal.SIGTERM)
     messages = [event.message for event in events]
     saved = [m for m in messages if m.startswith("checkpoint saved at step ")]
     assert saved, messages
@@ -105,6 +100,3 @@ def test_sigterm_checkpoints_the_running_job_at_its_step_and_the_restart_goes_on
     requeued = messages.index("the trainer is stopping; the job is queued again and resumes from its checkpoint")
     assert events[requeued].job.state == trainer_pb2.JOB_STATE_QUEUED
     assert f"resuming from the checkpoint at step {saved_at}" in messages[requeued:]
-    final = events[-1].job
-    assert final.state == trainer_pb2.JOB_STATE_SUCCEEDED, final.error
-    assert final.adapter.version == 1 and final.metrics.steps == 40

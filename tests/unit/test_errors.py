@@ -15,7 +15,7 @@ from loraplane.errors import (
     ResourceExhausted,
     error_for_code,
 )
-from loraplane.grpc_errors import MAX_MESSAGE_BYTES, to_status
+from loraplane.grpc_errors import MAX_STATUS_MESSAGE_BYTES, to_status
 
 
 @pytest.mark.parametrize("status", [status for status in grpc.StatusCode if status is not grpc.StatusCode.OK])
@@ -44,5 +44,5 @@ def test_a_status_quoting_a_huge_field_stays_small_enough_for_grpc_metadata() ->
     detail = error_details_pb2.BadRequest()
     status.details[0].Unpack(detail)
     for text in (status.message, detail.field_violations[0].description):
-        assert len(text.encode()) <= MAX_MESSAGE_BYTES + 40 and text.endswith("more characters)")
+        assert len(text.encode()) <= MAX_STATUS_MESSAGE_BYTES + 40 and text.endswith("more characters)")
     assert status.message.startswith("adapter: adapter name '😀")

@@ -50,7 +50,7 @@ class LocalExecutor(Executor):
                 limit=_MAX_EVENT_LINE_BYTES,
             )
             self._processes[job_id] = process
-            stopping = asyncio.create_task(self._stop(process)) if job_id in self._cancelled else None
+            stopping = asyncio.create_task(self._cancel(process)) if job_id in self._cancelled else None
             try:
                 assert process.stdout is not None
                 async for raw in process.stdout:
@@ -76,7 +76,7 @@ class LocalExecutor(Executor):
         self._cancelled.add(job_id)
         process = self._processes.get(job_id)
         if process is not None:
-            await self._stop(process)
+            await self._cancel(process)
 
     async def preempt_all(self) -> set[str]:
         """PREEMPT_SIGNAL to every worker (each saves a checkpoint at its current step and exits), SIGKILL to
@@ -84,23 +84,23 @@ class LocalExecutor(Executor):
         preempted = set(self._processes)
         self._preempted.update(preempted)
         processes = list(self._processes.values())
-        await asyncio.gather(
-            *(self._stop(p, PREEMPT_SIGNAL, self.settings.trainer_stop_grace_seconds) for p in processes)
-        )
+        grace = self.settings.trainer_stop_grace_seconds
+        await asyncio.gather(*(self._stop(process, PREEMPT_SIGNAL, grace) for process in processes))
         return preempted
 
-    async def _stop(
-        self, process: asyncio.subprocess.Process, sent: signal.Signals = signal.SIGTERM, grace: float | None = None
-    ) -> None:
-        """`sent` (SIGTERM: the worker exits without publishing), then SIGKILL after the grace period."""
+    async def _cancel(self, process: asyncio.subprocess.Process) -> None:
+        """SIGTERM (the worker exits without publishing), then SIGKILL after the cancel grace period."""
+        await self._stop(process, signal.SIGTERM, self.settings.trainer_cancel_grace_seconds)
+
+    @staticmethod
+    async def _stop(process: asyncio.subprocess.Process, sent: signal.Signals, grace: float) -> None:
+        """`sent`, then SIGKILL if the worker still runs after `grace` seconds."""
         if process.returncode is not None:
             return
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(sent)
         try:
-            await asyncio.wait_for(
-                process.wait(), self.settings.trainer_cancel_grace_seconds if grace is None else grace
-            )
+            await asyncio.wait_for(process.wait(), grace)
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
