@@ -7,6 +7,11 @@ hashing and the log-probability measures can never disagree between the two side
 
 Histograms are stored as raw counts (not proportions) so a profile stays exact and windows can be
 summed; the statistics normalise them.
+
+The prompt's length and token histograms count its content only: a chat template puts the same
+tokens around every user turn (SmolLM2's adds a 20-token default system prompt), which would
+otherwise dilute both statistics equally on both sides and hide a shift in what users write.
+Both sides strip the same `PromptFrame`, found from the base model's own template.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -53,6 +58,69 @@ def token_bucket(token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     return (x % np.uint64(TOKEN_BUCKETS)).astype(np.int64)
 
 
+PromptTokens = Literal["whole", "content", "mixed"]
+"""What a profile's prompt histograms count: whole templated prompts (profiles written before the
+frame was stripped), content only, or a sum of profiles of both kinds (`Profile.total`)."""
+
+_FRAME_PROBE: Final = "Hello"
+"""A user turn's content for finding the template around it: one token in any vocabulary worth the name."""
+
+
+@dataclass(frozen=True)
+class PromptFrame:
+    """The tokens a chat template puts before and after a user turn's content."""
+
+    prefix: tuple[int, ...] = ()
+    suffix: tuple[int, ...] = ()
+
+    def content(self, prompt_token_ids: Sequence[int]) -> Sequence[int]:
+        """The prompt without the frame's prefix and suffix, each stripped only where it is there (a
+        raw prompt, or a conversation with a system turn of its own, keeps what does not match)."""
+        start, end = 0, len(prompt_token_ids)
+        if self.prefix and tuple(prompt_token_ids[: len(self.prefix)]) == self.prefix:
+            start = len(self.prefix)
+        if (
+            self.suffix
+            and end - start >= len(self.suffix)
+            and tuple(prompt_token_ids[-len(self.suffix) :]) == self.suffix
+        ):
+            end -= len(self.suffix)
+        return prompt_token_ids[start:end]
+
+
+class ChatTokenizer(Protocol):
+    """What finding a template's frame needs of a tokenizer (Hugging Face's, or an engine's)."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: Any) -> Any: ...
+
+
+def template_frame(tokenizer: ChatTokenizer) -> PromptFrame:
+    """The frame `tokenizer`'s chat template puts around one user turn, as the trainer and serving
+    both render it (generation prompt included). No template, or one whose tokens at the content's
+    edges merge with it, gives an empty frame: prompts are then counted whole."""
+    try:
+        text = str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": _FRAME_PROBE}], tokenize=False, add_generation_prompt=True
+            )
+        )
+    except Exception:  # noqa: BLE001 - no template, or one (Jinja code) that refuses a lone user turn
+        return PromptFrame()
+    before, found, after = text.partition(_FRAME_PROBE)
+    if not found:
+        return PromptFrame()
+
+    def encode(part: str) -> list[int]:
+        return list(tokenizer.encode(part, add_special_tokens=False)) if part else []
+
+    prefix, suffix = encode(before), encode(after)
+    if [*prefix, *encode(_FRAME_PROBE), *suffix] != encode(text):
+        return PromptFrame()
+    return PromptFrame(tuple(prefix), tuple(suffix))
+
+
 class DriftStatistic(StrEnum):
     """The drift statistics, each oriented so that a higher value means more drift."""
 
@@ -77,7 +145,8 @@ class Profile(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Literal[2] = 2
+    schema_version: Literal[3] = 3
+    prompt_tokens: PromptTokens = "content"
     sample_count: int = Field(0, ge=0)
     prompt_length_histogram: list[int] = Field(default_factory=lambda: [0] * LENGTH_BUCKETS)
     prompt_token_distribution: list[int] = Field(
@@ -93,10 +162,11 @@ class Profile(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _upgrade(cls, data: Any) -> Any:
-        """Read a version 1 profile: its histograms stand; its teacher-forced log-probability is dropped."""
-        if isinstance(data, dict) and data.get("schema_version") == 1:
+        """Read an older profile. Version 1: its histograms stand; its teacher-forced log-probability is
+        dropped. Versions 1 and 2 counted whole templated prompts, which the live window then counts too."""
+        if isinstance(data, dict) and data.get("schema_version") in (1, 2):
             data = {key: value for key, value in data.items() if key != "mean_response_logprob"}
-            data["schema_version"] = 2
+            data["schema_version"], data["prompt_tokens"] = 3, "whole"
         return data
 
     @model_validator(mode="after")
@@ -123,7 +193,9 @@ class Profile(BaseModel):
     @classmethod
     def total(cls, profiles: Iterable[Profile]) -> Profile:
         """The profile of all their samples together."""
-        builder = ProfileBuilder()
+        profiles = list(profiles)
+        kinds = {profile.prompt_tokens for profile in profiles}
+        builder = ProfileBuilder(prompt_tokens=kinds.pop() if len(kinds) == 1 else "mixed")
         for profile in profiles:
             builder.merge(profile)
         return builder.build()
@@ -149,9 +221,15 @@ class Sample:
 
 
 class ProfileBuilder:
-    """Accumulates samples into a Profile; `remove` takes one back out, for sliding windows."""
+    """Accumulates samples into a Profile; `remove` takes one back out, for sliding windows.
 
-    def __init__(self) -> None:
+    `frame` is stripped from every prompt before its length and tokens are counted; `prompt_tokens`
+    "whole" counts whole prompts instead, as a profile written before frames were stripped did.
+    """
+
+    def __init__(self, frame: PromptFrame = PromptFrame(), prompt_tokens: PromptTokens = "content") -> None:
+        self._frame = frame if prompt_tokens == "content" else PromptFrame()
+        self._prompt_tokens_kind: PromptTokens = prompt_tokens
         self._samples = 0
         self._prompt_lengths = np.zeros(LENGTH_BUCKETS, dtype=np.int64)
         self._prompt_tokens = np.zeros(TOKEN_BUCKETS, dtype=np.int64)
@@ -163,10 +241,11 @@ class ProfileBuilder:
 
     def add(self, sample: Sample, sign: int = 1) -> None:
         self._samples += sign
-        self._prompt_lengths[length_bucket([len(sample.prompt_token_ids)])[0]] += sign
+        content = self._frame.content(sample.prompt_token_ids)
+        self._prompt_lengths[length_bucket([len(content)])[0]] += sign
         self._response_lengths[length_bucket([len(sample.response_token_ids)])[0]] += sign
-        if len(sample.prompt_token_ids):
-            self._prompt_tokens += sign * np.bincount(token_bucket(sample.prompt_token_ids), minlength=TOKEN_BUCKETS)
+        if len(content):
+            self._prompt_tokens += sign * np.bincount(token_bucket(content), minlength=TOKEN_BUCKETS)
         if sample.response_logprob is not None and len(sample.response_token_ids):
             self._logprob_sum += sign * sample.response_logprob
             self._logprob_tokens += sign * len(sample.response_token_ids)
@@ -190,6 +269,7 @@ class ProfileBuilder:
 
     def build(self) -> Profile:
         return Profile(
+            prompt_tokens=self._prompt_tokens_kind,
             sample_count=self._samples,
             prompt_length_histogram=self._prompt_lengths.tolist(),
             prompt_token_distribution=self._prompt_tokens.tolist(),
@@ -271,7 +351,11 @@ def _difference(first: float | None, second: float | None) -> float | None:
 
 
 def compare(reference: Profile, live: Profile) -> DriftReport:
-    """The drift figures of `live` against `reference`."""
+    """The drift figures of `live` against `reference`, which must count prompts alike."""
+    if reference.prompt_tokens != live.prompt_tokens:
+        raise ValueError(
+            f"the reference counts {reference.prompt_tokens} prompts and the live window {live.prompt_tokens} ones"
+        )
     statistics = {
         DriftStatistic.PROMPT_LENGTH_PSI: _when_both_have_data(
             psi, reference.prompt_length_histogram, live.prompt_length_histogram

@@ -14,6 +14,7 @@ that this replica answered recently.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
@@ -23,7 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loraplane.drift import DriftReport, DriftStatistic, Profile, ProfileBuilder, Sample, compare
+from loraplane.drift import DriftReport, DriftStatistic, Profile, ProfileBuilder, PromptFrame, Sample, compare
 from loraplane.errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class AdapterDrift:
 class _Window:
     version: int
     reference: Profile
-    builder: ProfileBuilder = field(default_factory=ProfileBuilder)
+    builder: ProfileBuilder
+    """Counts prompts as `reference` does: without the template's frame, or whole for an older reference."""
     samples: deque[tuple[float, Sample]] = field(default_factory=deque)
     feedback: deque[tuple[float, float]] = field(default_factory=deque)
 
@@ -86,10 +88,14 @@ class DriftMonitor:
         self,
         policy: DriftPolicy,
         *,
+        prompt_frame: Callable[[], PromptFrame] = PromptFrame,
         clock: Callable[[], float] = time.monotonic,
         draw: Callable[[], float] = random.random,
     ) -> None:
+        """`prompt_frame`: the base model's chat-template frame (`template_frame`), asked for once,
+        when the first window opens, since the tokenizer exists only once the engine has started."""
         self.policy = policy
+        self._prompt_frame = functools.cache(prompt_frame)
         self._clock = clock
         self._draw = draw
         self._pending: deque[tuple[float, str, int, Path, Sample]] = deque()  # appends are thread-safe
@@ -204,7 +210,8 @@ class DriftMonitor:
                 if reference is None:
                     self._unprofiled.add((adapter, version))
                     continue
-                window = self._windows[adapter] = _Window(version, reference)
+                builder = ProfileBuilder(self._prompt_frame(), prompt_tokens=reference.prompt_tokens)
+                window = self._windows[adapter] = _Window(version, reference, builder)
             window.builder.add(sample)
             window.samples.append((at, sample))
             self._totals[adapter] = self._totals.get(adapter, 0) + 1

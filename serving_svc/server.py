@@ -7,6 +7,7 @@ import logging
 
 from loraplane.artifact import ArtifactRepository
 from loraplane.auth import Role
+from loraplane.drift import template_frame
 from loraplane.errors import FailedPrecondition, StartupError
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security, host_of
@@ -141,7 +142,8 @@ class ServingServer(EndpointsHost):
                 prompt_scoring_fraction=settings.drift_prompt_scoring_fraction,
                 thresholds=settings.drift_thresholds(),
                 feedback_score_floor=settings.feedback_score_floor,
-            )
+            ),
+            prompt_frame=lambda: template_frame(self.engine.tokenizer),
         )
         self.metrics.registry.register(DriftCollector(monitor, self.metrics.owns_label))
         return monitor

@@ -797,7 +797,10 @@ class ProfileSummary(_message.Message):
     """Mean negative log-likelihood per prompt token."""
     @_builtins.property
     def prompt_length_histogram(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Counts per length bucket: bucket 0 is length 0, bucket k lengths in [2^(k-1), 2^k)."""
+        """Counts per length bucket: bucket 0 is length 0, bucket k lengths in [2^(k-1), 2^k). Prompt lengths
+        count the content, without the tokens the chat template puts around a user turn (whole prompts for
+        an adapter whose reference was written before the template was stripped, and for its window).
+        """
 
     @_builtins.property
     def response_length_histogram(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...

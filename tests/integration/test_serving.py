@@ -540,23 +540,32 @@ async def test_live_drift_figures_equal_the_trainers_reference_on_the_same_promp
     serving: Serving, tiny_model_dir: Path
 ) -> None:
     """The trainer's reference (trainer_svc.worker.reference) and the engine's live figures are one measure:
-    the same prompts, answered greedily, give the same histograms, output confidence and (where the
-    engine scores prompts) prompt surprise."""
+    the same prompts, raw and as chat turns, answered greedily, give the same histograms (of the
+    content, the template's frame stripped on both sides), output confidence and (where the engine
+    scores prompts) prompt surprise."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from loraplane.drift import template_frame
     from trainer_svc.worker.reference import reference_profile
     from trainer_svc.worker.tokenization import TokenizedExample
 
     prompts = [PROMPT, "Once upon a time there was", "def add(a, b):"]
+    chats = ["What is the capital of France?", "Tell me a story"]
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert template_frame(tokenizer).prefix, "the tiny model's template has a frame to strip"
     model = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), serving.sources["gamma"]
     )
     held_out = []
-    for prompt in prompts:  # a one-token answer: the reference generates up to 2 * 1 + 8 tokens
-        ids = tokenizer.encode(prompt)
+    rendered = [
+        tokenizer.apply_chat_template([{"role": "user", "content": chat}], tokenize=False, add_generation_prompt=True)
+        for chat in chats
+    ]
+    encoded = [tokenizer.encode(prompt) for prompt in prompts]
+    encoded += [tokenizer.encode(text, add_special_tokens=False) for text in rendered]
+    for ids in encoded:  # a one-token answer: the reference generates up to 2 * 1 + 8 tokens
         held_out.append(TokenizedExample(input_ids=[*ids, 5], labels=[], prompt_length=len(ids)))
     reference = reference_profile(model, tokenizer, held_out, batch_size=2)
 
@@ -564,9 +573,12 @@ async def test_live_drift_figures_equal_the_trainers_reference_on_the_same_promp
     params = serving_pb2.SamplingParameters(temperature=0, max_tokens=10)
     for prompt in prompts:
         await serving.stub.Generate(serving_pb2.GenerateRequest(adapter="scored", prompt=prompt, sampling=params))
+    for chat in chats:
+        messages = serving_pb2.ChatMessages(messages=[common_pb2.ChatMessage(role="user", content=chat)])
+        await serving.stub.Generate(serving_pb2.GenerateRequest(adapter="scored", messages=messages, sampling=params))
     assert serving.server.drift is not None
     live = serving.server.drift.adapter("scored").live
-    assert live.sample_count == reference.sample_count == len(prompts)
+    assert live.sample_count == reference.sample_count == len(prompts) + len(chats)
     assert live.prompt_length_histogram == reference.prompt_length_histogram
     assert live.prompt_token_distribution == reference.prompt_token_distribution
     assert live.response_length_histogram == reference.response_length_histogram

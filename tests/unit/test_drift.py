@@ -10,11 +10,13 @@ from loraplane.drift import (
     DriftStatistic,
     Profile,
     ProfileBuilder,
+    PromptFrame,
     Sample,
     compare,
     js_divergence,
     length_bucket,
     psi,
+    template_frame,
     token_bucket,
 )
 
@@ -176,3 +178,75 @@ def test_compare_with_an_empty_window_reports_nothing() -> None:
     report = compare(reference, Profile())
     assert report.window_size == 0
     assert all(value is None for value in report.statistics.values())
+
+
+class FakeChatTokenizer:
+    """A fake tokenizer (one token per word) with a chat template like SmolLM2's: a default system
+    turn before the user's content, the assistant's cue after it."""
+
+    def __init__(self, template: str | None = "<sys> be helpful <end> <user> {content} <end> <assistant>") -> None:
+        self.template = template
+        self.vocabulary: dict[str, int] = {}
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [self.vocabulary.setdefault(word, len(self.vocabulary) + 1) for word in text.split()]
+
+    def apply_chat_template(self, conversation: list[dict[str, str]], **kwargs: object) -> str:
+        if self.template is None:
+            raise ValueError("this tokenizer has no chat template")
+        return self.template.format(content=" ".join(turn["content"] for turn in conversation))
+
+
+def test_the_template_frame_is_what_the_template_puts_around_a_user_turn() -> None:
+    tokenizer = FakeChatTokenizer()
+    frame = template_frame(tokenizer)
+    assert frame.prefix == tuple(tokenizer.encode("<sys> be helpful <end> <user>"))
+    assert frame.suffix == tuple(tokenizer.encode("<end> <assistant>"))
+    prompt = tokenizer.encode(tokenizer.apply_chat_template([{"role": "user", "content": "what is 2 + 2"}]))
+    assert list(frame.content(prompt)) == tokenizer.encode("what is 2 + 2")
+
+
+def test_no_template_or_one_that_merges_with_the_content_gives_an_empty_frame() -> None:
+    assert template_frame(FakeChatTokenizer(template=None)) == PromptFrame()
+    # "<user>{content}" tokenizes as one word with the content: the content's edges cannot be found.
+    assert template_frame(FakeChatTokenizer(template="<user>{content} <assistant>")) == PromptFrame()
+
+
+def test_a_frame_is_stripped_only_where_it_is_there() -> None:
+    frame = PromptFrame(prefix=(1, 2), suffix=(9,))
+    assert list(frame.content([1, 2, 5, 6, 9])) == [5, 6]
+    assert list(frame.content([7, 1, 2, 5, 9])) == [7, 1, 2, 5], "a raw prompt or another system turn keeps its start"
+    assert list(frame.content([1, 2, 5, 6])) == [5, 6]
+    assert list(frame.content([1, 2, 9])) == []
+    assert list(frame.content([1, 2])) == [], "no suffix left to strip once the prefix is gone"
+    assert list(PromptFrame().content([1, 2, 9])) == [1, 2, 9]
+
+
+def test_prompt_histograms_count_the_content_and_surprise_the_whole_prompt() -> None:
+    """Length and tokens as if the frame were not there; prompt surprise scores every token the
+    engine scored, frame included, as both the trainer and serving compute it."""
+    frame = PromptFrame(prefix=(100, 101, 102), suffix=(103, 104))
+    framed, bare = ProfileBuilder(frame), ProfileBuilder(prompt_tokens="whole")
+    for content in ([5, 6], [7, 8, 9, 10, 11], [12]):
+        framed.add(Sample([*frame.prefix, *content, *frame.suffix], [1], -1.0, -3.0))
+        bare.add(Sample(content, [1], -1.0, -3.0))
+    with_frame, without = framed.build(), bare.build()
+    assert with_frame.prompt_tokens == "content" and without.prompt_tokens == "whole"
+    assert with_frame.prompt_length_histogram == without.prompt_length_histogram
+    assert with_frame.prompt_token_distribution == without.prompt_token_distribution
+    assert with_frame.prompt_nll_tokens == (2 + 5 + 1) + 3 * (len(frame.prefix) + len(frame.suffix)) - 3
+
+
+def test_a_version_2_profile_counted_whole_prompts() -> None:
+    old = {**Profile().model_dump(), "schema_version": 2}
+    del old["prompt_tokens"]
+    assert Profile.model_validate(old).prompt_tokens == "whole"
+
+
+def test_profiles_that_count_prompts_differently_are_not_compared() -> None:
+    content = _profile([([1, 2], [3], -1.0)])
+    whole = Profile.model_validate({**content.model_dump(), "prompt_tokens": "whole"})
+    with pytest.raises(ValueError, match="whole"):
+        compare(whole, content)
+    assert Profile.total([whole, content]).prompt_tokens == "mixed"
+    assert Profile.total([whole, whole]).prompt_tokens == "whole"

@@ -3,12 +3,22 @@ inference service feeding it (over the fake engine of tests.support.fake_engine)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from loraplane.drift import DriftStatistic, Profile, ProfileBuilder, Sample, compare
+from loraplane.drift import (
+    LENGTH_BUCKETS,
+    DriftStatistic,
+    Profile,
+    ProfileBuilder,
+    PromptFrame,
+    Sample,
+    compare,
+    length_bucket,
+)
 from loraplane.errors import InvalidArgument, NotFound
 from loraplane.names import AdapterSpec
 from serving_svc.adapter_labels import OTHER_LABEL
@@ -194,3 +204,24 @@ async def test_the_inference_service_records_answers_and_takes_feedback(tmp_path
         if sample.name.endswith("_total")
     }
     assert feedback == {"alpha": 2}
+
+
+def test_a_window_counts_prompts_as_its_reference_does(tmp_path: Path) -> None:
+    """Without the template's frame for a reference written so; whole for an older one."""
+    frame = PromptFrame(prefix=tuple(range(100, 130)), suffix=(130, 131))
+    monitor = DriftMonitor(_policy(), prompt_frame=lambda: frame)
+    content_reference = tmp_path / "content-profile.json"
+    builder = ProfileBuilder(frame)
+    builder.add(Sample([*frame.prefix, 1, 2, 3, *frame.suffix], [1, 2], -1.0))
+    builder.build().save(content_reference)
+    whole_reference = tmp_path / "whole-profile.json"
+    old = builder.build().model_dump()
+    old.update(schema_version=2, prompt_length_histogram=[0] * LENGTH_BUCKETS)
+    del old["prompt_tokens"]
+    whole_reference.write_text(json.dumps(old))
+    framed_prompt = Sample([*frame.prefix, 1, 2, 3, *frame.suffix], [1, 2], -1.0)
+    monitor.record("r1", "new", 1, content_reference, framed_prompt)
+    monitor.record("r2", "old", 1, whole_reference, framed_prompt)
+    lengths = {drift.adapter: drift.live.prompt_length_histogram for drift in monitor.adapters()}
+    assert lengths["new"][length_bucket([3])[0]] == 1, "3 tokens of content"
+    assert lengths["old"][length_bucket([35])[0]] == 1, "the whole 35-token prompt"

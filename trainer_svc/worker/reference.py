@@ -5,7 +5,8 @@ log-probabilities the engine reports for them. So the reference is built the sam
 held-out prompt is answered by the adapter (greedy decoding), its generated tokens give the
 response length and the output confidence (raw log-probabilities of the generated tokens, end
 token included, as the engines count them), and the prompt's own log-probability gives the
-prompt surprise. Scoring the dataset's reference answers by teacher forcing would measure
+prompt surprise. Prompt lengths and tokens are counted without the chat template's frame, which
+serving strips the same way. Scoring the dataset's reference answers by teacher forcing would measure
 something live traffic never can.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from loraplane.drift import Profile, ProfileBuilder, Sample
+from loraplane.drift import Profile, ProfileBuilder, Sample, template_frame
 from trainer_svc.worker.generation import greedy_answers
 from trainer_svc.worker.scoring import token_logprobs
 from trainer_svc.worker.tokenization import TokenizedExample
@@ -34,7 +35,7 @@ def reference_profile(
 ) -> Profile:
     """The profile serving compares the adapter's live traffic with (see the module docstring)."""
     examples = [example for example in held_out if example.prompt_length > 0][:MAX_REFERENCE_PROMPTS]
-    builder = ProfileBuilder()
+    builder = ProfileBuilder(template_frame(tokenizer))
     if not examples:
         return builder.build()
     prompts = [example.input_ids[: example.prompt_length] for example in examples]
