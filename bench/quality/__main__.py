@@ -61,7 +61,10 @@ def _facts(answers: list[str]) -> list[bool]:
     return [_names_an_answer(a, accepted) for a, (_, accepted) in zip(answers, QUESTIONS, strict=True)]
 
 
-def run_ours(model_dir: Path, train_file: Path, test: list[Example], scratch: Path) -> dict[str, Any]:
+def run_ours(
+    model_dir: Path, train_file: Path, test: list[Example], scratch: Path, replay_fraction: float | None
+) -> dict[str, Any]:
+    """One job with nothing but the data (and `replay_fraction` when given), then its answers through serving."""
     trainer_port, serving_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -84,7 +87,8 @@ def run_ours(model_dir: Path, train_file: Path, test: list[Example], scratch: Pa
             for service in ("trainer", "serving"):
                 if not client.wait_until_serving(service, 300):
                     raise RuntimeError(f"{service} did not start; see {scratch}")
-            job = client.jobs.create(adapter_name="dates", training_file=train_file)
+            training = trainer_pb2.TrainingParameters(replay_fraction=replay_fraction)
+            job = client.jobs.create(adapter_name="dates", training_file=train_file, training=training)
             started = time.perf_counter()
             for event in client.jobs.watch(job.id):
                 log.info("job: %s", event.message)
@@ -100,6 +104,7 @@ def run_ours(model_dir: Path, train_file: Path, test: list[Example], scratch: Pa
             return {
                 "job_s": round(elapsed, 1),
                 "steps": metrics.steps,
+                "replay_examples": metrics.replay_examples,
                 "best_step": metrics.best_step,
                 "stopped_early": metrics.stopped_early,
                 "exact_match_prompt": _exact_match(_ask(client, "dates", prompts, chat=False), test),
@@ -138,20 +143,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--test", type=int, default=40, help="test prompts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--systems", default="ours,plain", help="ours,plain")
+    parser.add_argument(
+        "--replay-fraction", type=float, default=None, help="our job's replay_fraction; default: the trainer's"
+    )
     parser.add_argument("--work-dir", type=Path, default=Path("~/.cache/loraplane-bench").expanduser())
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     model_dir = prepare_model("smollm2", args.work_dir)
     train, test = make_task(args.seed, args.train, args.test)
-    report: dict[str, Any] = {"task": "dates to ISO 8601", "train": args.train, "test": args.test, "seed": args.seed}
+    report: dict[str, Any] = {
+        "task": "dates to ISO 8601",
+        "train": args.train,
+        "test": args.test,
+        "seed": args.seed,
+        "replay_fraction": args.replay_fraction,
+    }
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
         scratch = Path(tmp)
         train_file, test_file = write_jsonl(scratch / "train.jsonl", train), write_jsonl(scratch / "test.jsonl", test)
         for system in args.systems.split(","):
             log.info("running %s", system)
             if system == "ours":
-                report["ours"] = run_ours(model_dir, train_file, test, scratch)
+                report["ours"] = run_ours(model_dir, train_file, test, scratch, args.replay_fraction)
             else:
                 report["plain"] = run_plain(model_dir, train_file, test_file, scratch)
     text = json.dumps(report, indent=2)

@@ -35,7 +35,7 @@ from bench.serving import processes
 from bench.serving.measure import RequestResult, RowRun, failed_row, merged, summarize
 from bench.serving.traffic import PlannedRequest, RowPlan, prompt_for
 from bench.serving.workers import WARMUP_ROUNDS, WARMUP_TOKENS
-from bench.serving.workspace import RANK, Workspace
+from bench.serving.workspace import RANK, Workspace, adapter_bytes
 from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc
 
 log = logging.getLogger("bench.serving")
@@ -211,31 +211,35 @@ async def warm_up(stub: serving_pb2_grpc.InferenceStub, adapters: list[str], loa
 async def _cold_load(
     stub: serving_pb2_grpc.InferenceStub, workspace: Workspace, engine: str, warm_adapter: str | None, load: Load
 ) -> dict[str, Any]:
-    """TTFT of a just-published adapter against a loaded one, one request at a time, 3 times over."""
-    sampling = load.sampling()
-    warm: list[float] = []
-    cold: list[float] = []
+    """For each cold-adapter shape: TTFT of a just-published adapter against a loaded one, one
+    request at a time, 3 times over."""
+    measured: dict[str, Any] = {}
     run_id = uuid.uuid4().hex[:8]
-    for index, source in enumerate(workspace.cold_dirs[:COLD_LOAD_REPEATS]):
-        name = f"cold-{engine}-{run_id}-{index}"
-        await asyncio.to_thread(workspace.publish, source, name)
-        try:
-            for adapter, into in ((warm_adapter, warm), (name, cold)):
-                result = await _one(stub, PlannedRequest(adapter, prompt_for(index)), sampling)
-                if result.error is not None or result.ttft_s is None:
-                    raise RuntimeError(f"cold-load request to {adapter or 'the base model'} failed: {result.error}")
-                into.append(result.ttft_s)
-        finally:
-            workspace.unpublish(name)
-    warm_median, cold_median = statistics.median(warm), statistics.median(cold)
-    return {
-        "warm_adapter": warm_adapter,
-        "warm_ttft_s": [round(t, 4) for t in warm],
-        "cold_ttft_s": [round(t, 4) for t in cold],
-        "warm_ttft_median_s": round(warm_median, 4),
-        "cold_ttft_median_s": round(cold_median, 4),
-        "cold_load_ms": round((cold_median - warm_median) * 1000, 1),
-    }
+    for shape, sources in workspace.cold_dirs.items():
+        warm: list[float] = []
+        cold: list[float] = []
+        for index, source in enumerate(sources[:COLD_LOAD_REPEATS]):
+            name = f"cold-{engine}-{run_id}-{shape.replace(',', '-')}-{index}"
+            await asyncio.to_thread(workspace.publish, source, name)
+            try:
+                for adapter, into in ((warm_adapter, warm), (name, cold)):
+                    result = await _one(stub, PlannedRequest(adapter, prompt_for(index)), load.sampling())
+                    if result.error is not None or result.ttft_s is None:
+                        raise RuntimeError(f"cold-load request to {adapter or 'the base model'} failed: {result.error}")
+                    into.append(result.ttft_s)
+            finally:
+                workspace.unpublish(name)
+        warm_median, cold_median = statistics.median(warm), statistics.median(cold)
+        measured[shape] = {
+            "adapter_bytes": adapter_bytes(sources[0]),
+            "warm_adapter": warm_adapter,
+            "warm_ttft_s": [round(t, 4) for t in warm],
+            "cold_ttft_s": [round(t, 4) for t in cold],
+            "warm_ttft_median_s": round(warm_median, 4),
+            "cold_ttft_median_s": round(cold_median, 4),
+            "cold_load_ms": round((cold_median - warm_median) * 1000, 1),
+        }
+    return measured
 
 
 async def _session(
@@ -250,9 +254,10 @@ async def _session(
     systems: list[str],
     measure_cold: bool,
 ) -> dict[str, Any] | None:
-    """Warm up, then drive every row through each of `systems` (gRPC, HTTP) in turn, `load.repeats`
-    times, first one then the other leading, so the two fronts share the same server and the same
-    moments of the machine."""
+    """Warm up, then drive every row through each of `systems` (gRPC, HTTP) in turn, first one then
+    the other leading, so the two fronts share the same server and the same moments of the machine;
+    `load.repeats` sweeps over all the rows, so the rows share them too (adapters against the base
+    model is a ratio of two rows)."""
     grpc_port, http_port = ports
     async with (
         grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel,
@@ -268,14 +273,12 @@ async def _session(
         }
         adapters = sorted({name for row in rows for name in row.adapter_names})
         await warm_up(stub, adapters, load)
-        turn = 0
-        for row in rows:
-            for repeat in range(load.repeats):
-                for system in systems if turn % 2 == 0 else systems[::-1]:
+        for repeat in range(load.repeats):  # sweeps: a slow spell of the machine falls on every row alike
+            for index, row in enumerate(rows):
+                for system in systems if (repeat + index) % 2 == 0 else systems[::-1]:  # each front leads a row in turn
                     log.info("  %s: %d adapters, %s traffic (run %d)", system, row.adapters, row.traffic, repeat + 1)
                     results, wall = await drive(senders[system], list(row.requests), load.concurrency)
                     on_row((system, RowRun(row.adapters, row.traffic, wall, results)))
-                turn += 1
         if not measure_cold:
             return None
         return await _cold_load(stub, workspace, engine, adapters[0] if adapters else None, load)

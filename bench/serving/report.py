@@ -87,13 +87,21 @@ def markdown(document: dict[str, Any]) -> str:
             f"{_cell(entry['vs_peft_sequential'])} | {_cell(entry['http_vs_grpc'])} |"
         )
     if document["cold_load"]:
-        lines += ["", "| cold load | warm TTFT s | cold TTFT s | load ms |", "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "| cold load | adapter | MB | warm TTFT s | cold TTFT s | load ms |",
+            "|---|---|---:|---:|---:|---:|",
+        ]
         for system, cold in document["cold_load"].items():
             if "error" in cold:
-                lines.append(f"| {system} | - | - | failed: {cold['error'][:60]} |")
-            else:
+                lines.append(f"| {system} | - | - | - | - | failed: {cold['error'][:60]} |")
+                continue
+            for shape, entry in cold.items():
+                if shape == "slots":
+                    continue
                 lines.append(
-                    f"| {system} | {_cell(cold['warm_ttft_median_s'])} | {_cell(cold['cold_ttft_median_s'])} | "
-                    f"{_cell(cold['cold_load_ms'], 1)} |"
+                    f"| {system} | {shape} | {_cell(entry['adapter_bytes'] / 1e6, 1)} | "
+                    f"{_cell(entry['warm_ttft_median_s'])} | {_cell(entry['cold_ttft_median_s'])} | "
+                    f"{_cell(entry['cold_load_ms'], 1)} |"
                 )
     return "\n".join(lines)

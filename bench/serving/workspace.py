@@ -31,6 +31,9 @@ ModelName = Literal["tiny", "smollm2"]
 RANK: Final = 8
 ALPHA = 16
 TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+COLD_TARGETS: Final = {"all-linear": TARGET_MODULES, "q,v": ["q_proj", "v_proj"]}
+"""The cold-load adapters' shapes: the benchmark's own (9.8 MB on SmolLM2) and peft's default
+targets for Llama models (1.8 MB on SmolLM2, the size of adapter the cold-load target names)."""
 LORA_B_STD = 0.05
 """Scale of the random B matrices: enough to change greedy outputs, small enough to stay sane text."""
 COLD_SEED_BASE = 10_000
@@ -46,7 +49,8 @@ class Workspace:
     fingerprint: str
     store_root: Path
     adapter_dirs: dict[str, Path]
-    cold_dirs: list[Path]
+    cold_dirs: dict[str, list[Path]]
+    """Unpublished adapters for the cold-load measurement, by target modules (`COLD_TARGETS`)."""
 
     @property
     def repository(self) -> ArtifactRepository:
@@ -102,12 +106,17 @@ def prepare_model(model: ModelName, work_dir: Path) -> Path:
     return dest
 
 
+def adapter_bytes(folder: Path) -> int:
+    """The size of an adapter's weights file."""
+    return (folder / "adapter_model.safetensors").stat().st_size
+
+
 def _is_complete_adapter(folder: Path) -> bool:
     return all((folder / name).is_file() for name in ADAPTER_FILES)
 
 
-def make_adapters(model_dir: Path, targets: list[tuple[Path, int]]) -> None:
-    """Write a random LoRA adapter for each (folder, seed), loading the base model once for all.
+def make_adapters(model_dir: Path, targets: list[tuple[Path, int]], target_modules: list[str]) -> None:
+    """Write a random LoRA adapter on `target_modules` for each (folder, seed), loading the base model once for all.
 
     lora_A is drawn like peft's own initialisation (Kaiming-uniform bound 1/sqrt(fan_in)) and
     lora_B is random instead of peft's zeros, so every adapter really changes the model.
@@ -117,7 +126,7 @@ def make_adapters(model_dir: Path, targets: list[tuple[Path, int]]) -> None:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=TARGET_MODULES)
+    config = LoraConfig(r=RANK, lora_alpha=ALPHA, lora_dropout=0.0, target_modules=target_modules)
     peft_model = get_peft_model(model, config)
     for dest, seed in targets:
         generator = torch.Generator().manual_seed(seed)
@@ -149,15 +158,24 @@ def prepare(model: ModelName, work_dir: Path, adapter_count: int, cold_count: in
     key = f"{model}-{fingerprint.removeprefix('sha256:')[:12]}"
     adapters_root = work_dir / "adapters" / key
     adapter_dirs = {name: adapters_root / name for name in adapter_names(adapter_count)}
-    cold_dirs = [adapters_root / f"cold-{index}" for index in range(cold_count)]
-    seeds = [(path, seed) for seed, path in enumerate(adapter_dirs.values())]
-    seeds += [(path, COLD_SEED_BASE + index) for index, path in enumerate(cold_dirs)]
-    missing = [(path, seed) for path, seed in seeds if not _is_complete_adapter(path)]
-    if missing:
-        log.info("making %d random LoRA adapters in %s", len(missing), adapters_root)
-        for path, _ in missing:
-            shutil.rmtree(path, ignore_errors=True)
-        make_adapters(model_dir, missing)
+    cold_dirs = {
+        shape: [adapters_root / f"cold-{shape.replace(',', '-')}-{index}" for index in range(cold_count)]
+        for shape in COLD_TARGETS
+    }
+    made: list[tuple[list[str], list[tuple[Path, int]]]] = [
+        (TARGET_MODULES, [(path, seed) for seed, path in enumerate(adapter_dirs.values())])
+    ]
+    made += [
+        (COLD_TARGETS[shape], [(path, COLD_SEED_BASE + index) for index, path in enumerate(paths)])
+        for shape, paths in cold_dirs.items()
+    ]
+    for target_modules, seeds in made:
+        missing = [(path, seed) for path, seed in seeds if not _is_complete_adapter(path)]
+        if missing:
+            log.info("making %d random LoRA adapters on %s in %s", len(missing), target_modules, adapters_root)
+            for path, _ in missing:
+                shutil.rmtree(path, ignore_errors=True)
+            make_adapters(model_dir, missing, target_modules)
     workspace = Workspace(model, model_dir, fingerprint, work_dir / "stores" / key, adapter_dirs, cold_dirs)
     repository = workspace.repository
     unpublished = [name for name in adapter_dirs if not _published_for(repository, name, fingerprint)]
