@@ -142,6 +142,10 @@ def train(
         float | None,
         typer.Option(help="Least fall in validation loss (nats per token) that counts as an improvement; 0 = any."),
     ] = None,
+    replay_fraction: Annotated[
+        float | None,
+        typer.Option(help="Share of the training set added as the base model's answers to general questions."),
+    ] = None,
     dpo_beta: Annotated[
         float, typer.Option(help="With --method dpo: how far the adapter may move from the base; 0 = default.")
     ] = 0.0,
@@ -174,6 +178,7 @@ def train(
                 learning_rate=learning_rate,
                 early_stopping_patience=early_stopping_patience,
                 early_stopping_min_delta=early_stopping_min_delta,
+                replay_fraction=replay_fraction,
             ),
             dpo=trainer_pb2.DpoParameters(beta=dpo_beta),
             resources=trainer_pb2.WorkerResources(

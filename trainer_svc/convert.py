@@ -119,9 +119,10 @@ def _resources(message: trainer_pb2.WorkerResources) -> WorkerResources:
 
 
 def _training_fields(message: trainer_pb2.TrainingParameters) -> dict[str, object]:
-    """The training fields the caller set; the early-stopping fields have presence, so an explicit 0 counts."""
+    """The training fields the caller set; the early-stopping and replay fields have presence, so an explicit 0
+    counts."""
     fields = _nonzero(message, tuple(TrainingParameters.model_fields))
-    for name in ("early_stopping_patience", "early_stopping_min_delta"):
+    for name in ("early_stopping_patience", "early_stopping_min_delta", "replay_fraction"):
         if message.HasField(name):
             fields[name] = getattr(message, name)
     return fields

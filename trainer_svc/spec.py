@@ -52,6 +52,13 @@ class TrainingParameters(BaseModel):
     seed: int = Field(0, ge=0)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    replay_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=0.5,
+        description="share of the training set added as the base model's own answers to general questions "
+        "(supervised jobs; trainer_svc/worker/replay.py); 0 = none",
+    )
 
 
 CPU_QUANTITY = r"^([0-9]+(\.[0-9]+)?|[0-9]+m)$"

@@ -286,6 +286,7 @@ class TrainingParameters(_message.Message):
     GRADIENT_ACCUMULATION_STEPS_FIELD_NUMBER: _builtins.int
     WARMUP_RATIO_FIELD_NUMBER: _builtins.int
     EARLY_STOPPING_MIN_DELTA_FIELD_NUMBER: _builtins.int
+    REPLAY_FRACTION_FIELD_NUMBER: _builtins.int
     epochs: _builtins.float
     """Passes over the training data; 0 = default (3). Ignored when max_steps is set."""
     max_steps: _builtins.int
@@ -311,6 +312,10 @@ class TrainingParameters(_message.Message):
     """An evaluation counts as an improvement when validation loss falls by more than this
     (nats per token); unset or 0 = any fall counts.
     """
+    replay_fraction: _builtins.float
+    """Share of the training set added as the base model's own answers to general questions, so the
+    adapter keeps answering outside its task as the base did (supervised jobs); unset = 0.1; 0 = none.
+    """
     def __init__(
         self,
         *,
@@ -326,19 +331,24 @@ class TrainingParameters(_message.Message):
         gradient_accumulation_steps: _builtins.int = ...,
         warmup_ratio: _builtins.float = ...,
         early_stopping_min_delta: _builtins.float | None = ...,
+        replay_fraction: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_min_delta", b"_early_stopping_min_delta", "_early_stopping_patience", b"_early_stopping_patience", "early_stopping_min_delta", b"early_stopping_min_delta", "early_stopping_patience", b"early_stopping_patience"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_min_delta", b"_early_stopping_min_delta", "_early_stopping_patience", b"_early_stopping_patience", "_replay_fraction", b"_replay_fraction", "early_stopping_min_delta", b"early_stopping_min_delta", "early_stopping_patience", b"early_stopping_patience", "replay_fraction", b"replay_fraction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_min_delta", b"_early_stopping_min_delta", "_early_stopping_patience", b"_early_stopping_patience", "batch_size", b"batch_size", "early_stopping_min_delta", b"early_stopping_min_delta", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "eval_every_steps", b"eval_every_steps", "gradient_accumulation_steps", b"gradient_accumulation_steps", "learning_rate", b"learning_rate", "max_seq_length", b"max_seq_length", "max_steps", b"max_steps", "seed", b"seed", "validation_fraction", b"validation_fraction", "warmup_ratio", b"warmup_ratio"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_early_stopping_min_delta", b"_early_stopping_min_delta", "_early_stopping_patience", b"_early_stopping_patience", "_replay_fraction", b"_replay_fraction", "batch_size", b"batch_size", "early_stopping_min_delta", b"early_stopping_min_delta", "early_stopping_patience", b"early_stopping_patience", "epochs", b"epochs", "eval_every_steps", b"eval_every_steps", "gradient_accumulation_steps", b"gradient_accumulation_steps", "learning_rate", b"learning_rate", "max_seq_length", b"max_seq_length", "max_steps", b"max_steps", "replay_fraction", b"replay_fraction", "seed", b"seed", "validation_fraction", b"validation_fraction", "warmup_ratio", b"warmup_ratio"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__early_stopping_min_delta: _TypeAlias = _typing.Literal["early_stopping_min_delta"]  # noqa: Y015
     _WhichOneofArgType__early_stopping_min_delta: _TypeAlias = _typing.Literal["_early_stopping_min_delta", b"_early_stopping_min_delta"]  # noqa: Y015
     _WhichOneofReturnType__early_stopping_patience: _TypeAlias = _typing.Literal["early_stopping_patience"]  # noqa: Y015
     _WhichOneofArgType__early_stopping_patience: _TypeAlias = _typing.Literal["_early_stopping_patience", b"_early_stopping_patience"]  # noqa: Y015
+    _WhichOneofReturnType__replay_fraction: _TypeAlias = _typing.Literal["replay_fraction"]  # noqa: Y015
+    _WhichOneofArgType__replay_fraction: _TypeAlias = _typing.Literal["_replay_fraction", b"_replay_fraction"]  # noqa: Y015
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__early_stopping_min_delta) -> _WhichOneofReturnType__early_stopping_min_delta | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__early_stopping_patience) -> _WhichOneofReturnType__early_stopping_patience | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__replay_fraction) -> _WhichOneofReturnType__replay_fraction | None: ...
 
 Global___TrainingParameters: _TypeAlias = TrainingParameters  # noqa: Y015
 
@@ -514,6 +524,7 @@ class JobMetrics(_message.Message):
     PREFERENCE_ACCURACY_ADAPTER_FIELD_NUMBER: _builtins.int
     PREFERENCE_MARGIN_BASE_FIELD_NUMBER: _builtins.int
     PREFERENCE_MARGIN_ADAPTER_FIELD_NUMBER: _builtins.int
+    REPLAY_EXAMPLES_FIELD_NUMBER: _builtins.int
     train_loss: _builtins.float
     validation_loss: _builtins.float
     validation_perplexity: _builtins.float
@@ -554,6 +565,8 @@ class JobMetrics(_message.Message):
     preference_accuracy_adapter: _builtins.float
     preference_margin_base: _builtins.float
     preference_margin_adapter: _builtins.float
+    replay_examples: _builtins.int
+    """The base model's answers to general questions added to the training set (replay_fraction)."""
     @_builtins.property
     def task_scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskScore]:
         """Task metrics of greedy answers to the test (or validation) prompts, base model and adapter."""
@@ -592,10 +605,11 @@ class JobMetrics(_message.Message):
         preference_accuracy_adapter: _builtins.float | None = ...,
         preference_margin_base: _builtins.float | None = ...,
         preference_margin_adapter: _builtins.float | None = ...,
+        replay_examples: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "best_generalization_gap", b"best_generalization_gap", "best_step", b"best_step", "checkpoints", b"checkpoints", "duplicates_removed", b"duplicates_removed", "example_tokens_max", b"example_tokens_max", "example_tokens_p50", b"example_tokens_p50", "example_tokens_p90", b"example_tokens_p90", "final_generalization_gap", b"final_generalization_gap", "forgetting_probe_adapter_loss", b"forgetting_probe_adapter_loss", "forgetting_probe_base_loss", b"forgetting_probe_base_loss", "leaked_examples", b"leaked_examples", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base", "probe_facts_known", b"probe_facts_known", "probe_facts_lost", b"probe_facts_lost", "steps", b"steps", "steps_saved", b"steps_saved", "stopped_early", b"stopped_early", "task_scores", b"task_scores", "train_examples", b"train_examples", "train_loss", b"train_loss", "train_tokens", b"train_tokens", "validation_examples", b"validation_examples", "validation_loss", b"validation_loss", "validation_perplexity", b"validation_perplexity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "best_generalization_gap", b"best_generalization_gap", "best_step", b"best_step", "checkpoints", b"checkpoints", "duplicates_removed", b"duplicates_removed", "example_tokens_max", b"example_tokens_max", "example_tokens_p50", b"example_tokens_p50", "example_tokens_p90", b"example_tokens_p90", "final_generalization_gap", b"final_generalization_gap", "forgetting_probe_adapter_loss", b"forgetting_probe_adapter_loss", "forgetting_probe_base_loss", b"forgetting_probe_base_loss", "leaked_examples", b"leaked_examples", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base", "probe_facts_known", b"probe_facts_known", "probe_facts_lost", b"probe_facts_lost", "replay_examples", b"replay_examples", "steps", b"steps", "steps_saved", b"steps_saved", "stopped_early", b"stopped_early", "task_scores", b"task_scores", "train_examples", b"train_examples", "train_loss", b"train_loss", "train_tokens", b"train_tokens", "validation_examples", b"validation_examples", "validation_loss", b"validation_loss", "validation_perplexity", b"validation_perplexity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__preference_accuracy_adapter: _TypeAlias = _typing.Literal["preference_accuracy_adapter"]  # noqa: Y015
     _WhichOneofArgType__preference_accuracy_adapter: _TypeAlias = _typing.Literal["_preference_accuracy_adapter", b"_preference_accuracy_adapter"]  # noqa: Y015

@@ -86,6 +86,20 @@ def _of(kind: type, events: list[Any]) -> list[Any]:
     return [event for event in events if isinstance(event, kind)]
 
 
+def test_replay_adds_the_base_models_answers_to_the_training_set(tiny_model_dir: Path, tmp_path: Path) -> None:
+    train = [PromptCompletion(prompt=f"Name colour {index}.", completion=" Blue.") for index in range(40)]
+    input_path = _worker_input(
+        tmp_path, tiny_model_dir, train=train, training={"max_steps": 2, "batch_size": 4, "replay_fraction": 0.5}
+    )
+    code, events = _run(input_path)
+    assert code == 0, events[-1]
+    replayed = int(events[-1].metrics["replay_examples"])
+    assert 0 < replayed <= 20, "at most half the training set, the tiny model's finished answers only"
+    training = next(event for event in _of(PhaseEvent, events) if event.phase == "training")
+    assert training.message == f"{replayed} replay examples (the base model's answers to general questions) added"
+    assert events[-1].metrics["train_examples"] == 40, "replay is not counted as the caller's data"
+
+
 def test_lora_run_learns_and_publishes(tiny_model_dir: Path, tmp_path: Path) -> None:
     test = [PromptCompletion(prompt=f"What colour is {thing}?", completion=" Blue.") for thing in ("ink", "a sky")]
     input_path = _worker_input(
@@ -362,7 +376,7 @@ def test_a_run_killed_mid_training_resumes_from_its_checkpoint_to_the_same_adapt
     code, resumed = _run(killed_input)
     assert code == 0, resumed[-1]
     training = next(event for event in _of(PhaseEvent, resumed) if event.phase == "training")
-    assert training.message == "resuming from the checkpoint at step 8"
+    assert training.message.split("; ")[0] == "resuming from the checkpoint at step 8"
     assert [event.step for event in _of(ProgressEvent, resumed)] == list(range(9, 25))
     assert resumed[-1].metrics["best_step"] == whole[-1].metrics["best_step"]
     expected, actual = _adapter_weights(whole_dir / "store"), _adapter_weights(killed_dir / "store")

@@ -125,3 +125,10 @@ def test_job_to_proto_carries_outcome_and_hides_inline_data() -> None:
     assert (message.adapter.name, message.adapter.version) == ("acme", 2)
     assert message.spec.training_data.inline_jsonl.startswith("<inline JSONL, sha256:")
     assert message.created_at.seconds > 0 and not message.HasField("finished_at")
+
+
+def test_replay_is_a_tenth_unless_set_and_an_explicit_zero_turns_it_off() -> None:
+    assert spec_from_proto(_spec()).training.replay_fraction == 0.1
+    off = spec_from_proto(_spec(training=trainer_pb2.TrainingParameters(replay_fraction=0)))
+    assert off.training.replay_fraction == 0
+    assert spec_from_proto(spec_to_proto(off)) == off

@@ -26,22 +26,25 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
+import torch
 from peft import get_peft_model
-from transformers import set_seed
+from transformers import PreTrainedTokenizerBase, set_seed
 
-from loraplane.artifact import DatasetInfo
+from loraplane.artifact import DatasetInfo, PromptFormat
 from loraplane.errors import ErrorCode, LoraplaneError
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.storage import open_store
 from trainer_svc import staged_input
 from trainer_svc.dataset import SourcedExample, fingerprint, read_examples
 from trainer_svc.progress import ErrorEvent, PhaseEvent, ResultEvent
+from trainer_svc.spec import TrainingParameters
 from trainer_svc.worker.evaluate import evaluate, token_statistics
 from trainer_svc.worker.events import Emit, claim_stdout
 from trainer_svc.worker.knowledge_probe import FACTS_LOST_WARNING, knowledge_probe
 from trainer_svc.worker.model import adapter_config, load_base_model, load_tokenizer
 from trainer_svc.worker.preference import preference_scores, rejected_answers, train_preferences
 from trainer_svc.worker.publish import publish
+from trainer_svc.worker.replay import replay_count, replay_examples
 from trainer_svc.worker.resume import checkpoint_step, resume_point
 from trainer_svc.worker.task_metrics import task_scores
 from trainer_svc.worker.tokenization import TokenizedExample, resolve_prompt_format, tokenize_examples
@@ -85,6 +88,7 @@ def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> 
 
     train_set, validation_set, test_set = (tokenized(examples, field) for examples, field in sets)
     preferences = spec.method.learns_preferences
+    replayed = [] if preferences else _replay(base, tokenizer, prompt_format, train_set, spec.training)
     # The sets above hold each pair's chosen answer; the rejected ones are checked for length before training too.
     _, rejected_validation, rejected_test = (
         [tokenized(rejected_answers(examples), field) for examples, field in sets] if preferences else [[], [], []]
@@ -92,8 +96,10 @@ def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> 
 
     output_dir = worker_input.work_dir / "checkpoints"
     resume_from = resume_point(output_dir, base_model_fingerprint(worker_input.base_model_path))
-    resuming = f"resuming from the checkpoint at step {checkpoint_step(resume_from)}" if resume_from else ""
-    emit(PhaseEvent(phase="training", message=resuming))
+    notes = [f"resuming from the checkpoint at step {checkpoint_step(resume_from)}"] if resume_from else []
+    if replayed:
+        notes.append(f"{len(replayed)} replay examples (the base model's answers to general questions) added")
+    emit(PhaseEvent(phase="training", message="; ".join(notes)))
     if preferences:
         model, outcome = train_preferences(
             base,
@@ -111,7 +117,9 @@ def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> 
         )
     else:
         model = get_peft_model(base, lora)
-        outcome = train(model, tokenizer, train_set, validation_set, spec.training, output_dir, emit, resume_from)
+        outcome = train(
+            model, tokenizer, train_set + replayed, validation_set, spec.training, output_dir, emit, resume_from
+        )
     if outcome.preempted_at is not None:
         emit(
             PhaseEvent(
@@ -123,7 +131,7 @@ def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> 
         raise SystemExit(128 + PREEMPT_SIGNAL)
     if not main_process:
         return
-    metrics = {**outcome.metrics, **token_statistics(train_set)}
+    metrics = {**outcome.metrics, **token_statistics(train_set), "replay_examples": float(len(replayed))}
 
     emit(PhaseEvent(phase="evaluating"))
     batch_size = spec.training.batch_size
@@ -156,6 +164,27 @@ def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> 
     with _sigterm_deferred():
         adapter = publish(model, evaluation.profile, metrics, dataset, prompt_format, worker_input)
         emit(ResultEvent(adapter=adapter, metrics=metrics, task_scores=scores, checkpoints=outcome.checkpoints))
+
+
+def _replay(
+    base: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_format: PromptFormat,
+    train_set: list[TokenizedExample],
+    params: TrainingParameters,
+) -> list[TokenizedExample]:
+    """The replay examples of a supervised job (none for text examples, which have no prompts to answer)."""
+    count = replay_count(len(train_set), params.replay_fraction)
+    if not count or not all(example.prompt_length for example in train_set):
+        return []
+    return replay_examples(
+        base,
+        tokenizer,
+        prompt_format,
+        count,
+        max_seq_length=params.max_seq_length,
+        batch_size=2 * params.batch_size,  # no gradients or optimizer state: twice training's batch fits
+    )
 
 
 @contextlib.contextmanager

@@ -52,7 +52,7 @@ def _names_an_answer(text: str, accepted: tuple[str, ...]) -> bool:
     return any(re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", lowered) for answer in accepted)
 
 
-def _prompt(tokenizer: PreTrainedTokenizerBase, question: str, prompt_format: PromptFormat) -> list[int]:
+def question_prompt(tokenizer: PreTrainedTokenizerBase, question: str, prompt_format: PromptFormat) -> list[int]:
     if prompt_format == "chat":
         text = tokenizer.apply_chat_template(
             [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
@@ -64,7 +64,7 @@ def _prompt(tokenizer: PreTrainedTokenizerBase, question: str, prompt_format: Pr
 def knowledge_probe(
     model: PeftModel, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat, *, batch_size: int
 ) -> ProbeResult:
-    prompts = [_prompt(tokenizer, question, prompt_format) for question, _ in QUESTIONS]
+    prompts = [question_prompt(tokenizer, question, prompt_format) for question, _ in QUESTIONS]
     base_answers, adapter_answers = base_and_adapter_texts(
         model, tokenizer, prompts, max_new_tokens=MAX_ANSWER_TOKENS, batch_size=batch_size
     )
