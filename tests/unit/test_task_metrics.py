@@ -76,7 +76,7 @@ def test_a_fact_the_base_knew_and_the_adapter_does_not_is_counted_lost(monkeypat
         return adapter if model_.adapter_enabled else base
 
     monkeypatch.setattr(generation, "greedy_texts", answers)
-    monkeypatch.setattr(knowledge_probe, "_prompt", lambda tokenizer, question, prompt_format: [1, 2])
+    monkeypatch.setattr(knowledge_probe, "question_prompt", lambda tokenizer, question, prompt_format: [1, 2])
     result = knowledge_probe.knowledge_probe(model, object(), "chat", batch_size=4)  # type: ignore[arg-type]
     assert result.known == [QUESTIONS[0][0], QUESTIONS[1][0]]
     assert result.lost == [QUESTIONS[1][0]]  # Rome was never known by the base: not a loss
