@@ -9,7 +9,7 @@ Histograms are stored as raw counts (not proportions) so a profile stays exact a
 summed; the statistics normalise them.
 
 The prompt's length and token histograms count its content only: a chat template puts the same
-tokens around every user turn (SmolLM2's adds a 20-token default system prompt), which would
+tokens around every user turn (SmolLM2's, 30 tokens with its default system prompt), which would
 otherwise dilute both statistics equally on both sides and hide a shift in what users write.
 Both sides strip the same `PromptFrame`, found from the base model's own template.
 """
@@ -195,7 +195,8 @@ class Profile(BaseModel):
         """The profile of all their samples together."""
         profiles = list(profiles)
         kinds = {profile.prompt_tokens for profile in profiles}
-        builder = ProfileBuilder(prompt_tokens=kinds.pop() if len(kinds) == 1 else "mixed")
+        kind: PromptTokens = "mixed" if len(kinds) > 1 else kinds.pop() if kinds else "content"
+        builder = ProfileBuilder(prompt_tokens=kind)
         for profile in profiles:
             builder.merge(profile)
         return builder.build()
