@@ -23,7 +23,7 @@ TASK_METRICS: tuple[TaskMetric, ...] = ("exact_match", "rouge_l", "bleu", "chrf"
 class LoraParameters(BaseModel):
     rank: int = Field(16, ge=1, le=256)
     alpha: float = Field(0.0, ge=0, description="0 = 2 * rank")
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["all-linear"])
 
     @model_validator(mode="after")

@@ -179,6 +179,7 @@ class LoraParameters(_message.Message):
     alpha: _builtins.float
     """Scaling alpha; 0 = 2 * rank."""
     dropout: _builtins.float
+    """Dropout on the adapter's input; 0 = none (the default)."""
     @_builtins.property
     def target_modules(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Module names to adapt; empty = all linear layers."""

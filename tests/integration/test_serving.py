@@ -567,7 +567,7 @@ async def test_live_drift_figures_equal_the_trainers_reference_on_the_same_promp
     encoded += [tokenizer.encode(text, add_special_tokens=False) for text in rendered]
     for ids in encoded:  # a one-token answer: the reference generates up to 2 * 1 + 8 tokens
         held_out.append(TokenizedExample(input_ids=[*ids, 5], labels=[], prompt_length=len(ids)))
-    reference = reference_profile(model, tokenizer, held_out, batch_size=2)
+    reference = reference_profile(model, tokenizer, held_out, batch_size=2, generation_batch_size=2)
 
     publish_adapter(serving.repository, serving.sources["gamma"], "scored", base_model_fingerprint(tiny_model_dir))
     params = serving_pb2.SamplingParameters(temperature=0, max_tokens=10)

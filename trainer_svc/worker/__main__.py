@@ -40,6 +40,7 @@ from trainer_svc.progress import ErrorEvent, PhaseEvent, ResultEvent
 from trainer_svc.spec import TrainingParameters
 from trainer_svc.worker.evaluate import evaluate, token_statistics
 from trainer_svc.worker.events import Emit, claim_stdout
+from trainer_svc.worker.generation import generation_batch_size
 from trainer_svc.worker.knowledge_probe import FACTS_LOST_WARNING, knowledge_probe
 from trainer_svc.worker.model import adapter_config, load_base_model, load_tokenizer
 from trainer_svc.worker.preference import preference_scores, rejected_answers, train_preferences
@@ -135,15 +136,18 @@ def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> 
 
     emit(PhaseEvent(phase="evaluating"))
     batch_size = spec.training.batch_size
-    evaluation = evaluate(model, tokenizer, train_set, validation_set, batch_size=batch_size)
+    generation_batch = generation_batch_size(batch_size)
+    evaluation = evaluate(
+        model, tokenizer, train_set, validation_set, batch_size=batch_size, generation_batch_size=generation_batch
+    )
     metrics.update(evaluation.metrics)
     if preferences and (test_set or validation_set):  # held-out pairs: the test pairs, else the validation pairs
         chosen, rejected = (test_set, rejected_test) if test_set else (validation_set, rejected_validation)
         metrics.update(preference_scores(model, chosen, rejected, batch_size=batch_size))
-    scores = task_scores(model, tokenizer, test_set or validation_set, spec.task_metrics, batch_size=batch_size)
+    scores = task_scores(model, tokenizer, test_set or validation_set, spec.task_metrics, batch_size=generation_batch)
     for score in scores:  # the manifest keeps them too, as plain numbers
         metrics.update({f"task_{score.metric}_base": score.base, f"task_{score.metric}_adapter": score.adapter})
-    probe = knowledge_probe(model, tokenizer, prompt_format, batch_size=batch_size)
+    probe = knowledge_probe(model, tokenizer, prompt_format, batch_size=generation_batch)
     metrics.update(probe_facts_known=float(len(probe.known)), probe_facts_lost=float(len(probe.lost)))
     if len(probe.lost) >= FACTS_LOST_WARNING:
         emit(
@@ -183,7 +187,7 @@ def _replay(
         prompt_format,
         count,
         max_seq_length=params.max_seq_length,
-        batch_size=2 * params.batch_size,  # no gradients or optimizer state: twice training's batch fits
+        batch_size=generation_batch_size(params.batch_size),
     )
 
 

@@ -51,8 +51,10 @@ def evaluate(
     validation_set: list[TokenizedExample],
     *,
     batch_size: int,
+    generation_batch_size: int,
 ) -> Evaluation:
-    """Metrics of the trained adapter and the profile of the held-out data (training data without one)."""
+    """Metrics of the trained adapter and the profile of the held-out data (training data without one);
+    sequences are scored `batch_size` at a time and answered `generation_batch_size` at a time."""
     reference = validation_set or train_set
     metrics: dict[str, float] = {}
     if validation_set:
@@ -63,4 +65,7 @@ def evaluate(
     with model.disable_adapter():
         metrics["forgetting_probe_base_loss"] = _probe_loss(model, probe, batch_size)
     metrics["forgetting_probe_adapter_loss"] = _probe_loss(model, probe, batch_size)
-    return Evaluation(metrics=metrics, profile=reference_profile(model, tokenizer, reference, batch_size=batch_size))
+    profile = reference_profile(
+        model, tokenizer, reference, batch_size=batch_size, generation_batch_size=generation_batch_size
+    )
+    return Evaluation(metrics=metrics, profile=profile)

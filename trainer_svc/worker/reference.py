@@ -32,8 +32,10 @@ def reference_profile(
     held_out: list[TokenizedExample],
     *,
     batch_size: int,
+    generation_batch_size: int,
 ) -> Profile:
-    """The profile serving compares the adapter's live traffic with (see the module docstring)."""
+    """The profile serving compares the adapter's live traffic with (see the module docstring); prompts are
+    scored `batch_size` at a time and answered `generation_batch_size` at a time."""
     examples = [example for example in held_out if example.prompt_length > 0][:MAX_REFERENCE_PROMPTS]
     builder = ProfileBuilder(template_frame(tokenizer))
     if not examples:
@@ -45,11 +47,11 @@ def reference_profile(
     model.eval()
     try:
         prompt_scores = token_logprobs(model, prompts, batch_size=batch_size)
-        for first in range(0, len(prompts), batch_size):
-            batch = prompts[first : first + batch_size]
+        for first in range(0, len(prompts), generation_batch_size):
+            batch = prompts[first : first + generation_batch_size]
             answers = greedy_answers(model, tokenizer, batch, max_new_tokens)
             for prompt, (answer, answer_logprob), scores in zip(
-                batch, answers, prompt_scores[first : first + batch_size], strict=True
+                batch, answers, prompt_scores[first : first + generation_batch_size], strict=True
             ):
                 builder.add(Sample(prompt, answer, answer_logprob, float(scores.sum())))
     finally:

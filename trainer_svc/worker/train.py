@@ -13,7 +13,6 @@ from typing import Any
 import torch
 from peft import PeftModel
 from transformers import (
-    DataCollatorForSeq2Seq,
     EarlyStoppingCallback,
     PreTrainedTokenizerBase,
     Trainer,
@@ -25,9 +24,10 @@ from transformers import (
 
 from trainer_svc.progress import Checkpoint, EvalEvent, ProgressEvent
 from trainer_svc.spec import TrainingParameters
+from trainer_svc.worker.collate import training_collator
 from trainer_svc.worker.events import Emit
 from trainer_svc.worker.model import compute_dtype
-from trainer_svc.worker.tokenization import IGNORE_INDEX, TokenizedExample
+from trainer_svc.worker.tokenization import TokenizedExample
 from trainer_svc.worker_input import PREEMPT_SIGNAL
 
 
@@ -166,6 +166,7 @@ def training_settings(
         restore_callback_states_from_checkpoint=True,  # early stopping's patience counter goes on too
         load_best_model_at_end=keep_best,
         metric_for_best_model="eval_loss" if keep_best else None,
+        prediction_loss_only=True,  # validation loss is all an evaluation is for: no logits gathered
         greater_is_better=False if keep_best else None,
         logging_strategy="steps",
         logging_steps=1,
@@ -276,7 +277,7 @@ def train(
         args=args,
         train_dataset=[example.features() for example in train_set],
         eval_dataset=[example.features() for example in validation_set] or None,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX),
+        data_collator=training_collator(model, tokenizer),
         callbacks=callbacks(args, params, emit),
     )
     return fit(trainer, resume_from)
