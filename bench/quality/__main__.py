@@ -5,7 +5,7 @@ training). Our side runs as a user would: trainer-svc and serving-svc on their d
 submitted with nothing but the data, then the test prompts sent to serving as plain prompts and
 as chat messages, to the base model and to the adapter, greedy; and the knowledge questions
 (trainer_svc/worker/knowledge_probe.py) to both. The baseline (bench/quality/plain_script.py)
-trains the same model on the same data with the same LoRA settings for a fixed 150 steps.
+trains the same model on the same data for a fixed 150 steps, with the LoRA settings of peft's and TRL's examples.
 Systems run one after the other. Prints JSON.
 """
 

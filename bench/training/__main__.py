@@ -112,6 +112,7 @@ def run_ours(model_dir: Path, method: Method, steps: int, eval_every: int, folde
             learning_rate=DPO_LEARNING_RATE if method.learns_preferences else LEARNING_RATE,
             eval_every_steps=eval_every,
             early_stopping_patience=0,
+            replay_fraction=0,  # the same examples as the script's
             seed=SEED,
         ),
     )

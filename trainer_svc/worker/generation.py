@@ -51,7 +51,7 @@ def greedy_answers(
         return_dict_in_generate=True,
     )
     generated = output.sequences[:, width:]
-    chosen = [  # each step's chosen tokens alone: a batch's logits over the vocabulary at every step would not fit
+    chosen = [  # the chosen tokens' alone: every step's logits over the vocabulary in float32 can be gigabytes
         torch.log_softmax(step.float(), dim=-1).gather(-1, generated[:, position, None]).squeeze(-1)
         for position, step in enumerate(output.logits)
     ]
