@@ -27,7 +27,7 @@ class TrainedPositionsCollator:
     """Pads like DataCollatorForSeq2Seq, then keeps logits only at the positions that predict a trained token."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        self._pad = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+        self._pad = _padding(tokenizer)
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch: dict[str, torch.Tensor] = self._pad(features)
@@ -44,4 +44,9 @@ def training_collator(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     if "logits_to_keep" in inspect.signature(base.forward).parameters:
         return TrainedPositionsCollator(tokenizer)
+    return _padding(tokenizer)
+
+
+def _padding(tokenizer: PreTrainedTokenizerBase) -> DataCollatorForSeq2Seq:
+    """Pads each batch to its longest example, labels with IGNORE_INDEX."""
     return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)

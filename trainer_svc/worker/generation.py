@@ -69,6 +69,27 @@ def greedy_answers(
     return answers
 
 
+def batched_greedy_answers(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+) -> list[tuple[list[int], float]]:
+    """`greedy_answers` to any number of prompts, `batch_size` at a time, the model in eval mode meanwhile
+    (dropout off) and left in the mode it was in."""
+    was_training = model.training
+    model.eval()
+    answers: list[tuple[list[int], float]] = []
+    try:
+        for first in range(0, len(prompts), batch_size):
+            answers.extend(greedy_answers(model, tokenizer, prompts[first : first + batch_size], max_new_tokens))
+    finally:
+        model.train(was_training)
+    return answers
+
+
 def greedy_texts(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -78,16 +99,8 @@ def greedy_texts(
     batch_size: int,
 ) -> list[str]:
     """The answers as text, special tokens (the end token) left out."""
-    was_training = model.training
-    model.eval()
-    texts: list[str] = []
-    try:
-        for first in range(0, len(prompts), batch_size):
-            answers = greedy_answers(model, tokenizer, prompts[first : first + batch_size], max_new_tokens)
-            texts.extend(str(tokenizer.decode(tokens, skip_special_tokens=True)) for tokens, _ in answers)
-    finally:
-        model.train(was_training)
-    return texts
+    answers = batched_greedy_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [str(tokenizer.decode(tokens, skip_special_tokens=True)) for tokens, _ in answers]
 
 
 def base_and_adapter_texts(

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from loraplane.drift import Profile, ProfileBuilder, Sample, template_frame
-from trainer_svc.worker.generation import greedy_answers
+from trainer_svc.worker.generation import batched_greedy_answers
 from trainer_svc.worker.scoring import token_logprobs
 from trainer_svc.worker.tokenization import TokenizedExample
 
@@ -43,17 +43,10 @@ def reference_profile(
     prompts = [example.input_ids[: example.prompt_length] for example in examples]
     longest_answer = max(len(example.input_ids) - example.prompt_length for example in examples)
     max_new_tokens = min(MAX_REFERENCE_TOKENS, 2 * longest_answer + 8)
-    was_training = model.training
-    model.eval()
-    try:
-        prompt_scores = token_logprobs(model, prompts, batch_size=batch_size)
-        for first in range(0, len(prompts), generation_batch_size):
-            batch = prompts[first : first + generation_batch_size]
-            answers = greedy_answers(model, tokenizer, batch, max_new_tokens)
-            for prompt, (answer, answer_logprob), scores in zip(
-                batch, answers, prompt_scores[first : first + generation_batch_size], strict=True
-            ):
-                builder.add(Sample(prompt, answer, answer_logprob, float(scores.sum())))
-    finally:
-        model.train(was_training)
+    prompt_scores = token_logprobs(model, prompts, batch_size=batch_size)
+    answers = batched_greedy_answers(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=generation_batch_size
+    )
+    for prompt, (answer, answer_logprob), scores in zip(prompts, answers, prompt_scores, strict=True):
+        builder.add(Sample(prompt, answer, answer_logprob, float(scores.sum())))
     return builder.build()

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from loraplane.artifact import PromptFormat
 from loraplane.models import end_token_ids
-from trainer_svc.worker.generation import greedy_answers
+from trainer_svc.worker.generation import batched_greedy_answers
 from trainer_svc.worker.knowledge_probe import question_prompt
 from trainer_svc.worker.tokenization import IGNORE_INDEX, TokenizedExample
 
@@ -89,23 +89,11 @@ def replay_examples(
     that learn the answer only. Call it before the adapter is attached: `base` answers as itself."""
     prompts = [question_prompt(tokenizer, question, prompt_format) for question in REPLAY_QUESTIONS[:count]]
     end_ids = set(end_token_ids(base, tokenizer))
-    was_training = base.training
-    base.eval()
-    examples = []
-    try:
-        for first in range(0, len(prompts), batch_size):
-            batch = prompts[first : first + batch_size]
-            for prompt, (answer, _) in zip(
-                batch, greedy_answers(base, tokenizer, batch, MAX_REPLAY_TOKENS), strict=True
-            ):
-                if answer[-1] in end_ids and len(prompt) + len(answer) <= max_seq_length:
-                    examples.append(
-                        TokenizedExample(
-                            input_ids=[*prompt, *answer],
-                            labels=[IGNORE_INDEX] * len(prompt) + answer,
-                            prompt_length=len(prompt),
-                        )
-                    )
-    finally:
-        base.train(was_training)
-    return examples
+    answers = batched_greedy_answers(base, tokenizer, prompts, max_new_tokens=MAX_REPLAY_TOKENS, batch_size=batch_size)
+    return [
+        TokenizedExample(
+            input_ids=[*prompt, *answer], labels=[IGNORE_INDEX] * len(prompt) + answer, prompt_length=len(prompt)
+        )
+        for prompt, (answer, _) in zip(prompts, answers, strict=True)
+        if answer[-1] in end_ids and len(prompt) + len(answer) <= max_seq_length
+    ]
