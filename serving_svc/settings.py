@@ -149,16 +149,35 @@ class ServingSettings(CommonSettings):
         le=1,
         description="Share of requests whose prompt is scored for prompt surprise (it costs the prompt's logits).",
     )
-    drift_threshold_prompt_length_psi: float = Field(0.25, gt=0, description="PSI over 0.25 is a large shift.")
-    drift_threshold_prompt_token_jsd: float = Field(
-        0.2, gt=0, description="Jensen-Shannon divergence (0-1) of the hashed prompt tokens."
+    drift_threshold_prompt_length_psi: float = Field(
+        0.25,
+        gt=0,
+        description="Threshold of prompt_length_psi: the population stability index of prompt lengths, live "
+        "window against reference; under 0.1 is stable, over 0.25 a large shift.",
     )
-    drift_threshold_response_length_psi: float = Field(0.25, gt=0, description="PSI of generated lengths.")
+    drift_threshold_prompt_token_jsd: float = Field(
+        0.2,
+        gt=0,
+        description="Threshold of prompt_token_jsd: the Jensen-Shannon divergence (0-1) of the prompts' tokens, "
+        "hashed into buckets, live window against reference.",
+    )
+    drift_threshold_response_length_psi: float = Field(
+        0.25,
+        gt=0,
+        description="Threshold of response_length_psi: the population stability index of generated answer "
+        "lengths, live window against reference.",
+    )
     drift_threshold_output_confidence_drop: float = Field(
-        0.5, gt=0, description="Fall of the mean log-probability per generated token, in nats."
+        0.5,
+        gt=0,
+        description="Threshold of output_confidence_drop: how far the mean log-probability per generated token "
+        "fell below the reference's, in nats.",
     )
     drift_threshold_prompt_surprise_rise: float = Field(
-        1.0, gt=0, description="Rise of the mean negative log-likelihood per prompt token, in nats."
+        1.0,
+        gt=0,
+        description="Threshold of prompt_surprise_rise: how far the mean negative log-likelihood per prompt "
+        "token rose above the reference's, in nats.",
     )
     feedback_score_floor: float = Field(
         0.5, ge=0, le=1, description="Mean feedback score under which an adapter is alerted on."

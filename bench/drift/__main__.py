@@ -1,6 +1,6 @@
 """`python -m bench.drift`: what live drift monitoring costs a request, with it on and off, in one run.
 
-The same server (`serving-svc`, default engine, the README's defaults otherwise) is started with
+The same server (`serving-svc`, default engine, its documented defaults otherwise) is started with
 LORAPLANE_DRIFT_MONITORING off and on, alternately, `--rounds` times each, and driven with the
 same streaming traffic over 8 adapters that have a real drift reference. Alternating spreads the
 machine's noise over both settings. Prints JSON: p50/p99 latency and time to first token per

@@ -20,7 +20,7 @@ def open_store(uri: str, *, s3_endpoint_url: str | None = None) -> ObjectStore:
     if scheme == "file":
         return FileStore.from_uri(uri)
     if scheme == "s3":
-        from loraplane.storage.s3 import S3Store  # boto3 import costs ~0.3 s; only pay it for S3
+        from loraplane.storage.s3 import S3Store  # importing boto3 is slow: only a store on S3 pays for it
 
         return S3Store.from_uri(uri, endpoint_url=s3_endpoint_url)
     raise InvalidArgument(f"store URI {uri!r} is not supported: use file:///path or s3://bucket/prefix")

@@ -1,0 +1,353 @@
+"""Benchmark tables rendered from the results files in bench/results/, never typed by hand.
+
+Each `python -m bench.*` run writes one JSON document; the docs site's benchmarks page names
+the files it shows (`<!-- bench: FILE -->`) and scripts/mkdocs_hooks.py puts each file's tables
+there when the site is built. Every table is headed by the file, the machine and the date the
+file records; where it records neither, the heading says so rather than guess. The renderer is
+chosen by what a document holds, so a file whose shape no renderer knows fails the build.
+`python scripts/gen_bench_docs.py FILE` prints one file's tables.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
+NOT_RECORDED = "not recorded in the file"
+
+SYSTEM_NAMES = {
+    "ours-transformers": "ours (transformers engine)",
+    "ours-transformers-http": "ours over HTTP",
+    "ours-vllm": "ours (vLLM engine)",
+    "raw-vllm": "raw vLLM",
+    "peft-mixed": "peft mixed batch",
+    "peft-sequential": "peft one adapter at a time",
+    "ours-lora": "our worker, LoRA",
+    "plain-lora": "plain script, LoRA",
+    "ours-qlora": "our worker, QLoRA",
+    "ours-dpo": "our worker, DPO",
+}
+
+
+class UnknownResults(ValueError):
+    """A results document no renderer knows: the page would show nothing for it."""
+
+
+def _num(value: Any, places: int = 1) -> str:
+    """A figure as the tables show it: ints with thousands separators, floats to `places`, None as -."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:,.{places}f}"
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def machine(document: dict[str, Any]) -> str:
+    """The machine a document records, in a line: cores, GPU, platform and library versions."""
+    info = document.get("machine")
+    if not info:
+        return NOT_RECORDED
+    gpu = info.get("gpu") or "no GPU"
+    versions = ", ".join(f"{name} {version}" for name, version in (info.get("versions") or {}).items() if version)
+    return (
+        f"{info.get('cpu_count')} CPU cores ({info.get('cpus_usable')} usable), {gpu}, {info.get('platform')}, "
+        f"Python {info.get('python')}" + (f"; {versions}" if versions else "")
+    )
+
+
+_RUN_FOLDER = re.compile(r"/runs/(\d{4})(\d{2})(\d{2})-\d{6}$")
+
+
+def date(document: dict[str, Any]) -> str:
+    """The date a document records: its `date`, else its run folder's timestamped name, else none."""
+    if document.get("date"):
+        return str(document["date"])[:10]
+    if match := _RUN_FOLDER.search(str(document.get("logs") or "")):
+        return "{}-{}-{} (from the run folder's name)".format(*match.groups())
+    return NOT_RECORDED
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def _system(name: str | None) -> str:
+    return SYSTEM_NAMES.get(name or "", name or "-")
+
+
+def _row_label(key: str) -> str:
+    """A serving row's key ("32/zipf", "0/base") as its label in every table: 32 (zipf), 0 (base model)."""
+    adapters, traffic = key.split("/")
+    return "0 (base model)" if adapters == "0" else f"{adapters} ({traffic})"
+
+
+def _row_key(row: dict[str, Any]) -> str:
+    return f"{row['adapters']}/{row['traffic']}"
+
+
+def _throughput(row: dict[str, Any] | None) -> str:
+    """One system's tokens/s in one row, with each run's range beside it when the row was repeated."""
+    if row is None:
+        return "-"
+    if row.get("error"):
+        return "failed"
+    runs = row.get("tokens_per_s_runs") or []
+    spread = f" ({_num(min(runs))}-{_num(max(runs))})" if len(runs) > 1 else ""
+    return _num(row["tokens_per_s"]) + spread
+
+
+RATIO_COLUMNS = {
+    "vs_best_baseline": "vs the best baseline",
+    "vs_peft_sequential": "vs peft one adapter at a time",
+    "vs_ours_base": "vs its own base-model row",
+    "vs_ours_1_adapter": "vs its own 1-adapter row",
+    "http_vs_grpc": "HTTP vs gRPC",
+}
+"""bench.serving's ratios (report.py), in the order the page shows them."""
+
+
+def _throughput_table(document: dict[str, Any]) -> str:
+    results = document["results"]
+    systems = list(dict.fromkeys(row["system"] for row in results))
+    cells = {(row["system"], _row_key(row)): row for row in results}
+    keys = sorted({_row_key(row) for row in results}, key=lambda key: (int(key.split("/")[0]), key))
+    return _table(
+        ["adapters (traffic)", *map(_system, systems)],
+        ([_row_label(key), *(_throughput(cells.get((system, key))) for system in systems)] for key in keys),
+    )
+
+
+def _ratio(entry: dict[str, Any], column: str) -> str:
+    value = _num(entry.get(column), 2)
+    return f"{value} ({_system(entry.get('best_baseline'))})" if column == "vs_best_baseline" else value
+
+
+def _ratios_table(ratios: dict[str, dict[str, Any]]) -> str:
+    shown = [column for column in RATIO_COLUMNS if any(entry.get(column) is not None for entry in ratios.values())]
+    return _table(
+        ["adapters (traffic)", *(RATIO_COLUMNS[column] for column in shown)],
+        ([_row_label(key), *(_ratio(entry, column) for column in shown)] for key, entry in ratios.items()),
+    )
+
+
+def _cold_load_table(cold_load: dict[str, Any]) -> str:
+    rows = []
+    for system, entry in cold_load.items():
+        shapes = {k: v for k, v in entry.items() if isinstance(v, dict)} or {"the benchmark's own": entry}
+        for shape, figures in shapes.items():
+            size = f"{figures['adapter_bytes'] / 1e6:.1f} MB" if "adapter_bytes" in figures else "-"
+            warm, cold = figures.get("warm_ttft_median_s"), figures.get("cold_ttft_median_s")
+            rows.append(
+                [_system(system), shape, size, _num(entry.get("slots")), _num(warm, 3), _num(cold, 3)]
+                + [_num(figures.get("cold_load_ms"), 0)]
+            )
+    header = ["system", "adapter targets", "size", "adapters resident", "warm TTFT s", "cold TTFT s", "added ms"]
+    return _table(header, rows)
+
+
+def serving(document: dict[str, Any]) -> str:
+    """bench.serving: tokens/s per row and system, the ratios the targets are judged by, cold loads."""
+    repeats = document.get("repeats", 1)
+    parts = [
+        f"{document['requests']} streamed chat requests per row, {document['concurrency']} at once, exactly "
+        f"{document['max_tokens']} greedy tokens each; engine batch {document['batch_size']}; "
+        f"{_plural(repeats, 'run')} of every row"
+        + (" (tokens/s over all runs, the runs' range in brackets)" if repeats > 1 else "")
+        + f"; {_num(document['duration_s'] / 60, 0)} minutes in all. Tokens/s:",
+        _throughput_table(document),
+    ]
+    if ratios := document.get("ratios", {}).get("rows"):
+        parts += [f"Ratios of the tokens/s of {_system(document['ratios']['ours'])}:", _ratios_table(ratios)]
+    if cold_load := document.get("cold_load"):
+        parts += [
+            "Cold load: a just-published adapter's time to first token against a loaded one's, one request "
+            "at a time, median of the runs:",
+            _cold_load_table(cold_load),
+        ]
+    return "\n\n".join(parts)
+
+
+TRAINING_RATIOS = {
+    "tokens_per_s_ours_vs_plain": "tokens/s of our worker over the script's",
+    "peak_rss_ours_vs_plain": "peak RSS of our worker over the script's",
+    "peak_rss_qlora_vs_lora": "peak RSS of QLoRA over LoRA's",
+    "peak_rss_dpo_vs_lora": "peak RSS of DPO over LoRA's",
+}
+TASK_METRICS = {"EXACT_MATCH": "exact match", "ROUGE_L": "ROUGE-L", "BLEU": "BLEU", "CHRF": "chrF"}
+
+
+def _dpo_outcome(dpo: dict[str, Any]) -> str:
+    rows = [
+        ("held-out pairs whose chosen answer is the likelier", "preference_accuracy", 3),
+        ("mean log-probability margin, chosen over rejected (nats)", "preference_margin", 2),
+        ("greedy exact match on the held-out prompts", "task_exact_match", 3),
+    ]
+    return _table(
+        ["", "base model", "DPO adapter"],
+        ([label, _num(dpo[f"{key}_base"], places), _num(dpo[f"{key}_adapter"], places)] for label, key, places in rows),
+    )
+
+
+def training(document: dict[str, Any]) -> str:
+    """bench.training: seconds, tokens/s and peak memory per system; with --dpo, what DPO learnt."""
+    systems = document["systems"]
+    ratios = "; ".join(
+        f"{TRAINING_RATIOS.get(name, name)}: {_num(value, 3)}" for name, value in document["ratios"].items() if value
+    )
+    parts = [
+        f"{document['steps']} steps of batch {document['batch_size']} on {document['train_examples']} examples, "
+        f"validation every {document['eval_every_steps']} steps; the median of each system's runs:",
+        _table(
+            ["system", "runs", "training s", "tokens/s", "peak RSS MiB"],
+            (
+                [_system(name), _num(len(s.get("runs", [])) or None), _num(s["train_s"]), _num(s["tokens_per_s"])]
+                + [_num(s["peak_rss_mib"], 0)]
+                for name, s in systems.items()
+            ),
+        ),
+        f"Ratios: {ratios}.",
+    ]
+    if dpo := systems.get("ours-dpo"):
+        parts += [
+            "What the DPO adapter learnt, on pairs from held-out years:",
+            _dpo_outcome(dpo),
+            f"General facts the adapter lost (of those its base knew): {_num(dpo['probe_facts_lost'], 0)}.",
+        ]
+    return "\n\n".join(parts)
+
+
+def _quality_table(ours: dict[str, Any], plain: dict[str, Any]) -> str:
+    header = ["", "exact match, plain prompt", "exact match, chat message"]
+    header += [f"facts lost (of {ours['facts_known_by_base']} the base knew)", "steps", "time s"]
+    return _table(
+        header,
+        [
+            ["base model, through serving", _num(ours["base_exact_match_prompt"], 2)]
+            + [_num(ours["base_exact_match_chat"], 2), "-", "-", "-"],
+            ["our job, default settings, through serving", _num(ours["exact_match_prompt"], 2)]
+            + [_num(ours["exact_match_chat"], 2), _num(ours["facts_lost"]), _num(ours["steps"])]
+            + [_num(ours["job_s"]) + " (the whole job)"],
+            ["plain script, its own `generate`", "-", _num(plain["exact_match_chat"], 2)]
+            + [_num(plain["facts_lost"]), _num(plain["steps"]), _num(plain["train_s"]) + " (training alone)"],
+        ],
+    )
+
+
+def quality(document: dict[str, Any]) -> str:
+    """bench.quality: exact match through serving, facts lost and time, our job against the plain script."""
+    ours = document["ours"]
+    parts = [
+        f"Task: {document['task']}; {document['train']} training and {document['test']} test examples, seed "
+        f"{document['seed']}.",
+        _quality_table(ours, document["plain"]),
+    ]
+    if scores := ours.get("job_reported", {}).get("task_scores"):
+        parts += [
+            "What the job itself reported, on its validation prompts:",
+            _table(
+                ["metric", "base model", "adapter"],
+                (
+                    [TASK_METRICS.get(name.removeprefix("TASK_METRIC_"), name), _num(base, 3), _num(adapter, 3)]
+                    for name, (base, adapter) in scores.items()
+                ),
+            ),
+        ]
+    extras = {"best step": "best_step", "stopped early": "stopped_early", "replay examples": "replay_examples"}
+    facts = [f"{label} {_num(ours[key])}" for label, key in extras.items() if ours.get(key) is not None]
+    parts.append(f"Our job: {', '.join(facts)}.")
+    return "\n\n".join(parts)
+
+
+def drift(document: dict[str, Any]) -> str:
+    """bench.drift: latency with drift monitoring off and on, alternated, and on / off."""
+    load = document["load"]
+    measures = {"p50_latency_s": "p50 latency s", "p99_latency_s": "p99 latency s"}
+    measures |= {"p50_ttft_s": "p50 TTFT s", "p99_ttft_s": "p99 TTFT s"}
+    sides = (("off", "drift_off"), ("on", "drift_on"), ("on / off", "on_over_off"))
+    return "\n\n".join(
+        [
+            f"{document['adapters']} adapters with a reference profile, {load['max_tokens']} tokens per request, "
+            f"{load['concurrency']} at once; monitoring off and on alternated "
+            f"{_plural(document['rounds'], 'time')}:",
+            _table(
+                ["monitoring", "requests", *measures.values()],
+                (
+                    [label, _num(document[key].get("requests")), *(_num(document[key][m], 2) for m in measures)]
+                    for label, key in sides
+                ),
+            ),
+        ]
+    )
+
+
+def _load_table(load: dict[str, Any]) -> str:
+    rss = load["rss_mib"]
+    header = ["requests", "tokens", "tokens/s", "errors", "answers unlike the adapter's own"]
+    header += ["RSS before MiB", "peak MiB", "growth MiB"]
+    row = [_num(load["requests"]), _num(load["tokens"]), _num(load["tokens_per_s"]), _num(load["error_count"])]
+    row += [_num(load["mismatches"]), _num(rss["before_load"], 0), _num(rss["peak"], 0), _num(rss["growth"], 0)]
+    return _table(header, [row])
+
+
+def reliability(document: dict[str, Any]) -> str:
+    """bench.reliability: fuzz cases and their answers, the fault tests' outcomes, sustained load."""
+    fuzz, load = document["fuzz"], document["load"]
+    answers = {
+        target: ", ".join(f"{_num(n)} {status}" for status, n in t["statuses"].items())
+        for target, t in fuzz["targets"].items()
+    }
+    return "\n\n".join(
+        [
+            f"Fuzzing, {_num(fuzz['cases'])} cases; no INTERNAL answer and healthy after: "
+            f"{_num(fuzz['never_internal_and_healthy_after'])}.",
+            _table(
+                ["target", "cases", "answers"],
+                ([target, _num(t["cases"]), answers[target]] for target, t in fuzz["targets"].items()),
+            ),
+            f"Faults: {document['faults_survived']} of {document['faults_tried']} tests passed.",
+            _table(["test", "outcome"], ([f"`{name}`", outcome] for name, outcome in document["faults"].items())),
+            f"Load: {load['streams']} streams at once for {_num(load['seconds'], 0)} s, {load['adapters']} "
+            f"adapters over {load['engine_slots']} engine slots, {load['max_tokens']} greedy tokens per request:",
+            _load_table(load),
+        ]
+    )
+
+
+RENDERERS: tuple[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]], ...] = (
+    (lambda d: "fuzz" in d, reliability),
+    (lambda d: "drift_on" in d, drift),
+    (lambda d: "task" in d and "plain" in d, quality),
+    (lambda d: isinstance(d.get("systems"), dict), training),
+    (lambda d: isinstance(d.get("results"), list), serving),
+)
+"""(does this renderer know the document, renderer), first match wins."""
+
+
+def render(path: Path) -> str:
+    """One results file as markdown: where it came from, then its tables."""
+    document = json.loads(path.read_text())
+    renderer = next((render for knows, render in RENDERERS if knows(document)), None)
+    if renderer is None:
+        raise UnknownResults(f"{path}: no renderer knows this results document")
+    model = f"`{document['model']}`" if document.get("model") else NOT_RECORDED
+    heading = f"**`bench/results/{path.name}`**: model {model}; machine: {machine(document)}; date: {date(document)}."
+    return f"{heading}\n\n{renderer(document)}"
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:] or sorted(p.name for p in RESULTS.glob("*.json")):
+        print(render(RESULTS / name), end="\n\n")
