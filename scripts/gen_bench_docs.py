@@ -297,9 +297,10 @@ def drift(document: dict[str, Any]) -> str:
 def _load_table(load: dict[str, Any]) -> str:
     rss = load["rss_mib"]
     header = ["requests", "tokens", "tokens/s", "errors", "answers unlike the adapter's own"]
-    header += ["RSS before MiB", "peak MiB", "growth MiB"]
+    header += ["RSS before MiB", "peak MiB", "growth MiB", "of it in the second half"]
     row = [_num(load["requests"]), _num(load["tokens"]), _num(load["tokens_per_s"]), _num(load["error_count"])]
     row += [_num(load["mismatches"]), _num(rss["before_load"], 0), _num(rss["peak"], 0), _num(rss["growth"], 0)]
+    row += [_num(rss.get("growth_second_half"), 0)]
     return _table(header, [row])
 
 

@@ -17,7 +17,6 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import annotated_types
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings
 
 from loraplane.settings import CommonSettings
@@ -85,12 +84,10 @@ def _home_relative(path: Path) -> str:
 
 
 def _default(field: FieldInfo) -> str:
-    if field.default_factory is not None:
-        value: Any = field.default_factory()  # type: ignore[call-arg]
-    elif field.default is PydanticUndefined:
+    """The default as a reader sets it: `true`, JSON for lists and maps, sizes with their MiB or GiB."""
+    if field.is_required():
         return "required"
-    else:
-        value = field.default
+    value: Any = field.get_default(call_default_factory=True, validated_data={})
     if value is None:
         return "unset"
     if isinstance(value, enum.Enum):

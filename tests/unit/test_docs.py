@@ -138,14 +138,15 @@ def test_each_results_file_is_headed_by_its_machine_and_date(name: str) -> None:
     heading = _hooks().gen_bench_docs.render(RESULTS / name).splitlines()[0]
     assert f"bench/results/{name}" in heading
     machine = document.get("machine")
-    assert (
-        (machine["platform"] in heading and f"{machine['cpu_count']} CPU cores" in heading)
-        if machine
-        else ("machine: not recorded in the file" in heading)
-    )
+    if machine:
+        assert machine["platform"] in heading and f"{machine['cpu_count']} CPU cores" in heading
+    else:
+        assert "machine: not recorded in the file" in heading
     if document.get("date"):
-        assert f"date: {document['date'][:10]}" in heading
-    elif "/runs/" not in str(document.get("logs")):
+        assert f"date: {document['date'][:10]}." in heading
+    elif run := re.search(r"/runs/(\d{4})(\d{2})(\d{2})-", str(document.get("logs"))):
+        assert "date: {}-{}-{} (from the run folder's name)".format(*run.groups()) in heading
+    else:
         assert "date: not recorded in the file" in heading
 
 
