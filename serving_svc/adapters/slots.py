@@ -13,8 +13,8 @@ single-flight per version, so ten first requests for one adapter load it once.
 When every slot is busy, a load waits for one to free. The waiting is done here, in `_place`, in
 one loop: it takes the slot lock, evicts or adds, and when it can do neither it clears the
 `_freed` event and leaves the lock before waiting on the event, which every request leaving a
-slot sets. The slot lock is held across the engine's add, offload and remove calls, so slots
-change one at a time; requests for versions already loaded never take it.
+slot sets. The slot lock is held while a slot is filled, evicted or emptied (the engine's calls
+included), so slots change one at a time; requests for versions already loaded never take it.
 """
 
 from __future__ import annotations
