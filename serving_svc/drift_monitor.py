@@ -4,7 +4,9 @@ A request costs the monitor one append to a queue (`record`); the windows are br
 by `refresh`, which the replica calls every second on a worker thread, and before every read (a
 Prometheus scrape, `GetAdapterStats`), so drift never adds work to the request path. Each
 adapter name has one window, reset when a new version (with its own reference profile) starts
-answering. The window keeps the last
+answering. The reference comes with each request as a parsed profile (the adapter manager parses
+it once, when it verifies the version's copy), so the monitor reads no file and the disk cache
+may trim copies without asking drift. The window keeps the last
 `window_requests` requests no older than `window_seconds`; below `min_samples` requests the
 live statistics are withheld, since a handful of requests gives noise rather than drift.
 
@@ -15,19 +17,15 @@ that this replica answered recently.
 from __future__ import annotations
 
 import functools
-import logging
 import random
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from loraplane.drift import DriftReport, DriftStatistic, Profile, ProfileBuilder, PromptFrame, Sample, compare
 from loraplane.errors import NotFound
-
-log = logging.getLogger(__name__)
 
 _REMEMBERED_REQUESTS = 100_000
 """Request ids kept for feedback (about 10 MB); older ones get NOT_FOUND."""
@@ -98,13 +96,12 @@ class DriftMonitor:
         self._prompt_frame = functools.cache(prompt_frame)
         self._clock = clock
         self._draw = draw
-        self._pending: deque[tuple[float, str, int, Path, Sample]] = deque()  # appends are thread-safe
+        self._pending: deque[tuple[float, str, int, Profile | None, Sample]] = deque()  # appends are thread-safe
         self._lock = threading.Lock()  # the windows; held while a refresh folds the queue in
         self._requests_lock = threading.Lock()  # the request ids only, so recording never waits on a refresh
         self._windows: dict[str, _Window] = {}
         self._totals: dict[str, int] = {}
         self._requests: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request id -> (adapter, version)
-        self._unprofiled: set[tuple[str, int]] = set()  # versions whose reference could not be read
 
     # -- the request path: O(1) each -------------------------------------------------------
 
@@ -112,9 +109,11 @@ class DriftMonitor:
         """Whether to score this request's prompt: true for a `prompt_scoring_fraction` of requests."""
         return self._draw() < self.policy.prompt_scoring_fraction
 
-    def record(self, request_id: str, adapter: str, version: int, profile_path: Path, sample: Sample) -> None:
-        """One answered request of `adapter` version `version`, whose reference is at `profile_path`."""
-        self._pending.append((self._clock(), adapter, version, profile_path, sample))
+    def record(self, request_id: str, adapter: str, version: int, reference: Profile | None, sample: Sample) -> None:
+        """One answered request of `adapter` version `version`, whose training profile is `reference`
+        (parsed once, when the version's copy was verified); None: the version has no usable profile, so
+        its traffic is not profiled, though feedback on the request is still taken."""
+        self._pending.append((self._clock(), adapter, version, reference, sample))
         with self._requests_lock:
             self._requests[request_id] = (adapter, version)
             if len(self._requests) > _REMEMBERED_REQUESTS:
@@ -201,15 +200,11 @@ class DriftMonitor:
 
     def _drain(self) -> None:
         while self._pending:
-            at, adapter, version, profile_path, sample = self._pending.popleft()
+            at, adapter, version, reference, sample = self._pending.popleft()
+            if reference is None:
+                continue
             window = self._windows.get(adapter)
             if window is None or window.version != version:
-                if (adapter, version) in self._unprofiled:
-                    continue
-                reference = self._reference(adapter, version, profile_path)
-                if reference is None:
-                    self._unprofiled.add((adapter, version))
-                    continue
                 builder = ProfileBuilder(self._prompt_frame(), prompt_tokens=reference.prompt_tokens)
                 window = self._windows[adapter] = _Window(version, reference, builder)
             window.builder.add(sample)
@@ -225,16 +220,3 @@ class DriftMonitor:
                 len(window.feedback) > self.policy.window_requests or window.feedback[0][0] < horizon
             ):
                 window.feedback.popleft()
-
-    @staticmethod
-    def _reference(adapter: str, version: int, profile_path: Path) -> Profile | None:
-        try:
-            return Profile.load(profile_path)
-        except (OSError, ValueError) as exc:
-            log.warning(
-                "%s v%d has no usable drift reference (%s): its traffic is not profiled",
-                adapter,
-                version,
-                str(exc).splitlines()[0],
-            )
-            return None

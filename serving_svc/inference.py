@@ -129,7 +129,7 @@ class InferenceService:
         self._admission = admission
         self._drift = drift
         self._limits = limits
-        metrics.requests_queued.set_function(lambda: admission.queued)
+        metrics.watch_queue(lambda: admission.queued)
 
     # -- generation -------------------------------------------------------------------------
 
@@ -208,7 +208,7 @@ class InferenceService:
             label = self._metrics.adapter_label(adapter.manifest.name) if adapter else BASE_MODEL_LABEL
             record.adapter = label
             metrics = self._metrics
-            metrics.labelled(metrics.prompt_tokens, label).inc(len(token_ids))
+            metrics.prompt_tokens(label, len(token_ids))
             drift = self._drift if adapter is not None else None  # the base model has no training profile
             generation = GenerationRequest(
                 request_id=uuid.uuid4().hex,
@@ -224,21 +224,20 @@ class InferenceService:
                     if delta.token_ids:
                         now = time.perf_counter()
                         if last_token_at is None:
-                            metrics.labelled(metrics.time_to_first_token, label).observe(now - received)
+                            metrics.first_token(label, now - received)
                         else:
-                            gap = (now - last_token_at) / len(delta.token_ids)
-                            for _ in delta.token_ids:
-                                metrics.labelled(metrics.inter_token_latency, label).observe(gap)
+                            tokens = len(delta.token_ids)
+                            metrics.inter_token(label, (now - last_token_at) / tokens, tokens)
                         last_token_at = now
-                        metrics.labelled(metrics.generated_tokens, label).inc(len(delta.token_ids))
+                        metrics.tokens_generated(label, len(delta.token_ids))
                         answer.add(delta)
                     if delta.finish_reason is not None:
-                        metrics.labelled(metrics.generation_latency, label).observe(time.perf_counter() - received)
+                        metrics.generation_finished(label, time.perf_counter() - received)
                         if drift is not None and adapter is not None:
                             sample = answer.sample(generation.prompt_token_ids, delta.prompt_logprob)
                             manifest = adapter.manifest
-                            profile = self._adapters.profile_path(adapter)
-                            drift.record(generation.request_id, manifest.name, manifest.version, profile, sample)
+                            reference = self._adapters.drift_profile(adapter)
+                            drift.record(generation.request_id, manifest.name, manifest.version, reference, sample)
                     yield GenerationChunk(generation.request_id, adapter, delta)
 
     # -- outcomes and drift ----------------------------------------------------------------
@@ -252,7 +251,7 @@ class InferenceService:
                 raise InvalidArgument(f"score must be in [0, 1], got {score}", field="score")
             adapter = self._drift.record_feedback(request_id, score)
             record.adapter = self._metrics.adapter_label(adapter)
-            self._metrics.labelled(self._metrics.feedback, record.adapter).inc()
+            self._metrics.feedback(record.adapter)
             return adapter
 
     def adapter_stats(self, name: str | None) -> list[AdapterDrift]:

@@ -1,8 +1,10 @@
 """The serving replica's Prometheus metrics, on a registry of its own so several servers fit one process.
 
-Adapter labels carry only names that resolved in the store, and only for the busiest
-`adapter_labels` adapters (`AdapterLabels`); the rest are summed under "_other", and the
-`_`-prefixed labels below mark requests without one. No request text becomes a label.
+Callers say what happened (`first_token`, `load_failed`, `evicted`); the Prometheus families are
+private, so the bound on adapter labels holds at every call: an adapter gets an `adapter` label
+of its own only while it is one of the busiest `adapter_labels` adapters (`AdapterLabels`), the
+rest are summed under "_other", and the `_`-prefixed labels below mark requests without one.
+Adapter labels carry only names that resolved in the store; no request text becomes a label.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ M = TypeVar("M", bound=MetricWrapperBase)
 LoadSource = Literal["cpu", "disk", "store"]
 """Where a load took the adapter from: its copy in host memory, the local disk cache, or the object store."""
 
+CacheTier = Literal["engine", "cpu", "disk"]
+"""A tier a replica holds adapter versions in: the engine's slots, host memory, verified copies on disk."""
+
 
 @dataclass
 class RequestRecord:
@@ -48,66 +53,79 @@ class ServingMetrics:
         self._adapter_index: dict[MetricWrapperBase, int] = {}  # family -> position of its adapter label
         self._seen: dict[str, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = {}
         self._labels = AdapterLabels(adapter_labels, self._forget_adapter)
+        self._define_request_families()
+        self._define_adapter_families()
+        self._define_engine_families()
 
-        self.requests = self._adapter_family(
+    # -- the families, private: every write goes through a method below ---------------------
+
+    def _define_request_families(self) -> None:
+        self._requests = self._adapter_family(
             Counter,
             "loraplane_serving_requests",
             "RPCs answered, by method, adapter and gRPC status code.",
             ["rpc", "adapter", "status"],
         )
-        self.request_duration = Histogram(
+        self._request_duration = Histogram(
             "loraplane_serving_request_duration_seconds",
             "Time from receiving an RPC to its last response message.",
             ["rpc"],
             buckets=_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.time_to_first_token = self._adapter_family(
+        self._time_to_first_token = self._adapter_family(
             Histogram,
             "loraplane_serving_time_to_first_token_seconds",
             "Time from receiving a generation request to its first token (queueing and adapter load included).",
             ["adapter"],
             buckets=_LATENCY_BUCKETS,
         )
-        self.inter_token_latency = self._adapter_family(
+        self._inter_token_latency = self._adapter_family(
             Histogram,
             "loraplane_serving_inter_token_latency_seconds",
             "Time between two generated tokens of one request.",
             ["adapter"],
             buckets=_TOKEN_GAP_BUCKETS,
         )
-        self.generation_latency = self._adapter_family(
+        self._generation_latency = self._adapter_family(
             Histogram,
             "loraplane_serving_generation_latency_seconds",
             "Time from receiving a generation request to its last token (end to end).",
             ["adapter"],
             buckets=_LATENCY_BUCKETS,
         )
-        self.prompt_tokens = self._adapter_family(
+        self._prompt_tokens = self._adapter_family(
             Counter, "loraplane_serving_prompt_tokens", "Prompt tokens of generation requests.", ["adapter"]
         )
-        self.generated_tokens = self._adapter_family(
+        self._generated_tokens = self._adapter_family(
             Counter, "loraplane_serving_generated_tokens", "Tokens generated.", ["adapter"]
         )
-        self.adapter_loads = self._adapter_family(
+        self._feedback = self._adapter_family(
+            Counter, "loraplane_serving_feedback", "Feedback scores received (RecordFeedback).", ["adapter"]
+        )
+        self._requests_queued = Gauge(
+            "loraplane_serving_requests_queued",
+            "Generation requests waiting for a place in the engine (max_concurrent_requests).",
+            registry=self.registry,
+        )
+
+    def _define_adapter_families(self) -> None:
+        self._adapter_loads = self._adapter_family(
             Counter, "loraplane_serving_adapter_loads", "Adapter versions loaded into the engine.", ["adapter"]
         )
-        self.adapter_load_failures = self._adapter_family(
+        self._adapter_load_failures = self._adapter_family(
             Counter,
             "loraplane_serving_adapter_load_failures",
             "Adapter loads that failed (missing or corrupt files, a refused config, an engine error).",
             ["adapter"],
         )
-        self.feedback = self._adapter_family(
-            Counter, "loraplane_serving_feedback", "Feedback scores received (RecordFeedback).", ["adapter"]
-        )
-        self.adapter_cache_lookups = Counter(
+        self._adapter_cache_lookups = Counter(
             "loraplane_serving_adapter_cache_lookups",
             "Adapter version lookups by cache tier (engine, cpu, disk) and result (hit, miss).",
             ["tier", "result"],
             registry=self.registry,
         )
-        self.adapter_load_duration = Histogram(
+        self._adapter_load_duration = Histogram(
             "loraplane_serving_adapter_load_duration_seconds",
             "Time to load one adapter version into the engine, by source: copied back from host memory (cpu), "
             "or read from disk, fetched from the store first when not there.",
@@ -115,39 +133,36 @@ class ServingMetrics:
             buckets=_LOAD_BUCKETS,
             registry=self.registry,
         )
-        self.adapter_evictions = Counter(
+        self._adapter_evictions = Counter(
             "loraplane_serving_adapter_evictions",
             "Adapter versions evicted from a tier to make room for another (least recently used first).",
             ["tier"],
             registry=self.registry,
         )
-        self.adapters_resident = Gauge(
+        self._adapters_resident = Gauge(
             "loraplane_serving_adapters_resident",
             "Adapter versions held now, by tier.",
             ["tier"],
             registry=self.registry,
         )
-        self.adapter_cache_bytes = Gauge(
+        self._adapter_cache_bytes = Gauge(
             "loraplane_serving_adapter_cache_bytes",
             "Bytes of verified adapter copies in the local disk cache.",
             registry=self.registry,
         )
-        self.requests_queued = Gauge(
-            "loraplane_serving_requests_queued",
-            "Generation requests waiting for a place in the engine (max_concurrent_requests).",
-            registry=self.registry,
-        )
-        self.engine_requests_running = Gauge(
+
+    def _define_engine_families(self) -> None:
+        self._engine_requests_running = Gauge(
             "loraplane_serving_engine_requests_running",
             "Requests the engine is generating tokens for.",
             registry=self.registry,
         )
-        self.engine_requests_waiting = Gauge(
+        self._engine_requests_waiting = Gauge(
             "loraplane_serving_engine_requests_waiting",
             "Requests handed to the engine that have no token yet.",
             registry=self.registry,
         )
-        self.engine_batch_size = Histogram(
+        self._engine_batch_size = Histogram(
             "loraplane_serving_engine_batch_size",
             "Sequences in each decoding step (engines that report it: transformers).",
             buckets=_BATCH_BUCKETS,
@@ -159,8 +174,9 @@ class ServingMetrics:
         self._adapter_index[family] = labels.index("adapter")
         return family
 
-    def labelled(self, family: M, *values: str) -> M:
-        """`family.labels(*values)`, remembered so the series can be removed if its adapter is demoted.
+    def _series(self, family: M, *values: str) -> M:
+        """`family.labels(*values)` with its adapter label bounded, remembered so the series can be
+        removed if its adapter is demoted.
 
         A request that began while its adapter owned a label and goes on after the adapter was
         demoted counts under "_other" from then on, like every later request.
@@ -172,22 +188,89 @@ class ServingMetrics:
         self._seen.setdefault(values[index], set()).add((family, values))
         return family.labels(*values)
 
+    def _forget_adapter(self, name: str) -> None:
+        for family, values in self._seen.pop(name, set()):
+            family.remove(*values)
+
+    # -- adapter labels -------------------------------------------------------------------------
+
     def owns_label(self, name: str) -> bool:
         """Whether adapter `name` has an `adapter` label of its own now (without counting a request)."""
         return self._labels.owns(name)
 
     def adapter_label(self, name: str) -> str:
-        """The label adapter `name` is counted under for one more request: its name, or "_other"."""
+        """Count one request for adapter `name` and return the label it is counted under: its name, or "_other"."""
         return self._labels.label(name)
 
-    def _forget_adapter(self, name: str) -> None:
-        for family, values in self._seen.pop(name, set()):
-            family.remove(*values)
+    # -- one generation request; `adapter` is an adapter's name or one of the `_` labels above ------
+
+    def prompt_tokens(self, adapter: str, tokens: int) -> None:
+        self._series(self._prompt_tokens, adapter).inc(tokens)
+
+    def first_token(self, adapter: str, seconds: float) -> None:
+        """The first token came `seconds` after the request arrived."""
+        self._series(self._time_to_first_token, adapter).observe(seconds)
+
+    def inter_token(self, adapter: str, seconds: float, tokens: int = 1) -> None:
+        """`tokens` more tokens came, `seconds` apart each."""
+        series = self._series(self._inter_token_latency, adapter)
+        for _ in range(tokens):
+            series.observe(seconds)
+
+    def tokens_generated(self, adapter: str, tokens: int) -> None:
+        self._series(self._generated_tokens, adapter).inc(tokens)
+
+    def generation_finished(self, adapter: str, seconds: float) -> None:
+        """The last token came `seconds` after the request arrived."""
+        self._series(self._generation_latency, adapter).observe(seconds)
+
+    def feedback(self, adapter: str) -> None:
+        """A caller scored an answer of `adapter`."""
+        self._series(self._feedback, adapter).inc()
+
+    # -- adapter loads and the tiers that hold versions -----------------------------------------
+
+    def adapter_loaded(self, adapter: str, source: LoadSource, seconds: float) -> None:
+        """Adapter `adapter` was loaded into the engine from `source` in `seconds`. A load counts as a
+        request in the label ranking: it is traffic for the adapter, whose first answer comes next."""
+        self._series(self._adapter_loads, self.adapter_label(adapter)).inc()
+        self._adapter_load_duration.labels(source).observe(seconds)
+
+    def load_failed(self, adapter: str) -> None:
+        """A load of adapter `adapter` failed; counted as a request in the label ranking, as a load is."""
+        self._series(self._adapter_load_failures, self.adapter_label(adapter)).inc()
+
+    def cache_lookup(self, tier: CacheTier, *, hit: bool) -> None:
+        self._adapter_cache_lookups.labels(tier, "hit" if hit else "miss").inc()
+
+    def evicted(self, tier: CacheTier) -> None:
+        """One version left `tier` to make room for another."""
+        self._adapter_evictions.labels(tier).inc()
+
+    def resident(self, tier: CacheTier, versions: int) -> None:
+        """`tier` holds `versions` versions now."""
+        self._adapters_resident.labels(tier).set(versions)
+
+    def disk_cache_bytes(self, total: int) -> None:
+        """The verified copies on disk take `total` bytes now."""
+        self._adapter_cache_bytes.set(total)
+
+    # -- the engine and the queue in front of it, read at every scrape ---------------------------
 
     def watch_engine(self, stats: Callable[[], EngineStats]) -> None:
         """Read the engine's running and waiting counts at every scrape."""
-        self.engine_requests_running.set_function(lambda: stats().running)
-        self.engine_requests_waiting.set_function(lambda: stats().waiting)
+        self._engine_requests_running.set_function(lambda: stats().running)
+        self._engine_requests_waiting.set_function(lambda: stats().waiting)
+
+    def watch_queue(self, queued: Callable[[], int]) -> None:
+        """Read the number of generation requests waiting for admission at every scrape."""
+        self._requests_queued.set_function(queued)
+
+    def engine_step(self, batch_size: int) -> None:
+        """The engine ran one decoding step over `batch_size` sequences."""
+        self._engine_batch_size.observe(batch_size)
+
+    # -- every RPC --------------------------------------------------------------------------------
 
     @contextmanager
     def track(self, rpc: str) -> Iterator[RequestRecord]:
@@ -207,5 +290,5 @@ class ServingMetrics:
             status = "INTERNAL"
             raise
         finally:
-            self.labelled(self.requests, rpc, record.adapter, status).inc()
-            self.request_duration.labels(rpc).observe(time.perf_counter() - started)
+            self._series(self._requests, rpc, record.adapter, status).inc()
+            self._request_duration.labels(rpc).observe(time.perf_counter() - started)

@@ -50,23 +50,9 @@ class ServingServer(EndpointsHost):
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
         self.metrics = ServingMetrics(settings.metrics_adapter_labels)
-        self.engine = create_engine(settings, self.metrics.engine_batch_size.observe)
+        self.engine = create_engine(settings, self.metrics.engine_step)
         self.metrics.watch_engine(self.engine.stats)
-        try:
-            fingerprint = base_model_fingerprint(settings.base_model)
-        except FailedPrecondition as exc:
-            raise StartupError(f"{exc}, or set LORAPLANE_BASE_MODEL to one") from None
-        policy = AdapterPolicy(
-            base_model_name=settings.base_model_name,
-            base_model_fingerprint=fingerprint,
-            max_loaded=settings.max_loaded_adapters,
-            max_rank=settings.max_lora_rank,
-            resolve_ttl_seconds=settings.adapter_resolve_ttl_seconds,
-            max_cache_bytes=settings.adapter_cache_max_bytes,
-            max_cpu=self._host_tier_size(settings.max_cpu_adapters),
-        )
-        repository = ArtifactRepository(open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url))
-        self.adapters = AdapterManager(repository, self.engine, settings.adapter_cache_dir, policy, self.metrics)
+        self.adapters = self._adapter_manager(settings)
         security = endpoint_security(settings)
         self.endpoints = ServiceEndpoints(
             settings.serving_address,
@@ -79,17 +65,7 @@ class ServingServer(EndpointsHost):
         self.admission = Admission(
             settings.max_concurrent_requests, settings.max_queued_requests, settings.max_requests_per_caller
         )
-        self.metrics.registry.register(
-            RoutingCollector(
-                engine_stats=self.engine.stats,
-                queued=lambda: self.admission.queued,
-                running_adapters=self.adapters.loaded,
-                waiting_adapters=self.adapters.waiting,
-                newest_version=self.adapters.newest_version,
-                max_lora=settings.max_loaded_adapters,
-                max_batch_size=settings.max_batch_size,
-            )
-        )
+        self._register_routing_metrics(settings)
         self.drift = self._drift_monitor(settings)
         self._drift_refresher: asyncio.Task[None] | None = None
         self.inference = InferenceService(
@@ -117,6 +93,37 @@ class ServingServer(EndpointsHost):
             settings.serving_http_port,
             setting="LORAPLANE_SERVING_HTTP_PORT",
             tls=security.tls,
+        )
+
+    def _adapter_manager(self, settings: ServingSettings) -> AdapterManager:
+        try:
+            fingerprint = base_model_fingerprint(settings.base_model)
+        except FailedPrecondition as exc:
+            raise StartupError(f"{exc}, or set LORAPLANE_BASE_MODEL to one") from None
+        policy = AdapterPolicy(
+            base_model_name=settings.base_model_name,
+            base_model_fingerprint=fingerprint,
+            max_loaded=settings.max_loaded_adapters,
+            max_rank=settings.max_lora_rank,
+            resolve_ttl_seconds=settings.adapter_resolve_ttl_seconds,
+            max_cache_bytes=settings.adapter_cache_max_bytes,
+            max_cpu=self._host_tier_size(settings.max_cpu_adapters),
+        )
+        repository = ArtifactRepository(open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url))
+        return AdapterManager(repository, self.engine, settings.adapter_cache_dir, policy, self.metrics)
+
+    def _register_routing_metrics(self, settings: ServingSettings) -> None:
+        """Export the load figures an inference gateway picks a replica by, under vLLM's names."""
+        self.metrics.registry.register(
+            RoutingCollector(
+                engine_stats=self.engine.stats,
+                queued=lambda: self.admission.queued,
+                running_adapters=self.adapters.loaded,
+                waiting_adapters=self.adapters.waiting,
+                newest_version=self.adapters.newest_version,
+                max_lora=settings.max_loaded_adapters,
+                max_batch_size=settings.max_batch_size,
+            )
         )
 
     def _host_tier_size(self, max_cpu_adapters: int) -> int:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import tempfile
+import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +250,7 @@ def build_adapter_manager(
     adapter_labels: int = 8,
     max_cache_bytes: int = 0,
     max_cpu: int = 0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> AdapterParts:
     repository = ArtifactRepository(FileStore(tmp_path / "store"))
     engine = engine or FakeEngine()
@@ -263,7 +265,7 @@ def build_adapter_manager(
         max_cpu=max_cpu,
     )
     cache_dir = tmp_path / "cache"
-    manager = AdapterManager(repository, engine, cache_dir, policy, metrics)
+    manager = AdapterManager(repository, engine, cache_dir, policy, metrics, clock=clock)
     return AdapterParts(repository, engine, metrics, manager, tmp_path, cache_dir)
 
 

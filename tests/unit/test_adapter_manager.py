@@ -11,8 +11,7 @@ import pytest
 from loraplane.artifact import MANIFEST
 from loraplane.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
 from loraplane.names import AdapterSpec
-from serving_svc import adapters as adapters_module
-from serving_svc.adapters import _KeyedLocks
+from serving_svc.adapters.keyed_locks import KeyedLocks
 from tests.support.fake_engine import OTHER_FINGERPRINT, AdapterParts, build_adapter_manager, sample
 
 LOOKUPS = "loraplane_serving_adapter_cache_lookups_total"
@@ -21,18 +20,12 @@ TIMEOUT = 5.0
 
 
 class FakeClock:
-    """Stands in for the `time` module inside serving_svc.adapters."""
+    """Monotonic seconds that move only when the test says."""
 
     def __init__(self) -> None:
         self.now = 1000.0
 
-    def monotonic(self) -> float:
-        return self.now
-
-    def perf_counter(self) -> float:
-        return self.now
-
-    def time(self) -> float:
+    def __call__(self) -> float:
         return self.now
 
     def advance(self, seconds: float) -> None:
@@ -214,7 +207,7 @@ async def test_concurrent_first_uses_load_once(parts: AdapterParts) -> None:
     assert sample(parts.metrics, LOOKUPS, tier="engine", result="miss") == 1
     assert sample(parts.metrics, LOOKUPS, tier="engine", result="hit") == 9
     assert sample(parts.metrics, LOOKUPS, tier="disk", result="miss") == 1
-    assert parts.manager._locks._locks == {}
+    assert parts.manager._slots._loads._locks == {}
 
 
 async def test_adapter_stays_busy_until_its_last_user_leaves(tmp_path: Path) -> None:
@@ -262,11 +255,10 @@ async def test_failed_engine_load_leaves_no_slot_and_the_next_use_retries(parts:
     [(0.0, "alpha@v1"), (9.99, "alpha@v1"), (10.0, "alpha@v2"), (500.0, "alpha@v2")],
 )
 async def test_unpinned_name_follows_a_new_version_once_the_ttl_passes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, elapsed: float, served: str
+    tmp_path: Path, elapsed: float, served: str
 ) -> None:
     clock = FakeClock()
-    monkeypatch.setattr(adapters_module, "time", clock)
-    parts = build_adapter_manager(tmp_path, max_loaded=4, resolve_ttl_seconds=10.0)
+    parts = build_adapter_manager(tmp_path, max_loaded=4, resolve_ttl_seconds=10.0, clock=clock)
     parts.publish("alpha")
     assert (await parts.manager.load(AdapterSpec("alpha"))).key == "alpha@v1"
     parts.publish("alpha")
@@ -295,8 +287,7 @@ async def test_pinned_versions_resolve_once_and_names_once_per_ttl(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str, elapsed: list[float], store_reads: int
 ) -> None:
     clock = FakeClock()
-    monkeypatch.setattr(adapters_module, "time", clock)
-    parts = build_adapter_manager(tmp_path, resolve_ttl_seconds=10.0)
+    parts = build_adapter_manager(tmp_path, resolve_ttl_seconds=10.0, clock=clock)
     parts.publish("alpha")
     reads: list[AdapterSpec] = []
     resolve = parts.repository.resolve
@@ -316,8 +307,7 @@ async def test_while_the_store_is_unavailable_a_name_keeps_its_last_version_and_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     clock = FakeClock()
-    monkeypatch.setattr(adapters_module, "time", clock)
-    parts = build_adapter_manager(tmp_path, resolve_ttl_seconds=10.0)
+    parts = build_adapter_manager(tmp_path, resolve_ttl_seconds=10.0, clock=clock)
     parts.publish("alpha")
     parts.publish("beta")
     assert (await parts.manager.resolve(AdapterSpec("alpha"))).key == "alpha@v1"
@@ -470,7 +460,7 @@ async def test_published_lists_the_newest_version_of_every_adapter(parts: Adapte
 
 
 async def test_keyed_locks_are_dropped_when_nobody_holds_or_waits() -> None:
-    locks = _KeyedLocks()
+    locks = KeyedLocks()
     order: list[str] = []
 
     async def hold(key: str, tag: str, release: asyncio.Event) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import pytest
+from prometheus_client.metrics import MetricWrapperBase
 
 from loraplane.errors import FailedPrecondition, InvalidArgument, LoraplaneError, ResourceExhausted
 from serving_svc.adapter_labels import OTHER_LABEL, AdapterLabels
@@ -246,11 +248,11 @@ def _value(metrics: ServingMetrics, name: str, **labels: str) -> float | None:
 def test_demotion_removes_every_series_of_the_demoted_adapter_only() -> None:
     metrics = ServingMetrics(adapter_labels=2)
     for name in ("a", "b"):
-        label = metrics.adapter_label(name)
-        metrics.labelled(metrics.prompt_tokens, label).inc(5)
-        metrics.labelled(metrics.time_to_first_token, label).observe(0.1)
-        metrics.labelled(metrics.requests, "Generate", label, "OK").inc()
-    metrics.labelled(metrics.prompt_tokens, BASE_MODEL_LABEL).inc(7)
+        with metrics.track("Generate") as record:
+            record.adapter = metrics.adapter_label(name)
+            metrics.prompt_tokens(record.adapter, 5)
+            metrics.first_token(record.adapter, 0.1)
+    metrics.prompt_tokens(BASE_MODEL_LABEL, 7)
     metrics.adapter_label("a")  # b is now the quietest
     assert metrics.adapter_label("c") == OTHER_LABEL
     metrics.adapter_label("c")  # exactly twice b's count: the real clock's decay decides this one
@@ -262,6 +264,63 @@ def test_demotion_removes_every_series_of_the_demoted_adapter_only() -> None:
     assert _value(metrics, "loraplane_serving_requests_total", rpc="Generate", adapter="b", status="OK") is None
     assert _value(metrics, "loraplane_serving_requests_total", rpc="Generate", adapter="a", status="OK") == 1
     assert _value(metrics, "loraplane_serving_prompt_tokens_total", adapter=BASE_MODEL_LABEL) == 7
+
+
+ADAPTER_INTENTS: list[tuple[Callable[[ServingMetrics, str], None], str, float]] = [
+    (lambda metrics, adapter: metrics.prompt_tokens(adapter, 3), "loraplane_serving_prompt_tokens_total", 3),
+    (
+        lambda metrics, adapter: metrics.first_token(adapter, 0.2),
+        "loraplane_serving_time_to_first_token_seconds_count",
+        1,
+    ),
+    (
+        lambda metrics, adapter: metrics.inter_token(adapter, 0.01, 2),
+        "loraplane_serving_inter_token_latency_seconds_count",
+        2,
+    ),
+    (lambda metrics, adapter: metrics.tokens_generated(adapter, 4), "loraplane_serving_generated_tokens_total", 4),
+    (
+        lambda metrics, adapter: metrics.generation_finished(adapter, 1.0),
+        "loraplane_serving_generation_latency_seconds_count",
+        1,
+    ),
+    (lambda metrics, adapter: metrics.feedback(adapter), "loraplane_serving_feedback_total", 1),
+    (
+        lambda metrics, adapter: metrics.adapter_loaded(adapter, "disk", 0.5),
+        "loraplane_serving_adapter_loads_total",
+        1,
+    ),
+    (lambda metrics, adapter: metrics.load_failed(adapter), "loraplane_serving_adapter_load_failures_total", 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("intent", "sample_name", "per_call"),
+    ADAPTER_INTENTS,
+    ids=[name.removeprefix("loraplane_serving_") for _, name, _ in ADAPTER_INTENTS],
+)
+def test_adapters_beyond_the_label_bound_fold_into_other_whatever_name_the_caller_passes(
+    intent: Callable[[ServingMetrics, str], None], sample_name: str, per_call: float
+) -> None:
+    """Two labels, four adapters: each intent method is handed the adapter's own name, and still only
+    the two owners get series; the other two are summed under `_other`."""
+    metrics = ServingMetrics(adapter_labels=2)
+    for name in "abcd":
+        metrics.adapter_label(name)  # the request that brings it
+        intent(metrics, name)
+    series = {
+        sample.labels["adapter"]: sample.value
+        for family in metrics.registry.collect()
+        for sample in family.samples
+        if sample.name == sample_name
+    }
+    assert series == {"a": per_call, "b": per_call, OTHER_LABEL: 2 * per_call}
+
+
+def test_no_prometheus_family_is_reachable_without_an_intent_method() -> None:
+    metrics = ServingMetrics(adapter_labels=2)
+    public = {name: value for name, value in vars(metrics).items() if not name.startswith("_")}
+    assert not [name for name, value in public.items() if isinstance(value, MetricWrapperBase)]
 
 
 @pytest.mark.parametrize(
