@@ -48,6 +48,10 @@ DATASOURCE = common_models.DataSourceRef(type_val="prometheus", uid="${datasourc
 # gRPC codes that mean the server failed the request; the others (INVALID_ARGUMENT, NOT_FOUND,
 # RESOURCE_EXHAUSTED, CANCELLED...) are the caller's doing or load shedding, and have panels of their own.
 SERVER_ERROR_CODES = "INTERNAL|UNKNOWN|UNAVAILABLE|DATA_LOSS"
+ADAPTERS = '{adapter=~"$adapter"}'
+"""The label selector of the adapters the dashboard's `adapter` variable picks."""
+REQUESTS = "loraplane_serving_requests_total"
+"""The serving replicas' RPC counter, which the serving dashboard's adapter variable lists adapters from."""
 # statistic label -> (panel title, how to read it)
 DRIFT_STATISTICS: dict[str, tuple[str, str]] = {
     "prompt_length_psi": (
@@ -84,6 +88,8 @@ DRIFT_STATISTICS: dict[str, tuple[str, str]] = {
 # Full width is 24 grid units; these are the panel sizes used throughout.
 HALF, THIRD, FULL = 12, 8, 24
 HEIGHT = 8
+Panel = cogbuilder.Builder[dashboard_models.Panel]
+"""A panel of any kind, as a row takes it."""
 
 
 def _legend(*, table_mode: bool = False) -> common_builders.VizLegendOptions:
@@ -198,9 +204,9 @@ class Layout:
     description: str
     time_from: str
     variables: list[cogbuilder.Builder[dashboard_models.VariableModel]] = field(default_factory=list)
-    rows: list[tuple[str, list[cogbuilder.Builder[dashboard_models.Panel]]]] = field(default_factory=list)
+    rows: list[tuple[str, list[Panel]]] = field(default_factory=list)
 
-    def row(self, title: str, *panels: cogbuilder.Builder[dashboard_models.Panel]) -> Layout:
+    def row(self, title: str, *panels: Panel) -> Layout:
         self.rows.append((title, list(panels)))
         return self
 
@@ -265,9 +271,9 @@ def _quantile(q: float, bucket: str, by: str = "", selector: str = "", window: s
     return f"histogram_quantile({q}, sum by ({group}) (rate({bucket}{selector}[{window}])))"
 
 
-def training() -> dashboard_models.Dashboard:
-    """The trainer: its job queue, how long jobs take, and how the running ones are learning."""
-    jobs_by_state = (
+def _jobs_by_state() -> stat.Panel:
+    """Jobs in each state now, as big numbers with their trend."""
+    return (
         stat.Panel()
         .title("Jobs by state")
         .description(
@@ -289,6 +295,92 @@ def training() -> dashboard_models.Dashboard:
         .override_by_name("cancelled", _fixed_color("orange"))
         .targets([Query("sum by (state) (loraplane_trainer_jobs)", "{{state}}").build("A")])
     )
+
+
+def _job_panels() -> list[Panel]:
+    """The trainer's queue: jobs by state, queued and running, transitions, and how long jobs take."""
+    return [
+        _jobs_by_state(),
+        graph(
+            "Queued and running jobs",
+            "Jobs waiting for the trainer (queued) and being trained (running). A queue that grows while "
+            "running stays flat means the trainer is at its concurrency limit: jobs wait.",
+            "short",
+            [
+                Query('sum(loraplane_trainer_jobs{state="queued"})', "queued"),
+                Query('sum(loraplane_trainer_jobs{state="running"})', "running"),
+            ],
+        ),
+        graph(
+            "Job transitions",
+            "Jobs entering each state, per minute. A rise in failed next to succeeded is the first sign "
+            "that jobs break; queued is the submission rate.",
+            "opm",
+            [
+                Query(
+                    "60 * sum by (state) (rate(loraplane_trainer_job_transitions_total[$__rate_interval]))",
+                    "{{state}}",
+                )
+            ],
+        ),
+        graph(
+            "Job duration p50 / p95 (jobs finished in the last hour)",
+            "Start-to-end time of finished jobs by final state, as quantiles of the jobs that finished in "
+            "the trailing hour (jobs end too rarely for a short window). Empty when no job finished. A "
+            "short failed p95 means jobs fail early (bad input); a long one, late (resources).",
+            "s",
+            [
+                Query(
+                    _quantile(0.5, "loraplane_trainer_job_duration_seconds_bucket", "state", window="1h"),
+                    "p50 {{state}}",
+                ),
+                Query(
+                    _quantile(0.95, "loraplane_trainer_job_duration_seconds_bucket", "state", window="1h"),
+                    "p95 {{state}}",
+                ),
+            ],
+        ),
+    ]
+
+
+def _training_panels() -> list[Panel]:
+    """The running jobs: steps per second, refused submissions, and each job's loss."""
+    return [
+        graph(
+            "Training steps",
+            "Optimizer steps per second over all running jobs: the trainer's throughput. It drops to 0 when "
+            "nothing runs; a drop while jobs are running means training slowed down (contention, I/O).",
+            "steps/s",
+            [Query("sum(rate(loraplane_trainer_training_steps_total[$__rate_interval]))", "steps")],
+        ),
+        graph(
+            "Rejected job requests",
+            "CreateJob requests refused before a job existed, by gRPC status code. INVALID_ARGUMENT is a "
+            "caller's bad request; RESOURCE_EXHAUSTED means the queue is full.",
+            "reqps",
+            [Query("sum by (code) (rate(loraplane_trainer_rejected_jobs_total[$__rate_interval]))", "{{code}}")],
+        ),
+        graph(
+            "Loss of running jobs",
+            "Latest training and evaluation loss of each running job, by job, adapter and split. A curve "
+            "should fall then flatten; eval rising while train keeps falling is overfitting. Series end "
+            "when their job ends.",
+            "none",
+            [
+                Query(
+                    "max by (job_id, adapter, split) (loraplane_trainer_running_job_loss)",
+                    "{{adapter}} {{job_id}} {{split}}",
+                )
+            ],
+            width=FULL,
+            min_value=None,
+            many_series=True,
+        ),
+    ]
+
+
+def training() -> dashboard_models.Dashboard:
+    """The trainer: its job queue, how long jobs take, and how the running ones are learning."""
     return (
         Layout(
             title="loraplane / Training",
@@ -296,317 +388,264 @@ def training() -> dashboard_models.Dashboard:
             description="The loraplane trainer: job queue, job durations, throughput and loss of running jobs.",
             time_from="now-6h",
         )
-        .row(
-            "Jobs",
-            jobs_by_state,
-            graph(
-                "Queued and running jobs",
-                "Jobs waiting for the trainer (queued) and being trained (running). A queue that grows while "
-                "running stays flat means the trainer is at its concurrency limit: jobs wait.",
-                "short",
-                [
-                    Query('sum(loraplane_trainer_jobs{state="queued"})', "queued"),
-                    Query('sum(loraplane_trainer_jobs{state="running"})', "running"),
-                ],
-            ),
-            graph(
-                "Job transitions",
-                "Jobs entering each state, per minute. A rise in failed next to succeeded is the first sign "
-                "that jobs break; queued is the submission rate.",
-                "opm",
-                [
-                    Query(
-                        "60 * sum by (state) (rate(loraplane_trainer_job_transitions_total[$__rate_interval]))",
-                        "{{state}}",
-                    )
-                ],
-            ),
-            graph(
-                "Job duration p50 / p95 (jobs finished in the last hour)",
-                "Start-to-end time of finished jobs by final state, as quantiles of the jobs that finished in "
-                "the trailing hour (jobs end too rarely for a short window). Empty when no job finished. A "
-                "short failed p95 means jobs fail early (bad input); a long one, late (resources).",
-                "s",
-                [
-                    Query(
-                        _quantile(0.5, "loraplane_trainer_job_duration_seconds_bucket", "state", window="1h"),
-                        "p50 {{state}}",
-                    ),
-                    Query(
-                        _quantile(0.95, "loraplane_trainer_job_duration_seconds_bucket", "state", window="1h"),
-                        "p95 {{state}}",
-                    ),
-                ],
-            ),
-        )
-        .row(
-            "Training",
-            graph(
-                "Training steps",
-                "Optimizer steps per second over all running jobs: the trainer's throughput. It drops to 0 when "
-                "nothing runs; a drop while jobs are running means training slowed down (contention, I/O).",
-                "steps/s",
-                [Query("sum(rate(loraplane_trainer_training_steps_total[$__rate_interval]))", "steps")],
-            ),
-            graph(
-                "Rejected job requests",
-                "CreateJob requests refused before a job existed, by gRPC status code. INVALID_ARGUMENT is a "
-                "caller's bad request; RESOURCE_EXHAUSTED means the queue is full.",
-                "reqps",
-                [Query("sum by (code) (rate(loraplane_trainer_rejected_jobs_total[$__rate_interval]))", "{{code}}")],
-            ),
-            graph(
-                "Loss of running jobs",
-                "Latest training and evaluation loss of each running job, by job, adapter and split. A curve "
-                "should fall then flatten; eval rising while train keeps falling is overfitting. Series end "
-                "when their job ends.",
-                "none",
-                [
-                    Query(
-                        "max by (job_id, adapter, split) (loraplane_trainer_running_job_loss)",
-                        "{{adapter}} {{job_id}} {{split}}",
-                    )
-                ],
-                width=FULL,
-                min_value=None,
-                many_series=True,
-            ),
-        )
+        .row("Jobs", *_job_panels())
+        .row("Training", *_training_panels())
         .build()
     )
 
 
+def _traffic_panels() -> list[Panel]:
+    """Requests per second by adapter and status, and the share the server failed."""
+    return [
+        graph(
+            "Requests by adapter and status",
+            "RPCs answered per second over all replicas, by adapter and gRPC status. OK is success; "
+            "RESOURCE_EXHAUSTED is load shedding; INVALID_ARGUMENT and NOT_FOUND are callers' mistakes.",
+            "reqps",
+            [
+                Query(
+                    f"sum by (adapter, status) (rate({REQUESTS}{ADAPTERS}[$__rate_interval]))",
+                    "{{adapter}} {{status}}",
+                )
+            ],
+            many_series=True,
+        ),
+        graph(
+            "Server error ratio",
+            f"Share of requests that failed on the server side ({SERVER_ERROR_CODES}), per adapter. "
+            "Caller errors and load shedding are not counted. Should stay at 0; empty when there is no "
+            "traffic.",
+            "percentunit",
+            [
+                Query(
+                    # "or 0 * all": an adapter with traffic and no failure shows 0 rather than nothing.
+                    f'(sum by (adapter) (rate({REQUESTS}{{adapter=~"$adapter",status=~"{SERVER_ERROR_CODES}"}}'
+                    f"[$__rate_interval])) or 0 * sum by (adapter) (rate({REQUESTS}{ADAPTERS}[$__rate_interval])))"
+                    f" / sum by (adapter) (rate({REQUESTS}{ADAPTERS}[$__rate_interval]))",
+                    "{{adapter}}",
+                )
+            ],
+            max_value=1,
+        ),
+    ]
+
+
+def _latency_panels() -> list[Panel]:
+    """Time to first token, between tokens and to the last token per adapter; RPC duration by method."""
+    return [
+        graph(
+            "Time to first token p50 / p99",
+            "From receiving a generation request to its first token, per adapter: queueing, adapter load "
+            "and prefill included. p50 is the usual wait, p99 the worst 1%; a p99 far above p50 with flat "
+            "p50 points at cold adapter loads or queueing.",
+            "s",
+            [
+                Query(
+                    _quantile(0.5, "loraplane_serving_time_to_first_token_seconds_bucket", "adapter", ADAPTERS),
+                    "p50 {{adapter}}",
+                ),
+                Query(
+                    _quantile(0.99, "loraplane_serving_time_to_first_token_seconds_bucket", "adapter", ADAPTERS),
+                    "p99 {{adapter}}",
+                ),
+            ],
+            width=THIRD,
+        ),
+        graph(
+            "Inter-token latency p99",
+            "Time between two generated tokens of one request, per adapter (99th percentile): how smooth "
+            "streaming feels. It grows with the batch size the engine decodes at once.",
+            "s",
+            [
+                Query(
+                    _quantile(0.99, "loraplane_serving_inter_token_latency_seconds_bucket", "adapter", ADAPTERS),
+                    "p99 {{adapter}}",
+                )
+            ],
+            width=THIRD,
+        ),
+        graph(
+            "End-to-end generation latency p99",
+            "From receiving a generation request to its last token, per adapter (99th percentile). It "
+            "depends on how many tokens are asked for; read it next to tokens generated.",
+            "s",
+            [
+                Query(
+                    _quantile(0.99, "loraplane_serving_generation_latency_seconds_bucket", "adapter", ADAPTERS),
+                    "p99 {{adapter}}",
+                )
+            ],
+            width=THIRD,
+        ),
+        graph(
+            "RPC duration p99 by method",
+            "From receiving an RPC to its last response message, by method (all adapters, 99th "
+            "percentile): covers the non-generation RPCs too (listing, loading adapters).",
+            "s",
+            [Query(_quantile(0.99, "loraplane_serving_request_duration_seconds_bucket", "rpc"), "p99 {{rpc}}")],
+            width=FULL,
+        ),
+    ]
+
+
+def _token_panels() -> list[Panel]:
+    """Tokens generated and read per second, per adapter."""
+    return [
+        graph(
+            "Tokens per second",
+            "Tokens generated and prompt tokens read per second, per adapter, over all replicas: the "
+            "engine's real throughput. Generated falling while requests stay flat means shorter answers "
+            "or a slower engine.",
+            "tokens/s",
+            [
+                Query(
+                    f"sum by (adapter) (rate(loraplane_serving_generated_tokens_total{ADAPTERS}[$__rate_interval]))",
+                    "generated {{adapter}}",
+                ),
+                Query(
+                    f"sum by (adapter) (rate(loraplane_serving_prompt_tokens_total{ADAPTERS}[$__rate_interval]))",
+                    "prompt {{adapter}}",
+                ),
+            ],
+            width=FULL,
+            many_series=True,
+        ),
+    ]
+
+
+def _adapter_cache_panels() -> list[Panel]:
+    """The adapter caches: what each tier holds, how often it answers, how long a load takes."""
+    return [
+        graph(
+            "Adapters resident by tier",
+            "Adapter versions held now in each cache tier (engine: loaded in the model; disk: verified local "
+            "copies), per replica. An engine tier pinned at its limit with evictions below means adapters "
+            "take turns: expect cold loads.",
+            "short",
+            [Query("sum by (tier, instance) (loraplane_serving_adapters_resident)", "{{tier}} {{instance}}")],
+            width=THIRD,
+        ),
+        graph(
+            "Adapter cache hit ratio by tier",
+            "Share of adapter lookups each tier answered without going further down (engine, then disk, "
+            "then the store). Near 1 is good; a falling engine ratio means more requests wait for a load.",
+            "percentunit",
+            [
+                Query(
+                    'sum by (tier) (rate(loraplane_serving_adapter_cache_lookups_total{result="hit"}'
+                    "[$__rate_interval])) / sum by (tier) "
+                    "(rate(loraplane_serving_adapter_cache_lookups_total[$__rate_interval]))",
+                    "{{tier}}",
+                )
+            ],
+            max_value=1,
+            width=THIRD,
+        ),
+        graph(
+            "Adapter load time p95 by source",
+            "Time to fetch (when not on disk), verify and load one adapter version, by where it came from "
+            "(95th percentile). Loads from the store are the slow ones; they show up in time to first token.",
+            "s",
+            [
+                Query(
+                    _quantile(0.95, "loraplane_serving_adapter_load_duration_seconds_bucket", "source"),
+                    "p95 {{source}}",
+                )
+            ],
+            width=THIRD,
+        ),
+    ]
+
+
+def _adapter_churn_panels() -> list[Panel]:
+    """Adapters coming and going: loads and their failures, evictions, the disk cache's size."""
+    return [
+        graph(
+            "Adapter loads and load failures",
+            "Adapter versions loaded into the engine and loads that failed, per second, per adapter. Any "
+            "failure means requests for that adapter were refused: check the serving logs.",
+            "ops",
+            [
+                Query(
+                    f"sum by (adapter) (rate(loraplane_serving_adapter_loads_total{ADAPTERS}[$__rate_interval]))",
+                    "loads {{adapter}}",
+                ),
+                Query(
+                    "sum by (adapter) "
+                    f"(rate(loraplane_serving_adapter_load_failures_total{ADAPTERS}[$__rate_interval]))",
+                    "failures {{adapter}}",
+                ),
+            ],
+            width=THIRD,
+        ),
+        graph(
+            "Adapter evictions by tier",
+            "Adapter versions evicted per second from each tier to make room for another (least recently "
+            "used first). Steady engine evictions mean more adapters are in use than the engine holds.",
+            "ops",
+            [Query("sum by (tier) (rate(loraplane_serving_adapter_evictions_total[$__rate_interval]))", "{{tier}}")],
+            width=THIRD,
+        ),
+        graph(
+            "Disk cache size",
+            "Bytes of verified adapter copies in each replica's local disk cache.",
+            "bytes",
+            [Query("sum by (instance) (loraplane_serving_adapter_cache_bytes)", "{{instance}}")],
+            width=THIRD,
+        ),
+    ]
+
+
+def _engine_panels() -> list[Panel]:
+    """The engine's queue and load, and the batch size it decodes at."""
+    return [
+        graph(
+            "Queue and engine load",
+            "Over all replicas: requests waiting for a place in the engine (queued, bounded by "
+            "max_concurrent_requests), requests the engine is generating for (running), and requests handed "
+            "to the engine with no token yet (waiting). A queue that stays above 0 means serving is "
+            "saturated: add replicas.",
+            "short",
+            [
+                Query("sum(loraplane_serving_requests_queued)", "queued"),
+                Query("sum(loraplane_serving_engine_requests_running)", "running"),
+                Query("sum(loraplane_serving_engine_requests_waiting)", "waiting"),
+            ],
+        ),
+        graph(
+            "Batch size",
+            "Sequences decoded together in each engine step (engines that report it): the mean, and the "
+            "median and 95th percentile. Bigger batches mean more throughput per step and slower tokens "
+            "per request.",
+            "short",
+            [
+                Query(
+                    "sum(rate(loraplane_serving_engine_batch_size_sum[$__rate_interval])) / "
+                    "sum(rate(loraplane_serving_engine_batch_size_count[$__rate_interval]))",
+                    "mean",
+                ),
+                Query(_quantile(0.5, "loraplane_serving_engine_batch_size_bucket"), "p50"),
+                Query(_quantile(0.95, "loraplane_serving_engine_batch_size_bucket"), "p95"),
+            ],
+        ),
+    ]
+
+
 def serving() -> dashboard_models.Dashboard:
     """The serving replicas: traffic, latency, token throughput, the adapter caches and the engine."""
-    a = '{adapter=~"$adapter"}'
-    requests = "loraplane_serving_requests_total"
     return (
         Layout(
             title="loraplane / Serving",
             uid="loraplane-serving",
             description="The loraplane serving replicas: traffic, latency, tokens, adapter caches, engine queue.",
             time_from="now-1h",
-            variables=[_adapter_variable(requests)],
+            variables=[_adapter_variable(REQUESTS)],
         )
-        .row(
-            "Traffic",
-            graph(
-                "Requests by adapter and status",
-                "RPCs answered per second over all replicas, by adapter and gRPC status. OK is success; "
-                "RESOURCE_EXHAUSTED is load shedding; INVALID_ARGUMENT and NOT_FOUND are callers' mistakes.",
-                "reqps",
-                [
-                    Query(
-                        f"sum by (adapter, status) (rate({requests}{a}[$__rate_interval]))",
-                        "{{adapter}} {{status}}",
-                    )
-                ],
-                many_series=True,
-            ),
-            graph(
-                "Server error ratio",
-                f"Share of requests that failed on the server side ({SERVER_ERROR_CODES}), per adapter. "
-                "Caller errors and load shedding are not counted. Should stay at 0; empty when there is no "
-                "traffic.",
-                "percentunit",
-                [
-                    Query(
-                        # "or 0 * all": an adapter with traffic and no failure shows 0 rather than nothing.
-                        f'(sum by (adapter) (rate({requests}{{adapter=~"$adapter",status=~"{SERVER_ERROR_CODES}"}}'
-                        f"[$__rate_interval])) or 0 * sum by (adapter) (rate({requests}{a}[$__rate_interval])))"
-                        f" / sum by (adapter) (rate({requests}{a}[$__rate_interval]))",
-                        "{{adapter}}",
-                    )
-                ],
-                max_value=1,
-            ),
-        )
-        .row(
-            "Latency",
-            graph(
-                "Time to first token p50 / p99",
-                "From receiving a generation request to its first token, per adapter: queueing, adapter load "
-                "and prefill included. p50 is the usual wait, p99 the worst 1%; a p99 far above p50 with flat "
-                "p50 points at cold adapter loads or queueing.",
-                "s",
-                [
-                    Query(
-                        _quantile(0.5, "loraplane_serving_time_to_first_token_seconds_bucket", "adapter", a),
-                        "p50 {{adapter}}",
-                    ),
-                    Query(
-                        _quantile(0.99, "loraplane_serving_time_to_first_token_seconds_bucket", "adapter", a),
-                        "p99 {{adapter}}",
-                    ),
-                ],
-                width=THIRD,
-            ),
-            graph(
-                "Inter-token latency p99",
-                "Time between two generated tokens of one request, per adapter (99th percentile): how smooth "
-                "streaming feels. It grows with the batch size the engine decodes at once.",
-                "s",
-                [
-                    Query(
-                        _quantile(0.99, "loraplane_serving_inter_token_latency_seconds_bucket", "adapter", a),
-                        "p99 {{adapter}}",
-                    )
-                ],
-                width=THIRD,
-            ),
-            graph(
-                "End-to-end generation latency p99",
-                "From receiving a generation request to its last token, per adapter (99th percentile). It "
-                "depends on how many tokens are asked for; read it next to tokens generated.",
-                "s",
-                [
-                    Query(
-                        _quantile(0.99, "loraplane_serving_generation_latency_seconds_bucket", "adapter", a),
-                        "p99 {{adapter}}",
-                    )
-                ],
-                width=THIRD,
-            ),
-            graph(
-                "RPC duration p99 by method",
-                "From receiving an RPC to its last response message, by method (all adapters, 99th "
-                "percentile): covers the non-generation RPCs too (listing, loading adapters).",
-                "s",
-                [Query(_quantile(0.99, "loraplane_serving_request_duration_seconds_bucket", "rpc"), "p99 {{rpc}}")],
-                width=FULL,
-            ),
-        )
-        .row(
-            "Tokens",
-            graph(
-                "Tokens per second",
-                "Tokens generated and prompt tokens read per second, per adapter, over all replicas: the "
-                "engine's real throughput. Generated falling while requests stay flat means shorter answers "
-                "or a slower engine.",
-                "tokens/s",
-                [
-                    Query(
-                        f"sum by (adapter) (rate(loraplane_serving_generated_tokens_total{a}[$__rate_interval]))",
-                        "generated {{adapter}}",
-                    ),
-                    Query(
-                        f"sum by (adapter) (rate(loraplane_serving_prompt_tokens_total{a}[$__rate_interval]))",
-                        "prompt {{adapter}}",
-                    ),
-                ],
-                width=FULL,
-                many_series=True,
-            ),
-        )
-        .row(
-            "Adapters",
-            graph(
-                "Adapters resident by tier",
-                "Adapter versions held now in each cache tier (engine: loaded in the model; disk: verified local "
-                "copies), per replica. An engine tier pinned at its limit with evictions below means adapters "
-                "take turns: expect cold loads.",
-                "short",
-                [Query("sum by (tier, instance) (loraplane_serving_adapters_resident)", "{{tier}} {{instance}}")],
-                width=THIRD,
-            ),
-            graph(
-                "Adapter cache hit ratio by tier",
-                "Share of adapter lookups each tier answered without going further down (engine, then disk, "
-                "then the store). Near 1 is good; a falling engine ratio means more requests wait for a load.",
-                "percentunit",
-                [
-                    Query(
-                        'sum by (tier) (rate(loraplane_serving_adapter_cache_lookups_total{result="hit"}'
-                        "[$__rate_interval])) / sum by (tier) "
-                        "(rate(loraplane_serving_adapter_cache_lookups_total[$__rate_interval]))",
-                        "{{tier}}",
-                    )
-                ],
-                max_value=1,
-                width=THIRD,
-            ),
-            graph(
-                "Adapter load time p95 by source",
-                "Time to fetch (when not on disk), verify and load one adapter version, by where it came from "
-                "(95th percentile). Loads from the store are the slow ones; they show up in time to first token.",
-                "s",
-                [
-                    Query(
-                        _quantile(0.95, "loraplane_serving_adapter_load_duration_seconds_bucket", "source"),
-                        "p95 {{source}}",
-                    )
-                ],
-                width=THIRD,
-            ),
-            graph(
-                "Adapter loads and load failures",
-                "Adapter versions loaded into the engine and loads that failed, per second, per adapter. Any "
-                "failure means requests for that adapter were refused: check the serving logs.",
-                "ops",
-                [
-                    Query(
-                        f"sum by (adapter) (rate(loraplane_serving_adapter_loads_total{a}[$__rate_interval]))",
-                        "loads {{adapter}}",
-                    ),
-                    Query(
-                        f"sum by (adapter) (rate(loraplane_serving_adapter_load_failures_total{a}[$__rate_interval]))",
-                        "failures {{adapter}}",
-                    ),
-                ],
-                width=THIRD,
-            ),
-            graph(
-                "Adapter evictions by tier",
-                "Adapter versions evicted per second from each tier to make room for another (least recently "
-                "used first). Steady engine evictions mean more adapters are in use than the engine holds.",
-                "ops",
-                [
-                    Query(
-                        "sum by (tier) (rate(loraplane_serving_adapter_evictions_total[$__rate_interval]))", "{{tier}}"
-                    )
-                ],
-                width=THIRD,
-            ),
-            graph(
-                "Disk cache size",
-                "Bytes of verified adapter copies in each replica's local disk cache.",
-                "bytes",
-                [Query("sum by (instance) (loraplane_serving_adapter_cache_bytes)", "{{instance}}")],
-                width=THIRD,
-            ),
-        )
-        .row(
-            "Engine",
-            graph(
-                "Queue and engine load",
-                "Over all replicas: requests waiting for a place in the engine (queued, bounded by "
-                "max_concurrent_requests), requests the engine is generating for (running), and requests handed "
-                "to the engine with no token yet (waiting). A queue that stays above 0 means serving is "
-                "saturated: add replicas.",
-                "short",
-                [
-                    Query("sum(loraplane_serving_requests_queued)", "queued"),
-                    Query("sum(loraplane_serving_engine_requests_running)", "running"),
-                    Query("sum(loraplane_serving_engine_requests_waiting)", "waiting"),
-                ],
-            ),
-            graph(
-                "Batch size",
-                "Sequences decoded together in each engine step (engines that report it): the mean, and the "
-                "median and 95th percentile. Bigger batches mean more throughput per step and slower tokens "
-                "per request.",
-                "short",
-                [
-                    Query(
-                        "sum(rate(loraplane_serving_engine_batch_size_sum[$__rate_interval])) / "
-                        "sum(rate(loraplane_serving_engine_batch_size_count[$__rate_interval]))",
-                        "mean",
-                    ),
-                    Query(_quantile(0.5, "loraplane_serving_engine_batch_size_bucket"), "p50"),
-                    Query(_quantile(0.95, "loraplane_serving_engine_batch_size_bucket"), "p95"),
-                ],
-            ),
-        )
+        .row("Traffic", *_traffic_panels())
+        .row("Latency", *_latency_panels())
+        .row("Tokens", *_token_panels())
+        .row("Adapters", *_adapter_cache_panels(), *_adapter_churn_panels())
+        .row("Engine", *_engine_panels())
         .build()
     )
 
@@ -674,9 +713,82 @@ def _threshold_ratio_table() -> table.Panel:
     )
 
 
+def _live_vs_reference_panels() -> list[Panel]:
+    """The figures behind the statistics, live beside reference, and how much data each side holds."""
+    return [
+        graph(
+            "Output confidence: live vs reference",
+            "Mean log-probability per generated token (nats, closer to 0 = more confident), of the live "
+            "window and of the training reference. Live below reference is output_confidence_drop.",
+            "nats",
+            [Query(f"loraplane_drift_output_confidence{ADAPTERS}", "{{adapter}} {{side}} {{instance}}")],
+            width=THIRD,
+            min_value=None,
+        ),
+        graph(
+            "Prompt surprise: live vs reference",
+            "Mean negative log-likelihood per prompt token (nats, higher = less expected), of the live "
+            "window and of the training reference. Live above reference is prompt_surprise_rise.",
+            "nats",
+            [Query(f"loraplane_drift_prompt_surprise{ADAPTERS}", "{{adapter}} {{side}} {{instance}}")],
+            width=THIRD,
+        ),
+        graph(
+            "Window and reference sizes",
+            "Requests in each adapter's live window and samples in its training reference. Drift over a "
+            "small window is noisy: trust the statistics once the window has filled.",
+            "short",
+            [
+                Query(f"loraplane_drift_window_requests{ADAPTERS}", "window {{adapter}} {{instance}}"),
+                Query(f"loraplane_drift_reference_samples{ADAPTERS}", "reference {{adapter}} {{instance}}"),
+            ],
+            width=THIRD,
+        ),
+    ]
+
+
+def _feedback_panels() -> list[Panel]:
+    """What users say about the answers: the mean score against its floor, how much of the window it covers."""
+    return [
+        graph(
+            "Mean feedback score",
+            "Mean score users gave the adapter's answers in the live window, with the floor (dashed red) "
+            "below which feedback counts as degraded.",
+            "none",
+            [
+                Query(f"loraplane_drift_feedback_score{ADAPTERS}", "{{adapter}} {{instance}}"),
+                Query("max(loraplane_drift_feedback_score_floor)", "floor"),
+            ],
+            width=THIRD,
+            min_value=None,
+            reference_line="B",
+        ),
+        graph(
+            "Feedback rate",
+            "Share of the adapter's windowed requests that received feedback: how much of the window the "
+            "mean score speaks for. A low rate makes the score noisy.",
+            "percentunit",
+            [Query(f"loraplane_drift_feedback_rate{ADAPTERS}", "{{adapter}} {{instance}}")],
+            width=THIRD,
+            max_value=1,
+        ),
+        graph(
+            "Feedback received",
+            "Feedback messages received per second by the serving replicas, per adapter.",
+            "reqps",
+            [
+                Query(
+                    f"sum by (adapter) (rate(loraplane_serving_feedback_total{ADAPTERS}[$__rate_interval]))",
+                    "{{adapter}}",
+                )
+            ],
+            width=THIRD,
+        ),
+    ]
+
+
 def drift() -> dashboard_models.Dashboard:
     """Drift of live traffic from each adapter's training reference, and user feedback."""
-    a = '{adapter=~"$adapter"}'
     statistic_panels = [_drift_statistic(s, title, text) for s, (title, text) in DRIFT_STATISTICS.items()]
     return (
         Layout(
@@ -690,74 +802,8 @@ def drift() -> dashboard_models.Dashboard:
             variables=[_adapter_variable("loraplane_drift_window_requests")],
         )
         .row("Drift statistics", _threshold_ratio_table(), *statistic_panels)
-        .row(
-            "Live vs reference",
-            graph(
-                "Output confidence: live vs reference",
-                "Mean log-probability per generated token (nats, closer to 0 = more confident), of the live "
-                "window and of the training reference. Live below reference is output_confidence_drop.",
-                "nats",
-                [Query(f"loraplane_drift_output_confidence{a}", "{{adapter}} {{side}} {{instance}}")],
-                width=THIRD,
-                min_value=None,
-            ),
-            graph(
-                "Prompt surprise: live vs reference",
-                "Mean negative log-likelihood per prompt token (nats, higher = less expected), of the live "
-                "window and of the training reference. Live above reference is prompt_surprise_rise.",
-                "nats",
-                [Query(f"loraplane_drift_prompt_surprise{a}", "{{adapter}} {{side}} {{instance}}")],
-                width=THIRD,
-            ),
-            graph(
-                "Window and reference sizes",
-                "Requests in each adapter's live window and samples in its training reference. Drift over a "
-                "small window is noisy: trust the statistics once the window has filled.",
-                "short",
-                [
-                    Query(f"loraplane_drift_window_requests{a}", "window {{adapter}} {{instance}}"),
-                    Query(f"loraplane_drift_reference_samples{a}", "reference {{adapter}} {{instance}}"),
-                ],
-                width=THIRD,
-            ),
-        )
-        .row(
-            "Feedback",
-            graph(
-                "Mean feedback score",
-                "Mean score users gave the adapter's answers in the live window, with the floor (dashed red) "
-                "below which feedback counts as degraded.",
-                "none",
-                [
-                    Query(f"loraplane_drift_feedback_score{a}", "{{adapter}} {{instance}}"),
-                    Query("max(loraplane_drift_feedback_score_floor)", "floor"),
-                ],
-                width=THIRD,
-                min_value=None,
-                reference_line="B",
-            ),
-            graph(
-                "Feedback rate",
-                "Share of the adapter's windowed requests that received feedback: how much of the window the "
-                "mean score speaks for. A low rate makes the score noisy.",
-                "percentunit",
-                [Query(f"loraplane_drift_feedback_rate{a}", "{{adapter}} {{instance}}")],
-                width=THIRD,
-                max_value=1,
-            ),
-            graph(
-                "Feedback received",
-                "Feedback messages received per second by the serving replicas, per adapter.",
-                "reqps",
-                [
-                    Query(
-                        f"sum by (adapter) (rate(loraplane_serving_feedback_total{a}[$__rate_interval]))",
-                        "{{adapter}}",
-                    )
-                ],
-                width=THIRD,
-            ),
-        )
+        .row("Live vs reference", *_live_vs_reference_panels())
+        .row("Feedback", *_feedback_panels())
         .build()
     )
 

@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from functools import partial
 from http import HTTPStatus
@@ -103,6 +103,10 @@ def _event(payload: dict[str, Any] | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
+CallerCheck = Callable[[Request], Caller]
+"""Authenticates a request's caller, or raises the error that refuses it."""
+
+
 def create_app(
     service: InferenceService,
     base_model: str,
@@ -120,11 +124,28 @@ def create_app(
 
     app = FastAPI(title="loraplane serving", docs_url=None, redoc_url=None)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
-    Generating = Depends(generating_caller)
+    _add_open_routes(app, metrics)
+    _add_error_handlers(app)
+    _add_model_routes(app, service, generating_caller)
+    _add_completion_routes(app, service, base_model, generating_caller)
+    return app
+
+
+def _add_open_routes(app: FastAPI, metrics: CollectorRegistry) -> None:
+    """The routes that need no token: Prometheus' scrape and the health probe."""
 
     @app.get("/metrics")
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        """Up means serving: this port opens only once the base model is loaded."""
+        return {"status": "ok"}
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in OpenAI's shape: ours, the body's validation, the framework's own, and the unexpected."""
 
     @app.exception_handler(LoraplaneError)
     async def domain_error(request: Request, error: LoraplaneError) -> JSONResponse:
@@ -148,10 +169,10 @@ def create_app(
         log.exception("unhandled error in %s", request.url.path, exc_info=error)
         return error_response(InternalError("internal error; the server log has details"))
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
-        """Up means serving: this port opens only once the base model is loaded."""
-        return {"status": "ok"}
+
+def _add_model_routes(app: FastAPI, service: InferenceService, generating_caller: CallerCheck) -> None:
+    """`/v1/models`: the base model and every published adapter, each a model card."""
+    generating = Depends(generating_caller)
 
     async def models() -> list[dict[str, Any]]:
         info = service.model_info()
@@ -162,74 +183,93 @@ def create_app(
             *convert.adapter_cards([status.adapter for status in listed], info.base_model),
         ]
 
-    @app.get("/v1/models", dependencies=[Generating])
+    @app.get("/v1/models", dependencies=[generating])
     async def list_models() -> dict[str, Any]:
         return {"object": "list", "data": await models()}
 
-    @app.get("/v1/models/{model:path}", dependencies=[Generating])
+    @app.get("/v1/models/{model:path}", dependencies=[generating])
     async def get_model(model: str) -> dict[str, Any]:
         for card in await models():
             if model in (card["id"], card["root"]):
                 return card
         raise NotFound(f"no model or adapter named {model!r}; GET /v1/models lists them", field="model")
 
+
+def _add_completion_routes(
+    app: FastAPI, service: InferenceService, base_model: str, generating_caller: CallerCheck
+) -> None:
+    """`/v1/chat/completions` and `/v1/completions`, whole or streamed."""
+    generating = Depends(generating_caller)
+
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
-        body: convert.ChatCompletionRequest, request: Request, caller: Caller = Generating
+        body: convert.ChatCompletionRequest, request: Request, caller: Caller = generating
     ) -> JSONResponse | StreamingResponse:
         if body.stream:
-            return await _stream(request, body, caller, _chat_events)
+            return await _stream(service, base_model, request, body, caller, _chat_events)
         parse = partial(body.generation_input, base_model)
         completion = await _unless_disconnected(request, service.complete(parse, "ChatCompletions", caller.name))
         return JSONResponse(convert.chat_completion(completion, body.model, logprobs=body.logprobs))
 
     @app.post("/v1/completions", response_model=None)
     async def completions(
-        body: convert.CompletionRequest, request: Request, caller: Caller = Generating
+        body: convert.CompletionRequest, request: Request, caller: Caller = generating
     ) -> JSONResponse | StreamingResponse:
         if body.stream:
-            return await _stream(request, body, caller, _completion_events)
+            return await _stream(service, base_model, request, body, caller, _completion_events)
         parse = partial(body.generation_input, base_model)
         completion = await _unless_disconnected(request, service.complete(parse, "Completions", caller.name))
         return JSONResponse(convert.text_completion(completion, body.model, logprobs=body.logprobs is not None))
 
-    async def _stream(
-        request: Request,
-        body: convert.ChatCompletionRequest | convert.CompletionRequest,
-        caller: Caller,
-        events: Callable[[GenerationChunk, Any, int, int], list[dict[str, Any]]],
-    ) -> StreamingResponse:
-        """Wait for the first chunk before answering, so that a refused request (unknown adapter, over
-        the limits) gets its HTTP status; after that, errors travel as an `error` event."""
-        rpc = "ChatCompletionsStream" if isinstance(body, convert.ChatCompletionRequest) else "CompletionsStream"
-        chunks = service.stream(partial(body.generation_input, base_model), rpc, caller.name)
+
+ChunkEvents = Callable[[GenerationChunk, Any, int, int], list[dict[str, Any]]]
+"""The SSE events of one chunk (`_chat_events`, `_completion_events`)."""
+
+
+async def _stream(
+    service: InferenceService,
+    base_model: str,
+    request: Request,
+    body: convert.ChatCompletionRequest | convert.CompletionRequest,
+    caller: Caller,
+    events: ChunkEvents,
+) -> StreamingResponse:
+    """Wait for the first chunk before answering, so that a refused request (unknown adapter, over
+    the limits) gets its HTTP status; after that, errors travel as an `error` event."""
+    rpc = "ChatCompletionsStream" if isinstance(body, convert.ChatCompletionRequest) else "CompletionsStream"
+    chunks = service.stream(partial(body.generation_input, base_model), rpc, caller.name)
+    try:
+        first = await _unless_disconnected(request, anext(chunks))
+    except BaseException:
+        await chunks.aclose()
+        raise
+    sse = _server_sent_events(first, chunks, body, events)
+    return StreamingResponse(sse, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _server_sent_events(
+    first: GenerationChunk,
+    chunks: AsyncGenerator[GenerationChunk, None],
+    body: convert.ChatCompletionRequest | convert.CompletionRequest,
+    events: ChunkEvents,
+) -> AsyncIterator[str]:
+    """The stream's events from its first chunk on, then [DONE]; an error after the first chunk ends it as
+    an `error` event."""
+    created = int(time.time())
+    sent = 0  # characters of the tokens sent so far (what text offsets count); -1 before the first chunk
+    async with aclosing(chunks):
         try:
-            first = await _unless_disconnected(request, anext(chunks))
-        except BaseException:
-            await chunks.aclose()
-            raise
-
-        created = int(time.time())
-
-        async def sse() -> AsyncIterator[str]:
-            sent = 0  # characters of the tokens sent so far (what text offsets count); -1 before the first chunk
-            async with aclosing(chunks):
-                try:
-                    for event in events(first, body, created, -1):
-                        yield _event(event)
-                    sent = _token_chars(first)
-                    async for chunk in chunks:
-                        for event in events(chunk, body, created, sent):
-                            yield _event(event)
-                        sent += _token_chars(chunk)
-                except LoraplaneError as error:
-                    yield _event(_error_body(error)[1])
-                    return
-            yield _event("[DONE]")
-
-        return StreamingResponse(sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-    return app
+            for event in events(first, body, created, -1):
+                yield _event(event)
+            sent = _token_chars(first)
+            async for chunk in chunks:
+                for event in events(chunk, body, created, sent):
+                    yield _event(event)
+                sent += _token_chars(chunk)
+        except LoraplaneError as error:
+            yield _event(_error_body(error)[1])
+            return
+    yield _event("[DONE]")
 
 
 def _token_chars(chunk: GenerationChunk) -> int:

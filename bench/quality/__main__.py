@@ -61,12 +61,9 @@ def _facts(answers: list[str]) -> list[bool]:
     return [_names_an_answer(a, accepted) for a, (_, accepted) in zip(answers, QUESTIONS, strict=True)]
 
 
-def run_ours(
-    model_dir: Path, train_file: Path, test: list[Example], scratch: Path, replay_fraction: float | None
-) -> dict[str, Any]:
-    """One job with nothing but the data (and `replay_fraction` when given), then its answers through serving."""
-    trainer_port, serving_port = free_port(), free_port()
-    env = {
+def _service_env(model_dir: Path, scratch: Path, trainer_port: int, serving_port: int) -> dict[str, str]:
+    """Both services on their defaults but for where they listen, keep data and find the model."""
+    return {
         **os.environ,
         "LORAPLANE_DATA_DIR": str(scratch / "data"),
         "LORAPLANE_BASE_MODEL": str(model_dir),
@@ -78,6 +75,59 @@ def run_ours(
         "LORAPLANE_SERVING_HTTP_PORT": "0",
         "LORAPLANE_AUTH": "off",  # both services on loopback, called by this script alone
     }
+
+
+def _train(client: LoraplaneClient, train_file: Path, replay_fraction: float | None) -> tuple[trainer_pb2.Job, float]:
+    """Submit the job with nothing but the data, follow it to its end; the finished job and its seconds
+    from submission."""
+    training = trainer_pb2.TrainingParameters(replay_fraction=replay_fraction)
+    job = client.jobs.create(adapter_name="dates", training_file=train_file, training=training)
+    started = time.perf_counter()
+    for event in client.jobs.watch(job.id):
+        log.info("job: %s", event.message)
+    elapsed = time.perf_counter() - started
+    job = client.jobs.retrieve(job.id)
+    if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
+        raise RuntimeError(f"the job ended {trainer_pb2.JobState.Name(job.state)}: {job.error.message}")
+    return job, elapsed
+
+
+def _answers_scored(client: LoraplaneClient, test: list[Example]) -> dict[str, Any]:
+    """Exact match of the adapter and of the base model, by plain prompt and by chat; the facts the base
+    model knew and the adapter lost."""
+    prompts = [e.prompt for e in test]
+    questions = [question for question, _ in QUESTIONS]
+    base_known = _facts(_ask(client, "", questions, chat=True))
+    adapter_known = _facts(_ask(client, "dates", questions, chat=True))
+    return {
+        "exact_match_prompt": _exact_match(_ask(client, "dates", prompts, chat=False), test),
+        "exact_match_chat": _exact_match(_ask(client, "dates", prompts, chat=True), test),
+        "base_exact_match_prompt": _exact_match(_ask(client, "", prompts, chat=False), test),
+        "base_exact_match_chat": _exact_match(_ask(client, "", prompts, chat=True), test),
+        "facts_known_by_base": sum(base_known),
+        "facts_lost": sum(k and not a for k, a in zip(base_known, adapter_known, strict=True)),
+    }
+
+
+def _job_reported(metrics: trainer_pb2.JobMetrics) -> dict[str, Any]:
+    """What the job itself says about its adapter: task scores, probe facts, generalization gaps."""
+    return {
+        "task_scores": {
+            trainer_pb2.TaskMetric.Name(s.metric): [round(s.base, 3), round(s.adapter, 3)] for s in metrics.task_scores
+        },
+        "probe_facts_known": metrics.probe_facts_known,
+        "probe_facts_lost": metrics.probe_facts_lost,
+        "final_generalization_gap": round(metrics.final_generalization_gap, 4),
+        "best_generalization_gap": round(metrics.best_generalization_gap, 4),
+    }
+
+
+def run_ours(
+    model_dir: Path, train_file: Path, test: list[Example], scratch: Path, replay_fraction: float | None
+) -> dict[str, Any]:
+    """One job with nothing but the data (and `replay_fraction` when given), then its answers through serving."""
+    trainer_port, serving_port = free_port(), free_port()
+    env = _service_env(model_dir, scratch, trainer_port, serving_port)
     servers = [
         processes.spawn([_console_script(name)], env=env, log_path=scratch / f"{name}.log")
         for name in ("trainer-svc", "serving-svc")
@@ -87,19 +137,7 @@ def run_ours(
             for service in ("trainer", "serving"):
                 if not client.wait_until_serving(service, 300):
                     raise RuntimeError(f"{service} did not start; see {scratch}")
-            training = trainer_pb2.TrainingParameters(replay_fraction=replay_fraction)
-            job = client.jobs.create(adapter_name="dates", training_file=train_file, training=training)
-            started = time.perf_counter()
-            for event in client.jobs.watch(job.id):
-                log.info("job: %s", event.message)
-            elapsed = time.perf_counter() - started
-            job = client.jobs.retrieve(job.id)
-            if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
-                raise RuntimeError(f"the job ended {trainer_pb2.JobState.Name(job.state)}: {job.error.message}")
-            prompts = [e.prompt for e in test]
-            questions = [question for question, _ in QUESTIONS]
-            base_known = _facts(_ask(client, "", questions, chat=True))
-            adapter_known = _facts(_ask(client, "dates", questions, chat=True))
+            job, elapsed = _train(client, train_file, replay_fraction)
             metrics = job.metrics
             return {
                 "job_s": round(elapsed, 1),
@@ -107,22 +145,8 @@ def run_ours(
                 "replay_examples": metrics.replay_examples,
                 "best_step": metrics.best_step,
                 "stopped_early": metrics.stopped_early,
-                "exact_match_prompt": _exact_match(_ask(client, "dates", prompts, chat=False), test),
-                "exact_match_chat": _exact_match(_ask(client, "dates", prompts, chat=True), test),
-                "base_exact_match_prompt": _exact_match(_ask(client, "", prompts, chat=False), test),
-                "base_exact_match_chat": _exact_match(_ask(client, "", prompts, chat=True), test),
-                "facts_known_by_base": sum(base_known),
-                "facts_lost": sum(k and not a for k, a in zip(base_known, adapter_known, strict=True)),
-                "job_reported": {
-                    "task_scores": {
-                        trainer_pb2.TaskMetric.Name(s.metric): [round(s.base, 3), round(s.adapter, 3)]
-                        for s in metrics.task_scores
-                    },
-                    "probe_facts_known": metrics.probe_facts_known,
-                    "probe_facts_lost": metrics.probe_facts_lost,
-                    "final_generalization_gap": round(metrics.final_generalization_gap, 4),
-                    "best_generalization_gap": round(metrics.best_generalization_gap, 4),
-                },
+                **_answers_scored(client, test),
+                "job_reported": _job_reported(metrics),
             }
     finally:
         for server in servers:

@@ -24,8 +24,6 @@ from tests.support.prometheus import Prometheus, running_prometheus
 from tests.support.rules import rule_files, with_short_durations
 from tests.support.stack import QUESTIONS, Stack, memorise_jsonl, running_stack
 
-pytestmark = pytest.mark.integration
-
 ADAPTER = "drift-word"
 WINDOW = 16
 MIN_SAMPLES = 8

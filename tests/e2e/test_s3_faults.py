@@ -19,7 +19,7 @@ from tests.support.adapters import make_adapter, publish_adapter
 from tests.support.ceph import S3Endpoint
 from tests.support.stack import ANSWER, QUESTIONS, Stack, memorise_jsonl, running_stack
 
-pytestmark = [pytest.mark.integration, pytest.mark.s3]
+pytestmark = pytest.mark.s3
 
 GREEDY = sampling(max_tokens=4, temperature=0.0)
 TRAINING = trainer_pb2.TrainingParameters(max_steps=20, batch_size=4, learning_rate=1e-2)

@@ -13,7 +13,7 @@ from loraplane.storage import open_store
 from tests.support.ceph import S3Endpoint
 from tests.support.stack import ANSWER, QUESTIONS, memorise_jsonl, running_stack
 
-pytestmark = [pytest.mark.integration, pytest.mark.s3]
+pytestmark = pytest.mark.s3
 
 
 def test_train_from_and_serve_out_of_s3(

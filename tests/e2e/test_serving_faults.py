@@ -28,8 +28,6 @@ from tests.support.servers import running
 from tests.support.service_process import free_port, service_process
 from tests.support.serving_settings import tiny_serving_settings
 
-pytestmark = pytest.mark.integration
-
 STREAMS = 8
 LONG = sampling(max_tokens=400, ignore_eos=True, temperature=0)
 """Long enough that every stream is still generating when the signal lands."""

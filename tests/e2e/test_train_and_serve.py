@@ -25,8 +25,6 @@ from loraplane.training import Method
 from tests.support.prometheus import running_prometheus
 from tests.support.stack import ANSWER, QUESTIONS, Stack, memorise_jsonl, running_stack
 
-pytestmark = pytest.mark.integration
-
 GREEDY = sampling(max_tokens=4, temperature=0.0)
 
 

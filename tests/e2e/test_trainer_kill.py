@@ -11,14 +11,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
-
 from loraplane.client import LoraplaneClient
 from loraplane.proto import trainer_pb2
 from tests.support.service_process import free_port, service_process
 from tests.support.stack import memorise_jsonl
-
-pytestmark = pytest.mark.integration
 
 EVAL_EVERY = 4
 

@@ -228,10 +228,25 @@ async def test_stream_deltas_join_to_the_generated_text(serving: Serving) -> Non
     assert all(m.finish_reason == serving_pb2.FINISH_REASON_UNSPECIFIED for m in messages[:-1])
 
 
-async def test_chat_messages_generate(serving: Serving) -> None:
-    messages = serving_pb2.ChatMessages(messages=[common_pb2.ChatMessage(role="user", content="Hello")])
+async def test_chat_messages_generate_from_the_rendered_chat_template(serving: Serving, tiny_model_dir: Path) -> None:
+    """The answer to chat turns is the model's greedy answer to the template's rendering of them, not to
+    their bare text."""
+    from transformers import AutoTokenizer
+
+    turns = [{"role": "user", "content": "Hello"}]
+    messages = serving_pb2.ChatMessages(messages=[common_pb2.ChatMessage(**turn) for turn in turns])
     reply = await serving.stub.Generate(serving_pb2.GenerateRequest(messages=messages, sampling=GREEDY))
-    assert reply.usage.completion_tokens >= 1
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rendered = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    templated_ids = tokenizer.encode(rendered, add_special_tokens=False)
+    assert len(templated_ids) > len(tokenizer.encode("Hello")), "the template adds its markup"
+    tokenized = await serving.stub.Tokenize(serving_pb2.TokenizeRequest(messages=messages))
+    assert list(tokenized.token_ids) == templated_ids
+    assert reply.usage.prompt_tokens == len(templated_ids)
+    answer_ids = [entry.token_id for entry in reply.logprobs]
+    assert answer_ids == _reference_greedy(tiny_model_dir, None, templated_ids)
+    assert reply.usage.completion_tokens == len(answer_ids) >= 1
 
 
 async def test_a_plain_prompt_reaches_a_chat_trained_adapter_as_its_training_did(
@@ -269,10 +284,15 @@ async def test_a_plain_prompt_reaches_a_chat_trained_adapter_as_its_training_did
     assert raw_trained.usage.prompt_tokens < same_weights_as_chat.usage.prompt_tokens
 
 
-async def test_concurrent_first_requests_load_an_adapter_once(serving: Serving) -> None:
-    replies = await asyncio.gather(*(serving.generate("gamma") for _ in range(10)))
+async def test_concurrent_first_requests_load_an_adapter_once(serving: Serving, tiny_model_dir: Path) -> None:
+    """Under a name of its own, published here, so no other test on this replica has loaded it before."""
+    fingerprint = base_model_fingerprint(tiny_model_dir)
+    publish_adapter(serving.repository, serving.sources["gamma"], "first-use", fingerprint)
+    loads_total = "loraplane_serving_adapter_loads_total"
+    assert _metric(await _metrics_text(serving), loads_total, adapter="first-use") == 0
+    replies = await asyncio.gather(*(serving.generate("first-use") for _ in range(10)))
     assert len({reply.text for reply in replies}) == 1
-    assert _metric(await _metrics_text(serving), "loraplane_serving_adapter_loads_total", adapter="gamma") == 1
+    assert _metric(await _metrics_text(serving), loads_total, adapter="first-use") == 1
 
 
 async def test_list_load_unload_and_lru_eviction(serving: Serving) -> None:
@@ -521,7 +541,9 @@ async def test_deadline_and_cancel_stop_the_engine_work(serving: Serving) -> Non
 
 
 async def test_per_adapter_latency_and_engine_metrics(serving: Serving) -> None:
-    await serving.generate("gamma")
+    # Whatever ran before on this replica: three adapters copied to disk, and gamma's second use an engine hit.
+    for adapter in ("alpha@v1", "beta", "gamma", "gamma"):
+        await serving.generate(adapter)
     text = await _metrics_text(serving)
     for histogram in ("time_to_first_token", "inter_token_latency", "generation_latency"):
         assert _metric(text, f"loraplane_serving_{histogram}_seconds_count", adapter="gamma") >= 1, histogram

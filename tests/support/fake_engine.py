@@ -1,8 +1,13 @@
 """A scripted stand-in for an inference engine, and fake adapters to publish, for unit tests of the serving replica.
 
-`FakeEngine` never reads adapter files or runs a model: it records the adapters added and
-removed, can hold a load or a generation until the test sets an event, and streams a fixed
-answer, recording whether the consumer read it to the end or closed the stream early.
+`FakeEngine` runs no model and reads no weights (it only checks that an adapter folder has its
+config): it records the adapters added and removed, can hold a load or a generation until the
+test sets an event, and streams a fixed answer, recording whether the consumer read it to the
+end or closed the stream early. Where the `Engine` interface leaves room, it does what the real
+engines do, and tests/support/engine_contract.py holds it to that: max_tokens, ignore_eos,
+min_tokens and max_model_len bound the answer; an adapter key never added is refused with
+InternalError; adding a key twice, offloading one not in a slot or removing one not added is a
+no-op.
 `publish_fake_adapter` puts a version in a real `ArtifactRepository` whose weights are
 arbitrary bytes; `build_adapter_manager` wires a manager over a file store in a temp folder.
 """
@@ -10,6 +15,7 @@ arbitrary bytes; `build_adapter_manager` wires a manager over a file store in a 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import tempfile
@@ -21,6 +27,7 @@ from typing import Any
 
 from loraplane.artifact import ArtifactRepository, BaseModelInfo, DatasetInfo, Manifest, ManifestDraft
 from loraplane.drift import Profile, ProfileBuilder, Sample
+from loraplane.errors import FailedPrecondition, InternalError
 from loraplane.storage import FileStore
 from loraplane.training import Method
 from serving_svc.adapters import AdapterManager, AdapterPolicy
@@ -71,8 +78,9 @@ class FakeEngine(Engine):
     ) -> None:
         self._max_model_len = max_model_len
         self.answer = list(answer)
-        """Text of each generated token; the last delta carries finish reason and usage."""
+        """Text of each generated token, in turn; the last delta carries finish reason and usage."""
         self.finish_reason: FinishReason = finish_reason
+        """Why the answer ends after its last piece ("length": as if max_tokens had cut it there)."""
         self.add_calls: list[tuple[str, Path]] = []
         self.remove_calls: list[str] = []
         self.adapters: set[str] = set()
@@ -115,31 +123,46 @@ class FakeEngine(Engine):
         return EngineStats(running=len(self.requests) - len(self.finished) - len(self.aborted), waiting=0)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationDelta, None]:
+        if request.adapter_key is not None and request.adapter_key not in self.adapters:
+            raise InternalError(f"adapter {request.adapter_key} was used without being added to the engine")
         self.requests.append(request)
         self.max_running = max(self.max_running, self.stats().running)
         self.generation_started.set()
         try:
             if self.generation_gate is not None:
                 await self.generation_gate.wait()
-            for index, text in enumerate(self.answer):
-                token = FIRST_TOKEN_ID + index
-                last = index == len(self.answer) - 1
-                logprobs = (TokenLogprob(token, text, -0.1 * (index + 1)),) if request.sampling.logprobs else ()
-                yield GenerationDelta(
-                    text=text,
-                    token_ids=(token,),
-                    logprobs=logprobs,
-                    finish_reason=self.finish_reason if last else None,
-                    usage=Usage(len(request.prompt_token_ids), len(self.answer)) if last else None,
-                    token_logprob_sum=TOKEN_LOGPROB,
-                    prompt_logprob=PROMPT_LOGPROB_PER_TOKEN * (len(request.prompt_token_ids) - 1)
-                    if last and request.score_prompt
-                    else None,
-                )
+            for index in itertools.count():
+                delta = self._delta(request, index)
+                yield delta
+                if delta.finish_reason is not None:
+                    break
         except (GeneratorExit, asyncio.CancelledError):
             self.aborted.append(request.request_id)
             raise
         self.finished.append(request.request_id)
+
+    def _delta(self, request: GenerationRequest, index: int) -> GenerationDelta:
+        """Token `index` of the answer: its pieces in turn, ending after the last piece once an end is
+        allowed (ignore_eos and min_tokens keep it going round), or at max_tokens or max_model_len."""
+        sampling = request.sampling
+        generated = index + 1
+        reason: FinishReason | None = None
+        if generated % len(self.answer) == 0 and not sampling.ignore_eos and generated >= sampling.min_tokens:
+            reason = self.finish_reason
+        elif generated >= min(sampling.max_tokens, self._max_model_len - len(request.prompt_token_ids)):
+            reason = "length"
+        token, text = FIRST_TOKEN_ID + index, self.answer[index % len(self.answer)]
+        return GenerationDelta(
+            text=text,
+            token_ids=(token,),
+            logprobs=(TokenLogprob(token, text, -0.1 * generated),) if sampling.logprobs else (),
+            finish_reason=reason,
+            usage=Usage(len(request.prompt_token_ids), generated) if reason else None,
+            token_logprob_sum=TOKEN_LOGPROB,
+            prompt_logprob=PROMPT_LOGPROB_PER_TOKEN * (len(request.prompt_token_ids) - 1)
+            if reason and request.score_prompt
+            else None,
+        )
 
     async def add_adapter(self, key: str, path: Path) -> None:
         self.add_calls.append((key, path))
@@ -148,23 +171,22 @@ class FakeEngine(Engine):
             await self.load_gate.wait()
         if self.add_error is not None:
             raise self.add_error
-        if key in self.adapters:
-            raise RuntimeError(f"fake engine: {key} is already added")
+        if not (path / "adapter_config.json").is_file():
+            raise FailedPrecondition(f"the fake engine cannot load adapter {key}: {path} has no adapter_config.json")
+        if key in self.adapters:  # as the real engines: a caller who left mid-load may add it again
+            return
         if key in self.offloaded:
             self.restored.append(key)
             self.offloaded.remove(key)
         self.adapters.add(key)
 
     async def offload_adapter(self, key: str) -> None:
-        if key not in self.adapters:
-            raise RuntimeError(f"fake engine: {key} is not in a slot")
-        self.adapters.remove(key)
-        self.offloaded.add(key)
+        if key in self.adapters:
+            self.adapters.remove(key)
+            self.offloaded.add(key)
 
     async def remove_adapter(self, key: str) -> None:
         self.remove_calls.append(key)
-        if key not in self.adapters | self.offloaded:
-            raise RuntimeError(f"fake engine: {key} was never added")
         self.adapters.discard(key)
         self.offloaded.discard(key)
 

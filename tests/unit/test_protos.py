@@ -1,11 +1,16 @@
-"""The committed generated code matches the protos, the protos lint clean, and messages round-trip."""
+"""The committed generated code matches the protos, the protos lint clean, and messages survive the wire as
+the services fill them."""
 
 import shutil
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from loraplane.proto import common_pb2, serving_pb2, trainer_pb2
+from loraplane.training import JobState
+from trainer_svc.convert import event_to_proto, spec_from_proto
+from trainer_svc.jobs import Job, JobEvent, JobProgress
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,14 +41,24 @@ def test_generate_request_round_trips_with_optional_sampling_fields() -> None:
     assert parsed.sampling.HasField("temperature") and not parsed.sampling.HasField("top_p")
 
 
-def test_job_event_round_trips() -> None:
-    event = trainer_pb2.JobEvent(
-        sequence=7,
-        message="step 3/10",
-        job=trainer_pb2.Job(
-            id="job-1",
-            state=trainer_pb2.JOB_STATE_RUNNING,
-            progress=trainer_pb2.JobProgress(step=3, total_steps=10, loss=0.5),
-        ),
+def test_a_job_event_goes_on_the_wire_with_its_sequence_time_and_the_job_as_it_stood() -> None:
+    """What WatchJob streams: the trainer's event, converted, then serialized and parsed as a client would."""
+    spec = spec_from_proto(
+        trainer_pb2.JobSpec(
+            adapter_name="acme", training_data=trainer_pb2.Dataset(uri="file:///data/train.jsonl"), labels={"t": "1"}
+        )
     )
-    assert trainer_pb2.JobEvent.FromString(event.SerializeToString()) == event
+    progress = JobProgress(step=3, total_steps=10, loss=0.5, eta_seconds=70.0)
+    job = Job(id="job-1", spec=spec, state=JobState.RUNNING, progress=progress)
+    at = datetime(2025, 3, 1, 12, 0, 5, 250_000, tzinfo=UTC)
+    event = JobEvent(job_id=job.id, sequence=7, time=at, message="step 3/10", job=job)
+
+    sent = trainer_pb2.JobEvent.FromString(event_to_proto(event).SerializeToString())
+
+    assert (sent.sequence, sent.message) == (7, "step 3/10")
+    assert sent.time.ToDatetime(tzinfo=UTC) == at
+    assert (sent.job.id, sent.job.state) == ("job-1", trainer_pb2.JOB_STATE_RUNNING)
+    assert (sent.job.progress.step, sent.job.progress.total_steps) == (3, 10)
+    assert (sent.job.progress.loss, sent.job.progress.eta_seconds) == (0.5, 70.0)
+    assert sent.job.spec.adapter_name == "acme" and dict(sent.job.spec.labels) == {"t": "1"}
+    assert not sent.job.HasField("adapter") and not sent.job.HasField("error")
