@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from serving_svc.engines.compat import register_attention
 
 GROUPED_SDPA = "loraplane_grouped_sdpa"
 """The `attn_implementation` name to load a model with this attention."""
@@ -52,6 +52,5 @@ def grouped_sdpa_attention(
 
 def register_grouped_sdpa() -> str:
     """Make GROUPED_SDPA loadable (idempotent) and return the name."""
-    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
-    AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
+    register_attention(GROUPED_SDPA, grouped_sdpa_attention)
     return GROUPED_SDPA

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft.tuners.lora.layer import LoraLayer
 from safetensors.torch import load_file
+
+from serving_svc.engines.compat import base_layer
 
 _WEIGHTS_FILE = "adapter_model.safetensors"
 _KEY_PREFIX = "base_model.model."
@@ -141,6 +142,5 @@ def _linear(model: torch.nn.Module, module_path: str) -> torch.nn.Linear | None:
         raise ValueError(
             f"the base model has no layer {module_path}; the adapter was trained on another model"
         ) from None
-    if isinstance(module, LoraLayer):
-        module = module.get_base_layer()
+    module = base_layer(module)
     return module if type(module) is torch.nn.Linear else None
