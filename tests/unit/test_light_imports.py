@@ -1,4 +1,4 @@
-"""The client, CLI, store and servicers never load torch, transformers or vLLM: they start fast."""
+"""The client, CLI, store, servicers and the engine's scheduler never load torch, transformers or vLLM."""
 
 import subprocess
 import sys
@@ -18,6 +18,7 @@ HEAVY = ("torch", "transformers", "vllm", "peft", "bitsandbytes")
         "trainer_svc.server",
         "serving_svc.server",
         "serving_svc.servicer",
+        "serving_svc.engines.scheduler",  # decides only: the model runner and output processor hold torch
     ],
 )
 def test_module_imports_without_heavy_libraries(module: str) -> None:
