@@ -4,9 +4,9 @@ transformers' `sdpa` attention repeats each key/value head for its group of quer
 of the whole cache, every layer, every step) whenever an attention mask is given, because CUDA's
 fast kernels cannot take both. A continuous batch always has a mask (its rows are left-padded to
 one length), and on a CPU PyTorch's kernel takes `enable_gqa` with a mask: the same attention
-without the copy made a 32-row decode step of SmolLM2-135M (3 key/value heads for 9 query heads)
-1.2x faster, to the same greedy tokens. Registered under its own name through transformers'
-attention interface, with sdpa's masks.
+without the copy, to the same greedy tokens, and a faster decode step for every model whose
+key/value heads are grouped. Registered under its own name through transformers' attention
+interface, with sdpa's masks (`compat.register_attention`).
 """
 
 from __future__ import annotations

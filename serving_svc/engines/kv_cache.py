@@ -1,8 +1,8 @@
 """A key/value cache whose rows and columns change in place, for a batch that rows join and leave.
 
 transformers' `DynamicLayer` appends a decode step's column with `torch.cat`, a copy of the whole
-cache every layer and step (measured: 7-15% of a 32-row SmolLM2 step on a CPU), and dropping or
-adding a row copies it all again. Here each layer keeps its keys and values in buffers with
+cache every layer and step (a share of a decode step on a CPU that grows with the context), and
+dropping or adding a row copies it all again. Here each layer keeps its keys and values in buffers with
 spare columns, and the cache the model sees is a window onto them:
 
 - a decode step writes its column into the spare room after the window (a copy only when the

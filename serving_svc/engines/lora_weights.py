@@ -1,8 +1,8 @@
 """Plain LoRA adapters read straight from their folder, for `StackedLora`, without peft.
 
 peft's `load_adapter` injects the new adapter into every module of the model and walks all
-modules once per adapter already loaded: 0.6 s for the first adapter on SmolLM2 and 2.4 s with
-40 resident, all of it added to the first token of a request for a cold adapter. A plain LoRA
+modules once per adapter already loaded, so each load takes longer the more adapters are
+resident (seconds, with dozens), all of it added to the first token of a request for a cold adapter. A plain LoRA
 adapter is two matrices and a scaling per linear layer, which this module reads from
 `adapter_model.safetensors` in milliseconds. An adapter that is anything more (DoRA, a bias,
 embedding or token adapters, per-module alphas, any variant this reader does not know) is

@@ -2,11 +2,11 @@
 
 A decode step multiplies a few dozen rows by every weight matrix of the model. On a CPU,
 PyTorch's default for that shape (MKL's sgemm on the plain [out, in] weight) is slow; oneDNN on a
-weight packed once for the expected number of rows is 1.1-2x faster per layer (2x on the
-vocabulary projection) and made a 32-row decode step of SmolLM2-135M 1.3x faster, with the same
-greedy tokens. vLLM's CPU backend does the same (`dispatch_cpu_unquantized_gemm`, oneDNN's
-prepacked matmul). Past `PACKED_UP_TO_ROWS` rows (a long prefill) PyTorch's own matmul is as fast
-or faster, so it keeps those.
+weight packed once for the expected number of rows is faster per layer, most of all on the
+vocabulary projection, with the same greedy tokens. vLLM's CPU backend does the same
+(`dispatch_cpu_unquantized_gemm`, oneDNN's prepacked matmul). Past `PACKED_UP_TO_ROWS` rows (a
+long prefill) PyTorch's own matmul is as fast or faster, so it keeps those. The private ops it
+takes are reached through `compat` (`onednn_*`).
 
 The packed copy sits beside the original weight, which stays for peft (DoRA reads it), for
 weights tied to the embedding and for long inputs: packing costs the linear layers' size in
@@ -27,7 +27,8 @@ from serving_svc.engines.compat import onednn_linear, onednn_pack, onednn_packs
 log = logging.getLogger(__name__)
 
 PACKED_UP_TO_ROWS = 256
-"""Inputs of at most this many rows (tokens in the batch) take the packed weight (measured crossover)."""
+"""Inputs of at most this many rows (tokens in the batch) take the packed weight: about where PyTorch's
+own matmul catches up."""
 
 
 def pack_linear_weights(model: torch.nn.Module, expected_rows: int) -> int:
