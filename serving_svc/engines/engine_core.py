@@ -112,6 +112,8 @@ class EngineCore:
         self._fail_all(RuntimeError("the engine is shutting down"))
 
     def _step(self) -> None:
+        """Schedule; release who left; prefill and send first tokens; decode every running batch and send
+        its tokens; admit the prefilled sequences that go on into their running batches."""
         plan = self._scheduler.schedule()
         self._retire(plan.released)
         prefilled = [self._prefill(key, sequences) for key, sequences in plan.prefills.items()]
@@ -124,12 +126,12 @@ class EngineCore:
         """Run the prompts of `sequences` and send their first tokens; the batch and those that go on."""
         try:
             prefilled = self._runner.prefill(key, sequences)
+            finished = set(self._outputs.process(sequences, prefilled.logits, prefilled.prompt_logprobs))
         except Exception as exc:  # noqa: BLE001 - they are in no batch yet: fail them, not the others
             log.exception("prefill failed")
             self._outputs.fail(sequences, exc)
             self._scheduler.finish(sequences)
             return None
-        finished = set(self._outputs.process(sequences, prefilled.logits, prefilled.prompt_logprobs))
         self._scheduler.finish(finished)
         return prefilled, [s for s in sequences if s not in finished]
 

@@ -42,6 +42,8 @@ class Prefilled:
 
 
 class ModelRunner:
+    """Executes the scheduler's plans on the model: prefills, decode steps, rows freed."""
+
     def __init__(self, model: torch.nn.Module, expected_adapters: int) -> None:
         self._model = model
         self.adapters = LoraAdapters(model, expected_adapters)
