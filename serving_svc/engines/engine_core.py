@@ -3,8 +3,8 @@
 As vLLM's `EngineCore.step`, each step runs named phases: the scheduler decides (`scheduler.py`),
 the model runner executes (`model_runner.py`), the output processor samples, detokenizes and finishes
 (`output_processor.py`), and the scheduler learns which sequences finished. Prompts admitted in a
-step are prefilled first, so that their first token goes out as soon as it can, and join the
-running batch after its decode, to decode from the next step on.
+step are prefilled first, so that their first token goes out as soon as it can, and join their
+running batch before it decodes, so that they take their second token in the same step.
 
 Every model call happens on this thread, so adapters are added and removed between steps (as
 calls queued with `call`) and never under a running forward pass. The asyncio side hands in
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import torch
 
 from serving_svc.engines.base import EngineStats
-from serving_svc.engines.model_runner import ModelRunner, Prefilled
+from serving_svc.engines.model_runner import ModelRunner
 from serving_svc.engines.output_processor import Emit, OutputProcessor
 from serving_svc.engines.sampler import RowSampler
 from serving_svc.engines.scheduler import Scheduler, Sequence
@@ -112,18 +112,20 @@ class EngineCore:
         self._fail_all(RuntimeError("the engine is shutting down"))
 
     def _step(self) -> None:
-        """Schedule; release who left; prefill and send first tokens; decode every running batch and send
-        its tokens; admit the prefilled sequences that go on into their running batches."""
+        """Schedule; release who left; prefill, send the first tokens and join the running batches; decode
+        every running batch and send its tokens."""
         plan = self._scheduler.schedule()
         self._retire(plan.released)
-        prefilled = [self._prefill(key, sequences) for key, sequences in plan.prefills.items()]
+        done: set[Sequence] = set()
+        for key, sequences in plan.prefills.items():
+            done |= self._prefill(key, sequences)
         for key, sequences in plan.decodes.items():
-            self._decode(key, sequences)
-        for batch, going_on in filter(None, prefilled):
-            self._runner.admit(batch, going_on)
+            if going_on := [s for s in sequences if s not in done]:
+                self._decode(key, going_on)
 
-    def _prefill(self, key: str, sequences: list[Sequence]) -> tuple[Prefilled, list[Sequence]] | None:
-        """Run the prompts of `sequences` and send their first tokens; the batch and those that go on."""
+    def _prefill(self, key: str, sequences: list[Sequence]) -> set[Sequence]:
+        """Run the prompts of `sequences`, send their first tokens and put those that go on into their
+        running batch; the sequences that finished (or failed) instead."""
         try:
             prefilled = self._runner.prefill(key, sequences)
             finished = set(self._outputs.process(sequences, prefilled.logits, prefilled.prompt_logprobs))
@@ -131,9 +133,10 @@ class EngineCore:
             log.exception("prefill failed")
             self._outputs.fail(sequences, exc)
             self._scheduler.finish(sequences)
-            return None
+            return set(sequences)
         self._scheduler.finish(finished)
-        return prefilled, [s for s in sequences if s not in finished]
+        self._runner.admit(prefilled, [s for s in sequences if s not in finished])
+        return finished
 
     def _decode(self, key: str, sequences: list[Sequence]) -> None:
         self._on_step(len(sequences))

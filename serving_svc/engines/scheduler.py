@@ -9,8 +9,8 @@ scheduler which sequences finished. Each step,
 - every running sequence decodes one token, in the batch of its batch key: rows whose adapters are
   applied stacked share one batch, and an adapter that is not stacked (DoRA) has a batch of its own;
 - waiting sequences are admitted in arrival order while all batches together stay within
-  `max_batch_size` rows; those of one batch key are prefilled together, and decode from the next
-  step on, in the rows that finished sequences left.
+  `max_batch_size` rows; those of one batch key are prefilled together, and decode in the same
+  step, after their prefill, with the running batch they join (in rows finished sequences left).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class SchedulerOutput:
     prefills: dict[str, list[Sequence]]
     """Batch key -> the sequences admitted this step, whose prompts run together."""
     decodes: dict[str, list[Sequence]]
-    """Batch key -> the sequences running in that batch, one token each."""
+    """Batch key -> the sequences running in that batch, admitted ones included, one token each (a
+    sequence that finishes at its prefill does not decode)."""
 
 
 class Scheduler:
@@ -72,7 +73,6 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         released = [s for group in self._running.values() for s in group if s.aborted]
         self.finish(released)
-        decodes = {key: list(group) for key, group in self._running.items()}
         prefills: dict[str, list[Sequence]] = {}
         free = self._max_batch_size - self.running_count
         while self._waiting and free > 0:
@@ -82,6 +82,7 @@ class Scheduler:
                 self._running.setdefault(sequence.batch_key, {})[sequence] = None
                 free -= 1
         self._count()
+        decodes = {key: list(group) for key, group in self._running.items()}
         return SchedulerOutput(released, prefills, decodes)
 
     def finish(self, sequences: Iterable[Sequence]) -> None:

@@ -1,6 +1,6 @@
 """The scheduler decides alone, from counts and flags: sequences are admitted in arrival order within
-the row limit, prefilled together per batch key and decoded from the next step on; a sequence whose
-caller left is released, or never admitted; a finished one frees its row for the next."""
+the row limit, prefilled together per batch key and decoded in the same step with their batch; a
+sequence whose caller left is released, or never admitted; a finished one frees its row for the next."""
 
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ def _scheduler(max_batch_size: int, *sequences: Sequence) -> Scheduler:
     return scheduler
 
 
-def test_sequences_are_admitted_in_order_within_the_row_limit_and_decode_from_the_next_step() -> None:
+def test_sequences_are_admitted_in_order_within_the_row_limit_and_decode_with_their_batch() -> None:
     first, dora, second, third = _sequence(), _sequence(DORA), _sequence(prompt_tokens=9), _sequence()
     scheduler = _scheduler(3, first, dora, second, third)
 
     plan = scheduler.schedule()
     assert plan.prefills == {STACKED: [first, second], DORA: [dora]}
-    assert plan.decodes == {}
+    assert plan.decodes == plan.prefills, "admitted sequences take their second token in the same step"
     assert (scheduler.running_count, scheduler.waiting_count) == (3, 1)
 
     plan = scheduler.schedule()
@@ -37,8 +37,8 @@ def test_sequences_are_admitted_in_order_within_the_row_limit_and_decode_from_th
 
     scheduler.finish([dora])
     plan = scheduler.schedule()
-    assert plan.decodes == {STACKED: [first, second]}
     assert plan.prefills == {STACKED: [third]}
+    assert plan.decodes == {STACKED: [first, second, third]}
     assert (scheduler.running_count, scheduler.waiting_count) == (3, 0)
 
 
@@ -50,12 +50,12 @@ def test_a_sequence_whose_caller_left_is_released_or_never_admitted() -> None:
 
     plan = scheduler.schedule()
     assert plan.released == [running]
-    assert plan.decodes == {}
     assert plan.prefills == {STACKED: [other]}, "the queued one was skipped; its row went to the next"
+    assert plan.decodes == {STACKED: [other]}
     assert (scheduler.running_count, scheduler.waiting_count) == (1, 0)
 
 
-def test_a_sequence_that_finishes_at_its_prefill_never_decodes() -> None:
+def test_a_sequence_finished_at_its_prefill_leaves_the_next_plans() -> None:
     short, long = _sequence(), _sequence()
     scheduler = _scheduler(4, short, long)
     scheduler.schedule()
