@@ -17,6 +17,7 @@ from serving_svc.adapters import AdapterManager, AdapterPolicy
 from serving_svc.admission import Admission
 from serving_svc.drift_metrics import DriftCollector
 from serving_svc.drift_monitor import DriftMonitor, DriftPolicy
+from serving_svc.engine_config import engine_config
 from serving_svc.engines import create_engine
 from serving_svc.http_endpoint import HttpEndpoint
 from serving_svc.inference import InferenceService, RequestLimits
@@ -50,7 +51,7 @@ class ServingServer(EndpointsHost):
     def __init__(self, settings: ServingSettings) -> None:
         self.settings = settings
         self.metrics = ServingMetrics(settings.metrics_adapter_labels)
-        self.engine = create_engine(settings, self.metrics.engine_step)
+        self.engine = create_engine(engine_config(settings), settings.serving_engine, self.metrics.engine_step)
         self.metrics.watch_engine(self.engine.stats)
         self.adapters = self._adapter_manager(settings)
         security = endpoint_security(settings)

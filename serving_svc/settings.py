@@ -3,19 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 
 from loraplane.drift import DriftStatistic
 from loraplane.settings import CommonSettings
-
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-"""Weight and activation dtype; auto is the model config's (resolved to float32 on a CPU)."""
-EngineName = Literal["vllm", "transformers"]
-"""The engines; each maps to one module in serving_svc.engines."""
-EngineChoice = Literal["auto", "vllm", "transformers"]
-"""What `serving_engine` can name: an engine, or auto (vLLM on a GPU, transformers on a CPU)."""
+from serving_svc.engines.base import Dtype, EngineChoice
 
 
 class ServingSettings(CommonSettings):

@@ -86,10 +86,8 @@ def auto_system() -> str:
     import torch
 
     from serving_svc.engines import resolve_engine
-    from serving_svc.settings import ServingSettings
 
-    settings = ServingSettings.model_construct(serving_engine="auto")
-    return f"ours-{resolve_engine(settings, bool(torch.cuda.is_available()))}"
+    return f"ours-{resolve_engine('auto', bool(torch.cuda.is_available()))}"
 
 
 def machine() -> dict[str, Any]:

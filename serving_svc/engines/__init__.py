@@ -1,17 +1,18 @@
 """Inference engines behind one interface; `create_engine` is the one place a name picks a class.
 
 Each engine module is imported only when chosen, so vLLM (or torch) loads only in a server
-that runs it.
+that runs it. Nothing here reads settings: the replica maps its settings to an `EngineConfig`
+(`serving_svc.engine_config`) and hands that in.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
-from serving_svc.engines.base import Engine, EngineConfig
-from serving_svc.settings import EngineName, ServingSettings
+from serving_svc.engines.base import Engine, EngineChoice, EngineConfig, EngineName
 
-__all__ = ["Engine", "create_engine", "engine_config", "resolve_engine"]
+__all__ = ["Engine", "create_engine", "resolve_engine"]
 
 
 def _has_gpu() -> bool:
@@ -20,37 +21,22 @@ def _has_gpu() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def resolve_engine(settings: ServingSettings, has_gpu: bool) -> EngineName:
+def resolve_engine(choice: EngineChoice, has_gpu: bool) -> EngineName:
     """auto: vLLM on a GPU; on a CPU the transformers engine, which serves adapters faster there."""
-    if settings.serving_engine != "auto":
-        return settings.serving_engine
+    if choice != "auto":
+        return choice
     return "vllm" if has_gpu else "transformers"
 
 
-def engine_config(settings: ServingSettings, has_gpu: bool) -> EngineConfig:
-    # dtype auto on a CPU is float32: a model saved in bfloat16 would otherwise compute in it,
-    # which this kind of CPU runs at about half the float32 speed.
-    dtype = "float32" if settings.dtype == "auto" and not has_gpu else settings.dtype
-    return EngineConfig(
-        model_path=settings.base_model,
-        served_model_name=settings.base_model_name,
-        dtype=dtype,
-        max_model_len=settings.max_model_len,
-        max_batch_size=settings.max_batch_size,
-        max_loaded_adapters=settings.max_loaded_adapters,
-        max_cpu_adapters=settings.max_cpu_adapters,
-        max_lora_rank=settings.max_lora_rank,
-        gpu_memory_utilization=settings.gpu_memory_utilization,
-    )
-
-
-def create_engine(settings: ServingSettings, on_step: Callable[[int], None]) -> Engine:
-    """The engine settings pick, built but not started; `on_step` sees each step's batch size where the
-    engine reports one (the transformers engine)."""
+def create_engine(config: EngineConfig, choice: EngineChoice, on_step: Callable[[int], None]) -> Engine:
+    """The engine `choice` names (auto: the one for this machine), built but not started; `on_step` sees
+    each step's batch size where the engine reports one (the transformers engine)."""
     has_gpu = _has_gpu()
-    name = resolve_engine(settings, has_gpu)
-    config = engine_config(settings, has_gpu)
-    if name == "vllm":
+    if config.dtype == "auto" and not has_gpu:
+        # On a CPU, auto is float32: a model saved in bfloat16 would otherwise compute in it, which
+        # this kind of CPU runs at about half the float32 speed.
+        config = dataclasses.replace(config, dtype="float32")
+    if resolve_engine(choice, has_gpu) == "vllm":
         from serving_svc.engines.vllm import VllmEngine
 
         return VllmEngine(config)

@@ -4,9 +4,9 @@ transformers' `sdpa` attention repeats each key/value head for its group of quer
 of the whole cache, every layer, every step) whenever an attention mask is given, because CUDA's
 fast kernels cannot take both. A continuous batch always has a mask (its rows are left-padded to
 one length), and on a CPU PyTorch's kernel takes `enable_gqa` with a mask: the same attention
-without the copy made a 32-row decode step of SmolLM2-135M (3 key/value heads for 9 query heads)
-1.2x faster, to the same greedy tokens. Registered under its own name through transformers'
-attention interface, with sdpa's masks.
+without the copy, to the same greedy tokens, and a faster decode step for every model whose
+key/value heads are grouped. Registered under its own name through transformers' attention
+interface, with sdpa's masks (`compat.register_attention`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from serving_svc.engines.compat import register_attention
 
 GROUPED_SDPA = "loraplane_grouped_sdpa"
 """The `attn_implementation` name to load a model with this attention."""
@@ -52,6 +52,5 @@ def grouped_sdpa_attention(
 
 def register_grouped_sdpa() -> str:
     """Make GROUPED_SDPA loadable (idempotent) and return the name."""
-    AttentionInterface.register(GROUPED_SDPA, grouped_sdpa_attention)
-    AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
+    register_attention(GROUPED_SDPA, grouped_sdpa_attention)
     return GROUPED_SDPA

@@ -19,7 +19,13 @@ from jinja2 import TemplateError
 
 from loraplane.errors import FailedPrecondition, InvalidArgument
 from loraplane.training import Method
-from serving_svc.settings import Dtype
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+"""Weight and activation dtype; auto is the model config's (resolved to float32 on a CPU)."""
+EngineName = Literal["vllm", "transformers"]
+"""The engines; each maps to one module in serving_svc.engines."""
+EngineChoice = Literal["auto", "vllm", "transformers"]
+"""What a replica can ask for: an engine, or auto (vLLM on a GPU, transformers on a CPU)."""
 
 FinishReason = Literal["stop", "length"]
 """stop: the model ended its answer or hit a stop string; length: max_tokens or the context ran out."""
@@ -145,12 +151,12 @@ class GenerationDelta:
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """What an engine needs from the replica's settings, resolved (no "auto" left but in `dtype` on GPUs)."""
+    """What an engine needs from the replica's settings (`serving_svc.engine_config` maps them)."""
 
     model_path: Path
     served_model_name: str
     dtype: Dtype
-    """auto is left for GPUs only: on a CPU it is resolved to float32."""
+    """auto reaches an engine on GPUs only: on a CPU `create_engine` resolves it to float32."""
     max_model_len: int
     max_batch_size: int
     """Sequences decoded together in one step; more wait in the engine's queue."""

@@ -14,18 +14,12 @@ as the base model, which costs a row of a step that is bound by reading the weig
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from serving_svc.engines.kv_cache import BatchCache
 from serving_svc.engines.stacked_lora import BASE
-
-Forward = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
-"""The model's forward, bound to how the batch's adapters are applied (see TransformersEngine):
-called as forward(input_ids, mask, positions, cache, adapter_names, *, prefill, every_position_of),
-it returns the last position's logits of every row, and every position's logits of the rows named
-in `every_position_of` (None when no row is named)."""
 
 _COMPACT_AT = 0.25
 """Share of a batch's rows that may be free before it is compacted (one copy of the cache)."""
@@ -53,42 +47,29 @@ class DecodeBatch:
         return [row for row in range(len(self)) if row not in self.free]
 
     @classmethod
-    def prefill(
-        cls, forward: Forward, prompts: Sequence[Sequence[int]], adapter_names: list[str], scored: list[int]
-    ) -> tuple[DecodeBatch, torch.Tensor, dict[int, float]]:
-        """Run the prompts through the model together: the batch, each row's next-token logits and the
-        log-probability (tokens 1..n-1) of each prompt in `scored` (row indices), from every position's
-        logits of those rows alone."""
+    def for_prompts(
+        cls, prompts: Sequence[Sequence[int]], adapter_names: list[str]
+    ) -> tuple[DecodeBatch, torch.Tensor]:
+        """A batch for these prompts, its cache empty, and their token ids ([rows, columns], left-padded):
+        run them with `mask` and `positions()` to fill the cache."""
         length = max(len(p) for p in prompts)
         input_ids = torch.zeros((len(prompts), length), dtype=torch.long)
         mask = torch.zeros((len(prompts), length), dtype=torch.long)
         for row, prompt in enumerate(prompts):
             input_ids[row, length - len(prompt) :] = torch.tensor(prompt)
             mask[row, length - len(prompt) :] = 1
-        positions = (mask.cumsum(1) - 1).clamp(min=0)
-        cache = BatchCache()
-        logits, every_position = forward(
-            input_ids, mask, positions, cache, adapter_names, prefill=True, every_position_of=scored
-        )
-        scores: dict[int, float] = {}
-        if every_position is not None:
-            rows = scored
-            # log p(token) = its logit - logsumexp(logits): no second [rows, positions, vocabulary] tensor.
-            previous = every_position[:, :-1].float()
-            chosen = previous.gather(-1, input_ids[rows, 1:, None]).squeeze(-1)
-            token_logprobs = chosen - torch.logsumexp(previous, dim=-1)
-            # A prompt's first token (and the left padding before it) has no score.
-            real = mask[rows, :-1].bool() & mask[rows, 1:].bool()
-            scores = dict(zip(rows, (token_logprobs * real).sum(1).tolist(), strict=True))
-        return cls(cache, mask, adapter_names), logits, scores
+        return cls(BatchCache(), mask, adapter_names), input_ids
 
-    def step(self, forward: Forward, next_tokens: list[int]) -> torch.Tensor:
-        """Feed each row its next token (free rows: any token); the logits for the token after it."""
+    def positions(self) -> torch.Tensor:
+        """Each row's position of every column of a prefill: its own count from its first real token."""
+        return (self.mask.cumsum(1) - 1).clamp(min=0)
+
+    def next_inputs(self, next_tokens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A decode step's token ids and positions ([rows, 1]) for each row's next token (free rows: any
+        token); the mask gets the step's column."""
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(self), 1))], dim=1)
         positions = self.mask.sum(1, keepdim=True) - 1
-        input_ids = torch.tensor(next_tokens, dtype=torch.long).unsqueeze(1)
-        logits, _ = forward(input_ids, self.mask, positions, self.cache, self.adapter_names, prefill=False)
-        return logits
+        return torch.tensor(next_tokens, dtype=torch.long).unsqueeze(1), positions
 
     def release(self, rows: list[int]) -> None:
         """Free `rows` for sequences that join later; the columns no live row needs leave the window."""

@@ -1,8 +1,8 @@
 """A key/value cache whose rows and columns change in place, for a batch that rows join and leave.
 
 transformers' `DynamicLayer` appends a decode step's column with `torch.cat`, a copy of the whole
-cache every layer and step (measured: 7-15% of a 32-row SmolLM2 step on a CPU), and dropping or
-adding a row copies it all again. Here each layer keeps its keys and values in buffers with
+cache every layer and step (a share of a decode step on a CPU that grows with the context), and
+dropping or adding a row copies it all again. Here each layer keeps its keys and values in buffers with
 spare columns, and the cache the model sees is a window onto them:
 
 - a decode step writes its column into the spare room after the window (a copy only when the
@@ -20,13 +20,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers.cache_utils import Cache, DynamicLayer
+
+from serving_svc.engines.compat import CacheLayer, LayeredCache
 
 _SPARE_COLUMNS = 64
 """Room a buffer is given past what it holds when it has to be reallocated: 64 decode steps without a copy."""
 
 
-class WindowLayer(DynamicLayer):
+class WindowLayer(CacheLayer):
     """One layer's keys and values ([rows, heads, columns, dim]): `keys` and `values` are views of
     columns [start, end) of buffers that have room before and after them."""
 
@@ -36,21 +37,15 @@ class WindowLayer(DynamicLayer):
         self._value_buffer = torch.zeros(0)
         self._start = self._end = 0
 
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        """Empty buffers of the states' rows, heads and dims: the first `update` sizes them."""
+    def start(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Empty buffers of the states' rows, heads and dims: the first `append` sizes them."""
         rows, heads, _, dim = key_states.shape
-        self.dtype, self.device = key_states.dtype, key_states.device
         self._key_buffer = key_states.new_zeros((rows, heads, 0, dim))
         self._value_buffer = value_states.new_zeros((rows, heads, 0, value_states.shape[-1]))
         self._start = self._end = 0
-        self.is_initialized = True
 
-    def update(
-        self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append columns to every row (the model's call, every layer and step); the window after it."""
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
+    def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Append columns to every row (the model's call, every layer and step)."""
         new = key_states.shape[-2]
         if self._end + new > self._key_buffer.shape[2]:
             self._relayout(rows=self.rows, left=0, right=new + _SPARE_COLUMNS)
@@ -58,7 +53,6 @@ class WindowLayer(DynamicLayer):
         self._value_buffer[:, :, self._end : self._end + new] = value_states
         self._end += new
         self._publish()
-        return self.keys, self.values  # type: ignore[return-value]
 
     def get_seq_length(self) -> int:
         return self._end - self._start
@@ -109,16 +103,15 @@ class WindowLayer(DynamicLayer):
         self._publish()
 
     def _publish(self) -> None:
-        self.keys = self._key_buffer[:, :, self._start : self._end]
-        self.values = self._value_buffer[:, :, self._start : self._end]
+        self.show(self._key_buffer[:, :, self._start : self._end], self._value_buffer[:, :, self._start : self._end])
 
 
-class BatchCache(Cache):
+class BatchCache(LayeredCache):
     """A cache of `WindowLayer`s, created as the model's layers first write to it."""
 
     def __init__(self) -> None:
-        super().__init__(layer_class_to_replicate=WindowLayer)
+        super().__init__(WindowLayer)
 
     @property
     def window_layers(self) -> list[WindowLayer]:
-        return [layer for layer in self.layers if isinstance(layer, WindowLayer)]
+        return self.layers_of(WindowLayer)

@@ -1,8 +1,8 @@
 """Plain LoRA adapters read straight from their folder, for `StackedLora`, without peft.
 
 peft's `load_adapter` injects the new adapter into every module of the model and walks all
-modules once per adapter already loaded: 0.6 s for the first adapter on SmolLM2 and 2.4 s with
-40 resident, all of it added to the first token of a request for a cold adapter. A plain LoRA
+modules once per adapter already loaded, so each load takes longer the more adapters are
+resident (seconds, with dozens), all of it added to the first token of a request for a cold adapter. A plain LoRA
 adapter is two matrices and a scaling per linear layer, which this module reads from
 `adapter_model.safetensors` in milliseconds. An adapter that is anything more (DoRA, a bias,
 embedding or token adapters, per-module alphas, any variant this reader does not know) is
@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft.tuners.lora.layer import LoraLayer
 from safetensors.torch import load_file
+
+from serving_svc.engines.compat import base_layer
 
 _WEIGHTS_FILE = "adapter_model.safetensors"
 _KEY_PREFIX = "base_model.model."
@@ -141,6 +142,5 @@ def _linear(model: torch.nn.Module, module_path: str) -> torch.nn.Linear | None:
         raise ValueError(
             f"the base model has no layer {module_path}; the adapter was trained on another model"
         ) from None
-    if isinstance(module, LoraLayer):
-        module = module.get_base_layer()
+    module = base_layer(module)
     return module if type(module) is torch.nn.Linear else None

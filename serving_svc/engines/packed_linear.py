@@ -2,11 +2,11 @@
 
 A decode step multiplies a few dozen rows by every weight matrix of the model. On a CPU,
 PyTorch's default for that shape (MKL's sgemm on the plain [out, in] weight) is slow; oneDNN on a
-weight packed once for the expected number of rows is 1.1-2x faster per layer (2x on the
-vocabulary projection) and made a 32-row decode step of SmolLM2-135M 1.3x faster, with the same
-greedy tokens. vLLM's CPU backend does the same (`dispatch_cpu_unquantized_gemm`, oneDNN's
-prepacked matmul). Past `PACKED_UP_TO_ROWS` rows (a long prefill) PyTorch's own matmul is as fast
-or faster, so it keeps those.
+weight packed once for the expected number of rows is faster per layer, most of all on the
+vocabulary projection, with the same greedy tokens. vLLM's CPU backend does the same
+(`dispatch_cpu_unquantized_gemm`, oneDNN's prepacked matmul). Past `PACKED_UP_TO_ROWS` rows (a
+long prefill) PyTorch's own matmul is as fast or faster, so it keeps those. The private ops it
+takes are reached through `compat` (`onednn_*`).
 
 The packed copy sits beside the original weight, which stays for peft (DoRA reads it), for
 weights tied to the embedding and for long inputs: packing costs the linear layers' size in
@@ -22,12 +22,13 @@ from collections.abc import Callable
 
 import torch
 
+from serving_svc.engines.compat import onednn_linear, onednn_pack, onednn_packs
+
 log = logging.getLogger(__name__)
 
 PACKED_UP_TO_ROWS = 256
-"""Inputs of at most this many rows (tokens in the batch) take the packed weight (measured crossover)."""
-
-_PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
+"""Inputs of at most this many rows (tokens in the batch) take the packed weight: about where PyTorch's
+own matmul catches up."""
 
 
 def pack_linear_weights(model: torch.nn.Module, expected_rows: int) -> int:
@@ -36,7 +37,7 @@ def pack_linear_weights(model: torch.nn.Module, expected_rows: int) -> int:
     Returns how many layers were packed: 0 where this PyTorch or CPU cannot (the model then
     runs exactly as before).
     """
-    if not _supported(next(model.parameters()).dtype):
+    if not onednn_packs(next(model.parameters()).dtype):
         return 0
     packed = 0
     for module in model.modules():
@@ -50,29 +51,21 @@ def pack_linear_weights(model: torch.nn.Module, expected_rows: int) -> int:
     return packed
 
 
-def _supported(dtype: torch.dtype) -> bool:
-    if not torch.backends.mkldnn.is_available() or dtype not in _PACKABLE_DTYPES:
-        return False
-    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return False
-    return hasattr(torch.ops.mkldnn, "_reorder_linear_weight") and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
 def _packed_forward(linear: torch.nn.Linear, expected_rows: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
     """The layer's forward on its packed weight, or None when the packed result differs from the plain one."""
     weight, bias = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
     with torch.inference_mode():
-        packed = torch.ops.mkldnn._reorder_linear_weight(weight, expected_rows)
+        packed = onednn_pack(weight, expected_rows)
         probe = torch.randn((2, linear.in_features), dtype=weight.dtype)
         plain = torch.nn.functional.linear(probe, weight, bias)
-        fast = torch.ops.mkldnn._linear_pointwise(probe, packed, bias, "none", [], "")
+        fast = onednn_linear(probe, packed, bias)
         tolerance = 1e-3 if weight.dtype == torch.float32 else 5e-2
         if not torch.allclose(fast, plain, rtol=tolerance, atol=tolerance):
             return None
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         if x.numel() // linear.in_features <= PACKED_UP_TO_ROWS:
-            return torch.ops.mkldnn._linear_pointwise(x, packed, linear.bias, "none", [], "")
+            return onednn_linear(x, packed, linear.bias)
         return torch.nn.functional.linear(x, linear.weight, linear.bias)
 
     return forward

@@ -1,264 +1,106 @@
-"""The transformers engine's scheduler: a loop that admits, prefills, decodes and retires sequences.
+"""The transformers engine's scheduler: each step, it decides which sequences run, and nothing else.
 
-`run` occupies the engine's one torch thread, and every model call happens there, so adapters
-are added and removed between steps (as calls queued with `call`) and never under a running
-forward pass. Requests that arrive while others decode are prefilled at the next step and join
-the running batch; finished and aborted rows are freed at once, for the next request to take
-their place (see `DecodeBatch`). Rows whose adapters can be
-stacked share one batch; an adapter that cannot (DoRA) decodes in a batch of its own, stepped
-in turn with the others.
+As vLLM's scheduler does (`vllm/v1/core/sched/interface.py`), it hands back a plan and never
+touches the model, a tensor or text (no torch here): the model runner executes the plan, the output
+processor turns logits into tokens, text and finish reasons, and the engine core tells the
+scheduler which sequences finished. Each step,
 
-The asyncio side hands in a `Sequence` with an `emit` callback that is safe to call from this
-thread (it posts onto the event loop), and marks it aborted when its caller leaves.
+- running sequences whose caller left are released (their rows freed), waiting ones are dropped;
+- every running sequence decodes one token, in the batch of its batch key: rows whose adapters are
+  applied stacked share one batch, and an adapter that is not stacked (DoRA) has a batch of its own;
+- waiting sequences are admitted in arrival order while all batches together stay within
+  `max_batch_size` rows; those of one batch key are prefilled together, and decode in the same
+  step, after their prefill, with the running batch they join (in rows finished sequences left).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import logging
-import threading
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Iterable
+from dataclasses import dataclass
 
-import torch
-
-from serving_svc.engines.base import EngineStats, FinishReason, GenerationDelta, GenerationRequest, TokenLogprob, Usage
-from serving_svc.engines.batch import DecodeBatch, Forward
-from serving_svc.engines.detokenizer import Decoder, IncrementalDetokenizer
-from serving_svc.engines.sampler import RowSampler, select_tokens
-
-log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-MIXED = ""
-"""The batch key of rows whose adapters are applied stacked in one forward pass (LoRA, and the base model)."""
+from serving_svc.engines.base import GenerationRequest
 
 
 @dataclass(eq=False)
 class Sequence:
-    """One request on its way through the scheduler."""
+    """One request on its way through the engine, compared by identity."""
 
     request: GenerationRequest
     adapter_name: str
-    """peft's name for the row's adapter; "__base__" for the base model."""
+    """The name the model knows the row's adapter by; "__base__" for the base model."""
     batch_key: str
-    emit: Callable[[GenerationDelta | BaseException], None]
-    detokenizer: IncrementalDetokenizer
-    sampler: RowSampler
-    generated: list[int] = field(default_factory=list)
+    """Sequences of one key decode in one batch."""
     aborted: bool = False
-    next_token: int = -1
-    prompt_logprob: float | None = None
+    """Set from the caller's thread when it leaves; the scheduler releases the sequence at its next step."""
+
+
+@dataclass(frozen=True)
+class SchedulerOutput:
+    """One step's plan: which sequences leave, which are prefilled, which decode."""
+
+    released: list[Sequence]
+    """Running sequences whose caller left: their rows are freed before anything runs."""
+    prefills: dict[str, list[Sequence]]
+    """Batch key -> the sequences admitted this step, whose prompts run together."""
+    decodes: dict[str, list[Sequence]]
+    """Batch key -> the sequences running in that batch, admitted ones included, one token each (a
+    sequence that finishes at its prefill does not decode)."""
 
 
 class Scheduler:
-    def __init__(
-        self,
-        forward_for: Callable[[str], Forward],
-        *,
-        max_batch_size: int,
-        max_model_len: int,
-        end_token_ids: list[int],
-        decoder: Decoder,
-        on_step: Callable[[int], None] = lambda rows: None,
-    ) -> None:
-        self._forward_for = forward_for
-        self.decoder = decoder
-        """Turns generated tokens into text; used on this thread only."""
+    """Waiting and running sequences, within a limit of rows; used on the engine thread only, but for
+    the counts, which any thread may read."""
+
+    def __init__(self, max_batch_size: int) -> None:
         self._max_batch_size = max_batch_size
-        self._max_model_len = max_model_len
-        self._end_token_ids = torch.tensor(sorted(set(end_token_ids)), dtype=torch.long)
-        self._end_token_set = frozenset(end_token_ids)
-        self._on_step = on_step
         self._waiting: deque[Sequence] = deque()
-        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
-        self._batches: dict[str, tuple[DecodeBatch, list[Sequence | None]]] = {}  # None: a free row
-        self._wake = threading.Condition()
-        self._stopping = False
-        self._running = 0
+        self._running: dict[str, dict[Sequence, None]] = {}  # batch key -> its sequences, in order
+        self.running_count = 0
+        """Sequences admitted and not finished (published for other threads)."""
 
-    # -- the asyncio side -------------------------------------------------------------------
+    @property
+    def waiting_count(self) -> int:
+        return len(self._waiting)
 
-    def stop(self) -> None:
-        """Make `run` return after the current step; what has not finished fails."""
-        with self._wake:
-            self._stopping = True
-            self._wake.notify()
+    @property
+    def has_work(self) -> bool:
+        return bool(self._waiting or self.running_count)
 
-    def submit(self, sequence: Sequence) -> None:
-        with self._wake:
-            self._waiting.append(sequence)
-            self._wake.notify()
+    def add(self, sequence: Sequence) -> None:
+        self._waiting.append(sequence)
 
-    def abort(self, sequence: Sequence) -> None:
-        """Stop decoding `sequence` (it leaves its batch at the next step); no-op once it has finished."""
-        sequence.aborted = True
+    def schedule(self) -> SchedulerOutput:
+        released = [s for group in self._running.values() for s in group if s.aborted]
+        self.finish(released)
+        prefills: dict[str, list[Sequence]] = {}
+        free = self._max_batch_size - self.running_count
+        while self._waiting and free > 0:
+            sequence = self._waiting.popleft()
+            if not sequence.aborted:
+                prefills.setdefault(sequence.batch_key, []).append(sequence)
+                self._running.setdefault(sequence.batch_key, {})[sequence] = None
+                free -= 1
+        self._count()
+        decodes = {key: list(group) for key, group in self._running.items()}
+        return SchedulerOutput(released, prefills, decodes)
 
-    def call(self, function: Callable[[], T]) -> concurrent.futures.Future[T]:
-        """Run `function` on the scheduler thread between two steps."""
-        future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        with self._wake:
-            self._calls.append((function, future))
-            self._wake.notify()
-        return future
+    def finish(self, sequences: Iterable[Sequence]) -> None:
+        """`sequences` have finished (or failed, or were released): their rows are free for others."""
+        for sequence in sequences:
+            group = self._running.get(sequence.batch_key, {})
+            group.pop(sequence, None)
+            if not group:
+                self._running.pop(sequence.batch_key, None)
+        self._count()
 
-    def stats(self) -> EngineStats:
-        """Safe from any thread: the engine thread publishes the running count after each change."""
-        return EngineStats(running=self._running, waiting=len(self._waiting))
+    def take_all(self) -> list[Sequence]:
+        """Every waiting and running sequence, which the scheduler forgets (the engine fails them)."""
+        sequences = [*self._waiting, *(s for group in self._running.values() for s in group)]
+        self._waiting.clear()
+        self._running.clear()
+        self._count()
+        return sequences
 
-    def _count_running(self) -> int:
-        self._running = sum(len(batch.live) for batch, _ in self._batches.values())
-        return self._running
-
-    # -- the engine thread ------------------------------------------------------------------
-
-    def run(self) -> None:
-        """The loop, until `stop`; call it on the thread that loaded the model."""
-        with torch.inference_mode():
-            while True:
-                with self._wake:
-                    while not (self._stopping or self._calls or self._waiting or self._batches):
-                        self._wake.wait()
-                    if self._stopping:
-                        break
-                    calls, self._calls = list(self._calls), deque()
-                for function, future in calls:
-                    if future.set_running_or_notify_cancel():
-                        try:
-                            future.set_result(function())
-                        except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                            future.set_exception(exc)
-                try:
-                    self._admit()
-                    self._decode()
-                    self._count_running()
-                except Exception as exc:  # noqa: BLE001 - a failed step fails its rows, not the replica
-                    log.exception("engine step failed")
-                    self._fail_all(exc)
-        self._fail_all(RuntimeError("the engine is shutting down"))
-
-    def _admit(self) -> None:
-        """Prefill waiting sequences, as many as free rows allow, and put them into their batches."""
-        free = self._max_batch_size - self._count_running()
-        admitted: dict[str, list[Sequence]] = {}
-        with self._wake:
-            while self._waiting and free > 0:
-                sequence = self._waiting.popleft()
-                if not sequence.aborted:
-                    admitted.setdefault(sequence.batch_key, []).append(sequence)
-                    free -= 1
-        for key, sequences in admitted.items():
-            try:
-                self._prefill(key, sequences)
-            except Exception as exc:  # noqa: BLE001 - they are in no batch yet: fail them, not the others
-                log.exception("prefill failed")
-                for sequence in sequences:
-                    sequence.emit(exc)
-
-    def _prefill(self, key: str, sequences: list[Sequence]) -> None:
-        """Run the prompts of `sequences` (one batch key) and add those that go on to that key's batch."""
-        forward = self._forward_for(key)
-        prompts = [s.request.prompt_token_ids for s in sequences]
-        scored = [row for row, s in enumerate(sequences) if s.request.score_prompt]
-        batch, logits, scores = DecodeBatch.prefill(forward, prompts, [s.adapter_name for s in sequences], scored)
-        for row, prompt_logprob in scores.items():
-            sequences[row].prompt_logprob = prompt_logprob
-        candidates: list[Sequence | None] = list(sequences)
-        finished = set(self._advance(candidates, logits))
-        going_on = [row for row in range(len(sequences)) if row not in finished]
-        if not going_on:
-            return
-        batch.keep(going_on)
-        if key in self._batches:
-            running, rows = self._batches[key]
-            for row, index in zip(going_on, running.join(batch), strict=True):
-                rows.extend([None] * (index + 1 - len(rows)))
-                rows[index] = sequences[row]
-        else:
-            self._batches[key] = (batch, [sequences[row] for row in going_on])
-
-    def _decode(self) -> None:
-        for key, (batch, rows) in list(self._batches.items()):
-            aborted = [i for i, s in enumerate(rows) if s is not None and s.aborted]
-            self._release(batch, rows, aborted)
-            live = batch.live
-            if not live:
-                del self._batches[key]
-                continue
-            if batch.needs_compacting():
-                batch.keep(live)
-                rows = [rows[i] for i in live]
-                self._batches[key] = (batch, rows)
-            self._on_step(len(batch.live))
-            logits = batch.step(self._forward_for(key), [s.next_token if s is not None else 0 for s in rows])
-            self._release(batch, rows, self._advance(rows, logits))
-            if not batch.live:
-                del self._batches[key]
-
-    @staticmethod
-    def _release(batch: DecodeBatch, rows: list[Sequence | None], finished: list[int]) -> None:
-        batch.release(finished)
-        for row in finished:
-            rows[row] = None
-
-    def _advance(self, rows: list[Sequence | None], logits: torch.Tensor) -> list[int]:
-        """Choose every live row's next token and send what it adds; the rows that have finished."""
-        live = [(row, s) for row, s in enumerate(rows) if s is not None]
-        index = [row for row, _ in live]
-        tokens, logprobs = select_tokens(
-            logits[index], [s.sampler for _, s in live], [len(s.generated) for _, s in live], self._end_token_ids
-        )
-        finished: list[int] = []
-        for (row, sequence), token, logprob in zip(live, tokens, logprobs, strict=True):
-            sequence.generated.append(token)
-            reason = self._finish_reason(sequence, token)
-            stop_allowed = len(sequence.generated) >= sequence.request.sampling.min_tokens
-            text = sequence.detokenizer.add(token, final=reason is not None, stop_allowed=stop_allowed)
-            if sequence.detokenizer.stopped:
-                reason = "stop"
-            sequence.emit(self._delta(sequence, token, logprob, text, reason))
-            if reason is None:
-                sequence.next_token = token
-            else:
-                finished.append(row)
-        return finished
-
-    def _finish_reason(self, sequence: Sequence, token: int) -> FinishReason | None:
-        generated = len(sequence.generated)
-        if token in self._end_token_set and sequence.sampler.end_token_allowed(generated - 1):
-            return "stop"
-        if generated >= sequence.request.sampling.max_tokens:
-            return "length"
-        if len(sequence.request.prompt_token_ids) + generated >= self._max_model_len:
-            return "length"
-        return None
-
-    @staticmethod
-    def _delta(
-        sequence: Sequence, token: int, logprob: float, text: str, reason: FinishReason | None
-    ) -> GenerationDelta:
-        request = sequence.request
-        logprobs: tuple[TokenLogprob, ...] = ()
-        if request.sampling.logprobs:
-            logprobs = (TokenLogprob(token, sequence.detokenizer.token_text(token), logprob),)
-        usage = Usage(len(request.prompt_token_ids), len(sequence.generated)) if reason else None
-        return GenerationDelta(
-            text=text,
-            token_ids=(token,),
-            logprobs=logprobs,
-            finish_reason=reason,
-            usage=usage,
-            token_logprob_sum=logprob,
-            prompt_logprob=sequence.prompt_logprob if reason else None,
-        )
-
-    def _fail_all(self, exc: BaseException) -> None:
-        with self._wake:
-            waiting, self._waiting = list(self._waiting), deque()
-        batches, self._batches = self._batches, {}
-        self._running = 0
-        for sequence in [*waiting, *(s for _, rows in batches.values() for s in rows if s is not None)]:
-            sequence.emit(exc)
+    def _count(self) -> None:
+        self.running_count = sum(len(group) for group in self._running.values())

@@ -2,10 +2,10 @@
 
 peft's mixed-adapter batches (`adapter_names`) loop over the adapters present in the batch in
 every LoRA layer: a sub-batch gather and two small matmuls per adapter, so a step with 32
-adapters costs 32 times the per-layer overhead of a step with one (measured: 0.29x the tokens/s
-of one adapter at 32). Here, as in vLLM's punica kernels, every loaded adapter has a slot in one
-table per linear layer (A as [slots, in, rank], B as [slots, rank, out] with the LoRA scaling
-folded in; slot 0 holds zeros, for base-model rows), and a forward hook on each layer adds
+adapters costs 32 times the per-layer overhead of a step with one. Here, as in vLLM's punica
+kernels, every loaded adapter has a slot in one table per linear layer (A as [slots, in, rank],
+B as [slots, rank, out] with the LoRA scaling folded in; slot 0 holds zeros, for base-model
+rows), and a forward hook on each layer adds
 
 - for a few distinct adapters in the batch: ((x @ A_cat) * row_mask) @ B_cat, where A_cat and
   B_cat hold just those adapters side by side and `row_mask` keeps each row's own block;
@@ -34,7 +34,7 @@ BASE = "__base__"
 
 _MASKED_UP_TO = 4
 """Up to this many adapters in a batch, every row multiplies by all their A's side by side and
-keeps its own block (each adapter adds ~2% to a step); past it, each row gathers its own weights."""
+keeps its own block (each adapter adds a little to every step); past it, each row gathers its own weights."""
 
 _Delta = Callable[[torch.Tensor, torch.Tensor], object]
 """Adds a layer's LoRA delta for input x ([rows, seq, in]) to its output ([rows, seq, out]), in place."""

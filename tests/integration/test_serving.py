@@ -29,6 +29,7 @@ from loraplane.storage import FileStore
 from serving_svc.server import ServingServer, create_server
 from serving_svc.settings import ServingSettings
 from tests.support.adapters import RANK, make_adapter, publish_adapter
+from tests.support.greedy import greedy_reference, reference_model
 
 pytestmark = pytest.mark.integration
 
@@ -41,24 +42,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 def _reference_greedy(base_dir: Path, adapter_dir: Path | None, prompt_ids: list[int]) -> list[int]:
     """Greedy continuation by transformers (+ peft when an adapter is given)."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model: Any = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    if adapter_dir is not None:
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    model.eval()
-    input_ids = torch.tensor([prompt_ids])
-    with torch.no_grad():
-        output = model.generate(
-            input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            max_new_tokens=NEW_TOKENS,
-            do_sample=False,
-            pad_token_id=model.config.pad_token_id,
-        )
-    return output[0, len(prompt_ids) :].tolist()
+    return greedy_reference(reference_model(base_dir, adapter_dir), prompt_ids, NEW_TOKENS)
 
 
 @dataclass

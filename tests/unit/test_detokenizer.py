@@ -1,10 +1,12 @@
-"""IncrementalDetokenizer over a fake byte-level decoder: streamed text never changes, stop strings end it."""
+"""IncrementalDetokenizer over a fake byte-level decoder and real tokenizers: streamed text never changes,
+joins to the one-shot decode, stop strings end it, and each token decodes a window of bounded size."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from serving_svc.engines.detokenizer import IncrementalDetokenizer
 
@@ -163,3 +165,111 @@ def test_a_stop_string_before_min_tokens_does_not_end_the_text() -> None:
     deltas = [detokenizer.add(i, final=False, stop_allowed=i >= 2) for i in range(4)]
     assert detokenizer.stopped
     assert "".join(deltas) == "abSTOPcd"
+
+
+class CountingFakeDecoder(FakeByteDecoder):
+    """A byte-level fake that records how many token ids each decode call was given."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        super().__init__(pieces)
+        self.ids_per_call: list[int] = []
+
+    def decode(self, token_ids: list[int], skip_special_tokens: bool = False) -> str:
+        self.ids_per_call.append(len(token_ids))
+        return super().decode(token_ids, skip_special_tokens)
+
+
+def _split_characters(text: str, rng: random.Random) -> list[bytes]:
+    """Tokens of `text` as a byte-level tokenizer makes them: a character's bytes split over up to four
+    tokens, the last of which may carry the next word with it."""
+    pieces: list[bytes] = []
+    for character in text:
+        encoded = character.encode()
+        if pieces and len(encoded) == 1 and len(pieces[-1]) < 4 and rng.random() < 0.5:
+            pieces[-1] += encoded  # "\xb6ln": the end of one character, and whole ones after it
+            continue
+        cuts = sorted(rng.sample(range(1, len(encoded)), k=rng.randint(0, len(encoded) - 1)))
+        pieces.extend(encoded[i:j] for i, j in zip([0, *cuts], [*cuts, len(encoded)], strict=True))
+    return pieces
+
+
+def test_each_token_decodes_a_window_of_bounded_size_however_long_the_answer() -> None:
+    rng = random.Random(7)
+    text = "".join(rng.choice(["a", " word", "é", "€", "😀", "東", "\n"]) for _ in range(3000))
+    pieces = _split_characters(text, rng)
+    decoder = CountingFakeDecoder(pieces)
+    detokenizer = IncrementalDetokenizer(decoder, ("STOP",))
+    sent = "".join(detokenizer.add(i, final=i == len(pieces) - 1) for i in range(len(pieces)))
+    assert sent == text
+    # The tokens since text last ended on a whole character, twice over at most: a character has
+    # at most 4 bytes, so the window never holds more than 8 tokens.
+    assert max(decoder.ids_per_call) <= 8
+    assert len(decoder.ids_per_call) <= 2 * len(pieces)
+
+
+_CORPUS = ["The quick brown fox jumps over the lazy dog.", "A language model predicts the next token.", "Hello, world!"]
+_UNICODE = "Grüße aus Köln: 3 € für 🍎🍐, naïve café — 東京 ist weit.\n\tTabs  and  spaces; "
+
+
+def _byte_level_bpe() -> Tokenizer:
+    """GPT-2 style: trained on ASCII only, so every other character is split into byte tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    return tokenizer
+
+
+def _metaspace_bpe() -> Tokenizer:
+    """SentencePiece style: a word's token carries its leading space, which decoding drops at the start
+    of a text, so a token decoded alone differs from the same token in context."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False)
+    tokenizer.train_from_iterator([*_CORPUS, _UNICODE] * 4, trainer=trainer)
+    return tokenizer
+
+
+@pytest.fixture(scope="module", params=[_byte_level_bpe, _metaspace_bpe], ids=["byte-level", "metaspace"])
+def tokenizer(request: pytest.FixtureRequest) -> Tokenizer:
+    return request.param()  # type: ignore[no-any-return]
+
+
+def _answer_ids(tokenizer: Tokenizer, repeats: int) -> list[int]:
+    """A long unicode-heavy answer with special tokens inside it and at its end."""
+    special = [tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")]
+    ids = tokenizer.encode(_UNICODE * repeats).ids
+    return [*ids[:7], special[0], *ids[7:], special[1]]
+
+
+def test_a_long_unicode_answer_streams_exactly_its_one_shot_decode(tokenizer: Tokenizer) -> None:
+    ids = _answer_ids(tokenizer, repeats=60)
+    detokenizer = IncrementalDetokenizer(tokenizer, ())
+    deltas = [detokenizer.add(token_id, final=i == len(ids) - 1) for i, token_id in enumerate(ids)]
+    assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=True)
+    assert all(REPLACEMENT not in delta for delta in deltas)
+
+
+def test_a_stop_string_deep_in_a_long_answer_ends_the_one_shot_decode_there(tokenizer: Tokenizer) -> None:
+    ids = _answer_ids(tokenizer, repeats=40)
+    full = tokenizer.decode(ids, skip_special_tokens=True)
+    stop = "東京 ist"
+    detokenizer = IncrementalDetokenizer(tokenizer, (stop, "never there"))
+    sent = ""
+    for i, token_id in enumerate(ids):
+        if len(ids) // 2 < i:  # stop strings allowed only from the middle on, as min_tokens does
+            sent += detokenizer.add(token_id, final=i == len(ids) - 1)
+        else:
+            sent += detokenizer.add(token_id, final=False, stop_allowed=False)
+        if detokenizer.stopped:
+            break
+    middle = len(tokenizer.decode(ids[: len(ids) // 2 + 1], skip_special_tokens=True))
+    assert detokenizer.stopped
+    assert sent == full[: full.index(stop, middle - len(stop) + 1)]
