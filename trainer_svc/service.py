@@ -1,10 +1,10 @@
 """The trainer's domain logic: accept, queue, run, cancel and follow jobs.
 
-The servicer translates protobuf to calls here; the intake reads and checks a job's datasets; the
-executor runs workers; the job store keeps every change durable. A job is never lost: jobs that
-were queued or running when the trainer stopped are queued again when it starts. A job belongs to
-the caller that created it: another caller gets NOT_FOUND for it, as for a job that does not
-exist, unless it is an admin."""
+The servicer translates protobuf to calls here; admission decides whether a job is taken; the
+intake reads and checks its datasets; the executor runs workers; the job store keeps every change
+durable. A job is never lost: jobs that were queued or running when the trainer stopped are
+queued again when it starts. A job belongs to the caller that created it: another caller gets
+NOT_FOUND for it, as for a job that does not exist, unless it is an admin."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from loraplane.auth import Caller
-from loraplane.errors import ErrorCode, FailedPrecondition, InvalidArgument, LoraplaneError, NotFound, ResourceExhausted
-from loraplane.names import validate_adapter_name
+from loraplane.errors import ErrorCode, FailedPrecondition, InvalidArgument, LoraplaneError, NotFound
 from loraplane.training import JobState
 from trainer_svc import intake
-from trainer_svc.executors import Executor
+from trainer_svc.admission import JobAdmission
+from trainer_svc.executors import Executor, RunOutcome
 from trainer_svc.intake import DatasetIntake, ExampleFiles
 from trainer_svc.job_store import JobStore
 from trainer_svc.jobs import Job, JobError, JobEvent, JobProgress, utcnow
@@ -52,6 +52,13 @@ class JobService:
         self.executor = executor
         self.datasets = datasets
         self.metrics = metrics
+        self._admission = JobAdmission(
+            store,
+            executor.capabilities,
+            base_model_path=settings.base_model_path,
+            default_base_model=settings.base_model_name,
+            max_unfinished_per_caller=settings.trainer_max_unfinished_jobs_per_caller,
+        )
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._runners: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
@@ -103,7 +110,7 @@ class JobService:
     async def create(self, spec: JobSpec, request_id: str, caller: Caller) -> Job:
         """Validate `spec` and its data, store the job and queue it. Nothing is stored on bad input."""
         try:
-            spec = await self._admit(spec, caller)
+            spec = await self._admission.admit(spec, caller)
             data = await asyncio.to_thread(self.datasets.read, spec)
         except LoraplaneError as exc:
             self.metrics.rejected_jobs.labels(exc.error_code).inc()
@@ -134,32 +141,6 @@ class JobService:
             await self._enter(job, JobState.QUEUED, message)
         self._queue.put_nowait(job.id)
         return job
-
-    async def _admit(self, spec: JobSpec, caller: Caller) -> JobSpec:
-        """`spec` with its base model named, if this trainer takes it from `caller`; its data is checked next."""
-        validate_adapter_name(spec.adapter_name, field="spec.adapter_name")
-        await self._check_caller_room(caller)
-        self.executor.capabilities.check(spec.resources)
-        base_model_path = self.settings.base_model_path(spec.base_model)
-        spec = spec.model_copy(update={"base_model": spec.base_model or self.settings.base_model_name})
-        if not (base_model_path / "config.json").is_file():
-            raise FailedPrecondition(
-                f"base model {spec.base_model!r} is not prepared at {base_model_path}; run "
-                "`loraplane prepare-model` on the trainer host"
-            )
-        return spec
-
-    async def _check_caller_room(self, caller: Caller) -> None:
-        """Refuse a token that has its limit of unfinished jobs (the anonymous caller of auth off has none)."""
-        if not caller.name:
-            return
-        limit = self.settings.trainer_max_unfinished_jobs_per_caller
-        unfinished = await asyncio.to_thread(self.store.count_unfinished, caller.name)
-        if unfinished >= limit:
-            raise ResourceExhausted(
-                f"caller {caller.name!r} has {unfinished} jobs queued or running, its limit "
-                "(LORAPLANE_TRAINER_MAX_UNFINISHED_JOBS_PER_CALLER); wait for one to end"
-            )
 
     async def _load(self, job_id: str) -> Job:
         return await asyncio.to_thread(self.store.get, job_id)
@@ -255,9 +236,21 @@ class JobService:
                 return
             job.started_at = utcnow()
             await self._enter(job, JobState.RUNNING, "worker started")
+        outcome_events: list[ResultEvent | ErrorEvent] = []
+
+        async def on_event(event: WorkerEvent) -> None:
+            if isinstance(event, ResultEvent | ErrorEvent):
+                outcome_events.append(event)
+            else:
+                await self._apply_progress(job, event)
+
+        outcome = await self.executor.run(self._worker_input(job), on_event)
+        await self._conclude(job, outcome, outcome_events[-1] if outcome_events else None)
+
+    def _worker_input(self, job: Job) -> WorkerInput:
         work_dir = self._work_dir(job.id)
         examples = ExampleFiles.in_folder(work_dir, with_test=job.spec.test_data is not None)
-        worker_input = WorkerInput(
+        return WorkerInput(
             job_id=job.id,
             spec=job.spec,
             base_model_path=self.settings.base_model_path(job.spec.base_model),
@@ -268,20 +261,14 @@ class JobService:
             s3_endpoint_url=self.settings.s3_endpoint_url,
             work_dir=work_dir,
         )
-        outcome_events: list[ResultEvent | ErrorEvent] = []
 
-        async def on_event(event: WorkerEvent) -> None:
-            if isinstance(event, ResultEvent | ErrorEvent):
-                outcome_events.append(event)
-            else:
-                await self._apply_progress(job, event)
-
-        outcome = await self.executor.run(worker_input, on_event)
-        if outcome_events and isinstance(outcome_events[-1], ResultEvent):  # published: a late cancel lost
-            result = outcome_events[-1]
-            job.adapter, job.metrics = result.adapter, result.metrics
-            job.task_scores, job.checkpoints = result.task_scores, result.checkpoints
-            await self._finish(job, JobState.SUCCEEDED, f"published {result.adapter.name}@v{result.adapter.version}")
+    async def _conclude(self, job: Job, outcome: RunOutcome, last: ResultEvent | ErrorEvent | None) -> None:
+        """Record how the worker's run ended the job: its result, a cancel, a preemption (queued again) or
+        a failure, with its error event or else its log's tail."""
+        if isinstance(last, ResultEvent):  # published: a late cancel lost
+            job.adapter, job.metrics = last.adapter, last.metrics
+            job.task_scores, job.checkpoints = last.task_scores, last.checkpoints
+            await self._finish(job, JobState.SUCCEEDED, f"published {last.adapter.name}@v{last.adapter.version}")
         elif outcome.cancelled:
             await self._finish(job, JobState.CANCELLED, "cancelled while running")
         elif outcome.preempted:  # its checkpoints stay: the restarted trainer's worker goes on from them
@@ -289,12 +276,9 @@ class JobService:
             message = "the trainer is stopping; the job is queued again and resumes from its checkpoint"
             await self._enter(job, JobState.QUEUED, message)
             return
-        elif outcome_events:
-            error = outcome_events[-1]
-            assert isinstance(error, ErrorEvent)
-            await self._finish(
-                job, JobState.FAILED, error.message, JobError(code=error.code, message=error.message, field=error.field)
-            )
+        elif last is not None:
+            error = JobError(code=last.code, message=last.message, field=last.field)
+            await self._finish(job, JobState.FAILED, last.message, error)
         else:
             message = f"worker exited with code {outcome.exit_code} without a result: {outcome.log_tail[-2000:]}"
             await self._finish(job, JobState.FAILED, message, JobError(code=ErrorCode.INTERNAL, message=message))
