@@ -3,6 +3,7 @@ states it can give a job is what the job service admits."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,7 @@ def test_each_executor_states_what_it_can_give_a_job(tmp_path: Path) -> None:
     )
     kubernetes = kubernetes_config(settings)
     assert KubernetesExecutor(kubernetes).capabilities == ExecutorCapabilities(per_job_resources=True, multi_node=False)
-    with_runtime = KubernetesExecutor(
-        KubernetesConfig(**{**kubernetes.__dict__, "trainjob_runtime": "torch-distributed"})
-    )
+    with_runtime = KubernetesExecutor(dataclasses.replace(kubernetes, trainjob_runtime="torch-distributed"))
     assert with_runtime.capabilities.multi_node
 
 
