@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -243,27 +242,6 @@ def leaked(held_out: list[SourcedExample], train: list[SourcedExample]) -> list[
     """Lines of `held_out` whose example (normalised) is also in `train`: scores on them measure memory."""
     seen = {_normalised(sourced.example) for sourced in train}
     return [sourced.line for sourced in held_out if _normalised(sourced.example) in seen]
-
-
-@dataclass(frozen=True)
-class JobData:
-    """A job's examples as the service accepted them, and what cleaning them found."""
-
-    train: list[SourcedExample]
-    validation: list[SourcedExample]
-    test: list[SourcedExample]
-    duplicates_removed: int
-    leaked_examples: int
-
-    def metrics(self) -> dict[str, float]:
-        return {"duplicates_removed": float(self.duplicates_removed), "leaked_examples": float(self.leaked_examples)}
-
-    def summary(self) -> str:
-        test = f", {len(self.test)} test" if self.test else ""
-        return (
-            f"dataset valid: {len(self.train)} training, {len(self.validation)} validation{test} examples; "
-            f"{self.duplicates_removed} duplicates removed, {self.leaked_examples} held-out examples also in training"
-        )
 
 
 def fingerprint(examples: list[SourcedExample]) -> str:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from loraplane.auth import Role
 from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security
 from loraplane.proto import trainer_pb2, trainer_pb2_grpc
+from loraplane.storage import open_store
 from trainer_svc.executors import create_executor
+from trainer_svc.intake import DatasetIntake, DatasetLimits
 from trainer_svc.job_store import SqliteJobStore
 from trainer_svc.metrics import TrainerMetrics
 from trainer_svc.service import JobService
@@ -26,7 +29,7 @@ class TrainerServer(EndpointsHost):
         self.settings = settings
         self.store = SqliteJobStore(settings.trainer_db_path)
         self.metrics = TrainerMetrics(self.store)
-        self.jobs = JobService(settings, self.store, create_executor(settings), self.metrics)
+        self.jobs = JobService(settings, self.store, create_executor(settings), dataset_intake(settings), self.metrics)
         self.endpoints = ServiceEndpoints(
             settings.trainer_address,
             SERVICE_NAME,
@@ -48,6 +51,18 @@ class TrainerServer(EndpointsHost):
         the jobs are queued again for the next start."""
         await asyncio.gather(self.endpoints.close(grace), self.jobs.stop())
         self.store.close()
+
+
+def dataset_intake(settings: TrainerSettings) -> DatasetIntake:
+    """The intake of the datasets jobs send, within the settings' limits, reading from the trainer's store."""
+    limits = DatasetLimits(
+        max_bytes=settings.trainer_max_dataset_bytes,
+        max_rows=settings.trainer_max_dataset_rows,
+        store_prefixes=tuple(settings.trainer_dataset_prefixes),
+    )
+    return DatasetIntake(
+        limits, functools.partial(open_store, settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url)
+    )
 
 
 def create_server(settings: TrainerSettings) -> TrainerServer:

@@ -1,10 +1,10 @@
 """The trainer's domain logic: accept, queue, run, cancel and follow jobs.
 
-The servicer translates protobuf to calls here; the executor runs workers; the job store keeps
-every change durable. A job is never lost: jobs that were queued or running when the trainer
-stopped are queued again when it starts. A job belongs to the caller that created it: another
-caller gets NOT_FOUND for it, as for a job that does not exist, unless it is an admin.
-"""
+The servicer translates protobuf to calls here; admission decides whether a job is taken; the
+intake reads and checks its datasets; the executor runs workers; the job store keeps every change
+durable. A job is never lost: jobs that were queued or running when the trainer stopped are
+queued again when it starts. A job belongs to the caller that created it: another caller gets
+NOT_FOUND for it, as for a job that does not exist, unless it is an admin."""
 
 from __future__ import annotations
 
@@ -17,19 +17,18 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from loraplane.auth import Caller
-from loraplane.errors import ErrorCode, FailedPrecondition, InvalidArgument, LoraplaneError, NotFound, ResourceExhausted
-from loraplane.names import validate_adapter_name
-from loraplane.storage import open_store
+from loraplane.errors import ErrorCode, FailedPrecondition, InvalidArgument, LoraplaneError, NotFound
 from loraplane.training import JobState
-from trainer_svc import dataset
-from trainer_svc.dataset import JobData
-from trainer_svc.executors import Executor
+from trainer_svc import intake
+from trainer_svc.admission import JobAdmission
+from trainer_svc.executors import Executor, RunOutcome
+from trainer_svc.intake import DatasetIntake, ExampleFiles
 from trainer_svc.job_store import JobStore
 from trainer_svc.jobs import Job, JobError, JobEvent, JobProgress, utcnow
 from trainer_svc.metrics import TrainerMetrics
 from trainer_svc.progress import ErrorEvent, EvalEvent, PhaseEvent, ProgressEvent, ResultEvent, WorkerEvent
 from trainer_svc.settings import TrainerSettings
-from trainer_svc.spec import DatasetSource, JobSpec
+from trainer_svc.spec import JobSpec
 from trainer_svc.worker_input import WorkerInput
 
 log = logging.getLogger(__name__)
@@ -40,11 +39,26 @@ _RECORD_TIMEOUT_SECONDS = 10.0
 
 
 class JobService:
-    def __init__(self, settings: TrainerSettings, store: JobStore, executor: Executor, metrics: TrainerMetrics) -> None:
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        store: JobStore,
+        executor: Executor,
+        datasets: DatasetIntake,
+        metrics: TrainerMetrics,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.executor = executor
+        self.datasets = datasets
         self.metrics = metrics
+        self._admission = JobAdmission(
+            store,
+            executor.capabilities,
+            base_model_path=settings.base_model_path,
+            default_base_model=settings.base_model_name,
+            max_unfinished_per_caller=settings.trainer_max_unfinished_jobs_per_caller,
+        )
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._runners: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
@@ -60,7 +74,7 @@ class JobService:
     async def start(self) -> None:
         """Queue again what an earlier run left unfinished, then start the runners."""
         for job in await asyncio.to_thread(self.store.unfinished):
-            if job.state is JobState.VALIDATING and not self._examples_ready(job):
+            if job.state is JobState.VALIDATING and not intake.examples_ready(self._work_dir(job.id)):
                 await self._finish(
                     job,
                     JobState.FAILED,
@@ -96,28 +110,8 @@ class JobService:
     async def create(self, spec: JobSpec, request_id: str, caller: Caller) -> Job:
         """Validate `spec` and its data, store the job and queue it. Nothing is stored on bad input."""
         try:
-            validate_adapter_name(spec.adapter_name, field="spec.adapter_name")
-            await self._check_caller_room(caller)
-            if spec.resources.requested and self.settings.trainer_executor == "local":
-                raise InvalidArgument(
-                    "this trainer runs workers on its own machine, where a job cannot ask for resources; "
-                    "leave spec.resources empty, or send the job to a trainer that runs Kubernetes Jobs",
-                    field="spec.resources",
-                )
-            if spec.resources.multi_node and not self.settings.kubernetes_trainjob_runtime:
-                raise FailedPrecondition(
-                    "this trainer has no Kubeflow Trainer runtime for jobs on several nodes; ask for one node (with "
-                    "several GPUs), or set LORAPLANE_KUBERNETES_TRAINJOB_RUNTIME where the operator is installed",
-                    field="spec.resources.nodes",
-                )
-            base_model_path = self.settings.base_model_path(spec.base_model)
-            spec = spec.model_copy(update={"base_model": spec.base_model or self.settings.base_model_name})
-            if not (base_model_path / "config.json").is_file():
-                raise FailedPrecondition(
-                    f"base model {spec.base_model!r} is not prepared at {base_model_path}; run "
-                    "`loraplane prepare-model` on the trainer host"
-                )
-            data = await asyncio.to_thread(self._load_examples, spec)
+            spec = await self._admission.admit(spec, caller)
+            data = await asyncio.to_thread(self.datasets.read, spec)
         except LoraplaneError as exc:
             self.metrics.rejected_jobs.labels(exc.error_code).inc()
             raise
@@ -133,7 +127,7 @@ class JobService:
             return job
         self.metrics.job_transitions.labels("validating").inc()
         try:
-            await asyncio.to_thread(self._write_examples, job.id, data)
+            await asyncio.to_thread(intake.write_examples, self._work_dir(job.id), data)
         except OSError as exc:
             log.exception("cannot write the examples of job %s", job.id)
             message = f"the trainer could not store the dataset ({exc}); retry"
@@ -147,18 +141,6 @@ class JobService:
             await self._enter(job, JobState.QUEUED, message)
         self._queue.put_nowait(job.id)
         return job
-
-    async def _check_caller_room(self, caller: Caller) -> None:
-        """Refuse a token that has its limit of unfinished jobs (the anonymous caller of auth off has none)."""
-        if not caller.name:
-            return
-        limit = self.settings.trainer_max_unfinished_jobs_per_caller
-        unfinished = await asyncio.to_thread(self.store.count_unfinished, caller.name)
-        if unfinished >= limit:
-            raise ResourceExhausted(
-                f"caller {caller.name!r} has {unfinished} jobs queued or running, its limit "
-                "(LORAPLANE_TRAINER_MAX_UNFINISHED_JOBS_PER_CALLER); wait for one to end"
-            )
 
     async def _load(self, job_id: str) -> Job:
         return await asyncio.to_thread(self.store.get, job_id)
@@ -254,17 +236,6 @@ class JobService:
                 return
             job.started_at = utcnow()
             await self._enter(job, JobState.RUNNING, "worker started")
-        worker_input = WorkerInput(
-            job_id=job.id,
-            spec=job.spec,
-            base_model_path=self.settings.base_model_path(job.spec.base_model),
-            train_file=self._work_dir(job.id) / "train.jsonl",
-            validation_file=self._work_dir(job.id) / "validation.jsonl",
-            test_file=self._work_dir(job.id) / "test.jsonl" if job.spec.test_data else None,
-            store_uri=self.settings.store_uri,
-            s3_endpoint_url=self.settings.s3_endpoint_url,
-            work_dir=self._work_dir(job.id),
-        )
         outcome_events: list[ResultEvent | ErrorEvent] = []
 
         async def on_event(event: WorkerEvent) -> None:
@@ -273,12 +244,31 @@ class JobService:
             else:
                 await self._apply_progress(job, event)
 
-        outcome = await self.executor.run(worker_input, on_event)
-        if outcome_events and isinstance(outcome_events[-1], ResultEvent):  # published: a late cancel lost
-            result = outcome_events[-1]
-            job.adapter, job.metrics = result.adapter, result.metrics
-            job.task_scores, job.checkpoints = result.task_scores, result.checkpoints
-            await self._finish(job, JobState.SUCCEEDED, f"published {result.adapter.name}@v{result.adapter.version}")
+        outcome = await self.executor.run(self._worker_input(job), on_event)
+        await self._conclude(job, outcome, outcome_events[-1] if outcome_events else None)
+
+    def _worker_input(self, job: Job) -> WorkerInput:
+        work_dir = self._work_dir(job.id)
+        examples = ExampleFiles.in_folder(work_dir, with_test=job.spec.test_data is not None)
+        return WorkerInput(
+            job_id=job.id,
+            spec=job.spec,
+            base_model_path=self.settings.base_model_path(job.spec.base_model),
+            train_file=examples.train,
+            validation_file=examples.validation,
+            test_file=examples.test,
+            store_uri=self.settings.store_uri,
+            s3_endpoint_url=self.settings.s3_endpoint_url,
+            work_dir=work_dir,
+        )
+
+    async def _conclude(self, job: Job, outcome: RunOutcome, last: ResultEvent | ErrorEvent | None) -> None:
+        """Record how the worker's run ended the job: its result, a cancel, a preemption (queued again) or
+        a failure, with its error event or else its log's tail."""
+        if isinstance(last, ResultEvent):  # published: a late cancel lost
+            job.adapter, job.metrics = last.adapter, last.metrics
+            job.task_scores, job.checkpoints = last.task_scores, last.checkpoints
+            await self._finish(job, JobState.SUCCEEDED, f"published {last.adapter.name}@v{last.adapter.version}")
         elif outcome.cancelled:
             await self._finish(job, JobState.CANCELLED, "cancelled while running")
         elif outcome.preempted:  # its checkpoints stay: the restarted trainer's worker goes on from them
@@ -286,12 +276,9 @@ class JobService:
             message = "the trainer is stopping; the job is queued again and resumes from its checkpoint"
             await self._enter(job, JobState.QUEUED, message)
             return
-        elif outcome_events:
-            error = outcome_events[-1]
-            assert isinstance(error, ErrorEvent)
-            await self._finish(
-                job, JobState.FAILED, error.message, JobError(code=error.code, message=error.message, field=error.field)
-            )
+        elif last is not None:
+            error = JobError(code=last.code, message=last.message, field=last.field)
+            await self._finish(job, JobState.FAILED, last.message, error)
         else:
             message = f"worker exited with code {outcome.exit_code} without a result: {outcome.log_tail[-2000:]}"
             await self._finish(job, JobState.FAILED, message, JobError(code=ErrorCode.INTERNAL, message=message))
@@ -343,89 +330,3 @@ class JobService:
 
     def _work_dir(self, job_id: str) -> Path:
         return self.settings.trainer_work_dir / job_id
-
-    def _write_examples(self, job_id: str, data: JobData) -> None:
-        work_dir = self._work_dir(job_id)
-        work_dir.mkdir(parents=True, exist_ok=True)
-        dataset.write_examples(work_dir / "train.jsonl", data.train)
-        if data.test:
-            dataset.write_examples(work_dir / "test.jsonl", data.test)
-        dataset.write_examples(work_dir / "validation.jsonl", data.validation)  # last: recovery checks for it
-
-    def _examples_ready(self, job: Job) -> bool:
-        return (self._work_dir(job.id) / "validation.jsonl").is_file()
-
-    def _parse(
-        self, source: DatasetSource, field: str, *, preferences: bool
-    ) -> tuple[list[dataset.SourcedExample], int]:
-        """The source's examples without repeats, and how many repeats were removed."""
-        text = self._read_source(source, field)
-        return dataset.deduplicate(dataset.parse_jsonl(text, field=field, preferences=preferences))
-
-    def _load_examples(self, spec: JobSpec) -> JobData:
-        """The job's examples, deduplicated, with held-out examples that also appear in training counted (or
-        refused, when the spec says so)."""
-        preferences = spec.method.learns_preferences
-        train, removed = self._parse(spec.training_data, "spec.training_data", preferences=preferences)
-        if spec.validation_data is None:  # split after deduplication: no example is on both sides
-            train, validation = dataset.split_validation(train, spec.training.validation_fraction, spec.training.seed)
-        else:
-            validation, repeats = self._parse(spec.validation_data, "spec.validation_data", preferences=preferences)
-            removed += repeats
-        test: list[dataset.SourcedExample] = []
-        if spec.test_data is not None:
-            test, repeats = self._parse(spec.test_data, "spec.test_data", preferences=preferences)
-            removed += repeats
-        leaks = 0
-        for field, held_out in (("spec.validation_data", validation), ("spec.test_data", test)):
-            lines = dataset.leaked(held_out, train)
-            leaks += len(lines)
-            if lines and spec.refuse_leakage:
-                shown = ", ".join(str(line) for line in lines[:10]) + (" ..." if len(lines) > 10 else "")
-                raise InvalidArgument(
-                    f"{len(lines)} examples also appear in the training data (lines {shown}); remove them, or "
-                    "set spec.refuse_leakage to false to train anyway",
-                    field=field,
-                )
-        return JobData(train, validation, test, duplicates_removed=removed, leaked_examples=leaks)
-
-    def _check_dataset_size(self, size: int, field: str) -> None:
-        if size > self.settings.trainer_max_dataset_bytes:
-            raise InvalidArgument(
-                f"dataset is {size} bytes; the limit is {self.settings.trainer_max_dataset_bytes}: split it",
-                field=field,
-            )
-
-    def _check_dataset_prefix(self, key: str, uri: str) -> None:
-        prefixes = self.settings.trainer_dataset_prefixes
-        if not key.startswith(tuple(prefixes)):
-            raise InvalidArgument(
-                f"URI {uri!r} is outside the store's dataset folders ({', '.join(prefixes)}); upload the dataset "
-                "under one of them (LORAPLANE_TRAINER_DATASET_PREFIXES)"
-            )
-
-    def _read_source(self, source: DatasetSource, field: str) -> str:
-        if source.inline_jsonl is not None:
-            data = source.inline_jsonl.encode()
-        elif source.uri:
-            store = open_store(self.settings.store_uri, s3_endpoint_url=self.settings.s3_endpoint_url)
-            try:
-                key = store.key_for_uri(source.uri)
-                self._check_dataset_prefix(key, source.uri)
-                self._check_dataset_size(store.size(key), field)  # before reading it into memory
-                data = store.get_bytes(key)
-            except LoraplaneError as exc:
-                raise type(exc)(exc.message, field=field) from None
-        else:
-            raise InvalidArgument("give the dataset as inline_jsonl or as a uri in the trainer's store", field=field)
-        self._check_dataset_size(len(data), field)
-        rows = data.count(b"\n") + (not data.endswith(b"\n"))
-        if rows > self.settings.trainer_max_dataset_rows:
-            raise InvalidArgument(
-                f"dataset has {rows} lines; the limit is {self.settings.trainer_max_dataset_rows}: split it",
-                field=field,
-            )
-        try:
-            return data.decode()
-        except UnicodeDecodeError as exc:
-            raise InvalidArgument(f"dataset is not UTF-8 (byte {exc.start})", field=field) from None

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from trainer_svc.executors.config import LocalConfig
 from trainer_svc.executors.local import LocalExecutor
 from trainer_svc.progress import WorkerEvent
-from trainer_svc.settings import TrainerSettings
 from trainer_svc.spec import DatasetSource, JobSpec
 from trainer_svc.worker_input import WorkerInput
 
@@ -33,7 +33,7 @@ async def _ignore(event: WorkerEvent) -> None:
 
 @pytest.fixture
 def executor(tmp_path: Path) -> LocalExecutor:
-    return LocalExecutor(TrainerSettings(data_dir=tmp_path, trainer_cancel_grace_seconds=5))
+    return LocalExecutor(LocalConfig(cancel_grace_seconds=5, stop_grace_seconds=20))
 
 
 async def test_cancel_before_the_worker_starts_means_it_never_runs(executor: LocalExecutor, tmp_path: Path) -> None:

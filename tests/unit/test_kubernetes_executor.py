@@ -17,17 +17,14 @@ from loraplane.errors import ErrorCode, FailedPrecondition, StartupError
 from loraplane.storage import FileStore
 from tests.support.fake_kube import FakeKubernetes, running_fake_kubernetes
 from trainer_svc import staged_input
-from trainer_svc.executors import create_executor
-from trainer_svc.executors.kubernetes import (
-    KubernetesExecutor,
-    WorkerTemplate,
-    job_manifest,
-    job_name,
-    trainjob_manifest,
-)
+from trainer_svc.executors import create_executor, kubernetes_config
+from trainer_svc.executors.kube_manifests import WorkerTemplate, job_manifest, job_name
+from trainer_svc.executors.kubeflow import trainjob_manifest
+from trainer_svc.executors.kubernetes import KubernetesExecutor
 from trainer_svc.job_store import SqliteJobStore
 from trainer_svc.metrics import TrainerMetrics
 from trainer_svc.progress import ErrorEvent, PhaseEvent, ProgressEvent, WorkerEvent, format_event
+from trainer_svc.server import dataset_intake
 from trainer_svc.service import JobService
 from trainer_svc.settings import TrainerSettings
 from trainer_svc.spec import JobSpec, WorkerResources
@@ -73,6 +70,11 @@ def worker_input(tmp_path: Path, settings: TrainerSettings) -> WorkerInput:
     )
 
 
+def _pinned_template(settings: TrainerSettings) -> WorkerTemplate:
+    """The worker template of a trainer whose settings name the worker image."""
+    return WorkerTemplate.from_image(kubernetes_config(settings).worker)
+
+
 def _store(settings: TrainerSettings) -> FileStore:
     return FileStore.from_uri(settings.store_uri)
 
@@ -90,7 +92,7 @@ async def _started(
     fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
 ) -> tuple[KubernetesExecutor, asyncio.Task[tuple[Any, list[WorkerEvent]]], str]:
     """An executor running `worker_input`, and the name of its pod, started."""
-    executor = KubernetesExecutor(settings)
+    executor = KubernetesExecutor(kubernetes_config(settings))
     running = asyncio.create_task(_run(executor, worker_input))
     pod = await asyncio.to_thread(fake.pod_of, NAME)
     fake.start(pod)
@@ -180,11 +182,11 @@ async def test_a_restarted_trainer_follows_the_job_still_running_instead_of_star
 ) -> None:
     # An earlier trainer created the Job and staged its input, then died; the pod runs on.
     staged_input.stage(_store(settings), worker_input, Path("/var/lib/loraplane/job"))
-    pod = fake.add_job(job_manifest(settings, worker_input, WorkerTemplate.from_settings(settings)).to_dict())
+    pod = fake.add_job(job_manifest(kubernetes_config(settings), worker_input, _pinned_template(settings)).to_dict())
     fake.start(pod)
     fake.write(pod, format_event(PhaseEvent(phase="training", message="resuming")).strip())
 
-    executor = KubernetesExecutor(settings)  # the new trainer's
+    executor = KubernetesExecutor(kubernetes_config(settings))  # the new trainer's
     running = asyncio.create_task(_run(executor, worker_input))
     await asyncio.to_thread(fake.wait_until_read, pod)
     fake.exit(pod, 0)
@@ -239,7 +241,9 @@ async def test_without_an_image_setting_workers_run_the_trainers_own_image_and_c
 
     monkeypatch.setenv("HOSTNAME", "not-in-a-pod")
     with pytest.raises(FailedPrecondition, match="LORAPLANE_KUBERNETES_WORKER_IMAGE"):
-        await KubernetesExecutor(own_image).run(worker_input.model_copy(update={"job_id": "job-other"}), _ignore)
+        await KubernetesExecutor(kubernetes_config(own_image)).run(
+            worker_input.model_copy(update={"job_id": "job-other"}), _ignore
+        )
     assert list(_store(settings).list_keys("jobs/")) == []  # a run that could not start leaves nothing staged
 
 
@@ -250,7 +254,7 @@ async def _ignore(event: WorkerEvent) -> None:
 async def test_a_pod_that_can_never_start_fails_the_run_with_the_reason_and_its_job_is_deleted(
     fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
 ) -> None:
-    executor = KubernetesExecutor(settings)
+    executor = KubernetesExecutor(kubernetes_config(settings))
     running = asyncio.create_task(_run(executor, worker_input))
     pod = await asyncio.to_thread(fake.pod_of, NAME)
     fake.cannot_start(pod, "ImagePullBackOff")
@@ -279,7 +283,7 @@ async def test_a_log_stream_cut_while_the_worker_runs_is_opened_again_without_re
 async def test_a_cancel_before_the_job_exists_starts_nothing(
     fake: FakeKubernetes, settings: TrainerSettings, worker_input: WorkerInput
 ) -> None:
-    executor = KubernetesExecutor(settings)
+    executor = KubernetesExecutor(kubernetes_config(settings))
     await executor.cancel(JOB_ID)  # as the service does when a cancel beats the runner to it
     outcome, events = await asyncio.wait_for(_run(executor, worker_input), 20)
     assert outcome.cancelled and events == []
@@ -293,7 +297,7 @@ async def test_a_run_that_breaks_deletes_its_job_so_nothing_runs_on_unfollowed(
     async def broken(event: WorkerEvent) -> None:
         raise RuntimeError("the job store is gone")
 
-    executor = KubernetesExecutor(settings)
+    executor = KubernetesExecutor(kubernetes_config(settings))
     running = asyncio.create_task(executor.run(worker_input, broken))
     pod = await asyncio.to_thread(fake.pod_of, NAME)
     fake.start(pod)
@@ -309,7 +313,7 @@ def test_a_jobs_own_resources_take_the_place_of_the_trainers_defaults(
 ) -> None:
     spec = worker_input.spec.model_copy(update={"resources": WorkerResources(cpu="4", memory="16Gi", gpus=0)})
     manifest = job_manifest(
-        settings, worker_input.model_copy(update={"spec": spec}), WorkerTemplate.from_settings(settings)
+        kubernetes_config(settings), worker_input.model_copy(update={"spec": spec}), _pinned_template(settings)
     )
     [container] = manifest.to_dict()["spec"]["template"]["spec"]["containers"]
     # gpus 0 is asked for explicitly: no GPU, though the trainer's default is one.
@@ -341,7 +345,9 @@ def test_a_base_model_on_a_volume_of_the_trainers_is_mounted_read_only_and_nothi
         }
     )
     on_volume = worker_input.model_copy(update={"base_model_path": Path("/models/llama-3.1-8b")})
-    pod = job_manifest(settings, on_volume, WorkerTemplate.from_pod(trainer_pod)).to_dict()["spec"]["template"]["spec"]
+    pod = job_manifest(kubernetes_config(settings), on_volume, WorkerTemplate.from_pod(trainer_pod)).to_dict()["spec"][
+        "template"
+    ]["spec"]
     assert pod["volumes"] == [
         {"name": "work", "emptyDir": {}},
         {"name": "models", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}},
@@ -349,7 +355,9 @@ def test_a_base_model_on_a_volume_of_the_trainers_is_mounted_read_only_and_nothi
     assert pod["containers"][0]["volumeMounts"][1:] == [{"name": "models", "mountPath": "/models", "readOnly": True}]
     # A model in the image (not under any volume) mounts nothing of the trainer's.
     in_image = worker_input.model_copy(update={"base_model_path": Path("/opt/models/smollm2")})
-    pod = job_manifest(settings, in_image, WorkerTemplate.from_pod(trainer_pod)).to_dict()["spec"]["template"]["spec"]
+    pod = job_manifest(kubernetes_config(settings), in_image, WorkerTemplate.from_pod(trainer_pod)).to_dict()["spec"][
+        "template"
+    ]["spec"]
     assert [volume["name"] for volume in pod["volumes"]] == ["work"]
 
 
@@ -358,7 +366,7 @@ def test_a_job_with_several_gpus_runs_one_worker_process_per_gpu_under_torchrun(
 ) -> None:
     spec = worker_input.spec.model_copy(update={"resources": WorkerResources(gpus=4)})
     manifest = job_manifest(
-        settings, worker_input.model_copy(update={"spec": spec}), WorkerTemplate.from_settings(settings)
+        kubernetes_config(settings), worker_input.model_copy(update={"spec": spec}), _pinned_template(settings)
     )
     [container] = manifest.to_dict()["spec"]["template"]["spec"]["containers"]
     assert container["command"][:5] == ["torchrun", "--standalone", "--nproc_per_node=4", "-m", "trainer_svc.worker"]
@@ -435,10 +443,10 @@ async def test_a_restarted_trainer_follows_a_trainjob_still_running(
 ) -> None:
     settings, worker_input = multi_node
     staged_input.stage(_store(settings), worker_input, Path("/var/lib/loraplane/job"))
-    manifest = trainjob_manifest(settings, worker_input, WorkerTemplate.from_settings(settings)).to_dict()
+    manifest = trainjob_manifest(kubernetes_config(settings), worker_input, _pinned_template(settings)).to_dict()
     pod = fake.add_job({"apiVersion": "trainer.kubeflow.org/v1alpha1", "kind": "TrainJob", **manifest})
     fake.start(pod)
-    running = asyncio.create_task(_run(KubernetesExecutor(settings), worker_input))
+    running = asyncio.create_task(_run(KubernetesExecutor(kubernetes_config(settings)), worker_input))
     fake.write(pod, format_event(PhaseEvent(phase="training", message="resuming")).strip())
     await asyncio.to_thread(fake.wait_until_read, pod)
     fake.exit(pod, 0)
@@ -451,7 +459,13 @@ async def test_a_job_on_several_nodes_is_refused_where_no_training_runtime_is_co
     settings: TrainerSettings, tmp_path: Path
 ) -> None:
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
-    jobs = JobService(settings, store, KubernetesExecutor(settings), TrainerMetrics(store))
+    jobs = JobService(
+        settings,
+        store,
+        KubernetesExecutor(kubernetes_config(settings)),
+        dataset_intake(settings),
+        TrainerMetrics(store),
+    )
     spec = JobSpec(
         base_model="",
         adapter_name="wide",

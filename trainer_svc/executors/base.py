@@ -6,8 +6,8 @@ import abc
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from trainer_svc.executors.config import ExecutorCapabilities
 from trainer_svc.progress import WorkerEvent
-from trainer_svc.settings import TrainerSettings
 from trainer_svc.worker_input import WorkerInput
 
 EventHandler = Callable[[WorkerEvent], Awaitable[None]]
@@ -25,8 +25,10 @@ class RunOutcome:
 
 
 class Executor(abc.ABC):
-    def __init__(self, settings: TrainerSettings) -> None:
-        self.settings = settings
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> ExecutorCapabilities:
+        """What this executor can give a job beyond running its worker."""
 
     @abc.abstractmethod
     async def run(self, worker_input: WorkerInput, on_event: EventHandler) -> RunOutcome:

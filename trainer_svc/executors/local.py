@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 from trainer_svc.executors.base import EventHandler, Executor, RunOutcome
+from trainer_svc.executors.config import ExecutorCapabilities, LocalConfig
 from trainer_svc.progress import parse_event
-from trainer_svc.settings import TrainerSettings
 from trainer_svc.worker_input import PARENT_PID_ENV, PREEMPT_SIGNAL, WorkerInput
 
 _LOG_TAIL_LINES = 20
@@ -23,11 +23,16 @@ _MAX_EVENT_LINE_BYTES = 16 << 20
 class LocalExecutor(Executor):
     """`python -m trainer_svc.worker input.json`; stderr (library logs) goes to worker.log beside it."""
 
-    def __init__(self, settings: TrainerSettings) -> None:
-        super().__init__(settings)
+    def __init__(self, config: LocalConfig) -> None:
+        self._config = config
         self._processes: dict[str, asyncio.subprocess.Process] = {}
         self._cancelled: set[str] = set()
         self._preempted: set[str] = set()
+
+    @property
+    def capabilities(self) -> ExecutorCapabilities:
+        """Every worker runs on this machine, as the trainer's child: a job cannot ask for more."""
+        return ExecutorCapabilities(per_job_resources=False, multi_node=False)
 
     async def run(self, worker_input: WorkerInput, on_event: EventHandler) -> RunOutcome:
         job_id = worker_input.job_id
@@ -80,17 +85,17 @@ class LocalExecutor(Executor):
 
     async def preempt_all(self) -> set[str]:
         """PREEMPT_SIGNAL to every worker (each saves a checkpoint at its current step and exits), SIGKILL to
-        those still running after trainer_stop_grace_seconds."""
+        those still running after the stop grace period."""
         preempted = set(self._processes)
         self._preempted.update(preempted)
         processes = list(self._processes.values())
-        grace = self.settings.trainer_stop_grace_seconds
+        grace = self._config.stop_grace_seconds
         await asyncio.gather(*(self._stop(process, PREEMPT_SIGNAL, grace) for process in processes))
         return preempted
 
     async def _cancel(self, process: asyncio.subprocess.Process) -> None:
         """SIGTERM (the worker exits without publishing), then SIGKILL after the cancel grace period."""
-        await self._stop(process, signal.SIGTERM, self.settings.trainer_cancel_grace_seconds)
+        await self._stop(process, signal.SIGTERM, self._config.cancel_grace_seconds)
 
     @staticmethod
     async def _stop(process: asyncio.subprocess.Process, sent: signal.Signals, grace: float) -> None:

@@ -23,131 +23,112 @@ import signal
 import sys
 import traceback
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-import torch
-from peft import get_peft_model
 from transformers import PreTrainedTokenizerBase, set_seed
 
-from loraplane.artifact import DatasetInfo, PromptFormat
+from loraplane.artifact import DatasetInfo
+from loraplane.drift import Profile
 from loraplane.errors import ErrorCode, LoraplaneError
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.storage import open_store
 from trainer_svc import staged_input
-from trainer_svc.dataset import SourcedExample, fingerprint, read_examples
-from trainer_svc.progress import ErrorEvent, PhaseEvent, ResultEvent
-from trainer_svc.spec import TrainingParameters
+from trainer_svc.dataset import fingerprint
+from trainer_svc.progress import ErrorEvent, PhaseEvent, ResultEvent, TaskScore
+from trainer_svc.spec import JobSpec
 from trainer_svc.worker.evaluate import evaluate, token_statistics
 from trainer_svc.worker.events import Emit, claim_stdout
 from trainer_svc.worker.generation import generation_batch_size
 from trainer_svc.worker.knowledge_probe import FACTS_LOST_WARNING, knowledge_probe
 from trainer_svc.worker.model import adapter_config, load_base_model, load_tokenizer
-from trainer_svc.worker.preference import preference_scores, rejected_answers, train_preferences
+from trainer_svc.worker.preference import preference_scores, train_preferences
 from trainer_svc.worker.publish import publish
-from trainer_svc.worker.replay import replay_count, replay_examples
 from trainer_svc.worker.resume import checkpoint_step, resume_point
 from trainer_svc.worker.task_metrics import task_scores
-from trainer_svc.worker.tokenization import TokenizedExample, resolve_prompt_format, tokenize_examples
 from trainer_svc.worker.train import train
+from trainer_svc.worker.training_run import ModelToTrain, Train, TrainedAdapter, TrainingRun, TrainingSets
+from trainer_svc.worker.training_sets import load_training_sets
 from trainer_svc.worker_input import PARENT_PID_ENV, PREEMPT_SIGNAL, WorkerInput
 
 
 def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> None:
     """The job's phases in order; any failure raises. In a distributed run (torchrun) every process
     trains its share of each batch; only the first (`main_process`) evaluates and publishes."""
-    spec = worker_input.spec
-    set_seed(spec.training.seed)  # before the adapter exists: its initial weights are random too
+    set_seed(worker_input.spec.training.seed)  # before the adapter exists: its initial weights are random too
+    model = _load_model(worker_input, emit)
+    data = load_training_sets(worker_input, model, emit)
+    trained = _train(worker_input, model, data, emit)
+    if not main_process:
+        return
+    assessment = _evaluate(worker_input.spec, trained, model.tokenizer, data, emit)
+    _publish(worker_input, trained, assessment, data, emit)
 
+
+def _load_model(worker_input: WorkerInput, emit: Emit) -> ModelToTrain:
+    """The base model, its tokenizer, and the configuration of the adapter the job gives it."""
+    spec = worker_input.spec
     emit(PhaseEvent(phase="loading_model", message=f"{spec.method} on {spec.base_model}"))
     tokenizer = load_tokenizer(worker_input.base_model_path)
     base = load_base_model(worker_input.base_model_path, spec)
-    lora = adapter_config(base, spec)
+    return ModelToTrain(base=base, adapter=adapter_config(base, spec), tokenizer=tokenizer)
 
-    train_examples = read_examples(worker_input.train_file)
-    validation_examples = read_examples(worker_input.validation_file)
-    test_examples = read_examples(worker_input.test_file) if worker_input.test_file else []
-    prompt_format = resolve_prompt_format(spec.prompt_format, tokenizer)
-    emit(
-        PhaseEvent(
-            phase="tokenizing",
-            message=f"{len(train_examples)} training and {len(validation_examples)} validation examples, "
-            f"prompts in {prompt_format} format",
-        )
-    )
-    validation_field = "spec.validation_data" if spec.validation_data else "spec.training_data"
-    sets = [
-        (train_examples, "spec.training_data"),
-        (validation_examples, validation_field),
-        (test_examples, "spec.test_data"),
-    ]
 
-    def tokenized(examples: list[SourcedExample], field: str) -> list[TokenizedExample]:
-        return tokenize_examples(
-            examples, tokenizer, prompt_format=prompt_format, max_seq_length=spec.training.max_seq_length, field=field
-        )
-
-    train_set, validation_set, test_set = (tokenized(examples, field) for examples, field in sets)
-    preferences = spec.method.learns_preferences
-    replayed = [] if preferences else _replay(base, tokenizer, prompt_format, train_set, spec.training)
-    # The sets above hold each pair's chosen answer; the rejected ones are checked for length before training too.
-    _, rejected_validation, rejected_test = (
-        [tokenized(rejected_answers(examples), field) for examples, field in sets] if preferences else [[], [], []]
-    )
-
+def _train(worker_input: WorkerInput, model: ModelToTrain, data: TrainingSets, emit: Emit) -> TrainedAdapter:
+    """Train by the job's method, from its last checkpoint if an earlier worker saved one; a run the trainer
+    preempts exits here, its checkpoint saved."""
+    spec = worker_input.spec
     output_dir = worker_input.work_dir / "checkpoints"
     resume_from = resume_point(output_dir, base_model_fingerprint(worker_input.base_model_path))
     notes = [f"resuming from the checkpoint at step {checkpoint_step(resume_from)}"] if resume_from else []
-    if replayed:
-        notes.append(f"{len(replayed)} replay examples (the base model's answers to general questions) added")
+    if data.replayed:
+        notes.append(f"{len(data.replayed)} replay examples (the base model's answers to general questions) added")
     emit(PhaseEvent(phase="training", message="; ".join(notes)))
-    if preferences:
-        model, outcome = train_preferences(
-            base,
-            lora,
-            tokenizer,
-            train_examples,
-            validation_examples,
-            params=spec.training,
-            dpo=spec.dpo,
-            prompt_format=prompt_format,
-            validation_field=validation_field,
-            output_dir=output_dir,
-            emit=emit,
-            resume_from=resume_from,
-        )
-    else:
-        model = get_peft_model(base, lora)
-        outcome = train(
-            model, tokenizer, train_set + replayed, validation_set, spec.training, output_dir, emit, resume_from
-        )
-    if outcome.preempted_at is not None:
+    method: Train = train_preferences if spec.method.learns_preferences else train
+    trained = method(model, data, TrainingRun(spec.training, spec.dpo, output_dir, resume_from, emit))
+    if trained.outcome.preempted_at is not None:
         emit(
             PhaseEvent(
                 phase="training",
-                message=f"checkpoint saved at step {outcome.preempted_at} as the trainer stops; the job goes on from "
-                "it when the trainer starts again",
+                message=f"checkpoint saved at step {trained.outcome.preempted_at} as the trainer stops; the job "
+                "goes on from it when the trainer starts again",
             )
         )
         raise SystemExit(128 + PREEMPT_SIGNAL)
-    if not main_process:
-        return
-    metrics = {**outcome.metrics, **token_statistics(train_set), "replay_examples": float(len(replayed))}
+    return trained
 
+
+@dataclass(frozen=True)
+class Assessment:
+    """What evaluating the trained adapter found: the manifest's metrics, the task scores and the drift profile."""
+
+    metrics: dict[str, float]
+    scores: list[TaskScore]
+    profile: Profile
+
+
+def _evaluate(
+    spec: JobSpec, trained: TrainedAdapter, tokenizer: PreTrainedTokenizerBase, data: TrainingSets, emit: Emit
+) -> Assessment:
+    """Score the adapter against its base: losses, the forgetting probe, held-out preferences (DPO) and task
+    answers, and the facts it lost; the drift profile of its held-out data."""
+    model, train_set, validation, test = trained.model, data.train.tokenized, data.validation, data.test
+    metrics = {**trained.outcome.metrics, **token_statistics(train_set), "replay_examples": float(len(data.replayed))}
     emit(PhaseEvent(phase="evaluating"))
     batch_size = spec.training.batch_size
     generation_batch = generation_batch_size(batch_size)
     evaluation = evaluate(
-        model, tokenizer, train_set, validation_set, batch_size=batch_size, generation_batch_size=generation_batch
+        model, tokenizer, train_set, validation.tokenized, batch_size=batch_size, generation_batch_size=generation_batch
     )
     metrics.update(evaluation.metrics)
-    if preferences and (test_set or validation_set):  # held-out pairs: the test pairs, else the validation pairs
-        chosen, rejected = (test_set, rejected_test) if test_set else (validation_set, rejected_validation)
-        metrics.update(preference_scores(model, chosen, rejected, batch_size=batch_size))
-    scores = task_scores(model, tokenizer, test_set or validation_set, spec.task_metrics, batch_size=generation_batch)
+    held_out = test if test.tokenized else validation  # the test pairs, else the validation pairs
+    if spec.method.learns_preferences and held_out.tokenized:
+        metrics.update(preference_scores(model, held_out.tokenized, held_out.rejected, batch_size=batch_size))
+    scores = task_scores(model, tokenizer, held_out.tokenized, spec.task_metrics, batch_size=generation_batch)
     for score in scores:  # the manifest keeps them too, as plain numbers
         metrics.update({f"task_{score.metric}_base": score.base, f"task_{score.metric}_adapter": score.adapter})
-    probe = knowledge_probe(model, tokenizer, prompt_format, batch_size=generation_batch)
+    probe = knowledge_probe(model, tokenizer, data.prompt_format, batch_size=generation_batch)
     metrics.update(probe_facts_known=float(len(probe.known)), probe_facts_lost=float(len(probe.lost)))
     if len(probe.lost) >= FACTS_LOST_WARNING:
         emit(
@@ -157,38 +138,23 @@ def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> 
                 f"base model knew ({'; '.join(probe.lost)}): fewer steps or a lower learning rate forget less",
             )
         )
+    return Assessment(metrics, scores, evaluation.profile)
 
-    emit(PhaseEvent(phase="publishing", message=spec.adapter_name))
+
+def _publish(
+    worker_input: WorkerInput, trained: TrainedAdapter, assessment: Assessment, data: TrainingSets, emit: Emit
+) -> None:
+    """Publish the adapter as its name's next version and report it; SIGTERM waits until the report is out."""
+    emit(PhaseEvent(phase="publishing", message=worker_input.spec.adapter_name))
+    train, validation = data.train.sourced, data.validation.sourced
     dataset = DatasetInfo(
-        fingerprint=fingerprint(train_examples + validation_examples),
-        train_examples=len(train_examples),
-        validation_examples=len(validation_examples),
+        fingerprint=fingerprint(train + validation), train_examples=len(train), validation_examples=len(validation)
     )
-    metrics.update(train_examples=float(dataset.train_examples), validation_examples=float(dataset.validation_examples))
+    metrics = {**assessment.metrics, "train_examples": float(len(train)), "validation_examples": float(len(validation))}
     with _sigterm_deferred():
-        adapter = publish(model, evaluation.profile, metrics, dataset, prompt_format, worker_input)
-        emit(ResultEvent(adapter=adapter, metrics=metrics, task_scores=scores, checkpoints=outcome.checkpoints))
-
-
-def _replay(
-    base: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    prompt_format: PromptFormat,
-    train_set: list[TokenizedExample],
-    params: TrainingParameters,
-) -> list[TokenizedExample]:
-    """The replay examples of a supervised job (none for text examples, which have no prompts to answer)."""
-    count = replay_count(len(train_set), params.replay_fraction)
-    if not count or not all(example.prompt_length for example in train_set):
-        return []
-    return replay_examples(
-        base,
-        tokenizer,
-        prompt_format,
-        count,
-        max_seq_length=params.max_seq_length,
-        batch_size=generation_batch_size(params.batch_size),
-    )
+        adapter = publish(trained.model, assessment.profile, metrics, dataset, data.prompt_format, worker_input)
+        checkpoints = trained.outcome.checkpoints
+        emit(ResultEvent(adapter=adapter, metrics=metrics, task_scores=assessment.scores, checkpoints=checkpoints))
 
 
 @contextlib.contextmanager

@@ -10,22 +10,18 @@ early stopping (on the DPO loss of the validation pairs): it is the same Trainer
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import datasets
 import numpy as np
-from peft import LoraConfig, PeftModel
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from peft import PeftModel
 from trl import DPOConfig, DPOTrainer
 
 from loraplane.artifact import PromptFormat
 from loraplane.errors import InvalidArgument
 from trainer_svc.dataset import PreferenceExample, SourcedExample
-from trainer_svc.spec import DpoParameters, TrainingParameters
 from trainer_svc.worker.evaluate import answer_logprobs
-from trainer_svc.worker.events import Emit
 from trainer_svc.worker.tokenization import TokenizedExample
-from trainer_svc.worker.train import TrainingOutcome, callbacks, fit, training_settings
+from trainer_svc.worker.train import callbacks, fit, training_settings
+from trainer_svc.worker.training_run import ModelToTrain, TrainedAdapter, TrainingRun, TrainingSets
 
 
 def _pair(sourced: SourcedExample) -> PreferenceExample:
@@ -74,47 +70,32 @@ def trl_rows(examples: list[SourcedExample], prompt_format: PromptFormat, *, fie
     return rows
 
 
-def train_preferences(
-    base: PreTrainedModel,
-    adapter: LoraConfig,
-    tokenizer: PreTrainedTokenizerBase,
-    train_examples: list[SourcedExample],
-    validation_examples: list[SourcedExample],
-    *,
-    params: TrainingParameters,
-    dpo: DpoParameters,
-    prompt_format: PromptFormat,
-    validation_field: str,
-    output_dir: Path,
-    emit: Emit,
-    resume_from: Path | None = None,
-) -> tuple[PeftModel, TrainingOutcome]:
-    """Give `base` the fresh adapter `adapter` and train it by DPO on the pairs; return the model with its
-    trained adapter, and the outcome. `validation_field` is the spec field the validation pairs came
-    from (the training data, when they were split from it), for errors.
+def train_preferences(model: ModelToTrain, data: TrainingSets, run: TrainingRun) -> TrainedAdapter:
+    """Give the base model its fresh adapter and train it by DPO on the pairs; the model with its trained
+    adapter, and the outcome.
 
     TRL creates the adapter from its config: handed a model that already has one, it would keep a
     copy of it as the reference, which a resumed run restores wrongly. The reference is the model
     with its adapter switched off, so no second copy of the base is held.
     """
     datasets.disable_progress_bars()
-    train_rows = trl_rows(train_examples, prompt_format, field="spec.training_data")
-    validation_rows = trl_rows(validation_examples, prompt_format, field=validation_field)
+    train_rows = trl_rows(data.train.sourced, data.prompt_format, field=data.train.field)
+    validation_rows = trl_rows(data.validation.sourced, data.prompt_format, field=data.validation.field)
     settings = training_settings(
-        params, output_dir, train_examples=len(train_rows), has_validation=bool(validation_rows)
+        run.params, run.output_dir, train_examples=len(train_rows), has_validation=bool(validation_rows)
     )
-    args = DPOConfig(**settings, beta=dpo.beta, max_length=params.max_seq_length)
+    args = DPOConfig(**settings, beta=run.dpo.beta, max_length=run.params.max_seq_length)
     trainer = DPOTrainer(
-        model=base,
+        model=model.base,
         args=args,
         train_dataset=datasets.Dataset.from_list(train_rows),
         eval_dataset=datasets.Dataset.from_list(validation_rows) if validation_rows else None,
-        processing_class=tokenizer,
-        peft_config=adapter,
-        callbacks=callbacks(args, params, emit),
+        processing_class=model.tokenizer,
+        peft_config=model.adapter,
+        callbacks=callbacks(args, run.params, run.emit),
     )
-    outcome = fit(trainer, resume_from)
-    return trainer.model, outcome  # type: ignore[return-value]  # a PeftModel: TRL wrapped `base` with `adapter`
+    outcome = fit(trainer, run.resume_from)
+    return TrainedAdapter(trainer.model, outcome)  # type: ignore[arg-type]  # a PeftModel: TRL wrapped the base
 
 
 def preference_scores(

@@ -5,16 +5,15 @@ from __future__ import annotations
 import math
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import torch
-from peft import PeftModel
+from peft import get_peft_model
 from transformers import (
     EarlyStoppingCallback,
-    PreTrainedTokenizerBase,
     Trainer,
     TrainerCallback,
     TrainerControl,
@@ -27,7 +26,7 @@ from trainer_svc.spec import TrainingParameters
 from trainer_svc.worker.collate import training_collator
 from trainer_svc.worker.events import Emit
 from trainer_svc.worker.model import compute_dtype
-from trainer_svc.worker.tokenization import TokenizedExample
+from trainer_svc.worker.training_run import ModelToTrain, TrainedAdapter, TrainingOutcome, TrainingRun, TrainingSets
 from trainer_svc.worker_input import PREEMPT_SIGNAL
 
 
@@ -199,15 +198,6 @@ def checkpoints_of(log_history: list[dict[str, float]], published_step: int) -> 
     return checkpoints
 
 
-@dataclass(frozen=True)
-class TrainingOutcome:
-    metrics: dict[str, float]
-    """Steps, early stop, the published step and the generalization gaps (validation minus training loss)."""
-    checkpoints: list[Checkpoint]
-    preempted_at: int | None = None
-    """The step of the checkpoint saved when the trainer stopped this run (it was not finished)."""
-
-
 def run_outcome(
     log_history: list[dict[str, float]], *, global_step: int, max_steps: int, best_step: int | None
 ) -> TrainingOutcome:
@@ -259,25 +249,20 @@ def fit(trainer: Trainer, resume_from: Path | None) -> TrainingOutcome:
     return replace(outcome, preempted_at=preempted[0] if preempted else None)
 
 
-def train(
-    model: PeftModel,
-    tokenizer: PreTrainedTokenizerBase,
-    train_set: list[TokenizedExample],
-    validation_set: list[TokenizedExample],
-    params: TrainingParameters,
-    output_dir: Path,
-    emit: Emit,
-    resume_from: Path | None = None,
-) -> TrainingOutcome:
-    """Train the adapter in place on examples of the answer (supervised), from the start or from the
-    checkpoint `resume_from`."""
-    args = training_arguments(params, output_dir, train_examples=len(train_set), has_validation=bool(validation_set))
+def train(model: ModelToTrain, data: TrainingSets, run: TrainingRun) -> TrainedAdapter:
+    """Give the base model its fresh adapter and train it on examples of the answer (supervised), the replayed
+    answers among them, from the start or from the checkpoint `run.resume_from`."""
+    adapted = get_peft_model(model.base, model.adapter)
+    train_set, validation_set = data.train.tokenized + data.replayed, data.validation.tokenized
+    args = training_arguments(
+        run.params, run.output_dir, train_examples=len(train_set), has_validation=bool(validation_set)
+    )
     trainer = Trainer(
-        model=model,
+        model=adapted,
         args=args,
         train_dataset=[example.features() for example in train_set],
         eval_dataset=[example.features() for example in validation_set] or None,
-        data_collator=training_collator(model, tokenizer),
-        callbacks=callbacks(args, params, emit),
+        data_collator=training_collator(adapted, model.tokenizer),
+        callbacks=callbacks(args, run.params, run.emit),
     )
-    return fit(trainer, resume_from)
+    return TrainedAdapter(adapted, fit(trainer, run.resume_from))

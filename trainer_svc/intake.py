@@ -1,0 +1,167 @@
+"""A job's datasets on their way in: read from the request or the store, validated, cleaned, and written
+to the job's folder for its worker.
+
+The job service calls this before it stores a job (nothing is stored on bad data) and again to
+write the examples once the job exists. Every limit is checked before the data is held whole:
+a store object's size before it is read, the bytes and lines before they are parsed. Examples
+are deduplicated within each dataset, and a held-out example that is also a training example is
+counted (or refused, where the spec asks), since a score on it would measure memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loraplane.errors import InvalidArgument, LoraplaneError
+from loraplane.storage import ObjectStore
+from trainer_svc import dataset
+from trainer_svc.dataset import SourcedExample
+from trainer_svc.spec import DatasetSource, JobSpec
+
+
+@dataclass(frozen=True)
+class DatasetLimits:
+    """What a dataset may be, and where in the store it may come from."""
+
+    max_bytes: int
+    max_rows: int
+    store_prefixes: tuple[str, ...]
+    """Key prefixes a dataset URI may point under: adapters and the rest of the store stay out of reach."""
+
+
+@dataclass(frozen=True)
+class JobData:
+    """A job's examples as accepted, and what cleaning them found."""
+
+    train: list[SourcedExample]
+    validation: list[SourcedExample]
+    test: list[SourcedExample]
+    duplicates_removed: int
+    leaked_examples: int
+
+    def metrics(self) -> dict[str, float]:
+        return {"duplicates_removed": float(self.duplicates_removed), "leaked_examples": float(self.leaked_examples)}
+
+    def summary(self) -> str:
+        test = f", {len(self.test)} test" if self.test else ""
+        return (
+            f"dataset valid: {len(self.train)} training, {len(self.validation)} validation{test} examples; "
+            f"{self.duplicates_removed} duplicates removed, {self.leaked_examples} held-out examples also in training"
+        )
+
+
+@dataclass(frozen=True)
+class ExampleFiles:
+    """Where in a job's folder its worker finds the examples: one JSON object per line."""
+
+    train: Path
+    validation: Path
+    test: Path | None
+    """None: the job has no test data (its task metrics are computed on the validation examples)."""
+
+    @classmethod
+    def in_folder(cls, work_dir: Path, *, with_test: bool) -> ExampleFiles:
+        test = work_dir / "test.jsonl" if with_test else None
+        return cls(train=work_dir / "train.jsonl", validation=work_dir / "validation.jsonl", test=test)
+
+
+def write_examples(work_dir: Path, data: JobData) -> ExampleFiles:
+    """Write the job's examples into `work_dir`, validation last: its presence means the rest is there."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    files = ExampleFiles.in_folder(work_dir, with_test=bool(data.test))
+    dataset.write_examples(files.train, data.train)
+    if files.test is not None:
+        dataset.write_examples(files.test, data.test)
+    dataset.write_examples(files.validation, data.validation)
+    return files
+
+
+def examples_ready(work_dir: Path) -> bool:
+    """Whether `write_examples` finished in `work_dir` (a trainer that stopped while validating may not have)."""
+    return ExampleFiles.in_folder(work_dir, with_test=False).validation.is_file()
+
+
+class DatasetIntake:
+    """Reads and validates a job's datasets: inline text, or objects under the dataset prefixes of the store
+    `open_store` opens (only when a job names one, so a trainer whose jobs send their data inline needs
+    no reachable store for it)."""
+
+    def __init__(self, limits: DatasetLimits, open_store: Callable[[], ObjectStore]) -> None:
+        self._limits = limits
+        self._open_store = open_store
+
+    def read(self, spec: JobSpec) -> JobData:
+        """The job's examples, deduplicated, with held-out examples that also appear in training counted (or
+        refused, when the spec says so); InvalidArgument naming the spec field of the first mistake."""
+        preferences = spec.method.learns_preferences
+        train, removed = self._parse(spec.training_data, "spec.training_data", preferences=preferences)
+        if spec.validation_data is None:  # split after deduplication: no example is on both sides
+            train, validation = dataset.split_validation(train, spec.training.validation_fraction, spec.training.seed)
+        else:
+            validation, repeats = self._parse(spec.validation_data, "spec.validation_data", preferences=preferences)
+            removed += repeats
+        test: list[SourcedExample] = []
+        if spec.test_data is not None:
+            test, repeats = self._parse(spec.test_data, "spec.test_data", preferences=preferences)
+            removed += repeats
+        leaks = 0
+        for field, held_out in (("spec.validation_data", validation), ("spec.test_data", test)):
+            lines = dataset.leaked(held_out, train)
+            leaks += len(lines)
+            if lines and spec.refuse_leakage:
+                shown = ", ".join(str(line) for line in lines[:10]) + (" ..." if len(lines) > 10 else "")
+                raise InvalidArgument(
+                    f"{len(lines)} examples also appear in the training data (lines {shown}); remove them, or "
+                    "set spec.refuse_leakage to false to train anyway",
+                    field=field,
+                )
+        return JobData(train, validation, test, duplicates_removed=removed, leaked_examples=leaks)
+
+    def _parse(self, source: DatasetSource, field: str, *, preferences: bool) -> tuple[list[SourcedExample], int]:
+        """The source's examples without repeats, and how many repeats were removed."""
+        text = self._read(source, field)
+        return dataset.deduplicate(dataset.parse_jsonl(text, field=field, preferences=preferences))
+
+    def _read(self, source: DatasetSource, field: str) -> str:
+        if source.inline_jsonl is not None:
+            data = source.inline_jsonl.encode()
+        elif source.uri:
+            data = self._read_from_store(source.uri, field)
+        else:
+            raise InvalidArgument("give the dataset as inline_jsonl or as a uri in the trainer's store", field=field)
+        self._check_size(len(data), field)
+        rows = data.count(b"\n") + (not data.endswith(b"\n"))
+        if rows > self._limits.max_rows:
+            raise InvalidArgument(
+                f"dataset has {rows} lines; the limit is {self._limits.max_rows}: split it",
+                field=field,
+            )
+        try:
+            return data.decode()
+        except UnicodeDecodeError as exc:
+            raise InvalidArgument(f"dataset is not UTF-8 (byte {exc.start})", field=field) from None
+
+    def _read_from_store(self, uri: str, field: str) -> bytes:
+        """The object `uri` names, once it is known to lie under a dataset prefix and to be small enough."""
+        store = self._open_store()
+        try:
+            key = store.key_for_uri(uri)
+            prefixes = self._limits.store_prefixes
+            if not key.startswith(prefixes):
+                raise InvalidArgument(
+                    f"URI {uri!r} is outside the store's dataset folders ({', '.join(prefixes)}); upload the "
+                    "dataset under one of them (LORAPLANE_TRAINER_DATASET_PREFIXES)"
+                )
+            self._check_size(store.size(key), field)  # before reading it into memory
+            return store.get_bytes(key)
+        except LoraplaneError as exc:
+            raise type(exc)(exc.message, field=field) from None
+
+    def _check_size(self, size: int, field: str) -> None:
+        if size > self._limits.max_bytes:
+            raise InvalidArgument(
+                f"dataset is {size} bytes; the limit is {self._limits.max_bytes}: split it",
+                field=field,
+            )

@@ -1,0 +1,88 @@
+"""The shape every training method takes: the model to adapt, the job's data, how to run; and what it gives back.
+
+Supervised tuning (train.py) and preference tuning (preference.py) are called alike,
+`train(model, data, run) -> TrainedAdapter`, so the worker's entry point picks one by the job's
+method and calls it without knowing which arguments each reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from peft import LoraConfig, PeftModel
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from loraplane.artifact import PromptFormat
+from trainer_svc.dataset import SourcedExample
+from trainer_svc.progress import Checkpoint
+from trainer_svc.spec import DpoParameters, TrainingParameters
+from trainer_svc.worker.events import Emit
+from trainer_svc.worker.tokenization import TokenizedExample
+
+
+@dataclass(frozen=True)
+class ModelToTrain:
+    """The base model, the fresh adapter to give it, and its tokenizer."""
+
+    base: PreTrainedModel
+    adapter: LoraConfig
+    tokenizer: PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class Examples:
+    """One of a job's datasets, as read and as tokenized, with the spec field it came from (for errors)."""
+
+    sourced: list[SourcedExample]
+    tokenized: list[TokenizedExample]
+    """Each example's trained answer: a preference pair's chosen one."""
+    rejected: list[TokenizedExample]
+    """A preference pair's rejected answer; [] for a supervised job."""
+    field: str
+
+
+@dataclass(frozen=True)
+class TrainingSets:
+    """A job's data as every phase after loading it reads it."""
+
+    train: Examples
+    validation: Examples
+    test: Examples
+    replayed: list[TokenizedExample]
+    """The base model's own answers to general questions, trained beside a supervised job's examples."""
+    prompt_format: PromptFormat
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """How the run goes: the job's parameters, where its checkpoints go (and the one it resumes from), and
+    where its events go."""
+
+    params: TrainingParameters
+    dpo: DpoParameters
+    output_dir: Path
+    resume_from: Path | None
+    emit: Emit
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    metrics: dict[str, float]
+    """Steps, early stop, the published step and the generalization gaps (validation minus training loss)."""
+    checkpoints: list[Checkpoint]
+    preempted_at: int | None = None
+    """The step of the checkpoint saved when the trainer stopped this run (it was not finished)."""
+
+
+@dataclass(frozen=True)
+class TrainedAdapter:
+    """The base model with its trained adapter, and how the run went."""
+
+    model: PeftModel
+    outcome: TrainingOutcome
+
+
+Train = Callable[[ModelToTrain, TrainingSets, TrainingRun], TrainedAdapter]
+"""A training method: supervised (`train.train`) or preference tuning (`preference.train_preferences`)."""
