@@ -27,12 +27,14 @@ from bench.quality.task import Example, make_task, write_jsonl
 from bench.serving import processes
 from bench.serving.ours import free_port
 from bench.serving.workspace import prepare_model
-from loraplane.client import LoraplaneClient, sampling
+from loraplane.client import LoraplaneClient, ServiceName
 from loraplane.proto import trainer_pb2
+from loraplane.training import JobState
+from loraplane.types import Job, SamplingParameters, TrainingParameters
 from trainer_svc.worker.knowledge_probe import QUESTIONS, _names_an_answer
 
 log = logging.getLogger("bench.quality")
-GREEDY = sampling(max_tokens=32, temperature=0)
+GREEDY = SamplingParameters(max_tokens=32, temperature=0)
 
 
 def _console_script(name: str) -> str:
@@ -61,6 +63,21 @@ def _facts(answers: list[str]) -> list[bool]:
     return [_names_an_answer(a, accepted) for a, (_, accepted) in zip(answers, QUESTIONS, strict=True)]
 
 
+def _reported(job: Job) -> dict[str, Any]:
+    """What the job itself measured on the test prompts and the knowledge probe."""
+    metrics = job.metrics
+    return {
+        "task_scores": {  # keyed by the wire names, as in the results already kept
+            trainer_pb2.TaskMetric.Name(s.metric): [round(s.base, 3), round(s.adapter, 3)]
+            for s in job.proto.metrics.task_scores
+        },
+        "probe_facts_known": metrics.probe_facts_known,
+        "probe_facts_lost": metrics.probe_facts_lost,
+        "final_generalization_gap": round(metrics.final_generalization_gap, 4),
+        "best_generalization_gap": round(metrics.best_generalization_gap, 4),
+    }
+
+
 def run_ours(
     model_dir: Path, train_file: Path, test: list[Example], scratch: Path, replay_fraction: float | None
 ) -> dict[str, Any]:
@@ -84,18 +101,19 @@ def run_ours(
     ]
     try:
         with LoraplaneClient(trainer=f"127.0.0.1:{trainer_port}", serving=f"127.0.0.1:{serving_port}") as client:
-            for service in ("trainer", "serving"):
+            services: tuple[ServiceName, ...] = ("trainer", "serving")
+            for service in services:
                 if not client.wait_until_serving(service, 300):
                     raise RuntimeError(f"{service} did not start; see {scratch}")
-            training = trainer_pb2.TrainingParameters(replay_fraction=replay_fraction)
+            training = TrainingParameters(replay_fraction=replay_fraction)
             job = client.jobs.create(adapter_name="dates", training_file=train_file, training=training)
             started = time.perf_counter()
             for event in client.jobs.watch(job.id):
                 log.info("job: %s", event.message)
             elapsed = time.perf_counter() - started
             job = client.jobs.retrieve(job.id)
-            if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
-                raise RuntimeError(f"the job ended {trainer_pb2.JobState.Name(job.state)}: {job.error.message}")
+            if job.state is not JobState.SUCCEEDED:
+                raise RuntimeError(f"the job ended {job.state}: {job.error}")
             prompts = [e.prompt for e in test]
             questions = [question for question, _ in QUESTIONS]
             base_known = _facts(_ask(client, "", questions, chat=True))
@@ -113,16 +131,7 @@ def run_ours(
                 "base_exact_match_chat": _exact_match(_ask(client, "", prompts, chat=True), test),
                 "facts_known_by_base": sum(base_known),
                 "facts_lost": sum(k and not a for k, a in zip(base_known, adapter_known, strict=True)),
-                "job_reported": {
-                    "task_scores": {
-                        trainer_pb2.TaskMetric.Name(s.metric): [round(s.base, 3), round(s.adapter, 3)]
-                        for s in metrics.task_scores
-                    },
-                    "probe_facts_known": metrics.probe_facts_known,
-                    "probe_facts_lost": metrics.probe_facts_lost,
-                    "final_generalization_gap": round(metrics.final_generalization_gap, 4),
-                    "best_generalization_gap": round(metrics.best_generalization_gap, 4),
-                },
+                "job_reported": _reported(job),
             }
     finally:
         for server in servers:
