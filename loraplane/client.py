@@ -183,10 +183,10 @@ class Jobs:
             refuse_leakage=refuse_leakage,
             method=wire.METHOD.encode(method),
             prompt_format=wire.PROMPT_FORMAT.encode(prompt_format),
-            lora=convert.lora_parameters(lora) if lora else None,
-            training=convert.training_parameters(training) if training else None,
-            dpo=convert.dpo_parameters(dpo) if dpo else None,
-            resources=convert.worker_resources(resources) if resources else None,
+            lora=convert.lora_parameters(lora) if lora is not None else None,
+            training=convert.training_parameters(training) if training is not None else None,
+            dpo=convert.dpo_parameters(dpo) if dpo is not None else None,
+            resources=convert.worker_resources(resources) if resources is not None else None,
             labels=labels or {},
         )
         request = trainer_pb2.CreateJobRequest(spec=spec, request_id=request_id or uuid.uuid4().hex)
@@ -238,7 +238,7 @@ class Inference:
     ) -> serving_pb2.GenerateRequest:
         if (prompt is None) == (messages is None):
             raise ValueError("give exactly one of prompt or messages")
-        sampling = convert.sampling_parameters(params) if params else None
+        sampling = convert.sampling_parameters(params) if params is not None else None
         request = serving_pb2.GenerateRequest(adapter=adapter, sampling=sampling)
         if prompt is not None:
             request.prompt = prompt

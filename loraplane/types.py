@@ -19,7 +19,8 @@ from loraplane.serving import AdapterTier, FinishReason
 from loraplane.training import JobState, Method, PromptFormat, PromptFormatChoice, TaskMetric
 
 
-def _message() -> Any:
+def _proto_field() -> Any:
+    """The message a resource came from: left out of its repr and its equality."""
     return field(repr=False, compare=False)
 
 
@@ -204,7 +205,7 @@ class Job:
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    proto: trainer_pb2.Job = _message()
+    proto: trainer_pb2.Job = _proto_field()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -214,7 +215,7 @@ class JobEvent:
     job: Job
     """The job as it stood after this event."""
     message: str
-    proto: trainer_pb2.JobEvent = _message()
+    proto: trainer_pb2.JobEvent = _proto_field()
 
 
 # ---- serving ----
@@ -271,7 +272,7 @@ class Completion:
     """Filled when the sampling parameters ask for logprobs."""
     adapter: AdapterRef | None
     """The version that answered; None for the base model."""
-    proto: serving_pb2.GenerateResponse = _message()
+    proto: serving_pb2.GenerateResponse = _proto_field()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -285,7 +286,7 @@ class CompletionChunk:
     usage: Usage | None
     adapter: AdapterRef | None
     request_id: str
-    proto: serving_pb2.GenerateStreamResponse = _message()
+    proto: serving_pb2.GenerateStreamResponse = _proto_field()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -297,7 +298,7 @@ class ModelInfo:
     max_loaded_adapters: int
     max_lora_rank: int
     max_cpu_adapters: int
-    proto: serving_pb2.ModelInfoResponse = _message()
+    proto: serving_pb2.ModelInfoResponse = _proto_field()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -317,7 +318,7 @@ class Adapter:
     """None if no request has used it since the replica started."""
     requests: int
     pinned: bool
-    proto: serving_pb2.AdapterInfo = _message()
+    proto: serving_pb2.AdapterInfo = _proto_field()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -353,4 +354,4 @@ class AdapterStats:
     feedback_score: float | None
     feedback_score_floor: float
     requests_total: int
-    proto: serving_pb2.AdapterStats = _message()
+    proto: serving_pb2.AdapterStats = _proto_field()
