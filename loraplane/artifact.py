@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from loraplane.names import AdapterSpec, validate_adapter_name
 from loraplane.storage import ObjectStore
-from loraplane.training import Method
+from loraplane.training import Method, PromptFormat
 
 PROFILE_FILE = "profile.json"
 """The drift reference profile (loraplane.drift.Profile) of an adapter version."""
@@ -36,10 +36,6 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", PROFILE_FIL
 MANIFEST = "manifest.json"
 RESERVATION = "reservation.json"
 _MAX_VERSION_CLAIMS = 100
-
-PromptFormat = Literal["chat", "raw"]
-"""How an adapter was trained on prompt/completion examples, and so how serving sends it a plain
-prompt: as the user turn of the base model's chat template, or as it is."""
 
 
 class BaseModelInfo(BaseModel):

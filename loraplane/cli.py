@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import enum
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, cast, get_args
 
 import typer
 from rich.console import Console
@@ -24,10 +25,18 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from loraplane.auth import Role, TokenFile, add_token, revoke_token
-from loraplane.client import DEFAULT_SERVING_TARGET, DEFAULT_TRAINER_TARGET, LoraplaneClient, sampling
+from loraplane.client import DEFAULT_SERVING_TARGET, DEFAULT_TRAINER_TARGET, LoraplaneClient, ServiceName
 from loraplane.errors import InvalidArgument, LoraplaneError
-from loraplane.proto import serving_pb2, trainer_pb2
-from loraplane.training import JobState, Method
+from loraplane.training import JobState, Method, PromptFormatChoice
+from loraplane.types import (
+    AdapterStats,
+    DpoParameters,
+    Job,
+    LoraParameters,
+    SamplingParameters,
+    TrainingParameters,
+    WorkerResources,
+)
 
 app = typer.Typer(help="Fine-tune LoRA adapters and serve them, over gRPC.", no_args_is_help=True)
 token_app = typer.Typer(help="Tokens the services accept (their file holds hashes only).", no_args_is_help=True)
@@ -39,15 +48,10 @@ TrainerTarget = Annotated[str, typer.Option("--trainer", envvar="LORAPLANE_TRAIN
 ServingTarget = Annotated[str, typer.Option("--serving", envvar="LORAPLANE_SERVING_TARGET", help="Serving address.")]
 
 
-PromptFormat = enum.StrEnum(  # type: ignore[misc]
-    "PromptFormat",
-    [name.removeprefix("PROMPT_FORMAT_").lower() for name in trainer_pb2.PromptFormat.keys()[1:]],
+TrainPromptFormat = enum.StrEnum(  # type: ignore[misc]
+    "TrainPromptFormat", [value for choice in get_args(PromptFormatChoice) for value in get_args(choice)]
 )
-"""auto, chat or raw: the proto's PromptFormat values."""
-
-
-def _state_name(value: trainer_pb2.JobState.ValueType) -> str:
-    return trainer_pb2.JobState.Name(value).removeprefix("JOB_STATE_").lower()
+"""auto, chat or raw, as a typer choice: the values of the domain's PromptFormatChoice."""
 
 
 @contextmanager
@@ -63,8 +67,8 @@ def _reporting_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
-def _watch(client: LoraplaneClient, job_id: str) -> trainer_pb2.Job:
-    """Follow a job with a progress bar (step, loss, ETA) until it ends; return it as it ended."""
+def _follow(client: LoraplaneClient, job_id: str) -> Job:
+    """Follow a job with a progress bar (step, loss, ETA) until it ends; print its outcome and return it."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -75,25 +79,31 @@ def _watch(client: LoraplaneClient, job_id: str) -> trainer_pb2.Job:
     )
     job = client.jobs.retrieve(job_id)
     with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(_state_name(job.state), total=None, loss="-", eta="-")
+        task = progress.add_task(job.state.lower(), total=None, loss="-", eta="-")
         for event in client.jobs.watch(job_id):
             job = event.job
             p = job.progress
             progress.update(
                 task,
-                description=_state_name(job.state),
+                description=job.state.lower(),
                 total=p.total_steps or None,
                 completed=p.step,
                 loss=f"{p.loss:.4f}" if p.step else "-",
                 eta=f"{p.eta_seconds:.0f}s" if p.eta_seconds else "-",
             )
-            if job.state in (trainer_pb2.JOB_STATE_VALIDATING, trainer_pb2.JOB_STATE_QUEUED) or not p.step:
+            if job.state in (JobState.VALIDATING, JobState.QUEUED) or not p.step:
                 progress.console.print(f"  {event.message}")
+    _print_outcome(job)
     return job
 
 
-def _print_outcome(job: trainer_pb2.Job) -> None:
-    if job.state == trainer_pb2.JOB_STATE_SUCCEEDED:
+def _number(value: float | None, digits: int = 3) -> str:
+    """A figure the server may leave unset (too few samples, not this kind of job): "-" when it did."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _print_outcome(job: Job) -> None:
+    if job.state is JobState.SUCCEEDED and job.adapter is not None:
         m = job.metrics
         console.print(
             f"[green]succeeded[/green]: {job.adapter.name}@v{job.adapter.version} at {job.adapter.uri}\n"
@@ -104,18 +114,43 @@ def _print_outcome(job: trainer_pb2.Job) -> None:
             + (f", stopped early ({m.steps_saved} steps saved)" if m.stopped_early else "")
             + f"; general facts lost {m.probe_facts_lost} of {m.probe_facts_known}"
         )
-        if m.HasField("preference_accuracy_adapter"):
+        if m.preference_accuracy_adapter is not None:
             console.print(
-                f"  held-out pairs preferred: base {m.preference_accuracy_base:.3f} -> adapter "
-                f"{m.preference_accuracy_adapter:.3f} (margin {m.preference_margin_base:.2f} -> "
-                f"{m.preference_margin_adapter:.2f} nats)"
+                f"  held-out pairs preferred: base {_number(m.preference_accuracy_base)} -> adapter "
+                f"{m.preference_accuracy_adapter:.3f} (margin {_number(m.preference_margin_base, 2)} -> "
+                f"{_number(m.preference_margin_adapter, 2)} nats)"
             )
         for score in m.task_scores:
-            name = trainer_pb2.TaskMetric.Name(score.metric).removeprefix("TASK_METRIC_").lower()
-            console.print(f"  {name}: base {score.base:.3f} -> adapter {score.adapter:.3f} ({score.examples} prompts)")
+            console.print(
+                f"  {score.metric}: base {score.base:.3f} -> adapter {score.adapter:.3f} ({score.examples} prompts)"
+            )
     else:
-        error = f": {job.error.code} {job.error.field + ': ' if job.error.field else ''}{job.error.message}"
-        console.print(f"[red]{_state_name(job.state)}[/red]{error if job.error.code else ''}")
+        error = job.error
+        reason = f": {error.code} {error.field + ': ' if error.field else ''}{error.message}" if error else ""
+        console.print(f"[red]{job.state.lower()}[/red]{reason}")
+
+
+PromptFormatOption = Annotated[
+    TrainPromptFormat,
+    typer.Option(help="How prompt/completion examples are trained: auto = chat on a model with a chat template."),
+]
+EarlyStoppingPatience = Annotated[
+    int | None, typer.Option(help="Evaluations without improvement before stopping; 0 = off.")
+]
+EarlyStoppingMinDelta = Annotated[
+    float | None,
+    typer.Option(help="Least fall in validation loss (nats per token) that counts as an improvement; 0 = any."),
+]
+ReplayFraction = Annotated[
+    float | None,
+    typer.Option(help="Share of the training set added as the base model's answers to general questions."),
+]
+DpoBeta = Annotated[
+    float, typer.Option(help="With --method dpo: how far the adapter may move from the base; 0 = default.")
+]
+WorkerNodes = Annotated[
+    int | None, typer.Option(help="Nodes to train on; over 1 = a Kubeflow TrainJob; Kubernetes only.")
+]
 
 
 @app.command()
@@ -126,35 +161,20 @@ def train(
     validation: Annotated[Path | None, typer.Option(exists=True, dir_okay=False, help="Validation JSONL.")] = None,
     base_model: Annotated[str, typer.Option(help="Base model name; default: the trainer's.")] = "",
     method: Method = Method.LORA,
-    prompt_format: Annotated[
-        PromptFormat,
-        typer.Option(help="How prompt/completion examples are trained: auto = chat on a model with a chat template."),
-    ] = PromptFormat.auto,  # type: ignore[attr-defined]
+    prompt_format: PromptFormatOption = TrainPromptFormat.auto,  # type: ignore[attr-defined]
     rank: Annotated[int, typer.Option(help="LoRA rank; 0 = trainer default.")] = 0,
     epochs: float = 0.0,
     max_steps: int = 0,
     batch_size: int = 0,
     learning_rate: float = 0.0,
-    early_stopping_patience: Annotated[
-        int | None, typer.Option(help="Evaluations without improvement before stopping; 0 = off.")
-    ] = None,
-    early_stopping_min_delta: Annotated[
-        float | None,
-        typer.Option(help="Least fall in validation loss (nats per token) that counts as an improvement; 0 = any."),
-    ] = None,
-    replay_fraction: Annotated[
-        float | None,
-        typer.Option(help="Share of the training set added as the base model's answers to general questions."),
-    ] = None,
-    dpo_beta: Annotated[
-        float, typer.Option(help="With --method dpo: how far the adapter may move from the base; 0 = default.")
-    ] = 0.0,
+    early_stopping_patience: EarlyStoppingPatience = None,
+    early_stopping_min_delta: EarlyStoppingMinDelta = None,
+    replay_fraction: ReplayFraction = None,
+    dpo_beta: DpoBeta = 0.0,
     worker_cpu: Annotated[str, typer.Option(help='CPU the worker Job asks for ("4", "500m"); Kubernetes only.')] = "",
     worker_memory: Annotated[str, typer.Option(help='Memory the worker Job asks for ("16Gi"); Kubernetes only.')] = "",
     worker_gpus: Annotated[int | None, typer.Option(help="GPUs the worker Job asks for; Kubernetes only.")] = None,
-    worker_nodes: Annotated[
-        int | None, typer.Option(help="Nodes to train on; over 1 = a Kubeflow TrainJob; Kubernetes only.")
-    ] = None,
+    worker_nodes: WorkerNodes = None,
     watch: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
     trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
 ) -> None:
@@ -169,9 +189,9 @@ def train(
             validation_file=validation,
             base_model=base_model,
             method=method,
-            prompt_format=prompt_format.value,
-            lora=trainer_pb2.LoraParameters(rank=rank),
-            training=trainer_pb2.TrainingParameters(
+            prompt_format=cast(PromptFormatChoice, prompt_format.value),  # the choices are its values
+            lora=LoraParameters(rank=rank),
+            training=TrainingParameters(
                 epochs=epochs,
                 max_steps=max_steps,
                 batch_size=batch_size,
@@ -180,31 +200,26 @@ def train(
                 early_stopping_min_delta=early_stopping_min_delta,
                 replay_fraction=replay_fraction,
             ),
-            dpo=trainer_pb2.DpoParameters(beta=dpo_beta),
-            resources=trainer_pb2.WorkerResources(
-                cpu=worker_cpu, memory=worker_memory, gpus=worker_gpus, nodes=worker_nodes
-            ),
+            dpo=DpoParameters(beta=dpo_beta),
+            resources=WorkerResources(cpu=worker_cpu, memory=worker_memory, gpus=worker_gpus, nodes=worker_nodes),
         )
-        console.print(f"job [bold]{job.id}[/bold] {_state_name(job.state)}")
-        if watch:
-            job = _watch(client, job.id)
-            _print_outcome(job)
-            if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
-                raise typer.Exit(1)
+        console.print(f"job [bold]{job.id}[/bold] {job.state.lower()}")
+        if watch and _follow(client, job.id).state is not JobState.SUCCEEDED:
+            raise typer.Exit(1)
 
 
 @app.command("watch")
 def watch_job(job_id: str, trainer: TrainerTarget = DEFAULT_TRAINER_TARGET) -> None:
     """Follow a job until it ends."""
     with _reporting_errors(), LoraplaneClient(trainer=trainer) as client:
-        _print_outcome(_watch(client, job_id))
+        _follow(client, job_id)
 
 
 @app.command()
 def cancel(job_id: str, trainer: TrainerTarget = DEFAULT_TRAINER_TARGET) -> None:
     """Cancel a queued or running job."""
     with _reporting_errors(), LoraplaneClient(trainer=trainer) as client:
-        console.print(f"{job_id} {_state_name(client.jobs.cancel(job_id).state)}")
+        console.print(f"{job_id} {client.jobs.cancel(job_id).state.lower()}")
 
 
 @app.command()
@@ -220,17 +235,14 @@ def jobs(
         for i, job in enumerate(client.jobs.list(state=state, adapter_name=adapter)):
             if i >= limit:
                 break
-            published = f"v{job.adapter.version}" if job.adapter.version else ""
             table.add_row(
                 job.id,
                 job.spec.adapter_name,
-                _state_name(job.state),
+                job.state.lower(),
                 f"{job.progress.step}/{job.progress.total_steps}",
-                f"{job.metrics.validation_loss:.4f}"
-                if job.HasField("metrics") and job.metrics.validation_loss
-                else "-",
-                published,
-                job.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+                f"{job.metrics.validation_loss:.4f}" if job.metrics.validation_loss else "-",
+                f"v{job.adapter.version}" if job.adapter else "",
+                job.created_at.strftime("%Y-%m-%d %H:%M:%S"),
             )
     console.print(table)
 
@@ -249,14 +261,13 @@ def adapters(loaded: bool = False, serving: ServingTarget = DEFAULT_SERVING_TARG
     )
     with _reporting_errors(), LoraplaneClient(serving=serving) as client:
         for info in client.inference.list_adapters(loaded_only=loaded):
-            tier = serving_pb2.AdapterTier.Name(info.tier).removeprefix("ADAPTER_TIER_").lower()
-            used = info.last_used_at.ToDatetime().strftime("%m-%d %H:%M") if info.HasField("last_used_at") else ""
+            used = info.last_used_at.strftime("%m-%d %H:%M") if info.last_used_at else ""
             table.add_row(
                 f"{info.ref.name}@v{info.ref.version}",
                 info.method,
                 str(info.rank),
                 info.prompt_format,
-                f"{tier}, pinned" if info.pinned else tier,
+                f"{info.tier}, pinned" if info.pinned else info.tier,
                 str(info.requests),
                 used,
             )
@@ -297,7 +308,7 @@ def generate(
     serving: ServingTarget = DEFAULT_SERVING_TARGET,
 ) -> None:
     """Generate an answer, with an adapter or the base model."""
-    params = sampling(max_tokens=max_tokens, temperature=temperature)
+    params = SamplingParameters(max_tokens=max_tokens, temperature=temperature)
     inputs = {"prompt": prompt} if raw else {"messages": [{"role": "user", "content": prompt}]}
     with _reporting_errors(), LoraplaneClient(serving=serving) as client:
         if stream:
@@ -318,7 +329,7 @@ def compare(
 ) -> None:
     """Answer each prompt greedily with the base model and with an adapter, side by side."""
     table = Table("prompt", "base model", adapter, show_lines=True)
-    params = sampling(max_tokens=max_tokens, temperature=0.0)
+    params = SamplingParameters(max_tokens=max_tokens, temperature=0.0)
     with _reporting_errors(), LoraplaneClient(serving=serving) as client:
         for prompt in prompts:
             messages = [{"role": "user", "content": prompt}]
@@ -329,24 +340,23 @@ def compare(
     console.print(table)
 
 
-def _number(message: Any, field: str) -> str:
-    return f"{getattr(message, field):.3f}" if message.HasField(field) else "-"
-
-
-def _drift_table(stats: serving_pb2.AdapterStats) -> Table:
+def _drift_table(stats: AdapterStats) -> Table:
     table = Table("statistic", "value", "threshold", "", title=f"{stats.adapter} v{stats.version}")
     for entry in stats.statistics:
         mark = "[red]over[/red]" if entry.over_threshold else ""
-        table.add_row(entry.statistic, _number(entry, "value"), f"{entry.threshold:g}", mark)
+        table.add_row(entry.statistic, _number(entry.value), f"{entry.threshold:g}", mark)
     table.add_section()
-    table.add_row("requests (window / reference)", str(stats.live.sample_count), str(stats.reference.sample_count), "")
-    for field, label in (("output_confidence", "output confidence"), ("prompt_surprise", "prompt surprise")):
-        table.add_row(f"{label} (live / reference)", _number(stats.live, field), _number(stats.reference, field), "")
-    feedback = _number(stats, "feedback_score")
-    low = stats.HasField("feedback_score") and stats.feedback_score < stats.feedback_score_floor
+    live, reference = stats.live, stats.reference
+    table.add_row("requests (window / reference)", str(live.sample_count), str(reference.sample_count), "")
+    for label, live_value, reference_value in (
+        ("output confidence", live.output_confidence, reference.output_confidence),
+        ("prompt surprise", live.prompt_surprise, reference.prompt_surprise),
+    ):
+        table.add_row(f"{label} (live / reference)", _number(live_value), _number(reference_value), "")
+    low = stats.feedback_score is not None and stats.feedback_score < stats.feedback_score_floor
     table.add_row(
         f"feedback score ({stats.feedback_count} scores)",
-        feedback,
+        _number(stats.feedback_score),
         f"{stats.feedback_score_floor:g}",
         "[red]low[/red]" if low else "",
     )
@@ -377,6 +387,13 @@ class Service(enum.StrEnum):
     both = "both"
 
 
+_SERVICE_NAMES: dict[Service, tuple[ServiceName, ...]] = {
+    Service.trainer: ("trainer",),
+    Service.serving: ("serving",),
+    Service.both: ("trainer", "serving"),
+}
+
+
 @app.command()
 def status(
     wait: Annotated[float, typer.Option(help="Seconds to wait for the services to report SERVING.")] = 0.0,
@@ -387,9 +404,11 @@ def status(
     serving: ServingTarget = DEFAULT_SERVING_TARGET,
 ) -> None:
     """Check the services' gRPC health; exit 1 unless each one checked is SERVING."""
-    names = ("trainer", "serving") if service is Service.both else (service.value,)
+    names = _SERVICE_NAMES[service]
+    deadline = time.monotonic() + wait
     with LoraplaneClient(trainer=trainer, serving=serving) as client:
-        healthy = {name: client.wait_until_serving(name, wait) for name in names}
+        # One deadline for all: a service that is down costs the wait once, not once per service.
+        healthy = {name: client.wait_until_serving(name, max(0.0, deadline - time.monotonic())) for name in names}
     for name, ok in healthy.items():
         console.print(f"{name}: {'[green]SERVING[/green]' if ok else '[red]not serving[/red]'}")
     if not all(healthy.values()):

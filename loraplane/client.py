@@ -1,12 +1,15 @@
 """Typed Python client for both services, shaped like the OpenAI SDK's fine-tuning resources.
 
     client = LoraplaneClient()
-    job = client.jobs.create(adapter_name="acme", training_file=Path("train.jsonl"))
-    for event in client.jobs.watch(job.id): ...
+    job = client.jobs.create(adapter_name="acme", training_file=Path("train.jsonl"),
+                             training=TrainingParameters(max_steps=100))
+    for event in client.jobs.watch(job.id): print(event.job.state, event.message)
     print(client.inference.generate("Hello", adapter="acme").text)
 
-Failed calls raise the typed errors of `loraplane.errors` (NotFound, InvalidArgument, ...),
-with the offending request field in `.field`.
+Calls take and return the typed objects of `loraplane.types` (`Job`, `JobEvent`, `Completion`,
+`Adapter`, ...); each returned object keeps its protobuf message in `.proto`. Failed calls raise the
+typed errors of `loraplane.errors` (NotFound, InvalidArgument, ...), with the offending request field
+in `.field`.
 
 Like the OpenAI SDK with OPENAI_API_KEY, the client reads its token from LORAPLANE_TOKEN unless
 given one, and TLS files from LORAPLANE_CLIENT_CA_FILE, LORAPLANE_CLIENT_CERT_FILE and
@@ -16,25 +19,41 @@ LORAPLANE_CLIENT_KEY_FILE (any of them set = TLS) unless given a `ClientTls`.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from loraplane import convert, wire
 from loraplane.grpc_errors import from_rpc_error
 from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc, trainer_pb2, trainer_pb2_grpc
-from loraplane.training import JobState, Method
+from loraplane.training import JobState, Method, PromptFormatChoice
+from loraplane.types import (
+    Adapter,
+    AdapterStats,
+    Completion,
+    CompletionChunk,
+    DpoParameters,
+    Job,
+    JobEvent,
+    LoraParameters,
+    ModelInfo,
+    SamplingParameters,
+    TrainingParameters,
+    WorkerResources,
+)
 
 DEFAULT_TRAINER_TARGET = "127.0.0.1:50051"
 DEFAULT_SERVING_TARGET = "127.0.0.1:50052"
 MAX_MESSAGE_BYTES = 64 << 20
+
+ServiceName = Literal["trainer", "serving"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -136,15 +155,15 @@ class Jobs:
         test_file: Path | None = None,
         base_model: str = "",
         method: Method = Method.LORA,
-        prompt_format: str = "auto",
-        lora: trainer_pb2.LoraParameters | None = None,
-        training: trainer_pb2.TrainingParameters | None = None,
-        dpo: trainer_pb2.DpoParameters | None = None,
-        resources: trainer_pb2.WorkerResources | None = None,
+        prompt_format: PromptFormatChoice = "auto",
+        lora: LoraParameters | None = None,
+        training: TrainingParameters | None = None,
+        dpo: DpoParameters | None = None,
+        resources: WorkerResources | None = None,
         labels: dict[str, str] | None = None,
         refuse_leakage: bool = False,
         request_id: str | None = None,
-    ) -> trainer_pb2.Job:
+    ) -> Job:
         """Submit a job. A retry with the same request_id returns the first job, not a second."""
         if (training_file is None) == (training_uri is None):
             raise ValueError("give exactly one of training_file or training_uri")
@@ -162,27 +181,25 @@ class Jobs:
             ),
             test_data=trainer_pb2.Dataset(inline_jsonl=test_file.read_text()) if test_file else None,
             refuse_leakage=refuse_leakage,
-            method=trainer_pb2.Method.Value(f"METHOD_{method.name}"),
-            prompt_format=trainer_pb2.PromptFormat.Value(f"PROMPT_FORMAT_{prompt_format.upper()}"),
-            lora=lora,
-            training=training,
-            dpo=dpo,
-            resources=resources,
+            method=wire.METHOD.encode(method),
+            prompt_format=wire.PROMPT_FORMAT.encode(prompt_format),
+            lora=convert.lora_parameters(lora) if lora is not None else None,
+            training=convert.training_parameters(training) if training is not None else None,
+            dpo=convert.dpo_parameters(dpo) if dpo is not None else None,
+            resources=convert.worker_resources(resources) if resources is not None else None,
             labels=labels or {},
         )
         request = trainer_pb2.CreateJobRequest(spec=spec, request_id=request_id or uuid.uuid4().hex)
-        return self._stub.CreateJob(request)
+        return convert.job(self._stub.CreateJob(request))
 
     @_typed_errors
-    def retrieve(self, job_id: str) -> trainer_pb2.Job:
-        return self._stub.GetJob(trainer_pb2.GetJobRequest(job_id=job_id))
+    def retrieve(self, job_id: str) -> Job:
+        return convert.job(self._stub.GetJob(trainer_pb2.GetJobRequest(job_id=job_id)))
 
     @_stream_typed_errors
-    def list(
-        self, *, state: JobState | None = None, adapter_name: str = "", page_size: int = 20
-    ) -> Iterator[trainer_pb2.Job]:
+    def list(self, *, state: JobState | None = None, adapter_name: str = "", page_size: int = 20) -> Iterator[Job]:
         """Every matching job (in `state`, when given), newest first, fetching pages as the iteration goes."""
-        state_value = trainer_pb2.JobState.Value(f"JOB_STATE_{state.name}" if state else "JOB_STATE_UNSPECIFIED")
+        state_value = wire.JOB_STATE.encode_optional(state)
         token = ""
         while True:
             page = self._stub.ListJobs(
@@ -190,55 +207,20 @@ class Jobs:
                     page_size=page_size, page_token=token, state=state_value, adapter_name=adapter_name
                 )
             )
-            yield from page.jobs
+            yield from (convert.job(job) for job in page.jobs)
             token = page.next_page_token
             if not token:
                 return
 
     @_typed_errors
-    def cancel(self, job_id: str) -> trainer_pb2.Job:
-        return self._stub.CancelJob(trainer_pb2.CancelJobRequest(job_id=job_id))
+    def cancel(self, job_id: str) -> Job:
+        return convert.job(self._stub.CancelJob(trainer_pb2.CancelJobRequest(job_id=job_id)))
 
     @_stream_typed_errors
-    def watch(self, job_id: str, *, after_sequence: int = 0) -> Iterator[trainer_pb2.JobEvent]:
+    def watch(self, job_id: str, *, after_sequence: int = 0) -> Iterator[JobEvent]:
         """The job's events, replayed from after_sequence, then live until it ends."""
-        yield from self._stub.WatchJob(trainer_pb2.WatchJobRequest(job_id=job_id, after_sequence=after_sequence))
-
-
-def sampling(
-    *,
-    max_tokens: int = 0,
-    temperature: float | None = None,
-    top_p: float | None = None,
-    top_k: int | None = None,
-    stop: list[str] | None = None,
-    seed: int | None = None,
-    logprobs: bool = False,
-    min_tokens: int = 0,
-    ignore_eos: bool = False,
-    json_schema: dict[str, Any] | None = None,
-    regex: str | None = None,
-    choices: list[str] | None = None,
-) -> serving_pb2.SamplingParameters:
-    """Sampling parameters; at most one of json_schema, regex and choices constrains the answer."""
-    params = serving_pb2.SamplingParameters(
-        max_tokens=max_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=top_k,
-        stop=stop or [],
-        seed=seed,
-        logprobs=logprobs,
-        min_tokens=min_tokens,
-        ignore_eos=ignore_eos,
-    )
-    if json_schema is not None:
-        params.json_schema = json.dumps(json_schema)
-    if regex is not None:
-        params.regex = regex
-    if choices is not None:
-        params.choice.CopyFrom(serving_pb2.Choices(choices=choices))  # set even when empty: refused, not ignored
-    return params
+        request = trainer_pb2.WatchJobRequest(job_id=job_id, after_sequence=after_sequence)
+        yield from (convert.job_event(event) for event in self._stub.WatchJob(request))
 
 
 class Inference:
@@ -252,11 +234,12 @@ class Inference:
         prompt: str | None,
         messages: list[dict[str, str]] | None,
         adapter: str,
-        params: serving_pb2.SamplingParameters | None,
+        params: SamplingParameters | None,
     ) -> serving_pb2.GenerateRequest:
         if (prompt is None) == (messages is None):
             raise ValueError("give exactly one of prompt or messages")
-        request = serving_pb2.GenerateRequest(adapter=adapter, sampling=params)
+        sampling = convert.sampling_parameters(params) if params is not None else None
+        request = serving_pb2.GenerateRequest(adapter=adapter, sampling=sampling)
         if prompt is not None:
             request.prompt = prompt
         else:
@@ -270,9 +253,9 @@ class Inference:
         *,
         messages: list[dict[str, str]] | None = None,
         adapter: str = "",
-        params: serving_pb2.SamplingParameters | None = None,
-    ) -> serving_pb2.GenerateResponse:
-        return self._stub.Generate(self._request(prompt, messages, adapter, params))
+        params: SamplingParameters | None = None,
+    ) -> Completion:
+        return convert.completion(self._stub.Generate(self._request(prompt, messages, adapter, params)))
 
     @_stream_typed_errors
     def stream(
@@ -281,26 +264,31 @@ class Inference:
         *,
         messages: list[dict[str, str]] | None = None,
         adapter: str = "",
-        params: serving_pb2.SamplingParameters | None = None,
-    ) -> Iterator[serving_pb2.GenerateStreamResponse]:
-        yield from self._stub.GenerateStream(self._request(prompt, messages, adapter, params))
+        params: SamplingParameters | None = None,
+    ) -> Iterator[CompletionChunk]:
+        """The answer as it is generated: the first chunk carries request_id and adapter, the last the
+        finish reason and usage."""
+        request = self._request(prompt, messages, adapter, params)
+        yield from (convert.completion_chunk(chunk) for chunk in self._stub.GenerateStream(request))
 
     @_typed_errors
     def tokenize(self, prompt: str) -> list[int]:
         return list(self._stub.Tokenize(serving_pb2.TokenizeRequest(prompt=prompt)).token_ids)
 
     @_typed_errors
-    def model_info(self) -> serving_pb2.ModelInfoResponse:
-        return self._stub.ModelInfo(serving_pb2.ModelInfoRequest())
+    def model_info(self) -> ModelInfo:
+        return convert.model_info(self._stub.ModelInfo(serving_pb2.ModelInfoRequest()))
 
     @_typed_errors
-    def list_adapters(self, *, loaded_only: bool = False) -> list[serving_pb2.AdapterInfo]:
-        return list(self._stub.ListAdapters(serving_pb2.ListAdaptersRequest(loaded_only=loaded_only)).adapters)
+    def list_adapters(self, *, loaded_only: bool = False) -> list[Adapter]:
+        reply = self._stub.ListAdapters(serving_pb2.ListAdaptersRequest(loaded_only=loaded_only))
+        return [convert.adapter(info) for info in reply.adapters]
 
     @_typed_errors
-    def load_adapter(self, adapter: str, *, pin: bool = False) -> serving_pb2.AdapterInfo:
+    def load_adapter(self, adapter: str, *, pin: bool = False) -> Adapter:
         """Load ahead of traffic; `pin` keeps it in the engine until unload_adapter."""
-        return self._stub.LoadAdapter(serving_pb2.LoadAdapterRequest(adapter=adapter, pin=pin)).adapter
+        reply = self._stub.LoadAdapter(serving_pb2.LoadAdapterRequest(adapter=adapter, pin=pin))
+        return convert.adapter(reply.adapter)
 
     @_typed_errors
     def unload_adapter(self, adapter: str) -> None:
@@ -314,9 +302,10 @@ class Inference:
         return self._stub.RecordFeedback(request).adapter
 
     @_typed_errors
-    def adapter_stats(self, adapter: str = "") -> list[serving_pb2.AdapterStats]:
+    def adapter_stats(self, adapter: str = "") -> list[AdapterStats]:
         """Drift of one adapter, or of every adapter with a window ("")."""
-        return list(self._stub.GetAdapterStats(serving_pb2.GetAdapterStatsRequest(adapter=adapter)).adapters)
+        reply = self._stub.GetAdapterStats(serving_pb2.GetAdapterStatsRequest(adapter=adapter))
+        return [convert.adapter_stats(entry) for entry in reply.adapters]
 
 
 class LoraplaneClient:
@@ -335,11 +324,14 @@ class LoraplaneClient:
     ) -> None:
         token = os.environ.get("LORAPLANE_TOKEN", "") if token is None else token
         tls = ClientTls.from_environment() if tls is None else tls
-        self._channels = {"trainer": _channel(trainer, token, tls), "serving": _channel(serving, token, tls)}
+        self._channels: dict[ServiceName, grpc.Channel] = {
+            "trainer": _channel(trainer, token, tls),
+            "serving": _channel(serving, token, tls),
+        }
         self.jobs = Jobs(self._channels["trainer"])
         self.inference = Inference(self._channels["serving"])
 
-    def wait_until_serving(self, service: str, timeout: float) -> bool:
+    def wait_until_serving(self, service: ServiceName, timeout: float) -> bool:
         """Poll the standard gRPC health check of "trainer" or "serving" until SERVING or timeout."""
         stub = health_pb2_grpc.HealthStub(self._channels[service])
         deadline = time.monotonic() + timeout

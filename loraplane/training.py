@@ -1,9 +1,10 @@
 """The vocabulary of training jobs, shared by the trainer, the published manifests, the client and
-the CLI: each defined here once (the proto enums are their wire form)."""
+the CLI: each defined here once (the proto enums are their wire form, mapped in `loraplane.wire`)."""
 
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 
 class Method(enum.StrEnum):
@@ -32,3 +33,15 @@ class JobState(enum.StrEnum):
     @property
     def terminal(self) -> bool:
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+PromptFormat = Literal["chat", "raw"]
+"""How an adapter was trained on prompt/completion examples, and so how serving sends it a plain
+prompt: as the user turn of the base model's chat template, or as it is."""
+
+PromptFormatChoice = Literal["auto"] | PromptFormat
+"""What a job asks for; auto: chat when the base model has a chat template, else raw."""
+
+TaskMetric = Literal["exact_match", "rouge_l", "bleu", "chrf"]
+"""A score of generated answers against the dataset's answers."""
+TASK_METRICS: tuple[TaskMetric, ...] = ("exact_match", "rouge_l", "bleu", "chrf")

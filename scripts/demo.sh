@@ -65,12 +65,14 @@ send_traffic() {  # every line of $1 as a chat message to the adapter, 8 at a ti
   python - "$1" <<'PY'
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from loraplane.client import LoraplaneClient, sampling
+from loraplane.client import LoraplaneClient
+from loraplane.types import SamplingParameters
 
 prompts = open(sys.argv[1]).read().splitlines()
 with LoraplaneClient() as client, ThreadPoolExecutor(8) as pool:
+    greedy = SamplingParameters(max_tokens=24, temperature=0)
     ask = lambda p: client.inference.generate(
-        messages=[{"role": "user", "content": p}], adapter="demo-city-json", params=sampling(max_tokens=24, temperature=0)
+        messages=[{"role": "user", "content": p}], adapter="demo-city-json", params=greedy
     )
     answers = list(pool.map(ask, prompts))
 print(f"{len(answers)} answers; the first: {answers[0].text!r}")

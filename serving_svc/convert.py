@@ -10,15 +10,15 @@ import math
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from loraplane import wire
 from loraplane.drift import Profile
 from loraplane.errors import InvalidArgument
 from loraplane.names import AdapterSpec, parse_adapter_spec
 from loraplane.proto import common_pb2, serving_pb2
-from serving_svc.adapters import AdapterStatus, AdapterTier, ResolvedAdapter
+from serving_svc.adapters import AdapterStatus, ResolvedAdapter
 from serving_svc.drift_monitor import AdapterDrift
 from serving_svc.engines.base import (
     ChatMessage,
-    FinishReason,
     Prompt,
     SamplingOptions,
     StructuredOutput,
@@ -28,10 +28,6 @@ from serving_svc.engines.base import (
 from serving_svc.inference import Completion, GenerationChunk, GenerationInput, ModelInfo
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
-_FINISH_REASONS: dict[FinishReason, serving_pb2.FinishReason.ValueType] = {
-    "stop": serving_pb2.FINISH_REASON_STOP,
-    "length": serving_pb2.FINISH_REASON_LENGTH,
-}
 
 
 def adapter_spec(text: str) -> AdapterSpec | None:
@@ -121,7 +117,7 @@ def generate_response(completion: Completion) -> serving_pb2.GenerateResponse:
     response = serving_pb2.GenerateResponse(
         request_id=completion.request_id,
         text=completion.text,
-        finish_reason=finish_reason(completion.finish_reason),
+        finish_reason=wire.FINISH_REASON.encode_optional(completion.finish_reason),
         logprobs=logprobs(tuple(completion.logprobs)),
     )
     if completion.usage is not None:
@@ -140,7 +136,7 @@ def stream_response(chunk: GenerationChunk, *, first: bool) -> serving_pb2.Gener
         if chunk.adapter is not None:
             message.adapter.CopyFrom(adapter_ref(chunk.adapter))
     if delta.usage is not None:
-        message.finish_reason = finish_reason(delta.finish_reason)
+        message.finish_reason = wire.FINISH_REASON.encode_optional(delta.finish_reason)
         message.usage.CopyFrom(usage(delta.usage))
     return message
 
@@ -170,14 +166,6 @@ def adapter_ref(adapter: ResolvedAdapter) -> common_pb2.AdapterRef:
     )
 
 
-_TIERS: dict[AdapterTier, serving_pb2.AdapterTier.ValueType] = {
-    "store": serving_pb2.ADAPTER_TIER_STORE,
-    "disk": serving_pb2.ADAPTER_TIER_DISK,
-    "cpu": serving_pb2.ADAPTER_TIER_CPU,
-    "engine": serving_pb2.ADAPTER_TIER_ENGINE,
-}
-
-
 def _timestamp(seconds: float) -> Timestamp:
     stamp = Timestamp()
     stamp.FromNanoseconds(int(seconds * 1e9))
@@ -196,7 +184,7 @@ def adapter_info(status: AdapterStatus) -> serving_pb2.AdapterInfo:
         created_at=created_at,
         loaded=status.tier == "engine",
         prompt_format=manifest.prompt_format,
-        tier=_TIERS[status.tier],
+        tier=wire.ADAPTER_TIER.encode(status.tier),
         size_bytes=status.size_bytes,
         requests=status.usage.requests,
         pinned=status.pinned,
@@ -204,10 +192,6 @@ def adapter_info(status: AdapterStatus) -> serving_pb2.AdapterInfo:
     if status.usage.last_used_at is not None:
         info.last_used_at.CopyFrom(_timestamp(status.usage.last_used_at))
     return info
-
-
-def finish_reason(reason: FinishReason | None) -> serving_pb2.FinishReason.ValueType:
-    return _FINISH_REASONS[reason] if reason else serving_pb2.FINISH_REASON_UNSPECIFIED
 
 
 def logprobs(entries: tuple[TokenLogprob, ...]) -> list[serving_pb2.TokenLogprob]:

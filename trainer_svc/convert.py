@@ -8,46 +8,19 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import ValidationError
 
+from loraplane import wire
 from loraplane.errors import InvalidArgument
 from loraplane.proto import common_pb2, trainer_pb2
-from loraplane.training import JobState, Method
+from loraplane.training import TASK_METRICS, JobState
 from trainer_svc.jobs import Job, JobEvent
 from trainer_svc.spec import (
-    TASK_METRICS,
     DatasetSource,
     DpoParameters,
     JobSpec,
     LoraParameters,
-    TaskMetric,
     TrainingParameters,
     WorkerResources,
 )
-
-_METHOD_ENUMS: dict[Method, trainer_pb2.Method.ValueType] = {
-    method: trainer_pb2.Method.Value(f"METHOD_{method.name}") for method in Method
-}
-_METHODS: dict[trainer_pb2.Method.ValueType, Method] = {trainer_pb2.METHOD_UNSPECIFIED: Method.LORA} | {
-    value: method for method, value in _METHOD_ENUMS.items()
-}
-_PROMPT_FORMATS = {
-    trainer_pb2.PROMPT_FORMAT_UNSPECIFIED: "auto",
-    trainer_pb2.PROMPT_FORMAT_AUTO: "auto",
-    trainer_pb2.PROMPT_FORMAT_CHAT: "chat",
-    trainer_pb2.PROMPT_FORMAT_RAW: "raw",
-}
-_PROMPT_FORMAT_ENUMS = {
-    "auto": trainer_pb2.PROMPT_FORMAT_AUTO,
-    "chat": trainer_pb2.PROMPT_FORMAT_CHAT,
-    "raw": trainer_pb2.PROMPT_FORMAT_RAW,
-}
-_TASK_METRICS: dict[trainer_pb2.TaskMetric.ValueType, TaskMetric] = {
-    trainer_pb2.TaskMetric.Value(f"TASK_METRIC_{name.upper()}"): name for name in TASK_METRICS
-}
-_TASK_METRIC_ENUMS = {name: value for value, name in _TASK_METRICS.items()}
-_STATES: dict[JobState, trainer_pb2.JobState.ValueType] = {
-    state: trainer_pb2.JobState.Value(f"JOB_STATE_{state.value}") for state in JobState
-}
-_STATES_BY_ENUM: dict[int, JobState] = {value: state for state, value in _STATES.items()}
 
 
 def _nonzero(message: object, names: tuple[str, ...]) -> dict[str, object]:
@@ -74,13 +47,12 @@ _SECTIONS = {
 
 def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
     """A validated JobSpec; InvalidArgument names the first bad field as spec.<path>."""
-    if message.method not in _METHODS:
-        raise InvalidArgument(f"unknown method {message.method}", field="spec.method")
-    if message.prompt_format not in _PROMPT_FORMATS:
-        raise InvalidArgument(f"unknown prompt format {message.prompt_format}", field="spec.prompt_format")
-    for index, metric in enumerate(message.task_metrics):
-        if metric not in _TASK_METRICS:
-            raise InvalidArgument(f"unknown task metric {metric}", field=f"spec.task_metrics[{index}]")
+    method = wire.METHOD.parse(message.method, field="spec.method")
+    prompt_format = wire.PROMPT_FORMAT.parse(message.prompt_format, field="spec.prompt_format")
+    task_metrics = [
+        wire.TASK_METRIC.parse(metric, field=f"spec.task_metrics[{index}]")
+        for index, metric in enumerate(message.task_metrics)
+    ]
     training_data = _dataset(message.training_data)
     if training_data is None:
         raise InvalidArgument("give training data as inline_jsonl or uri", field="spec.training_data")
@@ -90,15 +62,15 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
             adapter_name=message.adapter_name,
             training_data=training_data,
             validation_data=_dataset(message.validation_data),
-            method=_METHODS[message.method],
+            method=method,
             lora=LoraParameters(**_nonzero(message.lora, ("rank", "alpha", "dropout", "target_modules"))),
             training=TrainingParameters(**_training_fields(message.training)),
             dpo=DpoParameters(**_nonzero(message.dpo, ("beta",))),
             resources=_resources(message.resources),
             labels=dict(message.labels),
-            prompt_format=_PROMPT_FORMATS[message.prompt_format],  # type: ignore[arg-type]
+            prompt_format=prompt_format,
             test_data=_dataset(message.test_data),
-            task_metrics=[_TASK_METRICS[m] for m in message.task_metrics] or list(TASK_METRICS),
+            task_metrics=task_metrics or list(TASK_METRICS),
             refuse_leakage=message.refuse_leakage,
         )
     except ValidationError as exc:
@@ -144,15 +116,15 @@ def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
         training_data=dataset(spec.training_data),
         validation_data=dataset(spec.validation_data),
         test_data=dataset(spec.test_data),
-        task_metrics=[_TASK_METRIC_ENUMS[m] for m in spec.task_metrics],
+        task_metrics=[wire.TASK_METRIC.encode(m) for m in spec.task_metrics],
         refuse_leakage=spec.refuse_leakage,
-        method=_METHOD_ENUMS[spec.method],
+        method=wire.METHOD.encode(spec.method),
         lora=trainer_pb2.LoraParameters(**spec.lora.model_dump()),
         training=trainer_pb2.TrainingParameters(**spec.training.model_dump()),
         dpo=trainer_pb2.DpoParameters(**spec.dpo.model_dump()),
         resources=trainer_pb2.WorkerResources(**spec.resources.model_dump(exclude_none=True)),
         labels=spec.labels,
-        prompt_format=_PROMPT_FORMAT_ENUMS[spec.prompt_format],
+        prompt_format=wire.PROMPT_FORMAT.encode(spec.prompt_format),
     )
 
 
@@ -166,11 +138,7 @@ def _timestamp(value: datetime | None) -> Timestamp | None:
 
 def state_from_proto(value: int) -> JobState | None:
     """None for UNSPECIFIED ('any state' in filters)."""
-    if value == trainer_pb2.JOB_STATE_UNSPECIFIED:
-        return None
-    if value not in _STATES_BY_ENUM:
-        raise InvalidArgument(f"unknown job state {value}", field="state")
-    return _STATES_BY_ENUM[value]
+    return wire.JOB_STATE.parse(value, field="state") if value else None
 
 
 def job_to_proto(job: Job) -> trainer_pb2.Job:
@@ -181,7 +149,7 @@ def job_to_proto(job: Job) -> trainer_pb2.Job:
         request_id=job.request_id,
         owner=job.owner,
         spec=spec,
-        state=_STATES[job.state],
+        state=wire.JOB_STATE.encode(job.state),
         progress=trainer_pb2.JobProgress(**job.progress.model_dump()),
         metrics=_metrics_to_proto(job),
         created_at=_timestamp(job.created_at),
@@ -209,7 +177,10 @@ def _metrics_to_proto(job: Job) -> trainer_pb2.JobMetrics:
         **scalars,
         task_scores=[
             trainer_pb2.TaskScore(
-                metric=_TASK_METRIC_ENUMS[score.metric], base=score.base, adapter=score.adapter, examples=score.examples
+                metric=wire.TASK_METRIC.encode(score.metric),
+                base=score.base,
+                adapter=score.adapter,
+                examples=score.examples,
             )
             for score in job.task_scores
         ],

@@ -7,17 +7,10 @@ here once, so a proto field left at zero means the same thing everywhere.
 from __future__ import annotations
 
 import hashlib
-from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from loraplane.artifact import PromptFormat
-from loraplane.training import Method
-
-PromptFormatChoice = Literal["auto"] | PromptFormat
-"""auto: chat when the base model has a chat template, else raw."""
-TaskMetric = Literal["exact_match", "rouge_l", "bleu", "chrf"]
-TASK_METRICS: tuple[TaskMetric, ...] = ("exact_match", "rouge_l", "bleu", "chrf")
+from loraplane.training import TASK_METRICS, Method, PromptFormatChoice, TaskMetric
 
 
 class LoraParameters(BaseModel):

@@ -27,12 +27,14 @@ from bench.quality.task import Example, make_task, write_jsonl
 from bench.serving import processes
 from bench.serving.ours import free_port
 from bench.serving.workspace import prepare_model
-from loraplane.client import LoraplaneClient, sampling
+from loraplane.client import LoraplaneClient, ServiceName
 from loraplane.proto import trainer_pb2
+from loraplane.training import JobState
+from loraplane.types import Job, SamplingParameters, TrainingParameters
 from trainer_svc.worker.knowledge_probe import QUESTIONS, _names_an_answer
 
 log = logging.getLogger("bench.quality")
-GREEDY = sampling(max_tokens=32, temperature=0)
+GREEDY = SamplingParameters(max_tokens=32, temperature=0)
 
 
 def _console_script(name: str) -> str:
@@ -77,18 +79,18 @@ def _service_env(model_dir: Path, scratch: Path, trainer_port: int, serving_port
     }
 
 
-def _train(client: LoraplaneClient, train_file: Path, replay_fraction: float | None) -> tuple[trainer_pb2.Job, float]:
+def _train(client: LoraplaneClient, train_file: Path, replay_fraction: float | None) -> tuple[Job, float]:
     """Submit the job with nothing but the data, follow it to its end; the finished job and its seconds
     from submission."""
-    training = trainer_pb2.TrainingParameters(replay_fraction=replay_fraction)
+    training = TrainingParameters(replay_fraction=replay_fraction)
     job = client.jobs.create(adapter_name="dates", training_file=train_file, training=training)
     started = time.perf_counter()
     for event in client.jobs.watch(job.id):
         log.info("job: %s", event.message)
     elapsed = time.perf_counter() - started
     job = client.jobs.retrieve(job.id)
-    if job.state != trainer_pb2.JOB_STATE_SUCCEEDED:
-        raise RuntimeError(f"the job ended {trainer_pb2.JobState.Name(job.state)}: {job.error.message}")
+    if job.state is not JobState.SUCCEEDED:
+        raise RuntimeError(f"the job ended {job.state}: {job.error}")
     return job, elapsed
 
 
@@ -109,11 +111,13 @@ def _answers_scored(client: LoraplaneClient, test: list[Example]) -> dict[str, A
     }
 
 
-def _job_reported(metrics: trainer_pb2.JobMetrics) -> dict[str, Any]:
+def _job_reported(job: Job) -> dict[str, Any]:
     """What the job itself says about its adapter: task scores, probe facts, generalization gaps."""
+    metrics = job.metrics
     return {
-        "task_scores": {
-            trainer_pb2.TaskMetric.Name(s.metric): [round(s.base, 3), round(s.adapter, 3)] for s in metrics.task_scores
+        "task_scores": {  # keyed by the wire names, as in the results already kept
+            trainer_pb2.TaskMetric.Name(s.metric): [round(s.base, 3), round(s.adapter, 3)]
+            for s in job.proto.metrics.task_scores
         },
         "probe_facts_known": metrics.probe_facts_known,
         "probe_facts_lost": metrics.probe_facts_lost,
@@ -134,7 +138,8 @@ def run_ours(
     ]
     try:
         with LoraplaneClient(trainer=f"127.0.0.1:{trainer_port}", serving=f"127.0.0.1:{serving_port}") as client:
-            for service in ("trainer", "serving"):
+            services: tuple[ServiceName, ...] = ("trainer", "serving")
+            for service in services:
                 if not client.wait_until_serving(service, 300):
                     raise RuntimeError(f"{service} did not start; see {scratch}")
             job, elapsed = _train(client, train_file, replay_fraction)
@@ -146,7 +151,7 @@ def run_ours(
                 "best_step": metrics.best_step,
                 "stopped_early": metrics.stopped_early,
                 **_answers_scored(client, test),
-                "job_reported": _job_reported(metrics),
+                "job_reported": _job_reported(job),
             }
     finally:
         for server in servers:

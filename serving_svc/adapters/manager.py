@@ -17,16 +17,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from loraplane.artifact import ArtifactRepository
 from loraplane.drift import Profile
 from loraplane.names import AdapterSpec
+from loraplane.serving import AdapterTier
 from serving_svc.adapters.disk_cache import DiskCache, VerifiedCopy
 from serving_svc.adapters.resolver import AdapterResolver, ResolvedAdapter, ServableCheck
 from serving_svc.adapters.slots import AdapterSlots
 from serving_svc.engines.base import Engine
-from serving_svc.metrics import CacheTier, LoadSource, ServingMetrics
+from serving_svc.metrics import LoadSource, ServingMetrics
 
 
 @dataclass
@@ -36,11 +36,6 @@ class AdapterUsage:
     requests: int = 0
     last_used_at: float | None = None
     """Wall-clock seconds (time.time())."""
-
-
-AdapterTier = Literal["store"] | CacheTier
-"""Where a replica holds a version: only in the store, a verified copy on disk, its weights in host
-memory, or loaded in the engine."""
 
 
 @dataclass(frozen=True)

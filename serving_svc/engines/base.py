@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal, Protocol
 from jinja2 import TemplateError
 
 from loraplane.errors import FailedPrecondition, InvalidArgument
+from loraplane.serving import FinishReason
 from loraplane.training import Method
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -26,9 +27,6 @@ EngineName = Literal["vllm", "transformers"]
 """The engines; each maps to one module in serving_svc.engines."""
 EngineChoice = Literal["auto", "vllm", "transformers"]
 """What a replica can ask for: an engine, or auto (vLLM on a GPU, transformers on a CPU)."""
-
-FinishReason = Literal["stop", "length"]
-"""stop: the model ended its answer or hit a stop string; length: max_tokens or the context ran out."""
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from loraplane.cli import app
-from loraplane.client import sampling
 from loraplane.errors import FailedPrecondition, InvalidArgument
-from loraplane.proto import trainer_pb2
+from loraplane.training import JobState
+from loraplane.types import Job, LoraParameters, SamplingParameters, TrainingParameters
 from tests.support.dashboards import load_dashboards, panel_queries
 from tests.support.prometheus import Prometheus, running_prometheus
 from tests.support.rules import rule_files, with_short_durations
@@ -27,7 +27,7 @@ from tests.support.stack import QUESTIONS, Stack, memorise_jsonl, running_stack
 ADAPTER = "drift-word"
 WINDOW = 16
 MIN_SAMPLES = 8
-ANSWER_TOKENS = sampling(max_tokens=12, temperature=0.0)
+ANSWER_TOKENS = SamplingParameters(max_tokens=12, temperature=0.0)
 SHIFTED_WORDS = ["zebra", "quantum", "harbour", "violin", "glacier", "saffron", "tundra", "mosaic", "lantern", "orbit"]
 
 
@@ -39,12 +39,12 @@ class Observed:
     request_ids: list[str] = field(default_factory=list)
 
 
-def _train(stack: Stack, name: str, data: Path, rank: int) -> trainer_pb2.Job:
+def _train(stack: Stack, name: str, data: Path, rank: int) -> Job:
     return stack.client.jobs.create(
         adapter_name=name,
         training_file=data,
-        lora=trainer_pb2.LoraParameters(rank=rank),
-        training=trainer_pb2.TrainingParameters(
+        lora=LoraParameters(rank=rank),
+        training=TrainingParameters(
             max_steps=20, batch_size=4, learning_rate=1e-2, validation_fraction=0.25, eval_every_steps=10
         ),
     )
@@ -73,7 +73,7 @@ def observed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
             jobs = [_train(stack, name, data, 8) for name in (ADAPTER, "other-word", "broken-word")]
             for job in jobs:
                 list(stack.client.jobs.watch(job.id))
-                assert stack.client.jobs.retrieve(job.id).state == trainer_pb2.JOB_STATE_SUCCEEDED
+                assert stack.client.jobs.retrieve(job.id).state == JobState.SUCCEEDED
             yield Observed(stack, prometheus, started)
 
 
@@ -109,7 +109,7 @@ def test_in_distribution_traffic_stays_under_every_threshold(observed: Observed)
     assert "over" not in _drift_cli(observed)
     stats = observed.stack.client.inference.adapter_stats(ADAPTER)[0]
     assert stats.live.sample_count == WINDOW and stats.reference.sample_count == 3
-    assert stats.live.HasField("prompt_surprise") and stats.reference.HasField("prompt_surprise")
+    assert stats.live.prompt_surprise is not None and stats.reference.prompt_surprise is not None
 
 
 def test_shifted_traffic_drives_drift_over_and_the_alert_fires(observed: Observed) -> None:

@@ -10,19 +10,19 @@ from pathlib import Path
 import pytest
 
 from loraplane.artifact import ArtifactRepository
-from loraplane.client import sampling
 from loraplane.errors import FailedPrecondition, Unavailable
 from loraplane.fingerprint import base_model_fingerprint
-from loraplane.proto import serving_pb2, trainer_pb2
 from loraplane.storage import ObjectStore, open_store
+from loraplane.training import JobState
+from loraplane.types import SamplingParameters, TrainingParameters
 from tests.support.adapters import make_adapter, publish_adapter
 from tests.support.ceph import S3Endpoint
 from tests.support.stack import ANSWER, QUESTIONS, Stack, memorise_jsonl, running_stack
 
 pytestmark = pytest.mark.s3
 
-GREEDY = sampling(max_tokens=4, temperature=0.0)
-TRAINING = trainer_pb2.TrainingParameters(max_steps=20, batch_size=4, learning_rate=1e-2)
+GREEDY = SamplingParameters(max_tokens=4, temperature=0.0)
+TRAINING = TrainingParameters(max_steps=20, batch_size=4, learning_rate=1e-2)
 
 
 @pytest.fixture
@@ -50,8 +50,8 @@ def test_a_job_that_cannot_publish_fails_with_the_reason_and_leaves_no_version(
     with s3_endpoint.outage():  # down from before training to after the worker has given up
         job = stack.client.jobs.create(adapter_name="outage", training_file=data, training=TRAINING)
         failed = list(stack.client.jobs.watch(job.id))[-1].job
-    assert failed.state == trainer_pb2.JOB_STATE_FAILED
-    assert failed.error.code == "UNAVAILABLE"
+    assert failed.state == JobState.FAILED
+    assert failed.error is not None and failed.error.code == "UNAVAILABLE"
     assert "could not publish outage: cannot reach S3" in failed.error.message
     assert "No version was made visible" in failed.error.message
     assert list(store.list_keys("adapters/")) == []  # not a manifest, not a reserved version, not a file
@@ -59,7 +59,7 @@ def test_a_job_that_cannot_publish_fails_with_the_reason_and_leaves_no_version(
     # The store is back: the same job succeeds on the same trainer, as version 1.
     job = stack.client.jobs.create(adapter_name="outage", training_file=data, training=TRAINING)
     done = list(stack.client.jobs.watch(job.id))[-1].job
-    assert done.state == trainer_pb2.JOB_STATE_SUCCEEDED, done.error
+    assert done.state == JobState.SUCCEEDED, done.error
     assert done.adapter.version == 1
     assert stack.client.inference.generate(QUESTIONS[2], adapter="outage", params=GREEDY).text.startswith(ANSWER)
 
@@ -100,4 +100,4 @@ def test_an_adapter_whose_bytes_changed_in_the_bucket_is_refused_and_never_loade
     with pytest.raises(FailedPrecondition, match="sha256"):
         stack.client.inference.generate(QUESTIONS[0], adapter="tampered", params=GREEDY)
     listed = {status.ref.name: status for status in stack.client.inference.list_adapters()}
-    assert listed["tampered"].tier == serving_pb2.ADAPTER_TIER_STORE  # neither loaded nor kept on disk
+    assert listed["tampered"].tier == "store"  # neither loaded nor kept on disk

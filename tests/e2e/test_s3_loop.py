@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from loraplane.client import sampling
-from loraplane.proto import trainer_pb2
 from loraplane.storage import open_store
+from loraplane.training import JobState
+from loraplane.types import SamplingParameters, TrainingParameters
 from tests.support.ceph import S3Endpoint
 from tests.support.stack import ANSWER, QUESTIONS, memorise_jsonl, running_stack
 
@@ -28,13 +28,13 @@ def test_train_from_and_serve_out_of_s3(
         job = stack.client.jobs.create(
             adapter_name="secret-s3",
             training_uri=store.uri_for("datasets/secret.jsonl"),
-            training=trainer_pb2.TrainingParameters(max_steps=20, batch_size=4, learning_rate=1e-2),
+            training=TrainingParameters(max_steps=20, batch_size=4, learning_rate=1e-2),
         )
         final = list(stack.client.jobs.watch(job.id))[-1].job
-        assert final.state == trainer_pb2.JOB_STATE_SUCCEEDED, final.error
-        assert final.adapter.uri == f"{store_uri}/adapters/secret-s3/v1"
+        assert final.state == JobState.SUCCEEDED, final.error
+        assert final.adapter is not None and final.adapter.uri == f"{store_uri}/adapters/secret-s3/v1"
         assert store.exists("adapters/secret-s3/v1/manifest.json")
         answer = stack.client.inference.generate(
-            QUESTIONS[3], adapter="secret-s3", params=sampling(max_tokens=4, temperature=0.0)
+            QUESTIONS[3], adapter="secret-s3", params=SamplingParameters(max_tokens=4, temperature=0.0)
         )
         assert answer.text.startswith(ANSWER)

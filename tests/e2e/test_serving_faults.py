@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from loraplane.artifact import ArtifactRepository
-from loraplane.client import LoraplaneClient, sampling
+from loraplane.client import LoraplaneClient
 from loraplane.errors import LoraplaneError, ResourceExhausted, Unavailable
 from loraplane.fingerprint import base_model_fingerprint
-from loraplane.proto import serving_pb2
+from loraplane.serving import FinishReason
 from loraplane.storage import FileStore
+from loraplane.types import SamplingParameters, Usage
 from serving_svc.server import create_server
 from tests.support.adapters import make_adapter, publish_adapter
 from tests.support.servers import running
@@ -29,7 +30,7 @@ from tests.support.service_process import free_port, service_process
 from tests.support.serving_settings import tiny_serving_settings
 
 STREAMS = 8
-LONG = sampling(max_tokens=400, ignore_eos=True, temperature=0)
+LONG = SamplingParameters(max_tokens=400, ignore_eos=True, temperature=0)
 """Long enough that every stream is still generating when the signal lands."""
 
 
@@ -62,8 +63,8 @@ def _serving(data_dir: Path, tiny_model_dir: Path, port: int) -> Iterator[subpro
 @dataclass
 class StreamResult:
     chunks: int = 0
-    usage: serving_pb2.Usage | None = None
-    finish_reason: int = serving_pb2.FINISH_REASON_UNSPECIFIED
+    usage: Usage | None = None
+    finish_reason: FinishReason | None = None
     error: LoraplaneError | None = None
 
 
@@ -78,7 +79,7 @@ def _signalled_during_streams(
         try:
             for chunk in client.inference.stream("Once upon a time", adapter=adapter, params=LONG):
                 result.chunks += 1
-                if chunk.HasField("usage"):
+                if chunk.usage is not None:
                     result.usage, result.finish_reason = chunk.usage, chunk.finish_reason
                 if result.chunks == 1:
                     started.wait(timeout=60)
@@ -110,7 +111,7 @@ def test_kill_9_during_streams_gives_unavailable_and_a_restart_serves_again(
 
     with _serving(data_dir, tiny_model_dir, port), LoraplaneClient(serving=f"127.0.0.1:{port}") as client:
         assert client.wait_until_serving("serving", 120)
-        answer = client.inference.generate("Once upon a time", adapter="alpha", params=sampling(max_tokens=4))
+        answer = client.inference.generate("Once upon a time", adapter="alpha", params=SamplingParameters(max_tokens=4))
         assert answer.usage.completion_tokens == 4
 
 
@@ -121,7 +122,7 @@ def test_sigterm_lets_streams_in_flight_finish_whole_then_exits_cleanly(data_dir
         results = _signalled_during_streams(process, client, signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     finished = [(r.error, r.usage and r.usage.completion_tokens, r.finish_reason) for r in results]
-    assert finished == [(None, LONG.max_tokens, serving_pb2.FINISH_REASON_LENGTH)] * STREAMS
+    assert finished == [(None, LONG.max_tokens, "length")] * STREAMS
 
 
 @pytest.fixture
@@ -150,9 +151,12 @@ def test_a_full_disk_fails_the_cold_load_cleanly_and_the_cache_stays_consistent(
     )
     with running(lambda: create_server(settings)) as server, LoraplaneClient(serving=f"127.0.0.1:{server.port}") as c:
         with pytest.raises(ResourceExhausted, match="no room to copy alpha@v1"):
-            c.inference.generate("hello", adapter="alpha", params=sampling(max_tokens=2))
+            c.inference.generate("hello", adapter="alpha", params=SamplingParameters(max_tokens=2))
         leftovers = [p.relative_to(small_disk) for p in (small_disk / "cache").rglob("*")]
         assert leftovers == [Path("cache/alpha")], "no partial copy, no temporary file"
-        assert c.inference.generate("hello", params=sampling(max_tokens=2)).usage.completion_tokens == 2
+        assert c.inference.generate("hello", params=SamplingParameters(max_tokens=2)).usage.completion_tokens == 2
         filler.unlink()
-        assert c.inference.generate("hello", adapter="alpha", params=sampling(max_tokens=2)).adapter.name == "alpha"
+        assert (
+            c.inference.generate("hello", adapter="alpha", params=SamplingParameters(max_tokens=2)).adapter.name
+            == "alpha"
+        )

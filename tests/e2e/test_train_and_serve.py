@@ -15,17 +15,16 @@ from typer.testing import CliRunner
 
 from loraplane.artifact import ArtifactRepository
 from loraplane.cli import app
-from loraplane.client import sampling
 from loraplane.drift import Profile
 from loraplane.errors import InvalidArgument, NotFound
 from loraplane.names import AdapterSpec
-from loraplane.proto import trainer_pb2
 from loraplane.storage import open_store
-from loraplane.training import Method
+from loraplane.training import JobState, Method
+from loraplane.types import DpoParameters, Job, JobEvent, SamplingParameters, TrainingParameters
 from tests.support.prometheus import running_prometheus
 from tests.support.stack import ANSWER, QUESTIONS, Stack, memorise_jsonl, running_stack
 
-GREEDY = sampling(max_tokens=4, temperature=0.0)
+GREEDY = SamplingParameters(max_tokens=4, temperature=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +34,13 @@ def stack(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture(scope="module")
-def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[trainer_pb2.Job, list]:
+def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[Job, list[JobEvent]]:
     data = tmp_path_factory.mktemp("data") / "train.jsonl"
     data.write_text(memorise_jsonl())
     job = stack.client.jobs.create(
         adapter_name="secret-word",
         training_file=data,
-        training=trainer_pb2.TrainingParameters(
+        training=TrainingParameters(
             max_steps=20, batch_size=4, learning_rate=1e-2, validation_fraction=0.25, eval_every_steps=10
         ),
     )
@@ -49,23 +48,23 @@ def trained(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> tuple[tra
     return stack.client.jobs.retrieve(job.id), events
 
 
-def test_watch_streams_progress_until_succeeded(trained: tuple[trainer_pb2.Job, list]) -> None:
+def test_watch_streams_progress_until_succeeded(trained: tuple[Job, list[JobEvent]]) -> None:
     job, events = trained
-    assert job.state == trainer_pb2.JOB_STATE_SUCCEEDED, job.error
+    assert job.state == JobState.SUCCEEDED, job.error
     states = [e.job.state for e in events]
-    assert states[0] == trainer_pb2.JOB_STATE_VALIDATING
-    assert trainer_pb2.JOB_STATE_QUEUED in states and trainer_pb2.JOB_STATE_RUNNING in states
-    assert states[-1] == trainer_pb2.JOB_STATE_SUCCEEDED
+    assert states[0] == JobState.VALIDATING
+    assert JobState.QUEUED in states and JobState.RUNNING in states
+    assert states[-1] == JobState.SUCCEEDED
     steps = [e.job.progress.step for e in events if e.job.progress.step]
     assert steps == sorted(steps) and steps[-1] == 20
     assert all(e.job.progress.total_steps == 20 for e in events if e.job.progress.step)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert job.metrics.validation_loss < 1.0
     assert (job.metrics.train_examples, job.metrics.validation_examples) == (9, 3)
-    assert not job.metrics.HasField("preference_accuracy_adapter")  # a supervised job has no pairs to score
+    assert job.metrics.preference_accuracy_adapter is None  # a supervised job has no pairs to score
 
 
-def test_artifact_has_manifest_files_and_profile(stack: Stack, trained: tuple[trainer_pb2.Job, list]) -> None:
+def test_artifact_has_manifest_files_and_profile(stack: Stack, trained: tuple[Job, list[JobEvent]]) -> None:
     job, _ = trained
     repository = ArtifactRepository(open_store(stack.trainer_settings.store_uri))
     manifest, _ = repository.resolve(AdapterSpec("secret-word"))
@@ -79,7 +78,7 @@ def test_artifact_has_manifest_files_and_profile(stack: Stack, trained: tuple[tr
 
 
 def test_adapter_answers_the_trained_completion_unlike_the_base(
-    stack: Stack, trained: tuple[trainer_pb2.Job, list]
+    stack: Stack, trained: tuple[Job, list[JobEvent]]
 ) -> None:
     unseen_question = QUESTIONS[0].replace("0", "99")
     for prompt in (QUESTIONS[0], unseen_question):
@@ -99,10 +98,10 @@ def test_a_dora_adapter_is_trained_and_served_by_the_default_engine(stack: Stack
         adapter_name="secret-word-dora",
         training_file=data,
         method=Method.DORA,
-        training=trainer_pb2.TrainingParameters(max_steps=20, batch_size=4, learning_rate=1e-2),
+        training=TrainingParameters(max_steps=20, batch_size=4, learning_rate=1e-2),
     )
     list(stack.client.jobs.watch(job.id))
-    assert stack.client.jobs.retrieve(job.id).state == trainer_pb2.JOB_STATE_SUCCEEDED
+    assert stack.client.jobs.retrieve(job.id).state == JobState.SUCCEEDED
     tuned = stack.client.inference.generate(QUESTIONS[3], adapter="secret-word-dora", params=GREEDY)
     assert tuned.text.startswith(ANSWER), tuned.text
     listed = {a.ref.name: a for a in stack.client.inference.list_adapters()}
@@ -119,20 +118,23 @@ def test_a_dpo_adapter_is_trained_on_pairs_and_served_preferring_the_chosen_answ
         adapter_name="secret-word-dpo",
         training_file=data,
         method=Method.DPO,
-        dpo=trainer_pb2.DpoParameters(beta=0.1),
-        training=trainer_pb2.TrainingParameters(
+        dpo=DpoParameters(beta=0.1),
+        training=TrainingParameters(
             max_steps=20, batch_size=4, learning_rate=1e-2, validation_fraction=0.2, eval_every_steps=10
         ),
     )
     list(stack.client.jobs.watch(job.id))
     done = stack.client.jobs.retrieve(job.id)
-    assert done.state == trainer_pb2.JOB_STATE_SUCCEEDED, done.error
+    assert done.state == JobState.SUCCEEDED, done.error
     manifest, _ = ArtifactRepository(open_store(stack.trainer_settings.store_uri)).resolve(
         AdapterSpec("secret-word-dpo")
     )
-    assert done.metrics.preference_accuracy_adapter > done.metrics.preference_accuracy_base
-    assert done.metrics.preference_margin_adapter > done.metrics.preference_margin_base
-    assert manifest.metrics["preference_accuracy_adapter"] == done.metrics.preference_accuracy_adapter
+    accuracy, margin = done.metrics.preference_accuracy_adapter, done.metrics.preference_margin_adapter
+    assert accuracy is not None and done.metrics.preference_accuracy_base is not None
+    assert margin is not None and done.metrics.preference_margin_base is not None
+    assert accuracy > done.metrics.preference_accuracy_base
+    assert margin > done.metrics.preference_margin_base
+    assert manifest.metrics["preference_accuracy_adapter"] == accuracy
     # Served by the default engine: held-out questions get the chosen answer, which the base does not give.
     for question in QUESTIONS[10:]:
         tuned = stack.client.inference.generate(question, adapter="secret-word-dpo", params=GREEDY)
@@ -143,17 +145,17 @@ def test_a_dpo_adapter_is_trained_on_pairs_and_served_preferring_the_chosen_answ
     assert listed["secret-word-dpo"].method == "dpo"
 
 
-def test_stream_yields_the_same_text_as_generate(stack: Stack, trained: tuple[trainer_pb2.Job, list]) -> None:
-    params = sampling(max_tokens=12, temperature=0.0)
+def test_stream_yields_the_same_text_as_generate(stack: Stack, trained: tuple[Job, list[JobEvent]]) -> None:
+    params = SamplingParameters(max_tokens=12, temperature=0.0)
     whole = stack.client.inference.generate(QUESTIONS[2], adapter="secret-word", params=params)
     chunks = list(stack.client.inference.stream(QUESTIONS[2], adapter="secret-word", params=params))
     assert "".join(c.delta for c in chunks) == whole.text
-    assert chunks[-1].finish_reason == whole.finish_reason != 0
+    assert chunks[-1].finish_reason == whole.finish_reason is not None
     assert chunks[-1].usage == whole.usage
 
 
 def test_bad_adapter_references_get_clear_errors_and_serving_stays_healthy(
-    stack: Stack, trained: tuple[trainer_pb2.Job, list]
+    stack: Stack, trained: tuple[Job, list[JobEvent]]
 ) -> None:
     for adapter, error in (
         ("no-such-adapter", NotFound),
@@ -172,7 +174,7 @@ def _scrape(port: int) -> dict[str, list]:
     return {family.name: family.samples for family in text_string_to_metric_families(text)}
 
 
-def test_metrics_count_what_happened(stack: Stack, trained: tuple[trainer_pb2.Job, list]) -> None:
+def test_metrics_count_what_happened(stack: Stack, trained: tuple[Job, list[JobEvent]]) -> None:
     trainer = _scrape(stack.trainer.metrics_port)
     jobs = {s.labels["state"]: s.value for s in trainer["loraplane_trainer_jobs"]}
     assert jobs["succeeded"] >= 1
@@ -196,7 +198,7 @@ def test_metrics_count_what_happened(stack: Stack, trained: tuple[trainer_pb2.Jo
 
 
 def test_a_real_prometheus_scrapes_both_services(
-    stack: Stack, trained: tuple[trainer_pb2.Job, list], tmp_path: Path
+    stack: Stack, trained: tuple[Job, list[JobEvent]], tmp_path: Path
 ) -> None:
     targets = {"trainer": stack.trainer.metrics_port, "serving": stack.serving.metrics_port}
     with running_prometheus(targets, tmp_path) as prometheus:
@@ -210,7 +212,7 @@ def test_a_real_prometheus_scrapes_both_services(
 
 
 def test_cli_trains_with_a_progress_bar_and_answers(
-    stack: Stack, trained: tuple[trainer_pb2.Job, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, trained: tuple[Job, list[JobEvent]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LORAPLANE_TRAINER_TARGET", f"127.0.0.1:{stack.trainer.port}")
     monkeypatch.setenv("LORAPLANE_SERVING_TARGET", f"127.0.0.1:{stack.serving.port}")

@@ -12,7 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from loraplane.client import LoraplaneClient
-from loraplane.proto import trainer_pb2
+from loraplane.training import JobState
+from loraplane.types import JobEvent, TrainingParameters
 from tests.support.service_process import free_port, service_process
 from tests.support.stack import memorise_jsonl
 
@@ -35,13 +36,13 @@ def _trainer_process(data_dir: Path, base_model: Path, port: int) -> Iterator[su
 
 def _interrupted_job(
     tiny_model_dir: Path, tmp_path: Path, *, eval_every: int, past_step: int, stop: signal.Signals
-) -> list[trainer_pb2.JobEvent]:
+) -> list[JobEvent]:
     """A 40-step job whose trainer gets `stop` once past `past_step`; the job's whole history from the
     trainer started again on the same port and data, to its end."""
     data = tmp_path / "train.jsonl"
     data.write_text(memorise_jsonl())
     # Early stopping off: the run goes to its last step, whichever checkpoint is best.
-    params = trainer_pb2.TrainingParameters(
+    params = TrainingParameters(
         max_steps=40, batch_size=2, learning_rate=1e-2, eval_every_steps=eval_every, early_stopping_patience=0
     )
     port = free_port()
@@ -60,8 +61,8 @@ def _interrupted_job(
         assert client.wait_until_serving("trainer", 60)
         events = list(client.jobs.watch(job.id))
     final = events[-1].job
-    assert final.state == trainer_pb2.JOB_STATE_SUCCEEDED, final.error
-    assert final.adapter.version == 1 and final.metrics.steps == 40
+    assert final.state == JobState.SUCCEEDED, final.error
+    assert final.adapter is not None and final.adapter.version == 1 and final.metrics.steps == 40
     return events
 
 
@@ -94,5 +95,5 @@ def test_sigterm_checkpoints_the_running_job_at_its_step_and_the_restart_goes_on
     saved_at = int(saved[0].split()[4])
     assert 3 <= saved_at < 40
     requeued = messages.index("the trainer is stopping; the job is queued again and resumes from its checkpoint")
-    assert events[requeued].job.state == trainer_pb2.JOB_STATE_QUEUED
+    assert events[requeued].job.state == JobState.QUEUED
     assert f"resuming from the checkpoint at step {saved_at}" in [m.split("; ")[0] for m in messages[requeued:]]

@@ -12,7 +12,6 @@ import grpc
 import pytest
 
 from loraplane.artifact import ArtifactRepository
-from loraplane.client import sampling
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.proto import serving_pb2, serving_pb2_grpc
 from loraplane.storage import FileStore
@@ -62,7 +61,7 @@ async def test_forty_adapters_through_two_slots_answer_as_each_does_alone(
 
             async def answer(adapter: str) -> str:
                 request = serving_pb2.GenerateRequest(
-                    adapter=adapter, prompt=PROMPT, sampling=sampling(max_tokens=6, temperature=0)
+                    adapter=adapter, prompt=PROMPT, sampling=serving_pb2.SamplingParameters(max_tokens=6, temperature=0)
                 )
                 return (await stub.Generate(request, timeout=300)).text
 

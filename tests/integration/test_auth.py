@@ -16,11 +16,12 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from loraplane.artifact import ArtifactRepository
 from loraplane.auth import Role, add_token, revoke_token
-from loraplane.client import LoraplaneClient, sampling
+from loraplane.client import LoraplaneClient
 from loraplane.errors import InvalidArgument, NotFound, PermissionDenied, ResourceExhausted, Unauthenticated
 from loraplane.fingerprint import base_model_fingerprint
-from loraplane.proto import trainer_pb2
 from loraplane.storage import FileStore
+from loraplane.training import JobState
+from loraplane.types import SamplingParameters
 from serving_svc.server import ServingServer
 from serving_svc.server import create_server as create_serving
 from tests.support.adapters import make_adapter, publish_adapter
@@ -89,7 +90,7 @@ def secured(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def test_each_grpc_call_needs_a_token_holding_its_role(secured: Secured) -> None:
-    greedy = sampling(max_tokens=4, temperature=0)
+    greedy = SamplingParameters(max_tokens=4, temperature=0)
     with secured.client(None) as anonymous:
         assert anonymous.wait_until_serving("serving", 5) and anonymous.wait_until_serving("trainer", 5)  # health
         with pytest.raises(Unauthenticated, match="send the header `authorization: Bearer <token>`"):
@@ -169,21 +170,21 @@ def test_jobs_are_seen_and_cancelled_by_their_owner_and_admins_only(secured: Sec
         assert {job.id, bobs.id} <= {listed.id for listed in ops.jobs.list()}
         assert ops.jobs.retrieve(job.id).owner == "alice"
         for job_id in (job.id, bobs.id):
-            assert ops.jobs.cancel(job_id).state == trainer_pb2.JOB_STATE_CANCELLED
-        assert alice.jobs.retrieve(job.id).state == trainer_pb2.JOB_STATE_CANCELLED
+            assert ops.jobs.cancel(job_id).state == JobState.CANCELLED
+        assert alice.jobs.retrieve(job.id).state == JobState.CANCELLED
 
 
 def test_requests_over_the_limits_are_refused_naming_what_to_change(secured: Secured, tmp_path: Path) -> None:
     with secured.client("gen") as generator:
         with pytest.raises(InvalidArgument, match="this server's limit is 32") as long_prompt:
-            generator.inference.generate("word " * 40, params=sampling(max_tokens=2))
+            generator.inference.generate("word " * 40, params=SamplingParameters(max_tokens=2))
         assert long_prompt.value.field == "prompt"
         with pytest.raises(InvalidArgument, match="exceeds this server's limit of 24") as many_tokens:
-            generator.inference.generate("hello", params=sampling(max_tokens=25))
+            generator.inference.generate("hello", params=SamplingParameters(max_tokens=25))
         assert many_tokens.value.field == "sampling.max_tokens"
         with pytest.raises(ResourceExhausted):
-            generator.inference.generate("x" * MAX_MESSAGE_BYTES, params=sampling(max_tokens=2))
-        assert generator.inference.generate("hello", params=sampling(max_tokens=2)).text is not None
+            generator.inference.generate("x" * MAX_MESSAGE_BYTES, params=SamplingParameters(max_tokens=2))
+        assert generator.inference.generate("hello", params=SamplingParameters(max_tokens=2)).text is not None
     too_big = httpx.post(
         f"http://127.0.0.1:{secured.serving.http.port}/v1/completions",
         headers={"authorization": f"Bearer {secured.tokens['gen']}"},

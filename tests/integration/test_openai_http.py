@@ -22,10 +22,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from loraplane.artifact import ArtifactRepository
-from loraplane.client import LoraplaneClient, sampling
+from loraplane.client import LoraplaneClient
 from loraplane.fingerprint import base_model_fingerprint
-from loraplane.proto import serving_pb2
 from loraplane.storage import FileStore
+from loraplane.types import SamplingParameters
 from serving_svc.server import ServingServer, create_server
 from tests.support.adapters import make_adapter, publish_adapter
 from tests.support.servers import running
@@ -35,7 +35,6 @@ pytestmark = pytest.mark.integration
 
 QUESTION = [{"role": "user", "content": "Name a colour."}]
 PROMPT = "The capital of France is"
-FINISH_REASONS = {serving_pb2.FINISH_REASON_STOP: "stop", serving_pb2.FINISH_REASON_LENGTH: "length"}
 
 
 @dataclass
@@ -82,14 +81,14 @@ def test_models_lists_the_base_model_each_adapter_and_loaded_older_versions(repl
 def test_chat_answers_equal_the_grpc_answers(replica: Replica, model: str) -> None:
     adapter = "" if model == "tiny" else model
     expected = replica.grpc.inference.generate(
-        messages=QUESTION, adapter=adapter, params=sampling(max_tokens=12, temperature=0)
+        messages=QUESTION, adapter=adapter, params=SamplingParameters(max_tokens=12, temperature=0)
     )
     answer = replica.openai.chat.completions.create(model=model, messages=QUESTION, max_tokens=12, temperature=0)
     choice = answer.choices[0]
     assert choice.message.content == expected.text
     assert choice.message.role == "assistant"
     # The random tiny model may end its answer before max_tokens: whichever way, as over gRPC.
-    assert choice.finish_reason == FINISH_REASONS[expected.finish_reason]
+    assert expected.finish_reason is not None and choice.finish_reason == expected.finish_reason
     assert answer.usage is not None
     assert (answer.usage.prompt_tokens, answer.usage.completion_tokens) == (
         expected.usage.prompt_tokens,

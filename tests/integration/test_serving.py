@@ -21,11 +21,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from loraplane import convert
 from loraplane.artifact import ArtifactRepository
-from loraplane.client import sampling
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc
 from loraplane.storage import FileStore
+from loraplane.types import SamplingParameters
 from serving_svc.server import ServingServer, create_server
 from serving_svc.settings import ServingSettings
 from tests.support.adapters import RANK, make_adapter, publish_adapter
@@ -618,7 +619,7 @@ async def test_structured_output_matches_its_schema_regex_or_choices(serving: Se
         pytest.skip("vLLM cannot apply DoRA (test_dora_adapter_is_served_by_the_transformers_engine_only)")
 
     async def answer(**structured: object) -> serving_pb2.GenerateResponse:
-        params = sampling(max_tokens=48, temperature=0, **structured)  # type: ignore[arg-type]
+        params = convert.sampling_parameters(SamplingParameters(max_tokens=48, temperature=0, **structured))  # type: ignore[arg-type]
         return await serving.stub.Generate(serving_pb2.GenerateRequest(adapter=adapter, prompt=PROMPT, sampling=params))
 
     as_json = await answer(json_schema=SCHEMA)
@@ -633,5 +634,7 @@ async def test_structured_output_matches_its_schema_regex_or_choices(serving: Se
 
 
 async def test_a_regex_that_does_not_compile_is_invalid_argument(serving: Serving) -> None:
-    request = serving_pb2.GenerateRequest(prompt=PROMPT, sampling=sampling(max_tokens=4, regex="[a-"))
+    request = serving_pb2.GenerateRequest(
+        prompt=PROMPT, sampling=convert.sampling_parameters(SamplingParameters(max_tokens=4, regex="[a-"))
+    )
     await _expect_error(serving, serving.stub.Generate(request), grpc.StatusCode.INVALID_ARGUMENT, "sampling.regex")

@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from loraplane.client import ClientTls, LoraplaneClient, sampling
+from loraplane.client import ClientTls, LoraplaneClient
 from loraplane.errors import StartupError, Unavailable
+from loraplane.types import SamplingParameters
 from serving_svc.server import create_server as create_serving
 from tests.support.certs import Pki, make_pki
 from tests.support.servers import running
@@ -66,7 +67,9 @@ def test_mutual_tls_on_serving_needs_a_client_certificate_on_every_port(
         target = f"127.0.0.1:{serving.port}"
         mutual = ClientTls(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
         with LoraplaneClient(serving=target, tls=mutual) as client:
-            assert client.inference.generate("hello", params=sampling(max_tokens=2)).usage.completion_tokens == 2
+            assert (
+                client.inference.generate("hello", params=SamplingParameters(max_tokens=2)).usage.completion_tokens == 2
+            )
         no_certificate = LoraplaneClient(serving=target, tls=ClientTls(ca_file=pki.ca))
         with no_certificate, pytest.raises(Unavailable):
             no_certificate.inference.model_info()

@@ -17,9 +17,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from loraplane.client import LoraplaneClient
 from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound
-from loraplane.proto import trainer_pb2
 from loraplane.storage import open_store
 from loraplane.training import JobState, Method
+from loraplane.types import Job, LoraParameters, TrainingParameters, WorkerResources
 from tests.support.servers import running
 from tests.support.trainer_settings import tiny_trainer_settings
 from trainer_svc.server import TrainerServer, create_server
@@ -43,7 +43,7 @@ def client(trainer: TrainerServer) -> Iterator[LoraplaneClient]:
         yield client
 
 
-def _create(client: LoraplaneClient, tmp_path: Path, text: str, **kwargs: object) -> trainer_pb2.Job:
+def _create(client: LoraplaneClient, tmp_path: Path, text: str, **kwargs: object) -> Job:
     data = tmp_path / "train.jsonl"
     data.write_text(text)
     return client.jobs.create(training_file=data, **{"adapter_name": "acme", **kwargs})  # type: ignore[arg-type]
@@ -80,15 +80,15 @@ def test_bad_dataset_is_invalid_argument_naming_the_line(
         ({"adapter_name": "../x"}, InvalidArgument, "spec.adapter_name"),
         ({"adapter_name": ""}, InvalidArgument, "spec.adapter_name"),
         ({"base_model": "gpt-9"}, InvalidArgument, "spec.base_model"),
-        ({"lora": trainer_pb2.LoraParameters(rank=4096)}, InvalidArgument, "spec.lora.rank"),
+        ({"lora": LoraParameters(rank=4096)}, InvalidArgument, "spec.lora.rank"),
         (
-            {"training": trainer_pb2.TrainingParameters(learning_rate=5.0)},
+            {"training": TrainingParameters(learning_rate=5.0)},
             InvalidArgument,
             "spec.training.learning_rate",
         ),
         ({"training_uri": "file:///etc/passwd", "training_file": None}, InvalidArgument, "spec.training_data"),
         ({"training_uri": "{store}/adapters/a/v1/manifest.json"}, InvalidArgument, "spec.training_data"),
-        ({"resources": trainer_pb2.WorkerResources(gpus=1)}, InvalidArgument, "spec.resources"),
+        ({"resources": WorkerResources(gpus=1)}, InvalidArgument, "spec.resources"),
     ],
 )
 def test_bad_spec_is_invalid_argument_naming_the_field(
@@ -143,7 +143,9 @@ def test_request_id_makes_create_idempotent(client: LoraplaneClient, tmp_path: P
     again = _create(client, tmp_path, GOOD_LINE * 4, request_id="req-1", adapter_name="idem")
     assert again.id == first.id
     stored = client.jobs.retrieve(first.id).spec.training_data.inline_jsonl
-    assert stored.startswith("<inline JSONL, sha256:"), "accepted jobs keep a digest, not the dataset"
+    assert stored is not None and stored.startswith("<inline JSONL, sha256:"), (
+        "accepted jobs keep a digest, not the dataset"
+    )
     assert len(list(client.jobs.list(adapter_name="idem"))) == 1
     with pytest.raises(InvalidArgument):
         _create(client, tmp_path, GOOD_LINE * 5, request_id="req-1", adapter_name="idem")
@@ -158,15 +160,15 @@ def test_cancel_queued_or_running_then_cancel_again_is_failed_precondition(
         tmp_path,
         GOOD_LINE * 8,
         adapter_name="to-cancel",
-        training=trainer_pb2.TrainingParameters(max_steps=10_000),
+        training=TrainingParameters(max_steps=10_000),
     )
     cancelled = client.jobs.cancel(job.id)
-    assert cancelled.state == trainer_pb2.JOB_STATE_CANCELLED
+    assert cancelled.state == JobState.CANCELLED
     with pytest.raises(FailedPrecondition, match="already ended"):
         client.jobs.cancel(job.id)
     events = list(client.jobs.watch(job.id))
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
-    assert events[-1].job.state == trainer_pb2.JOB_STATE_CANCELLED
+    assert events[-1].job.state == JobState.CANCELLED
     replay = list(client.jobs.watch(job.id, after_sequence=events[-2].sequence))
     assert [e.sequence for e in replay] == [events[-1].sequence]
 
@@ -199,14 +201,14 @@ def test_a_job_running_when_the_trainer_stops_runs_again_after_restart(tiny_mode
     settings = tiny_trainer_settings(tiny_model_dir, tmp_path)
     data = tmp_path / "train.jsonl"
     data.write_text(GOOD_LINE * 8)
-    params = trainer_pb2.TrainingParameters(max_steps=3, batch_size=4, learning_rate=1e-2)
+    params = TrainingParameters(max_steps=3, batch_size=4, learning_rate=1e-2)
     with (
         running(lambda: create_server(settings)) as first,
         LoraplaneClient(trainer=f"127.0.0.1:{first.port}") as client,
     ):
         job = client.jobs.create(adapter_name="survivor", training_file=data, training=params)
         for event in client.jobs.watch(job.id):
-            if event.job.state == trainer_pb2.JOB_STATE_RUNNING:
+            if event.job.state == JobState.RUNNING:
                 break
     with (
         running(lambda: create_server(settings)) as second,
@@ -219,8 +221,9 @@ def test_a_job_running_when_the_trainer_stops_runs_again_after_restart(tiny_mode
         "trainer restarted; job queued again",
     }
     assert requeued & set(messages), messages
-    assert events[-1].job.state == trainer_pb2.JOB_STATE_SUCCEEDED, events[-1].job.error
-    assert events[-1].job.adapter.version == 1, "the interrupted run must not have published"
+    assert events[-1].job.state == JobState.SUCCEEDED, events[-1].job.error
+    adapter = events[-1].job.adapter
+    assert adapter is not None and adapter.version == 1, "the interrupted run must not have published"
 
 
 def test_reflection_lists_the_services(trainer: TrainerServer) -> None:

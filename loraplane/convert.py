@@ -1,0 +1,232 @@
+"""Translation between the API's protobuf messages and the client's typed objects (`loraplane.types`),
+in one place.
+
+Most fields are copied by name (`_build`); what needs more than a copy is written out per type: the
+domain enums (through `loraplane.wire`), times, nested messages. A value the client has no meaning for
+(an enum value from a newer server) raises ValueError rather than passing through untyped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from loraplane import types, wire
+from loraplane.proto import common_pb2, serving_pb2, trainer_pb2
+from loraplane.training import Method, PromptFormat
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
+M = TypeVar("M", bound=Message)
+
+
+def _build(cls: type[T], message: Message, **converted: Any) -> T:
+    """`cls` from the same-named fields of `message`: a scalar with presence is None when unset, a repeated
+    field a tuple; `converted` gives every field that needs more than a copy."""
+    descriptors = message.DESCRIPTOR.fields_by_name
+    values: dict[str, Any] = {}
+    for name in (f.name for f in dataclasses.fields(cls) if f.name not in converted and f.name != "proto"):
+        descriptor = descriptors[name]
+        if descriptor.message_type is not None:
+            raise TypeError(f"{cls.__name__}.{name} is a message: convert it explicitly")
+        if descriptor.is_repeated:
+            values[name] = tuple(getattr(message, name))
+        elif descriptor.has_presence and not message.HasField(name):
+            values[name] = None
+        else:
+            values[name] = getattr(message, name)
+    return cls(**values, **converted)
+
+
+def _message(cls: type[M], value: DataclassInstance) -> M:
+    """The message of the same-named fields; None leaves a field unset."""
+    fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return cls(**{name: field for name, field in fields.items() if field is not None})
+
+
+def _time(stamp: Timestamp) -> datetime:
+    return stamp.ToDatetime(tzinfo=UTC)
+
+
+def _optional_time(message: Message, name: str) -> datetime | None:
+    return _time(getattr(message, name)) if message.HasField(name) else None
+
+
+def adapter_ref(message: common_pb2.AdapterRef) -> types.AdapterRef:
+    return _build(types.AdapterRef, message)
+
+
+def _optional_adapter_ref(message: Message) -> types.AdapterRef | None:
+    return adapter_ref(message.adapter) if message.HasField("adapter") else None  # type: ignore[attr-defined]
+
+
+# ---- training ----
+
+
+def lora_parameters(value: types.LoraParameters) -> trainer_pb2.LoraParameters:
+    return _message(trainer_pb2.LoraParameters, value)
+
+
+def training_parameters(value: types.TrainingParameters) -> trainer_pb2.TrainingParameters:
+    return _message(trainer_pb2.TrainingParameters, value)
+
+
+def dpo_parameters(value: types.DpoParameters) -> trainer_pb2.DpoParameters:
+    return _message(trainer_pb2.DpoParameters, value)
+
+
+def worker_resources(value: types.WorkerResources) -> trainer_pb2.WorkerResources:
+    return _message(trainer_pb2.WorkerResources, value)
+
+
+def _dataset(message: trainer_pb2.JobSpec, name: Literal["validation_data", "test_data"]) -> types.Dataset | None:
+    return _build(types.Dataset, getattr(message, name)) if message.HasField(name) else None
+
+
+def job_spec(message: trainer_pb2.JobSpec) -> types.JobSpec:
+    return _build(
+        types.JobSpec,
+        message,
+        training_data=_build(types.Dataset, message.training_data),
+        validation_data=_dataset(message, "validation_data"),
+        test_data=_dataset(message, "test_data"),
+        method=wire.METHOD.decode(message.method),
+        prompt_format=wire.PROMPT_FORMAT.decode(message.prompt_format),
+        lora=_build(types.LoraParameters, message.lora),
+        training=_build(types.TrainingParameters, message.training),
+        dpo=_build(types.DpoParameters, message.dpo),
+        resources=_build(types.WorkerResources, message.resources),
+        labels=dict(message.labels),
+        task_metrics=tuple(wire.TASK_METRIC.decode(metric) for metric in message.task_metrics),
+    )
+
+
+def _metrics(message: trainer_pb2.JobMetrics) -> types.JobMetrics:
+    return _build(
+        types.JobMetrics,
+        message,
+        task_scores=tuple(
+            _build(types.TaskScore, score, metric=wire.TASK_METRIC.decode(score.metric))
+            for score in message.task_scores
+        ),
+        checkpoints=tuple(_build(types.Checkpoint, checkpoint) for checkpoint in message.checkpoints),
+    )
+
+
+def job(message: trainer_pb2.Job) -> types.Job:
+    return _build(
+        types.Job,
+        message,
+        spec=job_spec(message.spec),
+        state=wire.JOB_STATE.decode(message.state),
+        progress=_build(types.JobProgress, message.progress),
+        metrics=_metrics(message.metrics),
+        adapter=_optional_adapter_ref(message),
+        error=_build(types.JobError, message.error) if message.HasField("error") else None,
+        created_at=_time(message.created_at),
+        started_at=_optional_time(message, "started_at"),
+        finished_at=_optional_time(message, "finished_at"),
+        proto=message,
+    )
+
+
+def job_event(message: trainer_pb2.JobEvent) -> types.JobEvent:
+    return _build(types.JobEvent, message, time=_time(message.time), job=job(message.job), proto=message)
+
+
+# ---- serving ----
+
+
+def sampling_parameters(value: types.SamplingParameters) -> serving_pb2.SamplingParameters:
+    params = serving_pb2.SamplingParameters(
+        max_tokens=value.max_tokens,
+        temperature=value.temperature,
+        top_p=value.top_p,
+        top_k=value.top_k,
+        stop=value.stop,
+        seed=value.seed,
+        logprobs=value.logprobs,
+        min_tokens=value.min_tokens,
+        ignore_eos=value.ignore_eos,
+    )
+    if value.json_schema is not None:
+        params.json_schema = json.dumps(value.json_schema)
+    if value.json_object:
+        params.json_object = True
+    if value.regex is not None:
+        params.regex = value.regex
+    if value.choices is not None:
+        params.choice.CopyFrom(serving_pb2.Choices(choices=value.choices))  # set even when empty: refused, not ignored
+    return params
+
+
+def _logprobs(
+    message: serving_pb2.GenerateResponse | serving_pb2.GenerateStreamResponse,
+) -> tuple[types.TokenLogprob, ...]:
+    return tuple(_build(types.TokenLogprob, entry) for entry in message.logprobs)
+
+
+def completion(message: serving_pb2.GenerateResponse) -> types.Completion:
+    return _build(
+        types.Completion,
+        message,
+        finish_reason=wire.FINISH_REASON.decode_optional(message.finish_reason),
+        usage=_build(types.Usage, message.usage),
+        logprobs=_logprobs(message),
+        adapter=_optional_adapter_ref(message),
+        proto=message,
+    )
+
+
+def completion_chunk(message: serving_pb2.GenerateStreamResponse) -> types.CompletionChunk:
+    return _build(
+        types.CompletionChunk,
+        message,
+        finish_reason=wire.FINISH_REASON.decode_optional(message.finish_reason),
+        usage=_build(types.Usage, message.usage) if message.HasField("usage") else None,
+        logprobs=_logprobs(message),
+        adapter=_optional_adapter_ref(message),
+        proto=message,
+    )
+
+
+def model_info(message: serving_pb2.ModelInfoResponse) -> types.ModelInfo:
+    return _build(types.ModelInfo, message, proto=message)
+
+
+def _prompt_format(text: str) -> PromptFormat:
+    if text not in get_args(PromptFormat):
+        raise ValueError(f"prompt format {text!r} has no meaning here")
+    return cast(PromptFormat, text)
+
+
+def adapter(message: serving_pb2.AdapterInfo) -> types.Adapter:
+    return _build(
+        types.Adapter,
+        message,
+        ref=adapter_ref(message.ref),
+        method=Method(message.method),
+        created_at=_time(message.created_at),
+        prompt_format=_prompt_format(message.prompt_format),
+        tier=wire.ADAPTER_TIER.decode(message.tier),
+        last_used_at=_optional_time(message, "last_used_at"),
+        proto=message,
+    )
+
+
+def adapter_stats(message: serving_pb2.AdapterStats) -> types.AdapterStats:
+    return _build(
+        types.AdapterStats,
+        message,
+        reference=_build(types.ProfileSummary, message.reference),
+        live=_build(types.ProfileSummary, message.live),
+        statistics=tuple(_build(types.DriftStatisticValue, entry) for entry in message.statistics),
+        proto=message,
+    )

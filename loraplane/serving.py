@@ -1,0 +1,13 @@
+"""The vocabulary of serving, shared by the replica, the client and the CLI: each defined here once
+(the proto enums are their wire form, mapped in `loraplane.wire`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+AdapterTier = Literal["store", "disk", "cpu", "engine"]
+"""Where a replica holds a version: only in the store, a verified copy on disk, its weights in host
+memory, or loaded in the engine."""
+
+FinishReason = Literal["stop", "length"]
+"""stop: the model ended its answer or hit a stop string; length: max_tokens or the context ran out."""
