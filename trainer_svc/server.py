@@ -9,11 +9,12 @@ from loraplane.auth import Role
 from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security
 from loraplane.proto import trainer_pb2, trainer_pb2_grpc
 from loraplane.storage import open_store
-from trainer_svc.executors import create_executor
+from trainer_svc.admission import JobAdmission
+from trainer_svc.executors import Executor, create_executor
 from trainer_svc.intake import DatasetIntake, DatasetLimits
-from trainer_svc.job_store import SqliteJobStore
+from trainer_svc.job_store import JobStore, SqliteJobStore
 from trainer_svc.metrics import TrainerMetrics
-from trainer_svc.service import JobService
+from trainer_svc.service import JobRuns, JobService
 from trainer_svc.servicer import TrainerServicer
 from trainer_svc.settings import TrainerSettings
 
@@ -29,7 +30,7 @@ class TrainerServer(EndpointsHost):
         self.settings = settings
         self.store = SqliteJobStore(settings.trainer_db_path)
         self.metrics = TrainerMetrics(self.store)
-        self.jobs = JobService(settings, self.store, create_executor(settings), dataset_intake(settings), self.metrics)
+        self.jobs = job_service(settings, self.store, create_executor(settings), self.metrics)
         self.endpoints = ServiceEndpoints(
             settings.trainer_address,
             SERVICE_NAME,
@@ -51,6 +52,25 @@ class TrainerServer(EndpointsHost):
         the jobs are queued again for the next start."""
         await asyncio.gather(self.endpoints.close(grace), self.jobs.stop())
         self.store.close()
+
+
+def job_service(settings: TrainerSettings, store: JobStore, executor: Executor, metrics: TrainerMetrics) -> JobService:
+    """The job service over `store` and `executor`, each of its parts given the settings' values it uses."""
+    admission = JobAdmission(
+        store,
+        executor.capabilities,
+        base_model_path=settings.base_model_path,
+        default_base_model=settings.base_model_name,
+        max_unfinished_per_caller=settings.trainer_max_unfinished_jobs_per_caller,
+    )
+    runs = JobRuns(
+        work_dir=settings.trainer_work_dir,
+        max_concurrent=settings.trainer_max_concurrent_jobs,
+        base_model_path=settings.base_model_path,
+        store_uri=settings.store_uri,
+        s3_endpoint_url=settings.s3_endpoint_url,
+    )
+    return JobService(runs, store, executor, admission, dataset_intake(settings), metrics)
 
 
 def dataset_intake(settings: TrainerSettings) -> DatasetIntake:

@@ -13,7 +13,8 @@ import contextlib
 import logging
 import shutil
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from loraplane.auth import Caller
@@ -27,7 +28,6 @@ from trainer_svc.job_store import JobStore
 from trainer_svc.jobs import Job, JobError, JobEvent, JobProgress, utcnow
 from trainer_svc.metrics import TrainerMetrics
 from trainer_svc.progress import ErrorEvent, EvalEvent, PhaseEvent, ProgressEvent, ResultEvent, WorkerEvent
-from trainer_svc.settings import TrainerSettings
 from trainer_svc.spec import JobSpec
 from trainer_svc.worker_input import WorkerInput
 
@@ -38,27 +38,35 @@ _RECORD_TIMEOUT_SECONDS = 10.0
 """How long stopping waits for a preempted job's new state to be stored."""
 
 
+@dataclass(frozen=True)
+class JobRuns:
+    """What running a job reads of the trainer's settings: where its files go, how many run at once, and
+    what its worker is told of the base model and the store."""
+
+    work_dir: Path
+    max_concurrent: int
+    base_model_path: Callable[[str], Path]
+    """The folder of the base model a job names ("" = the default)."""
+    store_uri: str
+    s3_endpoint_url: str | None
+
+
 class JobService:
     def __init__(
         self,
-        settings: TrainerSettings,
+        runs: JobRuns,
         store: JobStore,
         executor: Executor,
+        admission: JobAdmission,
         datasets: DatasetIntake,
         metrics: TrainerMetrics,
     ) -> None:
-        self.settings = settings
+        self._runs = runs
         self.store = store
         self.executor = executor
         self.datasets = datasets
         self.metrics = metrics
-        self._admission = JobAdmission(
-            store,
-            executor.capabilities,
-            base_model_path=settings.base_model_path,
-            default_base_model=settings.base_model_name,
-            max_unfinished_per_caller=settings.trainer_max_unfinished_jobs_per_caller,
-        )
+        self._admission = admission
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._runners: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
@@ -87,8 +95,7 @@ class JobService:
                 await self._enter(job, JobState.QUEUED, "trainer restarted; job queued again")
             self._queue.put_nowait(job.id)
         self._runners = [
-            asyncio.create_task(self._run_forever(), name=f"job-runner-{i}")
-            for i in range(self.settings.trainer_max_concurrent_jobs)
+            asyncio.create_task(self._run_forever(), name=f"job-runner-{i}") for i in range(self._runs.max_concurrent)
         ]
 
     async def stop(self) -> None:
@@ -253,12 +260,12 @@ class JobService:
         return WorkerInput(
             job_id=job.id,
             spec=job.spec,
-            base_model_path=self.settings.base_model_path(job.spec.base_model),
+            base_model_path=self._runs.base_model_path(job.spec.base_model),
             train_file=examples.train,
             validation_file=examples.validation,
             test_file=examples.test,
-            store_uri=self.settings.store_uri,
-            s3_endpoint_url=self.settings.s3_endpoint_url,
+            store_uri=self._runs.store_uri,
+            s3_endpoint_url=self._runs.s3_endpoint_url,
             work_dir=work_dir,
         )
 
@@ -329,4 +336,4 @@ class JobService:
         return await self._load(job_id)
 
     def _work_dir(self, job_id: str) -> Path:
-        return self.settings.trainer_work_dir / job_id
+        return self._runs.work_dir / job_id

@@ -15,7 +15,7 @@ from trainer_svc.executors.base import EventHandler, Executor, RunOutcome
 from trainer_svc.executors.config import ExecutorCapabilities
 from trainer_svc.job_store import SqliteJobStore
 from trainer_svc.metrics import TrainerMetrics
-from trainer_svc.server import dataset_intake
+from trainer_svc.server import job_service
 from trainer_svc.service import JobService
 from trainer_svc.settings import TrainerSettings
 from trainer_svc.spec import JobSpec, WorkerResources
@@ -48,9 +48,7 @@ def _service(tmp_path: Path, capabilities: ExecutorCapabilities) -> tuple[JobSer
     (base_model / "config.json").write_text("{}")  # prepared, as far as admission looks
     settings = TrainerSettings(data_dir=tmp_path, base_model=base_model, base_model_name="tiny")
     store = SqliteJobStore(settings.trainer_db_path)
-    return JobService(
-        settings, store, FakeExecutor(capabilities), dataset_intake(settings), TrainerMetrics(store)
-    ), store
+    return job_service(settings, store, FakeExecutor(capabilities), TrainerMetrics(store)), store
 
 
 def _spec(resources: WorkerResources) -> JobSpec:

@@ -24,8 +24,7 @@ from trainer_svc.executors.kubernetes import KubernetesExecutor
 from trainer_svc.job_store import SqliteJobStore
 from trainer_svc.metrics import TrainerMetrics
 from trainer_svc.progress import ErrorEvent, PhaseEvent, ProgressEvent, WorkerEvent, format_event
-from trainer_svc.server import dataset_intake
-from trainer_svc.service import JobService
+from trainer_svc.server import job_service
 from trainer_svc.settings import TrainerSettings
 from trainer_svc.spec import JobSpec, WorkerResources
 from trainer_svc.worker_input import WorkerInput
@@ -459,13 +458,7 @@ async def test_a_job_on_several_nodes_is_refused_where_no_training_runtime_is_co
     settings: TrainerSettings, tmp_path: Path
 ) -> None:
     store = SqliteJobStore(tmp_path / "jobs.sqlite3")
-    jobs = JobService(
-        settings,
-        store,
-        KubernetesExecutor(kubernetes_config(settings)),
-        dataset_intake(settings),
-        TrainerMetrics(store),
-    )
+    jobs = job_service(settings, store, KubernetesExecutor(kubernetes_config(settings)), TrainerMetrics(store))
     spec = JobSpec(
         base_model="",
         adapter_name="wide",
