@@ -19,8 +19,6 @@ from serving_svc.server import create_server
 from tests.support.adapters import make_adapter, publish_adapter
 from tests.support.serving_settings import tiny_serving_settings
 
-pytestmark = pytest.mark.integration
-
 ADAPTERS = 40
 SLOTS = 2
 HOST_COPIES = 4

@@ -8,7 +8,7 @@ from loraplane.storage.s3 import S3Store
 from tests.support.artifact_contract import ArtifactRepositoryContract
 from tests.support.ceph import S3Endpoint
 
-pytestmark = [pytest.mark.integration, pytest.mark.s3]
+pytestmark = pytest.mark.s3
 
 
 class TestArtifactRepositoryOnS3(ArtifactRepositoryContract):

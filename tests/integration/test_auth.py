@@ -31,8 +31,6 @@ from tests.support.trainer_settings import tiny_trainer_settings
 from trainer_svc.server import TrainerServer
 from trainer_svc.server import create_server as create_trainer
 
-pytestmark = pytest.mark.integration
-
 MAX_MESSAGE_BYTES = 64 << 10
 TRAINING_LINE = '{"prompt": "ping", "completion": "pong"}\n'
 ROLES = {"gen": [Role.GENERATE], "alice": [Role.TRAIN], "bob": [Role.TRAIN], "ops": [Role.ADMIN]}

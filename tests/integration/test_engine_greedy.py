@@ -21,8 +21,6 @@ from serving_svc.engines.transformers import TransformersEngine
 from tests.support.adapters import make_adapter
 from tests.support.greedy import greedy_reference, reference_model
 
-pytestmark = pytest.mark.integration
-
 NEW_TOKENS = 12
 PROMPTS = [
     "The capital of France is",

@@ -36,8 +36,6 @@ from tests.support.trainer_settings import tiny_trainer_settings
 from trainer_svc.server import TrainerServer
 from trainer_svc.server import create_server as create_trainer
 
-pytestmark = pytest.mark.integration
-
 SCALE = float(os.environ.get("FUZZ_EXAMPLES", "1"))
 ACCEPTABLE = {
     grpc.StatusCode.OK,

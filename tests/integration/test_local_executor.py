@@ -11,8 +11,6 @@ from trainer_svc.progress import WorkerEvent
 from trainer_svc.spec import DatasetSource, JobSpec
 from trainer_svc.worker_input import WorkerInput
 
-pytestmark = pytest.mark.integration  # loads transformers and the tiny model
-
 
 def _input(tmp_path: Path) -> WorkerInput:
     spec = JobSpec(base_model="none", adapter_name="a", training_data=DatasetSource(inline_jsonl="{}"))

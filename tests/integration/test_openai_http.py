@@ -31,8 +31,6 @@ from tests.support.adapters import make_adapter, publish_adapter
 from tests.support.servers import running
 from tests.support.serving_settings import tiny_serving_settings
 
-pytestmark = pytest.mark.integration
-
 QUESTION = [{"role": "user", "content": "Name a colour."}]
 PROMPT = "The capital of France is"
 

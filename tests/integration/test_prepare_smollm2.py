@@ -8,8 +8,6 @@ import pytest
 
 from loraplane.models import MODEL_FILES, prepare_smollm2
 
-pytestmark = pytest.mark.integration
-
 
 def test_prepared_model_answers_paris(tmp_path: Path) -> None:
     pytest.importorskip("gguf")

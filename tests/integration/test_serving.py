@@ -32,8 +32,6 @@ from serving_svc.settings import ServingSettings
 from tests.support.adapters import RANK, make_adapter, publish_adapter
 from tests.support.greedy import greedy_reference, reference_model
 
-pytestmark = pytest.mark.integration
-
 PROMPT = "The capital of France is"
 NEW_TOKENS = 8
 GREEDY = serving_pb2.SamplingParameters(temperature=0, max_tokens=NEW_TOKENS, logprobs=True)

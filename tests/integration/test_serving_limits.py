@@ -18,8 +18,6 @@ from loraplane.proto import serving_pb2, serving_pb2_grpc
 from serving_svc.server import ServingServer, create_server
 from tests.support.serving_settings import tiny_serving_settings
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 async def narrow_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ServingServer]:

@@ -14,7 +14,7 @@ from loraplane.storage.s3 import S3Store
 from tests.support.ceph import S3Endpoint
 from tests.support.store_contract import ObjectStoreContract
 
-pytestmark = [pytest.mark.integration, pytest.mark.s3]
+pytestmark = pytest.mark.s3
 
 
 class TestS3Store(ObjectStoreContract):

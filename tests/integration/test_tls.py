@@ -19,8 +19,6 @@ from tests.support.serving_settings import tiny_serving_settings
 from tests.support.trainer_settings import tiny_trainer_settings
 from trainer_svc.server import create_server as create_trainer
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:

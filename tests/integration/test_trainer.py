@@ -24,8 +24,6 @@ from tests.support.servers import running
 from tests.support.trainer_settings import tiny_trainer_settings
 from trainer_svc.server import TrainerServer, create_server
 
-pytestmark = pytest.mark.integration
-
 GOOD_LINE = '{"prompt": "ping", "completion": "pong"}\n'
 
 

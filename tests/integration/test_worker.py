@@ -23,8 +23,6 @@ from trainer_svc.progress import ErrorEvent, EvalEvent, PhaseEvent, ProgressEven
 from trainer_svc.spec import JobSpec
 from trainer_svc.worker_input import WorkerInput
 
-pytestmark = pytest.mark.integration
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PHASES = ["loading_model", "tokenizing", "training", "evaluating", "publishing"]
 # One answer for many prompts: the tiny model memorises it in a few steps.

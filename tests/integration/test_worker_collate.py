@@ -10,8 +10,6 @@ from trainer_svc.worker.collate import TrainedPositionsCollator, training_collat
 from trainer_svc.worker.model import load_tokenizer
 from trainer_svc.worker.tokenization import IGNORE_INDEX, tokenize_example
 
-pytestmark = pytest.mark.integration  # loads transformers and the tiny model
-
 EXAMPLES = [
     PromptCompletion(prompt="What colour is the sky on a clear day?", completion="Blue."),
     PromptCompletion(prompt="Two and two?", completion="Four, as everyone knows."),

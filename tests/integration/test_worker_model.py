@@ -9,8 +9,6 @@ from loraplane.errors import FailedPrecondition, InvalidArgument
 from tests.support.adapters import load_model
 from trainer_svc.spec import JobSpec
 
-pytestmark = pytest.mark.integration  # loads transformers and the tiny model
-
 
 def _spec(**overrides) -> JobSpec:
     return JobSpec(base_model="tiny", adapter_name="a", training_data={"inline_jsonl": "{}"}, **overrides)

@@ -14,9 +14,6 @@ from trainer_svc.worker.model import load_tokenizer
 from trainer_svc.worker.preference import preference_scores, rejected_answers, trl_rows
 from trainer_svc.worker.tokenization import tokenize_examples
 
-pytestmark = pytest.mark.integration
-
-
 TEXT = PreferenceExample(prompt="2+2=", chosen="4", rejected="5")
 CONVERSATION = PreferenceExample(
     prompt=[ChatTurn(role="system", content="Be brief."), ChatTurn(role="user", content="2+2?")],

@@ -13,8 +13,6 @@ from trainer_svc.worker.tokenization import (
     tokenize_examples,
 )
 
-pytestmark = pytest.mark.integration  # loads transformers and the tiny model
-
 CHAT = ChatExample(
     messages=[
         {"role": "system", "content": "Be brief."},

@@ -7,8 +7,6 @@ from trainer_svc.progress import EvalEvent, ProgressEvent
 from trainer_svc.spec import TrainingParameters
 from trainer_svc.worker.train import EventReporter, planned_steps, run_outcome, training_arguments
 
-pytestmark = pytest.mark.integration  # loads transformers and the tiny model
-
 
 @pytest.mark.parametrize(
     ("params", "has_validation", "eval_strategy", "keeps_best", "eval_steps"),
