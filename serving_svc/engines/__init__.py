@@ -34,7 +34,7 @@ def create_engine(config: EngineConfig, choice: EngineChoice, on_step: Callable[
     has_gpu = _has_gpu()
     if config.dtype == "auto" and not has_gpu:
         # On a CPU, auto is float32: a model saved in bfloat16 would otherwise compute in it, which
-        # this kind of CPU runs at about half the float32 speed.
+        # CPUs without native bfloat16 arithmetic run more slowly than float32.
         config = dataclasses.replace(config, dtype="float32")
     if resolve_engine(choice, has_gpu) == "vllm":
         from serving_svc.engines.vllm import VllmEngine

@@ -2,10 +2,11 @@
 
 An instruction example trains its answer alone, a few tokens at the end of a long prompt (a chat
 template's system turn included). Projecting every position onto the vocabulary and taking its
-softmax, only to mask most of them out of the loss, is a quarter of a training step on a small
-model. The batch therefore names the positions whose next token is trained in any of its rows
-(`logits_to_keep`, which transformers' causal LMs take) and their targets (`shift_labels`, which
-their loss and the Trainer's token count take): the loss is the same, the logits are fewer.
+softmax, only to mask most of them out of the loss, is a large share of a training step on a
+small model (figures in docs/benchmarks.md). The batch therefore names the positions whose next
+token is trained in any of its rows (`logits_to_keep`, which transformers' causal LMs take) and
+their targets (`shift_labels`, which their loss and the Trainer's token count take): the loss is
+the same, the logits are fewer.
 """
 
 from __future__ import annotations

@@ -17,8 +17,8 @@ from loraplane.models import end_token_ids
 GENERATION_BATCH_FACTOR = 4
 """Generation batches are this many times the training batch. Generating keeps no activations for a
 backward pass, only the KV cache, so a batch that trained fits; and each step of decoding reads every
-weight once, however many rows it has, so 40 held-out prompts on a 135M model are answered in less
-than half the time of batches of 8."""
+weight once, however many rows it has, so larger batches answer the held-out prompts in fewer steps
+(figures in docs/benchmarks.md)."""
 
 
 def generation_batch_size(training_batch_size: int) -> int:

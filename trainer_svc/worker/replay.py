@@ -2,12 +2,12 @@
 adapter keeps answering them as the base model did.
 
 A narrow dataset teaches more than its task: trained on dates, SmolLM2-135M starts dating
-everything ("The Red Planet is the planet designated ... as 2018-01-01") within 45 steps.
+everything ("The Red Planet is the planet designated ... as 2018-01-01").
 Rehearsing what the base model already says, in its own words (self-distillation, as in
 "Self-Distillation Bridges Distribution Gap in Language Model Fine-Tuning", Yang et al. 2024),
-costs a few seconds of greedy generation and about `replay_fraction` more training steps, and
+costs a round of greedy generation and about `replay_fraction` more training steps, and
 shows the adapter that a question outside its task gets the base model's answer. On our date
-task it kept every fact the base knew at no cost in exact match (README, Training).
+task it kept every fact the base knew at no cost in exact match (docs/training.md, Replay).
 The questions are general instructions shipped with the project, none of them a question of the
 knowledge probe, which would otherwise measure its own training data.
 """
