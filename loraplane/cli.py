@@ -379,19 +379,8 @@ def drift(
         console.print(_drift_table(entry))
 
 
-class Service(enum.StrEnum):
-    """A service `status` checks."""
-
-    trainer = "trainer"
-    serving = "serving"
-    both = "both"
-
-
-_SERVICE_NAMES: dict[Service, tuple[ServiceName, ...]] = {
-    Service.trainer: ("trainer",),
-    Service.serving: ("serving",),
-    Service.both: ("trainer", "serving"),
-}
+Service = enum.StrEnum("Service", [*get_args(ServiceName), "both"])  # type: ignore[misc]
+"""A service `status` checks, or both."""
 
 
 @app.command()
@@ -399,12 +388,12 @@ def status(
     wait: Annotated[float, typer.Option(help="Seconds to wait for the services to report SERVING.")] = 0.0,
     service: Annotated[
         Service, typer.Option(help="Which service to check: a container's health check names its own.")
-    ] = Service.both,
+    ] = Service.both,  # type: ignore[attr-defined]
     trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
     serving: ServingTarget = DEFAULT_SERVING_TARGET,
 ) -> None:
     """Check the services' gRPC health; exit 1 unless each one checked is SERVING."""
-    names = _SERVICE_NAMES[service]
+    names = get_args(ServiceName) if service == "both" else (cast(ServiceName, service.value),)
     deadline = time.monotonic() + wait
     with LoraplaneClient(trainer=trainer, serving=serving) as client:
         # One deadline for all: a service that is down costs the wait once, not once per service.

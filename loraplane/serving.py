@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-AdapterTier = Literal["store", "disk", "cpu", "engine"]
+LoadedTier = Literal["engine", "cpu"]
+"""Where a replica holds a loaded version: in an engine slot, or its weights in host memory."""
+CacheTier = Literal["disk"] | LoadedTier
+"""A tier a replica holds versions in: the verified copies on disk, or a loaded tier."""
+AdapterTier = Literal["store"] | CacheTier
 """Where a replica holds a version: only in the store, a verified copy on disk, its weights in host
 memory, or loaded in the engine."""
 

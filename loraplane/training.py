@@ -4,7 +4,7 @@ the CLI: each defined here once (the proto enums are their wire form, mapped in 
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from typing import Literal, get_args
 
 
 class Method(enum.StrEnum):
@@ -44,4 +44,4 @@ PromptFormatChoice = Literal["auto"] | PromptFormat
 
 TaskMetric = Literal["exact_match", "rouge_l", "bleu", "chrf"]
 """A score of generated answers against the dataset's answers."""
-TASK_METRICS: tuple[TaskMetric, ...] = ("exact_match", "rouge_l", "bleu", "chrf")
+TASK_METRICS: tuple[TaskMetric, ...] = get_args(TaskMetric)

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from loraplane.errors import LoraplaneError
+from loraplane.serving import CacheTier
 from serving_svc.adapter_labels import OTHER_LABEL, AdapterLabels
 from serving_svc.engines.base import EngineStats
 
@@ -35,9 +36,6 @@ M = TypeVar("M", bound=MetricWrapperBase)
 
 LoadSource = Literal["cpu", "disk", "store"]
 """Where a load took the adapter from: its copy in host memory, the local disk cache, or the object store."""
-
-CacheTier = Literal["engine", "cpu", "disk"]
-"""A tier a replica holds adapter versions in: the engine's slots, host memory, verified copies on disk."""
 
 
 @dataclass

@@ -49,7 +49,7 @@ class ServingServer(EndpointsHost):
     """One replica. Tests start several in a process: nothing here is global."""
 
     def __init__(self, settings: ServingSettings) -> None:
-        self.settings = settings
+        self.base_model_name = settings.base_model_name
         self.metrics = ServingMetrics(settings.metrics_adapter_labels)
         self.engine = create_engine(engine_config(settings), settings.serving_engine, self.metrics.engine_step)
         self.metrics.watch_engine(self.engine.stats)
@@ -170,7 +170,7 @@ class ServingServer(EndpointsHost):
         await self.endpoints.set_serving(True)
         log.info(
             "serving %s with the %s engine; gRPC on port %d, OpenAI-compatible HTTP on port %d",
-            self.settings.base_model_name,
+            self.base_model_name,
             self.engine.name,
             self.port,
             self.http.port,

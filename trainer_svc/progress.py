@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from loraplane.errors import ErrorCode
-from trainer_svc.spec import TaskMetric
+from loraplane.training import TaskMetric
 
 Phase = Literal["loading_model", "tokenizing", "training", "evaluating", "publishing"]
 

@@ -7,7 +7,7 @@ version leaves a full tier), and `keyed_locks.py` (single flight per key).
 """
 
 from serving_svc.adapters.disk_cache import DiskCache, VerifiedCopy
-from serving_svc.adapters.manager import AdapterManager, AdapterPolicy, AdapterStatus, AdapterTier, AdapterUsage
+from serving_svc.adapters.manager import AdapterManager, AdapterPolicy, AdapterStatus, AdapterUsage
 from serving_svc.adapters.resolver import AdapterResolver, ResolvedAdapter, ServableCheck
 from serving_svc.adapters.slots import AdapterSlots
 
@@ -17,7 +17,6 @@ __all__ = [
     "AdapterResolver",
     "AdapterSlots",
     "AdapterStatus",
-    "AdapterTier",
     "AdapterUsage",
     "DiskCache",
     "ResolvedAdapter",

@@ -25,9 +25,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 from loraplane.errors import ResourceExhausted
+from loraplane.serving import LoadedTier
 from serving_svc.adapters.disk_cache import VerifiedCopy
 from serving_svc.adapters.eviction import EvictionPolicy, LRUEvictionPolicy
 from serving_svc.adapters.keyed_locks import KeyedLocks
@@ -285,7 +286,7 @@ class AdapterSlots:
     def is_pinned(self, key: str) -> bool:
         return key in self._slots and self._slots[key].pinned
 
-    def tier_of(self, key: str) -> Literal["engine", "cpu"] | None:
+    def tier_of(self, key: str) -> LoadedTier | None:
         """Where version `key` is held: in a slot, in host memory, or neither."""
         return "engine" if key in self._slots else "cpu" if key in self._host else None
 

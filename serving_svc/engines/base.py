@@ -25,7 +25,7 @@ Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 """Weight and activation dtype; auto is the model config's (resolved to float32 on a CPU)."""
 EngineName = Literal["vllm", "transformers"]
 """The engines; each maps to one module in serving_svc.engines."""
-EngineChoice = Literal["auto", "vllm", "transformers"]
+EngineChoice = Literal["auto"] | EngineName
 """What a replica can ask for: an engine, or auto (vLLM on a GPU, transformers on a CPU)."""
 
 

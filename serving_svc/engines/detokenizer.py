@@ -7,7 +7,8 @@ depend on the tokens before (a leading space dropped at the start of a text, byt
 a character together), so the window starts at the tokens that gave text last time; it moves on
 once the new tokens give whole characters, and stays put while a character is split across tokens
 (decoded as U+FFFD) or the new tokens give no text (special tokens). A window thus holds the
-tokens since text last ended on a whole character, a few tokens, however long the answer grows.
+tokens since text last ended on a whole character: a few tokens in ordinary text, however long the
+answer grows (a run of tokens that each end inside a character keeps it growing until one ends whole).
 
 Streaming text must never change once sent, so a step's text is held back while it could still
 be part of a stop string or ends in half a character; the final step releases the rest. A stop

@@ -89,10 +89,11 @@ class ModelRunner:
         hidden: torch.Tensor | None,
     ) -> torch.Tensor:
         """Every position's logits of the `scored` rows of a prefill, through the LM head from their
-        `hidden` states, or (None) by the model's own forward of those prompts alone."""
+        `hidden` states (no adapter needs applying for that), or (None) by the model's own forward of those
+        prompts alone, their adapters applied."""
+        if hidden is not None:
+            return compat.head_logits(self._model, hidden)
         with self.adapters.applied(batch_key, [batch.adapter_names[row] for row in scored], running=False):
-            if hidden is not None:
-                return compat.head_logits(self._model, hidden)
             logits, _ = compat.forward(
                 self._model, input_ids[scored], batch.mask[scored], positions[scored], None, every_position=True
             )

@@ -5,7 +5,8 @@ touches the model, a tensor or text (no torch here): the model runner executes t
 processor turns logits into tokens, text and finish reasons, and the engine core tells the
 scheduler which sequences finished. Each step,
 
-- running sequences whose caller left are released (their rows freed), waiting ones are dropped;
+- sequences whose caller left are released: running ones free their rows, waiting ones are never
+  admitted, and the engine forgets both;
 - every running sequence decodes one token, in the batch of its batch key: rows whose adapters are
   applied stacked share one batch, and an adapter that is not stacked (DoRA) has a batch of its own;
 - waiting sequences are admitted in arrival order while all batches together stay within
@@ -40,7 +41,8 @@ class SchedulerOutput:
     """One step's plan: which sequences leave, which are prefilled, which decode."""
 
     released: list[Sequence]
-    """Running sequences whose caller left: their rows are freed before anything runs."""
+    """Sequences whose caller left, running or waiting: their rows and streams are freed before anything
+    runs."""
     prefills: dict[str, list[Sequence]]
     """Batch key -> the sequences admitted this step, whose prompts run together."""
     decodes: dict[str, list[Sequence]]
@@ -73,14 +75,16 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         released = [s for group in self._running.values() for s in group if s.aborted]
         self.finish(released)
+        if any(s.aborted for s in self._waiting):
+            released += [s for s in self._waiting if s.aborted]
+            self._waiting = deque(s for s in self._waiting if not s.aborted)
         prefills: dict[str, list[Sequence]] = {}
         free = self._max_batch_size - self.running_count
         while self._waiting and free > 0:
             sequence = self._waiting.popleft()
-            if not sequence.aborted:
-                prefills.setdefault(sequence.batch_key, []).append(sequence)
-                self._running.setdefault(sequence.batch_key, {})[sequence] = None
-                free -= 1
+            prefills.setdefault(sequence.batch_key, []).append(sequence)
+            self._running.setdefault(sequence.batch_key, {})[sequence] = None
+            free -= 1
         self._count()
         decodes = {key: list(group) for key, group in self._running.items()}
         return SchedulerOutput(released, prefills, decodes)

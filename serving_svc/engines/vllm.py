@@ -43,7 +43,6 @@ from serving_svc.engines.base import (
 from serving_svc.engines.grammar import grammar_for
 
 _ENGINE_DEAD = "the vLLM engine has stopped; this replica needs a restart"
-_FINISH_REASONS: dict[str, FinishReason] = {"stop": "stop", "length": "length"}
 
 
 def _supported_rank(rank: int) -> MaxLoRARanks:
@@ -97,8 +96,8 @@ def _logprobs(completion: CompletionOutput) -> tuple[TokenLogprob, ...]:
 
 def _finish_reason(completion: CompletionOutput) -> FinishReason:
     reason = completion.finish_reason or ""
-    if reason in _FINISH_REASONS:
-        return _FINISH_REASONS[reason]
+    if reason in get_args(FinishReason):
+        return cast(FinishReason, reason)
     if reason == "abort":
         raise Cancelled("the engine aborted the request")
     raise Unavailable(f"the engine failed the request ({reason or 'no finish reason'}); retry it")

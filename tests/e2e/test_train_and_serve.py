@@ -190,7 +190,7 @@ def test_metrics_count_what_happened(stack: Stack, trained: tuple[Job, list[JobE
     assert requests[("_unresolved", "INVALID_ARGUMENT")] >= 1
     # What an inference gateway's endpoint picker routes by, under vLLM's names.
     [lora] = serving["vllm:lora_requests_info"]
-    assert lora.labels["max_lora"] == str(stack.serving.settings.max_loaded_adapters)
+    assert lora.labels["max_lora"] == str(stack.serving.adapters.policy.max_loaded)
     assert {"secret-word@v1", "secret-word"} <= set(lora.labels["running_lora_adapters"].split(","))
     assert lora.labels["waiting_lora_adapters"] == ""
     assert [s.value for s in serving["vllm:num_requests_waiting"]] == [0.0]

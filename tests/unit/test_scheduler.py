@@ -1,6 +1,6 @@
 """The scheduler decides alone, from counts and flags: sequences are admitted in arrival order within
 the row limit, prefilled together per batch key and decoded in the same step with their batch; a
-sequence whose caller left is released, or never admitted; a finished one frees its row for the next."""
+sequence whose caller left is released, running or never admitted; a finished one frees its row for the next."""
 
 from __future__ import annotations
 
@@ -49,9 +49,21 @@ def test_a_sequence_whose_caller_left_is_released_or_never_admitted() -> None:
     running.aborted = queued.aborted = True
 
     plan = scheduler.schedule()
-    assert plan.released == [running]
+    assert plan.released == [running, queued], "the engine forgets a queued one whose caller left too"
     assert plan.prefills == {STACKED: [other]}, "the queued one was skipped; its row went to the next"
     assert plan.decodes == {STACKED: [other]}
+    assert (scheduler.running_count, scheduler.waiting_count) == (1, 0)
+
+
+def test_a_waiting_sequence_whose_caller_left_is_released_while_every_row_is_taken() -> None:
+    running, queued = _sequence(), _sequence()
+    scheduler = _scheduler(1, running, queued)
+    scheduler.schedule()
+    queued.aborted = True
+
+    plan = scheduler.schedule()
+    assert plan.released == [queued], "not kept until a row frees: its stream would live as long"
+    assert plan.decodes == {STACKED: [running]}
     assert (scheduler.running_count, scheduler.waiting_count) == (1, 0)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
-from loraplane.artifact import PromptFormat
+from loraplane.training import PromptFormat
 from trainer_svc.worker.generation import base_and_adapter_texts
 
 QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -15,8 +15,8 @@ import numpy as np
 from peft import PeftModel
 from trl import DPOConfig, DPOTrainer
 
-from loraplane.artifact import PromptFormat
 from loraplane.errors import InvalidArgument
+from loraplane.training import PromptFormat
 from trainer_svc.dataset import PreferenceExample, SourcedExample
 from trainer_svc.worker.evaluate import answer_logprobs
 from trainer_svc.worker.tokenization import TokenizedExample

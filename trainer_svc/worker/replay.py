@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from loraplane.artifact import PromptFormat
 from loraplane.models import end_token_ids
+from loraplane.training import PromptFormat
 from trainer_svc.worker.generation import batched_greedy_answers
 from trainer_svc.worker.knowledge_probe import question_prompt
 from trainer_svc.worker.tokenization import IGNORE_INDEX, TokenizedExample

@@ -16,8 +16,8 @@ from peft import PeftModel
 from rouge_score import rouge_scorer
 from transformers import PreTrainedTokenizerBase
 
+from loraplane.training import TaskMetric
 from trainer_svc.progress import TaskScore
-from trainer_svc.spec import TaskMetric
 from trainer_svc.worker.generation import base_and_adapter_texts
 from trainer_svc.worker.tokenization import TokenizedExample
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
-from loraplane.artifact import PromptFormat
 from loraplane.errors import FailedPrecondition, InvalidArgument
+from loraplane.training import PromptFormat, PromptFormatChoice
 from trainer_svc.dataset import (
     ChatExample,
     ChatTurn,
@@ -24,7 +24,6 @@ from trainer_svc.dataset import (
     SourcedExample,
     TextExample,
 )
-from trainer_svc.spec import PromptFormatChoice
 
 IGNORE_INDEX = -100
 

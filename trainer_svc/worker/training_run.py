@@ -14,7 +14,7 @@ from pathlib import Path
 from peft import LoraConfig, PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from loraplane.artifact import PromptFormat
+from loraplane.training import PromptFormat
 from trainer_svc.dataset import SourcedExample
 from trainer_svc.progress import Checkpoint
 from trainer_svc.spec import DpoParameters, TrainingParameters

@@ -6,7 +6,7 @@ example too long for the job is refused naming its line rather than cut short mi
 
 from __future__ import annotations
 
-from loraplane.artifact import PromptFormat
+from loraplane.training import PromptFormat
 from trainer_svc.dataset import SourcedExample, read_examples
 from trainer_svc.progress import PhaseEvent
 from trainer_svc.spec import TrainingParameters
