@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import grpc
 
+from bench.machine import machine, run_date
 from bench.serving import processes
 from bench.serving.measure import RequestResult, percentile
 from bench.serving.ours import (
@@ -132,7 +133,15 @@ def main(argv: list[str] | None = None) -> None:
             workspace.unpublish(name)
     off, on = _summary(measured[False]), _summary(measured[True])
     ratios = {key: on[key] / off[key] for key in off if key != "requests" and off[key]}
-    report = {"model": args.model, "adapters": ADAPTERS, "load": vars(load), "rounds": args.rounds, "drift_off": off}
+    report = {
+        "date": run_date(),
+        "machine": machine(),
+        "model": args.model,
+        "adapters": ADAPTERS,
+        "load": vars(load),
+        "rounds": args.rounds,
+        "drift_off": off,
+    }
     report |= {"drift_on": on, "on_over_off": ratios, "logs": str(run_dir)}
     text = json.dumps(report, indent=2)
     print(text)

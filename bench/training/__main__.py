@@ -35,8 +35,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.machine import machine, run_date
 from bench.quality.task import make_task
-from bench.serving.cli import DEFAULT_WORK_DIR, machine
+from bench.serving.cli import DEFAULT_WORK_DIR
 from bench.serving.workspace import prepare_model
 from loraplane.training import Method
 from trainer_svc.dataset import Example, PreferenceExample, PromptCompletion, SourcedExample, write_examples
@@ -242,6 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "train_examples": args.examples,
         "eval_every_steps": eval_every,
         "repeats": args.repeats,
+        "date": run_date(),
         "machine": machine(),
         "systems": systems,
         "ratios": {
