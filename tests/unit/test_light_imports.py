@@ -15,6 +15,7 @@ HEAVY = ("torch", "transformers", "vllm", "peft", "bitsandbytes")
         "loraplane.cli",
         "loraplane.artifact",
         "loraplane.drift",
+        "loraplane.answers",  # the task metrics' comparisons: the benchmarks and the CLI's vocabulary import it
         "trainer_svc.server",
         "serving_svc.server",
         "serving_svc.servicer",
