@@ -6,6 +6,8 @@ from __future__ import annotations
 import enum
 from typing import Literal, get_args
 
+from loraplane.answers import AnswerMetric
+
 
 class Method(enum.StrEnum):
     """How an adapter is trained: supervised LoRA, LoRA on a 4-bit quantized base (QLoRA) or DoRA, or
@@ -42,6 +44,7 @@ prompt: as the user turn of the base model's chat template, or as it is."""
 PromptFormatChoice = Literal["auto"] | PromptFormat
 """What a job asks for; auto: chat when the base model has a chat template, else raw."""
 
-TaskMetric = Literal["exact_match", "rouge_l", "bleu", "chrf"]
-"""A score of generated answers against the dataset's answers."""
+TaskMetric = Literal[AnswerMetric, "rouge_l", "bleu", "chrf"]
+"""A score of generated answers against the dataset's answers: the comparisons of `loraplane.answers`
+(exact, normalised, as JSON, per JSON field) and the similarity scores ROUGE-L, BLEU and chrF."""
 TASK_METRICS: tuple[TaskMetric, ...] = get_args(TaskMetric)

@@ -105,6 +105,9 @@ TASK_METRIC: WireEnum[TaskMetric, trainer_pb2.TaskMetric.ValueType] = WireEnum(
         "rouge_l": trainer_pb2.TASK_METRIC_ROUGE_L,
         "bleu": trainer_pb2.TASK_METRIC_BLEU,
         "chrf": trainer_pb2.TASK_METRIC_CHRF,
+        "normalized_exact_match": trainer_pb2.TASK_METRIC_NORMALIZED_EXACT_MATCH,
+        "json_exact_match": trainer_pb2.TASK_METRIC_JSON_EXACT_MATCH,
+        "field_accuracy": trainer_pb2.TASK_METRIC_FIELD_ACCURACY,
     },
 )
 ADAPTER_TIER: WireEnum[AdapterTier, serving_pb2.AdapterTier.ValueType] = WireEnum(

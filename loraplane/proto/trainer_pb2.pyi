@@ -118,6 +118,21 @@ class _TaskMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskMetric
     """Corpus BLEU (sacrebleu), 0 to 1."""
     TASK_METRIC_CHRF: _TaskMetric.ValueType  # 4
     """Corpus chrF (sacrebleu), 0 to 1."""
+    TASK_METRIC_NORMALIZED_EXACT_MATCH: _TaskMetric.ValueType  # 5
+    """The answer equals the reference once both are case-folded, whitespace collapsed, a Markdown
+    code fence and surrounding quotes and sentence punctuation stripped; two plain numbers
+    compare as numbers ("3.50" equals "3.5").
+    """
+    TASK_METRIC_JSON_EXACT_MATCH: _TaskMetric.ValueType  # 6
+    """The answer, parsed as JSON (a code fence allowed), equals the parsed reference: key order and
+    whitespace do not matter, numbers compare as numbers, other values keep their type. Reported
+    only when every reference answer is JSON.
+    """
+    TASK_METRIC_FIELD_ACCURACY: _TaskMetric.ValueType  # 7
+    """The mean share of the reference object's top-level fields the answer has with an equal value
+    (0 for an answer that is not a JSON object). Reported only when every reference answer is a
+    JSON object.
+    """
 
 class TaskMetric(_TaskMetric, metaclass=_TaskMetricEnumTypeWrapper):
     """A score of generated answers against the dataset's answers."""
@@ -131,6 +146,21 @@ TASK_METRIC_BLEU: TaskMetric.ValueType  # 3
 """Corpus BLEU (sacrebleu), 0 to 1."""
 TASK_METRIC_CHRF: TaskMetric.ValueType  # 4
 """Corpus chrF (sacrebleu), 0 to 1."""
+TASK_METRIC_NORMALIZED_EXACT_MATCH: TaskMetric.ValueType  # 5
+"""The answer equals the reference once both are case-folded, whitespace collapsed, a Markdown
+code fence and surrounding quotes and sentence punctuation stripped; two plain numbers
+compare as numbers ("3.50" equals "3.5").
+"""
+TASK_METRIC_JSON_EXACT_MATCH: TaskMetric.ValueType  # 6
+"""The answer, parsed as JSON (a code fence allowed), equals the parsed reference: key order and
+whitespace do not matter, numbers compare as numbers, other values keep their type. Reported
+only when every reference answer is JSON.
+"""
+TASK_METRIC_FIELD_ACCURACY: TaskMetric.ValueType  # 7
+"""The mean share of the reference object's top-level fields the answer has with an equal value
+(0 for an answer that is not a JSON object). Reported only when every reference answer is a
+JSON object.
+"""
 Global___TaskMetric: _TypeAlias = TaskMetric  # noqa: Y015
 
 @_typing.final

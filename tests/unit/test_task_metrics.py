@@ -7,9 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from trainer_svc.worker import generation, knowledge_probe
+from loraplane.training import TASK_METRICS
+from trainer_svc.worker import generation, knowledge_probe, task_metrics
 from trainer_svc.worker.knowledge_probe import QUESTIONS, _names_an_answer
-from trainer_svc.worker.task_metrics import SCORERS
+from trainer_svc.worker.task_metrics import SCORERS, metrics_left_out, task_scores
+from trainer_svc.worker.tokenization import TokenizedExample
 
 REFERENCES = ["2024-03-01", "the cat sat on the mat", "blue"]
 
@@ -18,6 +20,79 @@ def test_exact_match_ignores_surrounding_whitespace_only() -> None:
     assert SCORERS["exact_match"]([" 2024-03-01\n", "the cat sat on the mat", "Blue"], REFERENCES) == pytest.approx(
         2 / 3
     )
+
+
+def test_normalised_exact_match_forgives_case_punctuation_and_how_a_number_is_written() -> None:
+    answers = ["2024-03-01.", "The cat sat on the  mat", "Blue"]
+    assert SCORERS["normalized_exact_match"](answers, REFERENCES) == 1.0
+    assert SCORERS["normalized_exact_match"](["3.50"], ["3.5"]) == 1.0
+
+
+class FakeCharTokenizer:
+    """A stand-in for a tokenizer (named as the fake it is): one token per character."""
+
+    @staticmethod
+    def encode(text: str) -> list[int]:
+        return [ord(char) for char in text]
+
+    @staticmethod
+    def decode(ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(chr(i) for i in ids)
+
+
+def _examples(pairs: list[tuple[str, str]]) -> list[TokenizedExample]:
+    encode = FakeCharTokenizer.encode
+    return [
+        TokenizedExample(input_ids=encode(prompt + answer), labels=encode(prompt + answer), prompt_length=len(prompt))
+        for prompt, answer in pairs
+    ]
+
+
+def _answering(monkeypatch: pytest.MonkeyPatch, base: list[str], adapter: list[str]) -> list[int]:
+    """Generation replaced by fixed answers; the list returned counts the calls."""
+    calls: list[int] = []
+
+    def texts(model: object, tokenizer: object, prompts: list[list[int]], **budget: int) -> tuple[list[str], list[str]]:
+        calls.append(len(prompts))
+        return base, adapter
+
+    monkeypatch.setattr(task_metrics, "base_and_adapter_texts", texts)
+    return calls
+
+
+PEOPLE = [
+    ("Ada, 36, lives in London.", '{"name":"Ada","age":36,"city":"London"}'),
+    ("Lyon is home to Esther Cohen, 34.", '{"name":"Esther Cohen","age":34,"city":"Lyon"}'),
+]
+
+
+def test_json_answers_are_scored_as_parsed_values_and_by_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ['{\n  "name": "Ada",\n  "age": 36,\n  "city": "London"\n}', "I cannot tell."]
+    adapter = ['{"name":"Ada","age":36,"city":"London"}', '{"name":"Lyon","age":34,"city":"Esther Cohen"}']
+    _answering(monkeypatch, base, adapter)
+    examples = _examples(PEOPLE)
+    assert metrics_left_out(FakeCharTokenizer(), examples, list(TASK_METRICS)) == {}  # type: ignore[arg-type]
+    scores = task_scores(object(), FakeCharTokenizer(), examples, list(TASK_METRICS), batch_size=2)  # type: ignore[arg-type]
+    by_metric = {score.metric: (score.base, score.adapter) for score in scores}
+    assert list(by_metric) == list(TASK_METRICS)
+    assert by_metric["exact_match"] == (0.0, 0.5)  # the base's pretty-printed answer is no string match
+    assert by_metric["json_exact_match"] == (0.5, 0.5)  # but it is the right value
+    assert by_metric["field_accuracy"] == pytest.approx((0.5, 0.5 + 0.5 / 3))
+
+
+def test_json_metrics_on_answers_that_are_not_json_are_left_out_with_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _answering(monkeypatch, ["blue", "red"], ["Blue", "red"])
+    examples = _examples([("Sky?", "blue"), ("Sea?", '{"colour":"blue"}')])
+    tokenizer = FakeCharTokenizer()
+    assert metrics_left_out(tokenizer, examples, list(TASK_METRICS)) == {  # type: ignore[arg-type]
+        "json_exact_match": "1 of 2 reference answers are not JSON",
+        "field_accuracy": "1 of 2 reference answers are not JSON objects",
+    }
+    scores = task_scores(object(), tokenizer, examples, list(TASK_METRICS), batch_size=2)  # type: ignore[arg-type]
+    assert [score.metric for score in scores] == ["exact_match", "normalized_exact_match", "rouge_l", "bleu", "chrf"]
+    assert calls == [2]
+    only_json = task_scores(object(), tokenizer, examples, ["json_exact_match"], batch_size=2)  # type: ignore[arg-type]
+    assert only_json == [] and calls == [2]  # nothing that applies: no generation either
 
 
 @pytest.mark.parametrize("metric", ["rouge_l", "bleu", "chrf"])

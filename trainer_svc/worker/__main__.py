@@ -46,7 +46,7 @@ from trainer_svc.worker.model import adapter_config, load_base_model, load_token
 from trainer_svc.worker.preference import preference_scores, train_preferences
 from trainer_svc.worker.publish import publish
 from trainer_svc.worker.resume import checkpoint_step, resume_point
-from trainer_svc.worker.task_metrics import task_scores
+from trainer_svc.worker.task_metrics import metrics_left_out, task_scores
 from trainer_svc.worker.train import train
 from trainer_svc.worker.training_run import ModelToTrain, Train, TrainedAdapter, TrainingRun, TrainingSets
 from trainer_svc.worker.training_sets import load_training_sets
@@ -115,14 +115,16 @@ def _evaluate(
     answers, and the facts it lost; the drift profile of its held-out data."""
     model, train_set, validation, test = trained.model, data.train.tokenized, data.validation, data.test
     metrics = {**trained.outcome.metrics, **token_statistics(train_set), "replay_examples": float(len(data.replayed))}
-    emit(PhaseEvent(phase="evaluating"))
+    held_out = test if test.tokenized else validation  # the test pairs, else the validation pairs
+    left_out = metrics_left_out(tokenizer, held_out.tokenized, spec.task_metrics)
+    note = ", ".join(f"{metric} ({why})" for metric, why in left_out.items())
+    emit(PhaseEvent(phase="evaluating", message=f"evaluating; task metrics left out: {note}" if note else ""))
     batch_size = spec.training.batch_size
     generation_batch = generation_batch_size(batch_size)
     evaluation = evaluate(
         model, tokenizer, train_set, validation.tokenized, batch_size=batch_size, generation_batch_size=generation_batch
     )
     metrics.update(evaluation.metrics)
-    held_out = test if test.tokenized else validation  # the test pairs, else the validation pairs
     if spec.method.learns_preferences and held_out.tokenized:
         metrics.update(preference_scores(model, held_out.tokenized, held_out.rejected, batch_size=batch_size))
     scores = task_scores(model, tokenizer, held_out.tokenized, spec.task_metrics, batch_size=generation_batch)
