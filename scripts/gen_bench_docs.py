@@ -187,7 +187,14 @@ TRAINING_RATIOS = {
     "peak_rss_qlora_vs_lora": "peak RSS of QLoRA over LoRA's",
     "peak_rss_dpo_vs_lora": "peak RSS of DPO over LoRA's",
 }
-TASK_METRICS = {"EXACT_MATCH": "exact match", "ROUGE_L": "ROUGE-L", "BLEU": "BLEU", "CHRF": "chrF"}
+COMPARISONS = {
+    "exact_match": "exact match",
+    "normalized_exact_match": "normalised exact match",
+    "json_exact_match": "exact match as JSON",
+    "field_accuracy": "JSON field accuracy",
+}
+"""loraplane.answers' comparisons, as the tables name them."""
+TASK_METRICS = {**COMPARISONS, "rouge_l": "ROUGE-L", "bleu": "BLEU", "chrf": "chrF"}
 
 
 def _dpo_outcome(dpo: dict[str, Any]) -> str:
@@ -247,6 +254,20 @@ def _quality_table(ours: dict[str, Any], plain: dict[str, Any]) -> str:
     )
 
 
+def _comparisons_table(ours: dict[str, Any], plain: dict[str, Any]) -> str:
+    """Each comparison the results hold (the JSON ones only for a task whose answers are JSON), per system."""
+    columns = [(ours, "base_{}_prompt"), (ours, "base_{}_chat"), (ours, "{}_prompt"), (ours, "{}_chat")]
+    columns.append((plain, "{}_chat"))
+    return _table(
+        ["comparison", "base, plain prompt", "base, chat", "our job, plain prompt", "our job, chat", "plain script"],
+        (
+            [label] + [_num(system.get(key.format(name)), 2) for system, key in columns]
+            for name, label in COMPARISONS.items()
+            if f"{name}_chat" in ours
+        ),
+    )
+
+
 def quality(document: dict[str, Any]) -> str:
     """bench.quality: exact match through serving, facts lost and time, our job against the plain script."""
     ours = document["ours"]
@@ -255,13 +276,16 @@ def quality(document: dict[str, Any]) -> str:
         f"{document['seed']}.",
         _quality_table(ours, document["plain"]),
     ]
+    if "normalized_exact_match_chat" in ours:  # results scored by loraplane.answers, every comparison kept
+        parts += ["The same answers by each comparison:", _comparisons_table(ours, document["plain"])]
     if scores := ours.get("job_reported", {}).get("task_scores"):
         parts += [
             "What the job itself reported, on its validation prompts:",
             _table(
                 ["metric", "base model", "adapter"],
                 (
-                    [TASK_METRICS.get(name.removeprefix("TASK_METRIC_"), name), _num(base, 3), _num(adapter, 3)]
+                    [TASK_METRICS.get(name.removeprefix("TASK_METRIC_").lower(), name), _num(base, 3)]
+                    + [_num(adapter, 3)]
                     for name, (base, adapter) in scores.items()
                 ),
             ),

@@ -6,7 +6,8 @@ submitted with nothing but the data, then the test prompts sent to serving as pl
 as chat messages, to the base model and to the adapter, greedy; and the knowledge questions
 (trainer_svc/worker/knowledge_probe.py) to both. The baseline (bench/quality/plain_script.py)
 trains the same model on the same data for a fixed 150 steps, with the LoRA settings of peft's and TRL's examples.
-Systems run one after the other. Prints JSON.
+Both sides' answers are scored by loraplane.answers, as the job's own task metrics are. Systems run
+one after the other. Prints JSON.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bench.quality.task import Example, make_task, write_jsonl
 from bench.serving import processes
 from bench.serving.ours import free_port
 from bench.serving.workspace import prepare_model
+from loraplane import answers
 from loraplane.client import LoraplaneClient, ServiceName
 from loraplane.proto import trainer_pb2
 from loraplane.training import JobState
@@ -54,10 +56,6 @@ def _ask(client: LoraplaneClient, adapter: str, prompts: list[str], *, chat: boo
 
     with ThreadPoolExecutor(8) as pool:  # concurrent, as apps call it; greedy answers do not depend on batching
         return list(pool.map(one, prompts))
-
-
-def _exact_match(answers: list[str], test: list[Example]) -> float:
-    return sum(a == e.answer for a, e in zip(answers, test, strict=True)) / len(test)
 
 
 def _facts(answers: list[str]) -> list[bool]:
@@ -96,17 +94,21 @@ def _train(client: LoraplaneClient, train_file: Path, replay_fraction: float | N
 
 
 def _answers_scored(client: LoraplaneClient, test: list[Example]) -> dict[str, Any]:
-    """Exact match of the adapter and of the base model, by plain prompt and by chat; the facts the base
+    """The adapter's and the base model's test answers, by plain prompt and by chat, scored by every
+    comparison of loraplane.answers that applies (keys `[base_]{metric}_{prompt|chat}`: the strict and
+    normalised exact match, and the JSON ones when the task's answers are JSON); the facts the base
     model knew and the adapter lost."""
-    prompts = [e.prompt for e in test]
+    prompts, references = [e.prompt for e in test], [e.answer for e in test]
+    scored: dict[str, Any] = {}
+    for side, adapter in (("", "dates"), ("base_", "")):
+        for route, chat in (("prompt", False), ("chat", True)):
+            replies = _ask(client, adapter, prompts, chat=chat)
+            scored |= {f"{side}{metric}_{route}": v for metric, v in answers.scores(replies, references).items()}
     questions = [question for question, _ in QUESTIONS]
     base_known = _facts(_ask(client, "", questions, chat=True))
     adapter_known = _facts(_ask(client, "dates", questions, chat=True))
     return {
-        "exact_match_prompt": _exact_match(_ask(client, "dates", prompts, chat=False), test),
-        "exact_match_chat": _exact_match(_ask(client, "dates", prompts, chat=True), test),
-        "base_exact_match_prompt": _exact_match(_ask(client, "", prompts, chat=False), test),
-        "base_exact_match_chat": _exact_match(_ask(client, "", prompts, chat=True), test),
+        **scored,
         "facts_known_by_base": sum(base_known),
         "facts_lost": sum(k and not a for k, a in zip(base_known, adapter_known, strict=True)),
     }

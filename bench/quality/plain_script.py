@@ -4,7 +4,7 @@ Same model and data as our job, with the LoRA settings of peft's and TRL's examp
 alpha 32, dropout 0.05, every linear layer, learning rate 2e-4, batches of 8; the trainer's
 defaults but for dropout, which it leaves off), examples through the chat template with the loss
 on the answer only, a fixed 150 steps, then its own greedy `generate` on the test prompts and the
-knowledge questions. Prints one JSON object.
+knowledge questions, scored by loraplane.answers as our side's are. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from transformers import (
     TrainingArguments,
 )
 
+from loraplane.answers import scores
 from trainer_svc.worker.knowledge_probe import QUESTIONS, _names_an_answer
 
 STEPS = 150
@@ -89,14 +90,14 @@ def main(model_dir: str, train_file: str, test_file: str, work_dir: str) -> dict
     trainer.train()
     train_s = time.perf_counter() - started
     model.eval()
-    answers = _answers(model, tokenizer, [e["prompt"] for e in test], 16)
+    replies = _answers(model, tokenizer, [e["prompt"] for e in test], 16)
     adapter_facts = _answers(model, tokenizer, questions, 32)
     known = [_names_an_answer(a, accepted) for a, (_, accepted) in zip(base_facts, QUESTIONS, strict=True)]
     kept = [_names_an_answer(a, accepted) for a, (_, accepted) in zip(adapter_facts, QUESTIONS, strict=True)]
     return {
         "steps": STEPS,
         "train_s": round(train_s, 1),
-        "exact_match_chat": sum(a == e["completion"] for a, e in zip(answers, test, strict=True)) / len(test),
+        **{f"{metric}_chat": v for metric, v in scores(replies, [e["completion"] for e in test]).items()},
         "facts_known_by_base": sum(known),
         "facts_lost": sum(k and not a for k, a in zip(known, kept, strict=True)),
     }
