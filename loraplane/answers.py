@@ -78,7 +78,7 @@ def json_equal(left: object, right: object) -> bool:
     (3 == 3.0), every other value with its type (a bool is not a number, a number not a string)."""
     if isinstance(left, bool) or isinstance(right, bool):
         return type(left) is type(right) and left == right
-    if isinstance(left, int | Decimal) and isinstance(right, int | Decimal):
+    if isinstance(left, int | float | Decimal) and isinstance(right, int | float | Decimal):
         return Decimal(left) == Decimal(right)
     if isinstance(left, dict) and isinstance(right, dict):
         return left.keys() == right.keys() and all(json_equal(left[key], right[key]) for key in left)

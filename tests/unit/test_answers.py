@@ -89,6 +89,11 @@ def test_field_accuracy_is_the_share_of_the_references_fields_given_equal(answer
     assert answers.field_accuracy(answer, PERSON) == pytest.approx(share)
 
 
+def test_json_values_from_python_compare_numbers_by_value_and_keep_other_types_apart() -> None:
+    assert answers.json_equal({"a": [3, 0.5]}, {"a": [3.0, 0.5]})
+    assert not answers.json_equal(1, True) and not answers.json_equal(0, None) and not answers.json_equal(30, "30")
+
+
 def test_field_accuracy_of_an_empty_reference_object_asks_for_an_empty_answer() -> None:
     assert answers.field_accuracy("{}", "{}") == 1.0
     assert answers.field_accuracy('{"a": 1}', "{}") == 0.0
