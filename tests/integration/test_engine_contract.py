@@ -9,23 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from serving_svc.engines.base import Engine, EngineConfig
+from serving_svc.engines.base import Engine
 from tests.support.adapters import make_adapter
 from tests.support.engine_contract import EngineContract
-
-
-def _config(tiny_model_dir: Path) -> EngineConfig:
-    return EngineConfig(
-        model_path=tiny_model_dir,
-        served_model_name="tiny",
-        dtype="float32",
-        max_model_len=256,
-        max_batch_size=4,
-        max_loaded_adapters=2,
-        max_cpu_adapters=2,
-        max_lora_rank=16,
-        gpu_memory_utilization=0.2,  # on a CPU, vLLM's share of the machine's memory, shared with the tests
-    )
+from tests.support.tiny_model import tiny_engine_config
 
 
 class TestTransformersEngine(EngineContract):
@@ -34,7 +21,7 @@ class TestTransformersEngine(EngineContract):
     def new_engine(cls, tiny_model_dir: Path) -> Callable[[], Engine]:
         from serving_svc.engines.transformers import TransformersEngine
 
-        return lambda: TransformersEngine(_config(tiny_model_dir))
+        return lambda: TransformersEngine(tiny_engine_config(tiny_model_dir, max_batch_size=4, adapters=2))
 
     @pytest.fixture(scope="class", params=["lora", "dora"])
     @classmethod
@@ -54,7 +41,7 @@ class TestVllmEngine(EngineContract):
         with pytest.MonkeyPatch.context() as env:
             # The engine core runs in this process rather than one more: seconds to start instead of many.
             env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            yield lambda: VllmEngine(_config(tiny_model_dir))
+            yield lambda: VllmEngine(tiny_engine_config(tiny_model_dir, max_batch_size=4, adapters=2))
 
     @pytest.fixture(scope="class")
     @classmethod

@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 
-from serving_svc.engines.base import EngineConfig, GenerationDelta, GenerationRequest, SamplingOptions
+from serving_svc.engines.base import GenerationDelta, GenerationRequest, SamplingOptions
 from serving_svc.engines.transformers import TransformersEngine
 from tests.support.adapters import make_adapter
 from tests.support.greedy import greedy_reference, reference_model
+from tests.support.tiny_model import tiny_engine_config
 
 NEW_TOKENS = 12
 PROMPTS = [
@@ -34,17 +35,7 @@ PROMPTS = [
 @asynccontextmanager
 async def _engine(model_dir: Path) -> AsyncIterator[tuple[TransformersEngine, list[int]]]:
     """A started engine on `model_dir`, and the batch size of each decode step it runs."""
-    config = EngineConfig(
-        model_path=model_dir,
-        served_model_name="tiny",
-        dtype="float32",
-        max_model_len=256,
-        max_batch_size=8,
-        max_loaded_adapters=4,
-        max_cpu_adapters=4,
-        max_lora_rank=16,
-        gpu_memory_utilization=0.2,
-    )
+    config = tiny_engine_config(model_dir, max_batch_size=8, adapters=4)
     steps: list[int] = []
     engine = TransformersEngine(config, steps.append)
     await engine.start()

@@ -19,6 +19,8 @@ import pytest
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerFast
 
+    from serving_svc.engines.base import EngineConfig
+
 BOS, EOS, PAD = "<|im_start|>", "<|im_end|>", "<|pad|>"
 # ChatML, as SmolLM2 and many instruct models use: every turn ends in EOS, so a chat completion
 # stops where an assistant turn ends.
@@ -103,6 +105,23 @@ def build_tiny_model(dest: Path) -> Path:
     model.save_pretrained(dest, safe_serialization=True)
     tokenizer.save_pretrained(dest)
     return dest
+
+
+def tiny_engine_config(model_dir: Path, *, max_batch_size: int, adapters: int) -> EngineConfig:
+    """An engine config for the tiny model: float32, a 256-token context, `adapters` engine and host slots."""
+    from serving_svc.engines.base import EngineConfig
+
+    return EngineConfig(
+        model_path=model_dir,
+        served_model_name="tiny",
+        dtype="float32",
+        max_model_len=256,
+        max_batch_size=max_batch_size,
+        max_loaded_adapters=adapters,
+        max_cpu_adapters=adapters,
+        max_lora_rank=16,
+        gpu_memory_utilization=0.2,  # on a CPU, vLLM's share of the machine's memory, shared with the tests
+    )
 
 
 @pytest.fixture(scope="session")
