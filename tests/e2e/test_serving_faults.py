@@ -32,6 +32,8 @@ from tests.support.serving_settings import tiny_serving_settings
 STREAMS = 8
 LONG = SamplingParameters(max_tokens=400, ignore_eos=True, temperature=0)
 """Long enough that every stream is still generating when the signal lands."""
+SHORT = SamplingParameters(max_tokens=4, ignore_eos=True, temperature=0)
+"""Exactly four tokens whatever the sampled text: an end-of-sequence token does not stop it early."""
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +113,8 @@ def test_kill_9_during_streams_gives_unavailable_and_a_restart_serves_again(
 
     with _serving(data_dir, tiny_model_dir, port), LoraplaneClient(serving=f"127.0.0.1:{port}") as client:
         assert client.wait_until_serving("serving", 120)
-        answer = client.inference.generate("Once upon a time", adapter="alpha", params=SamplingParameters(max_tokens=4))
-        assert answer.usage.completion_tokens == 4
+        answer = client.inference.generate("Once upon a time", adapter="alpha", params=SHORT)
+        assert answer.usage.completion_tokens == SHORT.max_tokens
 
 
 def test_sigterm_lets_streams_in_flight_finish_whole_then_exits_cleanly(data_dir: Path, tiny_model_dir: Path) -> None:
@@ -154,7 +156,7 @@ def test_a_full_disk_fails_the_cold_load_cleanly_and_the_cache_stays_consistent(
             c.inference.generate("hello", adapter="alpha", params=SamplingParameters(max_tokens=2))
         leftovers = [p.relative_to(small_disk) for p in (small_disk / "cache").rglob("*")]
         assert leftovers == [Path("cache/alpha")], "no partial copy, no temporary file"
-        assert c.inference.generate("hello", params=SamplingParameters(max_tokens=2)).usage.completion_tokens == 2
+        assert c.inference.generate("hello", params=SHORT).usage.completion_tokens == SHORT.max_tokens
         filler.unlink()
         assert (
             c.inference.generate("hello", adapter="alpha", params=SamplingParameters(max_tokens=2)).adapter.name

@@ -88,7 +88,7 @@ def secured(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def test_each_grpc_call_needs_a_token_holding_its_role(secured: Secured) -> None:
-    greedy = SamplingParameters(max_tokens=4, temperature=0)
+    greedy = SamplingParameters(max_tokens=4, temperature=0, ignore_eos=True)
     with secured.client(None) as anonymous:
         assert anonymous.wait_until_serving("serving", 5) and anonymous.wait_until_serving("trainer", 5)  # health
         with pytest.raises(Unauthenticated, match="send the header `authorization: Bearer <token>`"):
@@ -141,7 +141,9 @@ def test_the_http_api_takes_the_token_as_the_openai_api_key(secured: Secured) ->
     assert forbidden.value.body["type"] == "permission_error"  # type: ignore[index]
     client = secured.openai(secured.tokens["gen"])
     assert "alpha" in {model.id for model in client.models.list()}
-    answer = client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "hi"}], max_tokens=3)
+    answer = client.chat.completions.create(
+        model="alpha", messages=[{"role": "user", "content": "hi"}], max_tokens=3, extra_body={"ignore_eos": True}
+    )
     assert answer.usage is not None and answer.usage.completion_tokens == 3
     base = f"http://127.0.0.1:{secured.serving.http.port}"
     assert httpx.get(f"{base}/health").status_code == 200  # probes carry no token

@@ -65,9 +65,8 @@ def test_mutual_tls_on_serving_needs_a_client_certificate_on_every_port(
         target = f"127.0.0.1:{serving.port}"
         mutual = ClientTls(ca_file=pki.ca, cert_file=pki.client_cert, key_file=pki.client_key)
         with LoraplaneClient(serving=target, tls=mutual) as client:
-            assert (
-                client.inference.generate("hello", params=SamplingParameters(max_tokens=2)).usage.completion_tokens == 2
-            )
+            exactly_two = SamplingParameters(max_tokens=2, ignore_eos=True)
+            assert client.inference.generate("hello", params=exactly_two).usage.completion_tokens == 2
         no_certificate = LoraplaneClient(serving=target, tls=ClientTls(ca_file=pki.ca))
         with no_certificate, pytest.raises(Unavailable):
             no_certificate.inference.model_info()
