@@ -121,8 +121,16 @@ def _print_outcome(job: Job) -> None:
                 f"{_number(m.preference_margin_adapter, 2)} nats)"
             )
         for score in m.task_scores:
+            on = (
+                f"{score.examples} prompts of {score.held_out.described}"
+                if score.held_out
+                else f"{score.examples} prompts"
+            )
+            console.print(f"  {score.metric}: base {score.base:.3f} -> adapter {score.adapter:.3f} ({on})")
+        if m.held_out_near_copy_share is not None:
             console.print(
-                f"  {score.metric}: base {score.base:.3f} -> adapter {score.adapter:.3f} ({score.examples} prompts)"
+                f"  held-out prompts that near-copy a training prompt: {m.held_out_near_copy_share:.0%}"
+                + (" (their scores say little about new phrasings)" if m.held_out_near_copy_share >= 0.5 else "")
             )
     else:
         error = job.error

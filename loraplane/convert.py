@@ -113,7 +113,12 @@ def _metrics(message: trainer_pb2.JobMetrics) -> types.JobMetrics:
         types.JobMetrics,
         message,
         task_scores=tuple(
-            _build(types.TaskScore, score, metric=wire.TASK_METRIC.decode(score.metric))
+            _build(
+                types.TaskScore,
+                score,
+                metric=wire.TASK_METRIC.decode(score.metric),
+                held_out=wire.HELD_OUT_SET.decode_optional(score.held_out),
+            )
             for score in message.task_scores
         ),
         checkpoints=tuple(_build(types.Checkpoint, checkpoint) for checkpoint in message.checkpoints),

@@ -37,6 +37,30 @@ class JobState(enum.StrEnum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
+class HeldOutSet(enum.StrEnum):
+    """Which held-out prompts a job's task scores were measured on, and so what they can say."""
+
+    TEST = "test"
+    """The caller's test data."""
+    VALIDATION = "validation"
+    """The caller's validation data."""
+    UNSEEN_GROUPS = "unseen_groups"
+    """Whole groups (prompt templates, or the groups the examples name) the trainer held out of training:
+    what prompts phrased in a new way get."""
+    IN_DISTRIBUTION = "in_distribution"
+    """Rows the trainer held out at random: their phrasings were trained on, so they say little about new ones."""
+
+    @property
+    def described(self) -> str:
+        """What the prompts are, for a report a person reads."""
+        return {
+            HeldOutSet.TEST: "the test data",
+            HeldOutSet.VALIDATION: "the validation data",
+            HeldOutSet.UNSEEN_GROUPS: "phrasings held out of training",
+            HeldOutSet.IN_DISTRIBUTION: "rows like the training data (in-distribution)",
+        }[self]
+
+
 PromptFormat = Literal["chat", "raw"]
 """How an adapter was trained on prompt/completion examples, and so how serving sends it a plain
 prompt: as the user turn of the base model's chat template, or as it is."""

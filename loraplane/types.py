@@ -16,7 +16,7 @@ from typing import Any
 
 from loraplane.proto import serving_pb2, trainer_pb2
 from loraplane.serving import AdapterTier, FinishReason
-from loraplane.training import JobState, Method, PromptFormat, PromptFormatChoice, TaskMetric
+from loraplane.training import HeldOutSet, JobState, Method, PromptFormat, PromptFormatChoice, TaskMetric
 
 
 def _proto_field() -> Any:
@@ -136,6 +136,9 @@ class TaskScore:
     base: float
     adapter: float
     examples: int
+    held_out: HeldOutSet | None
+    """Which prompts: the caller's test or validation data, or the trainer's unseen groups or in-distribution
+    rows; None from a trainer that did not say."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -144,6 +147,8 @@ class Checkpoint:
     validation_loss: float
     train_loss: float
     published: bool
+    facts_lost: int | None
+    """General facts the base model knew that this checkpoint answers wrong; None where the probe did not run."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,6 +184,8 @@ class JobMetrics:
     preference_margin_base: float | None
     preference_margin_adapter: float | None
     replay_examples: int
+    held_out_near_copy_share: float | None
+    """Share of the caller's scored held-out prompts that near-copy a training prompt; None without any."""
 
 
 @dataclass(frozen=True, kw_only=True)

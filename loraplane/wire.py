@@ -18,7 +18,7 @@ from google.protobuf.descriptor import EnumDescriptor
 from loraplane.errors import InvalidArgument
 from loraplane.proto import serving_pb2, trainer_pb2
 from loraplane.serving import AdapterTier, FinishReason
-from loraplane.training import JobState, Method, PromptFormatChoice, TaskMetric
+from loraplane.training import HeldOutSet, JobState, Method, PromptFormatChoice, TaskMetric
 
 D = TypeVar("D", bound=str)
 W = TypeVar("W", bound=int)
@@ -108,6 +108,15 @@ TASK_METRIC: WireEnum[TaskMetric, trainer_pb2.TaskMetric.ValueType] = WireEnum(
         "normalized_exact_match": trainer_pb2.TASK_METRIC_NORMALIZED_EXACT_MATCH,
         "json_exact_match": trainer_pb2.TASK_METRIC_JSON_EXACT_MATCH,
         "field_accuracy": trainer_pb2.TASK_METRIC_FIELD_ACCURACY,
+    },
+)
+HELD_OUT_SET: WireEnum[HeldOutSet, trainer_pb2.HeldOutSet.ValueType] = WireEnum(
+    trainer_pb2.HeldOutSet.DESCRIPTOR,
+    {
+        HeldOutSet.TEST: trainer_pb2.HELD_OUT_SET_TEST,
+        HeldOutSet.VALIDATION: trainer_pb2.HELD_OUT_SET_VALIDATION,
+        HeldOutSet.UNSEEN_GROUPS: trainer_pb2.HELD_OUT_SET_UNSEEN_GROUPS,
+        HeldOutSet.IN_DISTRIBUTION: trainer_pb2.HELD_OUT_SET_IN_DISTRIBUTION,
     },
 )
 ADAPTER_TIER: WireEnum[AdapterTier, serving_pb2.AdapterTier.ValueType] = WireEnum(

@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from loraplane.errors import InvalidArgument
+from loraplane.training import HeldOutSet
 
 
 class ChatTurn(BaseModel):
@@ -38,11 +38,17 @@ class PromptCompletion(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str
     completion: str = Field(min_length=1)
+    group: str | None = Field(None, min_length=1)
+    """What the example shares with others (an entity, a template, a time period): a validation split the
+    trainer makes holds whole groups out (templates.py)."""
 
 
 class ChatExample(BaseModel):
     model_config = ConfigDict(extra="forbid")
     messages: list[ChatTurn] = Field(min_length=1)
+    group: str | None = Field(None, min_length=1)
+    """What the example shares with others (an entity, a template, a time period): a validation split the
+    trainer makes holds whole groups out (templates.py)."""
 
     @model_validator(mode="after")
     def _ends_with_assistant(self) -> ChatExample:
@@ -85,6 +91,9 @@ class PreferenceExample(BaseModel):
     prompt: Annotated[str | Annotated[list[ChatTurn], Field(min_length=1)], BeforeValidator(_prompt_shape)]
     chosen: Answer
     rejected: Answer
+    group: str | None = Field(None, min_length=1)
+    """What the example shares with others (an entity, a template, a time period): a validation split the
+    trainer makes holds whole groups out (templates.py)."""
 
     @model_validator(mode="after")
     def _a_real_choice(self) -> PreferenceExample:
@@ -107,10 +116,23 @@ Example = PromptCompletion | ChatExample | TextExample | PreferenceExample
 
 
 class SourcedExample(BaseModel):
-    """An example and its 1-based line in the dataset the user sent."""
+    """An example and its 1-based line in the dataset the user sent; a held-out example also says which
+    held-out set it is in."""
 
     line: int
     example: Example
+    held_out: HeldOutSet | None = None
+
+    def prompt_text(self) -> str | None:
+        """What the example asks, as text (the turns before the answer); None for plain text."""
+        example = self.example
+        if isinstance(example, TextExample):
+            return None
+        if isinstance(example, ChatExample):
+            return "\n".join(turn.content for turn in example.messages[:-1])
+        if isinstance(example, PreferenceExample) and isinstance(example.prompt, list):
+            return "\n".join(turn.content for turn in example.prompt)
+        return str(example.prompt)
 
 
 _FORMATS: dict[str, tuple[type[BaseModel], frozenset[str]]] = {
@@ -184,18 +206,6 @@ def parse_jsonl(
     return examples
 
 
-def split_validation(
-    examples: list[SourcedExample], fraction: float, seed: int
-) -> tuple[list[SourcedExample], list[SourcedExample]]:
-    """Hold out `fraction` of `examples` for validation: at least one, and never all of them."""
-    if fraction == 0 or len(examples) < 2:
-        return examples, []
-    shuffled = examples[:]
-    random.Random(seed).shuffle(shuffled)
-    held_out = min(max(1, round(len(shuffled) * fraction)), len(shuffled) - 1)
-    return shuffled[held_out:], shuffled[:held_out]
-
-
 def write_examples(path: Path, examples: list[SourcedExample]) -> None:
     """Write via a temporary name, so a crash never leaves a partial file that looks complete."""
     partial = path.with_name(f".{path.name}.partial")
@@ -248,5 +258,5 @@ def fingerprint(examples: list[SourcedExample]) -> str:
     """sha256 of the normalised examples (not their line numbers): the same data, the same fingerprint."""
     digest = hashlib.sha256()
     for sourced in examples:
-        digest.update(sourced.example.model_dump_json().encode() + b"\n")
+        digest.update(sourced.example.model_dump_json(exclude={"group"}).encode() + b"\n")
     return f"sha256:{digest.hexdigest()}"

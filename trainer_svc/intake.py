@@ -16,9 +16,12 @@ from pathlib import Path
 
 from loraplane.errors import InvalidArgument, LoraplaneError
 from loraplane.storage import ObjectStore
-from trainer_svc import dataset
+from loraplane.training import HeldOutSet
+from trainer_svc import dataset, held_out
 from trainer_svc.dataset import SourcedExample
+from trainer_svc.held_out import NearCopies
 from trainer_svc.spec import DatasetSource, JobSpec
+from trainer_svc.templates import NEAR_COPY_WARNING
 
 
 @dataclass(frozen=True)
@@ -40,16 +43,41 @@ class JobData:
     test: list[SourcedExample]
     duplicates_removed: int
     leaked_examples: int
+    grouping: str | None = None
+    """How the trainer's validation split found its groups, or why it drew every row at random; None when
+    the caller gave the validation data."""
+    near_copies: NearCopies | None = None
+    """The caller's held-out prompts that near-copy training prompts; None when the caller gave none."""
 
     def metrics(self) -> dict[str, float]:
-        return {"duplicates_removed": float(self.duplicates_removed), "leaked_examples": float(self.leaked_examples)}
+        metrics = {"duplicates_removed": float(self.duplicates_removed), "leaked_examples": float(self.leaked_examples)}
+        if self.near_copies is not None:
+            metrics["held_out_near_copy_share"] = self.near_copies.share
+        return metrics
 
     def summary(self) -> str:
         test = f", {len(self.test)} test" if self.test else ""
-        return (
+        lines = [
             f"dataset valid: {len(self.train)} training, {len(self.validation)} validation{test} examples; "
             f"{self.duplicates_removed} duplicates removed, {self.leaked_examples} held-out examples also in training"
-        )
+        ]
+        if self.grouping is not None:
+            lines.append(self._split_summary(self.grouping))
+        if self.near_copies is not None and self.near_copies.share >= NEAR_COPY_WARNING:
+            copies = self.near_copies
+            lines.append(
+                f"warning: {copies.copies} of the {copies.prompts} held-out prompts scored share a template with "
+                "training prompts or repeat most of one, so their scores say little about prompts phrased in a "
+                "new way; hold out whole templates or entities (docs/training.md, Held-out sets)"
+            )
+        return "; ".join(lines)
+
+    def _split_summary(self, grouping: str) -> str:
+        unseen = sum(example.held_out is HeldOutSet.UNSEEN_GROUPS for example in self.validation)
+        if not unseen:
+            return f"validation rows drawn at random, so their scores are in-distribution ({grouping})"
+        rows = len(self.validation) - unseen
+        return f"validation: {unseen} examples of {grouping} not trained on, and {rows} rows drawn at random"
 
 
 @dataclass(frozen=True)
@@ -97,27 +125,37 @@ class DatasetIntake:
         refused, when the spec says so); InvalidArgument naming the spec field of the first mistake."""
         preferences = spec.method.learns_preferences
         train, removed = self._parse(spec.training_data, "spec.training_data", preferences=preferences)
-        if spec.validation_data is None:  # split after deduplication: no example is on both sides
-            train, validation = dataset.split_validation(train, spec.training.validation_fraction, spec.training.seed)
-        else:
+        validation: list[SourcedExample] = []
+        test: list[SourcedExample] = []
+        if spec.validation_data is not None:
             validation, repeats = self._parse(spec.validation_data, "spec.validation_data", preferences=preferences)
             removed += repeats
-        test: list[SourcedExample] = []
         if spec.test_data is not None:
             test, repeats = self._parse(spec.test_data, "spec.test_data", preferences=preferences)
             removed += repeats
-        leaks = 0
-        for field, held_out in (("spec.validation_data", validation), ("spec.test_data", test)):
-            lines = dataset.leaked(held_out, train)
-            leaks += len(lines)
-            if lines and spec.refuse_leakage:
-                shown = ", ".join(str(line) for line in lines[:10]) + (" ..." if len(lines) > 10 else "")
-                raise InvalidArgument(
-                    f"{len(lines)} examples also appear in the training data (lines {shown}); remove them, or "
-                    "set spec.refuse_leakage to false to train anyway",
-                    field=field,
-                )
-        return JobData(train, validation, test, duplicates_removed=removed, leaked_examples=leaks)
+        validation, test, near = held_out.caller_held_out(train, validation, test)
+        grouping = None
+        if spec.validation_data is None:  # split after deduplication: no example is on both sides
+            split = held_out.split_validation(train, spec.training.validation_fraction, spec.training.seed)
+            train, validation, grouping = split.train, split.validation, split.grouping
+        leaks = sum(
+            self._leaks(examples, train, field, spec.refuse_leakage)
+            for field, examples in (("spec.validation_data", validation), ("spec.test_data", test))
+        )
+        return JobData(train, validation, test, removed, leaks, grouping, near if near.prompts else None)
+
+    @staticmethod
+    def _leaks(examples: list[SourcedExample], train: list[SourcedExample], field: str, refuse: bool) -> int:
+        """How many of the held-out `examples` also appear in training; InvalidArgument if any do and `refuse`."""
+        lines = dataset.leaked(examples, train)
+        if lines and refuse:
+            shown = ", ".join(str(line) for line in lines[:10]) + (" ..." if len(lines) > 10 else "")
+            raise InvalidArgument(
+                f"{len(lines)} examples also appear in the training data (lines {shown}); remove them, or "
+                "set spec.refuse_leakage to false to train anyway",
+                field=field,
+            )
+        return len(lines)
 
     def _parse(self, source: DatasetSource, field: str, *, preferences: bool) -> tuple[list[SourcedExample], int]:
         """The source's examples without repeats, and how many repeats were removed."""

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 
 from loraplane.errors import ErrorCode
-from loraplane.training import TaskMetric
+from loraplane.training import HeldOutSet, TaskMetric
 
 Phase = Literal["loading_model", "tokenizing", "training", "evaluating", "publishing"]
 
@@ -54,6 +54,7 @@ class TaskScore(BaseModel):
     base: float
     adapter: float
     examples: int
+    held_out: HeldOutSet
 
 
 class Checkpoint(BaseModel):
@@ -63,6 +64,8 @@ class Checkpoint(BaseModel):
     validation_loss: float
     train_loss: float
     published: bool
+    facts_lost: int | None = None
+    """General facts the base model knew that this checkpoint answers wrong (knowledge_probe.py)."""
 
 
 class ResultEvent(BaseModel):

@@ -163,6 +163,40 @@ JSON object.
 """
 Global___TaskMetric: _TypeAlias = TaskMetric  # noqa: Y015
 
+class _HeldOutSet:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HeldOutSetEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HeldOutSet.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HELD_OUT_SET_UNSPECIFIED: _HeldOutSet.ValueType  # 0
+    HELD_OUT_SET_TEST: _HeldOutSet.ValueType  # 1
+    """The caller's test data."""
+    HELD_OUT_SET_VALIDATION: _HeldOutSet.ValueType  # 2
+    """The caller's validation data."""
+    HELD_OUT_SET_UNSEEN_GROUPS: _HeldOutSet.ValueType  # 3
+    """Whole groups (prompt templates, or the groups the examples name) the trainer held out of
+    training: what prompts phrased in a new way get.
+    """
+    HELD_OUT_SET_IN_DISTRIBUTION: _HeldOutSet.ValueType  # 4
+    """Rows the trainer held out at random: their phrasings were trained on (in-distribution)."""
+
+class HeldOutSet(_HeldOutSet, metaclass=_HeldOutSetEnumTypeWrapper):
+    """Which held-out prompts a task score was measured on, and so what it can say."""
+
+HELD_OUT_SET_UNSPECIFIED: HeldOutSet.ValueType  # 0
+HELD_OUT_SET_TEST: HeldOutSet.ValueType  # 1
+"""The caller's test data."""
+HELD_OUT_SET_VALIDATION: HeldOutSet.ValueType  # 2
+"""The caller's validation data."""
+HELD_OUT_SET_UNSEEN_GROUPS: HeldOutSet.ValueType  # 3
+"""Whole groups (prompt templates, or the groups the examples name) the trainer held out of
+training: what prompts phrased in a new way get.
+"""
+HELD_OUT_SET_IN_DISTRIBUTION: HeldOutSet.ValueType  # 4
+"""Rows the trainer held out at random: their phrasings were trained on (in-distribution)."""
+Global___HeldOutSet: _TypeAlias = HeldOutSet  # noqa: Y015
+
 @_typing.final
 class Dataset(_message.Message):
     """Where training examples come from: JSONL, one example per line, one of
@@ -556,6 +590,7 @@ class JobMetrics(_message.Message):
     PREFERENCE_MARGIN_BASE_FIELD_NUMBER: _builtins.int
     PREFERENCE_MARGIN_ADAPTER_FIELD_NUMBER: _builtins.int
     REPLAY_EXAMPLES_FIELD_NUMBER: _builtins.int
+    HELD_OUT_NEAR_COPY_SHARE_FIELD_NUMBER: _builtins.int
     train_loss: _builtins.float
     validation_loss: _builtins.float
     validation_perplexity: _builtins.float
@@ -598,6 +633,11 @@ class JobMetrics(_message.Message):
     preference_margin_adapter: _builtins.float
     replay_examples: _builtins.int
     """The base model's answers to general questions added to the training set (replay_fraction)."""
+    held_out_near_copy_share: _builtins.float
+    """Of the caller's held-out prompts the task scores are measured on (test, else validation), the
+    share that near-copy a training prompt: the same template, or most word trigrams inside one.
+    Unset when the trainer made the validation split and there is no test data.
+    """
     @_builtins.property
     def task_scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskScore]:
         """Task metrics of greedy answers to the test (or validation) prompts, base model and adapter."""
@@ -637,11 +677,14 @@ class JobMetrics(_message.Message):
         preference_margin_base: _builtins.float | None = ...,
         preference_margin_adapter: _builtins.float | None = ...,
         replay_examples: _builtins.int = ...,
+        held_out_near_copy_share: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_held_out_near_copy_share", b"_held_out_near_copy_share", "_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "held_out_near_copy_share", b"held_out_near_copy_share", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "best_generalization_gap", b"best_generalization_gap", "best_step", b"best_step", "checkpoints", b"checkpoints", "duplicates_removed", b"duplicates_removed", "example_tokens_max", b"example_tokens_max", "example_tokens_p50", b"example_tokens_p50", "example_tokens_p90", b"example_tokens_p90", "final_generalization_gap", b"final_generalization_gap", "forgetting_probe_adapter_loss", b"forgetting_probe_adapter_loss", "forgetting_probe_base_loss", b"forgetting_probe_base_loss", "leaked_examples", b"leaked_examples", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base", "probe_facts_known", b"probe_facts_known", "probe_facts_lost", b"probe_facts_lost", "replay_examples", b"replay_examples", "steps", b"steps", "steps_saved", b"steps_saved", "stopped_early", b"stopped_early", "task_scores", b"task_scores", "train_examples", b"train_examples", "train_loss", b"train_loss", "train_tokens", b"train_tokens", "validation_examples", b"validation_examples", "validation_loss", b"validation_loss", "validation_perplexity", b"validation_perplexity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_held_out_near_copy_share", b"_held_out_near_copy_share", "_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "best_generalization_gap", b"best_generalization_gap", "best_step", b"best_step", "checkpoints", b"checkpoints", "duplicates_removed", b"duplicates_removed", "example_tokens_max", b"example_tokens_max", "example_tokens_p50", b"example_tokens_p50", "example_tokens_p90", b"example_tokens_p90", "final_generalization_gap", b"final_generalization_gap", "forgetting_probe_adapter_loss", b"forgetting_probe_adapter_loss", "forgetting_probe_base_loss", b"forgetting_probe_base_loss", "held_out_near_copy_share", b"held_out_near_copy_share", "leaked_examples", b"leaked_examples", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base", "probe_facts_known", b"probe_facts_known", "probe_facts_lost", b"probe_facts_lost", "replay_examples", b"replay_examples", "steps", b"steps", "steps_saved", b"steps_saved", "stopped_early", b"stopped_early", "task_scores", b"task_scores", "train_examples", b"train_examples", "train_loss", b"train_loss", "train_tokens", b"train_tokens", "validation_examples", b"validation_examples", "validation_loss", b"validation_loss", "validation_perplexity", b"validation_perplexity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__held_out_near_copy_share: _TypeAlias = _typing.Literal["held_out_near_copy_share"]  # noqa: Y015
+    _WhichOneofArgType__held_out_near_copy_share: _TypeAlias = _typing.Literal["_held_out_near_copy_share", b"_held_out_near_copy_share"]  # noqa: Y015
     _WhichOneofReturnType__preference_accuracy_adapter: _TypeAlias = _typing.Literal["preference_accuracy_adapter"]  # noqa: Y015
     _WhichOneofArgType__preference_accuracy_adapter: _TypeAlias = _typing.Literal["_preference_accuracy_adapter", b"_preference_accuracy_adapter"]  # noqa: Y015
     _WhichOneofReturnType__preference_accuracy_base: _TypeAlias = _typing.Literal["preference_accuracy_base"]  # noqa: Y015
@@ -650,6 +693,8 @@ class JobMetrics(_message.Message):
     _WhichOneofArgType__preference_margin_adapter: _TypeAlias = _typing.Literal["_preference_margin_adapter", b"_preference_margin_adapter"]  # noqa: Y015
     _WhichOneofReturnType__preference_margin_base: _TypeAlias = _typing.Literal["preference_margin_base"]  # noqa: Y015
     _WhichOneofArgType__preference_margin_base: _TypeAlias = _typing.Literal["_preference_margin_base", b"_preference_margin_base"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__held_out_near_copy_share) -> _WhichOneofReturnType__held_out_near_copy_share | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__preference_accuracy_adapter) -> _WhichOneofReturnType__preference_accuracy_adapter | None: ...
     @_typing.overload
@@ -669,11 +714,13 @@ class TaskScore(_message.Message):
     BASE_FIELD_NUMBER: _builtins.int
     ADAPTER_FIELD_NUMBER: _builtins.int
     EXAMPLES_FIELD_NUMBER: _builtins.int
+    HELD_OUT_FIELD_NUMBER: _builtins.int
     metric: Global___TaskMetric.ValueType
     base: _builtins.float
     adapter: _builtins.float
     examples: _builtins.int
     """Test prompts answered."""
+    held_out: Global___HeldOutSet.ValueType
     def __init__(
         self,
         *,
@@ -681,10 +728,11 @@ class TaskScore(_message.Message):
         base: _builtins.float = ...,
         adapter: _builtins.float = ...,
         examples: _builtins.int = ...,
+        held_out: Global___HeldOutSet.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "base", b"base", "examples", b"examples", "metric", b"metric"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "base", b"base", "examples", b"examples", "held_out", b"held_out", "metric", b"metric"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -698,11 +746,16 @@ class Checkpoint(_message.Message):
     VALIDATION_LOSS_FIELD_NUMBER: _builtins.int
     TRAIN_LOSS_FIELD_NUMBER: _builtins.int
     PUBLISHED_FIELD_NUMBER: _builtins.int
+    FACTS_LOST_FIELD_NUMBER: _builtins.int
     step: _builtins.int
     validation_loss: _builtins.float
     train_loss: _builtins.float
     """Mean training loss over the steps since the evaluation before."""
     published: _builtins.bool
+    facts_lost: _builtins.int
+    """General facts the base model knew that this checkpoint answers wrong (the knowledge probe);
+    unset where the probe did not run (no prompts to put the questions as, or preference tuning).
+    """
     def __init__(
         self,
         *,
@@ -710,12 +763,15 @@ class Checkpoint(_message.Message):
         validation_loss: _builtins.float = ...,
         train_loss: _builtins.float = ...,
         published: _builtins.bool = ...,
+        facts_lost: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_facts_lost", b"_facts_lost", "facts_lost", b"facts_lost"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["published", b"published", "step", b"step", "train_loss", b"train_loss", "validation_loss", b"validation_loss"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_facts_lost", b"_facts_lost", "facts_lost", b"facts_lost", "published", b"published", "step", b"step", "train_loss", b"train_loss", "validation_loss", b"validation_loss"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__facts_lost: _TypeAlias = _typing.Literal["facts_lost"]  # noqa: Y015
+    _WhichOneofArgType__facts_lost: _TypeAlias = _typing.Literal["_facts_lost", b"_facts_lost"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__facts_lost) -> _WhichOneofReturnType__facts_lost | None: ...
 
 Global___Checkpoint: _TypeAlias = Checkpoint  # noqa: Y015
 

@@ -8,11 +8,9 @@ from trainer_svc.dataset import (
     PromptCompletion,
     TextExample,
     deduplicate,
-    fingerprint,
     leaked,
     parse_jsonl,
     read_examples,
-    split_validation,
     write_examples,
 )
 
@@ -52,26 +50,11 @@ def test_malformed_datasets_name_the_line(text: str, expected: str) -> None:
     assert info.value.field == "spec.training_data"
 
 
-def test_validation_split_is_deterministic_and_disjoint() -> None:
-    examples = parse_jsonl("".join(f'{{"prompt": "{i}", "completion": "x"}}\n' for i in range(20)), field="f")
-    train, held_out = split_validation(examples, 0.1, seed=7)
-    assert (len(train), len(held_out)) == (18, 2)
-    assert split_validation(examples, 0.1, seed=7) == (train, held_out)
-    assert not {e.line for e in held_out} & {e.line for e in train}
-    assert fingerprint(train) != fingerprint(held_out)
-
-
 def test_examples_round_trip_through_the_worker_file_with_their_lines(tmp_path) -> None:
     examples = parse_jsonl('\n{"prompt": "a", "completion": "b"}\n', field="f")
     write_examples(tmp_path / "train.jsonl", examples)
     assert read_examples(tmp_path / "train.jsonl") == examples
     assert examples[0].line == 2
-
-
-def test_a_high_validation_fraction_still_leaves_training_examples() -> None:
-    examples = parse_jsonl("".join(f'{{"prompt": "{i}", "completion": "x"}}\n' for i in range(3)), field="f")
-    train, held_out = split_validation(examples, 0.9, seed=0)
-    assert (len(train), len(held_out)) == (1, 2)
 
 
 def test_unicode_line_separators_inside_json_strings_are_not_line_breaks() -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from loraplane.training import TASK_METRICS
+from loraplane.training import TASK_METRICS, HeldOutSet
 from trainer_svc.worker import generation, knowledge_probe, task_metrics
 from trainer_svc.worker.knowledge_probe import QUESTIONS, _names_an_answer
 from trainer_svc.worker.task_metrics import SCORERS, metrics_left_out, task_scores
@@ -72,7 +72,7 @@ def test_json_answers_are_scored_as_parsed_values_and_by_field(monkeypatch: pyte
     _answering(monkeypatch, base, adapter)
     examples = _examples(PEOPLE)
     assert metrics_left_out(FakeCharTokenizer(), examples, list(TASK_METRICS)) == {}  # type: ignore[arg-type]
-    scores = task_scores(object(), FakeCharTokenizer(), examples, list(TASK_METRICS), batch_size=2)  # type: ignore[arg-type]
+    scores = task_scores(object(), FakeCharTokenizer(), examples, list(TASK_METRICS), HeldOutSet.TEST, batch_size=2)  # type: ignore[arg-type]
     by_metric = {score.metric: (score.base, score.adapter) for score in scores}
     assert list(by_metric) == list(TASK_METRICS)
     assert by_metric["exact_match"] == (0.0, 0.5)  # the base's pretty-printed answer is no string match
@@ -88,10 +88,10 @@ def test_json_metrics_on_answers_that_are_not_json_are_left_out_with_why(monkeyp
         "json_exact_match": "1 of 2 reference answers are not JSON",
         "field_accuracy": "1 of 2 reference answers are not JSON objects",
     }
-    scores = task_scores(object(), tokenizer, examples, list(TASK_METRICS), batch_size=2)  # type: ignore[arg-type]
+    scores = task_scores(object(), tokenizer, examples, list(TASK_METRICS), HeldOutSet.TEST, batch_size=2)  # type: ignore[arg-type]
     assert [score.metric for score in scores] == ["exact_match", "normalized_exact_match", "rouge_l", "bleu", "chrf"]
     assert calls == [2]
-    only_json = task_scores(object(), tokenizer, examples, ["json_exact_match"], batch_size=2)  # type: ignore[arg-type]
+    only_json = task_scores(object(), tokenizer, examples, ["json_exact_match"], HeldOutSet.TEST, batch_size=2)  # type: ignore[arg-type]
     assert only_json == [] and calls == [2]  # nothing that applies: no generation either
 
 

@@ -8,7 +8,7 @@ from loraplane import wire
 from loraplane.errors import InvalidArgument
 from loraplane.proto import serving_pb2, trainer_pb2
 from loraplane.serving import AdapterTier, FinishReason
-from loraplane.training import JobState, Method, PromptFormatChoice, TaskMetric
+from loraplane.training import HeldOutSet, JobState, Method, PromptFormatChoice, TaskMetric
 
 
 def _values(literal: Any) -> set[str]:
@@ -21,6 +21,7 @@ DOMAINS: dict[str, tuple[wire.WireEnum[Any, Any], set[str]]] = {
     "JobState": (wire.JOB_STATE, set(JobState)),
     "PromptFormat": (wire.PROMPT_FORMAT, _values(PromptFormatChoice)),
     "TaskMetric": (wire.TASK_METRIC, _values(TaskMetric)),
+    "HeldOutSet": (wire.HELD_OUT_SET, set(HeldOutSet)),
     "AdapterTier": (wire.ADAPTER_TIER, _values(AdapterTier)),
     "FinishReason": (wire.FINISH_REASON, _values(FinishReason)),
 }

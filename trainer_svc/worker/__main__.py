@@ -113,21 +113,35 @@ def _evaluate(
 ) -> Assessment:
     """Score the adapter against its base: losses, the forgetting probe, held-out preferences (DPO) and task
     answers, and the facts it lost; the drift profile of its held-out data."""
-    model, train_set, validation, test = trained.model, data.train.tokenized, data.validation, data.test
+    model, train_set = trained.model, data.train.tokenized
     metrics = {**trained.outcome.metrics, **token_statistics(train_set), "replay_examples": float(len(data.replayed))}
-    held_out = test if test.tokenized else validation  # the test pairs, else the validation pairs
-    left_out = metrics_left_out(tokenizer, held_out.tokenized, spec.task_metrics)
+    scored = data.scored()  # the test examples, else each validation set apart
+    every_scored = [example for examples in scored.values() for example in examples.tokenized]
+    left_out = metrics_left_out(tokenizer, every_scored, spec.task_metrics)
     note = ", ".join(f"{metric} ({why})" for metric, why in left_out.items())
     emit(PhaseEvent(phase="evaluating", message=f"evaluating; task metrics left out: {note}" if note else ""))
     batch_size = spec.training.batch_size
     generation_batch = generation_batch_size(batch_size)
     evaluation = evaluate(
-        model, tokenizer, train_set, validation.tokenized, batch_size=batch_size, generation_batch_size=generation_batch
+        model,
+        tokenizer,
+        train_set,
+        data.early_stopping.tokenized,
+        data.validation.tokenized,
+        batch_size=batch_size,
+        generation_batch_size=generation_batch,
     )
     metrics.update(evaluation.metrics)
+    held_out = data.test if data.test.tokenized else data.validation  # the pairs DPO's preferences are scored on
     if spec.method.learns_preferences and held_out.tokenized:
         metrics.update(preference_scores(model, held_out.tokenized, held_out.rejected, batch_size=batch_size))
-    scores = task_scores(model, tokenizer, held_out.tokenized, spec.task_metrics, batch_size=generation_batch)
+    scores = [
+        score
+        for label, examples in scored.items()
+        for score in task_scores(
+            model, tokenizer, examples.tokenized, spec.task_metrics, label, batch_size=generation_batch
+        )
+    ]
     for score in scores:  # the manifest keeps them too, as plain numbers
         metrics.update({f"task_{score.metric}_base": score.base, f"task_{score.metric}_adapter": score.adapter})
     probe = knowledge_probe(model, tokenizer, data.prompt_format, batch_size=generation_batch)

@@ -49,13 +49,15 @@ def evaluate(
     tokenizer: PreTrainedTokenizerBase,
     train_set: list[TokenizedExample],
     validation_set: list[TokenizedExample],
+    reference_set: list[TokenizedExample],
     *,
     batch_size: int,
     generation_batch_size: int,
 ) -> Evaluation:
-    """Metrics of the trained adapter and the profile of the held-out data (training data without one);
-    sequences are scored `batch_size` at a time and answered `generation_batch_size` at a time."""
-    reference = validation_set or train_set
+    """Metrics of the trained adapter (validation loss on `validation_set`) and the drift profile of the
+    held-out data `reference_set` (training data without one); sequences are scored `batch_size` at a time
+    and answered `generation_batch_size` at a time."""
+    reference = reference_set or train_set
     metrics: dict[str, float] = {}
     if validation_set:
         loss = -float(np.concatenate(answer_logprobs(model, validation_set, batch_size=batch_size)).mean())

@@ -80,7 +80,7 @@ def train_preferences(model: ModelToTrain, data: TrainingSets, run: TrainingRun)
     """
     datasets.disable_progress_bars()
     train_rows = trl_rows(data.train.sourced, data.prompt_format, field=data.train.field)
-    validation_rows = trl_rows(data.validation.sourced, data.prompt_format, field=data.validation.field)
+    validation_rows = trl_rows(data.early_stopping.sourced, data.prompt_format, field=data.validation.field)
     settings = training_settings(
         run.params, run.output_dir, train_examples=len(train_rows), has_validation=bool(validation_rows)
     )

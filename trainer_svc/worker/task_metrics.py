@@ -21,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from loraplane import answers
 from loraplane.answers import ANSWER_METRICS
-from loraplane.training import TaskMetric
+from loraplane.training import HeldOutSet, TaskMetric
 from trainer_svc.progress import TaskScore
 from trainer_svc.worker.generation import base_and_adapter_texts
 from trainer_svc.worker.tokenization import TokenizedExample
@@ -87,6 +87,7 @@ def task_scores(
     tokenizer: PreTrainedTokenizerBase,
     examples: list[TokenizedExample],
     metrics: list[TaskMetric],
+    held_out: HeldOutSet,
     *,
     batch_size: int,
 ) -> list[TaskScore]:
@@ -109,6 +110,7 @@ def task_scores(
             base=SCORERS[metric](base_answers, references),
             adapter=SCORERS[metric](adapter_answers, references),
             examples=len(answerable),
+            held_out=held_out,
         )
         for metric in applicable
     ]

@@ -253,7 +253,7 @@ def train(model: ModelToTrain, data: TrainingSets, run: TrainingRun) -> TrainedA
     """Give the base model its fresh adapter and train it on examples of the answer (supervised), the replayed
     answers among them, from the start or from the checkpoint `run.resume_from`."""
     adapted = get_peft_model(model.base, model.adapter)
-    train_set, validation_set = data.train.tokenized + data.replayed, data.validation.tokenized
+    train_set, validation_set = data.train.tokenized + data.replayed, data.early_stopping.tokenized
     args = training_arguments(
         run.params, run.output_dir, train_examples=len(train_set), has_validation=bool(validation_set)
     )

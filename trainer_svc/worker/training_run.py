@@ -10,16 +10,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from peft import LoraConfig, PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from loraplane.training import PromptFormat
+from loraplane.training import HeldOutSet, PromptFormat
 from trainer_svc.dataset import SourcedExample
 from trainer_svc.progress import Checkpoint
 from trainer_svc.spec import DpoParameters, TrainingParameters
 from trainer_svc.worker.events import Emit
 from trainer_svc.worker.tokenization import TokenizedExample
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,18 @@ class Examples:
     """A preference pair's rejected answer; [] for a supervised job."""
     field: str
 
+    def held_out_sets(self, unlabelled: HeldOutSet) -> dict[HeldOutSet, Examples]:
+        """The examples by the held-out set each is in (`unlabelled` for those a trainer before the labels
+        wrote), in the order they come."""
+        labels = [sourced.held_out or unlabelled for sourced in self.sourced]
+        return {label: self._only([at == label for at in labels]) for label in dict.fromkeys(labels)}
+
+    def _only(self, keep: list[bool]) -> Examples:
+        def kept(items: list[T]) -> list[T]:
+            return [item for item, wanted in zip(items, keep, strict=True) if wanted] if items else []
+
+        return Examples(kept(self.sourced), kept(self.tokenized), kept(self.rejected), self.field)
+
 
 @dataclass(frozen=True)
 class TrainingSets:
@@ -53,6 +68,20 @@ class TrainingSets:
     replayed: list[TokenizedExample]
     """The base model's own answers to general questions, trained beside a supervised job's examples."""
     prompt_format: PromptFormat
+
+    @property
+    def early_stopping(self) -> Examples:
+        """What validation loss is measured on, and so early stopping and the published checkpoint: the
+        unseen groups where the trainer held whole groups out (the checkpoint that does best on new
+        phrasings), else every validation example."""
+        sets = self.validation.held_out_sets(HeldOutSet.VALIDATION)
+        return sets.get(HeldOutSet.UNSEEN_GROUPS, self.validation)
+
+    def scored(self) -> dict[HeldOutSet, Examples]:
+        """The held-out sets the task scores are measured on: the test data, else each validation set apart."""
+        if self.test.tokenized:
+            return self.test.held_out_sets(HeldOutSet.TEST)
+        return self.validation.held_out_sets(HeldOutSet.VALIDATION)
 
 
 @dataclass(frozen=True)

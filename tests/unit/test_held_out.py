@@ -1,0 +1,150 @@
+"""The held-out sets a job is scored on: prompt templates, the grouped validation split, and near-copies of
+training prompts in the caller's own held-out data."""
+
+from __future__ import annotations
+
+import json
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from loraplane.storage import ObjectStore
+from loraplane.training import HeldOutSet
+from trainer_svc.dataset import parse_jsonl
+from trainer_svc.held_out import caller_held_out, split_validation
+from trainer_svc.intake import DatasetIntake, DatasetLimits, JobData
+from trainer_svc.spec import DatasetSource, JobSpec
+from trainer_svc.templates import Templates, grouped_split, near_copies
+
+NAMES = ["Esther Cohen", "Tom Li", "Ana Souza", "Raj Patel", "Mia Wong", "Ole Berg", "Ivan Petrov", "Sara Kim"]
+CITIES = ["Lyon", "Oslo", "Porto", "Pune", "Osaka", "Bergen", "Kazan", "Busan"]
+TEMPLATES = [
+    "{name}, {age}, lives in {city}.",
+    "{city} is home to {name}, who is {age} years old.",
+    "At {age}, {name} moved to {city} for work.",
+    "Meet {name} from {city}; {name} turned {age} this year.",
+    "{name} has lived in {city} since the age of {age} and never left.",
+    "Our new neighbour {name} ({age}) comes from {city}.",
+]
+
+
+def _people(count: int, seed: int = 0) -> list[tuple[str, str]]:
+    """(prompt, template) pairs: a person's sentence in one of TEMPLATES."""
+    rng = random.Random(seed)
+    people = []
+    for _ in range(count):
+        template = rng.choice(TEMPLATES)
+        prompt = template.format(name=rng.choice(NAMES), city=rng.choice(CITIES), age=rng.randint(18, 90))
+        people.append((prompt, template))
+    return people
+
+
+def test_a_template_is_the_same_whatever_the_names_numbers_and_places() -> None:
+    templates = Templates.fit([prompt for prompt, _ in _people(200)])
+    assert templates.of("Esther Cohen, 34, lives in Lyon.") == templates.of("Bo Li, 5, lives in New York City.")
+    assert templates.of("Esther Cohen, 34, lives in Lyon.") != templates.of(
+        "At 34, Esther Cohen moved to Lyon for work."
+    )
+
+
+def test_whole_templates_are_held_out_and_the_in_distribution_rows_share_trained_ones() -> None:
+    people = _people(300)
+    split = grouped_split([prompt for prompt, _ in people], [None] * len(people), 0.1, seed=3)
+    template_of = [template for _, template in people]
+    trained = {template_of[row] for row in split.train}
+    unseen = {template_of[row] for row in split.unseen_groups}
+    assert unseen and not unseen & trained, "a held-out template is never trained on"
+    assert {template_of[row] for row in split.in_distribution} <= trained
+    assert 15 <= len(split.unseen_groups) <= 60 and 1 <= len(split.in_distribution) <= 30
+    assert split.groups_held_out == len(unseen)
+    assert split.grouping.endswith("of 6 prompt templates")
+    again = grouped_split([prompt for prompt, _ in people], [None] * len(people), 0.1, seed=3)
+    assert again == split
+
+
+def test_prompts_that_share_no_template_are_held_out_at_random_and_the_split_says_so() -> None:
+    prompts = [f"question {word}" for word in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta")] * 1
+    prompts += [f"{n}" for n in range(14)]
+    split = grouped_split(prompts, [None] * len(prompts), 0.1, seed=7)
+    assert (len(split.train), len(split.unseen_groups), len(split.in_distribution)) == (18, 0, 2)
+    assert "too few" in split.grouping or "share no template" in split.grouping
+
+
+def test_a_high_fraction_still_leaves_training_rows() -> None:
+    split = grouped_split(["a", "b", "c"], [None] * 3, 0.9, seed=0)
+    assert (len(split.train), len(split.unseen_groups) + len(split.in_distribution)) == (1, 2)
+
+
+def test_groups_the_examples_name_are_held_out_whole() -> None:
+    lines = [
+        json.dumps({"prompt": f"How old is person {n}?", "completion": str(n), "group": f"family-{n % 8}"})
+        for n in range(80)
+    ]
+    examples = parse_jsonl("\n".join(lines), field="spec.training_data")
+    split = split_validation(examples, 0.1, seed=1)
+    unseen = [e for e in split.validation if e.held_out is HeldOutSet.UNSEEN_GROUPS]
+    groups_of = lambda chosen: {e.example.group for e in chosen}  # noqa: E731
+    assert unseen and not groups_of(unseen) & groups_of(split.train)
+    assert split.grouping.endswith("of 8 groups named by the examples")
+    assert {e.held_out for e in split.validation} == {HeldOutSet.UNSEEN_GROUPS, HeldOutSet.IN_DISTRIBUTION}
+
+
+@given(st.lists(st.text(max_size=30), min_size=2, max_size=40), st.floats(0.05, 0.5), st.integers(0, 5))
+def test_every_split_is_a_partition_that_trains_on_something(prompts: list[str], fraction: float, seed: int) -> None:
+    split = grouped_split(prompts, [None] * len(prompts), fraction, seed)
+    rows = split.train + split.unseen_groups + split.in_distribution
+    assert sorted(rows) == list(range(len(prompts)))
+    assert split.train and (split.unseen_groups or split.in_distribution)
+
+
+def test_near_copies_are_prompts_of_a_trained_template_or_mostly_a_training_prompt() -> None:
+    train = [prompt for prompt, _ in _people(200) if not prompt.startswith("Our new neighbour")]
+    same_template = "Zoe Park, 41, lives in Graz."
+    new_template = "Our new neighbour Zoe Park (41) comes from Graz."
+    reworded_copy = train[0].replace(".", "!") + " Really."
+    assert near_copies(train, [same_template, new_template, reworded_copy]) == 2
+    assert near_copies(train, [new_template]) == 0
+
+
+def _no_store() -> ObjectStore:
+    raise AssertionError("inline data never opens the store")
+
+
+def _intake_read(**datasets: str) -> JobData:
+    sources = {field: DatasetSource(inline_jsonl=text) for field, text in datasets.items()}
+    spec = JobSpec(base_model="tiny", adapter_name="people", **sources)  # type: ignore[arg-type]
+    limits = DatasetLimits(max_bytes=1 << 20, max_rows=1000, store_prefixes=())
+    return DatasetIntake(limits, _no_store).read(spec)
+
+
+def _jsonl(people: list[tuple[str, str]]) -> str:
+    return "".join(json.dumps({"prompt": prompt, "completion": "x"}) + "\n" for prompt, _ in people)
+
+
+def test_a_test_set_of_trained_templates_is_reported_and_warned_of_a_new_one_is_not() -> None:
+    people = _people(300)
+    known = [p for p in people if p[1] != TEMPLATES[-1]]
+    train, test = known[:200], [p for p in known[200:] if p not in known[:200]]
+    same = _intake_read(training_data=_jsonl(train), test_data=_jsonl(test))
+    assert same.metrics()["held_out_near_copy_share"] == 1.0
+    assert "warning:" in same.summary()
+    assert all(e.held_out is HeldOutSet.TEST for e in same.test)
+    new = [p for p in people if p[1] == TEMPLATES[-1]]
+    fresh = _intake_read(training_data=_jsonl(train), test_data=_jsonl(new))
+    assert fresh.metrics()["held_out_near_copy_share"] == 0.0
+    assert "warning:" not in fresh.summary()
+
+
+def test_the_trainers_own_split_is_summarised_with_what_each_set_says() -> None:
+    data = _intake_read(training_data=_jsonl(_people(300)))
+    summary = data.summary()
+    assert "prompt templates not trained on" in summary and "rows drawn at random" in summary
+    assert "held_out_near_copy_share" not in data.metrics()
+
+
+def test_the_callers_validation_data_is_labelled_as_theirs() -> None:
+    examples = parse_jsonl(_jsonl(_people(10)), field="spec.validation_data")
+    validation, test, near = caller_held_out(examples, examples, [])
+    assert {e.held_out for e in validation} == {HeldOutSet.VALIDATION} and test == []
+    assert near.prompts == 10
