@@ -17,6 +17,7 @@ from loraplane.artifact import ArtifactRepository
 from loraplane.drift import Profile
 from loraplane.errors import ErrorCode
 from loraplane.storage import FileStore
+from loraplane.training import HeldOutSet
 from trainer_svc import staged_input
 from trainer_svc.dataset import ChatTurn, Example, PreferenceExample, PromptCompletion, SourcedExample, write_examples
 from trainer_svc.progress import ErrorEvent, EvalEvent, PhaseEvent, ProgressEvent, ResultEvent, parse_event
@@ -135,6 +136,7 @@ def test_lora_run_learns_and_publishes(tiny_model_dir: Path, tmp_path: Path) -> 
     assert manifest.prompt_format == "chat"  # auto, on a model with a chat template
     assert result.metrics["best_step"] == 16 and result.metrics["steps_saved"] == 0
     assert [(c.step, c.published) for c in result.checkpoints] == [(4, False), (8, False), (12, False), (16, True)]
+    assert all(c.facts_lost == 0 for c in result.checkpoints), "the probe ran at each evaluation"
 
     # Generated answers to the test prompts: the adapter says "Blue." where the random base model cannot.
     scores = {score.metric: score for score in result.task_scores}
@@ -143,6 +145,7 @@ def test_lora_run_learns_and_publishes(tiny_model_dir: Path, tmp_path: Path) -> 
     evaluating = next(event for event in _of(PhaseEvent, events) if event.phase == "evaluating")
     assert "json_exact_match (2 of 2 reference answers are not JSON)" in evaluating.message
     assert scores["exact_match"].examples == 2
+    assert {score.held_out for score in result.task_scores} == {HeldOutSet.TEST}
     assert (scores["exact_match"].base, scores["exact_match"].adapter) == (0.0, 1.0)
     assert scores["chrf"].adapter > scores["chrf"].base
     assert manifest.metrics["task_exact_match_adapter"] == 1.0
@@ -255,6 +258,23 @@ def test_dpo_run_refuses_an_overlong_rejected_answer_naming_its_line(tiny_model_
     assert (error.code, error.field) == (ErrorCode.INVALID_ARGUMENT, "spec.training_data")
     assert error.message.startswith("line 2: the example is")
     assert "training" not in [event.phase for event in _of(PhaseEvent, events)]
+
+
+def test_each_held_out_set_the_trainer_made_is_scored_apart(tiny_model_dir: Path, tmp_path: Path) -> None:
+    unseen = PromptCompletion(prompt="Tell me the colour of the ink.", completion=" Blue.")
+    input_path = tmp_path / "input.json"
+    _worker_input(tmp_path, tiny_model_dir, training={"max_steps": 4, "batch_size": 3})
+    validation = [
+        SourcedExample(line=7, example=VALIDATION[0], held_out=HeldOutSet.IN_DISTRIBUTION),
+        SourcedExample(line=8, example=unseen, held_out=HeldOutSet.UNSEEN_GROUPS),
+    ]
+    write_examples(tmp_path / "validation.jsonl", validation)
+    code, events = _run(input_path)
+    assert code == 0, events[-1]
+    exact = {score.held_out: score for score in events[-1].task_scores if score.metric == "exact_match"}
+    assert set(exact) == {HeldOutSet.IN_DISTRIBUTION, HeldOutSet.UNSEEN_GROUPS}
+    assert exact[HeldOutSet.UNSEEN_GROUPS].examples == exact[HeldOutSet.IN_DISTRIBUTION].examples == 1
+    assert events[-1].checkpoints[-1].validation_loss == pytest.approx(events[-1].metrics["validation_loss"])
 
 
 def test_early_stopping_keeps_the_best_adapter(tiny_model_dir: Path, tmp_path: Path) -> None:

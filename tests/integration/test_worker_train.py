@@ -34,7 +34,7 @@ def test_evaluation_and_checkpoints_follow_the_spec(
     assert args.save_strategy == "steps" and args.save_steps == eval_steps and not args.save_only_model
     assert args.restore_callback_states_from_checkpoint
     assert args.load_best_model_at_end == keeps_best
-    assert args.metric_for_best_model == ("eval_loss" if keeps_best else None)
+    assert args.metric_for_best_model == ("selection" if keeps_best else None)  # validation loss, lost facts first
     assert args.report_to == [] or args.report_to == "none"
 
 

@@ -147,11 +147,17 @@ def test_a_fact_the_base_knew_and_the_adapter_does_not_is_counted_lost(monkeypat
     adapter = ["It is Paris.", "Kyoto.", "Rome!"] + ["no"] * (len(QUESTIONS) - 3)
 
     def answers(model_: FakeAdapterModel, tokenizer: object, prompts: list[list[int]], **budget: int) -> list[str]:
+        if model_.adapter_enabled:  # asked only what the base knew
+            assert prompts == [[0], [1]]
+            return adapter[:2]
         assert len(prompts) == len(QUESTIONS)
-        return adapter if model_.adapter_enabled else base
+        return base
 
     monkeypatch.setattr(generation, "greedy_texts", answers)
-    monkeypatch.setattr(knowledge_probe, "question_prompt", lambda tokenizer, question, prompt_format: [1, 2])
+    numbered = {question: [n] for n, (question, _) in enumerate(QUESTIONS)}
+    monkeypatch.setattr(
+        knowledge_probe, "question_prompt", lambda tokenizer, question, prompt_format: numbered[question]
+    )
     result = knowledge_probe.knowledge_probe(model, object(), "chat", batch_size=4)  # type: ignore[arg-type]
     assert result.known == [QUESTIONS[0][0], QUESTIONS[1][0]]
     assert result.lost == [QUESTIONS[1][0]]  # Rome was never known by the base: not a loss

@@ -147,11 +147,17 @@ def _evaluate(
     probe = knowledge_probe(model, tokenizer, data.prompt_format, batch_size=generation_batch)
     metrics.update(probe_facts_known=float(len(probe.known)), probe_facts_lost=float(len(probe.lost)))
     if len(probe.lost) >= FACTS_LOST_WARNING:
+        chosen = (
+            "no evaluated checkpoint kept them all, and the one published lost the fewest"
+            if trained.outcome.checkpoints
+            else "there was no validation data to choose a checkpoint that kept them"
+        )
         emit(
             PhaseEvent(
                 phase="evaluating",
                 message=f"warning: the adapter lost {len(probe.lost)} of the {len(probe.known)} general facts its "
-                f"base model knew ({'; '.join(probe.lost)}): fewer steps or a lower learning rate forget less",
+                f"base model knew ({'; '.join(probe.lost)}); {chosen}: fewer steps, a lower learning rate or a "
+                "higher replay_fraction forget less",
             )
         )
     return Assessment(metrics, scores, evaluation.profile)

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from peft import PeftModel
-from transformers import PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from loraplane.training import PromptFormat
-from trainer_svc.worker.generation import base_and_adapter_texts
+from trainer_svc.worker import generation
 
 QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What is the capital of France?", ("paris",)),
@@ -61,21 +62,83 @@ def question_prompt(tokenizer: PreTrainedTokenizerBase, question: str, prompt_fo
     return list(tokenizer(f"Question: {question}\nAnswer:")["input_ids"])
 
 
+class KnowledgeProbe:
+    """The questions put the job's way, asked of a model: which it answers right, and which facts it lost."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat, *, batch_size: int) -> None:
+        self._tokenizer = tokenizer
+        self._prompts = {question: question_prompt(tokenizer, question, prompt_format) for question, _ in QUESTIONS}
+        self._batch_size = batch_size
+
+    def answered_right(self, model: PeftModel, questions: list[str] | None = None) -> list[str]:
+        """Of `questions` (every one by default), those `model` answers right, in the probe's order."""
+        asked = [(question, accepted) for question, accepted in QUESTIONS if questions is None or question in questions]
+        if not asked:
+            return []
+        answers = generation.greedy_texts(
+            model,
+            self._tokenizer,
+            [self._prompts[question] for question, _ in asked],
+            max_new_tokens=MAX_ANSWER_TOKENS,
+            batch_size=self._batch_size,
+        )
+        return [
+            question
+            for (question, accepted), answer in zip(asked, answers, strict=True)
+            if _names_an_answer(answer, accepted)
+        ]
+
+    def lost(self, model: PeftModel, known: list[str]) -> list[str]:
+        """The facts of `known` (the base model's) that the adapter of `model` now answers wrong."""
+        right = set(self.answered_right(model, known))
+        return [question for question in known if question not in right]
+
+
 def knowledge_probe(
     model: PeftModel, tokenizer: PreTrainedTokenizerBase, prompt_format: PromptFormat, *, batch_size: int
 ) -> ProbeResult:
-    prompts = [question_prompt(tokenizer, question, prompt_format) for question, _ in QUESTIONS]
-    base_answers, adapter_answers = base_and_adapter_texts(
-        model, tokenizer, prompts, max_new_tokens=MAX_ANSWER_TOKENS, batch_size=batch_size
-    )
-    known = [
-        question
-        for (question, accepted), answer in zip(QUESTIONS, base_answers, strict=True)
-        if _names_an_answer(answer, accepted)
-    ]
-    adapter_right = {
-        question
-        for (question, accepted), answer in zip(QUESTIONS, adapter_answers, strict=True)
-        if _names_an_answer(answer, accepted)
-    }
-    return ProbeResult(known=known, lost=[question for question in known if question not in adapter_right])
+    """What the base model knows, and which of it the adapter lost."""
+    probe = KnowledgeProbe(tokenizer, prompt_format, batch_size=batch_size)
+    with model.disable_adapter():
+        known = probe.answered_right(model)
+    return ProbeResult(known=known, lost=probe.lost(model, known))
+
+
+FACT_WEIGHT = 1000.0
+"""What one lost fact weighs against validation loss (nats per token) in the score checkpoints are chosen
+by: more than any loss, so the published checkpoint is one that loses the fewest facts, and of those
+the one with the lowest validation loss."""
+SELECTION_METRIC = "selection"
+
+
+class ProbeEachEvaluation(TrainerCallback):
+    """Puts the probe to the adapter at each evaluation: the evaluation's metrics get `eval_facts_lost` and
+    `eval_selection` (validation loss plus FACT_WEIGHT per lost fact), the score the best checkpoint is
+    chosen by and early stopping watches. Listed before the callbacks that read those metrics."""
+
+    def __init__(self, probe: KnowledgeProbe) -> None:
+        self._probe = probe
+        self._known: list[str] = []
+        self.facts_lost: dict[int, int] = {}
+        """Facts lost at each evaluated step."""
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        model = kwargs["model"]
+        with model.disable_adapter():
+            self._known = self._probe.answered_right(model)
+
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        lost = len(self._probe.lost(kwargs["model"], self._known)) if self._known else 0
+        self.facts_lost[state.global_step] = lost
+        if metrics is not None and "eval_loss" in metrics:
+            metrics["eval_facts_lost"] = float(lost)
+            metrics[f"eval_{SELECTION_METRIC}"] = metrics["eval_loss"] + FACT_WEIGHT * lost

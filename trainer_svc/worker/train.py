@@ -25,6 +25,8 @@ from trainer_svc.progress import Checkpoint, EvalEvent, ProgressEvent
 from trainer_svc.spec import TrainingParameters
 from trainer_svc.worker.collate import training_collator
 from trainer_svc.worker.events import Emit
+from trainer_svc.worker.generation import generation_batch_size
+from trainer_svc.worker.knowledge_probe import SELECTION_METRIC, KnowledgeProbe, ProbeEachEvaluation
 from trainer_svc.worker.model import compute_dtype
 from trainer_svc.worker.training_run import ModelToTrain, TrainedAdapter, TrainingOutcome, TrainingRun, TrainingSets
 from trainer_svc.worker_input import PREEMPT_SIGNAL
@@ -127,10 +129,12 @@ def planned_steps(params: TrainingParameters, train_examples: int) -> int:
 def training_arguments(
     params: TrainingParameters, output_dir: Path, *, train_examples: int, has_validation: bool
 ) -> TrainingArguments:
-    """The Trainer's settings for a supervised run (`training_settings`)."""
-    return TrainingArguments(
-        **training_settings(params, output_dir, train_examples=train_examples, has_validation=has_validation)
-    )
+    """The Trainer's settings for a supervised run (`training_settings`), checkpoints chosen by the
+    knowledge probe's selection score (knowledge_probe.ProbeEachEvaluation)."""
+    settings = training_settings(params, output_dir, train_examples=train_examples, has_validation=has_validation)
+    if settings["load_best_model_at_end"]:
+        settings["metric_for_best_model"] = SELECTION_METRIC
+    return TrainingArguments(**settings)
 
 
 def training_settings(
@@ -142,8 +146,9 @@ def training_settings(
     Validation runs every `eval_every_steps` steps, or EVALUATIONS_PER_RUN times over the run, and
     a checkpoint is saved as often: the adapter with its optimizer, schedule, RNG and callback
     states, so that a run cut short resumes where it was (`resume.py`). With early stopping on (the
-    default), the best checkpoint by validation loss is restored at the end and published; the best
-    and the newest are kept.
+    default), the best checkpoint by validation loss is restored at the end and published (a supervised
+    run chooses by the knowledge probe's selection score instead: `training_arguments`); the best and
+    the newest are kept.
     """
     eval_every = params.eval_every_steps or max(planned_steps(params, train_examples) // EVALUATIONS_PER_RUN, 1)
     eval_strategy = "steps" if has_validation else "no"
@@ -177,9 +182,12 @@ def training_settings(
     )
 
 
-def checkpoints_of(log_history: list[dict[str, float]], published_step: int) -> list[Checkpoint]:
+def checkpoints_of(
+    log_history: list[dict[str, float]], published_step: int, facts_lost: dict[int, int] | None = None
+) -> list[Checkpoint]:
     """Every evaluation of the run, with the mean training loss over the steps since the one before (one
-    batch's loss is too noisy to compare with validation loss)."""
+    batch's loss is too noisy to compare with validation loss) and the facts lost where the probe ran."""
+    facts_lost = facts_lost or {}
     losses = {int(entry["step"]): entry["loss"] for entry in log_history if "loss" in entry}
     checkpoints: list[Checkpoint] = []
     since = 0
@@ -191,7 +199,11 @@ def checkpoints_of(log_history: list[dict[str, float]], published_step: int) -> 
         train_loss = sum(window) / len(window) if window else float("nan")
         checkpoints.append(
             Checkpoint(
-                step=step, validation_loss=entry["eval_loss"], train_loss=train_loss, published=step == published_step
+                step=step,
+                validation_loss=entry["eval_loss"],
+                train_loss=train_loss,
+                published=step == published_step,
+                facts_lost=facts_lost.get(step),
             )
         )
         since = step
@@ -199,11 +211,16 @@ def checkpoints_of(log_history: list[dict[str, float]], published_step: int) -> 
 
 
 def run_outcome(
-    log_history: list[dict[str, float]], *, global_step: int, max_steps: int, best_step: int | None
+    log_history: list[dict[str, float]],
+    *,
+    global_step: int,
+    max_steps: int,
+    best_step: int | None,
+    facts_lost: dict[int, int] | None = None,
 ) -> TrainingOutcome:
     """What the run's logs say; the published step is the best one when early stopping restored it, else the last."""
     published_step = best_step if best_step is not None else global_step
-    checkpoints = checkpoints_of(log_history, published_step)
+    checkpoints = checkpoints_of(log_history, published_step, facts_lost)
     losses = [entry["loss"] for entry in log_history if "loss" in entry]
     metrics = {
         "train_loss": losses[-1],
@@ -220,9 +237,12 @@ def run_outcome(
     return TrainingOutcome(metrics, checkpoints)
 
 
-def callbacks(args: TrainingArguments, params: TrainingParameters, emit: Emit) -> list[TrainerCallback]:
-    """Progress events, and early stopping where the run keeps its best checkpoint."""
-    chosen: list[TrainerCallback] = [EventReporter(emit), CheckpointWhenPreempted()]
+def callbacks(
+    args: TrainingArguments, params: TrainingParameters, emit: Emit, probe: ProbeEachEvaluation | None = None
+) -> list[TrainerCallback]:
+    """The knowledge probe at each evaluation (first: the others read what it adds), progress events, and
+    early stopping where the run keeps its best checkpoint."""
+    chosen: list[TrainerCallback] = [*([probe] if probe else []), EventReporter(emit), CheckpointWhenPreempted()]
     if args.load_best_model_at_end:
         chosen.append(
             EarlyStoppingCallback(
@@ -238,11 +258,13 @@ def fit(trainer: Trainer, resume_from: Path | None) -> TrainingOutcome:
     manifest, and the checkpoints."""
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     state = trainer.state
+    probes = [c.facts_lost for c in trainer.callback_handler.callbacks if isinstance(c, ProbeEachEvaluation)]
     outcome = run_outcome(
         state.log_history,
         global_step=state.global_step,
         max_steps=state.max_steps,
         best_step=state.best_global_step if trainer.args.load_best_model_at_end else None,
+        facts_lost=probes[0] if probes else None,
     )
     outcome.metrics["epochs"] = float(state.epoch or 0.0)
     preempted = [c.step for c in trainer.callback_handler.callbacks if isinstance(c, CheckpointWhenPreempted)]
@@ -257,12 +279,13 @@ def train(model: ModelToTrain, data: TrainingSets, run: TrainingRun) -> TrainedA
     args = training_arguments(
         run.params, run.output_dir, train_examples=len(train_set), has_validation=bool(validation_set)
     )
+    probe = KnowledgeProbe(model.tokenizer, data.prompt_format, batch_size=generation_batch_size(run.params.batch_size))
     trainer = Trainer(
         model=adapted,
         args=args,
         train_dataset=[example.features() for example in train_set],
         eval_dataset=[example.features() for example in validation_set] or None,
         data_collator=training_collator(adapted, model.tokenizer),
-        callbacks=callbacks(args, run.params, run.emit),
+        callbacks=callbacks(args, run.params, run.emit, ProbeEachEvaluation(probe) if validation_set else None),
     )
     return TrainedAdapter(adapted, fit(trainer, run.resume_from))
