@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.machine import machine, run_date
+from bench.quality import tasks
 from bench.quality.task import Example, make_task, write_jsonl
+from bench.quality.tasks import TASKS
 from bench.serving import processes
 from bench.serving.ours import free_port
 from bench.serving.workspace import prepare_model
 from loraplane import answers
 from loraplane.client import LoraplaneClient, ServiceName
-from loraplane.proto import trainer_pb2
 from loraplane.training import JobState
 from loraplane.types import Job, SamplingParameters, TrainingParameters
 from trainer_svc.worker.knowledge_probe import QUESTIONS, _names_an_answer
@@ -78,11 +79,11 @@ def _service_env(model_dir: Path, scratch: Path, trainer_port: int, serving_port
     }
 
 
-def _train(client: LoraplaneClient, train_file: Path, replay_fraction: float | None) -> tuple[Job, float]:
+def _train(client: LoraplaneClient, adapter: str, train_file: Path, replay_fraction: float | None) -> tuple[Job, float]:
     """Submit the job with nothing but the data, follow it to its end; the finished job and its seconds
     from submission."""
     training = TrainingParameters(replay_fraction=replay_fraction)
-    job = client.jobs.create(adapter_name="dates", training_file=train_file, training=training)
+    job = client.jobs.create(adapter_name=adapter, training_file=train_file, training=training)
     started = time.perf_counter()
     for event in client.jobs.watch(job.id):
         log.info("job: %s", event.message)
@@ -93,20 +94,20 @@ def _train(client: LoraplaneClient, train_file: Path, replay_fraction: float | N
     return job, elapsed
 
 
-def _answers_scored(client: LoraplaneClient, test: list[Example]) -> dict[str, Any]:
+def _answers_scored(client: LoraplaneClient, adapter_name: str, test: list[Example]) -> dict[str, Any]:
     """The adapter's and the base model's test answers, by plain prompt and by chat, scored by every
     comparison of loraplane.answers that applies (keys `[base_]{metric}_{prompt|chat}`: the strict and
     normalised exact match, and the JSON ones when the task's answers are JSON); the facts the base
     model knew and the adapter lost."""
     prompts, references = [e.prompt for e in test], [e.answer for e in test]
     scored: dict[str, Any] = {}
-    for side, adapter in (("", "dates"), ("base_", "")):
+    for side, adapter in (("", adapter_name), ("base_", "")):
         for route, chat in (("prompt", False), ("chat", True)):
             replies = _ask(client, adapter, prompts, chat=chat)
             scored |= {f"{side}{metric}_{route}": v for metric, v in answers.scores(replies, references).items()}
     questions = [question for question, _ in QUESTIONS]
     base_known = _facts(_ask(client, "", questions, chat=True))
-    adapter_known = _facts(_ask(client, "dates", questions, chat=True))
+    adapter_known = _facts(_ask(client, adapter_name, questions, chat=True))
     return {
         **scored,
         "facts_known_by_base": sum(base_known),
@@ -118,10 +119,17 @@ def _job_reported(job: Job) -> dict[str, Any]:
     """What the job itself says about its adapter: task scores, probe facts, generalization gaps."""
     metrics = job.metrics
     return {
-        "task_scores": {  # keyed by the wire names, as in the results already kept
-            trainer_pb2.TaskMetric.Name(s.metric): [round(s.base, 3), round(s.adapter, 3)]
-            for s in job.proto.metrics.task_scores
-        },
+        "task_scores": [
+            {
+                "held_out": s.held_out,
+                "metric": s.metric,
+                "examples": s.examples,
+                "base": round(s.base, 3),
+                "adapter": round(s.adapter, 3),
+            }
+            for s in job.metrics.task_scores
+        ],
+        "held_out_near_copy_share": metrics.held_out_near_copy_share,
         "probe_facts_known": metrics.probe_facts_known,
         "probe_facts_lost": metrics.probe_facts_lost,
         "final_generalization_gap": round(metrics.final_generalization_gap, 4),
@@ -130,7 +138,7 @@ def _job_reported(job: Job) -> dict[str, Any]:
 
 
 def run_ours(
-    model_dir: Path, train_file: Path, test: list[Example], scratch: Path, replay_fraction: float | None
+    model_dir: Path, adapter: str, train_file: Path, test: list[Example], scratch: Path, replay_fraction: float | None
 ) -> dict[str, Any]:
     """One job with nothing but the data (and `replay_fraction` when given), then its answers through serving."""
     trainer_port, serving_port = free_port(), free_port()
@@ -145,7 +153,7 @@ def run_ours(
             for service in services:
                 if not client.wait_until_serving(service, 300):
                     raise RuntimeError(f"{service} did not start; see {scratch}")
-            job, elapsed = _train(client, train_file, replay_fraction)
+            job, elapsed = _train(client, adapter, train_file, replay_fraction)
             metrics = job.metrics
             return {
                 "job_s": round(elapsed, 1),
@@ -153,7 +161,7 @@ def run_ours(
                 "replay_examples": metrics.replay_examples,
                 "best_step": metrics.best_step,
                 "stopped_early": metrics.stopped_early,
-                **_answers_scored(client, test),
+                **_answers_scored(client, adapter, test),
                 "job_reported": _job_reported(job),
             }
     finally:
@@ -171,6 +179,9 @@ def run_plain(model_dir: Path, train_file: Path, test_file: Path, scratch: Path)
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__)
+    parser.add_argument(
+        "--task", default="dates", choices=["dates", *TASKS], help="dates: task.py; the others: tasks.py"
+    )
     parser.add_argument("--train", type=int, default=400, help="training examples (the trainer holds 10%% out)")
     parser.add_argument("--test", type=int, default=40, help="test prompts")
     parser.add_argument("--seed", type=int, default=0)
@@ -183,12 +194,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     model_dir = prepare_model("smollm2", args.work_dir)
-    train, test = make_task(args.seed, args.train, args.test)
+    if args.task == "dates":
+        train, test = make_task(args.seed, args.train, args.test)
+    else:
+        train, test = tasks.make(args.task, args.seed, args.train, args.test)
     report: dict[str, Any] = {
         "date": run_date(),
         "machine": machine(),
         "model": "smollm2",
-        "task": "dates to ISO 8601",
+        "task": "dates to ISO 8601" if args.task == "dates" else TASKS[args.task].description,
         "train": args.train,
         "test": args.test,
         "seed": args.seed,
@@ -200,7 +214,8 @@ def main(argv: list[str] | None = None) -> None:
         for system in args.systems.split(","):
             log.info("running %s", system)
             if system == "ours":
-                report["ours"] = run_ours(model_dir, train_file, test, scratch, args.replay_fraction)
+                adapter = args.task.replace("-", "")
+                report["ours"] = run_ours(model_dir, adapter, train_file, test, scratch, args.replay_fraction)
             else:
                 report["plain"] = run_plain(model_dir, train_file, test_file, scratch)
     text = json.dumps(report, indent=2)

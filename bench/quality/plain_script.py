@@ -90,7 +90,7 @@ def main(model_dir: str, train_file: str, test_file: str, work_dir: str) -> dict
     trainer.train()
     train_s = time.perf_counter() - started
     model.eval()
-    replies = _answers(model, tokenizer, [e["prompt"] for e in test], 16)
+    replies = _answers(model, tokenizer, [e["prompt"] for e in test], 32)  # as many as serving is asked for
     adapter_facts = _answers(model, tokenizer, questions, 32)
     known = [_names_an_answer(a, accepted) for a, (_, accepted) in zip(base_facts, QUESTIONS, strict=True)]
     kept = [_names_an_answer(a, accepted) for a, (_, accepted) in zip(adapter_facts, QUESTIONS, strict=True)]
