@@ -268,6 +268,26 @@ def _comparisons_table(ours: dict[str, Any], plain: dict[str, Any]) -> str:
     )
 
 
+HELD_OUT_SETS = {
+    "unseen_groups": "phrasings held out of training",
+    "in_distribution": "rows like the training data",
+    "test": "the test data",
+    "validation": "the validation data",
+}
+
+
+def _job_scores_table(scores: list[dict[str, Any]]) -> str:
+    return _table(
+        ["held-out set", "metric", "prompts", "base model", "adapter"],
+        (
+            [HELD_OUT_SETS.get(s["held_out"], s["held_out"]), TASK_METRICS.get(s["metric"], s["metric"])]
+            + [str(s["examples"]), _num(s["base"], 3), _num(s["adapter"], 3)]
+            for s in scores
+            if s["metric"] in COMPARISONS
+        ),
+    )
+
+
 def quality(document: dict[str, Any]) -> str:
     """bench.quality: exact match through serving, facts lost and time, our job against the plain script."""
     ours = document["ours"]
@@ -278,7 +298,10 @@ def quality(document: dict[str, Any]) -> str:
     ]
     if "normalized_exact_match_chat" in ours:  # results scored by loraplane.answers, every comparison kept
         parts += ["The same answers by each comparison:", _comparisons_table(ours, document["plain"])]
-    if scores := ours.get("job_reported", {}).get("task_scores"):
+    scores = ours.get("job_reported", {}).get("task_scores")
+    if isinstance(scores, list):  # each score with the held-out set it was measured on
+        parts += ["What the job itself reported, on the held-out sets it made:", _job_scores_table(scores)]
+    elif scores:
         parts += [
             "What the job itself reported, on its validation prompts:",
             _table(
