@@ -1,6 +1,7 @@
-"""The published checkpoint is the best one that loses no fact: the knowledge probe's selection score with the
-real Trainer and the tiny model. The tiny model knows no facts, so the probe here is a fake of our own
-interface (KnowledgeProbe) that starts losing its one fact from the fourth evaluation."""
+"""The published checkpoint is the best one that loses no fact, and replay rises once facts go: the
+knowledge probe's selection score and the replay mix with the real Trainer and the tiny model. The tiny
+model knows no facts, so the probe here is a fake of our own interface (KnowledgeProbe) that starts
+losing its one fact from the fourth evaluation."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from loraplane.training import HeldOutSet
 from trainer_svc.dataset import PromptCompletion, SourcedExample
+from trainer_svc.progress import PhaseEvent
 from trainer_svc.spec import DpoParameters, TrainingParameters
 from trainer_svc.worker import train as train_module
 from trainer_svc.worker.model import load_tokenizer
@@ -60,7 +62,7 @@ def test_the_published_checkpoint_is_the_best_that_loses_no_fact(
         train=_examples(THINGS[:6], None, tokenizer),
         validation=_examples(THINGS[6:], HeldOutSet.UNSEEN_GROUPS, tokenizer),
         test=Examples([], [], [], "spec.test_data"),
-        replayed=[],
+        replayed=_examples(["a cloud", "snow"], None, tokenizer).tokenized,
         prompt_format="chat",
     )
     params = TrainingParameters(max_steps=16, batch_size=3, learning_rate=1e-2, eval_every_steps=2)
@@ -74,3 +76,7 @@ def test_the_published_checkpoint_is_the_best_that_loses_no_fact(
     best_kept = min(checkpoints[:3], key=lambda c: c.validation_loss)
     assert trained.outcome.metrics["best_step"] == best_kept.step
     assert [c.step for c in checkpoints if c.published] == [best_kept.step]
+
+    assert trained.outcome.metrics["replay_rises"] >= 1, "the fourth evaluation lost a fact"
+    rises = [e.message for e in events if isinstance(e, PhaseEvent) and "replay examples now get" in e.message]
+    assert rises[0].startswith(f"step {checkpoints[3].step}: the adapter answers 1 general facts")

@@ -28,6 +28,7 @@ from trainer_svc.worker.events import Emit
 from trainer_svc.worker.generation import generation_batch_size
 from trainer_svc.worker.knowledge_probe import SELECTION_METRIC, KnowledgeProbe, ProbeEachEvaluation
 from trainer_svc.worker.model import compute_dtype
+from trainer_svc.worker.replay_mix import RaiseReplayWhenFactsGo, ReplayMix
 from trainer_svc.worker.training_run import ModelToTrain, TrainedAdapter, TrainingOutcome, TrainingRun, TrainingSets
 from trainer_svc.worker_input import PREEMPT_SIGNAL
 
@@ -275,17 +276,20 @@ def train(model: ModelToTrain, data: TrainingSets, run: TrainingRun) -> TrainedA
     """Give the base model its fresh adapter and train it on examples of the answer (supervised), the replayed
     answers among them, from the start or from the checkpoint `run.resume_from`."""
     adapted = get_peft_model(model.base, model.adapter)
-    train_set, validation_set = data.train.tokenized + data.replayed, data.early_stopping.tokenized
-    args = training_arguments(
-        run.params, run.output_dir, train_examples=len(train_set), has_validation=bool(validation_set)
-    )
+    mix = ReplayMix([example.features() for example in data.train.tokenized], [r.features() for r in data.replayed])
+    validation_set = data.early_stopping.tokenized
+    args = training_arguments(run.params, run.output_dir, train_examples=len(mix), has_validation=bool(validation_set))
     probe = KnowledgeProbe(model.tokenizer, data.prompt_format, batch_size=generation_batch_size(run.params.batch_size))
     trainer = Trainer(
         model=adapted,
         args=args,
-        train_dataset=[example.features() for example in train_set],
+        train_dataset=mix,
         eval_dataset=[example.features() for example in validation_set] or None,
         data_collator=training_collator(adapted, model.tokenizer),
         callbacks=callbacks(args, run.params, run.emit, ProbeEachEvaluation(probe) if validation_set else None),
     )
-    return TrainedAdapter(adapted, fit(trainer, run.resume_from))
+    if validation_set:  # the probe runs at each evaluation: replay can rise when it finds facts lost
+        trainer.add_callback(RaiseReplayWhenFactsGo(mix, run.emit))
+    outcome = fit(trainer, run.resume_from)
+    outcome.metrics["replay_rises"] = float(mix.rises)
+    return TrainedAdapter(adapted, outcome)
