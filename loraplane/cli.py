@@ -27,7 +27,7 @@ from rich.table import Column, Table
 from loraplane.auth import Role, TokenFile, add_token, revoke_token
 from loraplane.client import DEFAULT_SERVING_TARGET, DEFAULT_TRAINER_TARGET, LoraplaneClient, ServiceName
 from loraplane.errors import InvalidArgument, LoraplaneError
-from loraplane.training import JobState, Method, PromptFormatChoice
+from loraplane.training import NEAR_COPY_WARNING, JobState, Method, PromptFormatChoice
 from loraplane.types import (
     AdapterStats,
     DpoParameters,
@@ -130,7 +130,11 @@ def _print_outcome(job: Job) -> None:
         if m.held_out_near_copy_share is not None:
             console.print(
                 f"  held-out prompts that near-copy a training prompt: {m.held_out_near_copy_share:.0%}"
-                + (" (their scores say little about new phrasings)" if m.held_out_near_copy_share >= 0.5 else "")
+                + (
+                    " (their scores say little about new phrasings)"
+                    if m.held_out_near_copy_share >= NEAR_COPY_WARNING
+                    else ""
+                )
             )
     else:
         error = job.error

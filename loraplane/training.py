@@ -61,6 +61,11 @@ class HeldOutSet(enum.StrEnum):
         }[self]
 
 
+NEAR_COPY_WARNING = 0.5
+"""Share of the caller's scored held-out prompts that near-copy training prompts from which a job warns
+that their scores say little about new phrasings (`held_out_near_copy_share`)."""
+
+
 PromptFormat = Literal["chat", "raw"]
 """How an adapter was trained on prompt/completion examples, and so how serving sends it a plain
 prompt: as the user turn of the base model's chat template, or as it is."""

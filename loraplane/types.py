@@ -148,7 +148,8 @@ class Checkpoint:
     train_loss: float
     published: bool
     facts_lost: int | None
-    """General facts the base model knew that this checkpoint answers wrong; None where the probe did not run."""
+    """General facts the base model knew that this checkpoint answers wrong; None where the probe did not run
+    during training (preference tuning)."""
 
 
 @dataclass(frozen=True, kw_only=True)

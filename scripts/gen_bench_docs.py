@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from loraplane.training import HeldOutSet
+
 RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 NOT_RECORDED = "not recorded in the file"
 
@@ -268,19 +270,11 @@ def _comparisons_table(ours: dict[str, Any], plain: dict[str, Any]) -> str:
     )
 
 
-HELD_OUT_SETS = {
-    "unseen_groups": "phrasings held out of training",
-    "in_distribution": "rows like the training data",
-    "test": "the test data",
-    "validation": "the validation data",
-}
-
-
 def _job_scores_table(scores: list[dict[str, Any]]) -> str:
     return _table(
         ["held-out set", "metric", "prompts", "base model", "adapter"],
         (
-            [HELD_OUT_SETS.get(s["held_out"], s["held_out"]), TASK_METRICS.get(s["metric"], s["metric"])]
+            [HeldOutSet(s["held_out"]).described if s["held_out"] else "-", TASK_METRICS.get(s["metric"], s["metric"])]
             + [str(s["examples"]), _num(s["base"], 3), _num(s["adapter"], 3)]
             for s in scores
             if s["metric"] in COMPARISONS

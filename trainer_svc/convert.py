@@ -181,7 +181,7 @@ def _metrics_to_proto(job: Job) -> trainer_pb2.JobMetrics:
                 base=score.base,
                 adapter=score.adapter,
                 examples=score.examples,
-                held_out=wire.HELD_OUT_SET.encode(score.held_out),
+                held_out=wire.HELD_OUT_SET.encode_optional(score.held_out),
             )
             for score in job.task_scores
         ],

@@ -16,12 +16,11 @@ from pathlib import Path
 
 from loraplane.errors import InvalidArgument, LoraplaneError
 from loraplane.storage import ObjectStore
-from loraplane.training import HeldOutSet
+from loraplane.training import NEAR_COPY_WARNING, HeldOutSet
 from trainer_svc import dataset, held_out
 from trainer_svc.dataset import SourcedExample
 from trainer_svc.held_out import NearCopies
 from trainer_svc.spec import DatasetSource, JobSpec
-from trainer_svc.templates import NEAR_COPY_WARNING
 
 
 @dataclass(frozen=True)
@@ -74,6 +73,8 @@ class JobData:
 
     def _split_summary(self, grouping: str) -> str:
         unseen = sum(example.held_out is HeldOutSet.UNSEEN_GROUPS for example in self.validation)
+        if not self.validation:
+            return "nothing held out for validation"
         if not unseen:
             return f"validation rows drawn at random, so their scores are in-distribution ({grouping})"
         rows = len(self.validation) - unseen
@@ -133,11 +134,14 @@ class DatasetIntake:
         if spec.test_data is not None:
             test, repeats = self._parse(spec.test_data, "spec.test_data", preferences=preferences)
             removed += repeats
-        validation, test, near = held_out.caller_held_out(train, validation, test)
-        grouping = None
+        split = None
         if spec.validation_data is None:  # split after deduplication: no example is on both sides
             split = held_out.split_validation(train, spec.training.validation_fraction, spec.training.seed)
-            train, validation, grouping = split.train, split.validation, split.grouping
+            train = split.train
+        validation, test, near = held_out.caller_held_out(train, validation, test)
+        if split is not None:
+            validation = split.validation
+        grouping = split.grouping if split is not None else None
         leaks = sum(
             self._leaks(examples, train, field, spec.refuse_leakage)
             for field, examples in (("spec.validation_data", validation), ("spec.test_data", test))

@@ -54,7 +54,8 @@ class TaskScore(BaseModel):
     base: float
     adapter: float
     examples: int
-    held_out: HeldOutSet
+    held_out: HeldOutSet | None = None
+    """Which held-out prompts; None in the jobs of a trainer from before the sets were told apart."""
 
 
 class Checkpoint(BaseModel):

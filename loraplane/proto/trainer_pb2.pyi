@@ -369,7 +369,10 @@ class TrainingParameters(_message.Message):
     unset = 3; 0 = never stop early.
     """
     validation_fraction: _builtins.float
-    """Held-out fraction of training data when no validation_data is given; 0 = default (0.1)."""
+    """Held-out fraction of training data when no validation_data is given; 0 = default (0.1).
+    About this share is held out as whole prompt templates (or named groups; up to twice it, never
+    over a third of the rows) and half as much again as rows at random: docs/training.md.
+    """
     seed: _builtins.int
     gradient_accumulation_steps: _builtins.int
     warmup_ratio: _builtins.float
@@ -754,7 +757,7 @@ class Checkpoint(_message.Message):
     published: _builtins.bool
     facts_lost: _builtins.int
     """General facts the base model knew that this checkpoint answers wrong (the knowledge probe);
-    unset where the probe did not run (no prompts to put the questions as, or preference tuning).
+    unset where the probe did not run during training (preference tuning).
     """
     def __init__(
         self,

@@ -136,7 +136,7 @@ def test_lora_run_learns_and_publishes(tiny_model_dir: Path, tmp_path: Path) -> 
     assert manifest.prompt_format == "chat"  # auto, on a model with a chat template
     assert result.metrics["best_step"] == 16 and result.metrics["steps_saved"] == 0
     assert [(c.step, c.published) for c in result.checkpoints] == [(4, False), (8, False), (12, False), (16, True)]
-    assert all(c.facts_lost == 0 for c in result.checkpoints), "the probe ran at each evaluation"
+    assert all(c.facts_lost is not None for c in result.checkpoints), "the probe ran at each evaluation"
 
     # Generated answers to the test prompts: the adapter says "Blue." where the random base model cannot.
     scores = {score.metric: score for score in result.task_scores}

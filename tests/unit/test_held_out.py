@@ -9,11 +9,14 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from loraplane import wire
+from loraplane.proto import trainer_pb2
 from loraplane.storage import ObjectStore
 from loraplane.training import HeldOutSet
 from trainer_svc.dataset import parse_jsonl
 from trainer_svc.held_out import caller_held_out, split_validation
 from trainer_svc.intake import DatasetIntake, DatasetLimits, JobData
+from trainer_svc.progress import TaskScore
 from trainer_svc.spec import DatasetSource, JobSpec
 from trainer_svc.templates import Templates, grouped_split, near_copies
 
@@ -57,18 +60,35 @@ def test_whole_templates_are_held_out_and_the_in_distribution_rows_share_trained
     assert unseen and not unseen & trained, "a held-out template is never trained on"
     assert {template_of[row] for row in split.in_distribution} <= trained
     assert 15 <= len(split.unseen_groups) <= 60 and 1 <= len(split.in_distribution) <= 30
-    assert split.groups_held_out == len(unseen)
     assert split.grouping.endswith("of 6 prompt templates")
     again = grouped_split([prompt for prompt, _ in people], [None] * len(people), 0.1, seed=3)
     assert again == split
 
 
 def test_prompts_that_share_no_template_are_held_out_at_random_and_the_split_says_so() -> None:
-    prompts = [f"question {word}" for word in ("alpha", "beta", "gamma", "delta", "epsilon", "zeta")] * 1
-    prompts += [f"{n}" for n in range(14)]
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
+    # Every word is in four prompts (a word of templates), and no two prompts pair the same words.
+    prompts = [f"{word} {words[(n + step) % 10]}" for step in (1, 3) for n, word in enumerate(words)]
     split = grouped_split(prompts, [None] * len(prompts), 0.1, seed=7)
     assert (len(split.train), len(split.unseen_groups), len(split.in_distribution)) == (18, 0, 2)
-    assert "too few" in split.grouping or "share no template" in split.grouping
+    assert split.grouping == "most prompts share no template with another"
+
+
+def test_prompts_in_a_script_without_spaces_or_without_prompts_are_not_grouped() -> None:
+    cities, names = ["東京", "大阪", "京都"] * 10, ["山田", "佐藤", "鈴木", "田中", "高橋"] * 6
+    prompts = [
+        f"{city}に住んでいる{name}さんは{age}歳です。"
+        for age, (city, name) in enumerate(zip(cities, names, strict=True))
+    ]
+    split = grouped_split(prompts, [None] * len(prompts), 0.1, seed=0)
+    assert split.unseen_groups == [] and "without spaces" in split.grouping
+    assert grouped_split([None] * 10, [None] * 10, 0.1, seed=0).grouping == "the examples have no prompts to group"
+
+
+def test_whole_groups_never_take_more_than_a_third_of_the_rows() -> None:
+    people = _people(300)
+    split = grouped_split([prompt for prompt, _ in people], [None] * len(people), 0.4, seed=0)
+    assert 0 < len(split.unseen_groups) <= 100
 
 
 def test_a_high_fraction_still_leaves_training_rows() -> None:
@@ -105,6 +125,10 @@ def test_near_copies_are_prompts_of_a_trained_template_or_mostly_a_training_prom
     reworded_copy = train[0].replace(".", "!") + " Really."
     assert near_copies(train, [same_template, new_template, reworded_copy]) == 2
     assert near_copies(train, [new_template]) == 0
+    instruction = "Read the sentence below carefully and extract the name, the age and the city of the person as JSON: "
+    instructed = [instruction + prompt for prompt in train]
+    assert near_copies(instructed, [instruction + new_template]) == 0, "a shared instruction is no copy"
+    assert near_copies(instructed, [instruction + reworded_copy]) == 1
 
 
 def _no_store() -> ObjectStore:
@@ -126,12 +150,13 @@ def test_a_test_set_of_trained_templates_is_reported_and_warned_of_a_new_one_is_
     people = _people(300)
     known = [p for p in people if p[1] != TEMPLATES[-1]]
     train, test = known[:200], [p for p in known[200:] if p not in known[:200]]
-    same = _intake_read(training_data=_jsonl(train), test_data=_jsonl(test))
+    validation = _jsonl(test[:5])  # the caller's: the trainer holds nothing out of training
+    same = _intake_read(training_data=_jsonl(train), validation_data=validation, test_data=_jsonl(test[5:]))
     assert same.metrics()["held_out_near_copy_share"] == 1.0
     assert "warning:" in same.summary()
     assert all(e.held_out is HeldOutSet.TEST for e in same.test)
     new = [p for p in people if p[1] == TEMPLATES[-1]]
-    fresh = _intake_read(training_data=_jsonl(train), test_data=_jsonl(new))
+    fresh = _intake_read(training_data=_jsonl(train), validation_data=validation, test_data=_jsonl(new))
     assert fresh.metrics()["held_out_near_copy_share"] == 0.0
     assert "warning:" not in fresh.summary()
 
@@ -148,3 +173,9 @@ def test_the_callers_validation_data_is_labelled_as_theirs() -> None:
     validation, test, near = caller_held_out(examples, examples, [])
     assert {e.held_out for e in validation} == {HeldOutSet.VALIDATION} and test == []
     assert near.prompts == 10
+
+
+def test_a_score_stored_before_the_sets_were_told_apart_still_loads_and_travels_unlabelled() -> None:
+    stored = TaskScore.model_validate({"metric": "exact_match", "base": 0.0, "adapter": 1.0, "examples": 3})
+    assert stored.held_out is None
+    assert wire.HELD_OUT_SET.encode_optional(stored.held_out) == trainer_pb2.HELD_OUT_SET_UNSPECIFIED

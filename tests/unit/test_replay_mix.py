@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from transformers import TrainerControl, TrainerState, TrainingArguments
 
 from trainer_svc.progress import PhaseEvent
@@ -22,16 +23,17 @@ def test_before_any_rise_each_example_is_drawn_once() -> None:
     assert _epoch(mix) == list(range(40)) + [-1, -2, -3, -4]
 
 
-def test_a_rise_gives_each_replay_example_one_more_draw_an_epoch_taking_task_draws_in_turn() -> None:
-    mix = ReplayMix(TASK, REPLAY)
+@pytest.mark.parametrize("task_count", [40, 38, 9])
+def test_a_rise_gives_each_replay_example_one_more_draw_an_epoch_taking_task_draws_in_turn(task_count: int) -> None:
+    mix = ReplayMix(TASK[:task_count], REPLAY)
     assert mix.rise()
     left_out: list[set[int]] = []
     for epoch in range(10):
-        mix.epoch = epoch
+        mix.start_epoch(epoch)
         drawn = _epoch(mix)
-        assert len(drawn) == 44, "the run's length stays as planned"
+        assert len(drawn) == task_count + 4, "the run's length stays as planned"
         assert sorted(n for n in drawn if n < 0) == sorted([-1, -2, -3, -4] * 2)
-        left_out.append(set(range(40)) - set(drawn))
+        left_out.append(set(range(task_count)) - set(drawn))
     assert len(left_out[0]) == 4 and left_out[0] != left_out[1]
     assert not set.intersection(*left_out), "no task example is left out of every epoch"
 
@@ -40,7 +42,7 @@ def test_replay_rises_at_most_max_rises_and_never_past_half_the_task_draws() -> 
     mix = ReplayMix(TASK, REPLAY)
     assert [mix.rise() for _ in range(MAX_RISES + 1)] == [True] * MAX_RISES + [False]
     assert not ReplayMix(TASK, []).rise()
-    assert not ReplayMix(TASK[:3], REPLAY[:3]).rise(), "replay would take every task draw"
+    assert not ReplayMix(TASK[:7], REPLAY).rise(), "replay would take over half the task's draws"
 
 
 def _evaluated(callback: RaiseReplayWhenFactsGo, state: TrainerState, lost: float) -> None:
@@ -60,7 +62,7 @@ def test_an_evaluation_that_finds_facts_lost_raises_replay_once_an_epoch() -> No
     assert events == [
         PhaseEvent(
             phase="training",
-            message="step 10: the adapter answers 2 general facts of its base model wrong; replay examples now "
+            message="step 10: the adapter answers 2 of its base model's general facts wrong; replay examples now "
             "get 2 draws an epoch",
         )
     ]

@@ -36,12 +36,12 @@ from loraplane.fingerprint import base_model_fingerprint
 from loraplane.storage import open_store
 from trainer_svc import staged_input
 from trainer_svc.dataset import fingerprint
-from trainer_svc.progress import ErrorEvent, PhaseEvent, ResultEvent, TaskScore
+from trainer_svc.progress import Checkpoint, ErrorEvent, PhaseEvent, ResultEvent, TaskScore
 from trainer_svc.spec import JobSpec
 from trainer_svc.worker.evaluate import evaluate, token_statistics
 from trainer_svc.worker.events import Emit, claim_stdout
 from trainer_svc.worker.generation import generation_batch_size
-from trainer_svc.worker.knowledge_probe import FACTS_LOST_WARNING, knowledge_probe
+from trainer_svc.worker.knowledge_probe import FACTS_LOST_WARNING, ProbeResult, knowledge_probe
 from trainer_svc.worker.model import adapter_config, load_base_model, load_tokenizer
 from trainer_svc.worker.preference import preference_scores, train_preferences
 from trainer_svc.worker.publish import publish
@@ -142,25 +142,23 @@ def _evaluate(
             model, tokenizer, examples.tokenized, spec.task_metrics, label, batch_size=generation_batch
         )
     ]
-    for score in scores:  # the manifest keeps them too, as plain numbers
-        metrics.update({f"task_{score.metric}_base": score.base, f"task_{score.metric}_adapter": score.adapter})
+    for score in scores:  # the manifest keeps the first set's too (test, else unseen groups), as plain numbers
+        metrics.setdefault(f"task_{score.metric}_base", score.base)
+        metrics.setdefault(f"task_{score.metric}_adapter", score.adapter)
     probe = knowledge_probe(model, tokenizer, data.prompt_format, batch_size=generation_batch)
     metrics.update(probe_facts_known=float(len(probe.known)), probe_facts_lost=float(len(probe.lost)))
     if len(probe.lost) >= FACTS_LOST_WARNING:
-        chosen = (
-            "no evaluated checkpoint kept them all, and the one published lost the fewest"
-            if trained.outcome.checkpoints
-            else "there was no validation data to choose a checkpoint that kept them"
-        )
-        emit(
-            PhaseEvent(
-                phase="evaluating",
-                message=f"warning: the adapter lost {len(probe.lost)} of the {len(probe.known)} general facts its "
-                f"base model knew ({'; '.join(probe.lost)}); {chosen}: fewer steps, a lower learning rate or a "
-                "higher replay_fraction forget less",
-            )
-        )
+        emit(PhaseEvent(phase="evaluating", message=_facts_lost_warning(probe, trained.outcome.checkpoints)))
     return Assessment(metrics, scores, evaluation.profile)
+
+
+def _facts_lost_warning(probe: ProbeResult, checkpoints: list[Checkpoint]) -> str:
+    probed = [checkpoint.facts_lost for checkpoint in checkpoints if checkpoint.facts_lost is not None]
+    every = "; every checkpoint probed during training had lost some" if probed and min(probed) > 0 else ""
+    return (
+        f"warning: the adapter lost {len(probe.lost)} of the {len(probe.known)} general facts its base model knew "
+        f"({'; '.join(probe.lost)}){every}: fewer steps, a lower learning rate or a higher replay_fraction forget less"
+    )
 
 
 def _publish(

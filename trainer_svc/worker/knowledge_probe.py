@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
@@ -114,13 +115,13 @@ SELECTION_METRIC = "selection"
 class ProbeEachEvaluation(TrainerCallback):
     """Puts the probe to the adapter at each evaluation: the evaluation's metrics get `eval_facts_lost` and
     `eval_selection` (validation loss plus FACT_WEIGHT per lost fact), the score the best checkpoint is
-    chosen by and early stopping watches. Listed before the callbacks that read those metrics."""
+    chosen by and early stopping watches. Listed before the callbacks that read those metrics. The
+    facts lost also go into the evaluation's entry of the run's log, which checkpoints keep, so a
+    resumed run still reports them."""
 
     def __init__(self, probe: KnowledgeProbe) -> None:
         self._probe = probe
         self._known: list[str] = []
-        self.facts_lost: dict[int, int] = {}
-        """Facts lost at each evaluated step."""
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -137,8 +138,20 @@ class ProbeEachEvaluation(TrainerCallback):
         metrics: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        lost = len(self._probe.lost(kwargs["model"], self._known)) if self._known else 0
-        self.facts_lost[state.global_step] = lost
+        model = kwargs["model"]
+        lost = _most_across_ranks(len(self._probe.lost(model, self._known)) if self._known else 0, model)
         if metrics is not None and "eval_loss" in metrics:
             metrics["eval_facts_lost"] = float(lost)
             metrics[f"eval_{SELECTION_METRIC}"] = metrics["eval_loss"] + FACT_WEIGHT * lost
+            if state.log_history and "eval_loss" in state.log_history[-1]:  # the entry `evaluate` just logged
+                state.log_history[-1]["eval_facts_lost"] = float(lost)
+
+
+def _most_across_ranks(lost: int, model: PeftModel) -> int:
+    """The most facts any rank found lost (a run under torchrun): every rank must choose the same checkpoint
+    and stop at the same step, whatever its own greedy answers."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return lost
+    count = torch.tensor([lost], device=next(model.parameters()).device)
+    torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+    return int(count.item())

@@ -5,7 +5,8 @@ The knowledge probe at each evaluation (knowledge_probe.ProbeEachEvaluation) say
 replay examples then take the place of some task examples in the batches that follow: after each rise
 one more replay draw for each replay example an epoch, at most MAX_RISES times, with the task examples
 they displace changing from epoch to epoch so none is left out for the rest of the run. The set's length
-(and so the run's steps) stays as planned, and the change applies from the next batch, not the next epoch.
+(and so the run's steps) stays as planned, and the change applies to the batches made after the rise
+(the data loader reads one batch ahead), not from the next epoch.
 A run resumed from a checkpoint starts again at the planned share.
 """
 
@@ -26,14 +27,19 @@ MAX_RISES = 2
 
 
 class ReplayMix(Dataset[Features]):
-    """The task's examples followed by the replay examples, with `rises` more replay draws per epoch in
-    the task's slots."""
+    """The task's examples followed by the replay examples; after `rises` rises, `rises` task slots per
+    replay example, spread evenly and shifted each epoch, hold replay examples instead.
+
+    The set is read one index at a time as batches are made (the Trainer's loader has no worker
+    processes: `training_settings`), so a rise shows in the batches made after it.
+    """
 
     def __init__(self, task: list[Features], replay: list[Features]) -> None:
         self._task, self._replay = task, replay
-        self._period = math.ceil(len(task) / len(replay)) if replay else 0
         self.rises = 0
         self.epoch = 0
+        self._displaced: dict[int, int] = {}
+        """Task slot -> the replay example it holds, for the current rises and epoch."""
 
     def __len__(self) -> int:
         return len(self._task) + len(self._replay)
@@ -41,17 +47,27 @@ class ReplayMix(Dataset[Features]):
     def __getitem__(self, index: int) -> Features:
         if index >= len(self._task):
             return self._replay[index - len(self._task)]
-        if self.rises and (index + self.epoch) % self._period < self.rises:
-            return self._replay[(index // self._period + self.epoch) % len(self._replay)]
+        if index in self._displaced:
+            return self._replay[self._displaced[index]]
         return self._task[index]
 
     def rise(self) -> bool:
-        """Give replay one more draw per replay example an epoch; False once at MAX_RISES, where replay would
-        take over half the task's draws, or without replay."""
-        if not self._replay or self.rises >= MAX_RISES or 2 * (self.rises + 1) > self._period:
+        """Give each replay example one more draw an epoch; False once at MAX_RISES, where replay would take
+        over half the task's draws, or without replay."""
+        if not self._replay or self.rises >= MAX_RISES or 2 * len(self._replay) * (self.rises + 1) > len(self._task):
             return False
         self.rises += 1
+        self._spread()
         return True
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self._spread()
+
+    def _spread(self) -> None:
+        extra = len(self._replay) * self.rises
+        task = len(self._task)
+        self._displaced = {(k * task // extra + self.epoch) % task: k % len(self._replay) for k in range(extra)}
 
 
 class RaiseReplayWhenFactsGo(TrainerCallback):
@@ -66,7 +82,7 @@ class RaiseReplayWhenFactsGo(TrainerCallback):
     def on_epoch_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self._mix.epoch = math.floor(state.epoch or 0)
+        self._mix.start_epoch(math.floor(state.epoch or 0))
 
     def on_evaluate(
         self,
@@ -83,7 +99,8 @@ class RaiseReplayWhenFactsGo(TrainerCallback):
         self._emit(
             PhaseEvent(
                 phase="training",
-                message=f"step {state.global_step}: the adapter answers {lost} general facts of its base model "
-                f"wrong; replay examples now get {1 + self._mix.rises} draws an epoch",
+                message=f"step {state.global_step}: the adapter answers {lost} of its base model's general "
+                f"{'fact' if lost == 1 else 'facts'} wrong; replay examples now get {1 + self._mix.rises} draws an "
+                "epoch",
             )
         )

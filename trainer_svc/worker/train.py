@@ -175,6 +175,7 @@ def training_settings(
         greater_is_better=False if keep_best else None,
         logging_strategy="steps",
         logging_steps=1,
+        dataloader_num_workers=0,  # the replay mix changes as the run goes (replay_mix.py): read it in this process
         seed=params.seed,
         bf16=compute_dtype() == torch.bfloat16,
         use_cpu=not torch.cuda.is_available(),
@@ -183,12 +184,9 @@ def training_settings(
     )
 
 
-def checkpoints_of(
-    log_history: list[dict[str, float]], published_step: int, facts_lost: dict[int, int] | None = None
-) -> list[Checkpoint]:
+def checkpoints_of(log_history: list[dict[str, float]], published_step: int) -> list[Checkpoint]:
     """Every evaluation of the run, with the mean training loss over the steps since the one before (one
     batch's loss is too noisy to compare with validation loss) and the facts lost where the probe ran."""
-    facts_lost = facts_lost or {}
     losses = {int(entry["step"]): entry["loss"] for entry in log_history if "loss" in entry}
     checkpoints: list[Checkpoint] = []
     since = 0
@@ -204,7 +202,7 @@ def checkpoints_of(
                 validation_loss=entry["eval_loss"],
                 train_loss=train_loss,
                 published=step == published_step,
-                facts_lost=facts_lost.get(step),
+                facts_lost=int(entry["eval_facts_lost"]) if "eval_facts_lost" in entry else None,
             )
         )
         since = step
@@ -217,11 +215,10 @@ def run_outcome(
     global_step: int,
     max_steps: int,
     best_step: int | None,
-    facts_lost: dict[int, int] | None = None,
 ) -> TrainingOutcome:
     """What the run's logs say; the published step is the best one when early stopping restored it, else the last."""
     published_step = best_step if best_step is not None else global_step
-    checkpoints = checkpoints_of(log_history, published_step, facts_lost)
+    checkpoints = checkpoints_of(log_history, published_step)
     losses = [entry["loss"] for entry in log_history if "loss" in entry]
     metrics = {
         "train_loss": losses[-1],
@@ -259,13 +256,11 @@ def fit(trainer: Trainer, resume_from: Path | None) -> TrainingOutcome:
     manifest, and the checkpoints."""
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from is not None else None)
     state = trainer.state
-    probes = [c.facts_lost for c in trainer.callback_handler.callbacks if isinstance(c, ProbeEachEvaluation)]
     outcome = run_outcome(
         state.log_history,
         global_step=state.global_step,
         max_steps=state.max_steps,
         best_step=state.best_global_step if trainer.args.load_best_model_at_end else None,
-        facts_lost=probes[0] if probes else None,
     )
     outcome.metrics["epochs"] = float(state.epoch or 0.0)
     preempted = [c.step for c in trainer.callback_handler.callbacks if isinstance(c, CheckpointWhenPreempted)]

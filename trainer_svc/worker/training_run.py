@@ -23,6 +23,9 @@ from trainer_svc.worker.events import Emit
 from trainer_svc.worker.tokenization import TokenizedExample
 
 T = TypeVar("T")
+MIN_EARLY_STOPPING_EXAMPLES = 10
+"""Fewest unseen-group examples early stopping is measured on alone: below it, one example's loss would
+choose the checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -45,10 +48,10 @@ class Examples:
     """A preference pair's rejected answer; [] for a supervised job."""
     field: str
 
-    def held_out_sets(self, unlabelled: HeldOutSet) -> dict[HeldOutSet, Examples]:
-        """The examples by the held-out set each is in (`unlabelled` for those a trainer before the labels
-        wrote), in the order they come."""
-        labels = [sourced.held_out or unlabelled for sourced in self.sourced]
+    def held_out_sets(self) -> dict[HeldOutSet, Examples]:
+        """The examples by the held-out set each is in, in the order they come (an example without a label
+        is counted as the caller's validation data; `load_training_sets` labels every held-out example)."""
+        labels = [sourced.held_out or HeldOutSet.VALIDATION for sourced in self.sourced]
         return {label: self._only([at == label for at in labels]) for label in dict.fromkeys(labels)}
 
     def _only(self, keep: list[bool]) -> Examples:
@@ -72,16 +75,14 @@ class TrainingSets:
     @property
     def early_stopping(self) -> Examples:
         """What validation loss is measured on, and so early stopping and the published checkpoint: the
-        unseen groups where the trainer held whole groups out (the checkpoint that does best on new
-        phrasings), else every validation example."""
-        sets = self.validation.held_out_sets(HeldOutSet.VALIDATION)
-        return sets.get(HeldOutSet.UNSEEN_GROUPS, self.validation)
+        unseen groups where the trainer held out at least MIN_EARLY_STOPPING_EXAMPLES of them (the
+        checkpoint that does best on new phrasings), else every validation example."""
+        unseen = self.validation.held_out_sets().get(HeldOutSet.UNSEEN_GROUPS)
+        return unseen if unseen and len(unseen.tokenized) >= MIN_EARLY_STOPPING_EXAMPLES else self.validation
 
     def scored(self) -> dict[HeldOutSet, Examples]:
         """The held-out sets the task scores are measured on: the test data, else each validation set apart."""
-        if self.test.tokenized:
-            return self.test.held_out_sets(HeldOutSet.TEST)
-        return self.validation.held_out_sets(HeldOutSet.VALIDATION)
+        return (self.test if self.test.tokenized else self.validation).held_out_sets()
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ example too long for the job is refused naming its line rather than cut short mi
 
 from __future__ import annotations
 
-from loraplane.training import PromptFormat
+from loraplane.training import HeldOutSet, PromptFormat
 from trainer_svc.dataset import SourcedExample, read_examples
 from trainer_svc.progress import PhaseEvent
 from trainer_svc.spec import TrainingParameters
@@ -23,8 +23,10 @@ def load_training_sets(worker_input: WorkerInput, model: ModelToTrain, emit: Emi
     """The job's training, validation and test examples in both forms, and a supervised job's replay examples."""
     spec = worker_input.spec
     train = read_examples(worker_input.train_file)
-    validation = read_examples(worker_input.validation_file)
-    test = read_examples(worker_input.test_file) if worker_input.test_file else []
+    # A trainer from before the held-out sets were labelled wrote them without: its own split drew rows at random.
+    unlabelled_validation = HeldOutSet.IN_DISTRIBUTION if spec.validation_data is None else HeldOutSet.VALIDATION
+    validation = _labelled(read_examples(worker_input.validation_file), unlabelled_validation)
+    test = _labelled(read_examples(worker_input.test_file), HeldOutSet.TEST) if worker_input.test_file else []
     prompt_format = resolve_prompt_format(spec.prompt_format, model.tokenizer)
     emit(
         PhaseEvent(
@@ -54,6 +56,10 @@ def load_training_sets(worker_input: WorkerInput, model: ModelToTrain, emit: Emi
         for (examples, field), answers, other_answers in zip(sets, chosen, rejected, strict=True)
     )
     return TrainingSets(train_set, validation_set, test_set, replayed, prompt_format)
+
+
+def _labelled(examples: list[SourcedExample], label: HeldOutSet) -> list[SourcedExample]:
+    return [e if e.held_out else e.model_copy(update={"held_out": label}) for e in examples]
 
 
 def _replay(
