@@ -157,7 +157,9 @@ def http_bodies(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
         body["prompt"] = draw(st.sampled_from(["hello", "Once upon a time"]))
     else:
         body["messages"] = [{"role": "user", "content": "hi"}]
-    for key in draw(st.lists(st.sampled_from(completion_keys), max_size=3, unique=True)):
+    some_keys = st.lists(st.sampled_from(completion_keys), min_size=1, max_size=3, unique=True)
+    replaced = sane_or_wild(st.just([]), some_keys)
+    for key in draw(replaced):
         body[key] = draw(json_values)
     if isinstance(body.get("max_tokens"), int):
         body["max_tokens"] = min(body["max_tokens"], 10**12)
@@ -343,7 +345,7 @@ def test_fuzzed_http_bodies_never_get_a_server_error(targets: Targets) -> None:
 
         post()
     outcomes.report("HTTP /v1/completions and /v1/chat/completions")
-    assert outcomes.counts[200] > 50 and outcomes.counts[400] > 50
+    assert outcomes.counts[200] > 25 and outcomes.counts[400] > 25  # both sides of validation
     assert httpx.get(f"{base.removesuffix('/v1')}/health").status_code == 200
 
 
