@@ -12,7 +12,10 @@ model's pretty-printed JSON against a compact reference, "Paris." against "paris
 - `json_exact_match`: the answer, parsed as JSON (a code fence allowed round it), equals the
   parsed reference: key order and whitespace do not matter, numbers compare as numbers (3 == 3.0),
   and a value keeps its type (the number 30 is not the string "30", nor is `true` the number 1),
-  as a program reading the answer would see it. Strings inside compare exactly.
+  as a program reading the answer would see it. Strings inside compare exactly. An answer that
+  opens with a JSON object or array may go on after it (a chat model's "This JSON holds ..."):
+  the value it opens with is its answer, as a caller taking the first JSON value would read it;
+  text before the value, or after a bare number or string, makes it no JSON answer.
 - `field_accuracy`: of the reference object's top-level fields, the share the answer has with an
   equal value; an answer that does not parse as an object has none.
 
@@ -40,6 +43,7 @@ def is_answer_metric(name: str) -> TypeGuard[AnswerMetric]:
 
 
 _FENCE = re.compile(r"\A```[\w+-]*[ \t]*\n(?P<body>.*?)\n?```\Z", re.DOTALL)
+_FENCE_OPENING = re.compile(r"\A```[\w+-]*[ \t]*\n")
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _QUOTES = "\"'`“”‘’«»"
 _LEADING = _QUOTES + ",;:!?"
@@ -64,12 +68,29 @@ def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")  # NaN and Infinity: Python's json accepts them, JSON does not
 
 
+_DECODER = json.JSONDecoder(parse_float=Decimal, parse_constant=_refuse_constant)
+"""Fractions parse as Decimal, so numbers compare exactly as written ("0.10" == "0.1")."""
+
+
 def parse_json(text: str) -> ParsedJson | None:
-    """The text's JSON value (fence and whitespace allowed round it), or None when it is not JSON.
-    Fractions parse as Decimal, so numbers compare exactly as written ("0.10" == "0.1")."""
+    """The text's JSON value (fence and whitespace allowed round it), or None when it is not JSON."""
     try:
-        return ParsedJson(json.loads(without_fence(text), parse_float=Decimal, parse_constant=_refuse_constant))
+        return ParsedJson(_DECODER.decode(without_fence(text)))
     except ValueError:  # json.JSONDecodeError is a ValueError
+        return None
+
+
+def answer_json(answer: str) -> ParsedJson | None:
+    """The JSON value an answer gives: all of it as JSON (`parse_json`), else the object or array it
+    opens with (after whitespace and a code fence's opening line), whatever follows; None otherwise."""
+    if (whole := parse_json(answer)) is not None:
+        return whole
+    opening = _FENCE_OPENING.sub("", answer.strip(), count=1)
+    if not opening.startswith(("{", "[")):
+        return None
+    try:
+        return ParsedJson(_DECODER.raw_decode(opening)[0])
+    except ValueError:
         return None
 
 
@@ -105,15 +126,15 @@ def normalized_match(answer: str, reference: str) -> bool:
 
 
 def json_match(answer: str, reference: str) -> bool:
-    """Whether the answer parses to the reference's JSON value; False when either is not JSON."""
-    parsed, expected = parse_json(answer), parse_json(reference)
+    """Whether the answer gives the reference's JSON value (`answer_json`); False when either is not JSON."""
+    parsed, expected = answer_json(answer), parse_json(reference)
     return parsed is not None and expected is not None and json_equal(parsed.value, expected.value)
 
 
 def field_accuracy(answer: str, reference: str) -> float:
     """The share of the reference object's top-level fields the answer has with an equal value (an
-    empty reference object: 1 when the answer is one too); 0 when the answer is not a JSON object."""
-    parsed, expected = parse_json(answer), parse_json(reference)
+    empty reference object: 1 when the answer is one too); 0 when the answer gives no JSON object."""
+    parsed, expected = answer_json(answer), parse_json(reference)
     if expected is None or not isinstance(expected.value, dict):
         raise ValueError(f"field accuracy needs a JSON object as the reference, not {reference!r}")
     if parsed is None or not isinstance(parsed.value, dict):

@@ -57,7 +57,14 @@ def test_strict_and_normalised_exact_match(answer: str, reference: str, exact: b
         ('{"name": "E Esther Cohen", "age": 34, "city": "Lyon"}', PERSON, False),
         ('{"name": "Esther Cohen", "age": 34}', PERSON, False),
         ('{"name": "Esther Cohen", "age": 34, "city": "Lyon", "job": null}', PERSON, False),
-        ('Here it is: {"name": "Esther Cohen"}', PERSON, False),
+        ('Here it is: {"name": "Esther Cohen"}', PERSON, False),  # text before the value
+        (f"{PERSON}\n\nThis JSON object holds the person's name, age and city.", PERSON, True),
+        (f"```json\n{PERSON}\n```\nThe keys are name, age and city.", PERSON, True),
+        (f'{PERSON[:-1]}, "job": null}} and more', PERSON, False),
+        ('{"name": "Esther Cohen", "age": 34, "city": "Lyon" and more', PERSON, False),  # never closed
+        ("34 years", "34", False),  # a bare number followed by text is no JSON answer
+        ('"Lyon" is the city', '"Lyon"', False),
+        ("[1, 2] are the numbers", "[1, 2]", True),
         ('{"a": [1, {"b": true}]}', '{"a": [1.0, {"b": true}]}', True),
         ('{"a": [{"b": true}, 1]}', '{"a": [1, {"b": true}]}', False),  # arrays keep their order
         ('{"a": 1}', '{"a": true}', False),  # a bool is not a number
@@ -82,6 +89,7 @@ def test_json_exact_match_compares_parsed_values(answer: str, reference: str, ma
         ('{"name": "Esther Cohen", "age": 34, "city": "Lyon", "extra": 1}', 1.0),  # fields of the reference
         ('["Esther Cohen", 34, "Lyon"]', 0.0),
         ('{"name": "Esther Cohen", "age": 34', 0.0),  # does not parse: no field right
+        ('{"name": "Esther Cohen", "age": 34}\nThe city is Lyon.', 2 / 3),  # what follows the object is not read
         ("Esther Cohen, 34, Lyon", 0.0),
     ],
 )
@@ -179,6 +187,6 @@ def test_a_number_written_with_trailing_zeros_is_the_same_number(number: Any, ze
 
 @given(text=st.text())
 def test_anything_not_json_scores_no_json_match_and_no_field(text: str) -> None:
-    if answers.parse_json(text) is None:
+    if answers.answer_json(text) is None:
         assert not answers.json_match(text, PERSON)
         assert answers.field_accuracy(text, PERSON) == 0.0
