@@ -5,7 +5,8 @@ the files it shows (`<!-- bench: FILE -->`) and scripts/mkdocs_hooks.py puts eac
 there when the site is built. Every table is headed by the file, the machine and the date the
 file records; where it records neither, the heading says so rather than guess. The renderer is
 chosen by what a document holds, so a file whose shape no renderer knows fails the build.
-`python scripts/gen_bench_docs.py FILE` prints one file's tables.
+`python scripts/gen_bench_docs.py FILE` prints one file's tables; `--held-out-tasks` prints the README's
+table of the held-out quality tasks (a test holds the README to it).
 """
 
 from __future__ import annotations
@@ -239,21 +240,57 @@ def training(document: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def _headline(ours: dict[str, Any]) -> str:
+    """The comparison a task is judged by: parsed JSON where its answers are JSON, else exact match."""
+    return "json_exact_match" if "json_exact_match_chat" in ours else "exact_match"
+
+
 def _quality_table(ours: dict[str, Any], plain: dict[str, Any]) -> str:
-    header = ["", "exact match, plain prompt", "exact match, chat message"]
+    metric = _headline(ours)
+    header = ["", f"{COMPARISONS[metric]}, plain prompt", f"{COMPARISONS[metric]}, chat message"]
     header += [f"facts lost (of {ours['facts_known_by_base']} the base knew)", "steps", "time s"]
     return _table(
         header,
         [
-            ["base model, through serving", _num(ours["base_exact_match_prompt"], 2)]
-            + [_num(ours["base_exact_match_chat"], 2), "-", "-", "-"],
-            ["our job, default settings, through serving", _num(ours["exact_match_prompt"], 2)]
-            + [_num(ours["exact_match_chat"], 2), _num(ours["facts_lost"]), _num(ours["steps"])]
+            ["base model, through serving", _num(ours[f"base_{metric}_prompt"], 2)]
+            + [_num(ours[f"base_{metric}_chat"], 2), "-", "-", "-"],
+            ["our job, default settings, through serving", _num(ours[f"{metric}_prompt"], 2)]
+            + [_num(ours[f"{metric}_chat"], 2), _num(ours["facts_lost"]), _num(ours["steps"])]
             + [_num(ours["job_s"]) + " (the whole job)"],
-            ["plain script, its own `generate`", "-", _num(plain["exact_match_chat"], 2)]
+            ["plain script, its own `generate`", "-", _num(plain[f"{metric}_chat"], 2)]
             + [_num(plain["facts_lost"]), _num(plain["steps"]), _num(plain["train_s"]) + " (training alone)"],
         ],
     )
+
+
+HELD_OUT_TASKS = ("people", "date-forms", "intent")
+"""The bench.quality tasks whose test prompts share no phrasing or entity with training: the README's table."""
+
+
+def _job_figure(scores: list[dict[str, Any]], metric: str) -> str:
+    """The base model's and the adapter's scores the job reported for `metric`, on the first held-out
+    set it measured (unseen groups before in-distribution rows), with that set's name."""
+    score = next(s for s in scores if s["metric"] == metric)
+    return f"{_num(score['base'], 2)} → {_num(score['adapter'], 2)} on {HeldOutSet(score['held_out']).described}"
+
+
+def held_out_tasks_summary() -> str:
+    """One row per held-out task, chat messages through serving: what the README's Training section shows."""
+    rows = []
+    for task in HELD_OUT_TASKS:
+        path = RESULTS / f"quality-{task}-smollm2-cpu.json"
+        document = json.loads(path.read_text())
+        ours, plain = document["ours"], document["plain"]
+        metric = _headline(ours)
+        reported = _job_figure(ours["job_reported"]["task_scores"], metric)
+        rows.append(
+            [f"`{task}` ({COMPARISONS[metric]})", _num(ours[f"base_{metric}_chat"], 2), _num(ours[f"{metric}_chat"], 2)]
+            + [reported, _num(plain[f"{metric}_chat"], 2), f"{_num(ours['facts_lost'])} / {_num(plain['facts_lost'])}"]
+            + [f"{_num(ours['job_s'], 0)} / {_num(plain['train_s'], 0)}", date(document)]
+        )
+    header = ["task", "base model", "our job, defaults", "what the job reported, base → adapter", "plain peft script"]
+    header += ["facts lost, ours / plain", "time s, whole job / script's training", "run"]
+    return _table(header, rows)
 
 
 def _comparisons_table(ours: dict[str, Any], plain: dict[str, Any]) -> str:
@@ -391,5 +428,8 @@ def render(path: Path) -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--held-out-tasks"]:
+        print(held_out_tasks_summary())
+        sys.exit()
     for name in sys.argv[1:] or sorted(p.name for p in RESULTS.glob("*.json")):
         print(render(RESULTS / name), end="\n\n")

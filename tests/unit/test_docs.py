@@ -212,3 +212,9 @@ def test_a_results_file_no_renderer_knows_fails(tmp_path: Path) -> None:
 def test_a_marker_naming_a_missing_results_file_fails() -> None:
     with pytest.raises(FileNotFoundError, match="no-such-run.json"):
         _hooks().expand_markers("text\n<!-- bench: no-such-run.json -->\n")
+
+
+def test_the_readme_table_of_held_out_tasks_is_the_results_files() -> None:
+    readme = (ROOT / "README.md").read_text()
+    shown = readme.split("<!-- held-out-tasks -->\n", 1)[1].split("\n<!-- /held-out-tasks -->", 1)[0]
+    assert shown == _hooks().gen_bench_docs.held_out_tasks_summary()
