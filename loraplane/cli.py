@@ -68,7 +68,8 @@ def _reporting_errors() -> Iterator[None]:
 
 
 def _follow(client: LoraplaneClient, job_id: str) -> Job:
-    """Follow a job with a progress bar (step, loss, ETA) until it ends; print its outcome and return it."""
+    """Follow a job with a progress bar (step, loss, ETA) until it ends, printing every event but the
+    steps the bar shows (evaluations, warnings, phases); print its outcome and return it."""
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -80,9 +81,11 @@ def _follow(client: LoraplaneClient, job_id: str) -> Job:
     job = client.jobs.retrieve(job_id)
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(job.state.lower(), total=None, loss="-", eta="-")
+        step = job.progress.step
         for event in client.jobs.watch(job_id):
             job = event.job
             p = job.progress
+            a_step, step = p.step != step, p.step
             progress.update(
                 task,
                 description=job.state.lower(),
@@ -91,7 +94,7 @@ def _follow(client: LoraplaneClient, job_id: str) -> Job:
                 loss=f"{p.loss:.4f}" if p.step else "-",
                 eta=f"{p.eta_seconds:.0f}s" if p.eta_seconds else "-",
             )
-            if job.state in (JobState.VALIDATING, JobState.QUEUED) or not p.step:
+            if event.message and (not a_step or not p.step):
                 progress.console.print(f"  {event.message}")
     _print_outcome(job)
     return job

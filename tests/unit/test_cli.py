@@ -85,10 +85,15 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServicer):  # type: ignore[misc]
         return trainer_pb2.ListJobsResponse(jobs=[self.final])
 
     def WatchJob(self, request: trainer_pb2.WatchJobRequest, context: Any) -> Iterator[trainer_pb2.JobEvent]:
-        states = [(trainer_pb2.JOB_STATE_VALIDATING, 0), (trainer_pb2.JOB_STATE_RUNNING, 10)]
-        for sequence, (state, step) in enumerate(states, start=1):
-            yield trainer_pb2.JobEvent(sequence=sequence, job=_as(self.final, state, step), message=f"event {sequence}")
-        yield trainer_pb2.JobEvent(sequence=3, job=self.final, message="ended")
+        running = trainer_pb2.JOB_STATE_RUNNING
+        events = [
+            (trainer_pb2.JOB_STATE_VALIDATING, 0, "event 1"),
+            (running, 10, "step 10/20 loss 0.2500"),  # the progress bar's
+            (running, 10, "warning: the adapter lost 1 of the 8 general facts its base model knew"),
+        ]
+        for sequence, (state, step, message) in enumerate(events, start=1):
+            yield trainer_pb2.JobEvent(sequence=sequence, job=_as(self.final, state, step), message=message)
+        yield trainer_pb2.JobEvent(sequence=len(events) + 1, job=self.final, message="ended")
 
 
 class FakeInference(serving_pb2_grpc.InferenceServicer):  # type: ignore[misc]
@@ -183,6 +188,8 @@ def test_train_sends_what_the_options_say_and_prints_the_outcome(tmp_path: Path)
     assert spec.training.HasField("early_stopping_patience") and spec.training.early_stopping_patience == 0
     assert not spec.training.HasField("replay_fraction") and not spec.resources.HasField("gpus")
     assert "job job-1 queued" in result.output
+    assert "warning: the adapter lost 1 of the 8 general facts" in result.output  # told as it happens
+    assert "step 10/20 loss" not in result.output  # the bar shows the steps
     assert "succeeded: acme@v2 at file:///store/adapters/acme/v2" in result.output
     assert "train loss 0.2500, validation loss 0.5000 (perplexity 1.65)" in result.output
     assert "published step 10 of 20, stopped early (10 steps saved); general facts lost 1 of 8" in result.output
