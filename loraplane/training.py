@@ -47,9 +47,6 @@ class HeldOutSet(enum.StrEnum):
     UNSEEN_GROUPS = "unseen_groups"
     """Whole groups (prompt templates, or the groups the examples name) the trainer held out of training:
     what prompts phrased in a new way get."""
-    UNSEEN_NAMES = "unseen_names"
-    """Rows naming names (people, places, products) the answers copy and the trainer held out of training,
-    every row that names them: what prompts about someone new get."""
     IN_DISTRIBUTION = "in_distribution"
     """Rows the trainer held out at random: their phrasings were trained on, so they say little about new ones."""
 
@@ -60,13 +57,9 @@ class HeldOutSet(enum.StrEnum):
             HeldOutSet.TEST: "the test data",
             HeldOutSet.VALIDATION: "the validation data",
             HeldOutSet.UNSEEN_GROUPS: "phrasings held out of training",
-            HeldOutSet.UNSEEN_NAMES: "names held out of training",
             HeldOutSet.IN_DISTRIBUTION: "rows like the training data (in-distribution)",
         }[self]
 
-
-UNSEEN = frozenset({HeldOutSet.UNSEEN_GROUPS, HeldOutSet.UNSEEN_NAMES})
-"""The held-out sets the trainer kept out of training whole: what tells how new prompts will fare."""
 
 NEAR_COPY_WARNING = 0.5
 """Share of the caller's scored held-out prompts that near-copy training prompts from which a job warns

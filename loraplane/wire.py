@@ -117,7 +117,6 @@ HELD_OUT_SET: WireEnum[HeldOutSet, trainer_pb2.HeldOutSet.ValueType] = WireEnum(
         HeldOutSet.VALIDATION: trainer_pb2.HELD_OUT_SET_VALIDATION,
         HeldOutSet.UNSEEN_GROUPS: trainer_pb2.HELD_OUT_SET_UNSEEN_GROUPS,
         HeldOutSet.IN_DISTRIBUTION: trainer_pb2.HELD_OUT_SET_IN_DISTRIBUTION,
-        HeldOutSet.UNSEEN_NAMES: trainer_pb2.HELD_OUT_SET_UNSEEN_NAMES,
     },
 )
 ADAPTER_TIER: WireEnum[AdapterTier, serving_pb2.AdapterTier.ValueType] = WireEnum(

@@ -134,17 +134,6 @@ class SourcedExample(BaseModel):
             return "\n".join(turn.content for turn in example.prompt)
         return str(example.prompt)
 
-    def answer_text(self) -> str | None:
-        """The answer the example teaches (a pair's chosen one); None for plain text."""
-        example = self.example
-        if isinstance(example, TextExample):
-            return None
-        if isinstance(example, ChatExample):
-            return example.messages[-1].content
-        if isinstance(example, PreferenceExample):
-            return example.chosen
-        return example.completion
-
 
 _FORMATS: dict[str, tuple[type[BaseModel], frozenset[str]]] = {
     # The keys that tell each format apart ("prompt" is in two of them).

@@ -2,8 +2,7 @@
 much of the caller's own held-out prompts are near-copies of training prompts.
 
 The split holds out whole groups (templates.py) so that one figure of the report says what prompts
-phrased in a new way get, rows naming names never trained on for what prompts about someone new get,
-and rows at random beside them for the in-distribution figure; each
+phrased in a new way get, and rows at random beside them for the in-distribution figure; each
 held-out example is labelled with its set, which the worker scores and reports apart.
 """
 
@@ -29,21 +28,18 @@ def _labelled(examples: list[SourcedExample], held_out: HeldOutSet) -> list[Sour
 class Split:
     train: list[SourcedExample]
     validation: list[SourcedExample]
-    """Whole unseen groups, rows of unseen names and in-distribution rows, each labelled."""
+    """Whole unseen groups and in-distribution rows, each labelled."""
     grouping: str
     """How the groups were found, or why the rows were all drawn at random."""
 
 
 def split_validation(examples: list[SourcedExample], fraction: float, seed: int) -> Split:
-    """Hold out about `fraction` of `examples` as whole groups, about half as many rows naming names the
-    answers copy, and half as many rows at random (or all `fraction` at random where the examples have
-    no groups or names to hold out); deterministic for a seed."""
+    """Hold out about `fraction` of `examples` as whole groups and half as many rows at random (or all
+    `fraction` at random where the examples have no groups to hold out); deterministic for a seed."""
     prompts = [example.prompt_text() for example in examples]
-    answers = [example.answer_text() for example in examples]
-    split = grouped_split(prompts, [_group(example) for example in examples], fraction, seed, answers)
+    split = grouped_split(prompts, [_group(example) for example in examples], fraction, seed)
     validation = [
         *_labelled([examples[row] for row in split.unseen_groups], HeldOutSet.UNSEEN_GROUPS),
-        *_labelled([examples[row] for row in split.unseen_names], HeldOutSet.UNSEEN_NAMES),
         *_labelled([examples[row] for row in split.in_distribution], HeldOutSet.IN_DISTRIBUTION),
     ]
     return Split([examples[row] for row in split.train], validation, split.grouping)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from loraplane.errors import InvalidArgument, LoraplaneError
 from loraplane.storage import ObjectStore
-from loraplane.training import NEAR_COPY_WARNING, UNSEEN
+from loraplane.training import NEAR_COPY_WARNING, HeldOutSet
 from trainer_svc import dataset, held_out
 from trainer_svc.dataset import SourcedExample
 from trainer_svc.held_out import NearCopies
@@ -72,13 +72,13 @@ class JobData:
         return "; ".join(lines)
 
     def _split_summary(self, grouping: str) -> str:
-        unseen = sum(example.held_out in UNSEEN for example in self.validation)
+        unseen = sum(example.held_out is HeldOutSet.UNSEEN_GROUPS for example in self.validation)
         if not self.validation:
             return "nothing held out for validation"
         if not unseen:
             return f"validation rows drawn at random, so their scores are in-distribution ({grouping})"
         rows = len(self.validation) - unseen
-        return f"validation: {unseen} examples not trained on ({grouping}), and {rows} rows drawn at random"
+        return f"validation: {unseen} examples of {grouping} not trained on, and {rows} rows drawn at random"
 
 
 @dataclass(frozen=True)

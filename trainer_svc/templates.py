@@ -11,13 +11,6 @@ A prompt's template is what is left once the words that vary between examples ar
 capitalised words (names, places, months) and words that few prompts of the dataset use. The frequent
 lower-case words and the punctuation stay, so "Esther Cohen, 34, lives in Lyon." and "Tom Li, 51,
 lives in Oslo." share the template "A , # , lives in A .".
-
-A template blanks the names in it, so held-out templates still name the people and places trained on.
-Where answers copy names from their prompts (extraction), live prompts that name someone new test
-whether the adapter copies a name it never saw; so rows naming a few such names are held out too,
-every row that names them, and scored as their own set. A name the answers do not copy ("May" in a
-date written "2001-05-03") is a mapping the adapter must learn, and holding it out would test a
-mapping it was never shown: those are never held out.
 """
 
 from __future__ import annotations
@@ -55,10 +48,6 @@ def _is_word(token: str) -> bool:
     return token[0].isalpha() and token == token.lower()
 
 
-def _capitalised(text: str) -> set[str]:
-    return {token for token in _tokens(text) if token[0].isupper() and token.isalpha()}
-
-
 class Templates:
     """The templates of prompts, with the word list of the dataset they were fitted on (`fit`)."""
 
@@ -90,10 +79,6 @@ class Templates:
                 parts.append(part)
         return " ".join(parts)
 
-    def copied_names(self, prompt: str, answer: str) -> set[str]:
-        """The prompt's capitalised words (not words of its template) that its answer repeats: names it copies."""
-        return (_capitalised(prompt) & _capitalised(answer)) - self._words
-
     def keeps_a_word(self, prompt: str) -> bool:
         """Whether the prompt's template keeps any word: else it is punctuation between blanks."""
         return any(token in self._words for token in _tokens(prompt))
@@ -101,16 +86,14 @@ class Templates:
 
 @dataclass(frozen=True)
 class GroupedSplit:
-    """Training rows, held-out rows of whole groups never trained on, held-out rows naming names never
-    trained on, and held-out rows drawn at random (their groups are trained on: an in-distribution
-    figure); `grouping` says how the groups and names were found, or why there are none (then every
-    held-out row is drawn at random)."""
+    """Training rows, held-out rows of whole groups never trained on, and held-out rows drawn at random
+    (their groups are trained on: an in-distribution figure); `grouping` says how the groups were found,
+    or why there are none (then every held-out row is drawn at random)."""
 
     train: list[int]
     unseen_groups: list[int]
     in_distribution: list[int]
     grouping: str
-    unseen_names: list[int]
 
 
 def _choose_groups(groups: dict[str, list[int]], target: int, most: int, seed: int) -> list[str]:
@@ -147,40 +130,16 @@ def _why_not_grouped(groups: dict[str, list[int]], rows: int, explicit: bool, wo
     return None
 
 
-def _names_held_out(
-    rows: Sequence[int], copied: Sequence[set[str]], named: Sequence[set[str]], target: int, most: int, seed: int
-) -> tuple[list[int], str]:
-    """Every row of `rows` that names (`named`) one of a few names the answers copy (`copied`, in two
-    rows or more), chosen in a seeded order as whole groups are, about `target` rows and at most `most`;
-    and how many names that is, of how many."""
-    copies = Counter(name for row in rows for name in copied[row])
-    naming: dict[str, list[int]] = defaultdict(list)
-    for row in rows:
-        for name in named[row]:
-            if copies[name] > 1:
-                naming[name].append(row)
-    chosen = _choose_groups(naming, target, most, seed) if target and len(naming) >= 3 else []
-    held = sorted({row for name in chosen for row in naming[name]})
-    return (held, f"{_plural(len(chosen), 'name')} of {len(naming)} the answers copy") if held else ([], "")
-
-
 def grouped_split(
-    prompts: Sequence[str | None],
-    groups: Sequence[str | None],
-    fraction: float,
-    seed: int,
-    answers: Sequence[str | None] | None = None,
+    prompts: Sequence[str | None], groups: Sequence[str | None], fraction: float, seed: int
 ) -> GroupedSplit:
     """Hold out about `fraction` of the rows as whole groups (up to twice that, never over a third of the
-    rows), about half as many rows again that name names the answers copy (given `answers`; groups and
-    names never over a third of the rows together), and half as many rows again at random among the
-    groups and names trained on.
+    rows), and half as many rows again at random among the groups trained on.
 
-    When any example names its group (`groups`), the groups are those names, rows without one are
-    only ever held out at random, and no names are held out; else a row's group is its prompt's
-    template. Rows without a prompt (plain text) have neither. Where the groups cannot give an estimate
-    (too few, most prompts their own template, no prompts), `fraction` of the rows are held out at
-    random, and `grouping` says why.
+    When any example names its group (`groups`), the groups are those names, and rows without one are
+    only ever held out at random; else a row's group is its prompt's template. Rows without a prompt
+    (plain text) have neither. Where the groups cannot give an estimate (too few, most prompts their
+    own template, no prompts), `fraction` of the rows are held out at random, and `grouping` says why.
     """
     rows = len(prompts)
     target = min(max(1, round(rows * fraction)), rows - 1) if fraction > 0 and rows > 1 else 0
@@ -200,23 +159,14 @@ def grouped_split(
         why_not = "no mix of whole groups holds about the share to hold out"
     held_out = {row for key in chosen for row in members[key]}
     rest = [row for row in range(rows) if row not in held_out]
-    pairs = list(zip(prompts, answers or [None] * rows, strict=True))
-    copied = [templates.copied_names(p, a) if p is not None and a is not None else set() for p, a in pairs]
-    named = [_capitalised(p or "") | _capitalised(a or "") for p, a in pairs]
-    named_target = 0 if explicit or not target else max(1, round(target / 2))
-    room = math.floor(rows * MAX_GROUPS_SHARE) - len(held_out)
-    naming_held, names = _names_held_out(rest, copied, named, named_target, min(2 * named_target, room), seed)
-    rest = [row for row in rest if row not in set(naming_held)]
     random.Random(seed).shuffle(rest)
-    in_distribution_rows = target if why_not and not naming_held else min(max(1, round(target / 2)), len(rest) - 1)
+    in_distribution_rows = target if why_not else min(max(1, round(target / 2)), len(rest) - 1)
     kind = "groups named by the examples" if explicit else "prompt templates"
-    grouping = why_not or f"{len(chosen)} of {len(members)} {kind}"
     return GroupedSplit(
         train=sorted(rest[in_distribution_rows:]),
         unseen_groups=sorted(held_out),
         in_distribution=sorted(rest[:in_distribution_rows]),
-        grouping=f"{grouping}; {names}" if names else grouping,
-        unseen_names=naming_held,
+        grouping=why_not or f"{len(chosen)} of {len(members)} {kind}",
     )
 
 

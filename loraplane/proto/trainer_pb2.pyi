@@ -180,10 +180,6 @@ class _HeldOutSetEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HeldOutSet
     """
     HELD_OUT_SET_IN_DISTRIBUTION: _HeldOutSet.ValueType  # 4
     """Rows the trainer held out at random: their phrasings were trained on (in-distribution)."""
-    HELD_OUT_SET_UNSEEN_NAMES: _HeldOutSet.ValueType  # 5
-    """Rows naming names the answers copy (people, places, products) the trainer held out of training,
-    every row that names them: what prompts about someone new get.
-    """
 
 class HeldOutSet(_HeldOutSet, metaclass=_HeldOutSetEnumTypeWrapper):
     """Which held-out prompts a task score was measured on, and so what it can say."""
@@ -199,10 +195,6 @@ training: what prompts phrased in a new way get.
 """
 HELD_OUT_SET_IN_DISTRIBUTION: HeldOutSet.ValueType  # 4
 """Rows the trainer held out at random: their phrasings were trained on (in-distribution)."""
-HELD_OUT_SET_UNSEEN_NAMES: HeldOutSet.ValueType  # 5
-"""Rows naming names the answers copy (people, places, products) the trainer held out of training,
-every row that names them: what prompts about someone new get.
-"""
 Global___HeldOutSet: _TypeAlias = HeldOutSet  # noqa: Y015
 
 @_typing.final

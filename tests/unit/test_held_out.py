@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -20,8 +19,6 @@ from trainer_svc.intake import DatasetIntake, DatasetLimits, JobData
 from trainer_svc.progress import TaskScore
 from trainer_svc.spec import DatasetSource, JobSpec
 from trainer_svc.templates import Templates, grouped_split, near_copies
-from trainer_svc.worker.tokenization import TokenizedExample
-from trainer_svc.worker.training_run import Examples, TrainingSets
 
 NAMES = ["Esther Cohen", "Tom Li", "Ana Souza", "Raj Patel", "Mia Wong", "Ole Berg", "Ivan Petrov", "Sara Kim"]
 CITIES = ["Lyon", "Oslo", "Porto", "Pune", "Osaka", "Bergen", "Kazan", "Busan"]
@@ -113,84 +110,10 @@ def test_groups_the_examples_name_are_held_out_whole() -> None:
     assert {e.held_out for e in split.validation} == {HeldOutSet.UNSEEN_GROUPS, HeldOutSet.IN_DISTRIBUTION}
 
 
-def _extractions(count: int, seed: int = 0) -> list[tuple[str, str]]:
-    """(prompt, answer) pairs whose answers copy the person's name and city from the prompt."""
-    people = []
-    for prompt, _ in _people(count, seed):
-        name = next(n for n in NAMES if n in prompt)
-        city = next(c for c in CITIES if c in prompt)
-        people.append((prompt, json.dumps({"name": name, "city": city})))
-    return people
-
-
-def _words(prompts: list[str]) -> set[str]:
-    return {word.strip(".,;()") for prompt in prompts for word in prompt.split()}
-
-
-def test_names_the_answers_copy_are_held_out_with_every_row_that_names_them() -> None:
-    people = _extractions(300)
-    prompts, answers = [p for p, _ in people], [a for _, a in people]
-    split = grouped_split(prompts, [None] * len(people), 0.1, seed=2, answers=answers)
-    assert split.unseen_names and "the answers copy" in split.grouping
-    trained = _words([prompts[row] for row in split.train + split.in_distribution])
-    held_names = {word for word in _words([prompts[row] for row in split.unseen_names]) - trained if word.isalpha()}
-    assert held_names <= set(" ".join(NAMES + CITIES).split()), "only names are never trained on"
-    assert all(_words([prompts[row]]) & held_names for row in split.unseen_names), "each row names a held name"
-    assert len(split.unseen_groups) + len(split.unseen_names) <= 100, "never over a third of the rows"
-    assert not set(split.unseen_names) & set(split.unseen_groups)
-
-
-def test_a_name_the_answers_do_not_copy_is_never_held_out() -> None:
-    months = ["January", "March", "May", "July", "September", "November"]
-    rng = random.Random(0)
-    dates = [(f"{rng.choice(months)} {rng.randint(1, 28)}, {rng.randint(1900, 1979)}", "") for _ in range(200)]
-    answers = [f"{prompt[-4:]}-{months.index(prompt.split()[0]) + 1:02d}" for prompt, _ in dates]
-    split = grouped_split([p for p, _ in dates], [None] * len(dates), 0.1, seed=0, answers=answers)
-    assert split.unseen_names == [] and "copy" not in split.grouping
-    intents = [("Where is my order from Oslo?", "delivery"), ("Refund the lamp I bought in Lyon.", "refund")] * 50
-    split = grouped_split([p for p, _ in intents], [None] * 100, 0.1, seed=0, answers=[a for _, a in intents])
-    assert split.unseen_names == []
-
-
-def test_no_names_are_held_out_when_the_examples_name_their_groups() -> None:
-    people = _extractions(120)
-    groups = [f"family-{n % 8}" for n in range(120)]
-    split = grouped_split([p for p, _ in people], groups, 0.1, seed=0, answers=[a for _, a in people])
-    assert split.unseen_names == [] and split.unseen_groups
-
-
-def test_the_split_labels_rows_of_unseen_names_and_early_stopping_measures_both_unseen_sets() -> None:
-    lines = [json.dumps({"prompt": p, "completion": a}) for p, a in _extractions(300)]
-    split = split_validation(parse_jsonl("\n".join(lines), field="spec.training_data"), 0.1, seed=2)
-    labels = Counter(e.held_out for e in split.validation)
-    assert set(labels) == {HeldOutSet.UNSEEN_GROUPS, HeldOutSet.UNSEEN_NAMES, HeldOutSet.IN_DISTRIBUTION}
-    tokenized = [TokenizedExample(input_ids=[1, 2], labels=[-100, 2], prompt_length=1) for _ in split.validation]
-    validation = Examples(split.validation, tokenized, [], "spec.validation_data")
-    empty = Examples([], [], [], "spec.test_data")
-    sets = TrainingSets(validation, validation, empty, [], "raw")
-    measured = Counter(e.held_out for e in sets.early_stopping.sourced)
-    assert measured == {k: labels[k] for k in (HeldOutSet.UNSEEN_GROUPS, HeldOutSet.UNSEEN_NAMES)}
-
-
-@given(
-    st.lists(st.tuples(st.text(max_size=30), st.text(max_size=10)), min_size=2, max_size=40),
-    st.floats(0.05, 0.5),
-    st.integers(0, 5),
-)
-def test_every_split_with_answers_is_a_partition_that_trains_on_something(
-    pairs: list[tuple[str, str]], fraction: float, seed: int
-) -> None:
-    prompts, answers = [p for p, _ in pairs], [a for _, a in pairs]
-    split = grouped_split(prompts, [None] * len(pairs), fraction, seed, answers=answers)
-    rows = split.train + split.unseen_groups + split.unseen_names + split.in_distribution
-    assert sorted(rows) == list(range(len(pairs)))
-    assert split.train and (split.unseen_groups or split.unseen_names or split.in_distribution)
-
-
 @given(st.lists(st.text(max_size=30), min_size=2, max_size=40), st.floats(0.05, 0.5), st.integers(0, 5))
 def test_every_split_is_a_partition_that_trains_on_something(prompts: list[str], fraction: float, seed: int) -> None:
     split = grouped_split(prompts, [None] * len(prompts), fraction, seed)
-    rows = split.train + split.unseen_groups + split.unseen_names + split.in_distribution
+    rows = split.train + split.unseen_groups + split.in_distribution
     assert sorted(rows) == list(range(len(prompts)))
     assert split.train and (split.unseen_groups or split.in_distribution)
 
@@ -241,8 +164,7 @@ def test_a_test_set_of_trained_templates_is_reported_and_warned_of_a_new_one_is_
 def test_the_trainers_own_split_is_summarised_with_what_each_set_says() -> None:
     data = _intake_read(training_data=_jsonl(_people(300)))
     summary = data.summary()
-    assert "examples not trained on (" in summary and "of 6 prompt templates)" in summary
-    assert "rows drawn at random" in summary
+    assert "prompt templates not trained on" in summary and "rows drawn at random" in summary
     assert "held_out_near_copy_share" not in data.metrics()
 
 

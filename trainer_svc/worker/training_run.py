@@ -15,7 +15,7 @@ from typing import TypeVar
 from peft import LoraConfig, PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from loraplane.training import UNSEEN, HeldOutSet, PromptFormat
+from loraplane.training import HeldOutSet, PromptFormat
 from trainer_svc.dataset import SourcedExample
 from trainer_svc.progress import Checkpoint
 from trainer_svc.spec import DpoParameters, TrainingParameters
@@ -51,15 +51,8 @@ class Examples:
     def held_out_sets(self) -> dict[HeldOutSet, Examples]:
         """The examples by the held-out set each is in, in the order they come (an example without a label
         is counted as the caller's validation data; `load_training_sets` labels every held-out example)."""
-        labels = self._labels()
+        labels = [sourced.held_out or HeldOutSet.VALIDATION for sourced in self.sourced]
         return {label: self._only([at == label for at in labels]) for label in dict.fromkeys(labels)}
-
-    def of(self, sets: frozenset[HeldOutSet]) -> Examples:
-        """The examples in any of `sets`."""
-        return self._only([label in sets for label in self._labels()])
-
-    def _labels(self) -> list[HeldOutSet]:
-        return [sourced.held_out or HeldOutSet.VALIDATION for sourced in self.sourced]
 
     def _only(self, keep: list[bool]) -> Examples:
         def kept(items: list[T]) -> list[T]:
@@ -82,10 +75,10 @@ class TrainingSets:
     @property
     def early_stopping(self) -> Examples:
         """What validation loss is measured on, and so early stopping and the published checkpoint: the
-        unseen groups and names where the trainer held out at least MIN_EARLY_STOPPING_EXAMPLES of them
-        (the checkpoint that does best on new phrasings and names), else every validation example."""
-        unseen = self.validation.of(UNSEEN)
-        return unseen if len(unseen.tokenized) >= MIN_EARLY_STOPPING_EXAMPLES else self.validation
+        unseen groups where the trainer held out at least MIN_EARLY_STOPPING_EXAMPLES of them (the
+        checkpoint that does best on new phrasings), else every validation example."""
+        unseen = self.validation.held_out_sets().get(HeldOutSet.UNSEEN_GROUPS)
+        return unseen if unseen and len(unseen.tokenized) >= MIN_EARLY_STOPPING_EXAMPLES else self.validation
 
     def scored(self) -> dict[HeldOutSet, Examples]:
         """The held-out sets the task scores are measured on: the test data, else each validation set apart."""
