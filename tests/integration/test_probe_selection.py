@@ -79,4 +79,4 @@ def test_the_published_checkpoint_is_the_best_that_loses_no_fact(
 
     assert trained.outcome.metrics["replay_rises"] >= 1, "the fourth evaluation lost a fact"
     rises = [e.message for e in events if isinstance(e, PhaseEvent) and "replay examples now get" in e.message]
-    assert rises[0].startswith(f"step {checkpoints[3].step}: the adapter answers 1 of its base model's general fact ")
+    assert rises[0].startswith(f"step {checkpoints[3].step}: the adapter answers 1 of its base model's general facts ")

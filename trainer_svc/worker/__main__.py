@@ -165,7 +165,7 @@ def _publish(
     worker_input: WorkerInput, trained: TrainedAdapter, assessment: Assessment, data: TrainingSets, emit: Emit
 ) -> None:
     """Publish the adapter as its name's next version and report it; SIGTERM waits until the report is out."""
-    emit(PhaseEvent(phase="publishing", message=worker_input.spec.adapter_name))
+    emit(PhaseEvent(phase="publishing", message=f"publishing {worker_input.spec.adapter_name}"))
     train, validation = data.train.sourced, data.validation.sourced
     dataset = DatasetInfo(
         fingerprint=fingerprint(train + validation), train_examples=len(train), validation_examples=len(validation)

@@ -99,8 +99,7 @@ class RaiseReplayWhenFactsGo(TrainerCallback):
         self._emit(
             PhaseEvent(
                 phase="training",
-                message=f"step {state.global_step}: the adapter answers {lost} of its base model's general "
-                f"{'fact' if lost == 1 else 'facts'} wrong; replay examples now get {1 + self._mix.rises} draws an "
-                "epoch",
+                message=f"step {state.global_step}: the adapter answers {lost} of its base model's general facts "
+                f"wrong; replay examples now get {1 + self._mix.rises} draws an epoch",
             )
         )
