@@ -42,8 +42,8 @@ def is_answer_metric(name: str) -> TypeGuard[AnswerMetric]:
     return name in ANSWER_METRICS
 
 
-_FENCE = re.compile(r"\A```[\w+-]*[ \t]*\n(?P<body>.*?)\n?```\Z", re.DOTALL)
 _FENCE_OPENING = re.compile(r"\A```[\w+-]*[ \t]*\n")
+_FENCE = re.compile(_FENCE_OPENING.pattern + r"(?P<body>.*?)\n?```\Z", re.DOTALL)
 _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _QUOTES = "\"'`“”‘’«»"
 _LEADING = _QUOTES + ",;:!?"

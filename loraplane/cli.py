@@ -85,7 +85,7 @@ def _follow(client: LoraplaneClient, job_id: str) -> Job:
         for event in client.jobs.watch(job_id):
             job = event.job
             p = job.progress
-            a_step, step = p.step != step, p.step
+            advanced, step = p.step != step, p.step
             progress.update(
                 task,
                 description=job.state.lower(),
@@ -94,7 +94,7 @@ def _follow(client: LoraplaneClient, job_id: str) -> Job:
                 loss=f"{p.loss:.4f}" if p.step else "-",
                 eta=f"{p.eta_seconds:.0f}s" if p.eta_seconds else "-",
             )
-            if event.message and (not a_step or not p.step):
+            if event.message and (not advanced or not p.step):
                 progress.console.print(f"  {event.message}")
     _print_outcome(job)
     return job

@@ -268,9 +268,10 @@ HELD_OUT_TASKS = ("people", "date-forms", "intent")
 
 
 def _job_figure(scores: list[dict[str, Any]], metric: str) -> str:
-    """The base model's and the adapter's scores the job reported for `metric`, on the first held-out
-    set it measured (unseen groups before in-distribution rows), with that set's name."""
-    score = next(s for s in scores if s["metric"] == metric)
+    """The base model's and the adapter's scores the job reported for `metric`, on the unseen groups where
+    it held some out (else the first set it measured), with that set's name."""
+    measured = [s for s in scores if s["metric"] == metric]
+    score = next((s for s in measured if s["held_out"] == HeldOutSet.UNSEEN_GROUPS), measured[0])
     return f"{_num(score['base'], 2)} → {_num(score['adapter'], 2)} on {HeldOutSet(score['held_out']).described}"
 
 
