@@ -134,6 +134,16 @@ class SourcedExample(BaseModel):
             return "\n".join(turn.content for turn in example.prompt)
         return str(example.prompt)
 
+    def answer_text(self) -> str | None:
+        """The one answer the example teaches (the completion, the last assistant turn); None for plain
+        text and for preference pairs, which teach a comparison."""
+        example = self.example
+        if isinstance(example, PromptCompletion):
+            return example.completion
+        if isinstance(example, ChatExample):
+            return example.messages[-1].content
+        return None
+
 
 _FORMATS: dict[str, tuple[type[BaseModel], frozenset[str]]] = {
     # The keys that tell each format apart ("prompt" is in two of them).

@@ -37,7 +37,8 @@ def split_validation(examples: list[SourcedExample], fraction: float, seed: int)
     """Hold out about `fraction` of `examples` as whole groups and half as many rows at random (or all
     `fraction` at random where the examples have no groups to hold out); deterministic for a seed."""
     prompts = [example.prompt_text() for example in examples]
-    split = grouped_split(prompts, [_group(example) for example in examples], fraction, seed)
+    groups = [_group(example) for example in examples]
+    split = grouped_split(prompts, groups, [example.answer_text() for example in examples], fraction, seed)
     validation = [
         *_labelled([examples[row] for row in split.unseen_groups], HeldOutSet.UNSEEN_GROUPS),
         *_labelled([examples[row] for row in split.in_distribution], HeldOutSet.IN_DISTRIBUTION),

@@ -96,19 +96,29 @@ class GroupedSplit:
     grouping: str
 
 
-def _choose_groups(groups: dict[str, list[int]], target: int, most: int, seed: int) -> list[str]:
+def _choose_groups(
+    groups: dict[str, list[int]], answers: Sequence[str | None], target: int, most: int, seed: int
+) -> list[str]:
     """Whole groups, in a seeded order, until they hold `target` rows; a group that would take the rows
-    past `most` is passed over, and at least two groups stay in training."""
+    past `most`, or take more than half of the rows of an answer that several rows share (a label) out
+    of training, is passed over; at least two groups stay in training.
+
+    A label the adapter seldom or never trained on would make the grouped figure measure an answer it
+    could not learn rather than a phrasing it had not seen."""
+    labels = {answer: rows for answer, rows in Counter(a for a in answers if a is not None).items() if rows > 1}
     order = sorted(groups)
     random.Random(seed).shuffle(order)
     chosen: list[str] = []
     held = 0
+    held_labels: Counter[str] = Counter()
     for key in order:
         if held >= target or len(chosen) + 2 >= len(groups):
             break
-        if held + len(groups[key]) <= most:
+        taken = held_labels + Counter(answer for row in groups[key] if (answer := answers[row]) in labels)
+        if held + len(groups[key]) <= most and all(2 * rows <= labels[label] for label, rows in taken.items()):
             chosen.append(key)
             held += len(groups[key])
+            held_labels = taken
     return chosen if held >= max(1, target // 2) else []
 
 
@@ -131,7 +141,11 @@ def _why_not_grouped(groups: dict[str, list[int]], rows: int, explicit: bool, wo
 
 
 def grouped_split(
-    prompts: Sequence[str | None], groups: Sequence[str | None], fraction: float, seed: int
+    prompts: Sequence[str | None],
+    groups: Sequence[str | None],
+    answers: Sequence[str | None],
+    fraction: float,
+    seed: int,
 ) -> GroupedSplit:
     """Hold out about `fraction` of the rows as whole groups (up to twice that, never over a third of the
     rows), and half as many rows again at random among the groups trained on.
@@ -154,7 +168,7 @@ def grouped_split(
             members[key].append(row)
     why_not = _why_not_grouped(members, rows, explicit, worded) if target else "nothing is held out"
     most = min(2 * target, math.floor(rows * MAX_GROUPS_SHARE))
-    chosen = [] if why_not else _choose_groups(members, target, most, seed)
+    chosen = [] if why_not else _choose_groups(members, answers, target, most, seed)
     if not why_not and not chosen:
         why_not = "no mix of whole groups holds about the share to hold out"
     held_out = {row for key in chosen for row in members[key]}

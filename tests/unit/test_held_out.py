@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,7 +19,7 @@ from trainer_svc.held_out import caller_held_out, split_validation
 from trainer_svc.intake import DatasetIntake, DatasetLimits, JobData
 from trainer_svc.progress import TaskScore
 from trainer_svc.spec import DatasetSource, JobSpec
-from trainer_svc.templates import Templates, grouped_split, near_copies
+from trainer_svc.templates import GroupedSplit, Templates, grouped_split, near_copies
 
 NAMES = ["Esther Cohen", "Tom Li", "Ana Souza", "Raj Patel", "Mia Wong", "Ole Berg", "Ivan Petrov", "Sara Kim"]
 CITIES = ["Lyon", "Oslo", "Porto", "Pune", "Osaka", "Bergen", "Kazan", "Busan"]
@@ -43,6 +44,11 @@ def _people(count: int, seed: int = 0) -> list[tuple[str, str]]:
     return people
 
 
+def _ungrouped_split(prompts: list[str] | list[None], fraction: float, seed: int) -> GroupedSplit:
+    """The split of rows that name no group and teach no shared answer."""
+    return grouped_split(prompts, [None] * len(prompts), [None] * len(prompts), fraction, seed)
+
+
 def test_a_template_is_the_same_whatever_the_names_numbers_and_places() -> None:
     templates = Templates.fit([prompt for prompt, _ in _people(200)])
     assert templates.of("Esther Cohen, 34, lives in Lyon.") == templates.of("Bo Li, 5, lives in New York City.")
@@ -53,7 +59,7 @@ def test_a_template_is_the_same_whatever_the_names_numbers_and_places() -> None:
 
 def test_whole_templates_are_held_out_and_the_in_distribution_rows_share_trained_ones() -> None:
     people = _people(300)
-    split = grouped_split([prompt for prompt, _ in people], [None] * len(people), 0.1, seed=3)
+    split = _ungrouped_split([prompt for prompt, _ in people], 0.1, seed=3)
     template_of = [template for _, template in people]
     trained = {template_of[row] for row in split.train}
     unseen = {template_of[row] for row in split.unseen_groups}
@@ -61,7 +67,7 @@ def test_whole_templates_are_held_out_and_the_in_distribution_rows_share_trained
     assert {template_of[row] for row in split.in_distribution} <= trained
     assert 15 <= len(split.unseen_groups) <= 60 and 1 <= len(split.in_distribution) <= 30
     assert split.grouping.endswith("of 6 prompt templates")
-    again = grouped_split([prompt for prompt, _ in people], [None] * len(people), 0.1, seed=3)
+    again = _ungrouped_split([prompt for prompt, _ in people], 0.1, seed=3)
     assert again == split
 
 
@@ -69,7 +75,7 @@ def test_prompts_that_share_no_template_are_held_out_at_random_and_the_split_say
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa"]
     # Every word is in four prompts (a word of templates), and no two prompts pair the same words.
     prompts = [f"{word} {words[(n + step) % 10]}" for step in (1, 3) for n, word in enumerate(words)]
-    split = grouped_split(prompts, [None] * len(prompts), 0.1, seed=7)
+    split = _ungrouped_split(prompts, 0.1, seed=7)
     assert (len(split.train), len(split.unseen_groups), len(split.in_distribution)) == (18, 0, 2)
     assert split.grouping == "most prompts share no template with another"
 
@@ -80,19 +86,40 @@ def test_prompts_in_a_script_without_spaces_or_without_prompts_are_not_grouped()
         f"{city}に住んでいる{name}さんは{age}歳です。"
         for age, (city, name) in enumerate(zip(cities, names, strict=True))
     ]
-    split = grouped_split(prompts, [None] * len(prompts), 0.1, seed=0)
+    split = _ungrouped_split(prompts, 0.1, seed=0)
     assert split.unseen_groups == [] and "without spaces" in split.grouping
-    assert grouped_split([None] * 10, [None] * 10, 0.1, seed=0).grouping == "the examples have no prompts to group"
+    assert _ungrouped_split([None] * 10, 0.1, seed=0).grouping == "the examples have no prompts to group"
+
+
+INTENTS = {
+    "refund": ["I want my money back for order {n}.", "Please refund order {n}, it broke."],
+    "delivery": ["Where is order {n}? It has not arrived.", "When will order {n} be delivered?"],
+    "password": ["I forgot the password of account {n}.", "How do I reset the password on {n}?"],
+    "cancel": ["Cancel order {n} please.", "Stop my order {n} before it ships."],
+}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_held_out_groups_leave_every_label_most_of_its_training_rows(seed: int) -> None:
+    rng = random.Random(seed)
+    labels = rng.choices(list(INTENTS), k=200)
+    rows = [(label, rng.choice(INTENTS[label]).format(n=rng.randint(100, 999))) for label in labels]
+    answers = [label for label, _ in rows]
+    split = grouped_split([prompt for _, prompt in rows], [None] * len(rows), answers, 0.1, seed)
+    assert split.unseen_groups, split.grouping
+    for label in INTENTS:
+        held = sum(answers[row] == label for row in split.unseen_groups)
+        assert 2 * held <= answers.count(label), f"{label}: {held} of {answers.count(label)} rows held out"
 
 
 def test_whole_groups_never_take_more_than_a_third_of_the_rows() -> None:
     people = _people(300)
-    split = grouped_split([prompt for prompt, _ in people], [None] * len(people), 0.4, seed=0)
+    split = _ungrouped_split([prompt for prompt, _ in people], 0.4, seed=0)
     assert 0 < len(split.unseen_groups) <= 100
 
 
 def test_a_high_fraction_still_leaves_training_rows() -> None:
-    split = grouped_split(["a", "b", "c"], [None] * 3, 0.9, seed=0)
+    split = _ungrouped_split(["a", "b", "c"], 0.9, seed=0)
     assert (len(split.train), len(split.unseen_groups) + len(split.in_distribution)) == (1, 2)
 
 
@@ -112,7 +139,7 @@ def test_groups_the_examples_name_are_held_out_whole() -> None:
 
 @given(st.lists(st.text(max_size=30), min_size=2, max_size=40), st.floats(0.05, 0.5), st.integers(0, 5))
 def test_every_split_is_a_partition_that_trains_on_something(prompts: list[str], fraction: float, seed: int) -> None:
-    split = grouped_split(prompts, [None] * len(prompts), fraction, seed)
+    split = _ungrouped_split(prompts, fraction, seed)
     rows = split.train + split.unseen_groups + split.in_distribution
     assert sorted(rows) == list(range(len(prompts)))
     assert split.train and (split.unseen_groups or split.in_distribution)
