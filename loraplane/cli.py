@@ -355,28 +355,42 @@ def compare(
     console.print(table)
 
 
+def _p_value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}" if value >= 0.001 else "<0.001"
+
+
 def _drift_table(stats: AdapterStats) -> Table:
-    table = Table("statistic", "value", "threshold", "", title=f"{stats.adapter} v{stats.version}")
+    """Each statistic with its p-value (or raw threshold) and a mark when over; then the window against the
+    reference."""
+    table = Table("statistic", "value", "p-value", "", title=f"{stats.adapter} v{stats.version}")
     for entry in stats.statistics:
-        mark = "[red]over[/red]" if entry.over_threshold else ""
-        table.add_row(entry.statistic, _number(entry.value), f"{entry.threshold:g}", mark)
+        judged = f"> {entry.threshold:g}" if entry.threshold is not None else _p_value(entry.p_value)
+        table.add_row(entry.statistic, _number(entry.value), judged, "[red]over[/red]" if entry.over else "")
     table.add_section()
     live, reference = stats.live, stats.reference
     table.add_row("requests (window / reference)", str(live.sample_count), str(reference.sample_count), "")
+    table.add_row("prompts (window / reference)", str(live.prompt_count), str(reference.prompt_count), "")
     for label, live_value, reference_value in (
         ("output confidence", live.output_confidence, reference.output_confidence),
         ("prompt surprise", live.prompt_surprise, reference.prompt_surprise),
+        (f"in form: {stats.answer_form}", live.answer_form_share, reference.answer_form_share),
     ):
-        table.add_row(f"{label} (live / reference)", _number(live_value), _number(reference_value), "")
+        if reference_value is not None or live_value is not None:
+            table.add_row(f"{label} (live / reference)", _number(live_value), _number(reference_value), "")
     low = stats.feedback_score is not None and stats.feedback_score < stats.feedback_score_floor
     table.add_row(
-        f"feedback score ({stats.feedback_count} scores)",
+        f"feedback score ({stats.feedback_count} scores; floor)",
         _number(stats.feedback_score),
         f"{stats.feedback_score_floor:g}",
         "[red]low[/red]" if low else "",
     )
     if stats.live.sample_count < stats.min_samples:
         table.caption = f"fewer than {stats.min_samples} requests in the window: live figures withheld"
+    elif stats.p_value_threshold is not None:
+        table.caption = (
+            f"over: p-value at most {stats.p_value_threshold:.4f} (a {stats.false_alarm_rate:g} false-alarm rate "
+            "shared by the statistics)"
+        )
     return table
 
 

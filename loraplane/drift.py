@@ -1,22 +1,26 @@
-"""Drift statistics: the reference profile a trainer leaves in an artifact, and how live traffic compares.
+"""Drift records: what the trainer keeps of the traffic an adapter was trained for, and what serving
+keeps of live traffic, in one form so that the two can be compared statistic by statistic.
 
-The trainer builds a `Profile` from held-out prompts and what the adapter generates for them, and
-publishes it with the adapter. Serving builds the same `Profile` over a sliding window of live
-requests with the same `ProfileBuilder` and exports what `compare` computes, so bucket edges,
-hashing and the log-probability measures can never disagree between the two sides.
+Each request becomes a `Record` (`observe`): its prompt's length and hashed tokens, the length of the
+answer, the log-probabilities of both, whether the answer kept the trained form (answer_form.py),
+was cut at max_tokens or refused. The trainer publishes a `Profile` with each adapter version: a
+record of every prompt the job saw (up to MAX_PROMPT_RECORDS; prompt statistics), and records of
+held-out prompts answered by the trained adapter (generation statistics: an adapter is surer of
+prompts it was trained on, so those would set the bar too high). Serving keeps the records of a
+sliding window per adapter version. Keeping records rather than histograms lets serving judge each
+statistic against the spread it shows on unchanged traffic at the window's own size
+(drift_statistics.py), and both sides count with this one implementation.
 
-Histograms are stored as raw counts (not proportions) so a profile stays exact and windows can be
-summed; the statistics normalise them.
-
-The prompt's length and token histograms count its content only: a chat template puts the same
-tokens around every user turn (SmolLM2's, 30 tokens with its default system prompt), which would
-otherwise dilute both statistics equally on both sides and hide a shift in what users write.
-Both sides strip the same `PromptFrame`, found from the base model's own template.
+Prompt lengths and tokens count the content only: a chat template puts the same tokens around every
+user turn (SmolLM2's, 30 tokens with its default system prompt), which would otherwise dilute both
+statistics equally on both sides and hide a shift in what users write. Both sides strip the same
+`PromptFrame`, found from the base model's own template.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +29,8 @@ from typing import Any, Final, Literal, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from loraplane.answer_form import AnswerForm, is_refusal
+
 # Upper bounds (exclusive) of the token-length buckets: powers of two, so one bucket covers a
 # doubling of length. Bucket 0 holds length 0; the last bucket holds everything from 2**14 up.
 LENGTH_BUCKET_EDGES: tuple[int, ...] = tuple(2**k for k in range(15))
@@ -32,9 +38,6 @@ LENGTH_BUCKETS = len(LENGTH_BUCKET_EDGES) + 1
 # Token ids are hashed into this many buckets, so the distribution has the same size for every
 # vocabulary and a profile stays small.
 TOKEN_BUCKETS = 256
-# Proportions below this count as this in PSI, so an empty bucket on one side gives a large but
-# finite value instead of infinity.
-PSI_EPSILON = 1e-4
 
 _MIX_1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX_2 = np.uint64(0x94D049BB133111EB)
@@ -57,10 +60,6 @@ def token_bucket(token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     x = x ^ (x >> np.uint64(31))
     return (x % np.uint64(TOKEN_BUCKETS)).astype(np.int64)
 
-
-PromptTokens = Literal["whole", "content", "mixed"]
-"""What a profile's prompt histograms count: whole templated prompts (profiles written before the
-frame was stripped), content only, or a sum of profiles of both kinds (`Profile.total`)."""
 
 _FRAME_PROBE: Final = "Hello"
 """A user turn's content for finding the template around it: one token in any vocabulary worth the name."""
@@ -131,82 +130,12 @@ class DriftStatistic(StrEnum):
     """Reference output confidence minus live: the model is less sure of what it now generates."""
     PROMPT_SURPRISE_RISE = "prompt_surprise_rise"
     """Live prompt surprise minus reference: prompts are further from what the adapter was trained on."""
-
-
-class Profile(BaseModel):
-    """Traffic statistics of one adapter: the training reference or a window of live requests.
-
-    Log-probabilities are kept as sums with their token counts, so profiles add up exactly
-    (`Profile.total`) and the means are per token over all samples, whatever their lengths.
-    Output confidence is the mean log-probability of the tokens the model GENERATED (never of
-    reference answers scored by teacher forcing, which live traffic cannot match); prompt
-    surprise is the mean negative log-likelihood of prompt tokens 1..n-1 given those before.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    schema_version: Literal[3] = 3
-    prompt_tokens: PromptTokens = "content"
-    sample_count: int = Field(0, ge=0)
-    prompt_length_histogram: list[int] = Field(default_factory=lambda: [0] * LENGTH_BUCKETS)
-    prompt_token_distribution: list[int] = Field(
-        default_factory=lambda: [0] * TOKEN_BUCKETS,
-        description="count of prompt tokens per hash bucket (token_bucket)",
-    )
-    response_length_histogram: list[int] = Field(default_factory=lambda: [0] * LENGTH_BUCKETS)
-    response_logprob_sum: float = 0.0
-    response_logprob_tokens: int = Field(0, ge=0)
-    prompt_nll_sum: float = 0.0
-    prompt_nll_tokens: int = Field(0, ge=0)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _upgrade(cls, data: Any) -> Any:
-        """Read an older profile. Version 1: its histograms stand; its teacher-forced log-probability is
-        dropped. Versions 1 and 2 counted whole templated prompts, which the live window then counts too."""
-        if isinstance(data, dict) and data.get("schema_version") in (1, 2):
-            data = {key: value for key, value in data.items() if key != "mean_response_logprob"}
-            data["schema_version"], data["prompt_tokens"] = 3, "whole"
-        return data
-
-    @model_validator(mode="after")
-    def _bucket_counts_match(self) -> Profile:
-        for name, size in (
-            ("prompt_length_histogram", LENGTH_BUCKETS),
-            ("prompt_token_distribution", TOKEN_BUCKETS),
-            ("response_length_histogram", LENGTH_BUCKETS),
-        ):
-            if len(getattr(self, name)) != size:
-                raise ValueError(f"{name} must have {size} buckets (schema version {self.schema_version})")
-        return self
-
-    @property
-    def output_confidence(self) -> float | None:
-        """Mean log-probability per generated token; None without any."""
-        return self.response_logprob_sum / self.response_logprob_tokens if self.response_logprob_tokens else None
-
-    @property
-    def prompt_surprise(self) -> float | None:
-        """Mean negative log-likelihood per scored prompt token; None without any."""
-        return self.prompt_nll_sum / self.prompt_nll_tokens if self.prompt_nll_tokens else None
-
-    @classmethod
-    def total(cls, profiles: Iterable[Profile]) -> Profile:
-        """The profile of all their samples together."""
-        profiles = list(profiles)
-        kinds = {profile.prompt_tokens for profile in profiles}
-        kind: PromptTokens = "mixed" if len(kinds) > 1 else kinds.pop() if kinds else "content"
-        builder = ProfileBuilder(prompt_tokens=kind)
-        for profile in profiles:
-            builder.merge(profile)
-        return builder.build()
-
-    def save(self, path: Path) -> None:
-        path.write_text(self.model_dump_json(indent=2))
-
-    @classmethod
-    def load(cls, path: Path) -> Profile:
-        return cls.model_validate_json(path.read_bytes())
+    ANSWER_FORM_DROP = "answer_form_drop"
+    """Reference share of answers in the trained form minus live: the adapter stops answering as trained."""
+    TRUNCATION_RISE = "truncation_rise"
+    """Live share of answers cut at max_tokens minus reference."""
+    REFUSAL_RISE = "refusal_rise"
+    """Live share of refusals minus reference."""
 
 
 @dataclass(frozen=True)
@@ -219,163 +148,152 @@ class Sample:
     """Sum over the generated tokens; None when unknown."""
     prompt_logprob: float | None = None
     """Sum over prompt tokens 1..n-1 (the first has nothing before it); None when not scored."""
+    answer: str = ""
+    """The generated text."""
+    truncated: bool = False
+    """Generation stopped at max_tokens rather than at an end token."""
 
 
-class ProfileBuilder:
-    """Accumulates samples into a Profile; `remove` takes one back out, for sliding windows.
+class PromptRecord(BaseModel):
+    """A prompt's content (without the template's frame): its length and its tokens' hash buckets."""
 
-    `frame` is stripped from every prompt before its length and tokens are counted; `prompt_tokens`
-    "whole" counts whole prompts instead, as a profile written before frames were stripped did.
-    """
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def __init__(self, frame: PromptFrame = PromptFrame(), prompt_tokens: PromptTokens = "content") -> None:
-        self._frame = frame if prompt_tokens == "content" else PromptFrame()
-        self._prompt_tokens_kind: PromptTokens = prompt_tokens
-        self._samples = 0
-        self._prompt_lengths = np.zeros(LENGTH_BUCKETS, dtype=np.int64)
-        self._prompt_tokens = np.zeros(TOKEN_BUCKETS, dtype=np.int64)
-        self._response_lengths = np.zeros(LENGTH_BUCKETS, dtype=np.int64)
-        self._logprob_sum = 0.0
-        self._logprob_tokens = 0
-        self._nll_sum = 0.0
-        self._nll_tokens = 0
+    length: int = Field(ge=0)
+    buckets: tuple[int, ...] = ()
+    """The token_bucket values of the content's tokens, ascending, each once..."""
+    counts: tuple[int, ...] = ()
+    """... and how many of its tokens fall in each: at most TOKEN_BUCKETS pairs, however long the prompt."""
 
-    def add(self, sample: Sample, sign: int = 1) -> None:
-        self._samples += sign
-        content = self._frame.content(sample.prompt_token_ids)
-        self._prompt_lengths[length_bucket([len(content)])[0]] += sign
-        self._response_lengths[length_bucket([len(sample.response_token_ids)])[0]] += sign
-        if len(content):
-            self._prompt_tokens += sign * np.bincount(token_bucket(content), minlength=TOKEN_BUCKETS)
-        if sample.response_logprob is not None and len(sample.response_token_ids):
-            self._logprob_sum += sign * sample.response_logprob
-            self._logprob_tokens += sign * len(sample.response_token_ids)
-        if sample.prompt_logprob is not None and len(sample.prompt_token_ids) > 1:
-            self._nll_sum -= sign * sample.prompt_logprob
-            self._nll_tokens += sign * (len(sample.prompt_token_ids) - 1)
-
-    def remove(self, sample: Sample) -> None:
-        """Take back a sample added before (a window's oldest)."""
-        self.add(sample, sign=-1)
-
-    def merge(self, profile: Profile) -> None:
-        self._samples += profile.sample_count
-        self._prompt_lengths += np.asarray(profile.prompt_length_histogram, dtype=np.int64)
-        self._prompt_tokens += np.asarray(profile.prompt_token_distribution, dtype=np.int64)
-        self._response_lengths += np.asarray(profile.response_length_histogram, dtype=np.int64)
-        self._logprob_sum += profile.response_logprob_sum
-        self._logprob_tokens += profile.response_logprob_tokens
-        self._nll_sum += profile.prompt_nll_sum
-        self._nll_tokens += profile.prompt_nll_tokens
-
-    def build(self) -> Profile:
-        return Profile(
-            prompt_tokens=self._prompt_tokens_kind,
-            sample_count=self._samples,
-            prompt_length_histogram=self._prompt_lengths.tolist(),
-            prompt_token_distribution=self._prompt_tokens.tolist(),
-            response_length_histogram=self._response_lengths.tolist(),
-            # Sums of a window that lost all its scored samples are rounding error around 0.
-            response_logprob_sum=self._logprob_sum if self._logprob_tokens else 0.0,
-            response_logprob_tokens=self._logprob_tokens,
-            prompt_nll_sum=self._nll_sum if self._nll_tokens else 0.0,
-            prompt_nll_tokens=self._nll_tokens,
-        )
+    @model_validator(mode="after")
+    def _paired(self) -> PromptRecord:
+        if len(self.buckets) != len(self.counts):
+            raise ValueError("a prompt record needs one count per bucket")
+        return self
 
 
-def _proportions(counts: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
-    values = np.asarray(counts, dtype=np.float64)
-    if values.ndim != 1 or np.any(values < 0):
-        raise ValueError(f"{name} must be a one-dimensional array of non-negative counts")
-    total = values.sum()
-    if total <= 0:
-        raise ValueError(f"{name} is empty: a distribution needs at least one count")
-    return values / total
+class Record(BaseModel):
+    """One answered prompt: the prompt, and what the adapter answered."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: PromptRecord
+    response_length: int = Field(ge=0)
+    response_logprob: float | None = None
+    """Sum over the generated tokens; None when the engine gave none."""
+    prompt_nll: float | None = None
+    """Negative log-likelihood summed over prompt tokens 1..n-1; None when the prompt was not scored."""
+    prompt_scored_tokens: int = Field(0, ge=0)
+    in_form: bool | None = None
+    """Whether the answer kept the trained form; None where the adapter has none."""
+    truncated: bool = False
+    refused: bool = False
 
 
-def _checked_pair(
-    p: Sequence[float] | np.ndarray, q: Sequence[float] | np.ndarray, names: tuple[str, str]
-) -> tuple[np.ndarray, np.ndarray]:
-    first, second = _proportions(p, names[0]), _proportions(q, names[1])
-    if first.shape != second.shape:
-        raise ValueError(f"{names[0]} and {names[1]} have different numbers of buckets")
-    return first, second
+def prompt_record(prompt_token_ids: Sequence[int], frame: PromptFrame) -> PromptRecord:
+    content = frame.content(prompt_token_ids)
+    if not len(content):
+        return PromptRecord(length=0)
+    buckets, counts = np.unique(token_bucket(content), return_counts=True)
+    return PromptRecord(length=len(content), buckets=tuple(buckets.tolist()), counts=tuple(counts.tolist()))
 
 
-def psi(
-    expected: Sequence[float] | np.ndarray,
-    actual: Sequence[float] | np.ndarray,
-    epsilon: float = PSI_EPSILON,
-) -> float:
-    """Population stability index of `actual` against `expected` (counts or proportions).
-
-    sum((a - e) * ln(a / e)) over buckets, with proportions floored at `epsilon` so a bucket empty
-    on one side stays finite. Rule of thumb: < 0.1 stable, 0.1-0.25 moderate shift, > 0.25 large.
-    """
-    e, a = _checked_pair(expected, actual, ("expected", "actual"))
-    e, a = np.maximum(e, epsilon), np.maximum(a, epsilon)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
-def js_divergence(p: Sequence[float] | np.ndarray, q: Sequence[float] | np.ndarray) -> float:
-    """Jensen-Shannon divergence of two distributions (counts or proportions), base 2, in [0, 1]."""
-    p_, q_ = _checked_pair(p, q, ("p", "q"))
-    m = (p_ + q_) / 2
-
-    def kl_to_m(x: np.ndarray) -> float:
-        mask = x > 0
-        return float(np.sum(x[mask] * np.log2(x[mask] / m[mask])))
-
-    return float(np.clip((kl_to_m(p_) + kl_to_m(q_)) / 2, 0.0, 1.0))
-
-
-class DriftReport(BaseModel):
-    """How a live window differs from the reference. A value is None when a side has no data for it."""
-
-    window_size: int
-    reference_size: int
-    statistics: dict[DriftStatistic, float | None]
-    output_confidence: float | None
-    reference_output_confidence: float | None
-    prompt_surprise: float | None
-    reference_prompt_surprise: float | None
-
-
-def _when_both_have_data(
-    statistic: Callable[[list[int], list[int]], float], a: list[int], b: list[int]
-) -> float | None:
-    return statistic(a, b) if sum(a) > 0 and sum(b) > 0 else None
-
-
-def _difference(first: float | None, second: float | None) -> float | None:
-    return None if first is None or second is None else first - second
-
-
-def compare(reference: Profile, live: Profile) -> DriftReport:
-    """The drift figures of `live` against `reference`, which must count prompts alike."""
-    if reference.prompt_tokens != live.prompt_tokens:
-        raise ValueError(
-            f"the reference counts {reference.prompt_tokens} prompts and the live window {live.prompt_tokens} ones"
-        )
-    statistics = {
-        DriftStatistic.PROMPT_LENGTH_PSI: _when_both_have_data(
-            psi, reference.prompt_length_histogram, live.prompt_length_histogram
-        ),
-        DriftStatistic.PROMPT_TOKEN_JSD: _when_both_have_data(
-            js_divergence, reference.prompt_token_distribution, live.prompt_token_distribution
-        ),
-        DriftStatistic.RESPONSE_LENGTH_PSI: _when_both_have_data(
-            psi, reference.response_length_histogram, live.response_length_histogram
-        ),
-        DriftStatistic.OUTPUT_CONFIDENCE_DROP: _difference(reference.output_confidence, live.output_confidence),
-        DriftStatistic.PROMPT_SURPRISE_RISE: _difference(live.prompt_surprise, reference.prompt_surprise),
-    }
-    return DriftReport(
-        window_size=live.sample_count,
-        reference_size=reference.sample_count,
-        statistics=statistics,
-        output_confidence=live.output_confidence,
-        reference_output_confidence=reference.output_confidence,
-        prompt_surprise=live.prompt_surprise,
-        reference_prompt_surprise=reference.prompt_surprise,
+def observe(sample: Sample, frame: PromptFrame, form: AnswerForm | None) -> Record:
+    """The record of one answered request (a live one, or a held-out prompt the trainer answered)."""
+    scored = sample.prompt_logprob is not None and len(sample.prompt_token_ids) > 1
+    answered = sample.response_logprob is not None and len(sample.response_token_ids) > 0
+    return Record(
+        prompt=prompt_record(sample.prompt_token_ids, frame),
+        response_length=len(sample.response_token_ids),
+        response_logprob=sample.response_logprob if answered else None,
+        prompt_nll=-sample.prompt_logprob if scored and sample.prompt_logprob is not None else None,
+        prompt_scored_tokens=len(sample.prompt_token_ids) - 1 if scored else 0,
+        in_form=form.holds(sample.answer) if form is not None else None,
+        truncated=sample.truncated,
+        refused=is_refusal(sample.answer),
     )
+
+
+SCHEMA_VERSION: Final = 4
+
+
+class Profile(BaseModel):
+    """An adapter's drift reference (as the trainer publishes it), or the records of a live window.
+
+    `prompts` are what prompt statistics compare with: in a reference, every prompt the job saw (up to
+    MAX_PROMPT_RECORDS); in a window, the window's own prompts. `answers` are what generation
+    statistics compare with: held-out prompts the trained adapter answered, or the window's requests.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[4] = SCHEMA_VERSION
+    prompts: list[PromptRecord] = Field(default_factory=list)
+    answers: list[Record] = Field(default_factory=list)
+    form: AnswerForm | None = None
+    """The form the training answers share, which `answers[].in_form` was judged by."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _current(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            raise ValueError(
+                f"the drift reference has schema {data['schema_version']}, written by an older trainer that kept "
+                f"histograms rather than records (schema {SCHEMA_VERSION}): train a new version to monitor its drift"
+            )
+        return data
+
+    @classmethod
+    def of_window(cls, records: Sequence[Record]) -> Profile:
+        """A live window's profile: its requests' prompts and answers."""
+        return cls(prompts=[record.prompt for record in records], answers=list(records))
+
+    @classmethod
+    def total(cls, profiles: Iterable[Profile]) -> Profile:
+        """The profile of all their records together (several adapters counted under one label)."""
+        profiles = list(profiles)
+        return cls(
+            prompts=[record for profile in profiles for record in profile.prompts],
+            answers=[record for profile in profiles for record in profile.answers],
+        )
+
+    @property
+    def sample_count(self) -> int:
+        """Answered prompts (a window's requests)."""
+        return len(self.answers)
+
+    @property
+    def output_confidence(self) -> float | None:
+        """Mean log-probability per generated token; None without any."""
+        scored = [(r.response_logprob, r.response_length) for r in self.answers if r.response_logprob is not None]
+        tokens = sum(length for _, length in scored)
+        return sum(logprob for logprob, _ in scored) / tokens if tokens else None
+
+    @property
+    def prompt_surprise(self) -> float | None:
+        """Mean negative log-likelihood per scored prompt token; None without any."""
+        scored = [(r.prompt_nll, r.prompt_scored_tokens) for r in self.answers if r.prompt_nll is not None]
+        tokens = sum(count for _, count in scored)
+        return sum(nll for nll, _ in scored) / tokens if tokens else None
+
+    @property
+    def form_share(self) -> float | None:
+        """Share of answers in the trained form; None where there is none."""
+        judged = [r.in_form for r in self.answers if r.in_form is not None]
+        return sum(judged) / len(judged) if judged else None
+
+    def prompt_length_histogram(self) -> list[int]:
+        return np.bincount(length_bucket([r.length for r in self.prompts]), minlength=LENGTH_BUCKETS).tolist()
+
+    def response_length_histogram(self) -> list[int]:
+        lengths = [r.response_length for r in self.answers]
+        return np.bincount(length_bucket(lengths), minlength=LENGTH_BUCKETS).tolist()
+
+    def save(self, path: Path) -> None:
+        """Written compactly (fields at their defaults left out), the schema named."""
+        document = self.model_dump(mode="json", exclude_defaults=True) | {"schema_version": SCHEMA_VERSION}
+        path.write_text(json.dumps(document, separators=(",", ":")))
+
+    @classmethod
+    def load(cls, path: Path) -> Profile:
+        return cls.model_validate_json(path.read_bytes())

@@ -332,10 +332,15 @@ class Adapter:
 @dataclass(frozen=True, kw_only=True)
 class ProfileSummary:
     sample_count: int
+    """Answered prompts: the window's requests, or the reference's held-out prompts."""
     output_confidence: float | None
     prompt_surprise: float | None
     prompt_length_histogram: tuple[int, ...]
     response_length_histogram: tuple[int, ...]
+    answer_form_share: float | None
+    """Share of answers in the trained form; None where the training answers share none."""
+    prompt_count: int
+    """Prompts the prompt statistics count (a reference: every prompt of the job, up to 1000)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -344,13 +349,17 @@ class DriftStatisticValue:
     """A `loraplane.drift.DriftStatistic` value, kept as text so a newer replica's statistics still list."""
     value: float | None
     """None while the window holds fewer than min_samples requests, or a side lacks the data."""
-    threshold: float
-    over_threshold: bool
+    p_value: float | None
+    """Share of windows of unchanged traffic, of this window's size, reading at least `value`."""
+    threshold: float | None
+    """A raw threshold the statistic is judged by instead of its p-value; None: calibrated."""
+    over: bool
+    samples: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class AdapterStats:
-    """One adapter's drift on a replica: its training reference and live window, statistic by statistic."""
+    """One adapter version's drift on a replica: its training reference and live window, statistic by statistic."""
 
     adapter: str
     version: int
@@ -362,4 +371,7 @@ class AdapterStats:
     feedback_score: float | None
     feedback_score_floor: float
     requests_total: int
+    false_alarm_rate: float
+    p_value_threshold: float | None
+    answer_form: str
     proto: serving_pb2.AdapterStats = _proto_field()

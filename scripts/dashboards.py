@@ -55,36 +55,49 @@ REQUESTS = "loraplane_serving_requests_total"
 # statistic label -> (panel title, how to read it)
 DRIFT_STATISTICS: dict[str, tuple[str, str]] = {
     "prompt_length_psi": (
-        "Prompt length PSI",
+        "Prompt lengths",
         "Population stability index of prompt lengths (token-length buckets, powers of two), live window "
-        "against the adapter's training reference. 0 means the same length mix; above the dashed red "
-        "threshold, prompts are markedly shorter or longer than what the adapter was trained on.",
+        "against every prompt of the adapter's training job: are prompts shorter or longer than trained on?",
     ),
     "prompt_token_jsd": (
-        "Prompt token JSD",
-        "Jensen-Shannon divergence (base 2) of the prompt token distribution (hashed token buckets), live "
-        "window against the training reference: 0 = the same vocabulary mix, 1 = nothing in common. Above the "
-        "dashed red threshold, users ask about different things than the training data covered.",
+        "Prompt words",
+        "Jensen-Shannon divergence of the prompts' hashed tokens, live window against every prompt of the "
+        "training job: do users ask about other things than the training data covered?",
     ),
     "response_length_psi": (
-        "Response length PSI",
-        "Population stability index of generated response lengths, live window against the responses the "
-        "adapter gave to held-out prompts at training time. Above the dashed red threshold, the adapter "
-        "answers markedly longer or shorter than it did when it was published.",
+        "Answer lengths",
+        "Population stability index of generated answer lengths, live window against the adapter's answers "
+        "to held-out prompts at training time: does it answer longer or shorter than when it was published?",
     ),
     "output_confidence_drop": (
-        "Output confidence drop",
-        "Reference output confidence minus live (mean log-probability per generated token, nats): how much "
-        "less sure the model is of what it generates now. Above the dashed red threshold, look at the live "
-        "vs reference confidence panel below.",
+        "Output confidence",
+        "Reference minus live mean log-probability per generated token: is the model less sure of what it "
+        "says? See the live vs reference confidence panel below.",
     ),
     "prompt_surprise_rise": (
-        "Prompt surprise rise",
-        "Live prompt surprise minus reference (mean negative log-likelihood per prompt token, nats): how much "
-        "further live prompts are from what the model expects. Above the dashed red threshold, look at the "
-        "live vs reference surprise panel below.",
+        "Prompt surprise",
+        "Live minus reference mean negative log-likelihood per prompt token: are prompts further from what "
+        "the adapter expects? See the live vs reference surprise panel below.",
+    ),
+    "answer_form_drop": (
+        "Answer form",
+        "Reference minus live share of answers in the form the training answers share (JSON with their keys, "
+        "one of their labels, their shape): has the adapter stopped answering as trained?",
+    ),
+    "truncation_rise": (
+        "Answers cut short",
+        "Live minus reference share of answers cut at max_tokens.",
+    ),
+    "refusal_rise": (
+        "Refusals",
+        'Live minus reference share of answers that open by declining ("I\'m sorry", "I can\'t").',
     ),
 }
+DRIFT_SCORE = (
+    " Drawn as a drift score, -log10 of the statistic's p-value (2: one window in a hundred of unchanged "
+    "traffic of this size reads as high), against the score at which the replica calls it over (dashed red): "
+    "the false-alarm rate shared among the statistics."
+)
 # Full width is 24 grid units; these are the panel sizes used throughout.
 HALF, THIRD, FULL = 12, 8, 24
 HEIGHT = 8
@@ -651,59 +664,60 @@ def serving() -> dashboard_models.Dashboard:
 
 
 def _drift_statistic(statistic: str, title: str, description: str) -> timeseries.Panel:
-    """One statistic for the chosen adapters, with its threshold as a dashed red line (query B)."""
+    """One statistic's drift score for the chosen adapter versions, with the score that is over as a dashed
+    red line (query B)."""
     return graph(
         f"{title} ({statistic})",
-        description,
+        description + DRIFT_SCORE,
         "none",
         [
             Query(
-                f'loraplane_drift{{adapter=~"$adapter",statistic="{statistic}"}}',
-                "{{adapter}} {{instance}}",
+                f'-log10(loraplane_drift_p_value{{adapter=~"$adapter",statistic="{statistic}"}})',
+                "{{adapter}} v{{version}} {{instance}}",
             ),
-            Query(f'max(loraplane_drift_threshold{{statistic="{statistic}"}})', "threshold"),
+            Query('-log10(max(loraplane_drift_p_value_threshold{adapter=~"$adapter"}))', "over"),
         ],
         width=THIRD,
-        min_value=None,
         reference_line="B",
     )
 
 
-def _threshold_ratio_table() -> table.Panel:
-    """Every (adapter, statistic) as a row, coloured by how close it is to its threshold."""
-    ratio = "drift / threshold"
+def _over_table() -> table.Panel:
+    """Every (adapter, version, statistic) as a row, red where it is over now."""
+    over = "over"
     return (
         table.Panel()
-        .title("Drift vs threshold")
+        .title("Statistics over")
         .description(
-            "Each drift statistic divided by its threshold, per adapter, now (worst replica): 100% is the "
-            "threshold. Green is below 80%, orange approaching, red over; sorted worst first. Read from the "
-            "loraplane:drift_threshold_ratio recording rule."
+            "Each drift statistic per adapter version, now (worst replica): 1 (red) where it is over, its "
+            "p-value within the false-alarm rate the replica shares among the statistics (or its value above a "
+            "raw threshold set for it); sorted with what is over first. The LoraplaneAdapterDrift alert fires "
+            "on a statistic over for 15 minutes."
         )
         .datasource(DATASOURCE)
-        .unit("percentunit")
+        .unit("none")
         .span(THIRD)
         .height(HEIGHT)
-        .thresholds(_thresholds((None, "green"), (0.8, "orange"), (1.0, "red")))
+        .thresholds(_thresholds((None, "green"), (1.0, "red")))
         .with_transformation(
             dashboard_models.DataTransformerConfig(
                 id_val="organize",
-                options={"excludeByName": {"Time": True}, "renameByName": {"Value": ratio}},
+                options={"excludeByName": {"Time": True}, "renameByName": {"Value": over}},
             )
         )
         .override_by_name(
-            ratio,
+            over,
             [
                 dashboard_models.DynamicConfigValue(
                     id_val="custom.cellOptions", value={"type": "color-background", "mode": "basic"}
                 )
             ],
         )
-        .sort_by([common_builders.TableSortByFieldState().display_name(ratio).desc(True)])
+        .sort_by([common_builders.TableSortByFieldState().display_name(over).desc(True)])
         .targets(
             [
                 Query(
-                    'max by (adapter, statistic) (loraplane:drift_threshold_ratio{adapter=~"$adapter"})',
+                    'max by (adapter, version, statistic) (loraplane_drift_over{adapter=~"$adapter"})',
                     "",
                     instant=True,
                     table=True,
@@ -721,7 +735,7 @@ def _live_vs_reference_panels() -> list[Panel]:
             "Mean log-probability per generated token (nats, closer to 0 = more confident), of the live "
             "window and of the training reference. Live below reference is output_confidence_drop.",
             "nats",
-            [Query(f"loraplane_drift_output_confidence{ADAPTERS}", "{{adapter}} {{side}} {{instance}}")],
+            [Query(f"loraplane_drift_output_confidence{ADAPTERS}", "{{adapter}} v{{version}} {{side}} {{instance}}")],
             width=THIRD,
             min_value=None,
         ),
@@ -730,17 +744,31 @@ def _live_vs_reference_panels() -> list[Panel]:
             "Mean negative log-likelihood per prompt token (nats, higher = less expected), of the live "
             "window and of the training reference. Live above reference is prompt_surprise_rise.",
             "nats",
-            [Query(f"loraplane_drift_prompt_surprise{ADAPTERS}", "{{adapter}} {{side}} {{instance}}")],
+            [Query(f"loraplane_drift_prompt_surprise{ADAPTERS}", "{{adapter}} v{{version}} {{side}} {{instance}}")],
             width=THIRD,
         ),
         graph(
+            "Answers in the trained form: live vs reference",
+            "Share of answers in the form the training answers share (JSON with their keys, one of their labels, "
+            "their shape), of the live window and of the adapter's answers to held-out prompts. Live below "
+            "reference is answer_form_drop.",
+            "percentunit",
+            [Query(f"loraplane_drift_answer_form_share{ADAPTERS}", "{{adapter}} v{{version}} {{side}} {{instance}}")],
+            width=THIRD,
+            max_value=1,
+        ),
+        graph(
             "Window and reference sizes",
-            "Requests in each adapter's live window and samples in its training reference. Drift over a "
-            "small window is noisy: trust the statistics once the window has filled.",
+            "Requests in each adapter version's live window, and the records of its training reference: "
+            "answered held-out prompts (generation statistics) and every prompt of the job (prompt statistics). "
+            "The p-values account for both sizes.",
             "short",
             [
-                Query(f"loraplane_drift_window_requests{ADAPTERS}", "window {{adapter}} {{instance}}"),
-                Query(f"loraplane_drift_reference_samples{ADAPTERS}", "reference {{adapter}} {{instance}}"),
+                Query(f"loraplane_drift_window_requests{ADAPTERS}", "window {{adapter}} v{{version}} {{instance}}"),
+                Query(
+                    f"loraplane_drift_reference_samples{ADAPTERS}",
+                    "reference {{kind}} {{adapter}} v{{version}} {{instance}}",
+                ),
             ],
             width=THIRD,
         ),
@@ -795,13 +823,14 @@ def drift() -> dashboard_models.Dashboard:
             title="loraplane / Drift",
             uid="loraplane-drift",
             description=(
-                "How far live traffic of each adapter has moved from its training reference, and what users "
-                "say about the answers. Each statistic is higher when there is more drift."
+                "How far live traffic of each adapter version has moved from its training reference, and what "
+                "users say about the answers. Each statistic is judged against the spread it shows on unchanged "
+                "traffic at the window's size: a drift score over the dashed line is over."
             ),
             time_from="now-24h",
             variables=[_adapter_variable("loraplane_drift_window_requests")],
         )
-        .row("Drift statistics", _threshold_ratio_table(), *statistic_panels)
+        .row("Drift statistics", _over_table(), *statistic_panels)
         .row("Live vs reference", *_live_vs_reference_panels())
         .row("Feedback", *_feedback_panels())
         .build()

@@ -213,38 +213,55 @@ def feedback_score(request: serving_pb2.RecordFeedbackRequest) -> float:
     raise InvalidArgument("give the outcome as score (0 to 1) or label (GOOD or BAD)", field="score")
 
 
-def _profile_summary(profile: Profile) -> serving_pb2.ProfileSummary:
+def _profile_summary(
+    profile: Profile, *, output_confidence: float | None, prompt_surprise: float | None, form_share: float | None
+) -> serving_pb2.ProfileSummary:
     return serving_pb2.ProfileSummary(
         sample_count=profile.sample_count,
-        output_confidence=profile.output_confidence,
-        prompt_surprise=profile.prompt_surprise,
-        prompt_length_histogram=profile.prompt_length_histogram,
-        response_length_histogram=profile.response_length_histogram,
+        output_confidence=output_confidence,
+        prompt_surprise=prompt_surprise,
+        prompt_length_histogram=profile.prompt_length_histogram(),
+        response_length_histogram=profile.response_length_histogram(),
+        answer_form_share=form_share,
+        prompt_count=len(profile.prompts),
     )
 
 
 def adapter_stats(entry: AdapterDrift) -> serving_pb2.AdapterStats:
-    policy = entry.policy
-    statistics = []
-    for statistic, value in entry.report.statistics.items():
-        threshold = policy.thresholds[statistic]
-        statistics.append(
-            serving_pb2.DriftStatisticValue(
-                statistic=statistic.value,
-                value=value,
-                threshold=threshold,
-                over_threshold=value is not None and value > threshold,
-            )
+    policy, report = entry.policy, entry.report
+    statistics = [
+        serving_pb2.DriftStatisticValue(
+            statistic=statistic.value,
+            value=reading.value,
+            threshold=policy.verdicts.thresholds.get(statistic),
+            over=reading.over,
+            p_value=reading.p_value,
+            samples=reading.samples,
         )
+        for statistic, reading in report.readings.items()
+    ]
     return serving_pb2.AdapterStats(
         adapter=entry.adapter,
         version=entry.version,
-        reference=_profile_summary(entry.reference),
-        live=_profile_summary(entry.live),
+        reference=_profile_summary(
+            entry.reference,
+            output_confidence=report.reference_output_confidence,
+            prompt_surprise=report.reference_prompt_surprise,
+            form_share=report.reference_form_share,
+        ),
+        live=_profile_summary(
+            entry.live,
+            output_confidence=report.output_confidence,
+            prompt_surprise=report.prompt_surprise,
+            form_share=report.form_share,
+        ),
         statistics=statistics,
         min_samples=policy.min_samples,
         feedback_count=entry.feedback.count,
         feedback_score=entry.feedback.mean_score,
         feedback_score_floor=policy.feedback_score_floor,
         requests_total=entry.requests_total,
+        false_alarm_rate=policy.verdicts.false_alarm_rate,
+        p_value_threshold=report.p_value_threshold,
+        answer_form=report.form or "",
     )

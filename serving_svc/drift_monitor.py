@@ -1,14 +1,16 @@
-"""Live drift per adapter: a sliding window of requests compared with the adapter's training profile.
+"""Live drift per adapter version: a sliding window of requests compared with the version's training profile.
 
 A request costs the monitor one append to a queue (`record`); the windows are brought up to date
 by `refresh`, which the replica calls every second on a worker thread, and before every read (a
-Prometheus scrape, `GetAdapterStats`), so drift never adds work to the request path. Each
-adapter name has one window, reset when a new version (with its own reference profile) starts
-answering. The reference comes with each request as a parsed profile (the adapter manager parses
-it once, when it verifies the version's copy), so the monitor reads no file and the disk cache
-may trim copies without asking drift. The window keeps the last
-`window_requests` requests no older than `window_seconds`; below `min_samples` requests the
-live statistics are withheld, since a handful of requests gives noise rather than drift.
+Prometheus scrape, `GetAdapterStats`), so drift never adds work to the request path: a request's
+record (its prompt's buckets, whether its answer kept the trained form) is made there too. Each
+adapter version has its own window, so a new version is never judged against an old version's
+reference and two versions serving side by side can be compared; an older version's window goes
+once it has emptied. The reference comes with each request as a parsed profile (the adapter manager
+parses it once, when it verifies the version's copy), so the monitor reads no file and the disk cache
+may trim copies without asking drift. The window keeps the last `window_requests` requests no older
+than `window_seconds`; below `min_samples` requests the live statistics are withheld. A report is
+computed when read and kept until the window changes (drift_statistics.py: p-values by bootstrap).
 
 Outcome drift comes from callers: `record_feedback` takes a score in [0, 1] for a request id
 that this replica answered recently.
@@ -21,14 +23,20 @@ import random
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from loraplane.drift import DriftReport, DriftStatistic, Profile, ProfileBuilder, PromptFrame, Sample, compare
+from loraplane.drift import Profile, PromptFrame, Record, Sample, observe
+from loraplane.drift_statistics import Calibration, DriftReport, Verdicts, report
 from loraplane.errors import NotFound
 
 _REMEMBERED_REQUESTS = 100_000
 """Request ids kept for feedback (about 10 MB); older ones get NOT_FOUND."""
+_POOLED_CALIBRATIONS = 32
+"""References of pooled windows (several adapters under one label) kept between reads."""
+
+WindowKey = tuple[str, int]
+"""An adapter name and version."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,7 @@ class DriftPolicy:
     """Fewest requests (and feedback scores) in a window for its statistics to be reported."""
     prompt_scoring_fraction: float
     """Share of requests whose prompt the engine scores (prompt surprise); it costs a prompt's logits."""
-    thresholds: Mapping[DriftStatistic, float]
+    verdicts: Verdicts
     feedback_score_floor: float
 
 
@@ -56,7 +64,7 @@ class FeedbackSummary:
 
 @dataclass(frozen=True)
 class AdapterDrift:
-    """One adapter's window against its reference, as exported and as `GetAdapterStats` returns it."""
+    """One adapter version's window against its reference, as exported and as `GetAdapterStats` returns it."""
 
     adapter: str
     version: int
@@ -66,19 +74,23 @@ class AdapterDrift:
     """Live statistics are None while the window is below the minimum."""
     feedback: FeedbackSummary
     requests_total: int
-    """Requests recorded for this adapter name since the replica started."""
+    """Requests recorded for this adapter version since the replica started."""
     policy: DriftPolicy
-    """What the figures are judged by: thresholds, minimum samples, feedback floor."""
+    """What the figures are judged by: false-alarm rate, raw thresholds, minimum samples, feedback floor."""
+    changes: int
+    """How many records have entered or left the window: a pooled report is kept until this moves."""
 
 
 @dataclass
 class _Window:
-    version: int
     reference: Profile
-    builder: ProfileBuilder
-    """Counts prompts as `reference` does: without the template's frame, or whole for an older reference."""
-    samples: deque[tuple[float, Sample]] = field(default_factory=deque)
+    calibration: Calibration
+    records: deque[tuple[float, Record]] = field(default_factory=deque)
     feedback: deque[tuple[float, float]] = field(default_factory=deque)
+    requests_total: int = 0
+    changes: int = 0
+    kept: tuple[int, AdapterDrift] | None = None
+    """The last summary, and the number of changes it was made at."""
 
 
 class DriftMonitor:
@@ -91,7 +103,7 @@ class DriftMonitor:
         draw: Callable[[], float] = random.random,
     ) -> None:
         """`prompt_frame`: the base model's chat-template frame (`template_frame`), asked for once,
-        when the first window opens, since the tokenizer exists only once the engine has started."""
+        when the first request is counted, since the tokenizer exists only once the engine has started."""
         self.policy = policy
         self._prompt_frame = functools.cache(prompt_frame)
         self._clock = clock
@@ -99,9 +111,11 @@ class DriftMonitor:
         self._pending: deque[tuple[float, str, int, Profile | None, Sample]] = deque()  # appends are thread-safe
         self._lock = threading.Lock()  # the windows; held while a refresh folds the queue in
         self._requests_lock = threading.Lock()  # the request ids only, so recording never waits on a refresh
-        self._windows: dict[str, _Window] = {}
-        self._totals: dict[str, int] = {}
-        self._requests: OrderedDict[str, tuple[str, int]] = OrderedDict()  # request id -> (adapter, version)
+        self._windows: dict[WindowKey, _Window] = {}
+        self._pooled: OrderedDict[tuple[WindowKey, ...], tuple[tuple[int, ...], DriftReport, Calibration]] = (
+            OrderedDict()
+        )
+        self._requests: OrderedDict[str, WindowKey] = OrderedDict()
 
     # -- the request path: O(1) each -------------------------------------------------------
 
@@ -122,20 +136,20 @@ class DriftMonitor:
     def record_feedback(self, request_id: str, score: float) -> str:
         """Count a caller's score for an answered request; returns its adapter's name."""
         with self._requests_lock:
-            entry = self._requests.get(request_id)
-        if entry is None:
+            key = self._requests.get(request_id)
+        if key is None:
             raise NotFound(
                 f"no recent request {request_id!r} on this replica: feedback takes the request_id of a "
                 f"Generate response from the last {_REMEMBERED_REQUESTS} requests",
                 field="request_id",
             )
-        adapter, version = entry
         with self._lock:
             self._drain()
-            window = self._windows.get(adapter)
-            if window is not None and window.version == version:
+            window = self._windows.get(key)
+            if window is not None:
                 window.feedback.append((self._clock(), score))
-            return adapter
+                window.changes += 1
+            return key[0]
 
     # -- readers ---------------------------------------------------------------------------
 
@@ -145,49 +159,63 @@ class DriftMonitor:
             self._drain()
 
     def adapters(self) -> list[AdapterDrift]:
-        """Every adapter with a window, brought up to date."""
+        """Every adapter version with a window, brought up to date, by name and version."""
         with self._lock:
             self._drain()
-            return [self._summarise(name, window) for name, window in sorted(self._windows.items())]
+            return [self._summarise(key, window) for key, window in sorted(self._windows.items())]
 
-    def adapter(self, name: str) -> AdapterDrift:
+    def adapter(self, name: str) -> list[AdapterDrift]:
+        """The windows of every version of `name`, oldest version first."""
         with self._lock:
             self._drain()
-            window = self._windows.get(name)
-            if window is None:
-                raise NotFound(
-                    f"adapter {name!r} has answered no request on this replica since it started, so it has no "
-                    "drift window yet",
-                    field="adapter",
-                )
-            return self._summarise(name, window)
-
-    def report(self, reference: Profile, live: Profile) -> DriftReport:
-        """`compare`, withholding the live statistics of a window below the minimum."""
-        report = compare(reference, live)
-        if live.sample_count < self.policy.min_samples:
-            report = report.model_copy(
-                update={
-                    "statistics": dict.fromkeys(DriftStatistic),
-                    "output_confidence": None,
-                    "prompt_surprise": None,
-                }
+            found = [self._summarise(key, window) for key, window in sorted(self._windows.items()) if key[0] == name]
+        if not found:
+            raise NotFound(
+                f"adapter {name!r} has answered no request on this replica since it started, so it has no "
+                "drift window yet",
+                field="adapter",
             )
-        return report
+        return found
 
-    def _summarise(self, name: str, window: _Window) -> AdapterDrift:
-        live = window.builder.build()
-        feedback = self._feedback(window, live.sample_count)
-        return AdapterDrift(
-            adapter=name,
-            version=window.version,
+    def pooled_report(self, entries: Sequence[AdapterDrift]) -> DriftReport:
+        """The report of several windows counted as one (their references and records together): what a
+        metrics label that pools adapters shows. Kept until one of the windows changes."""
+        if len(entries) == 1:
+            return entries[0].report
+        key = tuple((entry.adapter, entry.version) for entry in entries)
+        changes = tuple(entry.changes for entry in entries)
+        with self._lock:
+            kept = self._pooled.get(key)
+            if kept is not None:
+                self._pooled.move_to_end(key)
+                if kept[0] == changes:
+                    return kept[1]
+        calibration = kept[2] if kept else Calibration(Profile.total(entry.reference for entry in entries))
+        live = Profile.total(entry.live for entry in entries)
+        pooled = report(calibration, live, self.policy.verdicts, min_samples=self.policy.min_samples)
+        with self._lock:
+            self._pooled[key] = (changes, pooled, calibration)
+            while len(self._pooled) > _POOLED_CALIBRATIONS:
+                self._pooled.popitem(last=False)
+        return pooled
+
+    def _summarise(self, key: WindowKey, window: _Window) -> AdapterDrift:
+        if window.kept is not None and window.kept[0] == window.changes:
+            return window.kept[1]
+        live = Profile.of_window([record for _, record in window.records])
+        summary = AdapterDrift(
+            adapter=key[0],
+            version=key[1],
             reference=window.reference,
             live=live,
-            report=self.report(window.reference, live),
-            feedback=feedback,
-            requests_total=self._totals.get(name, 0),
+            report=report(window.calibration, live, self.policy.verdicts, min_samples=self.policy.min_samples),
+            feedback=self._feedback(window, live.sample_count),
+            requests_total=window.requests_total,
             policy=self.policy,
+            changes=window.changes,
         )
+        window.kept = (window.changes, summary)
+        return summary
 
     def _feedback(self, window: _Window, requests: int) -> FeedbackSummary:
         count, total = len(window.feedback), sum(score for _, score in window.feedback)
@@ -203,20 +231,24 @@ class DriftMonitor:
             at, adapter, version, reference, sample = self._pending.popleft()
             if reference is None:
                 continue
-            window = self._windows.get(adapter)
-            if window is None or window.version != version:
-                builder = ProfileBuilder(self._prompt_frame(), prompt_tokens=reference.prompt_tokens)
-                window = self._windows[adapter] = _Window(version, reference, builder)
-            window.builder.add(sample)
-            window.samples.append((at, sample))
-            self._totals[adapter] = self._totals.get(adapter, 0) + 1
+            window = self._windows.get((adapter, version))
+            if window is None:
+                window = self._windows[(adapter, version)] = _Window(reference, Calibration(reference))
+            window.records.append((at, observe(sample, self._prompt_frame(), reference.form)))
+            window.requests_total += 1
+            window.changes += 1
         horizon = self._clock() - self.policy.window_seconds
-        for window in self._windows.values():
-            while window.samples and (
-                len(window.samples) > self.policy.window_requests or window.samples[0][0] < horizon
+        newest = {name: version for name, version in sorted(self._windows)}
+        for key, window in list(self._windows.items()):
+            while window.records and (
+                len(window.records) > self.policy.window_requests or window.records[0][0] < horizon
             ):
-                window.builder.remove(window.samples.popleft()[1])
+                window.records.popleft()
+                window.changes += 1
             while window.feedback and (
                 len(window.feedback) > self.policy.window_requests or window.feedback[0][0] < horizon
             ):
                 window.feedback.popleft()
+                window.changes += 1
+            if not window.records and not window.feedback and newest[key[0]] != key[1]:
+                del self._windows[key]  # an older version that no longer answers

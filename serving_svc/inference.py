@@ -86,21 +86,31 @@ class ModelInfo:
 
 @dataclass
 class _Answer:
-    """What drift needs of an answer as its deltas arrive: its tokens and their log-probability."""
+    """What drift needs of an answer as its deltas arrive: its tokens, their log-probability and its text."""
 
     token_ids: list[int] = field(default_factory=list)
     logprob: float | None = 0.0
     """None once a delta came without log-probabilities."""
+    texts: list[str] = field(default_factory=list)
 
     def add(self, delta: GenerationDelta) -> None:
         self.token_ids.extend(delta.token_ids)
+        self.texts.append(delta.text)
         if self.logprob is not None and delta.token_logprob_sum is not None:
             self.logprob += delta.token_logprob_sum
         else:
             self.logprob = None
 
-    def sample(self, prompt_token_ids: tuple[int, ...], prompt_logprob: float | None) -> Sample:
-        return Sample(prompt_token_ids, tuple(self.token_ids), self.logprob, prompt_logprob)
+    def sample(self, prompt_token_ids: tuple[int, ...], last: GenerationDelta) -> Sample:
+        """The request as drift sees it, once `last` (the delta with the finish reason) has come."""
+        return Sample(
+            prompt_token_ids,
+            tuple(self.token_ids),
+            self.logprob,
+            last.prompt_logprob,
+            "".join(self.texts),
+            truncated=last.finish_reason == "length",
+        )
 
 
 @dataclass(frozen=True)
@@ -231,10 +241,12 @@ class InferenceService:
                         last_token_at = now
                         metrics.tokens_generated(label, len(delta.token_ids))
                         answer.add(delta)
+                    elif delta.text:
+                        answer.texts.append(delta.text)
                     if delta.finish_reason is not None:
                         metrics.generation_finished(label, time.perf_counter() - received)
                         if drift is not None and adapter is not None:
-                            sample = answer.sample(generation.prompt_token_ids, delta.prompt_logprob)
+                            sample = answer.sample(generation.prompt_token_ids, delta)
                             manifest = adapter.manifest
                             reference = self._adapters.drift_profile(adapter)
                             drift.record(generation.request_id, manifest.name, manifest.version, reference, sample)
@@ -260,7 +272,7 @@ class InferenceService:
             record.adapter = NO_ADAPTER_LABEL
             if self._drift is None:
                 raise FailedPrecondition("drift monitoring is off on this replica (LORAPLANE_DRIFT_MONITORING)")
-            return self._drift.adapters() if name is None else [self._drift.adapter(name)]
+            return self._drift.adapters() if name is None else self._drift.adapter(name)
 
     # -- the replica and its adapters -------------------------------------------------------
 

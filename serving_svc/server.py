@@ -8,6 +8,7 @@ import logging
 from loraplane.artifact import ArtifactRepository
 from loraplane.auth import Role
 from loraplane.drift import template_frame
+from loraplane.drift_statistics import Verdicts
 from loraplane.errors import FailedPrecondition, StartupError
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security, host_of
@@ -148,7 +149,7 @@ class ServingServer(EndpointsHost):
                 window_seconds=settings.drift_window_seconds,
                 min_samples=settings.drift_min_samples,
                 prompt_scoring_fraction=settings.drift_prompt_scoring_fraction,
-                thresholds=settings.drift_thresholds(),
+                verdicts=Verdicts(settings.drift_false_alarm_rate, settings.drift_thresholds),
                 feedback_score_floor=settings.feedback_score_floor,
             ),
             prompt_frame=lambda: template_frame(self.engine.tokenizer),

@@ -142,43 +142,22 @@ class ServingSettings(CommonSettings):
         le=1,
         description="Share of requests whose prompt is scored for prompt surprise (it costs the prompt's logits).",
     )
-    drift_threshold_prompt_length_psi: float = Field(
-        0.25,
+    drift_false_alarm_rate: float = Field(
+        0.05,
         gt=0,
-        description="Threshold of prompt_length_psi: the population stability index of prompt lengths, live "
-        "window against reference; under 0.1 is stable, over 0.25 a large shift.",
+        lt=1,
+        description="Share of windows of unchanged traffic in which an adapter may read drifted (any statistic "
+        "over): each statistic is over when its p-value is at most this rate over the number of statistics "
+        "judged (Bonferroni), so with eight statistics each false-alarms in at most 0.6% of windows.",
     )
-    drift_threshold_prompt_token_jsd: float = Field(
-        0.2,
-        gt=0,
-        description="Threshold of prompt_token_jsd: the Jensen-Shannon divergence (0-1) of the prompts' tokens, "
-        "hashed into buckets, live window against reference.",
-    )
-    drift_threshold_response_length_psi: float = Field(
-        0.25,
-        gt=0,
-        description="Threshold of response_length_psi: the population stability index of generated answer "
-        "lengths, live window against reference.",
-    )
-    drift_threshold_output_confidence_drop: float = Field(
-        0.5,
-        gt=0,
-        description="Threshold of output_confidence_drop: how far the mean log-probability per generated token "
-        "fell below the reference's, in nats.",
-    )
-    drift_threshold_prompt_surprise_rise: float = Field(
-        1.0,
-        gt=0,
-        description="Threshold of prompt_surprise_rise: how far the mean negative log-likelihood per prompt "
-        "token rose above the reference's, in nats.",
+    drift_thresholds: dict[DriftStatistic, float] = Field(
+        default_factory=dict,
+        description="Raw thresholds of the statistics to judge by value instead of by p-value, as JSON: "
+        '{"prompt_token_jsd": 0.2}; the false-alarm rate is then shared among the others.',
     )
     feedback_score_floor: float = Field(
         0.5, ge=0, le=1, description="Mean feedback score under which an adapter is alerted on."
     )
-
-    def drift_thresholds(self) -> dict[DriftStatistic, float]:
-        """The threshold of every drift statistic, from its `drift_threshold_<statistic>` setting."""
-        return {statistic: float(getattr(self, f"drift_threshold_{statistic.value}")) for statistic in DriftStatistic}
 
     @model_validator(mode="after")
     def _fill_serving_paths(self) -> ServingSettings:

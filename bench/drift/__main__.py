@@ -36,7 +36,7 @@ from bench.serving.ours import (
 from bench.serving.traffic import PlannedRequest, prompt_for
 from bench.serving.workspace import ModelName, Workspace, prepare
 from loraplane.artifact import ADAPTER_FILES, PROFILE_FILE
-from loraplane.drift import ProfileBuilder, Sample
+from loraplane.drift import Profile, PromptFrame, Sample, observe
 from loraplane.proto import serving_pb2_grpc
 
 log = logging.getLogger("bench.drift")
@@ -47,9 +47,11 @@ ADAPTERS = 8
 def _publish_with_reference(workspace: Workspace, scratch: Path) -> list[str]:
     """The workspace's adapters published again under new names, each with a non-empty drift reference
     (prompts and answers shaped like the benchmark's), so every request is profiled and compared."""
-    builder = ProfileBuilder()
-    for index in range(64):
-        builder.add(Sample(list(range(index, index + 40)), list(range(32)), -1.5 * 32, -4.0 * 39))
+    records = [
+        observe(Sample(list(range(index, index + 40)), list(range(32)), -1.5 * 32, -4.0 * 39), PromptFrame(), None)
+        for index in range(64)
+    ]
+    reference = Profile(prompts=[record.prompt for record in records], answers=records)
     names = []
     for index, source in enumerate(list(workspace.adapter_dirs.values())[:ADAPTERS]):
         folder = scratch / f"drift-{index}"
@@ -57,7 +59,7 @@ def _publish_with_reference(workspace: Workspace, scratch: Path) -> list[str]:
         for name in ADAPTER_FILES:
             if name != PROFILE_FILE:
                 shutil.copy(source / name, folder / name)
-        builder.build().save(folder / PROFILE_FILE)
+        reference.save(folder / PROFILE_FILE)
         names.append(f"drift-bench-{index}")
         workspace.publish(folder, names[-1])
     return names

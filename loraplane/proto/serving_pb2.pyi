@@ -754,29 +754,50 @@ class DriftStatisticValue(_message.Message):
     STATISTIC_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     THRESHOLD_FIELD_NUMBER: _builtins.int
-    OVER_THRESHOLD_FIELD_NUMBER: _builtins.int
+    OVER_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
     statistic: _builtins.str
-    """prompt_length_psi, prompt_token_jsd, response_length_psi, output_confidence_drop or
-    prompt_surprise_rise; higher means more drift.
+    """prompt_length_psi, prompt_token_jsd, response_length_psi, output_confidence_drop,
+    prompt_surprise_rise, answer_form_drop, truncation_rise or refusal_rise; higher means more drift.
     """
     value: _builtins.float
     """Unset while the window holds fewer requests than min_samples, or a side lacks the data."""
     threshold: _builtins.float
-    over_threshold: _builtins.bool
+    """A raw threshold the replica judges this statistic by instead of its p-value; unset: calibrated."""
+    over: _builtins.bool
+    """The p-value, at or under p_value_threshold, or the value above a raw threshold."""
+    p_value: _builtins.float
+    """Share of windows of unchanged traffic, of this window's size, whose statistic reads at least
+    `value` (a bootstrap from the reference and the window pooled): small means drift.
+    """
+    samples: _builtins.int
+    """The window's requests that carry this statistic (prompt surprise: the scored prompts)."""
     def __init__(
         self,
         *,
         statistic: _builtins.str = ...,
         value: _builtins.float | None = ...,
-        threshold: _builtins.float = ...,
-        over_threshold: _builtins.bool = ...,
+        threshold: _builtins.float | None = ...,
+        over: _builtins.bool = ...,
+        p_value: _builtins.float | None = ...,
+        samples: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_p_value", b"_p_value", "_threshold", b"_threshold", "_value", b"_value", "p_value", b"p_value", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "over_threshold", b"over_threshold", "statistic", b"statistic", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_p_value", b"_p_value", "_threshold", b"_threshold", "_value", b"_value", "over", b"over", "p_value", b"p_value", "samples", b"samples", "statistic", b"statistic", "threshold", b"threshold", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__p_value: _TypeAlias = _typing.Literal["p_value"]  # noqa: Y015
+    _WhichOneofArgType__p_value: _TypeAlias = _typing.Literal["_p_value", b"_p_value"]  # noqa: Y015
+    _WhichOneofReturnType__threshold: _TypeAlias = _typing.Literal["threshold"]  # noqa: Y015
+    _WhichOneofArgType__threshold: _TypeAlias = _typing.Literal["_threshold", b"_threshold"]  # noqa: Y015
     _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
     _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p_value) -> _WhichOneofReturnType__p_value | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__threshold) -> _WhichOneofReturnType__threshold | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
 
 Global___DriftStatisticValue: _TypeAlias = DriftStatisticValue  # noqa: Y015
@@ -790,16 +811,23 @@ class ProfileSummary(_message.Message):
     PROMPT_SURPRISE_FIELD_NUMBER: _builtins.int
     PROMPT_LENGTH_HISTOGRAM_FIELD_NUMBER: _builtins.int
     RESPONSE_LENGTH_HISTOGRAM_FIELD_NUMBER: _builtins.int
+    ANSWER_FORM_SHARE_FIELD_NUMBER: _builtins.int
+    PROMPT_COUNT_FIELD_NUMBER: _builtins.int
     sample_count: _builtins.int
+    """Answered prompts: the window's requests, or the reference's held-out prompts."""
     output_confidence: _builtins.float
     """Mean log-probability per generated token."""
     prompt_surprise: _builtins.float
     """Mean negative log-likelihood per prompt token."""
+    answer_form_share: _builtins.float
+    """Share of answers in the form the training answers share; unset where they share none."""
+    prompt_count: _builtins.int
+    """Prompts the prompt statistics count (a reference: every prompt of the job, up to 1000)."""
     @_builtins.property
     def prompt_length_histogram(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Counts per length bucket: bucket 0 is length 0, bucket k lengths in [2^(k-1), 2^k). Prompt lengths
-        count the content, without the tokens the chat template puts around a user turn (whole prompts for
-        an adapter whose reference was written before the template was stripped, and for its window).
+        count the content, without the tokens the chat template puts around a user turn; a reference's
+        count every prompt of the job.
         """
 
     @_builtins.property
@@ -812,15 +840,21 @@ class ProfileSummary(_message.Message):
         prompt_surprise: _builtins.float | None = ...,
         prompt_length_histogram: _abc.Iterable[_builtins.int] | None = ...,
         response_length_histogram: _abc.Iterable[_builtins.int] | None = ...,
+        answer_form_share: _builtins.float | None = ...,
+        prompt_count: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_output_confidence", b"_output_confidence", "_prompt_surprise", b"_prompt_surprise", "output_confidence", b"output_confidence", "prompt_surprise", b"prompt_surprise"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_answer_form_share", b"_answer_form_share", "_output_confidence", b"_output_confidence", "_prompt_surprise", b"_prompt_surprise", "answer_form_share", b"answer_form_share", "output_confidence", b"output_confidence", "prompt_surprise", b"prompt_surprise"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_output_confidence", b"_output_confidence", "_prompt_surprise", b"_prompt_surprise", "output_confidence", b"output_confidence", "prompt_length_histogram", b"prompt_length_histogram", "prompt_surprise", b"prompt_surprise", "response_length_histogram", b"response_length_histogram", "sample_count", b"sample_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_answer_form_share", b"_answer_form_share", "_output_confidence", b"_output_confidence", "_prompt_surprise", b"_prompt_surprise", "answer_form_share", b"answer_form_share", "output_confidence", b"output_confidence", "prompt_count", b"prompt_count", "prompt_length_histogram", b"prompt_length_histogram", "prompt_surprise", b"prompt_surprise", "response_length_histogram", b"response_length_histogram", "sample_count", b"sample_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__answer_form_share: _TypeAlias = _typing.Literal["answer_form_share"]  # noqa: Y015
+    _WhichOneofArgType__answer_form_share: _TypeAlias = _typing.Literal["_answer_form_share", b"_answer_form_share"]  # noqa: Y015
     _WhichOneofReturnType__output_confidence: _TypeAlias = _typing.Literal["output_confidence"]  # noqa: Y015
     _WhichOneofArgType__output_confidence: _TypeAlias = _typing.Literal["_output_confidence", b"_output_confidence"]  # noqa: Y015
     _WhichOneofReturnType__prompt_surprise: _TypeAlias = _typing.Literal["prompt_surprise"]  # noqa: Y015
     _WhichOneofArgType__prompt_surprise: _TypeAlias = _typing.Literal["_prompt_surprise", b"_prompt_surprise"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__answer_form_share) -> _WhichOneofReturnType__answer_form_share | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__output_confidence) -> _WhichOneofReturnType__output_confidence | None: ...
     @_typing.overload
@@ -842,6 +876,9 @@ class AdapterStats(_message.Message):
     FEEDBACK_SCORE_FIELD_NUMBER: _builtins.int
     FEEDBACK_SCORE_FLOOR_FIELD_NUMBER: _builtins.int
     REQUESTS_TOTAL_FIELD_NUMBER: _builtins.int
+    FALSE_ALARM_RATE_FIELD_NUMBER: _builtins.int
+    P_VALUE_THRESHOLD_FIELD_NUMBER: _builtins.int
+    ANSWER_FORM_FIELD_NUMBER: _builtins.int
     adapter: _builtins.str
     version: _builtins.int
     min_samples: _builtins.int
@@ -850,7 +887,13 @@ class AdapterStats(_message.Message):
     """Unset with fewer than min_samples scores in the window."""
     feedback_score_floor: _builtins.float
     requests_total: _builtins.int
-    """Requests answered by this adapter name since the replica started."""
+    """Requests answered by this adapter version since the replica started."""
+    false_alarm_rate: _builtins.float
+    """Share of windows of unchanged traffic in which an adapter may read drifted (any statistic over)."""
+    p_value_threshold: _builtins.float
+    """The false-alarm rate over the statistics judged by p-value (Bonferroni); unset when none is."""
+    answer_form: _builtins.str
+    """The form the training answers share ("JSON object with keys age, city, name"); empty when none."""
     @_builtins.property
     def reference(self) -> Global___ProfileSummary: ...
     @_builtins.property
@@ -870,14 +913,22 @@ class AdapterStats(_message.Message):
         feedback_score: _builtins.float | None = ...,
         feedback_score_floor: _builtins.float = ...,
         requests_total: _builtins.int = ...,
+        false_alarm_rate: _builtins.float = ...,
+        p_value_threshold: _builtins.float | None = ...,
+        answer_form: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_feedback_score", b"_feedback_score", "feedback_score", b"feedback_score", "live", b"live", "reference", b"reference"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_feedback_score", b"_feedback_score", "_p_value_threshold", b"_p_value_threshold", "feedback_score", b"feedback_score", "live", b"live", "p_value_threshold", b"p_value_threshold", "reference", b"reference"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_feedback_score", b"_feedback_score", "adapter", b"adapter", "feedback_count", b"feedback_count", "feedback_score", b"feedback_score", "feedback_score_floor", b"feedback_score_floor", "live", b"live", "min_samples", b"min_samples", "reference", b"reference", "requests_total", b"requests_total", "statistics", b"statistics", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_feedback_score", b"_feedback_score", "_p_value_threshold", b"_p_value_threshold", "adapter", b"adapter", "answer_form", b"answer_form", "false_alarm_rate", b"false_alarm_rate", "feedback_count", b"feedback_count", "feedback_score", b"feedback_score", "feedback_score_floor", b"feedback_score_floor", "live", b"live", "min_samples", b"min_samples", "p_value_threshold", b"p_value_threshold", "reference", b"reference", "requests_total", b"requests_total", "statistics", b"statistics", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__feedback_score: _TypeAlias = _typing.Literal["feedback_score"]  # noqa: Y015
     _WhichOneofArgType__feedback_score: _TypeAlias = _typing.Literal["_feedback_score", b"_feedback_score"]  # noqa: Y015
+    _WhichOneofReturnType__p_value_threshold: _TypeAlias = _typing.Literal["p_value_threshold"]  # noqa: Y015
+    _WhichOneofArgType__p_value_threshold: _TypeAlias = _typing.Literal["_p_value_threshold", b"_p_value_threshold"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__feedback_score) -> _WhichOneofReturnType__feedback_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__p_value_threshold) -> _WhichOneofReturnType__p_value_threshold | None: ...
 
 Global___AdapterStats: _TypeAlias = AdapterStats  # noqa: Y015
 

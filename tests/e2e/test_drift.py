@@ -7,6 +7,7 @@ traffic, then feedback; the dashboard check comes last, over everything that hap
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from loraplane.cli import app
+from loraplane.drift import DriftStatistic
 from loraplane.errors import FailedPrecondition, InvalidArgument
 from loraplane.training import JobState
 from loraplane.types import Job, LoraParameters, SamplingParameters, TrainingParameters
@@ -25,6 +27,8 @@ from tests.support.rules import rule_files, with_short_durations
 from tests.support.stack import QUESTIONS, Stack, memorise_jsonl, running_stack
 
 ADAPTER = "drift-word"
+OVER_MARK = re.compile(r"│\s*over\s*│")
+"""A statistic's row of `loraplane drift` marked over."""
 WINDOW = 16
 MIN_SAMPLES = 8
 ANSWER_TOKENS = SamplingParameters(max_tokens=12, temperature=0.0)
@@ -83,13 +87,13 @@ def _ask(observed: Observed, prompts: list[str]) -> None:
         observed.request_ids.append(answer.request_id)
 
 
-def _ratios(prometheus: Prometheus, window: int) -> dict[str, float]:
-    """Each drift statistic over its threshold, once Prometheus has scraped a full window of `window`."""
+def _over(prometheus: Prometheus, window: int) -> dict[str, float]:
+    """Whether each drift statistic is over (1) or not (0), once Prometheus has scraped a full window of
+    `window` requests, every statistic read."""
     prometheus.wait_for(f'loraplane_drift_window_requests{{adapter="{ADAPTER}"}} == {window}')
-    result = prometheus.wait_for(f'count(loraplane:drift_threshold_ratio{{adapter="{ADAPTER}"}}) == 5')
-    assert result
-    ratios = prometheus.query(f'loraplane:drift_threshold_ratio{{adapter="{ADAPTER}"}}')
-    return {series["metric"]["statistic"]: float(series["value"][1]) for series in ratios}
+    assert prometheus.wait_for(f'count(loraplane_drift_over{{adapter="{ADAPTER}"}}) == {len(DriftStatistic)}')
+    over = prometheus.query(f'loraplane_drift_over{{adapter="{ADAPTER}"}}')
+    return {series["metric"]["statistic"]: float(series["value"][1]) for series in over}
 
 
 def _drift_cli(observed: Observed) -> str:
@@ -102,11 +106,13 @@ def _drift_cli(observed: Observed) -> str:
     return result.output
 
 
-def test_in_distribution_traffic_stays_under_every_threshold(observed: Observed) -> None:
+def test_in_distribution_traffic_reads_no_statistic_over(observed: Observed) -> None:
     _ask(observed, [QUESTIONS[i % len(QUESTIONS)] for i in range(WINDOW)])
-    ratios = _ratios(observed.prometheus, WINDOW)
-    assert all(ratio < 1 for ratio in ratios.values()), ratios
-    assert "over" not in _drift_cli(observed)
+    over = _over(observed.prometheus, WINDOW)
+    assert set(over.values()) == {0.0}, over
+    p_values = observed.prometheus.query(f'loraplane_drift_p_value{{adapter="{ADAPTER}"}}')
+    assert p_values and all(0 < float(series["value"][1]) <= 1 for series in p_values)
+    assert not OVER_MARK.search(_drift_cli(observed))
     stats = observed.stack.client.inference.adapter_stats(ADAPTER)[0]
     assert stats.live.sample_count == WINDOW and stats.reference.sample_count == 3
     assert stats.live.prompt_surprise is not None and stats.reference.prompt_surprise is not None
@@ -116,7 +122,7 @@ def test_shifted_traffic_drives_drift_over_and_the_alert_fires(observed: Observe
     shifted = [" ".join(SHIFTED_WORDS[(i + j) % 10] for j in range(20)) for i in range(WINDOW)]
     _ask(observed, shifted)
     for statistic in ("prompt_length_psi", "prompt_token_jsd"):  # polled: the next refresh, scrape and evaluation
-        over = f'loraplane:drift_threshold_ratio{{adapter="{ADAPTER}",statistic="{statistic}"}} > 1'
+        over = f'loraplane_drift_over{{adapter="{ADAPTER}",statistic="{statistic}"}} == 1'
         assert observed.prometheus.wait_for(over)
     deadline = time.monotonic() + 60
     while not any(
@@ -128,7 +134,7 @@ def test_shifted_traffic_drives_drift_over_and_the_alert_fires(observed: Observe
         assert time.monotonic() < deadline, observed.prometheus.alerts()
         time.sleep(0.5)
     output = _drift_cli(observed)
-    assert "prompt_length_psi" in output and "over" in output
+    assert re.search(r"prompt_length_psi.*│\s*over\s*│", output)
 
 
 def test_feedback_lowers_the_score_gauge(observed: Observed) -> None:

@@ -547,7 +547,7 @@ async def test_live_drift_figures_equal_the_trainers_reference_on_the_same_promp
     """The trainer's reference (trainer_svc.worker.reference) and the engine's live figures are one measure:
     the same prompts, raw and as chat turns, answered greedily, give the same histograms (of the
     content, the template's frame stripped on both sides), output confidence and (where the engine
-    scores prompts) prompt surprise."""
+    scores prompts) prompt surprise, and whether answers were cut or refused."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -572,7 +572,7 @@ async def test_live_drift_figures_equal_the_trainers_reference_on_the_same_promp
     encoded += [tokenizer.encode(text, add_special_tokens=False) for text in rendered]
     for ids in encoded:  # a one-token answer: the reference generates up to 2 * 1 + 8 tokens
         held_out.append(TokenizedExample(input_ids=[*ids, 5], labels=[], prompt_length=len(ids)))
-    reference = reference_profile(model, tokenizer, held_out, batch_size=2, generation_batch_size=2)
+    reference = reference_profile(model, tokenizer, held_out, held_out, None, batch_size=2, generation_batch_size=2)
 
     publish_adapter(serving.repository, serving.sources["gamma"], "scored", base_model_fingerprint(tiny_model_dir))
     params = serving_pb2.SamplingParameters(temperature=0, max_tokens=10)
@@ -582,18 +582,18 @@ async def test_live_drift_figures_equal_the_trainers_reference_on_the_same_promp
         messages = serving_pb2.ChatMessages(messages=[common_pb2.ChatMessage(role="user", content=chat)])
         await serving.stub.Generate(serving_pb2.GenerateRequest(adapter="scored", messages=messages, sampling=params))
     assert serving.server.drift is not None
-    live = serving.server.drift.adapter("scored").live
+    live = serving.server.drift.adapter("scored")[0].live
     assert live.sample_count == reference.sample_count == len(prompts) + len(chats)
-    assert live.prompt_length_histogram == reference.prompt_length_histogram
-    assert live.prompt_token_distribution == reference.prompt_token_distribution
-    assert live.response_length_histogram == reference.response_length_histogram
-    assert live.response_logprob_tokens == reference.response_logprob_tokens
+    assert live.prompts == reference.prompts, "the same content, length and token buckets"
+    assert live.response_length_histogram() == reference.response_length_histogram()
+    assert [r.truncated for r in live.answers] == [r.truncated for r in reference.answers]
+    assert [r.refused for r in live.answers] == [r.refused for r in reference.answers]
     assert live.output_confidence == pytest.approx(reference.output_confidence, rel=1e-3)
     if serving.server.engine.scores_prompts:
-        assert live.prompt_nll_tokens == reference.prompt_nll_tokens
+        assert [r.prompt_scored_tokens for r in live.answers] == [r.prompt_scored_tokens for r in reference.answers]
         assert live.prompt_surprise == pytest.approx(reference.prompt_surprise, rel=1e-3)
     else:  # vLLM: prompt log-probabilities with LoRA kill its engine (see VllmEngine.scores_prompts)
-        assert live.prompt_nll_tokens == 0
+        assert live.prompt_surprise is None
 
 
 SCHEMA = {

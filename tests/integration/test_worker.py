@@ -158,6 +158,8 @@ def test_lora_run_learns_and_publishes(tiny_model_dir: Path, tmp_path: Path) -> 
     assert (version_dir / "adapter_model.safetensors").stat().st_size > 0
     profile = Profile.load(version_dir / "profile.json")
     assert profile.sample_count == 2  # built from the validation prompts and what the adapter generates for them
+    assert len(profile.prompts) == len(TRAIN) + len(VALIDATION), "prompt statistics count every prompt of the job"
+    assert profile.form is not None and all(record.in_form is not None for record in profile.answers)
     assert profile.output_confidence is not None and profile.output_confidence < 0
     assert profile.prompt_surprise is not None and profile.prompt_surprise > 0
 

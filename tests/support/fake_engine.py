@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from loraplane.artifact import ArtifactRepository, BaseModelInfo, DatasetInfo, Manifest, ManifestDraft
-from loraplane.drift import Profile, ProfileBuilder, Sample
+from loraplane.drift import Profile, PromptFrame, Sample, observe
 from loraplane.errors import FailedPrecondition, InternalError
 from loraplane.storage import FileStore
 from loraplane.training import Method
@@ -241,12 +241,13 @@ def publish_fake_adapter(
 
 def reference_profile(prompt_tokens: int = 3, samples: int = 10) -> Profile:
     """The profile of `samples` requests shaped like what FakeEngine answers to a prompt of that length."""
-    builder = ProfileBuilder()
+    records = []
     for _ in range(samples):
         prompt = list(range(10, 10 + prompt_tokens))
         answer = [FIRST_TOKEN_ID + i for i in range(len(ANSWER))]
-        builder.add(Sample(prompt, answer, TOKEN_LOGPROB * len(ANSWER), PROMPT_LOGPROB_PER_TOKEN * (prompt_tokens - 1)))
-    return builder.build()
+        logprobs = (TOKEN_LOGPROB * len(ANSWER), PROMPT_LOGPROB_PER_TOKEN * (prompt_tokens - 1))
+        records.append(observe(Sample(prompt, answer, *logprobs, "".join(ANSWER)), PromptFrame(), None))
+    return Profile(prompts=[record.prompt for record in records], answers=records)
 
 
 @dataclass

@@ -22,7 +22,7 @@ from tests.support.artifact_contract import make_draft
 
 TIMEOUT = 5.0
 """Seconds a test waits for what should happen at once, so a regression fails instead of hanging."""
-PROFILE = Profile(sample_count=3)
+PROFILE = Profile()
 
 
 def version(name: str, number: int = 1) -> ResolvedAdapter:

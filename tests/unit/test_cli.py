@@ -131,18 +131,23 @@ class FakeInference(serving_pb2_grpc.InferenceServicer):  # type: ignore[misc]
         stats = serving_pb2.AdapterStats(
             adapter="acme",
             version=2,
-            reference=summary(sample_count=3, output_confidence=-0.5, prompt_surprise=2.25),
-            live=summary(sample_count=16, prompt_surprise=4.5),  # no output confidence yet
+            reference=summary(
+                sample_count=3, prompt_count=40, output_confidence=-0.5, prompt_surprise=2.25, answer_form_share=1.0
+            ),
+            live=summary(sample_count=16, prompt_count=16, prompt_surprise=4.5, answer_form_share=0.25),
             statistics=[
-                serving_pb2.DriftStatisticValue(
-                    statistic="prompt_length_psi", value=0.4, threshold=0.2, over_threshold=True
-                ),
-                serving_pb2.DriftStatisticValue(statistic="prompt_token_jsd", threshold=0.1),
+                serving_pb2.DriftStatisticValue(statistic="prompt_length_psi", value=0.4, p_value=0.0004, over=True),
+                serving_pb2.DriftStatisticValue(statistic="prompt_token_jsd"),
+                serving_pb2.DriftStatisticValue(statistic="response_length_psi", value=0.1, p_value=0.31),
+                serving_pb2.DriftStatisticValue(statistic="refusal_rise", value=0.5, threshold=0.3, over=True),
             ],
             min_samples=8,
             feedback_count=9,
             feedback_score=0.25,
             feedback_score_floor=0.5,
+            false_alarm_rate=0.05,
+            p_value_threshold=0.025,
+            answer_form="JSON object with keys city",
         )
         return serving_pb2.GetAdapterStatsResponse(adapters=[stats])
 
@@ -237,12 +242,17 @@ def test_drift_marks_what_is_over_and_shows_unset_figures_as_a_dash() -> None:
         result = _run("drift", "acme", "--serving", address)
     assert result.exit_code == 0, result.output
     rows = {cells[0]: cells[1:] for cells in _table_rows(result.output)}
-    assert rows["prompt_length_psi"] == ["0.400", "0.2", "over"]
-    assert rows["prompt_token_jsd"] == ["-", "0.1", ""]
+    assert rows["prompt_length_psi"] == ["0.400", "<0.001", "over"]
+    assert rows["prompt_token_jsd"] == ["-", "-", ""]
+    assert rows["response_length_psi"] == ["0.100", "0.310", ""]
+    assert rows["refusal_rise"] == ["0.500", "> 0.3", "over"], "a raw threshold shows in place of the p-value"
     assert rows["requests (window / reference)"] == ["16", "3", ""]
+    assert rows["prompts (window / reference)"] == ["16", "40", ""]
     assert rows["output confidence (live / reference)"] == ["-", "-0.500", ""]
     assert rows["prompt surprise (live / reference)"] == ["4.500", "2.250", ""]
-    assert rows["feedback score (9 scores)"] == ["0.250", "0.5", "low"]
+    assert rows["in form: JSON object with keys city (live / reference)"] == ["0.250", "1.000", ""]
+    assert rows["feedback score (9 scores; floor)"] == ["0.250", "0.5", "low"]
+    assert "p-value at most 0.0250 (a 0.05 false-alarm rate" in " ".join(result.output.split())
     assert "acme v2" in result.output
 
 

@@ -19,17 +19,12 @@ from types import ModuleType
 import pytest
 import yaml
 
+from loraplane.drift import DriftStatistic
 from tests.support.dashboards import DASHBOARDS_DIR, load_dashboards, panel_queries, panels, substitute, unbalanced
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = {"loraplane-training.json", "loraplane-serving.json", "loraplane-drift.json"}
-DRIFT_STATISTICS = [
-    "prompt_length_psi",
-    "prompt_token_jsd",
-    "response_length_psi",
-    "output_confidence_drop",
-    "prompt_surprise_rise",
-]
+DRIFT_STATISTICS = [statistic.value for statistic in DriftStatistic]
 # The ConfigMap holding a dashboard is applied with its JSON in an annotation by client-side
 # `kubectl apply`, which Kubernetes caps at 256 KiB.
 MAX_BYTES = 256 * 1024
@@ -135,20 +130,18 @@ def test_adapter_variables(dashboards: dict[str, dict]) -> None:
         assert adapter["multi"] and adapter["includeAll"] and adapter["allValue"] == ".*"
 
 
-def test_drift_statistics_are_drawn_against_their_threshold(dashboards: dict[str, dict]) -> None:
+def test_drift_statistics_are_drawn_as_scores_against_the_score_that_is_over(dashboards: dict[str, dict]) -> None:
     drift = list(panels(dashboards["loraplane-drift.json"]))
     for statistic in DRIFT_STATISTICS:
         [panel] = [p for p in drift if f"({statistic})" in p["title"]]
         exprs = {t["refId"]: (t["expr"], t["legendFormat"]) for t in panel["targets"]}
-        assert exprs["A"][0] == f'loraplane_drift{{adapter=~"$adapter",statistic="{statistic}"}}'
-        assert exprs["B"] == (f'max(loraplane_drift_threshold{{statistic="{statistic}"}})', "threshold")
+        assert exprs["A"][0] == f'-log10(loraplane_drift_p_value{{adapter=~"$adapter",statistic="{statistic}"}})'
+        assert exprs["B"] == ('-log10(max(loraplane_drift_p_value_threshold{adapter=~"$adapter"}))', "over")
         [override] = panel["fieldConfig"]["overrides"]
         assert override["matcher"] == {"id": "byFrameRefID", "options": "B"}
         properties = {p["id"]: p["value"] for p in override["properties"]}
         assert properties["color"]["fixedColor"] == "red" and properties["custom.lineStyle"]["fill"] == "dash"
-    assert any(
-        "loraplane:drift_threshold_ratio" in expr for _, expr in panel_queries(dashboards["loraplane-drift.json"])
-    )
+    assert any("loraplane_drift_over" in expr for _, expr in panel_queries(dashboards["loraplane-drift.json"]))
 
 
 def test_panel_queries_substitute_what_grafana_would() -> None:

@@ -29,6 +29,7 @@ from types import FrameType
 
 from transformers import PreTrainedTokenizerBase, set_seed
 
+from loraplane.answer_form import derive_form
 from loraplane.artifact import DatasetInfo
 from loraplane.drift import Profile
 from loraplane.errors import ErrorCode, LoraplaneError
@@ -128,6 +129,7 @@ def _evaluate(
         train_set,
         data.early_stopping.tokenized,
         data.validation.tokenized,
+        derive_form([answer for example in data.train.sourced if (answer := example.answer_text()) is not None]),
         batch_size=batch_size,
         generation_batch_size=generation_batch,
     )

@@ -9,6 +9,7 @@ import numpy as np
 from peft import PeftModel
 from transformers import PreTrainedTokenizerBase
 
+from loraplane.answer_form import AnswerForm
 from loraplane.drift import Profile
 from trainer_svc.worker.probe_text import GENERAL_TEXT
 from trainer_svc.worker.reference import reference_profile
@@ -50,14 +51,15 @@ def evaluate(
     train_set: list[TokenizedExample],
     validation_set: list[TokenizedExample],
     reference_set: list[TokenizedExample],
+    form: AnswerForm | None,
     *,
     batch_size: int,
     generation_batch_size: int,
 ) -> Evaluation:
-    """Metrics of the trained adapter (validation loss on `validation_set`) and the drift profile of the
-    held-out data `reference_set` (training data without one); sequences are scored `batch_size` at a time
-    and answered `generation_batch_size` at a time."""
-    reference = reference_set or train_set
+    """Metrics of the trained adapter (validation loss on `validation_set`) and the drift profile: the prompts
+    of every example, and the held-out data `reference_set` (training data without one) answered, judged by
+    the training answers' `form`; sequences are scored `batch_size` at a time and answered
+    `generation_batch_size` at a time."""
     metrics: dict[str, float] = {}
     if validation_set:
         loss = -float(np.concatenate(answer_logprobs(model, validation_set, batch_size=batch_size)).mean())
@@ -68,6 +70,12 @@ def evaluate(
         metrics["forgetting_probe_base_loss"] = _probe_loss(model, probe, batch_size)
     metrics["forgetting_probe_adapter_loss"] = _probe_loss(model, probe, batch_size)
     profile = reference_profile(
-        model, tokenizer, reference, batch_size=batch_size, generation_batch_size=generation_batch_size
+        model,
+        tokenizer,
+        [*train_set, *reference_set],
+        reference_set or train_set,
+        form,
+        batch_size=batch_size,
+        generation_batch_size=generation_batch_size,
     )
     return Evaluation(metrics=metrics, profile=profile)

@@ -1,52 +1,75 @@
-"""The drift reference profile: held-out prompts and what the trained adapter generates for them.
+"""The drift reference: every prompt the job saw, and held-out prompts answered by the trained adapter.
 
-Serving profiles live traffic from the prompts it receives and the tokens it generates, with the
+Serving records live traffic from the prompts it receives and the tokens it generates, with the
 log-probabilities the engine reports for them. So the reference is built the same way: each
 held-out prompt is answered by the adapter (greedy decoding), its generated tokens give the
 response length and the output confidence (raw log-probabilities of the generated tokens, end
-token included, as the engines count them), and the prompt's own log-probability gives the
-prompt surprise. Prompt lengths and tokens are counted without the chat template's frame, which
-serving strips the same way. Scoring the dataset's reference answers by teacher forcing would measure
-something live traffic never can.
+token included, as the engines count them), its text whether it keeps the trained form or refuses,
+and the prompt's own log-probability gives the prompt surprise. Generation statistics stay on
+held-out prompts, since an adapter is surer of prompts it was trained on; prompt statistics (length,
+tokens) use every prompt of the job, which the adapter's training does not change. Scoring the
+dataset's reference answers by teacher forcing would measure something live traffic never can.
 """
 
 from __future__ import annotations
 
+import random
+
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from loraplane.drift import Profile, ProfileBuilder, Sample, template_frame
+from loraplane.answer_form import AnswerForm
+from loraplane.drift import Profile, Sample, observe, prompt_record, template_frame
+from loraplane.models import end_token_ids
 from trainer_svc.worker.generation import batched_greedy_answers
 from trainer_svc.worker.scoring import token_logprobs
 from trainer_svc.worker.tokenization import TokenizedExample
 
-MAX_REFERENCE_PROMPTS = 64
-"""Held-out prompts answered for the reference; enough for stable means at seconds of CPU time."""
+MAX_REFERENCE_PROMPTS = 128
+"""Held-out prompts answered for the reference, at most."""
+MAX_PROMPT_RECORDS = 1000
+"""Prompts the prompt statistics are compared with, at most (a seeded sample of the job's)."""
 MAX_REFERENCE_TOKENS = 256
 """Tokens generated per reference prompt, at most; a little past the longest held-out answer."""
+
+
+def _prompts(examples: list[TokenizedExample]) -> list[list[int]]:
+    return [example.input_ids[: example.prompt_length] for example in examples if example.prompt_length > 0]
 
 
 def reference_profile(
     model: PreTrainedModel | torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
+    seen: list[TokenizedExample],
     held_out: list[TokenizedExample],
+    form: AnswerForm | None,
     *,
     batch_size: int,
     generation_batch_size: int,
 ) -> Profile:
-    """The profile serving compares the adapter's live traffic with (see the module docstring); prompts are
-    scored `batch_size` at a time and answered `generation_batch_size` at a time."""
-    examples = [example for example in held_out if example.prompt_length > 0][:MAX_REFERENCE_PROMPTS]
-    builder = ProfileBuilder(template_frame(tokenizer))
-    if not examples:
-        return builder.build()
-    prompts = [example.input_ids[: example.prompt_length] for example in examples]
-    longest_answer = max(len(example.input_ids) - example.prompt_length for example in examples)
+    """The profile serving compares the adapter's live traffic with (see the module docstring): the prompts
+    of `seen` (every example of the job), and those of `held_out` answered; `form` is the one the training
+    answers share. Prompts are scored `batch_size` at a time and answered `generation_batch_size` at a time."""
+    frame = template_frame(tokenizer)
+    every_prompt = _prompts(seen)
+    if len(every_prompt) > MAX_PROMPT_RECORDS:
+        every_prompt = random.Random(0).sample(every_prompt, MAX_PROMPT_RECORDS)
+    prompts = [prompt_record(prompt, frame) for prompt in every_prompt]
+    answered = [e for e in held_out if e.prompt_length > 0][:MAX_REFERENCE_PROMPTS]
+    if not answered:
+        return Profile(prompts=prompts, form=form)
+    asked = _prompts(answered)
+    longest_answer = max(len(example.input_ids) - example.prompt_length for example in answered)
     max_new_tokens = min(MAX_REFERENCE_TOKENS, 2 * longest_answer + 8)
-    prompt_scores = token_logprobs(model, prompts, batch_size=batch_size)
+    prompt_scores = token_logprobs(model, asked, batch_size=batch_size)
     answers = batched_greedy_answers(
-        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=generation_batch_size
+        model, tokenizer, asked, max_new_tokens=max_new_tokens, batch_size=generation_batch_size
     )
-    for prompt, (answer, answer_logprob), scores in zip(prompts, answers, prompt_scores, strict=True):
-        builder.add(Sample(prompt, answer, answer_logprob, float(scores.sum())))
-    return builder.build()
+    ends = set(end_token_ids(model, tokenizer))
+    records = []
+    for prompt, (answer, answer_logprob), scores in zip(asked, answers, prompt_scores, strict=True):
+        text = str(tokenizer.decode(answer, skip_special_tokens=True))
+        truncated = len(answer) >= max_new_tokens and answer[-1] not in ends
+        sample = Sample(prompt, answer, answer_logprob, float(scores.sum()), text, truncated)
+        records.append(observe(sample, frame, form))
+    return Profile(prompts=prompts, answers=records, form=form)
