@@ -19,7 +19,9 @@ statistics equally on both sides and hide a shift in what users write. Both side
 
 from __future__ import annotations
 
+import functools
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -59,6 +61,28 @@ def token_bucket(token_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     x = (x ^ (x >> np.uint64(27))) * _MIX_2
     x = x ^ (x >> np.uint64(31))
     return (x % np.uint64(TOKEN_BUCKETS)).astype(np.int64)
+
+
+EMBEDDING_DIMENSIONS = 64
+"""A prompt's meaning, as drift sees it: the model's last hidden state at the prompt's last token (what
+the first generated token is read from: the prompt as the model understood it), L2-normalised and
+projected to this many dimensions by a fixed random Gaussian matrix, which keeps distances between
+vectors within a few percent (Johnson-Lindenstrauss) and a record small."""
+_EMBEDDING_SEED: Final = 20261207
+
+
+@functools.cache
+def _projection(width: int) -> np.ndarray:
+    rng = np.random.default_rng(_EMBEDDING_SEED)
+    return rng.standard_normal((width, EMBEDDING_DIMENSIONS)) / math.sqrt(EMBEDDING_DIMENSIONS)
+
+
+def prompt_embedding(last_hidden: Sequence[float] | np.ndarray) -> tuple[float, ...]:
+    """The drift embedding (EMBEDDING_DIMENSIONS) of a prompt from the model's hidden state at its last token."""
+    vector = np.asarray(last_hidden, dtype=np.float64).ravel()
+    norm = float(np.linalg.norm(vector))
+    projected = (vector / norm if norm else vector) @ _projection(len(vector))
+    return tuple(round(float(value), 5) for value in projected)
 
 
 _FRAME_PROBE: Final = "Hello"
@@ -136,6 +160,9 @@ class DriftStatistic(StrEnum):
     """Live share of answers cut at max_tokens minus reference."""
     REFUSAL_RISE = "refusal_rise"
     """Live share of refusals minus reference."""
+    PROMPT_MEANING_SHIFT = "prompt_meaning_shift"
+    """Squared distance between the live and the reference mean prompt embedding: users ask for something
+    else, whether or not in other words and lengths."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +179,8 @@ class Sample:
     """The generated text."""
     truncated: bool = False
     """Generation stopped at max_tokens rather than at an end token."""
+    prompt_embedding: tuple[float, ...] | None = None
+    """`prompt_embedding` of the prompt; None where the engine does not compute it."""
 
 
 class PromptRecord(BaseModel):
@@ -164,6 +193,12 @@ class PromptRecord(BaseModel):
     """The token_bucket values of the content's tokens, ascending, each once..."""
     counts: tuple[int, ...] = ()
     """... and how many of its tokens fall in each: at most TOKEN_BUCKETS pairs, however long the prompt."""
+    nll: float | None = None
+    """Negative log-likelihood summed over the whole prompt's tokens 1..n-1 (frame included, as the engine
+    scores it); None when the prompt was not scored."""
+    scored_tokens: int = Field(0, ge=0)
+    embedding: tuple[float, ...] | None = None
+    """`prompt_embedding`; None where it was not computed."""
 
     @model_validator(mode="after")
     def _paired(self) -> PromptRecord:
@@ -181,33 +216,37 @@ class Record(BaseModel):
     response_length: int = Field(ge=0)
     response_logprob: float | None = None
     """Sum over the generated tokens; None when the engine gave none."""
-    prompt_nll: float | None = None
-    """Negative log-likelihood summed over prompt tokens 1..n-1; None when the prompt was not scored."""
-    prompt_scored_tokens: int = Field(0, ge=0)
     in_form: bool | None = None
     """Whether the answer kept the trained form; None where the adapter has none."""
     truncated: bool = False
     refused: bool = False
 
 
-def prompt_record(prompt_token_ids: Sequence[int], frame: PromptFrame) -> PromptRecord:
+def prompt_record(
+    prompt_token_ids: Sequence[int],
+    frame: PromptFrame,
+    prompt_logprob: float | None = None,
+    embedding: tuple[float, ...] | None = None,
+) -> PromptRecord:
+    """The record of a prompt: its content's length and token buckets, its surprise where it was scored
+    (`prompt_logprob`, the sum over tokens 1..n-1) and its `embedding` where it was computed."""
+    measured: dict[str, Any] = {"embedding": embedding}
+    if prompt_logprob is not None and len(prompt_token_ids) > 1:
+        measured |= {"nll": -prompt_logprob, "scored_tokens": len(prompt_token_ids) - 1}
     content = frame.content(prompt_token_ids)
     if not len(content):
-        return PromptRecord(length=0)
+        return PromptRecord(length=0, **measured)
     buckets, counts = np.unique(token_bucket(content), return_counts=True)
-    return PromptRecord(length=len(content), buckets=tuple(buckets.tolist()), counts=tuple(counts.tolist()))
+    return PromptRecord(length=len(content), buckets=tuple(buckets.tolist()), counts=tuple(counts.tolist()), **measured)
 
 
 def observe(sample: Sample, frame: PromptFrame, form: AnswerForm | None) -> Record:
     """The record of one answered request (a live one, or a held-out prompt the trainer answered)."""
-    scored = sample.prompt_logprob is not None and len(sample.prompt_token_ids) > 1
     answered = sample.response_logprob is not None and len(sample.response_token_ids) > 0
     return Record(
-        prompt=prompt_record(sample.prompt_token_ids, frame),
+        prompt=prompt_record(sample.prompt_token_ids, frame, sample.prompt_logprob, sample.prompt_embedding),
         response_length=len(sample.response_token_ids),
         response_logprob=sample.response_logprob if answered else None,
-        prompt_nll=-sample.prompt_logprob if scored and sample.prompt_logprob is not None else None,
-        prompt_scored_tokens=len(sample.prompt_token_ids) - 1 if scored else 0,
         in_form=form.holds(sample.answer) if form is not None else None,
         truncated=sample.truncated,
         refused=is_refusal(sample.answer),
@@ -220,8 +259,8 @@ SCHEMA_VERSION: Final = 4
 class Profile(BaseModel):
     """An adapter's drift reference (as the trainer publishes it), or the records of a live window.
 
-    `prompts` are what prompt statistics compare with: in a reference, every prompt the job saw (up to
-    MAX_PROMPT_RECORDS); in a window, the window's own prompts. `answers` are what generation
+    `prompts` are what prompt statistics (lengths, words, surprise) compare with: in a reference, every
+    prompt the job saw (up to MAX_PROMPT_RECORDS); in a window, the window's own prompts. `answers` are what generation
     statistics compare with: held-out prompts the trained adapter answered, or the window's requests.
     """
 
@@ -272,7 +311,7 @@ class Profile(BaseModel):
     @property
     def prompt_surprise(self) -> float | None:
         """Mean negative log-likelihood per scored prompt token; None without any."""
-        scored = [(r.prompt_nll, r.prompt_scored_tokens) for r in self.answers if r.prompt_nll is not None]
+        scored = [(r.nll, r.scored_tokens) for r in self.prompts if r.nll is not None]
         tokens = sum(count for _, count in scored)
         return sum(nll for nll, _ in scored) / tokens if tokens else None
 

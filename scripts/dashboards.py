@@ -88,6 +88,12 @@ DRIFT_STATISTICS: dict[str, tuple[str, str]] = {
         "Answers cut short",
         "Live minus reference share of answers cut at max_tokens.",
     ),
+    "prompt_meaning_shift": (
+        "Prompt meaning",
+        "Squared distance between the live and the reference mean prompt embedding (the model's last hidden "
+        "state at a prompt's end, projected to 64 dimensions): do users ask for something else, in the same "
+        "words or not? Absent on the vLLM engine, which gives no hidden states.",
+    ),
     "refusal_rise": (
         "Refusals",
         'Live minus reference share of answers that open by declining ("I\'m sorry", "I can\'t").',

@@ -110,6 +110,7 @@ class _Answer:
             last.prompt_logprob,
             "".join(self.texts),
             truncated=last.finish_reason == "length",
+            prompt_embedding=last.prompt_embedding,
         )
 
 
@@ -226,6 +227,7 @@ class InferenceService:
                 sampling=sampling,
                 adapter_key=adapter.key if adapter else None,
                 score_prompt=drift is not None and self._engine.scores_prompts and drift.wants_prompt_score(),
+                embed_prompt=drift is not None and self._engine.embeds_prompts,
             )
             answer = _Answer()
             last_token_at: float | None = None

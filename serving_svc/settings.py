@@ -148,7 +148,7 @@ class ServingSettings(CommonSettings):
         lt=1,
         description="Share of windows of unchanged traffic in which an adapter may read drifted (any statistic "
         "over): each statistic is over when its p-value is at most this rate over the number of statistics "
-        "judged (Bonferroni), so with eight statistics each false-alarms in at most 0.6% of windows.",
+        "judged (Bonferroni), so with nine statistics each false-alarms in at most 0.56% of windows.",
     )
     drift_thresholds: dict[DriftStatistic, float] = Field(
         default_factory=dict,

@@ -115,6 +115,9 @@ class GenerationRequest:
     score_prompt: bool = False
     """Also compute the log-probability of the prompt (drift's prompt surprise), at the cost of its
     logits; engines whose `scores_prompts` is false ignore it."""
+    embed_prompt: bool = False
+    """Also give the prompt's drift embedding (`loraplane.drift.prompt_embedding` of the decoder's output at
+    its last token, which the prefill computes anyway); engines whose `embeds_prompts` is false ignore it."""
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,8 @@ class GenerationDelta:
     prompt_logprob: float | None = None
     """On the last delta of a request with `score_prompt`: the sum of the log-probabilities of prompt
     tokens 1..n-1, each given those before it."""
+    prompt_embedding: tuple[float, ...] | None = None
+    """On the last delta of a request with `embed_prompt`: the prompt's drift embedding."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +195,8 @@ class Engine(abc.ABC):
     """Adapter methods (manifest `method`) this engine can apply."""
     scores_prompts: ClassVar[bool]
     """Whether the engine honours `GenerationRequest.score_prompt` (drift's prompt surprise)."""
+    embeds_prompts: ClassVar[bool]
+    """Whether the engine honours `GenerationRequest.embed_prompt` (drift's prompt meaning)."""
 
     @abc.abstractmethod
     async def start(self) -> None:

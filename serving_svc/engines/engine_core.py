@@ -128,7 +128,7 @@ class EngineCore:
         running batch; the sequences that finished (or failed) instead."""
         try:
             prefilled = self._runner.prefill(key, sequences)
-            finished = set(self._outputs.process(sequences, prefilled.logits, prefilled.prompt_logprobs))
+            finished = set(self._outputs.process(sequences, prefilled.logits, prefilled.prompt_measures))
         except Exception as exc:  # noqa: BLE001 - they are in no batch yet: fail them, not the others
             log.exception("prefill failed")
             self._outputs.fail(sequences, exc)

@@ -5,7 +5,9 @@ batch key (`batch.py`: rows, mask and cache), maps each sequence to its row, pre
 pass's inputs, applies every row's own adapter (`lora_adapters.py`), runs the model and hands back
 logits, one row per sequence, for the output processor. Engine thread only.
 
-Prompt scores (drift's prompt surprise) need every position's logits of the scored prompts. They
+Drift's prompt embedding is the decoder's output at a prompt's last token, which the prefill computes
+anyway: it is captured for the rows that ask for it. Prompt scores (drift's prompt surprise) need
+every position's logits of the scored prompts. They
 are taken from the decoder's hidden states of those rows alone, through the LM head, when that is
 what the model's own forward computes (checked on a probe at load: `compat.head_reproduced`). A
 model whose forward changes its logits further (Granite's `logits_scaling`, Cohere's `logit_scale`)
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from loraplane.drift import prompt_embedding
 from serving_svc.engines import compat
 from serving_svc.engines.batch import DecodeBatch
 from serving_svc.engines.lora_adapters import LoraAdapters
@@ -37,8 +40,16 @@ class Prefilled:
     batch: DecodeBatch
     logits: torch.Tensor
     """[sequences, vocabulary]: each one's logits for its first generated token."""
-    prompt_logprobs: dict[Sequence, float]
-    """The log-probability of the prompt (tokens 1..n-1) of each sequence that asked for its score."""
+    prompt_measures: dict[Sequence, PromptMeasures]
+    """What drift measures of the prompts of the sequences that asked for it."""
+
+
+@dataclass(frozen=True)
+class PromptMeasures:
+    logprob: float | None = None
+    """The log-probability of the prompt's tokens 1..n-1, where its score was asked for."""
+    embedding: tuple[float, ...] | None = None
+    """The prompt's drift embedding, where it was asked for."""
 
 
 class ModelRunner:
@@ -62,22 +73,24 @@ class ModelRunner:
             [s.request.prompt_token_ids for s in sequences], [s.adapter_name for s in sequences]
         )
         scored = [row for row, s in enumerate(sequences) if s.request.score_prompt]
+        embedded = [row for row, s in enumerate(sequences) if s.request.embed_prompt]
+        rows = sorted({*embedded, *(scored if self._head_reproduced else ())})
         positions = batch.positions()
         with self.adapters.applied(batch_key, batch.adapter_names, running=False):
-            logits, hidden = compat.forward(
-                self._model,
-                input_ids,
-                batch.mask,
-                positions,
-                batch.cache,
-                hidden_of=scored if self._head_reproduced else None,
-            )
-        prompt_logprobs: dict[Sequence, float] = {}
+            logits, hidden = compat.forward(self._model, input_ids, batch.mask, positions, batch.cache, hidden_of=rows)
+        of_row = dict(zip(rows, hidden, strict=True)) if hidden is not None else {}
+        # Left-padded: every row's last column is its prompt's last token.
+        embeddings = {row: prompt_embedding(of_row[row][-1].float().cpu().numpy()) for row in embedded}
+        logprobs: dict[int, float] = {}
         if scored:
-            every_position = self._every_position_logits(batch_key, batch, input_ids, positions, scored, hidden)
+            scored_hidden = torch.stack([of_row[row] for row in scored]) if self._head_reproduced else None
+            every_position = self._every_position_logits(batch_key, batch, input_ids, positions, scored, scored_hidden)
             scores = _prompt_logprobs(every_position, input_ids[scored], batch.mask[scored])
-            prompt_logprobs = dict(zip([sequences[row] for row in scored], scores, strict=True))
-        return Prefilled(batch_key, sequences, batch, logits, prompt_logprobs)
+            logprobs = dict(zip(scored, scores, strict=True))
+        prompt_measures = {
+            sequences[row]: PromptMeasures(logprobs.get(row), embeddings.get(row)) for row in {*scored, *embedded}
+        }
+        return Prefilled(batch_key, sequences, batch, logits, prompt_measures)
 
     def _every_position_logits(
         self,

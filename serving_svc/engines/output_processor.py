@@ -17,6 +17,7 @@ import torch
 
 from serving_svc.engines.base import FinishReason, GenerationDelta, TokenLogprob, Usage
 from serving_svc.engines.detokenizer import Decoder, IncrementalDetokenizer
+from serving_svc.engines.model_runner import PromptMeasures
 from serving_svc.engines.sampler import RowSampler, select_tokens
 from serving_svc.engines.scheduler import Sequence
 
@@ -32,7 +33,7 @@ class _Stream:
     sampler: RowSampler
     detokenizer: IncrementalDetokenizer
     generated: list[int] = field(default_factory=list)
-    prompt_logprob: float | None = None
+    prompt: PromptMeasures = PromptMeasures()
 
 
 class OutputProcessor:
@@ -55,13 +56,16 @@ class OutputProcessor:
         return self._streams[sequence].generated[-1]
 
     def process(
-        self, sequences: list[Sequence], logits: torch.Tensor, prompt_logprobs: dict[Sequence, float] | None = None
+        self,
+        sequences: list[Sequence],
+        logits: torch.Tensor,
+        prompt_measures: dict[Sequence, PromptMeasures] | None = None,
     ) -> list[Sequence]:
         """Choose each sequence's next token from its row of `logits` and send what it adds; the sequences
-        that have finished, which are forgotten. `prompt_logprobs` come with a prefill's logits."""
+        that have finished, which are forgotten. `prompt_measures` come with a prefill's logits."""
         streams = [self._streams[s] for s in sequences]
-        for sequence, prompt_logprob in (prompt_logprobs or {}).items():
-            self._streams[sequence].prompt_logprob = prompt_logprob
+        for sequence, measures in (prompt_measures or {}).items():
+            self._streams[sequence].prompt = measures
         tokens, logprobs = select_tokens(
             logits, [s.sampler for s in streams], [len(s.generated) for s in streams], self._end_token_ids
         )
@@ -115,5 +119,6 @@ class OutputProcessor:
             finish_reason=reason,
             usage=Usage(len(request.prompt_token_ids), len(stream.generated)) if reason else None,
             token_logprob_sum=logprob,
-            prompt_logprob=stream.prompt_logprob if reason else None,
+            prompt_logprob=stream.prompt.logprob if reason else None,
+            prompt_embedding=stream.prompt.embedding if reason else None,
         )

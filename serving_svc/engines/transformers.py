@@ -57,6 +57,7 @@ class TransformersEngine(Engine):
     name = "transformers"
     supported_methods = frozenset(Method)
     scores_prompts = True
+    embeds_prompts = True
 
     def __init__(self, config: EngineConfig, on_step: Callable[[int], None] = lambda rows: None) -> None:
         self._config = config

@@ -112,6 +112,7 @@ class VllmEngine(Engine):
     # needs a per-token one, and the engine dies (vllm-project/vllm#16668, #29955): prompts are not
     # scored here, so drift's prompt surprise comes from the transformers engine only.
     scores_prompts = False
+    embeds_prompts = False  # vLLM's generate API gives no hidden states of a generation request
 
     def __init__(self, config: EngineConfig) -> None:
         self._config = config

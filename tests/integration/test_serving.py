@@ -18,6 +18,7 @@ from typing import Any
 from urllib.request import urlopen
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -552,7 +553,7 @@ async def test_live_drift_figures_equal_the_trainers_reference_on_the_same_promp
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from loraplane.drift import template_frame
+    from loraplane.drift import Profile, template_frame
     from trainer_svc.worker.reference import reference_profile
     from trainer_svc.worker.tokenization import TokenizedExample
 
@@ -584,13 +585,26 @@ async def test_live_drift_figures_equal_the_trainers_reference_on_the_same_promp
     assert serving.server.drift is not None
     live = serving.server.drift.adapter("scored")[0].live
     assert live.sample_count == reference.sample_count == len(prompts) + len(chats)
-    assert live.prompts == reference.prompts, "the same content, length and token buckets"
+
+    def content(profile: Profile) -> list[tuple[int, tuple[int, ...], tuple[int, ...]]]:
+        return sorted((record.length, record.buckets, record.counts) for record in profile.prompts)
+
+    assert content(live) == content(reference), "the same content: length and token buckets"
     assert live.response_length_histogram() == reference.response_length_histogram()
     assert [r.truncated for r in live.answers] == [r.truncated for r in reference.answers]
     assert [r.refused for r in live.answers] == [r.refused for r in reference.answers]
     assert live.output_confidence == pytest.approx(reference.output_confidence, rel=1e-3)
+    if serving.server.engine.embeds_prompts:  # the semantic statistic's input: one measure on both sides
+        embedded = [
+            [r.embedding for r in sorted(p.prompts, key=lambda r: (r.length, r.buckets))] for p in (live, reference)
+        ]
+        assert all(e is not None for side in embedded for e in side)
+        assert np.asarray(embedded[0]) == pytest.approx(np.asarray(embedded[1]), abs=2e-3)
+    else:  # vLLM gives no hidden states of a generation request
+        assert all(r.embedding is None for r in live.prompts)
     if serving.server.engine.scores_prompts:
-        assert [r.prompt_scored_tokens for r in live.answers] == [r.prompt_scored_tokens for r in reference.answers]
+        scored = [sorted((r.length, r.scored_tokens) for r in p.prompts) for p in (live, reference)]
+        assert scored[0] == scored[1]
         assert live.prompt_surprise == pytest.approx(reference.prompt_surprise, rel=1e-3)
     else:  # vLLM: prompt log-probabilities with LoRA kill its engine (see VllmEngine.scores_prompts)
         assert live.prompt_surprise is None

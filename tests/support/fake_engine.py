@@ -68,6 +68,7 @@ class FakeEngine(Engine):
     name = "fake"
     supported_methods = frozenset({Method.LORA, Method.QLORA})
     scores_prompts = True
+    embeds_prompts = False
 
     def __init__(
         self,

@@ -7,6 +7,7 @@ import pytest
 
 from loraplane.answer_form import derive_form
 from loraplane.drift import (
+    EMBEDDING_DIMENSIONS,
     LENGTH_BUCKETS,
     TOKEN_BUCKETS,
     Profile,
@@ -14,6 +15,7 @@ from loraplane.drift import (
     Sample,
     length_bucket,
     observe,
+    prompt_embedding,
     prompt_record,
     template_frame,
     token_bucket,
@@ -86,10 +88,10 @@ def test_a_record_counts_the_content_and_surprise_the_whole_prompt() -> None:
     content = [5, 6, 5, 7]
     framed = observe(Sample([*frame.prefix, *content, *frame.suffix], [1, 2], -1.0, -8.0), frame, None)
     bare = observe(Sample(content, [1, 2], -1.0, -3.0), PromptFrame(), None)
-    assert framed.prompt == bare.prompt == prompt_record(content, PromptFrame())
-    assert framed.prompt.length == 4 and sum(framed.prompt.counts) == 4
+    assert framed.prompt.buckets == bare.prompt.buckets == prompt_record(content, PromptFrame()).buckets
+    assert framed.prompt.counts == bare.prompt.counts and framed.prompt.length == bare.prompt.length == 4
     assert dict(zip(framed.prompt.buckets, framed.prompt.counts, strict=True))[int(token_bucket([5])[0])] == 2
-    assert (framed.prompt_nll, framed.prompt_scored_tokens) == (8.0, 8)
+    assert (framed.prompt.nll, framed.prompt.scored_tokens) == (8.0, 8)
     assert (framed.response_length, framed.response_logprob) == (2, -1.0)
 
 
@@ -104,9 +106,23 @@ def test_a_record_says_whether_the_answer_kept_the_form_was_cut_or_refused() -> 
     assert observe(Sample([1], [2], -0.1, None, "anything"), PromptFrame(), None).in_form is None
 
 
+def test_a_prompt_embedding_is_a_fixed_projection_of_the_direction_of_the_hidden_state() -> None:
+    hidden = np.random.default_rng(0).standard_normal(576)
+    embedding = prompt_embedding(hidden)
+    assert len(embedding) == EMBEDDING_DIMENSIONS
+    assert embedding == prompt_embedding(hidden * 7.5), "the state's scale does not matter, only its direction"
+    assert np.linalg.norm(embedding) == pytest.approx(1.0, abs=0.35), "a unit vector keeps about its length"
+    other = np.random.default_rng(1).standard_normal(576)
+    cosine = float(np.dot(hidden, other) / np.linalg.norm(hidden) / np.linalg.norm(other))
+    projected = float(np.dot(embedding, prompt_embedding(other)))
+    assert projected == pytest.approx(cosine, abs=0.3), "inner products are kept roughly"
+    record = observe(Sample([1, 2], [3], -0.1, None, "x", prompt_embedding=embedding), PromptFrame(), None)
+    assert record.prompt.embedding == embedding
+
+
 def test_unknown_logprobs_and_unscored_prompts_leave_their_fields_empty() -> None:
     record = observe(Sample([1, 2, 3], [], None, None), PromptFrame(), None)
-    assert (record.response_logprob, record.prompt_nll, record.prompt_scored_tokens) == (None, None, 0)
+    assert (record.response_logprob, record.prompt.nll, record.prompt.scored_tokens) == (None, None, 0)
 
 
 def test_profile_figures_are_per_token_over_all_records() -> None:

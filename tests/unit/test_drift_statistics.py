@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from loraplane.answer_form import derive_form
-from loraplane.drift import DriftStatistic, Profile, PromptFrame, Record, Sample, observe
+from loraplane.drift import DriftStatistic, Profile, PromptFrame, Record, Sample, observe, prompt_embedding
 from loraplane.drift_statistics import (
     PSI_EPSILON,
     REFERENCE_NOISE_WEIGHT,
@@ -30,6 +30,7 @@ def _request(rng: random.Random, *, topic: int = 0, prose: bool = False) -> Reco
     words = [rng.randrange(100 * topic, 100 * topic + 100) for _ in range(rng.randint(6, 30))]
     answer = "Her name is Ana." if prose else '{"name": "Ana"}'
     length = rng.randint(4, 12) if not prose else rng.randint(20, 40)
+    meaning = [rng.gauss(1.0 if axis == topic else 0.0, 0.3) for axis in range(8)]
     sample = Sample(
         [5000, 5001, 5002, *words],
         list(range(length)),
@@ -37,6 +38,7 @@ def _request(rng: random.Random, *, topic: int = 0, prose: bool = False) -> Reco
         -len(words) * rng.uniform(2.0, 3.0) if rng.random() < 0.5 else None,
         answer,
         truncated=rng.random() < 0.02,
+        prompt_embedding=prompt_embedding(meaning),
     )
     return observe(sample, PromptFrame(), FORM)
 
@@ -113,6 +115,7 @@ def test_new_topics_and_prose_answers_are_flagged_in_one_window() -> None:
         calibration, Profile.of_window([_request(rng, topic=5) for _ in range(30)]), verdicts, min_samples=8
     )
     assert topics.readings[DriftStatistic.PROMPT_TOKEN_JSD].over
+    assert topics.readings[DriftStatistic.PROMPT_MEANING_SHIFT].over
     assert not topics.readings[DriftStatistic.ANSWER_FORM_DROP].over
     prose = report(
         calibration, Profile.of_window([_request(rng, prose=True) for _ in range(30)]), verdicts, min_samples=8
@@ -121,6 +124,21 @@ def test_new_topics_and_prose_answers_are_flagged_in_one_window() -> None:
     assert prose.readings[DriftStatistic.RESPONSE_LENGTH_PSI].over
     assert prose.form_share == 0.0 and prose.reference_form_share == 1.0
     assert not prose.readings[DriftStatistic.PROMPT_TOKEN_JSD].over
+    assert not prose.readings[DriftStatistic.PROMPT_MEANING_SHIFT].over
+
+
+def test_a_new_meaning_in_the_same_words_moves_the_meaning_statistic_alone() -> None:
+    """Same words and lengths, another intent (an embedding of another topic): only meaning can see it."""
+    rng = random.Random(8)
+    calibration, verdicts = Calibration(_reference(rng)), Verdicts(0.05)
+    same_words = [_request(rng) for _ in range(30)]
+    shifted = [_request(random.Random(index), topic=3) for index in range(30)]
+    moved = [
+        record.model_copy(update={"prompt": record.prompt.model_copy(update={"embedding": other.prompt.embedding})})
+        for record, other in zip(same_words, shifted, strict=True)
+    ]
+    readings = report(calibration, Profile.of_window(moved), verdicts, min_samples=8).readings
+    assert [s for s, r in readings.items() if r.over] == [DriftStatistic.PROMPT_MEANING_SHIFT]
 
 
 def test_the_rate_is_shared_among_the_statistics_judged_and_a_raw_threshold_overrides() -> None:
@@ -145,7 +163,7 @@ def test_below_the_minimum_nothing_is_read() -> None:
 def test_a_statistic_without_data_on_a_side_is_absent() -> None:
     rng = random.Random(6)
     reference = _reference(rng)
-    unscored = [r.model_copy(update={"prompt_nll": None, "prompt_scored_tokens": 0}) for r in reference.answers]
+    unscored = [r.model_copy(update={"prompt": r.prompt.model_copy(update={"nll": None})}) for r in reference.answers]
     result = report(Calibration(reference), Profile.of_window(unscored), Verdicts(0.05), min_samples=8)
     reading = result.readings[DriftStatistic.PROMPT_SURPRISE_RISE]
     assert (reading.value, reading.p_value, reading.samples) == (None, None, 0)

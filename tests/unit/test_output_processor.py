@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from serving_svc.engines.base import GenerationDelta, GenerationRequest, SamplingOptions
+from serving_svc.engines.model_runner import PromptMeasures
 from serving_svc.engines.output_processor import OutputProcessor
 from serving_svc.engines.sampler import RowSampler
 from serving_svc.engines.scheduler import Sequence
@@ -100,10 +101,11 @@ def test_a_stop_string_ends_the_text_before_it() -> None:
 
 def test_logprobs_name_each_token_and_the_prompt_score_comes_on_the_last_delta_only() -> None:
     processor, sequence, caller = _setup(max_tokens=2, logprobs=True)
-    processor.process([sequence], _logits_for(HELLO), prompt_logprobs={sequence: -7.5})
+    processor.process([sequence], _logits_for(HELLO), prompt_measures={sequence: PromptMeasures(-7.5, (0.5, -0.5))})
     assert processor.last_token(sequence) == HELLO
     processor.process([sequence], _logits_for(END))
     assert [d.prompt_logprob for d in caller.deltas] == [None, -7.5]
+    assert [d.prompt_embedding for d in caller.deltas] == [None, (0.5, -0.5)]
     assert [d.logprobs[0].token for d in caller.deltas] == ["Hello", "</s>"]
     expected = torch.log_softmax(_logits_for(HELLO)[0], dim=-1)[HELLO].item()
     assert caller.deltas[0].token_logprob_sum is not None

@@ -4,10 +4,12 @@ Serving records live traffic from the prompts it receives and the tokens it gene
 log-probabilities the engine reports for them. So the reference is built the same way: each
 held-out prompt is answered by the adapter (greedy decoding), its generated tokens give the
 response length and the output confidence (raw log-probabilities of the generated tokens, end
-token included, as the engines count them), its text whether it keeps the trained form or refuses,
-and the prompt's own log-probability gives the prompt surprise. Generation statistics stay on
-held-out prompts, since an adapter is surer of prompts it was trained on; prompt statistics (length,
-tokens) use every prompt of the job, which the adapter's training does not change. Scoring the
+token included, as the engines count them), and its text whether it keeps the trained form or
+refuses. Generation statistics stay on held-out prompts, since an adapter is surer of answers it was
+trained on; prompt statistics use every prompt of the job (up to MAX_PROMPT_RECORDS): lengths and
+tokens, which training does not change, and the prompt surprise (a prompt's own log-probability),
+since training scores the answers only, never the prompt's tokens. A held-out set made of whole
+templates stands for a few phrasings; every prompt stands for the task's many. Scoring the
 dataset's reference answers by teacher forcing would measure something live traffic never can.
 """
 
@@ -19,16 +21,18 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from loraplane.answer_form import AnswerForm
-from loraplane.drift import Profile, Sample, observe, prompt_record, template_frame
+from loraplane.drift import Profile, Sample, observe, prompt_embedding, prompt_record, template_frame
 from loraplane.models import end_token_ids
 from trainer_svc.worker.generation import batched_greedy_answers
-from trainer_svc.worker.scoring import token_logprobs
+from trainer_svc.worker.scoring import prompt_scores
 from trainer_svc.worker.tokenization import TokenizedExample
 
 MAX_REFERENCE_PROMPTS = 128
 """Held-out prompts answered for the reference, at most."""
 MAX_PROMPT_RECORDS = 1000
 """Prompts the prompt statistics are compared with, at most (a seeded sample of the job's)."""
+MAX_SCORED_PROMPTS = 256
+"""Of those, the prompts scored for prompt surprise and embedded for prompt meaning (a forward pass each)."""
 MAX_REFERENCE_TOKENS = 256
 """Tokens generated per reference prompt, at most; a little past the longest held-out answer."""
 
@@ -52,24 +56,28 @@ def reference_profile(
     answers share. Prompts are scored `batch_size` at a time and answered `generation_batch_size` at a time."""
     frame = template_frame(tokenizer)
     every_prompt = _prompts(seen)
-    if len(every_prompt) > MAX_PROMPT_RECORDS:
-        every_prompt = random.Random(0).sample(every_prompt, MAX_PROMPT_RECORDS)
-    prompts = [prompt_record(prompt, frame) for prompt in every_prompt]
+    every_prompt = random.Random(0).sample(every_prompt, min(len(every_prompt), MAX_PROMPT_RECORDS))
+    scored = every_prompt[:MAX_SCORED_PROMPTS]
+    scores = prompt_scores(model, scored, batch_size=batch_size) if scored else []
+    prompts = [
+        prompt_record(prompt, frame, logprob, prompt_embedding(hidden))
+        for prompt, (logprob, hidden) in zip(scored, scores, strict=True)
+    ]
+    prompts += [prompt_record(prompt, frame) for prompt in every_prompt[len(scored) :]]
     answered = [e for e in held_out if e.prompt_length > 0][:MAX_REFERENCE_PROMPTS]
     if not answered:
         return Profile(prompts=prompts, form=form)
     asked = _prompts(answered)
     longest_answer = max(len(example.input_ids) - example.prompt_length for example in answered)
     max_new_tokens = min(MAX_REFERENCE_TOKENS, 2 * longest_answer + 8)
-    prompt_scores = token_logprobs(model, asked, batch_size=batch_size)
     answers = batched_greedy_answers(
         model, tokenizer, asked, max_new_tokens=max_new_tokens, batch_size=generation_batch_size
     )
     ends = set(end_token_ids(model, tokenizer))
     records = []
-    for prompt, (answer, answer_logprob), scores in zip(asked, answers, prompt_scores, strict=True):
+    for prompt, (answer, answer_logprob) in zip(asked, answers, strict=True):
         text = str(tokenizer.decode(answer, skip_special_tokens=True))
         truncated = len(answer) >= max_new_tokens and answer[-1] not in ends
-        sample = Sample(prompt, answer, answer_logprob, float(scores.sum()), text, truncated)
+        sample = Sample(prompt, answer, answer_logprob, None, text, truncated)
         records.append(observe(sample, frame, form))
     return Profile(prompts=prompts, answers=records, form=form)
