@@ -95,7 +95,9 @@ def _prompt_tokens(profile: Profile) -> np.ndarray:
 
 
 def _response_lengths(profile: Profile) -> np.ndarray:
-    return _one_hot(length_bucket([r.response_length for r in profile.answers]), LENGTH_BUCKETS)
+    """Answers that ended by themselves: a cut answer's length is the caller's max_tokens, not the adapter's
+    (truncation_rise counts those)."""
+    return _one_hot(length_bucket([r.response_length for r in profile.answers if not r.truncated]), LENGTH_BUCKETS)
 
 
 def _confidence(profile: Profile) -> np.ndarray:

@@ -373,6 +373,50 @@ def drift(document: dict[str, Any]) -> str:
     )
 
 
+def _false_alarms(windows: dict[str, Any]) -> str:
+    """The share of windows read drifted, and the statistic over most often, with its share."""
+    over = windows["over"]
+    worst = max(over, key=over.get)
+    return f"{_num(windows['any_over'], 3)}" + (f" ({worst} {_num(over[worst], 3)})" if over[worst] else "")
+
+
+def _caught(windows: dict[str, Any]) -> str:
+    """The share of windows read drifted, and the statistics over in most of them."""
+    most = [name for name, share in windows["over"].items() if share > 0.5]
+    return f"{_num(windows['any_over'], 3)}" + (f" ({', '.join(most)})" if most else "")
+
+
+def drift_calibration(document: dict[str, Any]) -> str:
+    """bench.drift.calibration: false alarms of unchanged traffic per window size, and power per shift."""
+    adapters = document["adapters"]
+    sizes = [entry["size"] for entry in next(iter(adapters.values()))["false_alarms"]]
+    shifts = list(next(iter(adapters.values()))["power"])
+    power_size = next(iter(next(iter(adapters.values()))["power"].values()))["size"]
+
+    def label(name: str, adapter: dict[str, Any]) -> str:
+        reference = adapter["reference"]
+        return f"{name} ({adapter['form']}; {reference['prompts']} prompts, {reference['answers']} answers)"
+
+    return "\n\n".join(
+        [
+            f"Three adapters trained through the API on {document['train']} examples each; "
+            f"{document['prompts']} prompts recorded per kind of traffic; false-alarm rate "
+            f"{document['false_alarm_rate']:g}, prompt scoring {document['prompt_scoring_fraction']:g}. "
+            "Share of windows of traffic like the training data read drifted (any statistic over), and the "
+            "statistic over most often:",
+            _table(
+                ["adapter (form; reference)", *(f"window {size}" for size in sizes)],
+                ([label(name, a), *(_false_alarms(w) for w in a["false_alarms"])] for name, a in adapters.items()),
+            ),
+            f"Share of windows of {power_size} shifted requests read drifted, and the statistics over in most:",
+            _table(
+                ["adapter", *(shift.replace("_", " ") for shift in shifts)],
+                ([name, *(_caught(a["power"][shift]) for shift in shifts)] for name, a in adapters.items()),
+            ),
+        ]
+    )
+
+
 def _load_table(load: dict[str, Any]) -> str:
     rss = load["rss_mib"]
     header = ["requests", "tokens", "tokens/s", "errors", "answers unlike the adapter's own"]
@@ -410,6 +454,7 @@ def reliability(document: dict[str, Any]) -> str:
 RENDERERS: tuple[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]], ...] = (
     (lambda d: "fuzz" in d, reliability),
     (lambda d: "drift_on" in d, drift),
+    (lambda d: "false_alarm_rate" in d and "adapters" in d, drift_calibration),
     (lambda d: "task" in d and "plain" in d, quality),
     (lambda d: isinstance(d.get("systems"), dict), training),
     (lambda d: isinstance(d.get("results"), list), serving),

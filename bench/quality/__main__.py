@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,21 +27,16 @@ from bench.machine import machine, run_date
 from bench.quality import tasks
 from bench.quality.task import Example, make_task, write_jsonl
 from bench.quality.tasks import TASKS
-from bench.serving import processes
-from bench.serving.ours import free_port
+from bench.services import running_services
 from bench.serving.workspace import prepare_model
 from loraplane import answers
-from loraplane.client import LoraplaneClient, ServiceName
+from loraplane.client import LoraplaneClient
 from loraplane.training import JobState
 from loraplane.types import Job, SamplingParameters, TrainingParameters
 from trainer_svc.worker.knowledge_probe import QUESTIONS, _names_an_answer
 
 log = logging.getLogger("bench.quality")
 GREEDY = SamplingParameters(max_tokens=32, temperature=0)
-
-
-def _console_script(name: str) -> str:
-    return str(Path(sys.executable).with_name(name))
 
 
 def _ask(client: LoraplaneClient, adapter: str, prompts: list[str], *, chat: bool) -> list[str]:
@@ -61,22 +55,6 @@ def _ask(client: LoraplaneClient, adapter: str, prompts: list[str], *, chat: boo
 
 def _facts(answers: list[str]) -> list[bool]:
     return [_names_an_answer(a, accepted) for a, (_, accepted) in zip(answers, QUESTIONS, strict=True)]
-
-
-def _service_env(model_dir: Path, scratch: Path, trainer_port: int, serving_port: int) -> dict[str, str]:
-    """Both services on their defaults but for where they listen, keep data and find the model."""
-    return {
-        **os.environ,
-        "LORAPLANE_DATA_DIR": str(scratch / "data"),
-        "LORAPLANE_BASE_MODEL": str(model_dir),
-        "LORAPLANE_BASE_MODEL_NAME": "smollm2",
-        "LORAPLANE_TRAINER_ADDRESS": f"127.0.0.1:{trainer_port}",
-        "LORAPLANE_TRAINER_METRICS_PORT": "0",
-        "LORAPLANE_SERVING_ADDRESS": f"127.0.0.1:{serving_port}",
-        "LORAPLANE_SERVING_METRICS_PORT": "0",
-        "LORAPLANE_SERVING_HTTP_PORT": "0",
-        "LORAPLANE_AUTH": "off",  # both services on loopback, called by this script alone
-    }
 
 
 def _train(client: LoraplaneClient, adapter: str, train_file: Path, replay_fraction: float | None) -> tuple[Job, float]:
@@ -141,32 +119,18 @@ def run_ours(
     model_dir: Path, adapter: str, train_file: Path, test: list[Example], scratch: Path, replay_fraction: float | None
 ) -> dict[str, Any]:
     """One job with nothing but the data (and `replay_fraction` when given), then its answers through serving."""
-    trainer_port, serving_port = free_port(), free_port()
-    env = _service_env(model_dir, scratch, trainer_port, serving_port)
-    servers = [
-        processes.spawn([_console_script(name)], env=env, log_path=scratch / f"{name}.log")
-        for name in ("trainer-svc", "serving-svc")
-    ]
-    try:
-        with LoraplaneClient(trainer=f"127.0.0.1:{trainer_port}", serving=f"127.0.0.1:{serving_port}") as client:
-            services: tuple[ServiceName, ...] = ("trainer", "serving")
-            for service in services:
-                if not client.wait_until_serving(service, 300):
-                    raise RuntimeError(f"{service} did not start; see {scratch}")
-            job, elapsed = _train(client, adapter, train_file, replay_fraction)
-            metrics = job.metrics
-            return {
-                "job_s": round(elapsed, 1),
-                "steps": metrics.steps,
-                "replay_examples": metrics.replay_examples,
-                "best_step": metrics.best_step,
-                "stopped_early": metrics.stopped_early,
-                **_answers_scored(client, adapter, test),
-                "job_reported": _job_reported(job),
-            }
-    finally:
-        for server in servers:
-            processes.stop(server)
+    with running_services(model_dir, scratch) as client:
+        job, elapsed = _train(client, adapter, train_file, replay_fraction)
+        metrics = job.metrics
+        return {
+            "job_s": round(elapsed, 1),
+            "steps": metrics.steps,
+            "replay_examples": metrics.replay_examples,
+            "best_step": metrics.best_step,
+            "stopped_early": metrics.stopped_early,
+            **_answers_scored(client, adapter, test),
+            "job_reported": _job_reported(job),
+        }
 
 
 def run_plain(model_dir: Path, train_file: Path, test_file: Path, scratch: Path) -> dict[str, Any]:

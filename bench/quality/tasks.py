@@ -110,6 +110,63 @@ def intent(rng: random.Random, train_count: int, test_count: int) -> tuple[list[
     return train, [_intent(rng, INTENTS_TEST, ITEMS_TEST) for _ in range(test_count)]
 
 
+PEOPLE_FRENCH = [
+    "{name}, {age} ans, habite à {city}.",
+    "{name} a {age} ans et vit à {city}.",
+    "À {age} ans, {name} a déménagé à {city} pour le travail.",
+    "{name} ({age} ans) est enseignant à {city}.",
+]
+PEOPLE_INSTRUCTION_FRENCH = (
+    "Extrais le nom, l'âge et la ville de la personne en JSON compact avec les clés name, age, city : "
+)
+MONTHS_FRENCH = [
+    "janvier", "février", "mars", "avril", "mai", "juin",
+    "juillet", "août", "septembre", "octobre", "novembre", "décembre",
+]  # fmt: skip
+DATE_INSTRUCTION_FRENCH = "Écris cette date au format ISO 8601 (AAAA-MM-JJ), rien d'autre : "
+INTENT_INSTRUCTION_FRENCH = (
+    "Classe ce message client comme refund, delivery, password ou cancel. Réponds uniquement par l'étiquette : "
+)
+INTENTS_FRENCH = {
+    "refund": ["Je veux être remboursé pour la commande {order}, l'article est cassé."],
+    "delivery": ["Où est ma commande {order} ? Elle n'est pas encore arrivée."],
+    "password": ["J'ai oublié le mot de passe du compte {order} et je ne peux pas me connecter."],
+    "cancel": ["Annulez la commande {order} s'il vous plaît, je n'en ai plus besoin."],
+}
+PROSE = " Answer in one full sentence of plain English, not in the usual format."
+
+
+def _french(name: str, rng: random.Random) -> str:
+    if name == "people":
+        first, last = rng.choice(FIRST[:9]), rng.choice(LAST[:8])
+        sentence = rng.choice(PEOPLE_FRENCH).format(
+            name=f"{first} {last}", age=rng.randint(18, 90), city=rng.choice(CITIES[:8])
+        )
+        return PEOPLE_INSTRUCTION_FRENCH + sentence
+    if name == "date-forms":
+        date = datetime.date.fromordinal(
+            rng.randint(datetime.date(1900, 1, 1).toordinal(), datetime.date(1979, 12, 31).toordinal())
+        )
+        return DATE_INSTRUCTION_FRENCH + f"le {date.day} {MONTHS_FRENCH[date.month - 1]} {date.year}"
+    label = rng.choice(sorted(INTENTS_FRENCH))
+    return INTENT_INSTRUCTION_FRENCH + rng.choice(INTENTS_FRENCH[label]).format(order=rng.randint(10000, 99999))
+
+
+def traffic(name: str, seed: int, count: int) -> dict[str, list[str]]:
+    """Prompts a deployed adapter of task `name` might get, `count` of each kind: `in_distribution` (new
+    prompts of the training templates and entities), `other_phrasing` (the test's templates and entities),
+    `french` (the task's prompts in French) and `prose` (in-distribution prompts asking for a sentence
+    instead of the trained form)."""
+    rng = random.Random(seed)
+    in_distribution, other_phrasing = TASKS[name].make(rng, count, count)
+    return {
+        "in_distribution": [example.prompt for example in in_distribution],
+        "other_phrasing": [example.prompt for example in other_phrasing],
+        "french": [_french(name, rng) for _ in range(count)],
+        "prose": [example.prompt + PROSE for example in TASKS[name].make(rng, count, 0)[0]],
+    }
+
+
 @dataclass(frozen=True)
 class Task:
     description: str

@@ -167,3 +167,17 @@ def test_a_statistic_without_data_on_a_side_is_absent() -> None:
     result = report(Calibration(reference), Profile.of_window(unscored), Verdicts(0.05), min_samples=8)
     reading = result.readings[DriftStatistic.PROMPT_SURPRISE_RISE]
     assert (reading.value, reading.p_value, reading.samples) == (None, None, 0)
+
+
+def test_answer_lengths_leave_out_answers_cut_at_max_tokens() -> None:
+    """An adapter that does not stop is cut at whatever max_tokens its caller sets: 14 tokens in the reference,
+    48 live. Those lengths say nothing about the adapter, and do not move the statistic."""
+    rng = random.Random(9)
+    reference = _reference(rng)
+    cut = [r.model_copy(update={"truncated": True, "response_length": 14}) for r in reference.answers[:20]]
+    reference = reference.model_copy(update={"answers": [*cut, *reference.answers[20:]]})
+    live = [_request(rng) for _ in range(30)]
+    live[:8] = [r.model_copy(update={"truncated": True, "response_length": 48}) for r in live[:8]]
+    readings = report(Calibration(reference), Profile.of_window(live), Verdicts(0.05), min_samples=8).readings
+    assert not readings[DriftStatistic.RESPONSE_LENGTH_PSI].over
+    assert readings[DriftStatistic.RESPONSE_LENGTH_PSI].samples == sum(not r.truncated for r in live) <= 22

@@ -21,7 +21,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from loraplane.answer_form import AnswerForm
-from loraplane.drift import Profile, Sample, observe, prompt_embedding, prompt_record, template_frame
+from loraplane.drift import Profile, Record, Sample, observe, prompt_embedding, prompt_record, template_frame
 from loraplane.models import end_token_ids
 from trainer_svc.worker.generation import batched_greedy_answers
 from trainer_svc.worker.scoring import prompt_scores
@@ -67,17 +67,42 @@ def reference_profile(
     answered = [e for e in held_out if e.prompt_length > 0][:MAX_REFERENCE_PROMPTS]
     if not answered:
         return Profile(prompts=prompts, form=form)
-    asked = _prompts(answered)
     longest_answer = max(len(example.input_ids) - example.prompt_length for example in answered)
-    max_new_tokens = min(MAX_REFERENCE_TOKENS, 2 * longest_answer + 8)
-    answers = batched_greedy_answers(
-        model, tokenizer, asked, max_new_tokens=max_new_tokens, batch_size=generation_batch_size
+    records = answered_records(
+        model,
+        tokenizer,
+        _prompts(answered),
+        form,
+        max_new_tokens=min(MAX_REFERENCE_TOKENS, 2 * longest_answer + 8),
+        generation_batch_size=generation_batch_size,
     )
+    return Profile(prompts=prompts, answers=records, form=form)
+
+
+def answered_records(
+    model: PreTrainedModel | torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[list[int]],
+    form: AnswerForm | None,
+    *,
+    max_new_tokens: int,
+    generation_batch_size: int,
+    score_batch_size: int = 0,
+) -> list[Record]:
+    """The records of `prompts` answered greedily (up to `max_new_tokens`) as serving records its requests;
+    with `score_batch_size`, their prompts scored and embedded too, as serving does for the requests it
+    samples for that."""
+    frame = template_frame(tokenizer)
+    answers = batched_greedy_answers(
+        model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=generation_batch_size
+    )
+    scores = prompt_scores(model, prompts, batch_size=score_batch_size) if score_batch_size else []
     ends = set(end_token_ids(model, tokenizer))
     records = []
-    for prompt, (answer, answer_logprob) in zip(asked, answers, strict=True):
+    for index, (prompt, (answer, answer_logprob)) in enumerate(zip(prompts, answers, strict=True)):
         text = str(tokenizer.decode(answer, skip_special_tokens=True))
         truncated = len(answer) >= max_new_tokens and answer[-1] not in ends
-        sample = Sample(prompt, answer, answer_logprob, None, text, truncated)
+        logprob, embedding = (scores[index][0], prompt_embedding(scores[index][1])) if scores else (None, None)
+        sample = Sample(prompt, answer, answer_logprob, logprob, text, truncated, embedding)
         records.append(observe(sample, frame, form))
-    return Profile(prompts=prompts, answers=records, form=form)
+    return records
