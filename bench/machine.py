@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 
@@ -34,3 +36,11 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "versions": versions,
     }
+
+
+def emit(document: dict[str, Any], out: Path | None) -> None:
+    """A benchmark's JSON results on stdout, and in `out` when given."""
+    text = json.dumps(document, indent=2)
+    print(text)
+    if out is not None:
+        out.write_text(text + "\n")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import shutil
 import tempfile
@@ -20,7 +19,7 @@ from typing import Any, cast
 
 import grpc
 
-from bench.machine import machine, run_date
+from bench.machine import emit, machine, run_date
 from bench.serving import processes
 from bench.serving.measure import RequestResult, percentile
 from bench.serving.ours import (
@@ -145,10 +144,7 @@ def main(argv: list[str] | None = None) -> None:
         "drift_off": off,
     }
     report |= {"drift_on": on, "on_over_off": ratios, "logs": str(run_dir)}
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from bench.machine import machine, run_date
+from bench.machine import emit, machine, run_date
 from bench.quality import tasks
 from bench.quality.task import write_jsonl
 from bench.services import running_services
@@ -173,10 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                 },
             }
             log.info("%s: %s", name, json.dumps(results["adapters"][name]))
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(results, args.out)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.machine import machine, run_date
+from bench.machine import emit, machine, run_date
 from bench.quality import tasks
 from bench.quality.task import Example, make_task, write_jsonl
 from bench.quality.tasks import TASKS
@@ -182,10 +182,7 @@ def main(argv: list[str] | None = None) -> None:
                 report["ours"] = run_ours(model_dir, adapter, train_file, test, scratch, args.replay_fraction)
             else:
                 report["plain"] = run_plain(model_dir, train_file, test_file, scratch)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    emit(report, args.out)
 
 
 if __name__ == "__main__":
