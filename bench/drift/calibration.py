@@ -14,10 +14,10 @@ default samples it), for:
   templates); the task's prompts in French; and its own prompts asking for a sentence instead of the
   trained form (the form shift).
 
-Windows are drawn from those records (without replacement within a window), `--windows` per size and per
-shift, and judged against the adapter's published reference by loraplane.drift_statistics with serving's
-default false-alarm rate. Prints JSON: per adapter, the share of windows with any statistic over and with
-each statistic over, and the power per shift.
+Windows are drawn from those records (without replacement within a window, with it for a window larger
+than the records), `--windows` per size and per shift, and judged against the adapter's published reference
+by loraplane.drift_statistics with serving's default false-alarm rate. Prints JSON: per adapter, the share
+of windows with any statistic over and with each statistic over, and the power per shift.
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ def _windows(
     """`count` windows of `size` records drawn from `records`: the share read drifted, and per statistic over."""
     verdicts = Verdicts(FALSE_ALARM_RATE)
     drifted, over = 0, Counter[str]()
-    for _ in range(count):
-        window = Profile.of_window(rng.sample(records, min(size, len(records))))
+    for _ in range(count):  # with replacement past the records there are, as the bootstrap draws
+        drawn = rng.sample(records, size) if size <= len(records) else rng.choices(records, k=size)
+        window = Profile.of_window(drawn)
         result = report(calibration, window, verdicts, min_samples=1)
         drifted += result.drifted
         over.update(statistic.value for statistic, reading in result.readings.items() if reading.over)
