@@ -83,8 +83,8 @@ class AdapterDrift:
 
 @dataclass
 class _Window:
-    reference: Profile
     calibration: Calibration
+    """The version's reference, its features computed once."""
     records: deque[tuple[float, Record]] = field(default_factory=deque)
     feedback: deque[tuple[float, float]] = field(default_factory=deque)
     requests_total: int = 0
@@ -206,7 +206,7 @@ class DriftMonitor:
         summary = AdapterDrift(
             adapter=key[0],
             version=key[1],
-            reference=window.reference,
+            reference=window.calibration.reference,
             live=live,
             report=report(window.calibration, live, self.policy.verdicts, min_samples=self.policy.min_samples),
             feedback=self._feedback(window, live.sample_count),
@@ -233,7 +233,7 @@ class DriftMonitor:
                 continue
             window = self._windows.get((adapter, version))
             if window is None:
-                window = self._windows[(adapter, version)] = _Window(reference, Calibration(reference))
+                window = self._windows[(adapter, version)] = _Window(Calibration(reference))
             window.records.append((at, observe(sample, self._prompt_frame(), reference.form)))
             window.requests_total += 1
             window.changes += 1

@@ -94,8 +94,11 @@ class _Answer:
     texts: list[str] = field(default_factory=list)
 
     def add(self, delta: GenerationDelta) -> None:
-        self.token_ids.extend(delta.token_ids)
+        """A delta's text, and its tokens with their log-probability where it carries any."""
         self.texts.append(delta.text)
+        if not delta.token_ids:
+            return
+        self.token_ids.extend(delta.token_ids)
         if self.logprob is not None and delta.token_logprob_sum is not None:
             self.logprob += delta.token_logprob_sum
         else:
@@ -242,9 +245,7 @@ class InferenceService:
                             metrics.inter_token(label, (now - last_token_at) / tokens, tokens)
                         last_token_at = now
                         metrics.tokens_generated(label, len(delta.token_ids))
-                        answer.add(delta)
-                    elif delta.text:
-                        answer.texts.append(delta.text)
+                    answer.add(delta)
                     if delta.finish_reason is not None:
                         metrics.generation_finished(label, time.perf_counter() - received)
                         if drift is not None and adapter is not None:
