@@ -3,6 +3,7 @@
 loraplane train --adapter acme --data train.jsonl --watch
 loraplane generate --adapter acme "Where is the Eiffel tower?"
 loraplane drift acme
+loraplane release acme --candidate v4 --canary 10% | --shadow; release acme promote | rollback | status
 loraplane jobs | adapters | watch JOB | cancel JOB | prepare-model
 loraplane token add NAME --role train | token list | token revoke NAME
 
@@ -26,13 +27,16 @@ from rich.table import Column, Table
 
 from loraplane.auth import Role, TokenFile, add_token, revoke_token
 from loraplane.client import DEFAULT_SERVING_TARGET, DEFAULT_TRAINER_TARGET, LoraplaneClient, ServiceName
-from loraplane.errors import InvalidArgument, LoraplaneError
+from loraplane.errors import FailedPrecondition, InvalidArgument, LoraplaneError
+from loraplane.names import parse_adapter_spec
+from loraplane.releases import ReleaseAction, ReleaseMode, parse_share
 from loraplane.training import NEAR_COPY_WARNING, JobState, Method, PromptFormatChoice
 from loraplane.types import (
     AdapterStats,
     DpoParameters,
     Job,
     LoraParameters,
+    Release,
     SamplingParameters,
     TrainingParameters,
     WorkerResources,
@@ -406,6 +410,86 @@ def drift(
         console.print("no adapter has answered a request on this replica yet")
     for entry in stats:
         console.print(_drift_table(entry))
+
+
+ReleaseCommand = enum.StrEnum("ReleaseCommand", ["status", *ReleaseAction])  # type: ignore[misc]
+"""What `loraplane release` does: show the release, or one of the domain's release actions."""
+
+
+def _version(text: str, field: str) -> int:
+    """`v4` or `4` as a version number."""
+    spec = parse_adapter_spec(f"x@v{text.removeprefix('v')}", field=field)
+    assert spec.version is not None
+    return spec.version
+
+
+def _release_view(release: Release, stats: list[AdapterStats]) -> None:
+    """The release in one line, this replica's figures for each version, then the records."""
+    state = release.state
+    console.print(
+        f"[bold]{release.adapter}[/bold]: " + (state.describe() if state else "no release: the newest version answers")
+    )
+    if release.stale:
+        console.print("[yellow]the replica cannot read the store: this is the release it last read[/yellow]")
+    if stats:
+        roles = {state.stable: "stable", state.candidate: "candidate"} if state else {}
+        figures = Table("version", "role", "requests here", "drift statistics over", title="this replica")
+        for entry in sorted(stats, key=lambda entry: entry.version):
+            over = sum(statistic.over for statistic in entry.statistics)
+            figures.add_row(f"v{entry.version}", roles.get(entry.version, ""), str(entry.requests_total), str(over))
+        console.print(figures)
+    if release.history:
+        records = Table("#", "time", "action", "by", "release after", "why", title="records")
+        for record in release.history:
+            records.add_row(
+                str(record.sequence),
+                record.at.strftime("%Y-%m-%d %H:%M:%S"),
+                record.action.value,
+                record.actor,
+                record.state.describe(),
+                record.reason,
+            )
+        console.print(records)
+
+
+@app.command()
+def release(
+    adapter: Annotated[str, typer.Argument(help="The adapter name (no version).")],
+    command: Annotated[
+        ReleaseCommand, typer.Argument(help="status, or what to do with the candidate.")
+    ] = ReleaseCommand.status,  # type: ignore[attr-defined]
+    candidate: Annotated[str, typer.Option(help="The version to try (v4): starts its trial.")] = "",
+    canary: Annotated[str, typer.Option(help="Its share of traffic: 10% or 0.1.")] = "10%",
+    shadow: Annotated[bool, typer.Option(help="Run it in the shadow of stable instead of a canary.")] = False,
+    stable: Annotated[str, typer.Option(help="On a first release: the version that stays stable.")] = "",
+    reason: Annotated[str, typer.Option(help="Why, kept in the record.")] = "",
+    serving: ServingTarget = DEFAULT_SERVING_TARGET,
+) -> None:
+    """Try a new version on a share of traffic or in the shadow of stable, then promote or roll it back."""
+    action = ReleaseAction.START if candidate and command == "status" else None
+    if command != "status":
+        action = ReleaseAction(command)
+    with _reporting_errors(), LoraplaneClient(serving=serving) as client:
+        if action is ReleaseAction.START:
+            if not candidate:
+                raise InvalidArgument("name the version to try with --candidate v4", field="candidate")
+            client.inference.update_release(
+                adapter,
+                action,
+                candidate=_version(candidate, "candidate"),
+                mode=ReleaseMode.SHADOW if shadow else ReleaseMode.CANARY,
+                canary_share=None if shadow else parse_share(canary),
+                stable=_version(stable, "stable") if stable else 0,
+                reason=reason,
+            )
+        elif action is not None:
+            client.inference.update_release(adapter, action, reason=reason)
+        shown = client.inference.release(adapter)
+        try:
+            stats = client.inference.adapter_stats(adapter)
+        except FailedPrecondition:  # drift monitoring is off on the replica: no per-version figures
+            stats = []
+    _release_view(shown, stats)
 
 
 Service = enum.StrEnum("Service", [*get_args(ServiceName), "both"])  # type: ignore[misc]

@@ -33,6 +33,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from loraplane import convert, wire
 from loraplane.grpc_errors import from_rpc_error
 from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc, trainer_pb2, trainer_pb2_grpc
+from loraplane.releases import ReleaseAction, ReleaseMode
 from loraplane.training import JobState, Method, PromptFormatChoice
 from loraplane.types import (
     Adapter,
@@ -44,6 +45,7 @@ from loraplane.types import (
     JobEvent,
     LoraParameters,
     ModelInfo,
+    Release,
     SamplingParameters,
     TrainingParameters,
     WorkerResources,
@@ -306,6 +308,39 @@ class Inference:
         """Drift of one adapter, or of every adapter with a window ("")."""
         reply = self._stub.GetAdapterStats(serving_pb2.GetAdapterStatsRequest(adapter=adapter))
         return [convert.adapter_stats(entry) for entry in reply.adapters]
+
+    @_typed_errors
+    def release(self, adapter: str, *, history_limit: int = 0) -> Release:
+        """The adapter's release and its newest records (history_limit 0: the server's default, 20)."""
+        request = serving_pb2.GetReleaseRequest(adapter=adapter, history_limit=history_limit)
+        return convert.release(self._stub.GetRelease(request))
+
+    @_typed_errors
+    def update_release(
+        self,
+        adapter: str,
+        action: ReleaseAction,
+        *,
+        candidate: int = 0,
+        mode: ReleaseMode = ReleaseMode.CANARY,
+        canary_share: float | None = None,
+        stable: int = 0,
+        expected_candidate: int = 0,
+        reason: str = "",
+    ) -> Release:
+        """Start a candidate's trial (START with `candidate`, `mode`, `canary_share`), promote it, roll it
+        back, pause or resume it; the release after the change."""
+        request = serving_pb2.UpdateReleaseRequest(
+            adapter=adapter,
+            action=wire.RELEASE_ACTION.encode(action),
+            candidate_version=candidate,
+            mode=wire.RELEASE_MODE.encode(mode),
+            canary_share=canary_share,
+            stable_version=stable,
+            expected_candidate_version=expected_candidate,
+            reason=reason,
+        )
+        return convert.release(self._stub.UpdateRelease(request))
 
 
 class LoraplaneClient:

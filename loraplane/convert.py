@@ -18,6 +18,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from loraplane import types, wire
 from loraplane.proto import common_pb2, serving_pb2, trainer_pb2
+from loraplane.releases import ReleaseRecord, ReleaseState
 from loraplane.training import Method, PromptFormat
 
 if TYPE_CHECKING:
@@ -233,5 +234,39 @@ def adapter_stats(message: serving_pb2.AdapterStats) -> types.AdapterStats:
         reference=_build(types.ProfileSummary, message.reference),
         live=_build(types.ProfileSummary, message.live),
         statistics=tuple(_build(types.DriftStatisticValue, entry) for entry in message.statistics),
+        proto=message,
+    )
+
+
+def release_state(message: serving_pb2.ReleaseState) -> ReleaseState:
+    return ReleaseState(
+        stable=message.stable_version,
+        candidate=message.candidate_version or None,
+        mode=wire.RELEASE_MODE.decode_optional(message.mode),
+        canary_share=message.canary_share,
+        paused=message.paused,
+        previous_stable=message.previous_stable_version or None,
+    )
+
+
+def release_record(message: serving_pb2.ReleaseRecord, adapter: str) -> ReleaseRecord:
+    return ReleaseRecord(
+        adapter=adapter,
+        sequence=message.sequence,
+        action=wire.RELEASE_ACTION.decode(message.action),
+        state=release_state(message.state),
+        actor=message.actor,
+        reason=message.reason,
+        figures=dict(message.figures),
+        at=_time(message.time),
+    )
+
+
+def release(message: serving_pb2.Release) -> types.Release:
+    return types.Release(
+        adapter=message.adapter,
+        state=release_state(message.state) if message.HasField("state") else None,
+        history=tuple(release_record(record, message.adapter) for record in message.history),
+        stale=message.stale,
         proto=message,
     )

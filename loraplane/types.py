@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from loraplane.proto import serving_pb2, trainer_pb2
+from loraplane.releases import ReleaseRecord, ReleaseState
 from loraplane.serving import AdapterTier, FinishReason
 from loraplane.training import HeldOutSet, JobState, Method, PromptFormat, PromptFormatChoice, TaskMetric
 
@@ -375,3 +376,17 @@ class AdapterStats:
     p_value_threshold: float | None
     answer_form: str
     proto: serving_pb2.AdapterStats = _proto_field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Release:
+    """An adapter's release: which version answers its name, which is on trial and how, and its records."""
+
+    adapter: str
+    state: ReleaseState | None
+    """None: no release; the name answers with its newest version."""
+    history: tuple[ReleaseRecord, ...]
+    """Oldest first."""
+    stale: bool
+    """The replica could not read the store at its last refresh and routes by the state it had."""
+    proto: serving_pb2.Release = _proto_field()

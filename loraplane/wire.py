@@ -17,6 +17,7 @@ from google.protobuf.descriptor import EnumDescriptor
 
 from loraplane.errors import InvalidArgument
 from loraplane.proto import serving_pb2, trainer_pb2
+from loraplane.releases import ReleaseAction, ReleaseMode
 from loraplane.serving import AdapterTier, FinishReason
 from loraplane.training import HeldOutSet, JobState, Method, PromptFormatChoice, TaskMetric
 
@@ -131,4 +132,19 @@ ADAPTER_TIER: WireEnum[AdapterTier, serving_pb2.AdapterTier.ValueType] = WireEnu
 FINISH_REASON: WireEnum[FinishReason, serving_pb2.FinishReason.ValueType] = WireEnum(
     serving_pb2.FinishReason.DESCRIPTOR,
     {"stop": serving_pb2.FINISH_REASON_STOP, "length": serving_pb2.FINISH_REASON_LENGTH},
+)
+RELEASE_MODE: WireEnum[ReleaseMode, serving_pb2.ReleaseMode.ValueType] = WireEnum(
+    serving_pb2.ReleaseMode.DESCRIPTOR,
+    {ReleaseMode.CANARY: serving_pb2.RELEASE_MODE_CANARY, ReleaseMode.SHADOW: serving_pb2.RELEASE_MODE_SHADOW},
+    unspecified=ReleaseMode.CANARY,
+)
+RELEASE_ACTION: WireEnum[ReleaseAction, serving_pb2.ReleaseAction.ValueType] = WireEnum(
+    serving_pb2.ReleaseAction.DESCRIPTOR,
+    {
+        ReleaseAction.START: serving_pb2.RELEASE_ACTION_START,
+        ReleaseAction.PROMOTE: serving_pb2.RELEASE_ACTION_PROMOTE,
+        ReleaseAction.ROLLBACK: serving_pb2.RELEASE_ACTION_ROLLBACK,
+        ReleaseAction.PAUSE: serving_pb2.RELEASE_ACTION_PAUSE,
+        ReleaseAction.RESUME: serving_pb2.RELEASE_ACTION_RESUME,
+    },
 )

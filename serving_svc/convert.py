@@ -13,8 +13,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from loraplane import wire
 from loraplane.drift import Profile
 from loraplane.errors import InvalidArgument
-from loraplane.names import AdapterSpec, parse_adapter_spec
+from loraplane.names import AdapterSpec, parse_adapter_spec, validate_adapter_name
 from loraplane.proto import common_pb2, serving_pb2
+from loraplane.releases import ReleaseAction, ReleaseChange, ReleaseRecord, ReleaseState
 from serving_svc.adapters import AdapterStatus, ResolvedAdapter
 from serving_svc.drift_monitor import AdapterDrift
 from serving_svc.engines.base import (
@@ -26,6 +27,7 @@ from serving_svc.engines.base import (
     Usage,
 )
 from serving_svc.inference import Completion, GenerationChunk, GenerationInput, ModelInfo
+from serving_svc.releases import ReleaseView
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
 
@@ -110,6 +112,7 @@ def generation_input(request: serving_pb2.GenerateRequest) -> GenerationInput:
         prompt=prompt(request),
         sampling=sampling(request.sampling),
         input_field=input_field(request),
+        user=request.user,
     )
 
 
@@ -265,3 +268,73 @@ def adapter_stats(entry: AdapterDrift) -> serving_pb2.AdapterStats:
         p_value_threshold=report.p_value_threshold,
         answer_form=report.form or "",
     )
+
+
+DEFAULT_RELEASE_HISTORY = 20
+DEFAULT_CANARY_SHARE = 0.1
+
+
+def release_name(text: str) -> str:
+    """The adapter a release is about: a name, never `name@vN` (a release is about all its versions)."""
+    if not text:
+        raise InvalidArgument("name the adapter whose release this is", field="adapter")
+    if "@" in text:
+        raise InvalidArgument(
+            f"{text!r} names a version; a release is about the adapter's name: give it without '@vN'", field="adapter"
+        )
+    return validate_adapter_name(text, field="adapter")
+
+
+def release_change(request: serving_pb2.UpdateReleaseRequest) -> tuple[str, ReleaseChange]:
+    """The adapter name and the change an UpdateRelease asks for, each value checked against its field."""
+    name = release_name(request.adapter)
+    if request.action == serving_pb2.RELEASE_ACTION_UNSPECIFIED:
+        actions = ", ".join(value.name for value in wire.RELEASE_ACTION.descriptor.values if value.number)
+        raise InvalidArgument(f"say what to do: one of {actions}", field="action")
+    action = wire.RELEASE_ACTION.parse(request.action, field="action")
+    if action is ReleaseAction.START and not request.candidate_version:
+        raise InvalidArgument("name the version to try as the candidate", field="candidate_version")
+    share = request.canary_share if request.HasField("canary_share") else DEFAULT_CANARY_SHARE
+    if not (math.isfinite(share) and 0.0 <= share <= 1.0):
+        raise InvalidArgument(f"canary_share must be in [0, 1], got {share}", field="canary_share")
+    return name, ReleaseChange(
+        action=action,
+        candidate=request.candidate_version or None,
+        mode=wire.RELEASE_MODE.parse(request.mode, field="mode"),
+        canary_share=share,
+        stable=request.stable_version or None,
+        expected_candidate=request.expected_candidate_version or None,
+    )
+
+
+def release_state(state: ReleaseState) -> serving_pb2.ReleaseState:
+    return serving_pb2.ReleaseState(
+        stable_version=state.stable,
+        candidate_version=state.candidate or 0,
+        mode=wire.RELEASE_MODE.encode_optional(state.mode),
+        canary_share=state.canary_share,
+        paused=state.paused,
+        previous_stable_version=state.previous_stable or 0,
+    )
+
+
+def release_record(record: ReleaseRecord) -> serving_pb2.ReleaseRecord:
+    message = serving_pb2.ReleaseRecord(
+        sequence=record.sequence,
+        action=wire.RELEASE_ACTION.encode(record.action),
+        state=release_state(record.state),
+        actor=record.actor,
+        reason=record.reason,
+        figures=record.figures,
+    )
+    message.time.FromDatetime(record.at)
+    return message
+
+
+def release(view: ReleaseView) -> serving_pb2.Release:
+    message = serving_pb2.Release(
+        adapter=view.adapter, history=[release_record(record) for record in view.history], stale=view.stale
+    )
+    if view.current is not None:
+        message.state.CopyFrom(release_state(view.current.state))
+    return message

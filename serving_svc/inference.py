@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from loraplane.drift import Sample
 from loraplane.errors import FailedPrecondition, InvalidArgument
 from loraplane.names import AdapterSpec
+from loraplane.releases import ReleaseChange, ReleaseRecord
 from serving_svc.adapters import AdapterManager, AdapterStatus, ResolvedAdapter
 from serving_svc.admission import Admission
 from serving_svc.drift_monitor import AdapterDrift, DriftMonitor
@@ -34,6 +35,7 @@ from serving_svc.engines.base import (
     Usage,
 )
 from serving_svc.metrics import BASE_MODEL_LABEL, NO_ADAPTER_LABEL, RequestRecord, ServingMetrics
+from serving_svc.releases import ReleaseRouter, ReleaseView
 
 
 def as_trained(prompt: Prompt, adapter: ResolvedAdapter | None) -> Prompt:
@@ -54,6 +56,9 @@ class GenerationInput:
     """max_tokens 0 takes the replica's default."""
     input_field: str = "prompt"
     """The request field that holds the prompt, named in errors about it."""
+    user: str = ""
+    """The caller's end user or session, which keeps them on one version of an adapter on trial;
+    empty: the request is split on its own id."""
 
 
 @dataclass(frozen=True)
@@ -134,11 +139,13 @@ class InferenceService:
         metrics: ServingMetrics,
         admission: Admission,
         drift: DriftMonitor | None,
+        releases: ReleaseRouter,
         *,
         limits: RequestLimits,
     ) -> None:
         self._engine = engine
         self._adapters = adapters
+        self._releases = releases
         self._metrics = metrics
         self._admission = admission
         self._drift = drift
@@ -215,7 +222,11 @@ class InferenceService:
         self, request: GenerationInput, record: RequestRecord, caller: str
     ) -> AsyncGenerator[GenerationChunk, None]:
         received = time.perf_counter()
-        resolved = await self._adapters.resolve(request.adapter) if request.adapter else None
+        request_id = uuid.uuid4().hex
+        resolved = None
+        if request.adapter is not None:
+            route = await self._releases.route(request.adapter, request.user or request_id)
+            resolved = await self._adapters.resolve(route.spec)
         token_ids = await self._engine.tokenize(as_trained(request.prompt, resolved))
         sampling = self._checked_sampling(request, len(token_ids))
         async with self._admission.place(caller), self._adapters.hold(resolved) as adapter:
@@ -225,7 +236,7 @@ class InferenceService:
             metrics.prompt_tokens(label, len(token_ids))
             drift = self._drift if adapter is not None else None  # the base model has no training profile
             generation = GenerationRequest(
-                request_id=uuid.uuid4().hex,
+                request_id=request_id,
                 prompt_token_ids=tuple(token_ids),
                 sampling=sampling,
                 adapter_key=adapter.key if adapter else None,
@@ -276,6 +287,18 @@ class InferenceService:
             if self._drift is None:
                 raise FailedPrecondition("drift monitoring is off on this replica (LORAPLANE_DRIFT_MONITORING)")
             return self._drift.adapters() if name is None else self._drift.adapter(name)
+
+    # -- releases ---------------------------------------------------------------------------
+
+    async def release(self, name: str, history_limit: int) -> ReleaseView:
+        with self._metrics.track("GetRelease") as record:
+            record.adapter = NO_ADAPTER_LABEL
+            return await self._releases.view(name, history_limit)
+
+    async def change_release(self, name: str, change: ReleaseChange, *, actor: str, reason: str) -> ReleaseRecord:
+        with self._metrics.track("UpdateRelease") as record:
+            record.adapter = NO_ADAPTER_LABEL
+            return await self._releases.change(name, change, actor=actor, reason=reason)
 
     # -- the replica and its adapters -------------------------------------------------------
 

@@ -209,7 +209,11 @@ def _add_completion_routes(
             return await _stream(service, base_model, request, body, caller, _chat_events)
         parse = partial(body.generation_input, base_model)
         completion = await _unless_disconnected(request, service.complete(parse, "ChatCompletions", caller.name))
-        return JSONResponse(convert.chat_completion(completion, body.model, logprobs=body.logprobs))
+        model = convert.served_model(completion.adapter, body.model)
+        return JSONResponse(
+            convert.chat_completion(completion, model, logprobs=body.logprobs),
+            headers=convert.served_headers(completion.adapter),
+        )
 
     @app.post("/v1/completions", response_model=None)
     async def completions(
@@ -219,7 +223,11 @@ def _add_completion_routes(
             return await _stream(service, base_model, request, body, caller, _completion_events)
         parse = partial(body.generation_input, base_model)
         completion = await _unless_disconnected(request, service.complete(parse, "Completions", caller.name))
-        return JSONResponse(convert.text_completion(completion, body.model, logprobs=body.logprobs is not None))
+        model = convert.served_model(completion.adapter, body.model)
+        return JSONResponse(
+            convert.text_completion(completion, model, logprobs=body.logprobs is not None),
+            headers=convert.served_headers(completion.adapter),
+        )
 
 
 ChunkEvents = Callable[[GenerationChunk, Any, int, int], list[dict[str, Any]]]
@@ -244,7 +252,8 @@ async def _stream(
         await chunks.aclose()
         raise
     sse = _server_sent_events(first, chunks, body, events)
-    return StreamingResponse(sse, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    headers = {"Cache-Control": "no-cache", **convert.served_headers(first.adapter)}
+    return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
 
 
 async def _server_sent_events(
@@ -279,31 +288,29 @@ def _token_chars(chunk: GenerationChunk) -> int:
 
 def _chat_events(chunk: GenerationChunk, body: Any, created: int, sent: int) -> list[dict[str, Any]]:
     """The SSE events of one chunk; `sent`: characters of the tokens sent before it, -1 on the first chunk."""
-    delta = chunk.delta
+    delta, model = chunk.delta, convert.served_model(chunk.adapter, body.model)
     events = []
     if sent < 0:
-        events.append(convert.chat_chunk(chunk.request_id, body.model, created, {"role": "assistant", "content": ""}))
+        events.append(convert.chat_chunk(chunk.request_id, model, created, {"role": "assistant", "content": ""}))
     if delta.text or (delta.logprobs and body.logprobs):
-        event = convert.chat_chunk(chunk.request_id, body.model, created, {"content": delta.text})
+        event = convert.chat_chunk(chunk.request_id, model, created, {"content": delta.text})
         if body.logprobs:
             event["choices"][0]["logprobs"] = convert.chat_logprobs(delta.logprobs)
         events.append(event)
-    events.extend(_final_events(chunk, body, created, convert.chat_chunk(chunk.request_id, body.model, created, {})))
+    events.extend(_final_events(chunk, body, created, convert.chat_chunk(chunk.request_id, model, created, {})))
     return events
 
 
 def _completion_events(chunk: GenerationChunk, body: Any, created: int, sent: int) -> list[dict[str, Any]]:
     """The SSE events of one chunk; `sent`: characters of the tokens sent before it, -1 on the first chunk."""
-    delta = chunk.delta
+    delta, model = chunk.delta, convert.served_model(chunk.adapter, body.model)
     events = []
     if delta.text or (delta.logprobs and body.logprobs is not None):
-        event = convert.completion_chunk(chunk.request_id, body.model, created, delta.text)
+        event = convert.completion_chunk(chunk.request_id, model, created, delta.text)
         if body.logprobs is not None:  # text offsets count from the start of the whole answer
             event["choices"][0]["logprobs"] = convert.completion_logprobs(delta.logprobs, max(sent, 0))
         events.append(event)
-    events.extend(
-        _final_events(chunk, body, created, convert.completion_chunk(chunk.request_id, body.model, created, ""))
-    )
+    events.extend(_final_events(chunk, body, created, convert.completion_chunk(chunk.request_id, model, created, "")))
     return events
 
 

@@ -66,6 +66,8 @@ class _Sampling(BaseModel):
     min_tokens: Annotated[int, Field(ge=0)] = 0
     ignore_eos: bool = False
     response_format: dict[str, Any] | None = None
+    user: str | None = None
+    """The end user, as OpenAI's API names it: keeps them on one version of an adapter on trial."""
     structured_outputs: dict[str, Any] | None = None
     """vLLM's extra parameter: one of json (a schema), json_object, regex or choice."""
 
@@ -166,6 +168,7 @@ class ChatCompletionRequest(_Sampling):
             prompt=turns,
             sampling=self._options(max_tokens, logprobs=self.logprobs),
             input_field="messages",
+            user=self.user or "",
         )
 
 
@@ -196,7 +199,22 @@ class CompletionRequest(_Sampling):
             prompt=prompt,
             sampling=self._options(self.max_tokens, logprobs=self.logprobs is not None),
             input_field="prompt",
+            user=self.user or "",
         )
+
+
+ADAPTER_HEADER = "X-Loraplane-Adapter"
+"""The response header naming the adapter version that answered (`name@vN`); absent for the base model."""
+
+
+def served_model(adapter: ResolvedAdapter | None, requested: str) -> str:
+    """The `model` a response names: the version that answered (`name@vN`), so a caller of a name whose
+    release is trying a candidate sees which version it got; the base model's name as requested."""
+    return adapter.key if adapter is not None else requested
+
+
+def served_headers(adapter: ResolvedAdapter | None) -> dict[str, str]:
+    return {ADAPTER_HEADER: adapter.key} if adapter is not None else {}
 
 
 def model_adapter(model: str, base_model: str) -> AdapterSpec | None:

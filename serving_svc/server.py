@@ -13,6 +13,7 @@ from loraplane.errors import FailedPrecondition, StartupError
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security, host_of
 from loraplane.proto import serving_pb2, serving_pb2_grpc
+from loraplane.releases import ReleaseLog
 from loraplane.storage import open_store
 from serving_svc.adapters import AdapterManager, AdapterPolicy
 from serving_svc.admission import Admission
@@ -24,6 +25,8 @@ from serving_svc.http_endpoint import HttpEndpoint
 from serving_svc.inference import InferenceService, RequestLimits
 from serving_svc.metrics import ServingMetrics
 from serving_svc.openai_app import create_app
+from serving_svc.release_metrics import ReleaseCollector
+from serving_svc.releases import ReleaseRouter
 from serving_svc.routing_metrics import RoutingCollector
 from serving_svc.servicer import InferenceServicer
 from serving_svc.settings import ServingSettings
@@ -40,8 +43,10 @@ RPC_ROLES = {
     "ListAdapters": Role.GENERATE,
     "RecordFeedback": Role.GENERATE,
     "GetAdapterStats": Role.GENERATE,
+    "GetRelease": Role.GENERATE,
     "LoadAdapter": Role.ADMIN,
     "UnloadAdapter": Role.ADMIN,
+    "UpdateRelease": Role.ADMIN,
 }
 """The role each call needs besides admin, which may call them all; the HTTP API needs generate."""
 
@@ -54,7 +59,9 @@ class ServingServer(EndpointsHost):
         self.metrics = ServingMetrics(settings.metrics_adapter_labels)
         self.engine = create_engine(engine_config(settings), settings.serving_engine, self.metrics.engine_step)
         self.metrics.watch_engine(self.engine.stats)
-        self.adapters = self._adapter_manager(settings)
+        repository = ArtifactRepository(open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url))
+        self.adapters = self._adapter_manager(settings, repository)
+        self.releases = ReleaseRouter(ReleaseLog(repository), settings.adapter_resolve_ttl_seconds)
         security = endpoint_security(settings)
         self.endpoints = ServiceEndpoints(
             settings.serving_address,
@@ -68,6 +75,7 @@ class ServingServer(EndpointsHost):
             settings.max_concurrent_requests, settings.max_queued_requests, settings.max_requests_per_caller
         )
         self._register_routing_metrics(settings)
+        self.metrics.registry.register(ReleaseCollector(self.releases, self.metrics.owns_label))
         self.drift = self._drift_monitor(settings)
         self._drift_refresher: asyncio.Task[None] | None = None
         self.inference = InferenceService(
@@ -76,6 +84,7 @@ class ServingServer(EndpointsHost):
             self.metrics,
             self.admission,
             self.drift,
+            self.releases,
             limits=RequestLimits(
                 default_max_tokens=settings.default_max_tokens,
                 max_tokens=settings.max_tokens_limit,
@@ -97,7 +106,7 @@ class ServingServer(EndpointsHost):
             tls=security.tls,
         )
 
-    def _adapter_manager(self, settings: ServingSettings) -> AdapterManager:
+    def _adapter_manager(self, settings: ServingSettings, repository: ArtifactRepository) -> AdapterManager:
         try:
             fingerprint = base_model_fingerprint(settings.base_model)
         except FailedPrecondition as exc:
@@ -111,7 +120,6 @@ class ServingServer(EndpointsHost):
             max_cache_bytes=settings.adapter_cache_max_bytes,
             max_cpu=self._host_tier_size(settings.max_cpu_adapters),
         )
-        repository = ArtifactRepository(open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url))
         return AdapterManager(repository, self.engine, settings.adapter_cache_dir, policy, self.metrics)
 
     def _register_routing_metrics(self, settings: ServingSettings) -> None:

@@ -84,3 +84,17 @@ class InferenceServicer(serving_pb2_grpc.InferenceServicer):
     ) -> serving_pb2.GetAdapterStatsResponse:
         stats = await asyncio.to_thread(self._service.adapter_stats, request.adapter or None)
         return serving_pb2.GetAdapterStatsResponse(adapters=[convert.adapter_stats(entry) for entry in stats])
+
+    async def GetRelease(
+        self, request: serving_pb2.GetReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> serving_pb2.Release:
+        name = convert.release_name(request.adapter)
+        view = await self._service.release(name, request.history_limit or convert.DEFAULT_RELEASE_HISTORY)
+        return convert.release(view)
+
+    async def UpdateRelease(
+        self, request: serving_pb2.UpdateReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> serving_pb2.Release:
+        name, change = convert.release_change(request)
+        await self._service.change_release(name, change, actor=current_caller().name, reason=request.reason)
+        return convert.release(await self._service.release(name, convert.DEFAULT_RELEASE_HISTORY))

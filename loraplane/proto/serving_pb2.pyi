@@ -92,6 +92,58 @@ FEEDBACK_LABEL_BAD: FeedbackLabel.ValueType  # 2
 """Counted as score 0."""
 Global___FeedbackLabel: _TypeAlias = FeedbackLabel  # noqa: Y015
 
+class _ReleaseMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReleaseModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReleaseMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RELEASE_MODE_UNSPECIFIED: _ReleaseMode.ValueType  # 0
+    RELEASE_MODE_CANARY: _ReleaseMode.ValueType  # 1
+    """The candidate answers a share of the name's requests."""
+    RELEASE_MODE_SHADOW: _ReleaseMode.ValueType  # 2
+    """Stable answers every request; the candidate runs the same requests off the caller's path."""
+
+class ReleaseMode(_ReleaseMode, metaclass=_ReleaseModeEnumTypeWrapper): ...
+
+RELEASE_MODE_UNSPECIFIED: ReleaseMode.ValueType  # 0
+RELEASE_MODE_CANARY: ReleaseMode.ValueType  # 1
+"""The candidate answers a share of the name's requests."""
+RELEASE_MODE_SHADOW: ReleaseMode.ValueType  # 2
+"""Stable answers every request; the candidate runs the same requests off the caller's path."""
+Global___ReleaseMode: _TypeAlias = ReleaseMode  # noqa: Y015
+
+class _ReleaseAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReleaseActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReleaseAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RELEASE_ACTION_UNSPECIFIED: _ReleaseAction.ValueType  # 0
+    RELEASE_ACTION_START: _ReleaseAction.ValueType  # 1
+    """A candidate begins its trial, or the running trial's mode or share changes."""
+    RELEASE_ACTION_PROMOTE: _ReleaseAction.ValueType  # 2
+    """The candidate becomes stable."""
+    RELEASE_ACTION_ROLLBACK: _ReleaseAction.ValueType  # 3
+    """The candidate is withdrawn; with no candidate, stable goes back to the version before it."""
+    RELEASE_ACTION_PAUSE: _ReleaseAction.ValueType  # 4
+    """The candidate stays named but takes no traffic and no shadow requests."""
+    RELEASE_ACTION_RESUME: _ReleaseAction.ValueType  # 5
+
+class ReleaseAction(_ReleaseAction, metaclass=_ReleaseActionEnumTypeWrapper): ...
+
+RELEASE_ACTION_UNSPECIFIED: ReleaseAction.ValueType  # 0
+RELEASE_ACTION_START: ReleaseAction.ValueType  # 1
+"""A candidate begins its trial, or the running trial's mode or share changes."""
+RELEASE_ACTION_PROMOTE: ReleaseAction.ValueType  # 2
+"""The candidate becomes stable."""
+RELEASE_ACTION_ROLLBACK: ReleaseAction.ValueType  # 3
+"""The candidate is withdrawn; with no candidate, stable goes back to the version before it."""
+RELEASE_ACTION_PAUSE: ReleaseAction.ValueType  # 4
+"""The candidate stays named but takes no traffic and no shadow requests."""
+RELEASE_ACTION_RESUME: ReleaseAction.ValueType  # 5
+Global___ReleaseAction: _TypeAlias = ReleaseAction  # noqa: Y015
+
 @_typing.final
 class SamplingParameters(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -229,10 +281,15 @@ class GenerateRequest(_message.Message):
     PROMPT_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     SAMPLING_FIELD_NUMBER: _builtins.int
+    USER_FIELD_NUMBER: _builtins.int
     adapter: _builtins.str
     """"name" (newest version), "name@vN" (pinned) or "" (the base model)."""
     prompt: _builtins.str
     """Raw text, passed to the model as is."""
+    user: _builtins.str
+    """The caller's end user or session: while an adapter's candidate takes a share of its traffic,
+    requests with the same user go to the same version. Empty: each request is split on its own.
+    """
     @_builtins.property
     def messages(self) -> Global___ChatMessages:
         """Chat turns, rendered with the base model's chat template."""
@@ -246,10 +303,11 @@ class GenerateRequest(_message.Message):
         prompt: _builtins.str = ...,
         messages: Global___ChatMessages | None = ...,
         sampling: Global___SamplingParameters | None = ...,
+        user: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "messages", b"messages", "prompt", b"prompt", "sampling", b"sampling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "input", b"input", "messages", b"messages", "prompt", b"prompt", "sampling", b"sampling"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "input", b"input", "messages", b"messages", "prompt", b"prompt", "sampling", b"sampling", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["prompt", "messages"]  # noqa: Y015
     _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
@@ -951,3 +1009,219 @@ class GetAdapterStatsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAdapterStatsResponse: _TypeAlias = GetAdapterStatsResponse  # noqa: Y015
+
+@_typing.final
+class ReleaseState(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STABLE_VERSION_FIELD_NUMBER: _builtins.int
+    CANDIDATE_VERSION_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    CANARY_SHARE_FIELD_NUMBER: _builtins.int
+    PAUSED_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STABLE_VERSION_FIELD_NUMBER: _builtins.int
+    stable_version: _builtins.int
+    """The version that answers the adapter's name (but for the canary share)."""
+    candidate_version: _builtins.int
+    """0: no candidate."""
+    mode: Global___ReleaseMode.ValueType
+    canary_share: _builtins.float
+    """The candidate's share of the name's requests in canary mode, in [0, 1]."""
+    paused: _builtins.bool
+    previous_stable_version: _builtins.int
+    """The stable version before the last promotion (0: none), which a rollback without a candidate
+    returns to.
+    """
+    def __init__(
+        self,
+        *,
+        stable_version: _builtins.int = ...,
+        candidate_version: _builtins.int = ...,
+        mode: Global___ReleaseMode.ValueType = ...,
+        canary_share: _builtins.float = ...,
+        paused: _builtins.bool = ...,
+        previous_stable_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_share", b"canary_share", "candidate_version", b"candidate_version", "mode", b"mode", "paused", b"paused", "previous_stable_version", b"previous_stable_version", "stable_version", b"stable_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseState: _TypeAlias = ReleaseState  # noqa: Y015
+
+@_typing.final
+class ReleaseRecord(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class FiguresEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FIGURES_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    action: Global___ReleaseAction.ValueType
+    actor: _builtins.str
+    """Who changed it: a token's name, a training job, or "auto" for the release analysis."""
+    reason: _builtins.str
+    @_builtins.property
+    def state(self) -> Global___ReleaseState:
+        """The release after this change."""
+
+    @_builtins.property
+    def figures(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """The measurements that decided, by name."""
+
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        action: Global___ReleaseAction.ValueType = ...,
+        state: Global___ReleaseState | None = ...,
+        actor: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        figures: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "figures", b"figures", "reason", b"reason", "sequence", b"sequence", "state", b"state", "time", b"time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseRecord: _TypeAlias = ReleaseRecord  # noqa: Y015
+
+@_typing.final
+class GetReleaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    HISTORY_LIMIT_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    history_limit: _builtins.int
+    """The newest records to return; 0 = 20."""
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+        history_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "history_limit", b"history_limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReleaseRequest: _TypeAlias = GetReleaseRequest  # noqa: Y015
+
+@_typing.final
+class Release(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    HISTORY_FIELD_NUMBER: _builtins.int
+    STALE_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    stale: _builtins.bool
+    """This replica could not read the store at its last refresh and routes by the state it had."""
+    @_builtins.property
+    def state(self) -> Global___ReleaseState:
+        """Unset: the adapter has no release, and its name answers with its newest version."""
+
+    @_builtins.property
+    def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReleaseRecord]:
+        """Oldest first."""
+
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+        state: Global___ReleaseState | None = ...,
+        history: _abc.Iterable[Global___ReleaseRecord] | None = ...,
+        stale: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "history", b"history", "stale", b"stale", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Release: _TypeAlias = Release  # noqa: Y015
+
+@_typing.final
+class UpdateReleaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    ACTION_FIELD_NUMBER: _builtins.int
+    CANDIDATE_VERSION_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    CANARY_SHARE_FIELD_NUMBER: _builtins.int
+    STABLE_VERSION_FIELD_NUMBER: _builtins.int
+    EXPECTED_CANDIDATE_VERSION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    """An adapter name (no version)."""
+    action: Global___ReleaseAction.ValueType
+    candidate_version: _builtins.int
+    """START: the version to try."""
+    mode: Global___ReleaseMode.ValueType
+    """START: how to try it; unspecified = canary."""
+    canary_share: _builtins.float
+    """START in canary mode: the candidate's share of requests in [0, 1]; unset = 0.1."""
+    stable_version: _builtins.int
+    """START on an adapter without a release: the version that stays stable; 0 = the newest version
+    other than the candidate.
+    """
+    expected_candidate_version: _builtins.int
+    """Act only while this is the candidate (0 = whichever is), so a decision about one version never
+    applies to another that replaced it.
+    """
+    reason: _builtins.str
+    """Why, kept in the record."""
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+        action: Global___ReleaseAction.ValueType = ...,
+        candidate_version: _builtins.int = ...,
+        mode: Global___ReleaseMode.ValueType = ...,
+        canary_share: _builtins.float | None = ...,
+        stable_version: _builtins.int = ...,
+        expected_candidate_version: _builtins.int = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share", "canary_share", b"canary_share"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share", "action", b"action", "adapter", b"adapter", "canary_share", b"canary_share", "candidate_version", b"candidate_version", "expected_candidate_version", b"expected_candidate_version", "mode", b"mode", "reason", b"reason", "stable_version", b"stable_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__canary_share: _TypeAlias = _typing.Literal["canary_share"]  # noqa: Y015
+    _WhichOneofArgType__canary_share: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__canary_share) -> _WhichOneofReturnType__canary_share | None: ...
+
+Global___UpdateReleaseRequest: _TypeAlias = UpdateReleaseRequest  # noqa: Y015

@@ -80,6 +80,16 @@ class InferenceStub:
                 request_serializer=loraplane_dot_v1_dot_serving__pb2.GetAdapterStatsRequest.SerializeToString,
                 response_deserializer=loraplane_dot_v1_dot_serving__pb2.GetAdapterStatsResponse.FromString,
                 _registered_method=True)
+        self.GetRelease = channel.unary_unary(
+                '/loraplane.v1.Inference/GetRelease',
+                request_serializer=loraplane_dot_v1_dot_serving__pb2.GetReleaseRequest.SerializeToString,
+                response_deserializer=loraplane_dot_v1_dot_serving__pb2.Release.FromString,
+                _registered_method=True)
+        self.UpdateRelease = channel.unary_unary(
+                '/loraplane.v1.Inference/UpdateRelease',
+                request_serializer=loraplane_dot_v1_dot_serving__pb2.UpdateReleaseRequest.SerializeToString,
+                response_deserializer=loraplane_dot_v1_dot_serving__pb2.Release.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -149,6 +159,24 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRelease(self, request, context):
+        """The release of an adapter: which version answers its name, which version is on trial and how,
+        and the record of every change (who, when, why, the figures that decided).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRelease(self, request, context):
+        """Starts a candidate's trial (canary or shadow), promotes it, rolls it back, pauses or resumes it.
+        Each change is a record in the store; every replica routes by it within the adapter resolve
+        TTL (this one at once). FAILED_PRECONDITION when the change does not apply to the release as
+        it stands (say a promote of a candidate another caller rolled back).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +224,16 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.GetAdapterStats,
                     request_deserializer=loraplane_dot_v1_dot_serving__pb2.GetAdapterStatsRequest.FromString,
                     response_serializer=loraplane_dot_v1_dot_serving__pb2.GetAdapterStatsResponse.SerializeToString,
+            ),
+            'GetRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRelease,
+                    request_deserializer=loraplane_dot_v1_dot_serving__pb2.GetReleaseRequest.FromString,
+                    response_serializer=loraplane_dot_v1_dot_serving__pb2.Release.SerializeToString,
+            ),
+            'UpdateRelease': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRelease,
+                    request_deserializer=loraplane_dot_v1_dot_serving__pb2.UpdateReleaseRequest.FromString,
+                    response_serializer=loraplane_dot_v1_dot_serving__pb2.Release.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -442,6 +480,60 @@ class Inference:
             '/loraplane.v1.Inference/GetAdapterStats',
             loraplane_dot_v1_dot_serving__pb2.GetAdapterStatsRequest.SerializeToString,
             loraplane_dot_v1_dot_serving__pb2.GetAdapterStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loraplane.v1.Inference/GetRelease',
+            loraplane_dot_v1_dot_serving__pb2.GetReleaseRequest.SerializeToString,
+            loraplane_dot_v1_dot_serving__pb2.Release.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRelease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loraplane.v1.Inference/UpdateRelease',
+            loraplane_dot_v1_dot_serving__pb2.UpdateReleaseRequest.SerializeToString,
+            loraplane_dot_v1_dot_serving__pb2.Release.FromString,
             options,
             channel_credentials,
             insecure,

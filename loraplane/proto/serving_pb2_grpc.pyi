@@ -54,6 +54,16 @@ class InferenceStub:
     """Drift of each adapter on this replica: its training reference and live window side by side,
     every statistic with its threshold. An empty adapter returns every adapter with a window.
     """
+    GetRelease: _grpc.UnaryUnaryMultiCallable[_serving_pb2.GetReleaseRequest, _serving_pb2.Release]
+    """The release of an adapter: which version answers its name, which version is on trial and how,
+    and the record of every change (who, when, why, the figures that decided).
+    """
+    UpdateRelease: _grpc.UnaryUnaryMultiCallable[_serving_pb2.UpdateReleaseRequest, _serving_pb2.Release]
+    """Starts a candidate's trial (canary or shadow), promotes it, rolls it back, pauses or resumes it.
+    Each change is a record in the store; every replica routes by it within the adapter resolve
+    TTL (this one at once). FAILED_PRECONDITION when the change does not apply to the release as
+    it stands (say a promote of a candidate another caller rolled back).
+    """
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
@@ -80,6 +90,16 @@ class InferenceAsyncStub(InferenceStub):
     GetAdapterStats: _aio.UnaryUnaryMultiCallable[_serving_pb2.GetAdapterStatsRequest, _serving_pb2.GetAdapterStatsResponse]  # type: ignore[assignment]
     """Drift of each adapter on this replica: its training reference and live window side by side,
     every statistic with its threshold. An empty adapter returns every adapter with a window.
+    """
+    GetRelease: _aio.UnaryUnaryMultiCallable[_serving_pb2.GetReleaseRequest, _serving_pb2.Release]  # type: ignore[assignment]
+    """The release of an adapter: which version answers its name, which version is on trial and how,
+    and the record of every change (who, when, why, the figures that decided).
+    """
+    UpdateRelease: _aio.UnaryUnaryMultiCallable[_serving_pb2.UpdateReleaseRequest, _serving_pb2.Release]  # type: ignore[assignment]
+    """Starts a candidate's trial (canary or shadow), promotes it, rolls it back, pauses or resumes it.
+    Each change is a record in the store; every replica routes by it within the adapter resolve
+    TTL (this one at once). FAILED_PRECONDITION when the change does not apply to the release as
+    it stands (say a promote of a candidate another caller rolled back).
     """
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
@@ -158,6 +178,28 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_serving_pb2.GetAdapterStatsResponse, _abc.Awaitable[_serving_pb2.GetAdapterStatsResponse]]:
         """Drift of each adapter on this replica: its training reference and live window side by side,
         every statistic with its threshold. An empty adapter returns every adapter with a window.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRelease(
+        self,
+        request: _serving_pb2.GetReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_serving_pb2.Release, _abc.Awaitable[_serving_pb2.Release]]:
+        """The release of an adapter: which version answers its name, which version is on trial and how,
+        and the record of every change (who, when, why, the figures that decided).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateRelease(
+        self,
+        request: _serving_pb2.UpdateReleaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_serving_pb2.Release, _abc.Awaitable[_serving_pb2.Release]]:
+        """Starts a candidate's trial (canary or shadow), promotes it, rolls it back, pauses or resumes it.
+        Each change is a record in the store; every replica routes by it within the adapter resolve
+        TTL (this one at once). FAILED_PRECONDITION when the change does not apply to the release as
+        it stands (say a promote of a candidate another caller rolled back).
         """
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from loraplane.artifact import ArtifactRepository
 from loraplane.client import LoraplaneClient
 from loraplane.fingerprint import base_model_fingerprint
+from loraplane.releases import ReleaseAction, ReleaseState, canary_point
 from loraplane.storage import FileStore
 from loraplane.types import SamplingParameters
 from serving_svc.server import ServingServer, create_server
@@ -40,6 +41,8 @@ class Replica:
     server: ServingServer
     openai: openai.OpenAI
     grpc: LoraplaneClient
+    publish: Callable[[str, int], None]
+    """Publish the next version of an adapter, its weights drawn from a seed."""
 
     @property
     def base_url(self) -> str:
@@ -52,15 +55,19 @@ def replica(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     repository = ArtifactRepository(FileStore(data_dir / "store"))
     fingerprint = base_model_fingerprint(tiny_model_dir)
     sources = tmp_path_factory.mktemp("http-adapters")
-    for seed, name in enumerate(("alpha", "alpha", "beta"), start=1):
+
+    def publish(name: str, seed: int) -> None:
         publish_adapter(repository, make_adapter(tiny_model_dir, sources / f"{name}-{seed}", seed), name, fingerprint)
+
+    for seed, name in enumerate(("alpha", "alpha", "beta"), start=1):
+        publish(name, seed)
     settings = tiny_serving_settings(tiny_model_dir, data_dir, default_max_tokens=16)
     with (
         running(lambda: create_server(settings)) as server,
         LoraplaneClient(serving=f"127.0.0.1:{server.port}") as grpc_client,
     ):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.http.port}/v1", api_key="unused", max_retries=0)
-        yield Replica(server, client, grpc_client)
+        yield Replica(server, client, grpc_client, publish)
         client.close()
 
 
@@ -92,7 +99,8 @@ def test_chat_answers_equal_the_grpc_answers(replica: Replica, model: str) -> No
         expected.usage.prompt_tokens,
         expected.usage.completion_tokens,
     )
-    assert answer.model == model
+    served = model if expected.adapter is None else f"{expected.adapter.name}@v{expected.adapter.version}"
+    assert answer.model == served, "the model field names the version that answered"
 
 
 def test_adapters_change_the_answer(replica: Replica) -> None:
@@ -337,3 +345,34 @@ def test_over_the_limits_is_429_with_retry_after(tiny_model_dir: Path, tmp_path:
         assert refused.json()["error"]["code"] == "resource_exhausted"
         client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
         assert client.completions.create(model="tiny", prompt=PROMPT, max_tokens=2).choices[0].text is not None
+
+
+def test_a_canary_splits_callers_by_user_and_each_answer_names_its_version(replica: Replica) -> None:
+    for seed in (11, 12):
+        replica.publish("gamma", seed)
+    replica.grpc.inference.update_release(
+        "gamma", ReleaseAction.START, candidate=2, canary_share=0.5, reason="try v2 on half the users"
+    )
+    served: dict[str, set[str]] = {}
+    for index in range(40):
+        user = f"user-{index % 20}"
+        raw = replica.openai.chat.completions.with_raw_response.create(
+            model="gamma", messages=QUESTION, max_tokens=1, user=user
+        )
+        answer = raw.parse()
+        assert raw.headers["x-loraplane-adapter"] == answer.model
+        served.setdefault(user, set()).add(answer.model)
+    assert all(len(models) == 1 for models in served.values()), "a user stays on one version"
+    assert set().union(*served.values()) == {"gamma@v1", "gamma@v2"}
+    expected = {user: "gamma@v2" if canary_point("gamma", user) < 0.5 else "gamma@v1" for user in served}
+    assert {user: next(iter(models)) for user, models in served.items()} == expected
+
+    release = replica.grpc.inference.update_release("gamma", ReleaseAction.PROMOTE, reason="looks good")
+    assert release.state == ReleaseState(stable=2, previous_stable=1)
+    assert [record.action for record in release.history] == [ReleaseAction.START, ReleaseAction.PROMOTE]
+    assert release.history[0].reason == "try v2 on half the users" and release.history[0].actor == "anonymous"
+    stream = replica.openai.completions.with_raw_response.create(
+        model="gamma", prompt=PROMPT, max_tokens=1, stream=True
+    )
+    assert stream.headers["x-loraplane-adapter"] == "gamma@v2"
+    assert {chunk.model for chunk in stream.parse()} == {"gamma@v2"}

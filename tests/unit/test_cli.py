@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from typer.testing import CliRunner, Result
@@ -125,6 +126,35 @@ class FakeInference(serving_pb2_grpc.InferenceServicer):  # type: ignore[misc]
 
     def LoadAdapter(self, request: Any, context: Any) -> serving_pb2.LoadAdapterResponse:
         return serving_pb2.LoadAdapterResponse(adapter=self.INFO)
+
+    RELEASE = serving_pb2.Release(
+        adapter="acme",
+        state=serving_pb2.ReleaseState(
+            stable_version=2, candidate_version=3, mode=serving_pb2.RELEASE_MODE_CANARY, canary_share=0.1
+        ),
+        history=[
+            serving_pb2.ReleaseRecord(
+                sequence=1,
+                action=serving_pb2.RELEASE_ACTION_START,
+                state=serving_pb2.ReleaseState(
+                    stable_version=2, candidate_version=3, mode=serving_pb2.RELEASE_MODE_CANARY, canary_share=0.1
+                ),
+                actor="ops",
+                reason="more steps",
+                time=CREATED,
+            )
+        ],
+    )
+
+    def __init__(self) -> None:
+        self.release_updates: list[serving_pb2.UpdateReleaseRequest] = []
+
+    def GetRelease(self, request: serving_pb2.GetReleaseRequest, context: Any) -> serving_pb2.Release:
+        return self.RELEASE
+
+    def UpdateRelease(self, request: serving_pb2.UpdateReleaseRequest, context: Any) -> serving_pb2.Release:
+        self.release_updates.append(request)
+        return self.RELEASE
 
     def GetAdapterStats(self, request: Any, context: Any) -> serving_pb2.GetAdapterStatsResponse:
         summary = serving_pb2.ProfileSummary
@@ -254,6 +284,46 @@ def test_drift_marks_what_is_over_and_shows_unset_figures_as_a_dash() -> None:
     assert rows["feedback score (9 scores; floor)"] == ["0.250", "0.5", "low"]
     assert "p-value at most 0.0250 (a 0.05 false-alarm rate" in " ".join(result.output.split())
     assert "acme v2" in result.output
+
+
+def test_release_sends_the_change_the_options_say_and_shows_the_release_and_its_records() -> None:
+    inference = FakeInference()
+    with _service(inference) as (address, _):
+        canary = _run(
+            "release", "acme", "--candidate", "v3", "--canary", "25%", "--reason", "more steps", "--serving", address
+        )
+        shadow = _run("release", "acme", "--candidate", "3", "--shadow", "--stable", "v2", "--serving", address)
+        promoted = _run("release", "acme", "promote", "--serving", address)
+        shown = _run("release", "acme", "--serving", address)
+    assert canary.exit_code == 0 and shadow.exit_code == 0, canary.output + shadow.output
+    start, shadow_start, promote = inference.release_updates
+    assert (start.action, start.candidate_version, start.mode) == (
+        serving_pb2.RELEASE_ACTION_START,
+        3,
+        serving_pb2.RELEASE_MODE_CANARY,
+    )
+    assert start.canary_share == pytest.approx(0.25) and start.reason == "more steps" and start.stable_version == 0
+    assert (shadow_start.mode, shadow_start.stable_version, shadow_start.HasField("canary_share")) == (
+        serving_pb2.RELEASE_MODE_SHADOW,
+        2,
+        False,
+    )
+    assert promote.action == serving_pb2.RELEASE_ACTION_PROMOTE and promoted.exit_code == 0
+    assert len(inference.release_updates) == 3, "status changes nothing"
+    assert "acme: stable v2, candidate v3 (canary 10%)" in shown.output
+    rows = {cells[0]: cells[1:] for cells in _table_rows(shown.output)}
+    assert rows["v2"] == ["stable", "0", "2"], "this replica's figures for each version, with its role"
+    assert rows["1"] == ["2023-11-14 22:13:20", "start", "ops", "stable v2, candidate v3 (canary 10%)", "more steps"]
+
+
+def test_release_refuses_a_malformed_share_or_version_before_calling() -> None:
+    inference = FakeInference()
+    with _service(inference) as (address, _):
+        share = _run("release", "acme", "--candidate", "v3", "--canary", "10", "--serving", address)
+        version = _run("release", "acme", "--candidate", "latest", "--serving", address)
+    assert share.exit_code == 2 and "write 10% or 0.1" in share.output
+    assert version.exit_code == 2 and "candidate" in version.output
+    assert inference.release_updates == []
 
 
 def _table_rows(output: str) -> list[list[str]]:

@@ -11,11 +11,13 @@ import pytest
 
 from loraplane.errors import InvalidArgument, NotFound, ResourceExhausted
 from loraplane.names import AdapterSpec
+from loraplane.releases import ReleaseAction, ReleaseChange, ReleaseLog, ReleaseMode
 from serving_svc.admission import Admission
 from serving_svc.drift_monitor import DriftMonitor
 from serving_svc.engines.base import ChatMessage, Prompt, SamplingOptions, TokenLogprob, Usage
 from serving_svc.inference import GenerationInput, InferenceService, RequestLimits
 from serving_svc.metrics import ServingMetrics
+from serving_svc.releases import ReleaseRouter
 from tests.support.fake_engine import FIRST_TOKEN_ID, AdapterParts, FakeEngine, build_adapter_manager, sample, until
 
 MAX_MODEL_LEN = 32
@@ -52,8 +54,9 @@ def _replica(
     parts = build_adapter_manager(tmp_path, engine, max_loaded=2, adapter_labels=adapter_labels)
     parts.publish("alpha")
     admission = Admission(max_concurrent, max_queued, max_per_caller=100)
+    releases = ReleaseRouter(ReleaseLog(parts.repository), ttl_seconds=0.0)
     service = InferenceService(
-        engine, parts.manager, parts.metrics, admission, drift, limits=RequestLimits(default_max_tokens)
+        engine, parts.manager, parts.metrics, admission, drift, releases, limits=RequestLimits(default_max_tokens)
     )
     return Replica(parts, admission, service)
 
@@ -64,14 +67,15 @@ def replica(tmp_path: Path) -> Replica:
 
 
 def _input(
-    adapter: str | None = "alpha", prompt: Prompt = "hi", input_field: str = "prompt", **sampling: Any
+    adapter: str | None = "alpha", prompt: Prompt = "hi", input_field: str = "prompt", user: str = "", **sampling: Any
 ) -> GenerationInput:
     sampling.setdefault("max_tokens", 4)
+    spec = None
+    if adapter:
+        name, _, version = adapter.partition("@v")
+        spec = AdapterSpec(name, int(version) if version else None)
     return GenerationInput(
-        adapter=AdapterSpec(adapter) if adapter else None,
-        prompt=prompt,
-        sampling=SamplingOptions(**sampling),
-        input_field=input_field,
+        adapter=spec, prompt=prompt, sampling=SamplingOptions(**sampling), input_field=input_field, user=user
     )
 
 
@@ -333,3 +337,53 @@ async def test_adapter_demoted_mid_stream_keeps_no_series(tmp_path: Path) -> Non
         pass
     assert sample(replica.metrics, "loraplane_serving_generated_tokens_total", adapter="alpha") is None
     assert _requests(replica.metrics, "GenerateStream", "OK", adapter="alpha") == 0
+
+
+async def _served_version(replica: Replica, adapter: str = "alpha", user: str = "") -> int:
+    completion = await replica.service.complete(lambda: _input(adapter, user=user))
+    assert completion.adapter is not None
+    return completion.adapter.manifest.version
+
+
+async def test_a_name_without_a_release_answers_with_its_newest_version(replica: Replica) -> None:
+    replica.parts.publish("alpha")
+    assert await _served_version(replica) == 2
+
+
+async def test_a_release_keeps_the_name_on_stable_and_sends_the_canary_share_to_the_candidate(
+    replica: Replica,
+) -> None:
+    for _ in range(2):
+        replica.parts.publish("alpha")
+    releases = ReleaseLog(replica.parts.repository)
+    start = ReleaseChange(action=ReleaseAction.START, candidate=3, stable=1, canary_share=0.5)
+    releases.change("alpha", start, actor="ops")
+
+    users = [f"user-{i}" for i in range(60)]
+    first = [await _served_version(replica, user=user) for user in users]
+    again = [await _served_version(replica, user=user) for user in users]
+    assert first == again, "a user stays on one version"
+    assert set(first) == {1, 3}, "v2, the newest version before the release, is not served unpinned"
+    assert 15 <= first.count(3) <= 45
+    assert await _served_version(replica, "alpha@v2") == 2, "a pinned version is served whatever the release"
+
+    releases.change("alpha", ReleaseChange(action=ReleaseAction.PROMOTE), actor="ops")
+    assert {await _served_version(replica, user=user) for user in users} == {3}
+
+
+async def test_in_shadow_mode_stable_answers_every_caller(replica: Replica) -> None:
+    replica.parts.publish("alpha")
+    start = ReleaseChange(action=ReleaseAction.START, candidate=2, mode=ReleaseMode.SHADOW)
+    ReleaseLog(replica.parts.repository).change("alpha", start, actor="ops")
+    assert {await _served_version(replica, user=f"user-{i}") for i in range(20)} == {1}
+
+
+async def test_release_changes_are_counted_and_shown_with_their_history(replica: Replica) -> None:
+    replica.parts.publish("alpha")
+    start = ReleaseChange(action=ReleaseAction.START, candidate=2, canary_share=0.2)
+    record = await replica.service.change_release("alpha", start, actor="ops", reason="try v2")
+    view = await replica.service.release("alpha", history_limit=20)
+    assert view.current == record and view.history == [record] and not view.stale
+    assert record.actor == "ops" and record.reason == "try v2"
+    assert _requests(replica.metrics, "UpdateRelease", "OK") == 1
+    assert _requests(replica.metrics, "GetRelease", "OK") == 1

@@ -7,6 +7,7 @@ import pytest
 from loraplane import wire
 from loraplane.errors import InvalidArgument
 from loraplane.proto import serving_pb2, trainer_pb2
+from loraplane.releases import ReleaseAction, ReleaseMode
 from loraplane.serving import AdapterTier, FinishReason
 from loraplane.training import HeldOutSet, JobState, Method, PromptFormatChoice, TaskMetric
 
@@ -24,6 +25,8 @@ DOMAINS: dict[str, tuple[wire.WireEnum[Any, Any], set[str]]] = {
     "HeldOutSet": (wire.HELD_OUT_SET, set(HeldOutSet)),
     "AdapterTier": (wire.ADAPTER_TIER, _values(AdapterTier)),
     "FinishReason": (wire.FINISH_REASON, _values(FinishReason)),
+    "ReleaseMode": (wire.RELEASE_MODE, set(ReleaseMode)),
+    "ReleaseAction": (wire.RELEASE_ACTION, set(ReleaseAction)),
 }
 WIRE_ONLY = {"FeedbackLabel"}
 """Proto enums with no domain enum: a feedback label is a score on the wire (serving_svc/convert.py)."""
@@ -58,6 +61,7 @@ def test_zero_is_the_meaning_the_proto_gives_it_or_none() -> None:
     assert wire.PROMPT_FORMAT.decode(trainer_pb2.PROMPT_FORMAT_UNSPECIFIED) == "auto"
     assert wire.JOB_STATE.decode_optional(trainer_pb2.JOB_STATE_UNSPECIFIED) is None
     assert wire.FINISH_REASON.decode_optional(serving_pb2.FINISH_REASON_UNSPECIFIED) is None
+    assert wire.RELEASE_MODE.decode(serving_pb2.RELEASE_MODE_UNSPECIFIED) is ReleaseMode.CANARY
     assert wire.FINISH_REASON.encode_optional(None) == serving_pb2.FINISH_REASON_UNSPECIFIED
     assert wire.FINISH_REASON.encode_optional("length") == serving_pb2.FINISH_REASON_LENGTH
     with pytest.raises(ValueError, match="TaskMetric 0"):
