@@ -27,7 +27,7 @@ from rich.table import Column, Table
 
 from loraplane.auth import Role, TokenFile, add_token, revoke_token
 from loraplane.client import DEFAULT_SERVING_TARGET, DEFAULT_TRAINER_TARGET, LoraplaneClient, ServiceName
-from loraplane.errors import FailedPrecondition, InvalidArgument, LoraplaneError
+from loraplane.errors import InvalidArgument, LoraplaneError
 from loraplane.names import parse_adapter_spec
 from loraplane.releases import ReleaseAction, ReleaseMode, parse_share
 from loraplane.training import NEAR_COPY_WARNING, JobState, Method, PromptFormatChoice
@@ -423,21 +423,25 @@ def _version(text: str, field: str) -> int:
     return spec.version
 
 
-def _release_view(release: Release, stats: list[AdapterStats]) -> None:
-    """The release in one line, this replica's figures for each version, then the records."""
+def _release_view(release: Release) -> None:
+    """The release in one line; during a trial both versions' figures side by side, guardrail by guardrail,
+    and the verdict; then the records."""
     state = release.state
-    console.print(
-        f"[bold]{release.adapter}[/bold]: " + (state.describe() if state else "no release: the newest version answers")
-    )
+    described = state.describe() if state else "no release: the newest version answers"
+    console.print(f"[bold]{release.adapter}[/bold]: {described}")
     if release.stale:
         console.print("[yellow]the replica cannot read the store: this is the release it last read[/yellow]")
-    if stats:
-        roles = {state.stable: "stable", state.candidate: "candidate"} if state else {}
-        figures = Table("version", "role", "requests here", "drift statistics over", title="this replica")
-        for entry in sorted(stats, key=lambda entry: entry.version):
-            over = sum(statistic.over for statistic in entry.statistics)
-            figures.add_row(f"v{entry.version}", roles.get(entry.version, ""), str(entry.requests_total), str(over))
-        console.print(figures)
+    if len(release.versions) == 2:
+        stable, candidate = release.versions
+        table = Table(
+            "", f"stable v{stable.version}", f"candidate v{candidate.version}", "margin", "", title="this replica"
+        )
+        table.add_row("requests", str(stable.requests), str(candidate.requests), "", "")
+        for check in release.checks:
+            mark = "[red]worse[/red]" if check.worse else "ok" if check.judged else "too few samples"
+            table.add_row(check.guardrail, _number(check.stable), _number(check.candidate), f"{check.margin:g}", mark)
+        table.caption = release.verdict
+        console.print(table)
     if release.history:
         records = Table("#", "time", "action", "by", "release after", "why", title="records")
         for record in release.history:
@@ -485,11 +489,7 @@ def release(
         elif action is not None:
             client.inference.update_release(adapter, action, reason=reason)
         shown = client.inference.release(adapter)
-        try:
-            stats = client.inference.adapter_stats(adapter)
-        except FailedPrecondition:  # drift monitoring is off on the replica: no per-version figures
-            stats = []
-    _release_view(shown, stats)
+    _release_view(shown)
 
 
 Service = enum.StrEnum("Service", [*get_args(ServiceName), "both"])  # type: ignore[misc]

@@ -268,5 +268,11 @@ def release(message: serving_pb2.Release) -> types.Release:
         state=release_state(message.state) if message.HasField("state") else None,
         history=tuple(release_record(record, message.adapter) for record in message.history),
         stale=message.stale,
+        versions=tuple(
+            _build(types.VersionFigures, figures, values=dict(figures.values), samples=dict(figures.samples))
+            for figures in message.versions
+        ),
+        checks=tuple(_build(types.GuardrailCheck, check) for check in message.checks),
+        verdict=message.verdict,
         proto=message,
     )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -68,6 +68,37 @@ class VersionRole(enum.StrEnum):
     CANDIDATE = "candidate"
     PINNED = "pinned"
     """The caller named the version (`name@vN`)."""
+
+
+class Guardrail(enum.StrEnum):
+    ERROR_RATE = "error_rate"
+    """Share of requests the server failed (not the caller's mistakes); margin: absolute."""
+    TTFT_P50 = "ttft_p50"
+    """Median time to first token; margin: relative to stable's (0.25 = 25% slower)."""
+    LATENCY_P50 = "latency_p50"
+    LATENCY_P99 = "latency_p99"
+    FEEDBACK_SCORE = "feedback_score"
+    """Callers' mean score in [0, 1]; margin: absolute."""
+    DRIFT = "drift_statistics_over"
+    """Drift statistics over, each version against its own training data; margin: a count."""
+    FORM_SHARE = "form_share"
+    """Share of answers in the form the version was trained to answer in; margin: absolute."""
+    SHADOW_AGREEMENT = "shadow_agreement"
+    """In shadow mode: mean ROUGE-L of the candidate's answers against stable's; margin: how far below 1."""
+
+
+DEFAULT_MARGINS: Mapping[Guardrail, float] = {
+    Guardrail.ERROR_RATE: 0.02,
+    Guardrail.TTFT_P50: 0.5,
+    Guardrail.LATENCY_P50: 0.5,
+    Guardrail.LATENCY_P99: 1.0,
+    Guardrail.FEEDBACK_SCORE: 0.1,
+    Guardrail.DRIFT: 1.0,
+    Guardrail.FORM_SHARE: 0.1,
+    Guardrail.SHADOW_AGREEMENT: 0.5,
+}
+"""Loose enough for a shared CPU's latency noise and one drift statistic's false alarms; each is a
+setting (LORAPLANE_RELEASE_MARGINS)."""
 
 
 class ReleaseState(BaseModel):

@@ -379,6 +379,31 @@ class AdapterStats:
 
 
 @dataclass(frozen=True, kw_only=True)
+class VersionFigures:
+    """One version's figures on a replica's traffic during a trial."""
+
+    version: int
+    requests: int
+    errors: int
+    values: Mapping[str, float]
+    """By guardrail name; absent where nothing is measured yet."""
+    samples: Mapping[str, int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GuardrailCheck:
+    """One guardrail, the candidate against stable."""
+
+    guardrail: str
+    stable: float | None
+    candidate: float | None
+    margin: float
+    judged: bool
+    excess: float
+    worse: bool
+
+
+@dataclass(frozen=True, kw_only=True)
 class Release:
     """An adapter's release: which version answers its name, which is on trial and how, and its records."""
 
@@ -389,4 +414,9 @@ class Release:
     """Oldest first."""
     stale: bool
     """The replica could not read the store at its last refresh and routes by the state it had."""
+    versions: tuple[VersionFigures, ...]
+    """During a trial: stable's and the candidate's figures on the replica's traffic."""
+    checks: tuple[GuardrailCheck, ...]
+    verdict: str
+    """What the figures decide now on the replica."""
     proto: serving_pb2.Release = _proto_field()

@@ -27,7 +27,7 @@ from serving_svc.engines.base import (
     Usage,
 )
 from serving_svc.inference import Completion, GenerationChunk, GenerationInput, ModelInfo
-from serving_svc.releases import ReleaseView
+from serving_svc.release_analysis import Check, ReleaseReport, VersionFigures
 
 CHAT_ROLES = frozenset({"system", "user", "assistant"})
 
@@ -331,10 +331,37 @@ def release_record(record: ReleaseRecord) -> serving_pb2.ReleaseRecord:
     return message
 
 
-def release(view: ReleaseView) -> serving_pb2.Release:
+def version_figures(figures: VersionFigures) -> serving_pb2.VersionFigures:
+    return serving_pb2.VersionFigures(
+        version=figures.version,
+        requests=figures.requests,
+        errors=figures.errors,
+        values={guardrail.value: value for guardrail, value in figures.values.items() if value is not None},
+        samples={guardrail.value: count for guardrail, count in figures.samples.items()},
+    )
+
+
+def guardrail_check(check: Check) -> serving_pb2.GuardrailCheck:
+    return serving_pb2.GuardrailCheck(
+        guardrail=check.guardrail.value,
+        stable=check.stable,
+        candidate=check.candidate,
+        margin=check.margin,
+        judged=check.judged,
+        excess=check.excess,
+        worse=check.worse,
+    )
+
+
+def release(report: ReleaseReport) -> serving_pb2.Release:
+    view, verdict = report.view, report.verdict
     message = serving_pb2.Release(
         adapter=view.adapter, history=[release_record(record) for record in view.history], stale=view.stale
     )
     if view.current is not None:
         message.state.CopyFrom(release_state(view.current.state))
+    if verdict is not None:
+        message.versions.extend(version_figures(figures) for figures in (verdict.stable, verdict.candidate))
+        message.checks.extend(guardrail_check(check) for check in verdict.checks)
+        message.verdict = verdict.describe()
     return message

@@ -12,39 +12,33 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Callable, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field, replace
 
-from loraplane.drift import Sample
-from loraplane.errors import FailedPrecondition, InvalidArgument
+from loraplane.errors import ErrorCode, FailedPrecondition, InvalidArgument, LoraplaneError
 from loraplane.names import AdapterSpec
-from loraplane.releases import ReleaseChange, ReleaseRecord
+from loraplane.releases import ReleaseChange, ReleaseRecord, VersionRole
 from serving_svc.adapters import AdapterManager, AdapterStatus, ResolvedAdapter
 from serving_svc.admission import Admission
 from serving_svc.drift_monitor import AdapterDrift, DriftMonitor
 from serving_svc.engines.base import (
-    ChatMessage,
     Engine,
     FinishReason,
     GenerationDelta,
-    GenerationRequest,
     Prompt,
     SamplingOptions,
     TokenLogprob,
     Usage,
 )
+from serving_svc.generation import AnswerTrace, as_trained, engine_request, record_drift
 from serving_svc.metrics import BASE_MODEL_LABEL, NO_ADAPTER_LABEL, RequestRecord, ServingMetrics
-from serving_svc.releases import ReleaseRouter, ReleaseView
+from serving_svc.release_analysis import ReleaseAnalysis, ReleaseReport
+from serving_svc.releases import ReleaseRouter
+from serving_svc.shadow import ShadowRunner
 
-
-def as_trained(prompt: Prompt, adapter: ResolvedAdapter | None) -> Prompt:
-    """The prompt in the format the adapter was trained in: a plain prompt to an adapter trained in
-    chat format becomes the user turn of the chat template, as its training examples were. Chat
-    messages stay messages, and the base model takes either as sent."""
-    if isinstance(prompt, str) and adapter is not None and adapter.manifest.prompt_format == "chat":
-        return [ChatMessage(role="user", content=prompt)]
-    return prompt
+SERVER_FAULTS = frozenset({ErrorCode.INTERNAL, ErrorCode.UNAVAILABLE, ErrorCode.UNKNOWN, ErrorCode.DATA_LOSS})
+"""Failures of the server rather than of the request: what a version's error rate counts."""
 
 
 @dataclass(frozen=True)
@@ -89,39 +83,6 @@ class ModelInfo:
     max_cpu_adapters: int
 
 
-@dataclass
-class _Answer:
-    """What drift needs of an answer as its deltas arrive: its tokens, their log-probability and its text."""
-
-    token_ids: list[int] = field(default_factory=list)
-    logprob: float | None = 0.0
-    """None once a delta came without log-probabilities."""
-    texts: list[str] = field(default_factory=list)
-
-    def add(self, delta: GenerationDelta) -> None:
-        """A delta's text, and its tokens with their log-probability where it carries any."""
-        self.texts.append(delta.text)
-        if not delta.token_ids:
-            return
-        self.token_ids.extend(delta.token_ids)
-        if self.logprob is not None and delta.token_logprob_sum is not None:
-            self.logprob += delta.token_logprob_sum
-        else:
-            self.logprob = None
-
-    def sample(self, prompt_token_ids: tuple[int, ...], last: GenerationDelta) -> Sample:
-        """The request as drift sees it, once `last` (the delta with the finish reason) has come."""
-        return Sample(
-            prompt_token_ids,
-            tuple(self.token_ids),
-            self.logprob,
-            last.prompt_logprob,
-            "".join(self.texts),
-            truncated=last.finish_reason == "length",
-            prompt_embedding=last.prompt_embedding,
-        )
-
-
 @dataclass(frozen=True)
 class RequestLimits:
     """What one request may ask for, within the model length; 0 = as much as the model length allows."""
@@ -140,12 +101,16 @@ class InferenceService:
         admission: Admission,
         drift: DriftMonitor | None,
         releases: ReleaseRouter,
+        shadow: ShadowRunner,
+        analysis: ReleaseAnalysis,
         *,
         limits: RequestLimits,
     ) -> None:
         self._engine = engine
         self._adapters = adapters
         self._releases = releases
+        self._shadow = shadow
+        self._analysis = analysis
         self._metrics = metrics
         self._admission = admission
         self._drift = drift
@@ -223,48 +188,65 @@ class InferenceService:
     ) -> AsyncGenerator[GenerationChunk, None]:
         received = time.perf_counter()
         request_id = uuid.uuid4().hex
-        resolved = None
+        resolved, shadow, trial = None, None, None
         if request.adapter is not None:
             route = await self._releases.route(request.adapter, request.user or request_id)
-            resolved = await self._adapters.resolve(route.spec)
+            resolved, shadow = await self._adapters.resolve(route.spec), route.shadow
+            trial = route.spec if route.role in (VersionRole.STABLE, VersionRole.CANDIDATE) else None
         token_ids = await self._engine.tokenize(as_trained(request.prompt, resolved))
         sampling = self._checked_sampling(request, len(token_ids))
-        async with self._admission.place(caller), self._adapters.hold(resolved) as adapter:
-            label = self._metrics.adapter_label(adapter.manifest.name) if adapter else BASE_MODEL_LABEL
-            record.adapter = label
-            metrics = self._metrics
-            metrics.prompt_tokens(label, len(token_ids))
-            drift = self._drift if adapter is not None else None  # the base model has no training profile
-            generation = GenerationRequest(
-                request_id=request_id,
-                prompt_token_ids=tuple(token_ids),
-                sampling=sampling,
-                adapter_key=adapter.key if adapter else None,
-                score_prompt=drift is not None and self._engine.scores_prompts and drift.wants_prompt_score(),
-                embed_prompt=drift is not None and self._engine.embeds_prompts,
-            )
-            answer = _Answer()
-            last_token_at: float | None = None
-            async with aclosing(self._engine.generate(generation)) as deltas:
-                async for delta in deltas:
-                    if delta.token_ids:
-                        now = time.perf_counter()
-                        if last_token_at is None:
-                            metrics.first_token(label, now - received)
-                        else:
-                            tokens = len(delta.token_ids)
-                            metrics.inter_token(label, (now - last_token_at) / tokens, tokens)
-                        last_token_at = now
-                        metrics.tokens_generated(label, len(delta.token_ids))
-                    answer.add(delta)
-                    if delta.finish_reason is not None:
-                        metrics.generation_finished(label, time.perf_counter() - received)
-                        if drift is not None and adapter is not None:
-                            sample = answer.sample(generation.prompt_token_ids, delta)
-                            manifest = adapter.manifest
-                            reference = self._adapters.drift_profile(adapter)
-                            drift.record(generation.request_id, manifest.name, manifest.version, reference, sample)
-                    yield GenerationChunk(generation.request_id, adapter, delta)
+        first_token: float | None = None
+        with self._server_failures_of(trial):
+            async with self._admission.place(caller), self._adapters.hold(resolved) as adapter:
+                label = self._metrics.adapter_label(adapter.manifest.name) if adapter else BASE_MODEL_LABEL
+                record.adapter = label
+                metrics = self._metrics
+                metrics.prompt_tokens(label, len(token_ids))
+                generation = engine_request(self._engine, self._drift, request_id, token_ids, sampling, adapter)
+                answer = AnswerTrace()
+                last_token_at: float | None = None
+                async with aclosing(self._engine.generate(generation)) as deltas:
+                    async for delta in deltas:
+                        if delta.token_ids:
+                            now = time.perf_counter()
+                            if last_token_at is None:
+                                first_token = now - received
+                                metrics.first_token(label, first_token)
+                            else:
+                                tokens = len(delta.token_ids)
+                                metrics.inter_token(label, (now - last_token_at) / tokens, tokens)
+                            last_token_at = now
+                            metrics.tokens_generated(label, len(delta.token_ids))
+                        answer.add(delta)
+                        if delta.finish_reason is not None:
+                            latency = time.perf_counter() - received
+                            metrics.generation_finished(label, latency)
+                            record_drift(self._drift, self._adapters, adapter, generation, answer, delta)
+                            if trial is not None and trial.version is not None:
+                                self._analysis.observe(
+                                    trial.name, trial.version, first_token=first_token, latency=latency, failed=False
+                                )
+                            if shadow is not None:
+                                self._shadow.offer(shadow, request.prompt, sampling, answer.text)
+                        yield GenerationChunk(generation.request_id, adapter, delta)
+
+    @contextmanager
+    def _server_failures_of(self, trial: AdapterSpec | None) -> Iterator[None]:
+        """Count a request this server failed against the version on trial that it was for: a caller's
+        mistake or a caller who left is not the version's failure."""
+        try:
+            yield
+        except LoraplaneError as error:
+            if error.error_code in SERVER_FAULTS:
+                self._observe_failure(trial)
+            raise
+        except Exception:
+            self._observe_failure(trial)
+            raise
+
+    def _observe_failure(self, trial: AdapterSpec | None) -> None:
+        if trial is not None and trial.version is not None:
+            self._analysis.observe(trial.name, trial.version, first_token=None, latency=None, failed=True)
 
     # -- outcomes and drift ----------------------------------------------------------------
 
@@ -290,10 +272,10 @@ class InferenceService:
 
     # -- releases ---------------------------------------------------------------------------
 
-    async def release(self, name: str, history_limit: int) -> ReleaseView:
+    async def release(self, name: str, history_limit: int) -> ReleaseReport:
         with self._metrics.track("GetRelease") as record:
             record.adapter = NO_ADAPTER_LABEL
-            return await self._releases.view(name, history_limit)
+            return await self._analysis.report(await self._releases.view(name, history_limit))
 
     async def change_release(self, name: str, change: ReleaseChange, *, actor: str, reason: str) -> ReleaseRecord:
         with self._metrics.track("UpdateRelease") as record:

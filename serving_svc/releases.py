@@ -135,8 +135,10 @@ class ReleaseRouter:
         self._remember(name, _Known(self._clock(), current))
         return ReleaseView(name, current, history, stale=False)
 
-    async def change(self, name: str, change: ReleaseChange, *, actor: str, reason: str) -> ReleaseRecord:
+    async def change(
+        self, name: str, change: ReleaseChange, *, actor: str, reason: str, figures: dict[str, float] | None = None
+    ) -> ReleaseRecord:
         """Write `change` to the store and route by it here at once."""
-        record = await asyncio.to_thread(self._log.change, name, change, actor=actor, reason=reason)
+        record = await asyncio.to_thread(self._log.change, name, change, actor=actor, reason=reason, figures=figures)
         self._remember(name, _Known(self._clock(), record))
         return record

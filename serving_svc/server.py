@@ -25,11 +25,13 @@ from serving_svc.http_endpoint import HttpEndpoint
 from serving_svc.inference import InferenceService, RequestLimits
 from serving_svc.metrics import ServingMetrics
 from serving_svc.openai_app import create_app
+from serving_svc.release_analysis import AnalysisPolicy, ReleaseAnalysis, RollbackCollector
 from serving_svc.release_metrics import ReleaseCollector
 from serving_svc.releases import ReleaseRouter
 from serving_svc.routing_metrics import RoutingCollector
 from serving_svc.servicer import InferenceServicer
 from serving_svc.settings import ServingSettings
+from serving_svc.shadow import ShadowCollector, ShadowRunner
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,24 @@ class ServingServer(EndpointsHost):
         self._register_routing_metrics(settings)
         self.metrics.registry.register(ReleaseCollector(self.releases, self.metrics.owns_label))
         self.drift = self._drift_monitor(settings)
+        self.shadow = ShadowRunner(
+            self.engine, self.adapters, self.drift, self.admission, max_in_flight=settings.shadow_max_in_flight
+        )
+        self.metrics.registry.register(ShadowCollector(self.shadow, self.metrics.owns_label))
+        self.analysis = ReleaseAnalysis(
+            self.releases,
+            self.shadow,
+            self.drift,
+            AnalysisPolicy(
+                margins=settings.release_margins,
+                min_requests=settings.release_min_requests,
+                min_seconds=settings.release_min_seconds,
+                automatic=settings.release_automatic,
+            ),
+        )
+        self.metrics.registry.register(RollbackCollector(self.analysis, self.metrics.owns_label))
+        self._release_check_seconds = settings.release_check_seconds
+        self._release_checker: asyncio.Task[None] | None = None
         self._drift_refresher: asyncio.Task[None] | None = None
         self.inference = InferenceService(
             self.engine,
@@ -85,6 +105,8 @@ class ServingServer(EndpointsHost):
             self.admission,
             self.drift,
             self.releases,
+            self.shadow,
+            self.analysis,
             limits=RequestLimits(
                 default_max_tokens=settings.default_max_tokens,
                 max_tokens=settings.max_tokens_limit,
@@ -175,6 +197,7 @@ class ServingServer(EndpointsHost):
             raise
         if self.drift is not None:
             self._drift_refresher = asyncio.create_task(self._refresh_drift(self.drift))
+        self._release_checker = asyncio.create_task(self._check_releases())
         await self.http.start()
         await self.endpoints.set_serving(True)
         log.info(
@@ -192,11 +215,22 @@ class ServingServer(EndpointsHost):
             await asyncio.sleep(DRIFT_REFRESH_SECONDS)
             await asyncio.to_thread(monitor.refresh)
 
+    async def _check_releases(self) -> None:
+        """Judge the candidates this replica routes to, and promote or roll back those the figures decide."""
+        while True:
+            await asyncio.sleep(self._release_check_seconds)
+            try:
+                await self.analysis.decide()
+            except Exception:  # a failed check must not end the checking: the next one may succeed
+                log.exception("the release check failed")
+
     async def stop(self, grace: float = 5.0) -> None:
         """Report NOT_SERVING, let calls in flight finish for `grace` seconds, then release the engine."""
         await asyncio.gather(self.endpoints.close(grace), self.http.stop())
-        if self._drift_refresher is not None:
-            self._drift_refresher.cancel()
+        for task in (self._drift_refresher, self._release_checker):
+            if task is not None:
+                task.cancel()
+        await self.shadow.close()
         await self.engine.close()
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from loraplane.drift import DriftStatistic
+from loraplane.releases import DEFAULT_MARGINS, Guardrail
 from loraplane.settings import CommonSettings
 from serving_svc.engines.base import Dtype, EngineChoice
 
@@ -81,6 +83,12 @@ class ServingSettings(CommonSettings):
         ge=1,
         description="Generation requests one token may have generating or waiting; past this, RESOURCE_EXHAUSTED "
         "(HTTP 429) for that token only. With auth off only the replica's limits apply.",
+    )
+    shadow_max_in_flight: int = Field(
+        4,
+        ge=0,
+        description="Shadow requests (a release's candidate run on stable's requests) generating at once; more "
+        "are dropped and counted, as are all while real requests wait. 0 = no shadow requests.",
     )
     max_prompt_tokens: int = Field(
         0,
@@ -158,6 +166,31 @@ class ServingSettings(CommonSettings):
     feedback_score_floor: float = Field(
         0.5, ge=0, le=1, description="Mean feedback score under which an adapter is alerted on."
     )
+
+    release_automatic: bool = Field(
+        True,
+        description="Promote a release's candidate, or roll it back, when its figures on this replica's traffic "
+        "decide; off: the figures and verdicts are shown (GetRelease) and people decide.",
+    )
+    release_min_requests: int = Field(
+        100, ge=1, description="Requests a candidate answers on this replica (compared, in shadow) before a promotion."
+    )
+    release_min_seconds: float = Field(60.0, ge=0, description="Age of a candidate's trial before a promotion.")
+    release_margins: dict[Guardrail, float] = Field(
+        default_factory=lambda: dict(DEFAULT_MARGINS),
+        description="How much worse than stable a candidate may be on each guardrail before it is rolled back, "
+        "as JSON; guardrails left out keep their defaults: " + json.dumps(DEFAULT_MARGINS) + ".",
+    )
+    release_check_seconds: float = Field(
+        5.0, gt=0, description="How often this replica judges the candidates it routes to."
+    )
+
+    @field_validator("release_margins")
+    @classmethod
+    def _keep_default_margins(cls, margins: dict[Guardrail, float]) -> dict[Guardrail, float]:
+        if any(margin < 0 for margin in margins.values()):
+            raise ValueError("a guardrail's margin must be >= 0")
+        return {**DEFAULT_MARGINS, **margins}
 
     @model_validator(mode="after")
     def _fill_serving_paths(self) -> ServingSettings:

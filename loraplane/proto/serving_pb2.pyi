@@ -1146,9 +1146,16 @@ class Release(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     STALE_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    CHECKS_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
     adapter: _builtins.str
     stale: _builtins.bool
     """This replica could not read the store at its last refresh and routes by the state it had."""
+    verdict: _builtins.str
+    """What the figures decide now on this replica ("trying: 40 of 100 requests, ..." or why it is
+    promoted or rolled back).
+    """
     @_builtins.property
     def state(self) -> Global___ReleaseState:
         """Unset: the adapter has no release, and its name answers with its newest version."""
@@ -1157,6 +1164,14 @@ class Release(_message.Message):
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReleaseRecord]:
         """Oldest first."""
 
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionFigures]:
+        """While a candidate is on trial: stable's and the candidate's figures on this replica's traffic."""
+
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___GuardrailCheck]:
+        """While a candidate is on trial: each guardrail, the candidate against stable."""
+
     def __init__(
         self,
         *,
@@ -1164,14 +1179,143 @@ class Release(_message.Message):
         state: Global___ReleaseState | None = ...,
         history: _abc.Iterable[Global___ReleaseRecord] | None = ...,
         stale: _builtins.bool = ...,
+        versions: _abc.Iterable[Global___VersionFigures] | None = ...,
+        checks: _abc.Iterable[Global___GuardrailCheck] | None = ...,
+        verdict: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "history", b"history", "stale", b"stale", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "checks", b"checks", "history", b"history", "stale", b"stale", "state", b"state", "verdict", b"verdict", "versions", b"versions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Release: _TypeAlias = Release  # noqa: Y015
+
+@_typing.final
+class VersionFigures(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ValuesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class SamplesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    requests: _builtins.int
+    """Requests answered or failed by the server (shadow requests not counted)."""
+    errors: _builtins.int
+    @_builtins.property
+    def values(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Each guardrail's figure by name (error_rate, ttft_p50, latency_p99 in seconds, feedback_score,
+        drift_statistics_over, form_share, shadow_agreement); absent where nothing is measured yet.
+        """
+
+    @_builtins.property
+    def samples(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """The samples behind each figure."""
+
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        requests: _builtins.int = ...,
+        errors: _builtins.int = ...,
+        values: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        samples: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "requests", b"requests", "samples", b"samples", "values", b"values", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionFigures: _TypeAlias = VersionFigures  # noqa: Y015
+
+@_typing.final
+class GuardrailCheck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GUARDRAIL_FIELD_NUMBER: _builtins.int
+    STABLE_FIELD_NUMBER: _builtins.int
+    CANDIDATE_FIELD_NUMBER: _builtins.int
+    MARGIN_FIELD_NUMBER: _builtins.int
+    JUDGED_FIELD_NUMBER: _builtins.int
+    EXCESS_FIELD_NUMBER: _builtins.int
+    WORSE_FIELD_NUMBER: _builtins.int
+    guardrail: _builtins.str
+    stable: _builtins.float
+    candidate: _builtins.float
+    margin: _builtins.float
+    judged: _builtins.bool
+    """Both versions have enough samples for it to count."""
+    excess: _builtins.float
+    """How far the candidate is beyond stable's figure plus the margin; > 0 with judged: worse."""
+    worse: _builtins.bool
+    def __init__(
+        self,
+        *,
+        guardrail: _builtins.str = ...,
+        stable: _builtins.float | None = ...,
+        candidate: _builtins.float | None = ...,
+        margin: _builtins.float = ...,
+        judged: _builtins.bool = ...,
+        excess: _builtins.float = ...,
+        worse: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_candidate", b"_candidate", "_stable", b"_stable", "candidate", b"candidate", "stable", b"stable"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_candidate", b"_candidate", "_stable", b"_stable", "candidate", b"candidate", "excess", b"excess", "guardrail", b"guardrail", "judged", b"judged", "margin", b"margin", "stable", b"stable", "worse", b"worse"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__candidate: _TypeAlias = _typing.Literal["candidate"]  # noqa: Y015
+    _WhichOneofArgType__candidate: _TypeAlias = _typing.Literal["_candidate", b"_candidate"]  # noqa: Y015
+    _WhichOneofReturnType__stable: _TypeAlias = _typing.Literal["stable"]  # noqa: Y015
+    _WhichOneofArgType__stable: _TypeAlias = _typing.Literal["_stable", b"_stable"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__candidate) -> _WhichOneofReturnType__candidate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stable) -> _WhichOneofReturnType__stable | None: ...
+
+Global___GuardrailCheck: _TypeAlias = GuardrailCheck  # noqa: Y015
 
 @_typing.final
 class UpdateReleaseRequest(_message.Message):

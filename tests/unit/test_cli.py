@@ -129,6 +129,15 @@ class FakeInference(serving_pb2_grpc.InferenceServicer):  # type: ignore[misc]
 
     RELEASE = serving_pb2.Release(
         adapter="acme",
+        versions=[
+            serving_pb2.VersionFigures(version=2, requests=120, values={"error_rate": 0.0}),
+            serving_pb2.VersionFigures(version=3, requests=14, values={"error_rate": 0.25}),
+        ],
+        checks=[
+            serving_pb2.GuardrailCheck(guardrail="error_rate", stable=0.0, candidate=0.25, margin=0.02, judged=False),
+            serving_pb2.GuardrailCheck(guardrail="feedback_score", stable=0.9, margin=0.1),
+        ],
+        verdict="trying: 14 of 100 requests, 30 of 60 s",
         state=serving_pb2.ReleaseState(
             stable_version=2, candidate_version=3, mode=serving_pb2.RELEASE_MODE_CANARY, canary_share=0.1
         ),
@@ -312,7 +321,10 @@ def test_release_sends_the_change_the_options_say_and_shows_the_release_and_its_
     assert len(inference.release_updates) == 3, "status changes nothing"
     assert "acme: stable v2, candidate v3 (canary 10%)" in shown.output
     rows = {cells[0]: cells[1:] for cells in _table_rows(shown.output)}
-    assert rows["v2"] == ["stable", "0", "2"], "this replica's figures for each version, with its role"
+    assert rows["requests"] == ["120", "14", "", ""]
+    assert rows["error_rate"] == ["0.000", "0.250", "0.02", "too few samples"], "both versions side by side"
+    assert rows["feedback_score"] == ["0.900", "-", "0.1", "too few samples"]
+    assert "trying: 14 of 100 requests" in shown.output
     assert rows["1"] == ["2023-11-14 22:13:20", "start", "ops", "stable v2, candidate v3 (canary 10%)", "more steps"]
 
 

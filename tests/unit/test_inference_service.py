@@ -8,20 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from loraplane.errors import InvalidArgument, NotFound, ResourceExhausted
 from loraplane.names import AdapterSpec
-from loraplane.releases import ReleaseAction, ReleaseChange, ReleaseLog, ReleaseMode
+from loraplane.releases import DEFAULT_MARGINS, ReleaseAction, ReleaseChange, ReleaseLog, ReleaseMode
 from serving_svc.admission import Admission
 from serving_svc.drift_monitor import DriftMonitor
 from serving_svc.engines.base import ChatMessage, Prompt, SamplingOptions, TokenLogprob, Usage
 from serving_svc.inference import GenerationInput, InferenceService, RequestLimits
 from serving_svc.metrics import ServingMetrics
+from serving_svc.release_analysis import AnalysisPolicy, ReleaseAnalysis
 from serving_svc.releases import ReleaseRouter
+from serving_svc.shadow import ShadowCollector, ShadowOutcome, ShadowRunner
 from tests.support.fake_engine import FIRST_TOKEN_ID, AdapterParts, FakeEngine, build_adapter_manager, sample, until
 
 MAX_MODEL_LEN = 32
 DEFAULT_MAX_TOKENS = 8
+ANALYSIS_POLICY = AnalysisPolicy(margins=DEFAULT_MARGINS, min_requests=20, min_seconds=0.0, automatic=True)
 TIMEOUT = 5.0
 """Seconds a test waits for what should happen at once, so a regression fails instead of hanging."""
 
@@ -31,6 +35,8 @@ class Replica:
     parts: AdapterParts
     admission: Admission
     service: InferenceService
+    shadow: ShadowRunner
+    analysis: ReleaseAnalysis
 
     @property
     def engine(self) -> FakeEngine:
@@ -49,16 +55,27 @@ def _replica(
     default_max_tokens: int = DEFAULT_MAX_TOKENS,
     adapter_labels: int = 8,
     drift: DriftMonitor | None = None,
+    shadow_max_in_flight: int = 2,
 ) -> Replica:
     engine = FakeEngine(max_model_len=MAX_MODEL_LEN)
     parts = build_adapter_manager(tmp_path, engine, max_loaded=2, adapter_labels=adapter_labels)
     parts.publish("alpha")
     admission = Admission(max_concurrent, max_queued, max_per_caller=100)
     releases = ReleaseRouter(ReleaseLog(parts.repository), ttl_seconds=0.0)
+    shadow = ShadowRunner(engine, parts.manager, drift, admission, max_in_flight=shadow_max_in_flight)
+    analysis = ReleaseAnalysis(releases, shadow, drift, ANALYSIS_POLICY)
     service = InferenceService(
-        engine, parts.manager, parts.metrics, admission, drift, releases, limits=RequestLimits(default_max_tokens)
+        engine,
+        parts.manager,
+        parts.metrics,
+        admission,
+        drift,
+        releases,
+        shadow,
+        analysis,
+        limits=RequestLimits(default_max_tokens),
     )
-    return Replica(parts, admission, service)
+    return Replica(parts, admission, service, shadow, analysis)
 
 
 @pytest.fixture
@@ -382,8 +399,61 @@ async def test_release_changes_are_counted_and_shown_with_their_history(replica:
     replica.parts.publish("alpha")
     start = ReleaseChange(action=ReleaseAction.START, candidate=2, canary_share=0.2)
     record = await replica.service.change_release("alpha", start, actor="ops", reason="try v2")
-    view = await replica.service.release("alpha", history_limit=20)
+    report = await replica.service.release("alpha", history_limit=20)
+    view = report.view
     assert view.current == record and view.history == [record] and not view.stale
+    assert report.verdict is not None and report.verdict.reason.startswith("trying: 0 of 20 requests")
     assert record.actor == "ops" and record.reason == "try v2"
     assert _requests(replica.metrics, "UpdateRelease", "OK") == 1
     assert _requests(replica.metrics, "GetRelease", "OK") == 1
+
+
+def _shadow_release(replica: Replica) -> None:
+    replica.parts.publish("alpha")
+    start = ReleaseChange(action=ReleaseAction.START, candidate=2, mode=ReleaseMode.SHADOW)
+    ReleaseLog(replica.parts.repository).change("alpha", start, actor="ops")
+
+
+async def test_in_shadow_mode_the_candidate_runs_each_request_after_stable_and_is_compared(replica: Replica) -> None:
+    _shadow_release(replica)
+    for index in range(3):
+        completion = await replica.service.complete(lambda index=index: _input(user=f"user-{index}"))
+        assert completion.adapter is not None and completion.adapter.key == "alpha@v1"
+        await until(lambda index=index: replica.shadow.figures("alpha", 2).compared == index + 1, TIMEOUT)
+    keys = [request.adapter_key for request in replica.engine.requests]
+    assert keys == ["alpha@v1", "alpha@v2"] * 3, "each caller's request, then its shadow on the candidate"
+    figures = replica.shadow.figures("alpha", 2)
+    assert (figures.exact_agreement, figures.rouge_l_agreement) == (1.0, 1.0), "the fake engine answers alike"
+    registry = CollectorRegistry()
+    registry.register(ShadowCollector(replica.shadow, owns_label=lambda name: True))
+    labels = {"adapter": "alpha", "version": "2"}
+    assert registry.get_sample_value("loraplane_release_shadow_requests_total", {**labels, "outcome": "compared"}) == 3
+    assert registry.get_sample_value("loraplane_release_shadow_agreement", {**labels, "measure": "rouge_l"}) == 1.0
+
+
+async def test_a_shadow_offer_is_dropped_while_real_requests_wait(replica: Replica) -> None:
+    _shadow_release(replica)
+    replica.admission.queued = 1  # a real request is waiting for a place
+    replica.shadow.offer(AdapterSpec("alpha", 2), "hi", SamplingOptions(max_tokens=4), "answer")
+    assert replica.shadow.figures("alpha", 2).outcomes == {ShadowOutcome.BUSY: 1}
+    assert replica.engine.requests == []
+
+
+async def test_a_running_shadow_request_is_aborted_when_a_real_one_has_to_wait(tmp_path: Path) -> None:
+    replica = _replica(tmp_path, shadow_max_in_flight=1)
+    _shadow_release(replica)
+    replica.engine.generation_gate = asyncio.Event()
+    replica.shadow.offer(AdapterSpec("alpha", 2), "hi", SamplingOptions(max_tokens=4), "answer")
+    replica.shadow.offer(AdapterSpec("alpha", 2), "hi", SamplingOptions(max_tokens=4), "answer")
+    await asyncio.wait_for(replica.engine.generation_started.wait(), TIMEOUT)
+    assert replica.shadow.figures("alpha", 2).outcomes == {ShadowOutcome.BUSY: 1}, "one shadow place"
+    replica.admission.queued = 1
+    replica.engine.generation_gate.set()
+    await until(lambda: replica.shadow.figures("alpha", 2).outcomes[ShadowOutcome.PREEMPTED] == 1, TIMEOUT)
+    assert replica.engine.aborted == [replica.engine.requests[0].request_id]
+    assert replica.shadow.figures("alpha", 2).exact_agreement is None
+
+
+async def test_a_shadow_candidate_that_cannot_be_served_is_counted_failed(replica: Replica) -> None:
+    replica.shadow.offer(AdapterSpec("alpha", 9), "hi", SamplingOptions(max_tokens=4), "answer")
+    await until(lambda: replica.shadow.figures("alpha", 9).outcomes[ShadowOutcome.FAILED] == 1, TIMEOUT)

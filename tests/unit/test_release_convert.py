@@ -9,8 +9,9 @@ import pytest
 from loraplane import convert as client_convert
 from loraplane.errors import InvalidArgument
 from loraplane.proto import serving_pb2
-from loraplane.releases import ReleaseAction, ReleaseChange, ReleaseMode, ReleaseRecord, ReleaseState
+from loraplane.releases import Guardrail, ReleaseAction, ReleaseChange, ReleaseMode, ReleaseRecord, ReleaseState
 from serving_svc import convert
+from serving_svc.release_analysis import ReleaseReport, Verdict, VersionFigures, compare
 from serving_svc.releases import ReleaseView
 
 
@@ -69,6 +70,18 @@ def test_a_release_reaches_the_client_as_it_was_recorded() -> None:
         figures={"agreement": 0.75},
         at=datetime(2026, 12, 7, 12, 0, tzinfo=UTC),
     )
-    shown = client_convert.release(convert.release(ReleaseView("acme", record, [record], stale=True)))
+    stable = VersionFigures(2, 40, 0, {Guardrail.SHADOW_AGREEMENT: None}, {Guardrail.SHADOW_AGREEMENT: 0})
+    candidate = VersionFigures(3, 0, 0, {Guardrail.SHADOW_AGREEMENT: 0.25}, {Guardrail.SHADOW_AGREEMENT: 30})
+    check = compare(Guardrail.SHADOW_AGREEMENT, stable, candidate, 0.5)
+    verdict = Verdict("acme", state, stable, candidate, [check], ReleaseAction.ROLLBACK, check.describe())
+    report = ReleaseReport(ReleaseView("acme", record, [record], stale=True), verdict)
+    shown = client_convert.release(convert.release(report))
     assert (shown.adapter, shown.state, shown.history, shown.stale) == ("acme", state, (record,), True)
-    assert client_convert.release(convert.release(ReleaseView("acme", None, [], stale=False))).state is None
+    assert [figures.values for figures in shown.versions] == [{}, {"shadow_agreement": 0.25}]
+    assert shown.versions[1].samples == {"shadow_agreement": 30}
+    [shown_check] = shown.checks
+    assert (shown_check.guardrail, shown_check.candidate, shown_check.worse) == ("shadow_agreement", 0.25, True)
+    assert shown_check.excess == pytest.approx(0.25)
+    assert shown.verdict.startswith("rollback: shadow_agreement: candidate 0.25")
+    empty = client_convert.release(convert.release(ReleaseReport(ReleaseView("acme", None, [], stale=False), None)))
+    assert empty.state is None and empty.versions == () and empty.verdict == ""

@@ -1,0 +1,191 @@
+"""Requests run on a candidate version in the shadow of stable: answered, measured, never returned.
+
+When an adapter's release tries a candidate in shadow mode, every request for the name is answered
+by stable as usual; once stable's answer is complete, the same prompt with the same sampling is
+offered to the candidate here, off the caller's path (the caller already has its answer and its
+latency). The candidate's answer feeds the drift window of its own version and is compared with
+stable's: exact agreement, and ROUGE-L as a similarity for answers that differ in wording.
+
+Shadow work yields to real traffic: it takes no admission place, at most `max_in_flight` shadow
+requests run at once, an offer is dropped while real requests wait for a place (or the shadow
+places are taken), and a running shadow request is aborted as soon as a real one has to wait.
+Each offer's outcome is counted, so an operator sees how much of the traffic the comparison covers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import aclosing
+from dataclasses import dataclass
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from rouge_score import rouge_scorer
+
+from loraplane.answers import exact_match
+from loraplane.errors import LoraplaneError
+from loraplane.names import AdapterSpec
+from serving_svc.adapters import AdapterManager
+from serving_svc.admission import Admission
+from serving_svc.drift_monitor import DriftMonitor
+from serving_svc.engines.base import Engine, Prompt, SamplingOptions
+from serving_svc.generation import AnswerTrace, as_trained, engine_request, record_drift
+
+log = logging.getLogger(__name__)
+
+
+class ShadowOutcome(enum.StrEnum):
+    COMPARED = "compared"
+    """The candidate answered and its answer was compared with stable's."""
+    BUSY = "busy"
+    """Dropped before it started: real requests were waiting, or every shadow place was taken."""
+    PREEMPTED = "preempted"
+    """Aborted while generating because a real request had to wait."""
+    FAILED = "failed"
+    """The candidate could not be resolved, loaded or run."""
+
+
+@dataclass
+class ShadowFigures:
+    """One candidate version's shadow requests on this replica since it started."""
+
+    outcomes: Counter[ShadowOutcome]
+    exact_agreement: float | None
+    """Share of compared answers equal to stable's; None before any comparison."""
+    rouge_l_agreement: float | None
+    """Mean ROUGE-L F-measure of the candidate's answer against stable's."""
+
+    @property
+    def compared(self) -> int:
+        return self.outcomes[ShadowOutcome.COMPARED]
+
+
+@dataclass
+class _Tally:
+    outcomes: Counter[ShadowOutcome]
+    exact: int = 0
+    rouge_l: float = 0.0
+
+
+class ShadowRunner:
+    def __init__(
+        self,
+        engine: Engine,
+        adapters: AdapterManager,
+        drift: DriftMonitor | None,
+        admission: Admission,
+        *,
+        max_in_flight: int,
+    ) -> None:
+        self._engine = engine
+        self._adapters = adapters
+        self._drift = drift
+        self._admission = admission
+        self._max_in_flight = max_in_flight
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tallies: dict[tuple[str, int], _Tally] = {}
+        self._rouge = rouge_scorer.RougeScorer(["rougeL"])
+
+    def offer(self, candidate: AdapterSpec, prompt: Prompt, sampling: SamplingOptions, stable_answer: str) -> None:
+        """Run `prompt` on `candidate` (a pinned version) in the background and compare its answer with
+        `stable_answer`, unless the replica is busy; returns at once."""
+        if self._busy() or len(self._tasks) >= self._max_in_flight:
+            self._count(candidate, ShadowOutcome.BUSY)
+            return
+        task = asyncio.create_task(self._run(candidate, prompt, sampling, stable_answer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _busy(self) -> bool:
+        return self._admission.queued > 0
+
+    async def _run(self, candidate: AdapterSpec, prompt: Prompt, sampling: SamplingOptions, stable_answer: str) -> None:
+        try:
+            outcome, answer = await self._generate(candidate, prompt, sampling)
+        except LoraplaneError as exc:
+            log.warning("shadow request on %s failed: %s", candidate, exc)
+            self._count(candidate, ShadowOutcome.FAILED)
+            return
+        tally = self._count(candidate, outcome)
+        if outcome is ShadowOutcome.COMPARED:
+            tally.exact += exact_match(answer, stable_answer)
+            tally.rouge_l += self._rouge.score(stable_answer, answer)["rougeL"].fmeasure
+
+    async def _generate(
+        self, candidate: AdapterSpec, prompt: Prompt, sampling: SamplingOptions
+    ) -> tuple[ShadowOutcome, str]:
+        resolved = await self._adapters.resolve(candidate)
+        token_ids = await self._engine.tokenize(as_trained(prompt, resolved))
+        async with self._adapters.hold(resolved) as adapter:
+            generation = engine_request(self._engine, self._drift, uuid.uuid4().hex, token_ids, sampling, adapter)
+            answer = AnswerTrace()
+            async with aclosing(self._engine.generate(generation)) as deltas:
+                async for delta in deltas:
+                    if self._busy():
+                        return ShadowOutcome.PREEMPTED, ""  # closing the stream aborts the engine request
+                    answer.add(delta)
+                    if delta.finish_reason is not None:
+                        record_drift(self._drift, self._adapters, adapter, generation, answer, delta)
+        return ShadowOutcome.COMPARED, answer.text
+
+    def _count(self, candidate: AdapterSpec, outcome: ShadowOutcome) -> _Tally:
+        assert candidate.version is not None
+        tally = self._tallies.setdefault((candidate.name, candidate.version), _Tally(Counter()))
+        tally.outcomes[outcome] += 1
+        return tally
+
+    def figures(self, name: str, version: int) -> ShadowFigures:
+        tally = self._tallies.get((name, version), _Tally(Counter()))
+        compared = tally.outcomes[ShadowOutcome.COMPARED]
+        return ShadowFigures(
+            Counter(tally.outcomes),
+            tally.exact / compared if compared else None,
+            tally.rouge_l / compared if compared else None,
+        )
+
+    def versions(self) -> list[tuple[str, int]]:
+        """The candidate versions that were offered shadow requests here."""
+        return sorted(self._tallies)
+
+    async def close(self) -> None:
+        """Abort the shadow requests still running (the replica is stopping)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class ShadowCollector(Collector):
+    """Shadow outcomes and agreement per candidate version, for adapters with a label of their own."""
+
+    def __init__(self, runner: ShadowRunner, owns_label: Callable[[str], bool]) -> None:
+        self._runner = runner
+        self._owns_label = owns_label
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        requests = CounterMetricFamily(
+            "loraplane_release_shadow_requests",
+            "Requests offered to a candidate in the shadow of stable, by outcome (compared, busy: dropped while "
+            "real requests waited, preempted: aborted for a real request, failed).",
+            labels=["adapter", "version", "outcome"],
+        )
+        agreement = GaugeMetricFamily(
+            "loraplane_release_shadow_agreement",
+            "Agreement of a shadow candidate's answers with stable's on the same requests: exact (share equal) "
+            "and rouge_l (mean ROUGE-L F-measure).",
+            labels=["adapter", "version", "measure"],
+        )
+        for name, version in self._runner.versions():
+            if not self._owns_label(name):
+                continue
+            figures = self._runner.figures(name, version)
+            for outcome in ShadowOutcome:
+                requests.add_metric([name, str(version), outcome.value], figures.outcomes[outcome])
+            for measure, value in (("exact", figures.exact_agreement), ("rouge_l", figures.rouge_l_agreement)):
+                if value is not None:
+                    agreement.add_metric([name, str(version), measure], value)
+        yield from (requests, agreement)
