@@ -37,6 +37,7 @@ from loraplane.types import (
     Job,
     LoraParameters,
     Release,
+    ReleaseOnSuccess,
     SamplingParameters,
     TrainingParameters,
     WorkerResources,
@@ -172,6 +173,12 @@ WorkerNodes = Annotated[
 ]
 
 
+ReleaseOption = Annotated[
+    ReleaseMode | None,
+    typer.Option(case_sensitive=False, help="Start the published version as its adapter's release candidate."),
+]
+
+
 @app.command()
 def train(
     adapter: Annotated[str, typer.Option(help="Name to publish the adapter under.")],
@@ -194,6 +201,8 @@ def train(
     worker_memory: Annotated[str, typer.Option(help='Memory the worker Job asks for ("16Gi"); Kubernetes only.')] = "",
     worker_gpus: Annotated[int | None, typer.Option(help="GPUs the worker Job asks for; Kubernetes only.")] = None,
     worker_nodes: WorkerNodes = None,
+    release: ReleaseOption = None,
+    canary: Annotated[str, typer.Option(help="With --release canary: the version's share of traffic.")] = "10%",
     watch: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
     trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
 ) -> None:
@@ -201,6 +210,11 @@ def train(
     if (data is None) == (data_uri is None):
         raise typer.BadParameter("give the training data as --data FILE or as --data-uri URI")
     with _reporting_errors(), LoraplaneClient(trainer=trainer) as client:
+        plan = None
+        if release is not None:
+            plan = ReleaseOnSuccess(
+                mode=release, canary_share=parse_share(canary) if release is ReleaseMode.CANARY else None
+            )
         job = client.jobs.create(
             adapter_name=adapter,
             training_file=data,
@@ -221,6 +235,7 @@ def train(
             ),
             dpo=DpoParameters(beta=dpo_beta),
             resources=WorkerResources(cpu=worker_cpu, memory=worker_memory, gpus=worker_gpus, nodes=worker_nodes),
+            release=plan,
         )
         console.print(f"job [bold]{job.id}[/bold] {job.state.lower()}")
         if watch and _follow(client, job.id).state is not JobState.SUCCEEDED:

@@ -46,6 +46,7 @@ from loraplane.types import (
     LoraParameters,
     ModelInfo,
     Release,
+    ReleaseOnSuccess,
     SamplingParameters,
     TrainingParameters,
     WorkerResources,
@@ -164,9 +165,11 @@ class Jobs:
         resources: WorkerResources | None = None,
         labels: dict[str, str] | None = None,
         refuse_leakage: bool = False,
+        release: ReleaseOnSuccess | None = None,
         request_id: str | None = None,
     ) -> Job:
-        """Submit a job. A retry with the same request_id returns the first job, not a second."""
+        """Submit a job. A retry with the same request_id returns the first job, not a second. With
+        `release`, the version it publishes starts as its adapter's release candidate."""
         if (training_file is None) == (training_uri is None):
             raise ValueError("give exactly one of training_file or training_uri")
         training_data = (
@@ -190,6 +193,7 @@ class Jobs:
             dpo=convert.dpo_parameters(dpo) if dpo is not None else None,
             resources=convert.worker_resources(resources) if resources is not None else None,
             labels=labels or {},
+            release=convert.release_on_success(release) if release is not None else None,
         )
         request = trainer_pb2.CreateJobRequest(spec=spec, request_id=request_id or uuid.uuid4().hex)
         return convert.job(self._stub.CreateJob(request))

@@ -106,7 +106,16 @@ def job_spec(message: trainer_pb2.JobSpec) -> types.JobSpec:
         resources=_build(types.WorkerResources, message.resources),
         labels=dict(message.labels),
         task_metrics=tuple(wire.TASK_METRIC.decode(metric) for metric in message.task_metrics),
+        release=(
+            _build(types.ReleaseOnSuccess, message.release, mode=wire.RELEASE_MODE.decode(message.release.mode))
+            if message.HasField("release")
+            else None
+        ),
     )
+
+
+def release_on_success(release: types.ReleaseOnSuccess) -> trainer_pb2.ReleaseOnSuccess:
+    return trainer_pb2.ReleaseOnSuccess(mode=wire.RELEASE_MODE.encode(release.mode), canary_share=release.canary_share)
 
 
 def _metrics(message: trainer_pb2.JobMetrics) -> types.JobMetrics:

@@ -145,6 +145,22 @@ class ReleaseState(BaseModel):
         return text
 
 
+class TrialPlan(BaseModel):
+    """How a new version is to be tried as its adapter's candidate: a training job's plan for the version
+    it publishes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: ReleaseMode = ReleaseMode.CANARY
+    canary_share: float = Field(0.1, ge=0.0, le=1.0)
+    """In canary mode: the candidate's share of the name's requests."""
+
+    def start(self, candidate: int) -> ReleaseChange:
+        return ReleaseChange(
+            action=ReleaseAction.START, candidate=candidate, mode=self.mode, canary_share=self.canary_share
+        )
+
+
 def canary_point(name: str, key: str) -> float:
     """The caller's fixed point in [0, 1) for `name`: under the canary share means the candidate answers.
 

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from loraplane.proto import serving_pb2, trainer_pb2
-from loraplane.releases import ReleaseRecord, ReleaseState
+from loraplane.releases import ReleaseMode, ReleaseRecord, ReleaseState
 from loraplane.serving import AdapterTier, FinishReason
 from loraplane.training import HeldOutSet, JobState, Method, PromptFormat, PromptFormatChoice, TaskMetric
 
@@ -95,6 +95,15 @@ class WorkerResources:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReleaseOnSuccess:
+    """Start a job's published version as its adapter's release candidate."""
+
+    mode: ReleaseMode = ReleaseMode.CANARY
+    canary_share: float | None = None
+    """In canary mode: the version's share of the name's requests; None: the trainer's default (0.1)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class JobSpec:
     """A job's specification as the trainer accepted it, every default filled in."""
 
@@ -112,6 +121,8 @@ class JobSpec:
     labels: Mapping[str, str]
     task_metrics: tuple[TaskMetric, ...]
     refuse_leakage: bool
+    release: ReleaseOnSuccess | None
+    """How the published version is started as its adapter's release candidate; None: published only."""
 
 
 # ---- training: a job and what it reports ----

@@ -16,7 +16,7 @@ from typing import Generic, TypeVar, cast
 from google.protobuf.descriptor import EnumDescriptor
 
 from loraplane.errors import InvalidArgument
-from loraplane.proto import serving_pb2, trainer_pb2
+from loraplane.proto import common_pb2, serving_pb2, trainer_pb2
 from loraplane.releases import ReleaseAction, ReleaseMode
 from loraplane.serving import AdapterTier, FinishReason
 from loraplane.training import HeldOutSet, JobState, Method, PromptFormatChoice, TaskMetric
@@ -133,9 +133,9 @@ FINISH_REASON: WireEnum[FinishReason, serving_pb2.FinishReason.ValueType] = Wire
     serving_pb2.FinishReason.DESCRIPTOR,
     {"stop": serving_pb2.FINISH_REASON_STOP, "length": serving_pb2.FINISH_REASON_LENGTH},
 )
-RELEASE_MODE: WireEnum[ReleaseMode, serving_pb2.ReleaseMode.ValueType] = WireEnum(
-    serving_pb2.ReleaseMode.DESCRIPTOR,
-    {ReleaseMode.CANARY: serving_pb2.RELEASE_MODE_CANARY, ReleaseMode.SHADOW: serving_pb2.RELEASE_MODE_SHADOW},
+RELEASE_MODE: WireEnum[ReleaseMode, common_pb2.ReleaseMode.ValueType] = WireEnum(
+    common_pb2.ReleaseMode.DESCRIPTOR,
+    {ReleaseMode.CANARY: common_pb2.RELEASE_MODE_CANARY, ReleaseMode.SHADOW: common_pb2.RELEASE_MODE_SHADOW},
     unspecified=ReleaseMode.CANARY,
 )
 RELEASE_ACTION: WireEnum[ReleaseAction, serving_pb2.ReleaseAction.ValueType] = WireEnum(

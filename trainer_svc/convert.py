@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 from loraplane import wire
 from loraplane.errors import InvalidArgument
 from loraplane.proto import common_pb2, trainer_pb2
+from loraplane.releases import TrialPlan
 from loraplane.training import TASK_METRICS, JobState
 from trainer_svc.jobs import Job, JobEvent
 from trainer_svc.spec import (
@@ -72,6 +74,7 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
             test_data=_dataset(message.test_data),
             task_metrics=task_metrics or list(TASK_METRICS),
             refuse_leakage=message.refuse_leakage,
+            release=_trial_plan(message),
         )
     except ValidationError as exc:
         error = exc.errors()[0]
@@ -79,6 +82,17 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
         section = _SECTIONS.get(exc.title, "")
         field = ".".join(p for p in ("spec", section, where) if p)
         raise InvalidArgument(f"{error['msg']} (got {error.get('input')!r})", field=field) from None
+
+
+def _trial_plan(message: trainer_pb2.JobSpec) -> TrialPlan | None:
+    if not message.HasField("release"):
+        return None
+    release = message.release
+    mode = wire.RELEASE_MODE.parse(release.mode, field="spec.release.mode")
+    share = release.canary_share if release.HasField("canary_share") else TrialPlan().canary_share
+    if not (math.isfinite(share) and 0.0 <= share <= 1.0):
+        raise InvalidArgument(f"canary_share must be in [0, 1], got {share}", field="spec.release.canary_share")
+    return TrialPlan(mode=mode, canary_share=share)
 
 
 def _resources(message: trainer_pb2.WorkerResources) -> WorkerResources:
@@ -125,6 +139,13 @@ def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
         resources=trainer_pb2.WorkerResources(**spec.resources.model_dump(exclude_none=True)),
         labels=spec.labels,
         prompt_format=wire.PROMPT_FORMAT.encode(spec.prompt_format),
+        release=(
+            trainer_pb2.ReleaseOnSuccess(
+                mode=wire.RELEASE_MODE.encode(spec.release.mode), canary_share=spec.release.canary_share
+            )
+            if spec.release is not None
+            else None
+        ),
     )
 
 

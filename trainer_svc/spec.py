@@ -10,6 +10,7 @@ import hashlib
 
 from pydantic import BaseModel, Field, model_validator
 
+from loraplane.releases import TrialPlan
 from loraplane.training import TASK_METRICS, Method, PromptFormatChoice, TaskMetric
 
 
@@ -121,6 +122,8 @@ class JobSpec(BaseModel):
     dpo: DpoParameters = Field(default_factory=DpoParameters)
     resources: WorkerResources = Field(default_factory=WorkerResources)
     labels: dict[str, str] = Field(default_factory=dict)
+    release: TrialPlan | None = None
+    """Start the published version as its adapter's release candidate; None: publish only."""
 
     @model_validator(mode="after")
     def _method_defaults(self) -> JobSpec:

@@ -5,6 +5,7 @@ isort:skip_file
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -15,6 +16,28 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ReleaseMode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReleaseModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReleaseMode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RELEASE_MODE_UNSPECIFIED: _ReleaseMode.ValueType  # 0
+    RELEASE_MODE_CANARY: _ReleaseMode.ValueType  # 1
+    """The candidate answers a share of the name's requests."""
+    RELEASE_MODE_SHADOW: _ReleaseMode.ValueType  # 2
+    """Stable answers every request; the candidate runs the same requests off the caller's path."""
+
+class ReleaseMode(_ReleaseMode, metaclass=_ReleaseModeEnumTypeWrapper):
+    """How a release tries a candidate version of an adapter."""
+
+RELEASE_MODE_UNSPECIFIED: ReleaseMode.ValueType  # 0
+RELEASE_MODE_CANARY: ReleaseMode.ValueType  # 1
+"""The candidate answers a share of the name's requests."""
+RELEASE_MODE_SHADOW: ReleaseMode.ValueType  # 2
+"""Stable answers every request; the candidate runs the same requests off the caller's path."""
+Global___ReleaseMode: _TypeAlias = ReleaseMode  # noqa: Y015
 
 @_typing.final
 class AdapterRef(_message.Message):

@@ -92,27 +92,6 @@ FEEDBACK_LABEL_BAD: FeedbackLabel.ValueType  # 2
 """Counted as score 0."""
 Global___FeedbackLabel: _TypeAlias = FeedbackLabel  # noqa: Y015
 
-class _ReleaseMode:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _ReleaseModeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReleaseMode.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    RELEASE_MODE_UNSPECIFIED: _ReleaseMode.ValueType  # 0
-    RELEASE_MODE_CANARY: _ReleaseMode.ValueType  # 1
-    """The candidate answers a share of the name's requests."""
-    RELEASE_MODE_SHADOW: _ReleaseMode.ValueType  # 2
-    """Stable answers every request; the candidate runs the same requests off the caller's path."""
-
-class ReleaseMode(_ReleaseMode, metaclass=_ReleaseModeEnumTypeWrapper): ...
-
-RELEASE_MODE_UNSPECIFIED: ReleaseMode.ValueType  # 0
-RELEASE_MODE_CANARY: ReleaseMode.ValueType  # 1
-"""The candidate answers a share of the name's requests."""
-RELEASE_MODE_SHADOW: ReleaseMode.ValueType  # 2
-"""Stable answers every request; the candidate runs the same requests off the caller's path."""
-Global___ReleaseMode: _TypeAlias = ReleaseMode  # noqa: Y015
-
 class _ReleaseAction:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1024,7 +1003,7 @@ class ReleaseState(_message.Message):
     """The version that answers the adapter's name (but for the canary share)."""
     candidate_version: _builtins.int
     """0: no candidate."""
-    mode: Global___ReleaseMode.ValueType
+    mode: _common_pb2.ReleaseMode.ValueType
     canary_share: _builtins.float
     """The candidate's share of the name's requests in canary mode, in [0, 1]."""
     paused: _builtins.bool
@@ -1037,7 +1016,7 @@ class ReleaseState(_message.Message):
         *,
         stable_version: _builtins.int = ...,
         candidate_version: _builtins.int = ...,
-        mode: Global___ReleaseMode.ValueType = ...,
+        mode: _common_pb2.ReleaseMode.ValueType = ...,
         canary_share: _builtins.float = ...,
         paused: _builtins.bool = ...,
         previous_stable_version: _builtins.int = ...,
@@ -1334,7 +1313,7 @@ class UpdateReleaseRequest(_message.Message):
     action: Global___ReleaseAction.ValueType
     candidate_version: _builtins.int
     """START: the version to try."""
-    mode: Global___ReleaseMode.ValueType
+    mode: _common_pb2.ReleaseMode.ValueType
     """START: how to try it; unspecified = canary."""
     canary_share: _builtins.float
     """START in canary mode: the candidate's share of requests in [0, 1]; unset = 0.1."""
@@ -1354,7 +1333,7 @@ class UpdateReleaseRequest(_message.Message):
         adapter: _builtins.str = ...,
         action: Global___ReleaseAction.ValueType = ...,
         candidate_version: _builtins.int = ...,
-        mode: Global___ReleaseMode.ValueType = ...,
+        mode: _common_pb2.ReleaseMode.ValueType = ...,
         canary_share: _builtins.float | None = ...,
         stable_version: _builtins.int = ...,
         expected_candidate_version: _builtins.int = ...,

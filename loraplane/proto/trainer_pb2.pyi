@@ -458,6 +458,7 @@ class JobSpec(_message.Message):
     REFUSE_LEAKAGE_FIELD_NUMBER: _builtins.int
     DPO_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
+    RELEASE_FIELD_NUMBER: _builtins.int
     base_model: _builtins.str
     """Name of a base model the trainer offers; empty = its default."""
     adapter_name: _builtins.str
@@ -496,6 +497,13 @@ class JobSpec(_message.Message):
     def dpo(self) -> Global___DpoParameters: ...
     @_builtins.property
     def resources(self) -> Global___WorkerResources: ...
+    @_builtins.property
+    def release(self) -> Global___ReleaseOnSuccess:
+        """Once the job has published its version, start it as the candidate of the adapter's release
+        (on the adapter's next-newest version as stable when it has no release yet). Unset: the version
+        is published only, and the name answers with it at once unless the adapter has a release.
+        """
+
     def __init__(
         self,
         *,
@@ -513,14 +521,41 @@ class JobSpec(_message.Message):
         refuse_leakage: _builtins.bool = ...,
         dpo: Global___DpoParameters | None = ...,
         resources: Global___WorkerResources | None = ...,
+        release: Global___ReleaseOnSuccess | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["dpo", b"dpo", "lora", b"lora", "resources", b"resources", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["dpo", b"dpo", "lora", b"lora", "release", b"release", "resources", b"resources", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_name", b"adapter_name", "base_model", b"base_model", "dpo", b"dpo", "labels", b"labels", "lora", b"lora", "method", b"method", "prompt_format", b"prompt_format", "refuse_leakage", b"refuse_leakage", "resources", b"resources", "task_metrics", b"task_metrics", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_name", b"adapter_name", "base_model", b"base_model", "dpo", b"dpo", "labels", b"labels", "lora", b"lora", "method", b"method", "prompt_format", b"prompt_format", "refuse_leakage", b"refuse_leakage", "release", b"release", "resources", b"resources", "task_metrics", b"task_metrics", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
+
+@_typing.final
+class ReleaseOnSuccess(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    CANARY_SHARE_FIELD_NUMBER: _builtins.int
+    mode: _common_pb2.ReleaseMode.ValueType
+    """CANARY or SHADOW; UNSPECIFIED = canary."""
+    canary_share: _builtins.float
+    """In canary mode, the share of the name's requests the version answers, in [0, 1]; unset = 0.1."""
+    def __init__(
+        self,
+        *,
+        mode: _common_pb2.ReleaseMode.ValueType = ...,
+        canary_share: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share", "canary_share", b"canary_share"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share", "canary_share", b"canary_share", "mode", b"mode"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__canary_share: _TypeAlias = _typing.Literal["canary_share"]  # noqa: Y015
+    _WhichOneofArgType__canary_share: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__canary_share) -> _WhichOneofReturnType__canary_share | None: ...
+
+Global___ReleaseOnSuccess: _TypeAlias = ReleaseOnSuccess  # noqa: Y015
 
 @_typing.final
 class JobProgress(_message.Message):

@@ -139,14 +139,14 @@ class FakeInference(serving_pb2_grpc.InferenceServicer):  # type: ignore[misc]
         ],
         verdict="trying: 14 of 100 requests, 30 of 60 s",
         state=serving_pb2.ReleaseState(
-            stable_version=2, candidate_version=3, mode=serving_pb2.RELEASE_MODE_CANARY, canary_share=0.1
+            stable_version=2, candidate_version=3, mode=common_pb2.RELEASE_MODE_CANARY, canary_share=0.1
         ),
         history=[
             serving_pb2.ReleaseRecord(
                 sequence=1,
                 action=serving_pb2.RELEASE_ACTION_START,
                 state=serving_pb2.ReleaseState(
-                    stable_version=2, candidate_version=3, mode=serving_pb2.RELEASE_MODE_CANARY, canary_share=0.1
+                    stable_version=2, candidate_version=3, mode=common_pb2.RELEASE_MODE_CANARY, canary_share=0.1
                 ),
                 actor="ops",
                 reason="more steps",
@@ -231,6 +231,7 @@ def test_train_sends_what_the_options_say_and_prints_the_outcome(tmp_path: Path)
     assert (spec.lora.rank, spec.training.max_steps, spec.training_data.inline_jsonl) == (8, 20, data.read_text())
     assert spec.training.HasField("early_stopping_patience") and spec.training.early_stopping_patience == 0
     assert not spec.training.HasField("replay_fraction") and not spec.resources.HasField("gpus")
+    assert not spec.HasField("release"), "published only unless asked"
     assert "job job-1 queued" in result.output
     assert "warning: the adapter lost 1 of the 8 general facts" in result.output  # told as it happens
     assert "step 10/20 loss" not in result.output  # the bar shows the steps
@@ -239,6 +240,20 @@ def test_train_sends_what_the_options_say_and_prints_the_outcome(tmp_path: Path)
     assert "published step 10 of 20, stopped early (10 steps saved); general facts lost 1 of 8" in result.output
     assert "held-out pairs preferred: base 0.500 -> adapter 0.750 (margin 0.12 -> 0.50 nats)" in result.output
     assert "rouge_l: base 0.100 -> adapter 0.900 (3 prompts)" in result.output
+
+
+def test_train_can_start_the_published_version_as_a_canary_or_shadow_candidate(tmp_path: Path) -> None:
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "ping", "completion": "pong"}\n')
+    trainer = FakeTrainer(SUCCEEDED)
+    with _service(trainer) as (address, _):
+        canary = _run("train", "--adapter", "acme", "--data", str(data), "--release", "canary", "--canary", "5%",
+                      "--trainer", address)  # fmt: skip
+        shadow = _run("train", "--adapter", "acme", "--data", str(data), "--release", "shadow", "--trainer", address)
+    assert canary.exit_code == 0 and shadow.exit_code == 0, canary.output + shadow.output
+    first, second = (request.spec.release for request in trainer.requests)
+    assert first.mode == common_pb2.RELEASE_MODE_CANARY and first.canary_share == pytest.approx(0.05)
+    assert second.mode == common_pb2.RELEASE_MODE_SHADOW and not second.HasField("canary_share")
 
 
 def test_a_failed_job_prints_its_error_and_train_exits_non_zero(tmp_path: Path) -> None:
@@ -309,11 +324,11 @@ def test_release_sends_the_change_the_options_say_and_shows_the_release_and_its_
     assert (start.action, start.candidate_version, start.mode) == (
         serving_pb2.RELEASE_ACTION_START,
         3,
-        serving_pb2.RELEASE_MODE_CANARY,
+        common_pb2.RELEASE_MODE_CANARY,
     )
     assert start.canary_share == pytest.approx(0.25) and start.reason == "more steps" and start.stable_version == 0
     assert (shadow_start.mode, shadow_start.stable_version, shadow_start.HasField("canary_share")) == (
-        serving_pb2.RELEASE_MODE_SHADOW,
+        common_pb2.RELEASE_MODE_SHADOW,
         2,
         False,
     )

@@ -1,7 +1,8 @@
 import pytest
 
 from loraplane.errors import InvalidArgument
-from loraplane.proto import trainer_pb2
+from loraplane.proto import common_pb2, trainer_pb2
+from loraplane.releases import ReleaseMode, TrialPlan
 from loraplane.training import JobState
 from trainer_svc.convert import job_to_proto, spec_from_proto, spec_to_proto
 from trainer_svc.jobs import Job
@@ -132,3 +133,27 @@ def test_replay_is_a_tenth_unless_set_and_an_explicit_zero_turns_it_off() -> Non
     off = spec_from_proto(_spec(training=trainer_pb2.TrainingParameters(replay_fraction=0)))
     assert off.training.replay_fraction == 0
     assert spec_from_proto(spec_to_proto(off)) == off
+
+
+def test_a_release_on_success_takes_its_defaults_and_survives_a_round_trip() -> None:
+    assert spec_from_proto(_spec()).release is None
+    shadow = spec_from_proto(_spec(release=trainer_pb2.ReleaseOnSuccess(mode=common_pb2.RELEASE_MODE_SHADOW)))
+    assert shadow.release == TrialPlan(mode=ReleaseMode.SHADOW, canary_share=0.1)
+    canary = spec_from_proto(_spec(release=trainer_pb2.ReleaseOnSuccess(canary_share=0.25)))
+    assert canary.release == TrialPlan(mode=ReleaseMode.CANARY, canary_share=0.25)
+    assert spec_from_proto(spec_to_proto(canary)) == canary
+
+
+@pytest.mark.parametrize(
+    ("release", "field"),
+    [
+        (trainer_pb2.ReleaseOnSuccess(canary_share=1.5), "spec.release.canary_share"),
+        (trainer_pb2.ReleaseOnSuccess(mode=9), "spec.release.mode"),  # type: ignore[arg-type]
+    ],
+)
+def test_a_malformed_release_on_success_is_refused_naming_its_field(
+    release: trainer_pb2.ReleaseOnSuccess, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_proto(_spec(release=release))
+    assert info.value.field == field

@@ -6,7 +6,7 @@ import pytest
 
 from loraplane import wire
 from loraplane.errors import InvalidArgument
-from loraplane.proto import serving_pb2, trainer_pb2
+from loraplane.proto import common_pb2, serving_pb2, trainer_pb2
 from loraplane.releases import ReleaseAction, ReleaseMode
 from loraplane.serving import AdapterTier, FinishReason
 from loraplane.training import HeldOutSet, JobState, Method, PromptFormatChoice, TaskMetric
@@ -36,7 +36,7 @@ WIRE_ENUMS = [value for value in vars(wire).values() if isinstance(value, wire.W
 
 def test_every_proto_enum_has_a_map_and_every_map_is_listed_here() -> None:
     proto_enums = {
-        name for module in (trainer_pb2, serving_pb2) for name in module.DESCRIPTOR.enum_types_by_name
+        name for module in (common_pb2, trainer_pb2, serving_pb2) for name in module.DESCRIPTOR.enum_types_by_name
     } - WIRE_ONLY
     assert proto_enums == set(DOMAINS)
     assert sorted(enum.name for enum in WIRE_ENUMS) == sorted(DOMAINS)
@@ -61,7 +61,7 @@ def test_zero_is_the_meaning_the_proto_gives_it_or_none() -> None:
     assert wire.PROMPT_FORMAT.decode(trainer_pb2.PROMPT_FORMAT_UNSPECIFIED) == "auto"
     assert wire.JOB_STATE.decode_optional(trainer_pb2.JOB_STATE_UNSPECIFIED) is None
     assert wire.FINISH_REASON.decode_optional(serving_pb2.FINISH_REASON_UNSPECIFIED) is None
-    assert wire.RELEASE_MODE.decode(serving_pb2.RELEASE_MODE_UNSPECIFIED) is ReleaseMode.CANARY
+    assert wire.RELEASE_MODE.decode(common_pb2.RELEASE_MODE_UNSPECIFIED) is ReleaseMode.CANARY
     assert wire.FINISH_REASON.encode_optional(None) == serving_pb2.FINISH_REASON_UNSPECIFIED
     assert wire.FINISH_REASON.encode_optional("length") == serving_pb2.FINISH_REASON_LENGTH
     with pytest.raises(ValueError, match="TaskMetric 0"):

@@ -45,7 +45,7 @@ from trainer_svc.worker.generation import generation_batch_size
 from trainer_svc.worker.knowledge_probe import FACTS_LOST_WARNING, ProbeResult, knowledge_probe
 from trainer_svc.worker.model import adapter_config, load_base_model, load_tokenizer
 from trainer_svc.worker.preference import preference_scores, train_preferences
-from trainer_svc.worker.publish import publish
+from trainer_svc.worker.publish import publish, start_trial
 from trainer_svc.worker.resume import checkpoint_step, resume_point
 from trainer_svc.worker.task_metrics import metrics_left_out, task_scores
 from trainer_svc.worker.train import train
@@ -175,6 +175,8 @@ def _publish(
     metrics = {**assessment.metrics, "train_examples": float(len(train)), "validation_examples": float(len(validation))}
     with _sigterm_deferred():
         adapter = publish(trained.model, assessment.profile, metrics, dataset, data.prompt_format, worker_input)
+        if worker_input.spec.release is not None:
+            emit(PhaseEvent(phase="publishing", message=start_trial(adapter, worker_input.spec.release, worker_input)))
         checkpoints = trained.outcome.checkpoints
         emit(ResultEvent(adapter=adapter, metrics=metrics, task_scores=assessment.scores, checkpoints=checkpoints))
 

@@ -14,11 +14,16 @@ from loraplane.artifact import (
     manifest_digest,
 )
 from loraplane.drift import Profile
-from loraplane.errors import Unavailable
+from loraplane.errors import FailedPrecondition, NotFound, Unavailable
 from loraplane.fingerprint import base_model_fingerprint
+from loraplane.releases import ReleaseLog, TrialPlan
 from loraplane.storage import open_store
 from trainer_svc.progress import PublishedAdapter
 from trainer_svc.worker_input import WorkerInput
+
+
+def _repository(worker_input: WorkerInput) -> ArtifactRepository:
+    return ArtifactRepository(open_store(worker_input.store_uri, s3_endpoint_url=worker_input.s3_endpoint_url))
 
 
 def publish(
@@ -39,7 +44,7 @@ def publish(
     # peft's "auto" would look the model id up on the Hugging Face Hub to decide).
     model.save_pretrained(str(adapter_dir), safe_serialization=True, save_embedding_layers=False)
     profile.save(adapter_dir / PROFILE_FILE)
-    repository = ArtifactRepository(open_store(worker_input.store_uri, s3_endpoint_url=worker_input.s3_endpoint_url))
+    repository = _repository(worker_input)
     hyperparameters = {**spec.lora.model_dump(), **spec.training.model_dump()}
     if spec.method.learns_preferences:
         hyperparameters["dpo_beta"] = spec.dpo.beta
@@ -68,3 +73,20 @@ def publish(
         uri=repository.version_uri(manifest.name, manifest.version),
         manifest_sha256=manifest_digest(manifest_bytes),
     )
+
+
+def start_trial(adapter: PublishedAdapter, plan: TrialPlan, worker_input: WorkerInput) -> str:
+    """Start the published version as its adapter's release candidate, as the job asked; what happened, in
+    a line for the job's events. The version stays published whatever happens here: a release that cannot
+    take it (another candidate on trial, the store gone) is reported as a warning, not a failed job."""
+    version = f"{adapter.name}@v{adapter.version}"
+    try:
+        record = ReleaseLog(_repository(worker_input)).change(
+            adapter.name,
+            plan.start(adapter.version),
+            actor=f"job {worker_input.job_id}",
+            reason=f"published by job {worker_input.job_id}",
+        )
+    except (FailedPrecondition, NotFound, Unavailable) as exc:
+        return f"warning: {version} is published but not on trial: {exc.message}"
+    return f"release of {adapter.name}: {record.state.describe()}"
