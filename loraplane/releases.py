@@ -72,7 +72,7 @@ class VersionRole(enum.StrEnum):
 
 class Guardrail(enum.StrEnum):
     ERROR_RATE = "error_rate"
-    """Share of requests the server failed (not the caller's mistakes); margin: absolute."""
+    """Share of the requests routed to the version that failed (not by the caller's fault); margin: absolute."""
     TTFT_P50 = "ttft_p50"
     """Median time to first token; margin: relative to stable's (0.25 = 25% slower)."""
     LATENCY_P50 = "latency_p50"

@@ -37,8 +37,20 @@ from serving_svc.release_analysis import ReleaseAnalysis, ReleaseReport
 from serving_svc.releases import ReleaseRouter
 from serving_svc.shadow import ShadowRunner
 
-SERVER_FAULTS = frozenset({ErrorCode.INTERNAL, ErrorCode.UNAVAILABLE, ErrorCode.UNKNOWN, ErrorCode.DATA_LOSS})
-"""Failures of the server rather than of the request: what a version's error rate counts."""
+CALLER_FAULTS = frozenset(
+    {
+        ErrorCode.INVALID_ARGUMENT,
+        ErrorCode.OUT_OF_RANGE,
+        ErrorCode.RESOURCE_EXHAUSTED,
+        ErrorCode.CANCELLED,
+        ErrorCode.DEADLINE_EXCEEDED,
+        ErrorCode.PERMISSION_DENIED,
+        ErrorCode.UNAUTHENTICATED,
+    }
+)
+"""Failures of the request, not of the version that was to answer it: a malformed request, load shedding, a
+caller who left. Every other failure of a request the release routed counts against its version (an engine
+error, a version whose files do not verify or that this replica cannot serve)."""
 
 
 @dataclass(frozen=True)
@@ -188,15 +200,14 @@ class InferenceService:
     ) -> AsyncGenerator[GenerationChunk, None]:
         received = time.perf_counter()
         request_id = uuid.uuid4().hex
-        resolved, shadow, trial = None, None, None
-        if request.adapter is not None:
-            route = await self._releases.route(request.adapter, request.user or request_id)
-            resolved, shadow = await self._adapters.resolve(route.spec), route.shadow
-            trial = route.spec if route.role in (VersionRole.STABLE, VersionRole.CANDIDATE) else None
-        token_ids = await self._engine.tokenize(as_trained(request.prompt, resolved))
-        sampling = self._checked_sampling(request, len(token_ids))
+        route = await self._releases.route(request.adapter, request.user or request_id) if request.adapter else None
+        trial = route.spec if route is not None and route.role in (VersionRole.STABLE, VersionRole.CANDIDATE) else None
         first_token: float | None = None
-        with self._server_failures_of(trial):
+        with self._version_failures_of(trial):
+            resolved = await self._adapters.resolve(route.spec) if route is not None else None
+            shadow = route.shadow if route is not None else None
+            token_ids = await self._engine.tokenize(as_trained(request.prompt, resolved))
+            sampling = self._checked_sampling(request, len(token_ids))
             async with self._admission.place(caller), self._adapters.hold(resolved) as adapter:
                 label = self._metrics.adapter_label(adapter.manifest.name) if adapter else BASE_MODEL_LABEL
                 record.adapter = label
@@ -231,13 +242,13 @@ class InferenceService:
                         yield GenerationChunk(generation.request_id, adapter, delta)
 
     @contextmanager
-    def _server_failures_of(self, trial: AdapterSpec | None) -> Iterator[None]:
-        """Count a request this server failed against the version on trial that it was for: a caller's
-        mistake or a caller who left is not the version's failure."""
+    def _version_failures_of(self, trial: AdapterSpec | None) -> Iterator[None]:
+        """Count a request that failed against the version of a release that was to answer it, unless the
+        request itself was at fault (CALLER_FAULTS)."""
         try:
             yield
         except LoraplaneError as error:
-            if error.error_code in SERVER_FAULTS:
+            if error.error_code not in CALLER_FAULTS:
                 self._observe_failure(trial)
             raise
         except Exception:

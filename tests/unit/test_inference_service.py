@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from loraplane.errors import InvalidArgument, NotFound, ResourceExhausted
+from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from loraplane.names import AdapterSpec
 from loraplane.releases import DEFAULT_MARGINS, ReleaseAction, ReleaseChange, ReleaseLog, ReleaseMode
 from serving_svc.admission import Admission
@@ -457,3 +457,23 @@ async def test_a_running_shadow_request_is_aborted_when_a_real_one_has_to_wait(t
 async def test_a_shadow_candidate_that_cannot_be_served_is_counted_failed(replica: Replica) -> None:
     replica.shadow.offer(AdapterSpec("alpha", 9), "hi", SamplingOptions(max_tokens=4), "answer")
     await until(lambda: replica.shadow.figures("alpha", 9).outcomes[ShadowOutcome.FAILED] == 1, TIMEOUT)
+
+
+async def test_a_candidate_whose_files_do_not_verify_fails_its_requests_and_is_rolled_back(replica: Replica) -> None:
+    replica.parts.publish("alpha")
+    weights = replica.parts.workdir / "store/adapters/alpha/v2/adapter_model.safetensors"
+    weights.write_bytes(b"not the published weights")
+    start = ReleaseChange(action=ReleaseAction.START, candidate=2, stable=1, canary_share=0.5)
+    ReleaseLog(replica.parts.repository).change("alpha", start, actor="ops")
+    failed = 0
+    for index in range(100):
+        try:
+            await replica.service.complete(lambda index=index: _input(user=f"user-{index}"))
+        except FailedPrecondition:
+            failed += 1
+    assert 20 <= failed <= 80, "the candidate's half of the callers get the refusal"
+    [record] = await replica.analysis.decide()
+    assert record.action is ReleaseAction.ROLLBACK and record.reason.startswith(
+        "error_rate: candidate 1 against stable 0"
+    )
+    assert {await _served_version(replica, user=f"user-{index}") for index in range(100)} == {1}
