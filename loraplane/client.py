@@ -241,11 +241,12 @@ class Inference:
         messages: list[dict[str, str]] | None,
         adapter: str,
         params: SamplingParameters | None,
+        user: str,
     ) -> serving_pb2.GenerateRequest:
         if (prompt is None) == (messages is None):
             raise ValueError("give exactly one of prompt or messages")
         sampling = convert.sampling_parameters(params) if params is not None else None
-        request = serving_pb2.GenerateRequest(adapter=adapter, sampling=sampling)
+        request = serving_pb2.GenerateRequest(adapter=adapter, sampling=sampling, user=user)
         if prompt is not None:
             request.prompt = prompt
         else:
@@ -260,8 +261,10 @@ class Inference:
         messages: list[dict[str, str]] | None = None,
         adapter: str = "",
         params: SamplingParameters | None = None,
+        user: str = "",
     ) -> Completion:
-        return convert.completion(self._stub.Generate(self._request(prompt, messages, adapter, params)))
+        """`user` (the caller's end user or session) keeps them on one version of an adapter on trial."""
+        return convert.completion(self._stub.Generate(self._request(prompt, messages, adapter, params, user)))
 
     @_stream_typed_errors
     def stream(
@@ -271,10 +274,11 @@ class Inference:
         messages: list[dict[str, str]] | None = None,
         adapter: str = "",
         params: SamplingParameters | None = None,
+        user: str = "",
     ) -> Iterator[CompletionChunk]:
         """The answer as it is generated: the first chunk carries request_id and adapter, the last the
         finish reason and usage."""
-        request = self._request(prompt, messages, adapter, params)
+        request = self._request(prompt, messages, adapter, params, user)
         yield from (convert.completion_chunk(chunk) for chunk in self._stub.GenerateStream(request))
 
     @_typed_errors

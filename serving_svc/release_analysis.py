@@ -31,7 +31,7 @@ from functools import partial
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from loraplane.errors import FailedPrecondition, LoraplaneError
+from loraplane.errors import FailedPrecondition, LoraplaneError, NotFound
 from loraplane.releases import (
     Guardrail,
     ReleaseAction,
@@ -268,7 +268,7 @@ class ReleaseAnalysis:
         state = record.state
         if state.candidate is None:
             return None
-        windows = {entry.version: entry for entry in self._drift.adapter(record.adapter)} if self._drift else {}
+        windows = {entry.version: entry for entry in self._drift_windows(record.adapter)}
         stable = self.version_figures(record.adapter, state.stable, windows.get(state.stable))
         candidate = self.version_figures(record.adapter, state.candidate, windows.get(state.candidate))
         guardrails = SHADOW_GUARDRAILS if state.mode is ReleaseMode.SHADOW else CANARY_GUARDRAILS
@@ -288,6 +288,15 @@ class ReleaseAnalysis:
         judged = ", ".join(check.guardrail.value for check in checks if check.judged) or "none judged"
         reason = f"no guardrail worse beyond its margin after {tried} requests ({judged})"
         return verdict(ReleaseAction.PROMOTE, reason)
+
+    def _drift_windows(self, name: str) -> list[AdapterDrift]:
+        """The drift windows of each version of `name` on this replica; none before it answered a request."""
+        if self._drift is None:
+            return []
+        try:
+            return self._drift.adapter(name)
+        except NotFound:
+            return []
 
     async def report(self, view: ReleaseView) -> ReleaseReport:
         verdict = await asyncio.to_thread(self.verdict, view.current) if view.current is not None else None

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from loraplane.drift_statistics import Verdicts
 from loraplane.releases import (
     DEFAULT_MARGINS,
     Guardrail,
@@ -16,6 +17,7 @@ from loraplane.releases import (
     ReleaseMode,
 )
 from serving_svc.admission import Admission
+from serving_svc.drift_monitor import DriftMonitor, DriftPolicy
 from serving_svc.release_analysis import (
     AUTO_ACTOR,
     AnalysisPolicy,
@@ -77,9 +79,9 @@ class Trial:
             parts.publish(NAME)
         self.log = ReleaseLog(parts.repository)
         self.router = ReleaseRouter(self.log, ttl_seconds=ttl_seconds)
-        shadow = ShadowRunner(parts.engine, parts.manager, None, Admission(1, 1, 1), max_in_flight=1)
-        policy = AnalysisPolicy(DEFAULT_MARGINS, min_requests=min_requests, min_seconds=0.0, automatic=automatic)
-        self.analysis = ReleaseAnalysis(self.router, shadow, None, policy)
+        self.shadow = ShadowRunner(parts.engine, parts.manager, None, Admission(1, 1, 1), max_in_flight=1)
+        self.policy = AnalysisPolicy(DEFAULT_MARGINS, min_requests=min_requests, min_seconds=0.0, automatic=automatic)
+        self.analysis = ReleaseAnalysis(self.router, self.shadow, None, self.policy)
 
     async def start(self, mode: ReleaseMode = ReleaseMode.CANARY) -> None:
         change = ReleaseChange(action=ReleaseAction.START, candidate=2, stable=1, mode=mode, canary_share=0.5)
@@ -182,3 +184,23 @@ async def test_shadow_mode_judges_agreement_not_the_callers_timings(tmp_path: Pa
         Guardrail.FORM_SHARE,
     ]
     assert "0 of 20 requests" in verdict.reason
+
+
+async def test_a_release_of_an_adapter_without_traffic_here_is_still_judged(tmp_path: Path) -> None:
+    trial = Trial(tmp_path)
+    await trial.start()
+    drift = DriftMonitor(
+        DriftPolicy(
+            window_requests=100,
+            window_seconds=3600,
+            min_samples=10,
+            prompt_scoring_fraction=0.0,
+            verdicts=Verdicts(0.05, {}),
+            feedback_score_floor=0.5,
+        ),
+    )
+    analysis = ReleaseAnalysis(trial.router, trial.shadow, drift, trial.policy)
+    current = trial.log.current(NAME)
+    assert current is not None
+    verdict = analysis.verdict(current)
+    assert verdict is not None and verdict.action is None
