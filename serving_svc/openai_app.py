@@ -1,7 +1,8 @@
 """The OpenAI-compatible HTTP API: the same inference service as gRPC, behind a second door.
 
 `/v1/chat/completions`, `/v1/completions` (both streaming with server-sent events) and
-`/v1/models`, where the base model and every published adapter is a `model`. Routes only
+`/v1/models`, where the base model and every published adapter is a `model`; and
+`/v1/releases/{adapter}`, an adapter's release (read it; change it with the admin role). Routes only
 translate (`openai_convert`); errors leave in OpenAI's shape with the HTTP status that matches
 the gRPC one (400 naming the parameter, 401 without a valid token, 403 without the generate
 role, 404 for an unknown adapter, 429 with Retry-After when the replica or the caller is at its
@@ -24,14 +25,19 @@ import grpc
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from google.protobuf.json_format import MessageToDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraplane.auth import Authenticator, Caller, Role
 from loraplane.errors import Cancelled, InternalError, InvalidArgument, LoraplaneError, NotFound
+from loraplane.releases import ReleaseChange
+from serving_svc import convert as grpc_convert
 from serving_svc import openai_convert as convert
 from serving_svc.body_limit import BodySizeLimit
 from serving_svc.inference import GenerationChunk, InferenceService
+from serving_svc.release_analysis import ReleaseReport
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +132,13 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     _add_open_routes(app, metrics)
     _add_error_handlers(app)
+
+    def admin_caller(request: Request) -> Caller:
+        return authenticator.caller(request.headers.get("authorization"), {Role.ADMIN})
+
     _add_model_routes(app, service, generating_caller)
     _add_completion_routes(app, service, base_model, generating_caller)
+    _add_release_routes(app, service, generating_caller, admin_caller)
     return app
 
 
@@ -193,6 +204,37 @@ def _add_model_routes(app: FastAPI, service: InferenceService, generating_caller
             if model in (card["id"], card["root"]):
                 return card
         raise NotFound(f"no model or adapter named {model!r}; GET /v1/models lists them", field="model")
+
+
+class ReleaseUpdate(ReleaseChange):
+    """The body of `POST /v1/releases/{adapter}`: a release change, and why."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reason: str = ""
+
+
+def _add_release_routes(
+    app: FastAPI, service: InferenceService, generating_caller: CallerCheck, admin_caller: CallerCheck
+) -> None:
+    """`/v1/releases/{adapter}`: the release as the gRPC API's Release message in its JSON form; changes
+    need the admin role, as UpdateRelease does."""
+
+    administering = Depends(admin_caller)
+
+    def shown(report: ReleaseReport) -> dict[str, Any]:
+        return MessageToDict(grpc_convert.release(report), preserving_proto_field_name=True)
+
+    @app.get("/v1/releases/{adapter}", dependencies=[Depends(generating_caller)])
+    async def get_release(adapter: str, history_limit: int = grpc_convert.DEFAULT_RELEASE_HISTORY) -> dict[str, Any]:
+        return shown(await service.release(grpc_convert.release_name(adapter), history_limit))
+
+    @app.post("/v1/releases/{adapter}")
+    async def update_release(adapter: str, body: ReleaseUpdate, caller: Caller = administering) -> dict[str, Any]:
+        name = grpc_convert.release_name(adapter)
+        change = ReleaseChange(**body.model_dump(exclude={"reason"}))
+        await service.change_release(name, change, actor=caller.name, reason=body.reason)
+        return shown(await service.release(name, grpc_convert.DEFAULT_RELEASE_HISTORY))
 
 
 def _add_completion_routes(

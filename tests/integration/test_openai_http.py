@@ -376,3 +376,34 @@ def test_a_canary_splits_callers_by_user_and_each_answer_names_its_version(repli
     )
     assert stream.headers["x-loraplane-adapter"] == "gamma@v2"
     assert {chunk.model for chunk in stream.parse()} == {"gamma@v2"}
+
+
+def test_releases_are_read_and_changed_over_http_in_the_grpc_messages_json(replica: Replica) -> None:
+    for seed in (21, 22):
+        replica.publish("delta", seed)
+    url = f"{replica.base_url}/v1/releases/delta"
+    started = httpx.post(url, json={"action": "start", "candidate": 2, "canary_share": 0.25, "reason": "try v2"})
+    assert started.status_code == 200, started.text
+    body = started.json()
+    assert body["state"] == {
+        "stable_version": 1,
+        "candidate_version": 2,
+        "mode": "RELEASE_MODE_CANARY",
+        "canary_share": 0.25,
+    }
+    [record] = body["history"]
+    assert (record["action"], record["reason"], record["actor"]) == ("RELEASE_ACTION_START", "try v2", "anonymous")
+    assert [figures["version"] for figures in body["versions"]] == [1, 2]
+    assert body["verdict"].startswith("trying: 0 of")
+    assert httpx.get(url).json()["history"] == body["history"]
+
+    for payload, param in (
+        ({"action": "start"}, "candidate"),
+        ({"action": "start", "candidate": 2, "canary_share": 2}, "canary_share"),
+        ({"action": "launch"}, "action"),
+    ):
+        refused = httpx.post(url, json=payload)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+    stale = httpx.post(url, json={"action": "promote", "expected_candidate": 3})
+    assert stale.status_code == 400 and "no longer the candidate" in stale.json()["error"]["message"]
+    assert httpx.post(f"{replica.base_url}/v1/releases/delta@v2", json={"action": "pause"}).status_code == 400
