@@ -15,28 +15,15 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, cast
-
-import grpc
+from typing import cast
 
 from bench.machine import emit, machine, run_date
 from bench.serving import processes
-from bench.serving.measure import RequestResult, percentile
-from bench.serving.ours import (
-    Load,
-    drive,
-    free_port,
-    grpc_sender,
-    server_env,
-    serving_svc_command,
-    wait_serving,
-    warm_up,
-)
-from bench.serving.traffic import PlannedRequest, prompt_for
+from bench.serving.measure import RequestResult, latency_summary
+from bench.serving.ours import Load, free_port, measure_traffic, server_env, serving_svc_command
 from bench.serving.workspace import ModelName, Workspace, prepare
 from loraplane.artifact import ADAPTER_FILES, PROFILE_FILE
 from loraplane.drift import Profile, PromptFrame, Sample, observe
-from loraplane.proto import serving_pb2_grpc
 
 log = logging.getLogger("bench.drift")
 
@@ -64,18 +51,6 @@ def _publish_with_reference(workspace: Workspace, scratch: Path) -> list[str]:
     return names
 
 
-async def _measure(
-    target: str, process: Any, log_path: Path, adapters: list[str], load: Load, requests: int
-) -> list[RequestResult]:
-    async with grpc.aio.insecure_channel(target) as channel:
-        await wait_serving(channel, process, log_path)
-        stub = serving_pb2_grpc.InferenceStub(channel)
-        await warm_up(stub, adapters, load)
-        planned = [PlannedRequest(adapters[i % len(adapters)], prompt_for(i)) for i in range(requests)]
-        results, _ = await drive(grpc_sender(stub, load.sampling()), planned, load.concurrency)
-        return results
-
-
 def _run(
     workspace: Workspace, adapters: list[str], drift: bool, load: Load, requests: int, run_dir: Path
 ) -> list[RequestResult]:
@@ -87,24 +62,12 @@ def _run(
     }
     log_path = run_dir / f"serving-drift-{'on' if drift else 'off'}.log"
     with processes.running([serving_svc_command()], env=env, log_path=log_path, grace_s=30.0) as process:
-        results = asyncio.run(_measure(f"127.0.0.1:{port}", process, log_path, adapters, load, requests))
+        results, _ = asyncio.run(measure_traffic(f"127.0.0.1:{port}", process, log_path, adapters, load, requests))
     shutil.rmtree(data_dir, ignore_errors=True)
     failed = [r.error for r in results if r.error]
     if failed:
         raise RuntimeError(f"{len(failed)} requests failed with drift {'on' if drift else 'off'}: {failed[0]}")
     return results
-
-
-def _summary(results: list[RequestResult]) -> dict[str, Any]:
-    latencies = [r.latency_s for r in results if r.latency_s is not None]
-    ttfts = [r.ttft_s for r in results if r.ttft_s is not None]
-    return {
-        "requests": len(results),
-        "p50_latency_s": percentile(latencies, 50),
-        "p99_latency_s": percentile(latencies, 99),
-        "p50_ttft_s": percentile(ttfts, 50),
-        "p99_ttft_s": percentile(ttfts, 99),
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for name in adapters:
             workspace.unpublish(name)
-    off, on = _summary(measured[False]), _summary(measured[True])
+    off, on = latency_summary(measured[False]), latency_summary(measured[True])
     ratios = {key: on[key] / off[key] for key in off if key != "requests" and off[key]}
     report = {
         "date": run_date(),

@@ -108,3 +108,16 @@ def failed_row(system: str, adapters: int, traffic: str, requests: int, error: s
         "wall_s": None,
         "error": error,
     }
+
+
+def latency_summary(results: list[RequestResult]) -> dict[str, Any]:
+    """Requests, and p50/p99 of latency and time to first token, over `results`."""
+    latencies = [r.latency_s for r in results if r.latency_s is not None]
+    ttfts = [r.ttft_s for r in results if r.ttft_s is not None]
+    return {
+        "requests": len(results),
+        "p50_latency_s": percentile(latencies, 50),
+        "p99_latency_s": percentile(latencies, 99),
+        "p50_ttft_s": percentile(ttfts, 50),
+        "p99_ttft_s": percentile(ttfts, 99),
+    }

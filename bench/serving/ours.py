@@ -208,6 +208,27 @@ async def warm_up(stub: serving_pb2_grpc.InferenceStub, adapters: list[str], loa
             raise RuntimeError(f"warm-up failed for {len(failures)} of {len(results)} requests: {failures[0]}")
 
 
+async def measure_traffic(
+    target: str,
+    process: subprocess.Popen[bytes],
+    log_path: Path,
+    adapters: list[str],
+    load: Load,
+    requests: int,
+    before: Callable[[serving_pb2_grpc.InferenceStub], Awaitable[None]] | None = None,
+) -> tuple[list[RequestResult], float]:
+    """Once the server at `target` is serving (and `before` has run on it) and warm, `requests` streamed
+    requests spread over `adapters`; their results and wall time."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        await wait_serving(channel, process, log_path)
+        stub = serving_pb2_grpc.InferenceStub(channel)
+        if before is not None:
+            await before(stub)
+        await warm_up(stub, adapters, load)
+        planned = [PlannedRequest(adapters[i % len(adapters)], prompt_for(i)) for i in range(requests)]
+        return await drive(grpc_sender(stub, load.sampling()), planned, load.concurrency)
+
+
 async def _cold_load(
     stub: serving_pb2_grpc.InferenceStub, workspace: Workspace, engine: str, warm_adapter: str | None, load: Load
 ) -> dict[str, Any]:
