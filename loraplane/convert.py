@@ -255,6 +255,7 @@ def release_state(message: serving_pb2.ReleaseState) -> ReleaseState:
         canary_share=message.canary_share,
         paused=message.paused,
         previous_stable=message.previous_stable_version or None,
+        trial=message.trial or None,
     )
 
 

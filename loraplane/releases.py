@@ -114,7 +114,11 @@ class ReleaseState(BaseModel):
     """The share of the name's traffic the candidate answers in canary mode; 0 in shadow mode."""
     paused: bool = False
     previous_stable: int | None = Field(None, ge=1)
-    """The stable version before the last promotion, which a rollback without a candidate returns to."""
+    """Right after a promotion, the stable version before it, which a rollback without a candidate returns
+    to; None once anything else has happened since (so a second rollback never demotes stable)."""
+    trial: int | None = Field(None, ge=1)
+    """The sequence number of the record that started the candidate's trial: the figures of a trial are
+    kept under it, so a version tried twice starts from nothing the second time. None without a candidate."""
 
     def route(self, name: str, key: str) -> tuple[int, VersionRole]:
         """The version that answers a request for `name` whose caller's key is `key`, and its role."""
@@ -208,13 +212,17 @@ class ReleaseChange(BaseModel):
     """START on an adapter without a release: the stable version (default: the newest other than
     the candidate)."""
     expected_candidate: int | None = None
-    """Act only if this is still the candidate (the analysis sets it, so a
-    verdict about v3 never promotes a v4 that replaced it); None acts on whatever is the candidate."""
+    """Act only if this is still the candidate (so a verdict about v3 never promotes a v4 that replaced
+    it); None acts on whatever is the candidate."""
+    expected_sequence: int | None = None
+    """Act only if the newest record is still this one (the analysis sets it to the record it judged, so
+    a pause, a new trial or any other change since makes its decision void); None: whatever is newest."""
 
-    def apply(self, name: str, current: ReleaseState | None) -> ReleaseState:
-        """The state after this change; FailedPrecondition saying why when it does not apply to `current`."""
+    def apply(self, name: str, current: ReleaseState | None, *, sequence: int) -> ReleaseState:
+        """The state after this change, written as record `sequence`; FailedPrecondition saying why when it
+        does not apply to `current`."""
         if self.action is ReleaseAction.START:
-            return self._start(name, current)
+            return self._start(name, current, sequence)
         if current is None:
             raise FailedPrecondition(
                 f"adapter {name!r} has no release to {self.action}: start one with a candidate first"
@@ -230,11 +238,11 @@ class ReleaseChange(BaseModel):
                 return ReleaseState(stable=current.candidate, previous_stable=current.stable)
             case ReleaseAction.ROLLBACK:
                 if current.candidate is not None:
-                    return ReleaseState(stable=current.stable, previous_stable=current.previous_stable)
+                    return ReleaseState(stable=current.stable)
                 if current.previous_stable is None:
                     raise FailedPrecondition(
-                        f"adapter {name!r} has no candidate and no earlier stable version to roll back to "
-                        f"({current.describe()})"
+                        f"adapter {name!r} has no candidate on trial, and its last change was not a promotion to "
+                        f"undo ({current.describe()}): start the version to go back to as a candidate instead"
                     )
                 return ReleaseState(stable=current.previous_stable)
             case ReleaseAction.PAUSE | ReleaseAction.RESUME:
@@ -243,14 +251,14 @@ class ReleaseChange(BaseModel):
                 return current.model_copy(update={"paused": self.action is ReleaseAction.PAUSE})
         raise InternalError(f"release action {self.action} has no transition")
 
-    def _start(self, name: str, current: ReleaseState | None) -> ReleaseState:
+    def _start(self, name: str, current: ReleaseState | None, sequence: int) -> ReleaseState:
         if self.candidate is None:
             raise InvalidArgument("starting a release needs a candidate version", field="candidate")
         share = self.canary_share if self.mode is ReleaseMode.CANARY else 0.0
         if current is None:
             if self.stable is None:
                 raise InvalidArgument(f"adapter {name!r} has no release yet: name its stable version", field="stable")
-            stable, previous = self.stable, None
+            stable = self.stable
         else:
             if self.stable is not None and self.stable != current.stable:
                 raise FailedPrecondition(
@@ -261,15 +269,17 @@ class ReleaseChange(BaseModel):
                     f"{name}@v{current.candidate} is already on trial ({current.describe()}): promote it or roll it "
                     "back first"
                 )
-            stable, previous = current.stable, current.previous_stable
+            stable = current.stable
         if self.candidate == stable:
             raise FailedPrecondition(f"{name}@v{stable} is the stable version; a candidate must be another version")
+        running = current is not None and current.candidate == self.candidate
         return ReleaseState(
             stable=stable,
             candidate=self.candidate,
             mode=self.mode,
             canary_share=share,
-            previous_stable=previous,
+            paused=running and current is not None and current.paused,
+            trial=current.trial if running and current is not None else sequence,
         )
 
 
@@ -342,12 +352,18 @@ class ReleaseLog:
         self._check_versions_exist(name, change)
         for _ in range(_MAX_WRITE_TRIES):
             current = self.current(name)
+            newest = current.sequence if current else 0
+            if change.expected_sequence is not None and newest != change.expected_sequence:
+                raise FailedPrecondition(
+                    f"the release of {name!r} changed after record {change.expected_sequence}: it is at record "
+                    f"{newest} ({current.state.describe() if current else 'no release'})"
+                )
             if current is None and change.action is ReleaseAction.START and change.stable is None:
                 change = change.model_copy(update={"stable": self._default_stable(name, change.candidate)})
-            state = change.apply(name, current.state if current else None)
+            state = change.apply(name, current.state if current else None, sequence=newest + 1)
             record = ReleaseRecord(
                 adapter=name,
-                sequence=(current.sequence if current else 0) + 1,
+                sequence=newest + 1,
                 action=change.action,
                 state=state,
                 actor=actor or ANONYMOUS_ACTOR,

@@ -373,6 +373,35 @@ def drift(document: dict[str, Any]) -> str:
     )
 
 
+def releases(document: dict[str, Any]) -> str:
+    """bench.releases: callers' throughput and latency with no release, a canary and a shadow, and the ratios."""
+    load = document["load"]
+    measures = {"requests_per_s": "requests/s", "p50_latency_s": "p50 latency s", "p99_latency_s": "p99 latency s"}
+    measures |= {"p50_ttft_s": "p50 TTFT s", "p99_ttft_s": "p99 TTFT s"}
+    sides = (("none", "release_none"), (f"canary {document['canary_share']:.0%}", "release_canary"))
+    sides += (
+        ("shadow", "release_shadow"),
+        ("canary / none", "canary_over_none"),
+        ("shadow / none", "shadow_over_none"),
+    )
+    shadow = document["shadow_requests"]
+    offered = sum(shadow.values())
+    return "\n\n".join(
+        [
+            f"{document['adapters']} adapter names of two versions each, {load['max_tokens']} tokens per request, "
+            f"{load['concurrency']} at once; the settings alternated {_plural(document['rounds'], 'time')}:",
+            _table(
+                ["release", *measures.values()],
+                ([label, *(_num(document[key].get(m), 3) for m in measures)] for label, key in sides),
+            ),
+            f"Shadow requests offered: {_num(offered)}; "
+            + ", ".join(f"{outcome} {_num(count)}" for outcome, count in shadow.items())
+            + " (busy: shed while real requests waited or the shadow places were taken; preempted: aborted for "
+            "a real request).",
+        ]
+    )
+
+
 def _false_alarms(windows: dict[str, Any]) -> str:
     """The share of windows read drifted, and the statistic over most often, with its share."""
     over = windows["over"]
@@ -454,6 +483,7 @@ def reliability(document: dict[str, Any]) -> str:
 RENDERERS: tuple[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]], ...] = (
     (lambda d: "fuzz" in d, reliability),
     (lambda d: "drift_on" in d, drift),
+    (lambda d: "release_none" in d, releases),
     (lambda d: "false_alarm_rate" in d and "adapters" in d, drift_calibration),
     (lambda d: "task" in d and "plain" in d, quality),
     (lambda d: isinstance(d.get("systems"), dict), training),

@@ -271,6 +271,14 @@ def adapter_stats(entry: AdapterDrift) -> serving_pb2.AdapterStats:
 
 
 DEFAULT_RELEASE_HISTORY = 20
+MAX_RELEASE_HISTORY = 1000
+
+
+def history_limit(requested: int) -> int:
+    """The records a GetRelease returns: 0 takes the default, and no call reads more than the maximum."""
+    return min(requested or DEFAULT_RELEASE_HISTORY, MAX_RELEASE_HISTORY)
+
+
 DEFAULT_CANARY_SHARE = 0.1
 
 
@@ -315,6 +323,7 @@ def release_state(state: ReleaseState) -> serving_pb2.ReleaseState:
         canary_share=state.canary_share,
         paused=state.paused,
         previous_stable_version=state.previous_stable or 0,
+        trial=state.trial or 0,
     )
 
 

@@ -34,11 +34,12 @@ from serving_svc.engines.base import (
 from serving_svc.generation import AnswerTrace, as_trained, engine_request, record_drift
 from serving_svc.metrics import BASE_MODEL_LABEL, NO_ADAPTER_LABEL, RequestRecord, ServingMetrics
 from serving_svc.release_analysis import ReleaseAnalysis, ReleaseReport
-from serving_svc.releases import ReleaseRouter
+from serving_svc.releases import ReleaseRouter, Route
 from serving_svc.shadow import ShadowRunner
 
-CALLER_FAULTS = frozenset(
+NOT_THE_VERSIONS_FAULT = frozenset(
     {
+        ErrorCode.UNAVAILABLE,
         ErrorCode.INVALID_ARGUMENT,
         ErrorCode.OUT_OF_RANGE,
         ErrorCode.RESOURCE_EXHAUSTED,
@@ -48,9 +49,9 @@ CALLER_FAULTS = frozenset(
         ErrorCode.UNAUTHENTICATED,
     }
 )
-"""Failures of the request, not of the version that was to answer it: a malformed request, load shedding, a
-caller who left. Every other failure of a request the release routed counts against its version (an engine
-error, a version whose files do not verify or that this replica cannot serve)."""
+"""Failures that are not the version's: a malformed request, load shedding, a caller who left, a store or
+replica that cannot be reached. Every other failure of a request the release routed counts against its
+version (an engine error, a version whose files do not verify or that this replica cannot serve)."""
 
 
 @dataclass(frozen=True)
@@ -201,11 +202,10 @@ class InferenceService:
         received = time.perf_counter()
         request_id = uuid.uuid4().hex
         route = await self._releases.route(request.adapter, request.user or request_id) if request.adapter else None
-        trial = route.spec if route is not None and route.role in (VersionRole.STABLE, VersionRole.CANDIDATE) else None
+        trial = route if route is not None and route.role in (VersionRole.STABLE, VersionRole.CANDIDATE) else None
         first_token: float | None = None
         with self._version_failures_of(trial):
             resolved = await self._adapters.resolve(route.spec) if route is not None else None
-            shadow = route.shadow if route is not None else None
             token_ids = await self._engine.tokenize(as_trained(request.prompt, resolved))
             sampling = self._checked_sampling(request, len(token_ids))
             async with self._admission.place(caller), self._adapters.hold(resolved) as adapter:
@@ -233,31 +233,29 @@ class InferenceService:
                             latency = time.perf_counter() - received
                             metrics.generation_finished(label, latency)
                             record_drift(self._drift, self._adapters, adapter, generation, answer, delta)
-                            if trial is not None and trial.version is not None:
-                                self._analysis.observe(
-                                    trial.name, trial.version, first_token=first_token, latency=latency, failed=False
-                                )
-                            if shadow is not None:
-                                self._shadow.offer(shadow, request.prompt, sampling, answer.text)
+                            if trial is not None:
+                                self._analysis.observe(trial, first_token=first_token, latency=latency, failed=False)
+                            if route is not None and route.shadow is not None and route.trial is not None:
+                                self._shadow.offer(route.shadow, route.trial, request.prompt, sampling, answer.text)
                         yield GenerationChunk(generation.request_id, adapter, delta)
 
     @contextmanager
-    def _version_failures_of(self, trial: AdapterSpec | None) -> Iterator[None]:
+    def _version_failures_of(self, trial: Route | None) -> Iterator[None]:
         """Count a request that failed against the version of a release that was to answer it, unless the
-        request itself was at fault (CALLER_FAULTS)."""
+        failure was not the version's (NOT_THE_VERSIONS_FAULT)."""
         try:
             yield
         except LoraplaneError as error:
-            if error.error_code not in CALLER_FAULTS:
+            if error.error_code not in NOT_THE_VERSIONS_FAULT:
                 self._observe_failure(trial)
             raise
         except Exception:
             self._observe_failure(trial)
             raise
 
-    def _observe_failure(self, trial: AdapterSpec | None) -> None:
-        if trial is not None and trial.version is not None:
-            self._analysis.observe(trial.name, trial.version, first_token=None, latency=None, failed=True)
+    def _observe_failure(self, trial: Route | None) -> None:
+        if trial is not None:
+            self._analysis.observe(trial, first_token=None, latency=None, failed=True)
 
     # -- outcomes and drift ----------------------------------------------------------------
 

@@ -226,8 +226,9 @@ def _add_release_routes(
         return MessageToDict(grpc_convert.release(report), preserving_proto_field_name=True)
 
     @app.get("/v1/releases/{adapter}", dependencies=[Depends(generating_caller)])
-    async def get_release(adapter: str, history_limit: int = grpc_convert.DEFAULT_RELEASE_HISTORY) -> dict[str, Any]:
-        return shown(await service.release(grpc_convert.release_name(adapter), history_limit))
+    async def get_release(adapter: str, history_limit: int = 0) -> dict[str, Any]:
+        name = grpc_convert.release_name(adapter)
+        return shown(await service.release(name, grpc_convert.history_limit(max(history_limit, 0))))
 
     @app.post("/v1/releases/{adapter}")
     async def update_release(adapter: str, body: ReleaseUpdate, caller: Caller = administering) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from loraplane.releases import (
     ReleaseState,
 )
 from serving_svc.drift_monitor import AdapterDrift, DriftMonitor
-from serving_svc.releases import ReleaseRouter, ReleaseView
+from serving_svc.releases import ReleaseRouter, ReleaseView, Route
 from serving_svc.shadow import ShadowRunner
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,8 @@ class Verdict:
     """What the analysis makes of a trial now."""
 
     adapter: str
+    sequence: int
+    """The record judged: a decision applies only while it is the newest."""
     state: ReleaseState
     stable: VersionFigures
     candidate: VersionFigures
@@ -220,14 +222,15 @@ class ReleaseAnalysis:
         self._drift = drift
         self._policy = policy
         self._clock = clock
-        self._observed: dict[tuple[str, int], _Observed] = {}
+        self._observed: dict[tuple[str, int, int], _Observed] = {}  # (name, trial, version)
+        self._trial_times: dict[tuple[str, int], float] = {}
         self.rollbacks: dict[tuple[str, Guardrail], int] = {}
 
-    def observe(
-        self, name: str, version: int, *, first_token: float | None, latency: float | None, failed: bool
-    ) -> None:
-        """One request answered (or failed by the server) by a version of a released adapter."""
-        observed = self._observed.setdefault((name, version), _Observed())
+    def observe(self, route: Route, *, first_token: float | None, latency: float | None, failed: bool) -> None:
+        """One request answered (or failed for the version) by the stable or candidate version of a trial."""
+        if route.trial is None or route.spec.version is None:
+            return  # no trial: stable is not being compared with anything
+        observed = self._observed.setdefault((route.spec.name, route.trial, route.spec.version), _Observed())
         observed.requests += 1
         observed.errors += failed
         if first_token is not None:
@@ -235,8 +238,9 @@ class ReleaseAnalysis:
         if latency is not None:
             observed.latency.append(latency)
 
-    def version_figures(self, name: str, version: int, drift: AdapterDrift | None) -> VersionFigures:
-        observed = self._observed.get((name, version), _Observed())
+    def version_figures(self, name: str, trial: int, version: int, drift: AdapterDrift | None) -> VersionFigures:
+        """A version's figures in trial `trial` on this replica (drift and feedback: its live window)."""
+        observed = self._observed.get((name, trial, version), _Observed())
         values: dict[Guardrail, float | None] = {
             Guardrail.ERROR_RATE: observed.errors / observed.requests if observed.requests else None,
             Guardrail.TTFT_P50: statistics.median(observed.first_token) if observed.first_token else None,
@@ -258,7 +262,7 @@ class ReleaseAnalysis:
             samples[Guardrail.FORM_SHARE] = 1 if report.form_share is not None else 0
             values[Guardrail.FEEDBACK_SCORE] = drift.feedback.mean_score
             samples[Guardrail.FEEDBACK_SCORE] = drift.feedback.count
-        shadow = self._shadow.figures(name, version)
+        shadow = self._shadow.figures(name, trial, version)
         values[Guardrail.SHADOW_AGREEMENT] = shadow.rouge_l_agreement
         samples[Guardrail.SHADOW_AGREEMENT] = shadow.compared
         return VersionFigures(version, observed.requests, observed.errors, values, samples)
@@ -266,20 +270,20 @@ class ReleaseAnalysis:
     def verdict(self, record: ReleaseRecord) -> Verdict | None:
         """The trial's figures and what they decide now; None when the release tries no candidate."""
         state = record.state
-        if state.candidate is None:
+        if state.candidate is None or state.trial is None:
             return None
         windows = {entry.version: entry for entry in self._drift_windows(record.adapter)}
-        stable = self.version_figures(record.adapter, state.stable, windows.get(state.stable))
-        candidate = self.version_figures(record.adapter, state.candidate, windows.get(state.candidate))
+        stable = self.version_figures(record.adapter, state.trial, state.stable, windows.get(state.stable))
+        candidate = self.version_figures(record.adapter, state.trial, state.candidate, windows.get(state.candidate))
         guardrails = SHADOW_GUARDRAILS if state.mode is ReleaseMode.SHADOW else CANARY_GUARDRAILS
         checks = [compare(g, stable, candidate, self._policy.margins[g]) for g in guardrails]
-        verdict = partial(Verdict, record.adapter, state, stable, candidate, checks)
+        verdict = partial(Verdict, record.adapter, record.sequence, state, stable, candidate, checks)
         worse = [check for check in checks if check.worse]
         if worse:
             return verdict(ReleaseAction.ROLLBACK, worse[0].describe())
         shadow = state.mode is ReleaseMode.SHADOW
         tried = candidate.samples[Guardrail.SHADOW_AGREEMENT] if shadow else candidate.requests
-        age = self._clock() - record.at.timestamp()
+        age = self._clock() - self._trial_started(record)
         policy = self._policy
         if state.paused or tried < policy.min_requests or age < policy.min_seconds:
             return verdict(
@@ -302,14 +306,28 @@ class ReleaseAnalysis:
         verdict = await asyncio.to_thread(self.verdict, view.current) if view.current is not None else None
         return ReleaseReport(view, verdict)
 
+    def _trial_started(self, record: ReleaseRecord) -> float:
+        """When the trial `record` belongs to began: its START record's time, as far as this replica saw it."""
+        started = self._trial_times.setdefault((record.adapter, record.state.trial or 0), record.at.timestamp())
+        return min(started, record.at.timestamp())
+
+    def _forget_ended_trials(self) -> None:
+        """Drop the figures of trials that are over, so memory and metric series follow the trials running."""
+        running = {(r.adapter, r.state.trial) for r in self._router.released() if r.state.trial is not None}
+        self._observed = {key: value for key, value in self._observed.items() if key[:2] in running}
+        self._trial_times = {key: value for key, value in self._trial_times.items() if key in running}
+        self._shadow.forget_except(running)
+
     async def decide(self) -> list[ReleaseRecord]:
-        """Promote or roll back every trial whose figures decide; the records written."""
+        """Promote or roll back every trial whose figures decide, judged on the release as read from the store
+        at most a TTL ago; the records written."""
+        self._forget_ended_trials()
         if not self._policy.automatic:
             return []
-        stale = set(self._router.stale_names())
         written = []
-        for record in list(self._router.released()):
-            if record.adapter in stale or record.state.paused:
+        for name in self._router.released_names():
+            record = await self._router.current(name)  # read again once its TTL is over
+            if record is None or record.adapter in self._router.stale_names() or record.state.paused:
                 continue
             verdict = await asyncio.to_thread(self.verdict, record)
             if verdict is None or verdict.action is None:
@@ -324,7 +342,9 @@ class ReleaseAnalysis:
 
     async def _apply(self, verdict: Verdict) -> ReleaseRecord:
         assert verdict.action is not None
-        change = ReleaseChange(action=verdict.action, expected_candidate=verdict.state.candidate)
+        change = ReleaseChange(
+            action=verdict.action, expected_candidate=verdict.state.candidate, expected_sequence=verdict.sequence
+        )
         record = await self._router.change(
             verdict.adapter, change, actor=AUTO_ACTOR, reason=verdict.reason, figures=verdict.figures()
         )

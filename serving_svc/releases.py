@@ -38,6 +38,8 @@ class Route:
     role: VersionRole
     shadow: AdapterSpec | None = None
     """The candidate that also runs the request in the shadow of stable, if the release says so."""
+    trial: int | None = None
+    """The trial the answering version takes part in (the sequence of the record that started it)."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ class ReleaseRouter:
         state = record.state
         version, role = state.route(spec.name, key)
         shadow = AdapterSpec(spec.name, state.shadow) if state.shadow is not None else None
-        return Route(AdapterSpec(spec.name, version), role, shadow)
+        return Route(AdapterSpec(spec.name, version), role, shadow, state.trial)
 
     async def current(self, name: str) -> ReleaseRecord | None:
         """The newest release record of `name` as this replica knows it, at most a TTL old (or stale)."""
@@ -94,6 +96,15 @@ class ReleaseRouter:
             return record
 
     def _remember(self, name: str, known: _Known) -> None:
+        """Keep what was read, unless a newer record is known here already (a read that started before a
+        change through this replica may end after it)."""
+        previous = self._known.get(name)
+        if (
+            previous is not None
+            and previous.record is not None
+            and (known.record is None or known.record.sequence < previous.record.sequence)
+        ):
+            known = _Known(known.read_at, previous.record, known.stale)
         self._known[name] = known
         self._known.move_to_end(name)
         while len(self._known) > MAX_KNOWN_NAMES:
@@ -124,6 +135,9 @@ class ReleaseRouter:
     def released(self) -> Iterator[ReleaseRecord]:
         """The newest record of every name with a release, as this replica routes by it."""
         return (known.record for known in list(self._known.values()) if known.record is not None)
+
+    def released_names(self) -> list[str]:
+        return [record.adapter for record in self.released()]
 
     async def view(self, name: str, history_limit: int) -> ReleaseView:
         """The release of `name` as read from the store now, or as last known here when it cannot be read."""

@@ -89,7 +89,7 @@ class InferenceServicer(serving_pb2_grpc.InferenceServicer):
         self, request: serving_pb2.GetReleaseRequest, context: grpc.aio.ServicerContext
     ) -> serving_pb2.Release:
         name = convert.release_name(request.adapter)
-        view = await self._service.release(name, request.history_limit or convert.DEFAULT_RELEASE_HISTORY)
+        view = await self._service.release(name, convert.history_limit(request.history_limit))
         return convert.release(view)
 
     async def UpdateRelease(

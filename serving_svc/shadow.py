@@ -28,7 +28,6 @@ from prometheus_client.registry import Collector
 from rouge_score import rouge_scorer
 
 from loraplane.answers import exact_match
-from loraplane.errors import LoraplaneError
 from loraplane.names import AdapterSpec
 from serving_svc.adapters import AdapterManager
 from serving_svc.admission import Admission
@@ -88,33 +87,41 @@ class ShadowRunner:
         self._admission = admission
         self._max_in_flight = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
-        self._tallies: dict[tuple[str, int], _Tally] = {}
+        self._tallies: dict[tuple[str, int, int], _Tally] = {}  # (name, trial, version)
         self._rouge = rouge_scorer.RougeScorer(["rougeL"])
 
-    def offer(self, candidate: AdapterSpec, prompt: Prompt, sampling: SamplingOptions, stable_answer: str) -> None:
-        """Run `prompt` on `candidate` (a pinned version) in the background and compare its answer with
-        `stable_answer`, unless the replica is busy; returns at once."""
+    def offer(
+        self, candidate: AdapterSpec, trial: int, prompt: Prompt, sampling: SamplingOptions, stable_answer: str
+    ) -> None:
+        """Run `prompt` on `candidate` (a pinned version, on trial `trial`) in the background and compare its
+        answer with `stable_answer`, unless the replica is busy; returns at once."""
+        tally = self._tally(candidate, trial)
         if self._busy() or len(self._tasks) >= self._max_in_flight:
-            self._count(candidate, ShadowOutcome.BUSY)
+            tally.outcomes[ShadowOutcome.BUSY] += 1
             return
-        task = asyncio.create_task(self._run(candidate, prompt, sampling, stable_answer))
+        task = asyncio.create_task(self._run(candidate, tally, prompt, sampling, stable_answer))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def _busy(self) -> bool:
-        return self._admission.queued > 0
+        """Real requests wait: for an admission place, or in the engine's queue."""
+        return self._admission.queued > 0 or self._engine.stats().waiting > 0
 
-    async def _run(self, candidate: AdapterSpec, prompt: Prompt, sampling: SamplingOptions, stable_answer: str) -> None:
+    async def _run(
+        self, candidate: AdapterSpec, tally: _Tally, prompt: Prompt, sampling: SamplingOptions, stable_answer: str
+    ) -> None:
         try:
             outcome, answer = await self._generate(candidate, prompt, sampling)
-        except LoraplaneError as exc:
+            if outcome is ShadowOutcome.COMPARED:  # a long answer's LCS is seconds of Python: off the loop
+                rouge_l = await asyncio.to_thread(self._rouge.score, stable_answer, answer)
+        except Exception as exc:  # a shadow request must never fail anything but itself
             log.warning("shadow request on %s failed: %s", candidate, exc)
-            self._count(candidate, ShadowOutcome.FAILED)
+            tally.outcomes[ShadowOutcome.FAILED] += 1
             return
-        tally = self._count(candidate, outcome)
+        tally.outcomes[outcome] += 1
         if outcome is ShadowOutcome.COMPARED:
             tally.exact += exact_match(answer, stable_answer)
-            tally.rouge_l += self._rouge.score(stable_answer, answer)["rougeL"].fmeasure
+            tally.rouge_l += rouge_l["rougeL"].fmeasure
 
     async def _generate(
         self, candidate: AdapterSpec, prompt: Prompt, sampling: SamplingOptions
@@ -133,14 +140,13 @@ class ShadowRunner:
                         record_drift(self._drift, self._adapters, adapter, generation, answer, delta)
         return ShadowOutcome.COMPARED, answer.text
 
-    def _count(self, candidate: AdapterSpec, outcome: ShadowOutcome) -> _Tally:
-        assert candidate.version is not None
-        tally = self._tallies.setdefault((candidate.name, candidate.version), _Tally(Counter()))
-        tally.outcomes[outcome] += 1
-        return tally
+    def _tally(self, candidate: AdapterSpec, trial: int) -> _Tally:
+        assert candidate.version is not None, "a shadow candidate is a pinned version"
+        return self._tallies.setdefault((candidate.name, trial, candidate.version), _Tally(Counter()))
 
-    def figures(self, name: str, version: int) -> ShadowFigures:
-        tally = self._tallies.get((name, version), _Tally(Counter()))
+    def figures(self, name: str, trial: int, version: int) -> ShadowFigures:
+        """A candidate version's shadow requests in trial `trial` on this replica."""
+        tally = self._tallies.get((name, trial, version), _Tally(Counter()))
         compared = tally.outcomes[ShadowOutcome.COMPARED]
         return ShadowFigures(
             Counter(tally.outcomes),
@@ -148,9 +154,13 @@ class ShadowRunner:
             tally.rouge_l / compared if compared else None,
         )
 
-    def versions(self) -> list[tuple[str, int]]:
-        """The candidate versions that were offered shadow requests here."""
+    def trials(self) -> list[tuple[str, int, int]]:
+        """(name, trial, version) of every candidate offered shadow requests here in a running trial."""
         return sorted(self._tallies)
+
+    def forget_except(self, running: set[tuple[str, int]]) -> None:
+        """Drop the tallies of trials not in `running` (name, trial): they are over."""
+        self._tallies = {key: tally for key, tally in self._tallies.items() if key[:2] in running}
 
     async def close(self) -> None:
         """Abort the shadow requests still running (the replica is stopping)."""
@@ -179,10 +189,10 @@ class ShadowCollector(Collector):
             "and rouge_l (mean ROUGE-L F-measure).",
             labels=["adapter", "version", "measure"],
         )
-        for name, version in self._runner.versions():
+        for name, trial, version in self._runner.trials():
             if not self._owns_label(name):
                 continue
-            figures = self._runner.figures(name, version)
+            figures = self._runner.figures(name, trial, version)
             for outcome in ShadowOutcome:
                 requests.add_metric([name, str(version), outcome.value], figures.outcomes[outcome])
             for measure, value in (("exact", figures.exact_agreement), ("rouge_l", figures.rouge_l_agreement)):

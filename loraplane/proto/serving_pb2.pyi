@@ -999,6 +999,7 @@ class ReleaseState(_message.Message):
     CANARY_SHARE_FIELD_NUMBER: _builtins.int
     PAUSED_FIELD_NUMBER: _builtins.int
     PREVIOUS_STABLE_VERSION_FIELD_NUMBER: _builtins.int
+    TRIAL_FIELD_NUMBER: _builtins.int
     stable_version: _builtins.int
     """The version that answers the adapter's name (but for the canary share)."""
     candidate_version: _builtins.int
@@ -1008,8 +1009,12 @@ class ReleaseState(_message.Message):
     """The candidate's share of the name's requests in canary mode, in [0, 1]."""
     paused: _builtins.bool
     previous_stable_version: _builtins.int
-    """The stable version before the last promotion (0: none), which a rollback without a candidate
-    returns to.
+    """Right after a promotion, the stable version before it (0: none), which a rollback without a
+    candidate returns to.
+    """
+    trial: _builtins.int
+    """The sequence of the record that started the candidate's trial (0: no candidate); the trial's
+    figures are kept under it.
     """
     def __init__(
         self,
@@ -1020,10 +1025,11 @@ class ReleaseState(_message.Message):
         canary_share: _builtins.float = ...,
         paused: _builtins.bool = ...,
         previous_stable_version: _builtins.int = ...,
+        trial: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_share", b"canary_share", "candidate_version", b"candidate_version", "mode", b"mode", "paused", b"paused", "previous_stable_version", b"previous_stable_version", "stable_version", b"stable_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["canary_share", b"canary_share", "candidate_version", b"candidate_version", "mode", b"mode", "paused", b"paused", "previous_stable_version", b"previous_stable_version", "stable_version", b"stable_version", "trial", b"trial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

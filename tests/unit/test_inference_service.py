@@ -419,10 +419,10 @@ async def test_in_shadow_mode_the_candidate_runs_each_request_after_stable_and_i
     for index in range(3):
         completion = await replica.service.complete(lambda index=index: _input(user=f"user-{index}"))
         assert completion.adapter is not None and completion.adapter.key == "alpha@v1"
-        await until(lambda index=index: replica.shadow.figures("alpha", 2).compared == index + 1, TIMEOUT)
+        await until(lambda index=index: replica.shadow.figures("alpha", 1, 2).compared == index + 1, TIMEOUT)
     keys = [request.adapter_key for request in replica.engine.requests]
     assert keys == ["alpha@v1", "alpha@v2"] * 3, "each caller's request, then its shadow on the candidate"
-    figures = replica.shadow.figures("alpha", 2)
+    figures = replica.shadow.figures("alpha", 1, 2)
     assert (figures.exact_agreement, figures.rouge_l_agreement) == (1.0, 1.0), "the fake engine answers alike"
     registry = CollectorRegistry()
     registry.register(ShadowCollector(replica.shadow, owns_label=lambda name: True))
@@ -434,8 +434,8 @@ async def test_in_shadow_mode_the_candidate_runs_each_request_after_stable_and_i
 async def test_a_shadow_offer_is_dropped_while_real_requests_wait(replica: Replica) -> None:
     _shadow_release(replica)
     replica.admission.queued = 1  # a real request is waiting for a place
-    replica.shadow.offer(AdapterSpec("alpha", 2), "hi", SamplingOptions(max_tokens=4), "answer")
-    assert replica.shadow.figures("alpha", 2).outcomes == {ShadowOutcome.BUSY: 1}
+    replica.shadow.offer(AdapterSpec("alpha", 2), 1, "hi", SamplingOptions(max_tokens=4), "answer")
+    assert replica.shadow.figures("alpha", 1, 2).outcomes == {ShadowOutcome.BUSY: 1}
     assert replica.engine.requests == []
 
 
@@ -443,20 +443,20 @@ async def test_a_running_shadow_request_is_aborted_when_a_real_one_has_to_wait(t
     replica = _replica(tmp_path, shadow_max_in_flight=1)
     _shadow_release(replica)
     replica.engine.generation_gate = asyncio.Event()
-    replica.shadow.offer(AdapterSpec("alpha", 2), "hi", SamplingOptions(max_tokens=4), "answer")
-    replica.shadow.offer(AdapterSpec("alpha", 2), "hi", SamplingOptions(max_tokens=4), "answer")
+    replica.shadow.offer(AdapterSpec("alpha", 2), 1, "hi", SamplingOptions(max_tokens=4), "answer")
+    replica.shadow.offer(AdapterSpec("alpha", 2), 1, "hi", SamplingOptions(max_tokens=4), "answer")
     await asyncio.wait_for(replica.engine.generation_started.wait(), TIMEOUT)
-    assert replica.shadow.figures("alpha", 2).outcomes == {ShadowOutcome.BUSY: 1}, "one shadow place"
+    assert replica.shadow.figures("alpha", 1, 2).outcomes == {ShadowOutcome.BUSY: 1}, "one shadow place"
     replica.admission.queued = 1
     replica.engine.generation_gate.set()
-    await until(lambda: replica.shadow.figures("alpha", 2).outcomes[ShadowOutcome.PREEMPTED] == 1, TIMEOUT)
+    await until(lambda: replica.shadow.figures("alpha", 1, 2).outcomes[ShadowOutcome.PREEMPTED] == 1, TIMEOUT)
     assert replica.engine.aborted == [replica.engine.requests[0].request_id]
-    assert replica.shadow.figures("alpha", 2).exact_agreement is None
+    assert replica.shadow.figures("alpha", 1, 2).exact_agreement is None
 
 
 async def test_a_shadow_candidate_that_cannot_be_served_is_counted_failed(replica: Replica) -> None:
-    replica.shadow.offer(AdapterSpec("alpha", 9), "hi", SamplingOptions(max_tokens=4), "answer")
-    await until(lambda: replica.shadow.figures("alpha", 9).outcomes[ShadowOutcome.FAILED] == 1, TIMEOUT)
+    replica.shadow.offer(AdapterSpec("alpha", 9), 1, "hi", SamplingOptions(max_tokens=4), "answer")
+    await until(lambda: replica.shadow.figures("alpha", 1, 9).outcomes[ShadowOutcome.FAILED] == 1, TIMEOUT)
 
 
 async def test_a_candidate_whose_files_do_not_verify_fails_its_requests_and_is_rolled_back(replica: Replica) -> None:

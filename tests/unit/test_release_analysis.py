@@ -8,6 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from loraplane.drift_statistics import Verdicts
+from loraplane.names import AdapterSpec
 from loraplane.releases import (
     DEFAULT_MARGINS,
     Guardrail,
@@ -15,6 +16,7 @@ from loraplane.releases import (
     ReleaseChange,
     ReleaseLog,
     ReleaseMode,
+    VersionRole,
 )
 from serving_svc.admission import Admission
 from serving_svc.drift_monitor import DriftMonitor, DriftPolicy
@@ -26,7 +28,7 @@ from serving_svc.release_analysis import (
     VersionFigures,
     compare,
 )
-from serving_svc.releases import ReleaseRouter
+from serving_svc.releases import ReleaseRouter, Route
 from serving_svc.shadow import ShadowRunner
 from tests.support.fake_engine import build_adapter_manager
 
@@ -87,16 +89,13 @@ class Trial:
         change = ReleaseChange(action=ReleaseAction.START, candidate=2, stable=1, mode=mode, canary_share=0.5)
         await self.router.change(NAME, change, actor="ops", reason="try v2")
 
-    def answer(self, version: int, count: int, *, latency: float = 0.1, failures: int = 0) -> None:
+    def answer(self, version: int, count: int, *, latency: float = 0.1, failures: int = 0, trial: int = 1) -> None:
+        role = VersionRole.STABLE if version == 1 else VersionRole.CANDIDATE
+        route = Route(AdapterSpec(NAME, version), role, trial=trial)
         for index in range(count):
             failed = index < failures
-            self.analysis.observe(
-                NAME,
-                version,
-                first_token=None if failed else latency / 2,
-                latency=None if failed else latency,
-                failed=failed,
-            )
+            first_token, took = (None, None) if failed else (latency / 2, latency)
+            self.analysis.observe(route, first_token=first_token, latency=took, failed=failed)
 
 
 async def test_a_candidate_with_no_guardrail_worse_is_promoted_once_it_has_its_requests(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ def test_a_malformed_update_is_refused_naming_its_field(
 
 
 def test_a_release_reaches_the_client_as_it_was_recorded() -> None:
-    state = ReleaseState(stable=2, candidate=3, mode=ReleaseMode.SHADOW, previous_stable=1)
+    state = ReleaseState(stable=2, candidate=3, mode=ReleaseMode.SHADOW, trial=4)
     record = ReleaseRecord(
         adapter="acme",
         sequence=4,
@@ -73,7 +73,7 @@ def test_a_release_reaches_the_client_as_it_was_recorded() -> None:
     stable = VersionFigures(2, 40, 0, {Guardrail.SHADOW_AGREEMENT: None}, {Guardrail.SHADOW_AGREEMENT: 0})
     candidate = VersionFigures(3, 0, 0, {Guardrail.SHADOW_AGREEMENT: 0.25}, {Guardrail.SHADOW_AGREEMENT: 30})
     check = compare(Guardrail.SHADOW_AGREEMENT, stable, candidate, 0.5)
-    verdict = Verdict("acme", state, stable, candidate, [check], ReleaseAction.ROLLBACK, check.describe())
+    verdict = Verdict("acme", 4, state, stable, candidate, [check], ReleaseAction.ROLLBACK, check.describe())
     report = ReleaseReport(ReleaseView("acme", record, [record], stale=True), verdict)
     shown = client_convert.release(convert.release(report))
     assert (shown.adapter, shown.state, shown.history, shown.stale) == ("acme", state, (record,), True)

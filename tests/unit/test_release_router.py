@@ -13,7 +13,7 @@ from loraplane.names import AdapterSpec
 from loraplane.releases import ReleaseAction, ReleaseChange, ReleaseLog, ReleaseMode, VersionRole
 from loraplane.storage import FileStore
 from serving_svc.release_metrics import ReleaseCollector
-from serving_svc.releases import ReleaseRouter, Route
+from serving_svc.releases import ReleaseRouter, Route, _Known
 from tests.support.fake_engine import publish_fake_adapter
 from tests.support.outage_store import Clock, FakeOutageStore
 
@@ -60,7 +60,7 @@ async def test_another_replicas_change_is_followed_within_the_ttl(
     clock.now += TTL - 1
     assert (await router.route(AdapterSpec(NAME), "u")).role is VersionRole.LATEST, "read once per TTL"
     clock.now += 1
-    assert await router.route(AdapterSpec(NAME), "u") == Route(AdapterSpec(NAME, 2), VersionRole.CANDIDATE)
+    assert await router.route(AdapterSpec(NAME), "u") == Route(AdapterSpec(NAME, 2), VersionRole.CANDIDATE, trial=1)
 
 
 async def test_a_change_through_this_replica_applies_here_at_once(router: ReleaseRouter) -> None:
@@ -73,7 +73,7 @@ async def test_shadow_mode_routes_to_stable_and_names_the_shadow(router: Release
     shadow = ReleaseChange(action=ReleaseAction.START, candidate=2, stable=1, mode=ReleaseMode.SHADOW)
     await router.change(NAME, shadow, actor="ops", reason="")
     route = await router.route(AdapterSpec(NAME), "u")
-    assert route == Route(AdapterSpec(NAME, 1), VersionRole.STABLE, shadow=AdapterSpec(NAME, 2))
+    assert route == Route(AdapterSpec(NAME, 1), VersionRole.STABLE, shadow=AdapterSpec(NAME, 2), trial=1)
 
 
 async def test_through_a_store_outage_the_last_known_release_holds_and_is_reported_stale(
@@ -117,3 +117,12 @@ async def test_the_releases_routed_by_are_exported_within_the_label_bound(
     assert registry.get_sample_value("loraplane_release_state_stale", {"adapter": NAME}) == 1
     router_without_label = ReleaseCollector(router, owns_label=lambda name: False)
     assert all(not family.samples for family in router_without_label.collect())
+
+
+async def test_a_read_that_ends_after_a_newer_change_here_does_not_undo_it(
+    router: ReleaseRouter, log: ReleaseLog, clock: Clock
+) -> None:
+    old = log.change(NAME, EVERY_CALLER, actor="ops")
+    newer = await router.change(NAME, ReleaseChange(action=ReleaseAction.PAUSE), actor="ops", reason="")
+    router._remember(NAME, _Known(clock(), old))  # a read begun before the pause, ending after it
+    assert await router.current(NAME) == newer

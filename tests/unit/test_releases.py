@@ -58,7 +58,7 @@ def test_an_adapter_without_records_has_no_release(releases: ReleaseLog) -> None
 def test_a_first_candidate_keeps_the_newest_other_version_stable(releases: ReleaseLog) -> None:
     record = releases.change(NAME, _start(4, canary_share=0.25), actor="ops", reason="try v4")
     assert record.sequence == 1
-    assert record.state == ReleaseState(stable=3, candidate=4, mode=ReleaseMode.CANARY, canary_share=0.25)
+    assert record.state == ReleaseState(stable=3, candidate=4, mode=ReleaseMode.CANARY, canary_share=0.25, trial=1)
     assert releases.current(NAME) == record
 
 
@@ -81,10 +81,11 @@ def test_the_life_of_a_release_is_kept_in_order_with_who_why_and_figures(release
         ReleaseAction.ROLLBACK,
     ]
     assert history[1].state.paused and not history[2].state.paused
+    assert {record.state.trial for record in history[:3]} == {1}, "pausing and resuming keep the trial"
     assert history[3].state == ReleaseState(stable=2, previous_stable=1)
     assert history[3].figures == {"error_rate_delta": 0.0}
-    assert history[4].state == ReleaseState(stable=2, candidate=3, mode=ReleaseMode.SHADOW, previous_stable=1)
-    assert history[5].state == ReleaseState(stable=2, previous_stable=1)
+    assert history[4].state == ReleaseState(stable=2, candidate=3, mode=ReleaseMode.SHADOW, trial=5)
+    assert history[5].state == ReleaseState(stable=2), "a new trial ends the undo of the last promotion"
     assert history[5].actor == "auto" and history[5].reason == "agreement 0.2 < 0.8"
     assert releases.history(NAME, limit=2) == history[-2:]
 
@@ -94,8 +95,33 @@ def test_a_rollback_without_a_candidate_returns_to_the_stable_before_the_promoti
     releases.change(NAME, _act(ReleaseAction.PROMOTE), actor="ops")
     record = releases.change(NAME, _act(ReleaseAction.ROLLBACK), actor="ops", reason="v2 misbehaves")
     assert record.state == ReleaseState(stable=1)
-    with pytest.raises(FailedPrecondition, match="no earlier stable version"):
+    with pytest.raises(FailedPrecondition, match="last change was not a promotion to undo"):
         releases.change(NAME, _act(ReleaseAction.ROLLBACK), actor="ops")
+
+
+def test_a_second_rollback_never_demotes_stable(releases: ReleaseLog) -> None:
+    releases.change(NAME, _start(2, stable=1), actor="ops")
+    releases.change(NAME, _act(ReleaseAction.PROMOTE), actor="ops")
+    releases.change(NAME, _start(3), actor="ops")
+    releases.change(NAME, _act(ReleaseAction.ROLLBACK), actor="auto", reason="v3 worse")
+    with pytest.raises(FailedPrecondition, match="no candidate on trial"):
+        releases.change(NAME, _act(ReleaseAction.ROLLBACK), actor="ops", reason="roll back v3")
+    current = releases.current(NAME)
+    assert current is not None and current.state == ReleaseState(stable=2)
+
+
+def test_restarting_a_running_trial_keeps_it_paused_and_keeps_its_number(releases: ReleaseLog) -> None:
+    releases.change(NAME, _start(2, stable=1), actor="ops")
+    releases.change(NAME, _act(ReleaseAction.PAUSE), actor="ops")
+    record = releases.change(NAME, _start(2, canary_share=0.5), actor="ops")
+    assert record.state.paused and record.state.trial == 1 and record.state.canary_share == 0.5
+
+
+def test_a_change_conditional_on_the_newest_record_is_refused_once_another_came(releases: ReleaseLog) -> None:
+    first = releases.change(NAME, _start(2, stable=1), actor="ops")
+    releases.change(NAME, _act(ReleaseAction.PAUSE), actor="ops")
+    with pytest.raises(FailedPrecondition, match="changed after record 1: it is at record 2"):
+        releases.change(NAME, _act(ReleaseAction.PROMOTE, expected_sequence=first.sequence), actor="auto")
 
 
 @pytest.mark.parametrize(
@@ -176,7 +202,7 @@ def test_concurrent_writers_each_get_their_own_record_and_the_log_replays(releas
     assert [record.sequence for record in history] == list(range(1, len(history) + 1))
     assert {record.sequence for record in written} == {record.sequence for record in history[1:]}
     for before, record in zip(history, history[1:], strict=False):
-        assert _act(record.action).apply(NAME, before.state) == record.state
+        assert _act(record.action).apply(NAME, before.state, sequence=record.sequence) == record.state
     actions = [record.action for record in history]
     assert ReleaseAction.PROMOTE in actions or ReleaseAction.ROLLBACK in actions
     # a promote and a rollback both land (rollback after promote returns to v1), or the later is refused

@@ -40,7 +40,7 @@ def test_the_published_version_becomes_the_candidate_with_the_job_as_its_actor(t
     assert message == "release of acme: stable v2, candidate v3 (canary 20%)"
     record = releases.current("acme")
     assert record is not None and record.action is ReleaseAction.START
-    assert record.state == ReleaseState(stable=2, candidate=3, mode=ReleaseMode.CANARY, canary_share=0.2)
+    assert record.state == ReleaseState(stable=2, candidate=3, mode=ReleaseMode.CANARY, canary_share=0.2, trial=1)
     assert record.actor == "job job-7" and record.reason == "published by job job-7"
 
 

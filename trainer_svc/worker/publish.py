@@ -14,7 +14,7 @@ from loraplane.artifact import (
     manifest_digest,
 )
 from loraplane.drift import Profile
-from loraplane.errors import FailedPrecondition, NotFound, Unavailable
+from loraplane.errors import LoraplaneError, Unavailable
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.releases import ReleaseLog, TrialPlan
 from loraplane.storage import open_store
@@ -87,6 +87,6 @@ def start_trial(adapter: PublishedAdapter, plan: TrialPlan, worker_input: Worker
             actor=f"job {worker_input.job_id}",
             reason=f"published by job {worker_input.job_id}",
         )
-    except (FailedPrecondition, NotFound, Unavailable) as exc:
+    except LoraplaneError as exc:  # whatever stops the release, the version is out: the job succeeded
         return f"warning: {version} is published but not on trial: {exc.message}"
     return f"release of {adapter.name}: {record.state.describe()}"
