@@ -80,7 +80,12 @@ class ServingServer(EndpointsHost):
         self.metrics.registry.register(ReleaseCollector(self.releases, self.metrics.owns_label))
         self.drift = self._drift_monitor(settings)
         self.shadow = ShadowRunner(
-            self.engine, self.adapters, self.drift, self.admission, max_in_flight=settings.shadow_max_in_flight
+            self.engine,
+            self.adapters,
+            self.drift,
+            self.admission,
+            max_in_flight=settings.shadow_max_in_flight,
+            batch_capacity=settings.max_batch_size,
         )
         self.metrics.registry.register(ShadowCollector(self.shadow, self.metrics.owns_label))
         self.analysis = ReleaseAnalysis(

@@ -7,8 +7,9 @@ latency). The candidate's answer feeds the drift window of its own version and i
 stable's: exact agreement, and ROUGE-L as a similarity for answers that differ in wording.
 
 Shadow work yields to real traffic: it takes no admission place, at most `max_in_flight` shadow
-requests run at once, an offer is dropped while real requests wait for a place (or the shadow
-places are taken), and a running shadow request is aborted as soon as a real one has to wait.
+requests run at once, an offer is dropped while real requests wait for an admission place or the
+engine holds more requests than one batch (`batch_capacity`), or when the shadow places are taken,
+and a running shadow request is aborted as soon as that happens.
 Each offer's outcome is counted, so an operator sees how much of the traffic the comparison covers.
 """
 
@@ -80,12 +81,14 @@ class ShadowRunner:
         admission: Admission,
         *,
         max_in_flight: int,
+        batch_capacity: int,
     ) -> None:
         self._engine = engine
         self._adapters = adapters
         self._drift = drift
         self._admission = admission
         self._max_in_flight = max_in_flight
+        self._batch_capacity = batch_capacity
         self._tasks: set[asyncio.Task[None]] = set()
         self._tallies: dict[tuple[str, int, int], _Tally] = {}  # (name, trial, version)
         self._rouge = rouge_scorer.RougeScorer(["rougeL"])
@@ -104,8 +107,9 @@ class ShadowRunner:
         task.add_done_callback(self._tasks.discard)
 
     def _busy(self) -> bool:
-        """Real requests wait: for an admission place, or in the engine's queue."""
-        return self._admission.queued > 0 or self._engine.stats().waiting > 0
+        """Real requests wait for an admission place, or the engine holds more than one batch of requests."""
+        stats = self._engine.stats()
+        return self._admission.queued > 0 or stats.running + stats.waiting > self._batch_capacity
 
     async def _run(
         self, candidate: AdapterSpec, tally: _Tally, prompt: Prompt, sampling: SamplingOptions, stable_answer: str

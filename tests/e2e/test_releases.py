@@ -148,7 +148,7 @@ def test_a_better_version_is_promoted_and_a_worse_one_rolled_back_on_the_callers
 
         assert _train(stack, tmp_path, WRONG_ANSWER, 40, canary) == 3
         rolled_back = _ask_until(clients, lambda release: release.state is not None and release.state.candidate is None)
-        assert rolled_back.state == ReleaseState(stable=2, previous_stable=1)
+        assert rolled_back.state == ReleaseState(stable=2)
         decision = rolled_back.history[-1]
         assert (decision.action, decision.actor) == (ReleaseAction.ROLLBACK, "auto")
         assert decision.reason.startswith("feedback_score: candidate"), decision.reason

@@ -62,7 +62,7 @@ def _replica(
     parts.publish("alpha")
     admission = Admission(max_concurrent, max_queued, max_per_caller=100)
     releases = ReleaseRouter(ReleaseLog(parts.repository), ttl_seconds=0.0)
-    shadow = ShadowRunner(engine, parts.manager, drift, admission, max_in_flight=shadow_max_in_flight)
+    shadow = ShadowRunner(engine, parts.manager, drift, admission, max_in_flight=shadow_max_in_flight, batch_capacity=8)
     analysis = ReleaseAnalysis(releases, shadow, drift, ANALYSIS_POLICY)
     service = InferenceService(
         engine,

@@ -81,7 +81,9 @@ class Trial:
             parts.publish(NAME)
         self.log = ReleaseLog(parts.repository)
         self.router = ReleaseRouter(self.log, ttl_seconds=ttl_seconds)
-        self.shadow = ShadowRunner(parts.engine, parts.manager, None, Admission(1, 1, 1), max_in_flight=1)
+        self.shadow = ShadowRunner(
+            parts.engine, parts.manager, None, Admission(1, 1, 1), max_in_flight=1, batch_capacity=8
+        )
         self.policy = AnalysisPolicy(DEFAULT_MARGINS, min_requests=min_requests, min_seconds=0.0, automatic=automatic)
         self.analysis = ReleaseAnalysis(self.router, self.shadow, None, self.policy)
 
