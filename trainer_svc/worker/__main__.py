@@ -128,7 +128,7 @@ def _evaluate(
         tokenizer,
         train_set,
         data.early_stopping.tokenized,
-        data.validation.tokenized,
+        data.drift_reference.tokenized,
         derive_form([answer for example in data.train.sourced if (answer := example.answer_text()) is not None]),
         batch_size=batch_size,
         generation_batch_size=generation_batch,

@@ -26,6 +26,8 @@ T = TypeVar("T")
 MIN_EARLY_STOPPING_EXAMPLES = 10
 """Fewest unseen-group examples early stopping is measured on alone: below it, one example's loss would
 choose the checkpoint."""
+MIN_DRIFT_REFERENCE_EXAMPLES = 8
+"""Rows held out at random that a drift reference is made of, at least; fewer and every validation example is."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,16 @@ class TrainingSets:
         checkpoint that does best on new phrasings), else every validation example."""
         unseen = self.validation.held_out_sets().get(HeldOutSet.UNSEEN_GROUPS)
         return unseen if unseen and len(unseen.tokenized) >= MIN_EARLY_STOPPING_EXAMPLES else self.validation
+
+    @property
+    def drift_reference(self) -> Examples:
+        """The held-out examples the adapter answers for its drift reference: the rows held out at random
+        (traffic like the training data) where the trainer held out at least MIN_DRIFT_REFERENCE_EXAMPLES
+        of them, else every validation example. Not the unseen groups: new phrasings are by design a shift
+        from the training data, and a reference made of them reads traffic like the training data as drift
+        (a skewed mix of answers, say one label's, against traffic with all of them)."""
+        rows = self.validation.held_out_sets().get(HeldOutSet.IN_DISTRIBUTION)
+        return rows if rows and len(rows.tokenized) >= MIN_DRIFT_REFERENCE_EXAMPLES else self.validation
 
     def scored(self) -> dict[HeldOutSet, Examples]:
         """The held-out sets the task scores are measured on: the test data, else each validation set apart."""
