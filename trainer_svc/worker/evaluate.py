@@ -48,7 +48,7 @@ def _probe_loss(model: PeftModel, sequences: list[list[int]], batch_size: int) -
 def evaluate(
     model: PeftModel,
     tokenizer: PreTrainedTokenizerBase,
-    train_set: list[TokenizedExample],
+    seen: list[TokenizedExample],
     validation_set: list[TokenizedExample],
     reference_set: list[TokenizedExample],
     form: AnswerForm | None,
@@ -57,9 +57,9 @@ def evaluate(
     generation_batch_size: int,
 ) -> Evaluation:
     """Metrics of the trained adapter (validation loss on `validation_set`) and the drift profile: the prompts
-    of every example, and the held-out data `reference_set` (training data without one) answered, judged by
-    the training answers' `form`; sequences are scored `batch_size` at a time and answered
-    `generation_batch_size` at a time."""
+    of every example the job `seen` (training and validation), and the held-out data `reference_set` (the
+    examples seen, without one) answered, judged by the training answers' `form`; sequences are scored
+    `batch_size` at a time and answered `generation_batch_size` at a time."""
     metrics: dict[str, float] = {}
     if validation_set:
         loss = -float(np.concatenate(answer_logprobs(model, validation_set, batch_size=batch_size)).mean())
@@ -72,8 +72,8 @@ def evaluate(
     profile = reference_profile(
         model,
         tokenizer,
-        [*train_set, *reference_set],
-        reference_set or train_set,
+        seen,
+        reference_set or seen,
         form,
         batch_size=batch_size,
         generation_batch_size=generation_batch_size,
