@@ -390,6 +390,7 @@ def test_releases_are_read_and_changed_over_http_in_the_grpc_messages_json(repli
         "candidate_version": 2,
         "mode": "RELEASE_MODE_CANARY",
         "canary_share": 0.25,
+        "trial": "1",  # a uint64, which the proto's JSON mapping writes as a string
     }
     [record] = body["history"]
     assert (record["action"], record["reason"], record["actor"]) == ("RELEASE_ACTION_START", "try v2", "anonymous")
