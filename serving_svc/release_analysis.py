@@ -327,7 +327,7 @@ class ReleaseAnalysis:
         written = []
         for name in self._router.released_names():
             record = await self._router.current(name)  # read again once its TTL is over
-            if record is None or record.adapter in self._router.stale_names() or record.state.paused:
+            if record is None or self._router.stale(name) or record.state.paused:
                 continue
             verdict = await asyncio.to_thread(self.verdict, record)
             if verdict is None or verdict.action is None:

@@ -128,6 +128,11 @@ class ReleaseRouter:
         )
         return record
 
+    def stale(self, name: str) -> bool:
+        """Whether `name`'s release could not be read at its last refresh."""
+        known = self._known.get(name)
+        return known is not None and known.stale
+
     def stale_names(self) -> list[str]:
         """The names whose release could not be read at their last refresh: routed by what was known."""
         return sorted(name for name, known in self._known.items() if known.stale)

@@ -27,7 +27,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.machine import emit, machine, run_date
 from bench.serving import processes
 from bench.serving.measure import RequestResult, latency_summary
-from bench.serving.ours import Load, free_port, measure_traffic, server_env, serving_svc_command
+from bench.serving.ours import (
+    Load,
+    add_traffic_arguments,
+    free_port,
+    measure_traffic,
+    raise_on_failures,
+    server_env,
+    serving_svc_command,
+)
 from bench.serving.workspace import ModelName, Workspace, prepare
 from loraplane import wire
 from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc
@@ -100,21 +108,13 @@ def _run(
         )
         shadow = _shadow_outcomes(http_port) if setting == "shadow" else {}
     shutil.rmtree(data_dir, ignore_errors=True)
-    failed = [r.error for r in results if r.error]
-    if failed:
-        raise RuntimeError(f"{len(failed)} requests failed with release {setting}: {failed[0]}")
+    raise_on_failures(results, f"release {setting}")
     return results, wall, shadow
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
-    parser.add_argument("--rounds", type=int, default=2, help="servers started per setting, alternating")
-    parser.add_argument("--requests", type=int, default=64, help="requests per server")
-    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight at most")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--work-dir", type=Path, default=Path("~/.cache/loraplane-bench"))
-    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    add_traffic_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     processes.install_cleanup()

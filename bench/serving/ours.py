@@ -9,6 +9,7 @@ before any row is timed; loading a never-seen adapter is measured on its own aft
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -206,6 +207,24 @@ async def warm_up(stub: serving_pb2_grpc.InferenceStub, adapters: list[str], loa
         failures = [r.error for r in results if r.error]
         if failures:
             raise RuntimeError(f"warm-up failed for {len(failures)} of {len(results)} requests: {failures[0]}")
+
+
+def add_traffic_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a benchmark that drives one server per setting with the same streamed traffic."""
+    parser.add_argument("--model", choices=("tiny", "smollm2"), default="tiny")
+    parser.add_argument("--rounds", type=int, default=2, help="servers started per setting, alternating")
+    parser.add_argument("--requests", type=int, default=64, help="requests per server")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight at most")
+    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--work-dir", type=Path, default=Path("~/.cache/loraplane-bench"))
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+
+
+def raise_on_failures(results: list[RequestResult], setting: str) -> None:
+    """A run with failed requests measures nothing: stop, naming the setting and the first error."""
+    failed = [r.error for r in results if r.error]
+    if failed:
+        raise RuntimeError(f"{len(failed)} requests failed with {setting}: {failed[0]}")
 
 
 async def measure_traffic(
