@@ -1,4 +1,4 @@
-"""Generate loraplane's Grafana dashboards (training, serving, drift) with grafana-foundation-sdk.
+"""Generate loraplane's Grafana dashboards (training, serving, drift, releases) with grafana-foundation-sdk.
 
 The JSON under k8s/monitoring/dashboards/ is generated: edit this file, then run
 `python scripts/dashboards.py` to rewrite it (`--check` only compares). Dashboards as code keep
@@ -12,7 +12,7 @@ every Grafana version in use, while v2 needs Grafana 12 with its new-layout feat
 SDK marks the classic builders deprecated at import time; that warning is silenced below for
 that reason.
 
-Conventions, so the three dashboards read alike:
+Conventions, so the dashboards read alike:
 - every query goes through the `datasource` variable (type prometheus), so one JSON works with
   whatever the Prometheus data source is called;
 - counters are read with `rate(...[$__rate_interval])` (Grafana's window that always holds at
@@ -223,10 +223,12 @@ class Layout:
     description: str
     time_from: str
     variables: list[cogbuilder.Builder[dashboard_models.VariableModel]] = field(default_factory=list)
-    rows: list[tuple[str, list[Panel]]] = field(default_factory=list)
+    rows: list[tuple[dashboard_builders.Row, list[Panel]]] = field(default_factory=list)
 
-    def row(self, title: str, *panels: Panel) -> Layout:
-        self.rows.append((title, list(panels)))
+    def row(self, title: str, *panels: Panel, repeat: str | None = None) -> Layout:
+        """A row of `panels`; with `repeat`, Grafana draws the row once per value of that variable."""
+        row = dashboard_builders.Row(title)
+        self.rows.append((row.repeat(repeat) if repeat else row, list(panels)))
         return self
 
     def build(self) -> dashboard_models.Dashboard:
@@ -256,8 +258,8 @@ class Layout:
         )
         for variable in self.variables:
             builder = builder.with_variable(variable)
-        for title, panels in self.rows:
-            builder = builder.with_row(dashboard_builders.Row(title))
+        for row, panels in self.rows:
+            builder = builder.with_row(row)
             for panel in panels:
                 builder = builder.with_panel(panel)
         dashboard = builder.build()
@@ -272,7 +274,7 @@ def _adapter_variable(metric: str) -> dashboard_builders.QueryVariable:
     return (
         dashboard_builders.QueryVariable("adapter")
         .label("Adapter")
-        .description("Adapters to show (the serving adapter label; rarely used adapters may be folded into 'other').")
+        .description("Adapters to show (the serving adapter label; rarely used adapters may be folded into '_other').")
         .datasource(DATASOURCE)
         .query({"query": query, "refId": "adapter"})
         .definition(query)
@@ -781,21 +783,27 @@ def _live_vs_reference_panels() -> list[Panel]:
     ]
 
 
+def _feedback_score(title: str, description: str, score: Query) -> timeseries.Panel:
+    """A feedback score query drawn against the alert's floor (dashed red)."""
+    return graph(
+        title,
+        description,
+        "none",
+        [score, Query("max(loraplane_drift_feedback_score_floor)", "floor")],
+        width=THIRD,
+        min_value=None,
+        reference_line="B",
+    )
+
+
 def _feedback_panels() -> list[Panel]:
     """What users say about the answers: the mean score against its floor, how much of the window it covers."""
     return [
-        graph(
+        _feedback_score(
             "Mean feedback score",
             "Mean score users gave the adapter's answers in the live window, with the floor (dashed red) "
             "below which feedback counts as degraded.",
-            "none",
-            [
-                Query(f"loraplane_drift_feedback_score{ADAPTERS}", "{{adapter}} {{instance}}"),
-                Query("max(loraplane_drift_feedback_score_floor)", "floor"),
-            ],
-            width=THIRD,
-            min_value=None,
-            reference_line="B",
+            Query(f"loraplane_drift_feedback_score{ADAPTERS}", "{{adapter}} {{instance}}"),
         ),
         graph(
             "Feedback rate",
@@ -843,6 +851,224 @@ def drift() -> dashboard_models.Dashboard:
     )
 
 
+# -- releases ---------------------------------------------------------------------------------------
+
+RELEASE_STATE: dict[str, str] = {
+    "stable": "loraplane_release_stable_version",
+    "candidate": "loraplane_release_candidate_version",
+    "canary share": "loraplane_release_canary_share",
+    "shadow": "loraplane_release_shadow",
+    "state stale": "loraplane_release_state_stale",
+}
+"""Column of the release table -> the gauge it shows (serving_svc/release_metrics.py)."""
+VERSIONS = 'adapter=~"$adapter",version!=""'
+"""The requests an adapter version answered (the base model's and RPCs about no model have no version)."""
+BY_VERSION = "adapter, version"
+ROLLBACKS = f"loraplane_release_rollbacks_total{ADAPTERS}"
+
+
+def _per_version_ratio(part: str, whole: str) -> str:
+    """`part` over `whole`, both counters summed by adapter and version; 0 where `part` has no series yet."""
+    whole_rate = f"sum by ({BY_VERSION}) (rate({whole}[$__rate_interval]))"
+    return f"(sum by ({BY_VERSION}) (rate({part}[$__rate_interval])) or 0 * {whole_rate}) / {whole_rate}"
+
+
+def _release_table() -> table.Panel:
+    """Each adapter with a release, one row: its versions, how the candidate is tried, whether it is stale."""
+    return (
+        table.Panel()
+        .title("Releases")
+        .description(
+            "Every adapter with a release, now (highest over the replicas): the stable version, the candidate on "
+            "trial (0: none), the candidate's canary share (0 in shadow mode or paused), 1 in shadow mode, and 1 "
+            "where a replica routes by a release it could not re-read from the store (LoraplaneReleaseStateStale)."
+        )
+        .datasource(DATASOURCE)
+        .unit("none")
+        .span(FULL)
+        .height(HEIGHT)
+        .with_transformation(dashboard_models.DataTransformerConfig(id_val="merge", options={}))
+        .with_transformation(
+            dashboard_models.DataTransformerConfig(
+                id_val="organize",
+                options={
+                    "excludeByName": {"Time": True},
+                    "renameByName": {f"Value #{_ref_id(i)}": column for i, column in enumerate(RELEASE_STATE)},
+                },
+            )
+        )
+        .targets(
+            [
+                Query(f"max by (adapter) ({metric}{ADAPTERS})", "", instant=True, table=True).build(_ref_id(i))
+                for i, metric in enumerate(RELEASE_STATE.values())
+            ]
+        )
+    )
+
+
+def _release_decision_panels() -> list[Panel]:
+    """The automatic rollbacks, by the guardrail that decided them."""
+    return [
+        graph(
+            "Automatic rollbacks",
+            "Candidates rolled back by a replica's analysis in each interval, by the guardrail the candidate was "
+            "worse on beyond its margin (loraplane release ADAPTER status shows the figures; the "
+            "LoraplaneReleaseRolledBack alert fires on each). Promotions and hand decisions are in the release's "
+            "history.",
+            "short",
+            [
+                Query(
+                    # A replica's first rollback on a guardrail is a new series at 1, which increase() reads as 0.
+                    f"sum by (adapter, guardrail) (({ROLLBACKS} unless {ROLLBACKS} offset $__rate_interval) "
+                    f"or increase({ROLLBACKS}[$__rate_interval]))",
+                    "{{adapter}} {{guardrail}}",
+                )
+            ],
+            width=FULL,
+        ),
+    ]
+
+
+def _version_quantiles(title: str, description: str, bucket: str) -> timeseries.Panel:
+    """p50 and p99 of histogram `bucket` per version of the adapter, over all replicas."""
+    return graph(
+        title,
+        description,
+        "s",
+        [
+            Query(_quantile(q, bucket, BY_VERSION, f"{{{VERSIONS}}}"), f"v{{{{version}}}} p{round(q * 100)}")
+            for q in (0.5, 0.99)
+        ],
+        width=THIRD,
+    )
+
+
+def _version_panels() -> list[Panel]:
+    """One adapter's versions side by side: the share each answers, errors, latency, drift, feedback, agreement."""
+    answered = f"loraplane_serving_generation_latency_seconds_count{{{VERSIONS}}}"
+    requests = f"{REQUESTS}{{{VERSIONS}}}"
+    return [
+        graph(
+            "Traffic share by version",
+            "Share of the adapter's answered requests each version gave (pinned name@vN requests included), with "
+            "the candidate's canary share as set (dashed red). Over many callers the candidate's share settles "
+            "near the setting; one caller always gets the same version.",
+            "percentunit",
+            [
+                Query(
+                    f"sum by ({BY_VERSION}) (rate({answered}[$__rate_interval])) / on (adapter) group_left "
+                    f"sum by (adapter) (rate({answered}[$__rate_interval]))",
+                    "v{{version}}",
+                ),
+                Query(f"max by (adapter) (loraplane_release_canary_share{ADAPTERS})", "canary share set"),
+            ],
+            width=THIRD,
+            max_value=1,
+            reference_line="B",
+        ),
+        graph(
+            "Server error ratio by version",
+            f"Share of each version's requests that failed on the server side ({SERVER_ERROR_CODES}). A "
+            "candidate whose files do not load fails here and is rolled back on the error_rate guardrail.",
+            "percentunit",
+            [
+                Query(
+                    _per_version_ratio(
+                        f'{REQUESTS}{{{VERSIONS},status=~"{SERVER_ERROR_CODES}"}}',
+                        requests,
+                    ),
+                    "v{{version}}",
+                )
+            ],
+            width=THIRD,
+            max_value=1,
+        ),
+        _version_quantiles(
+            "Time to first token by version",
+            "p50 and p99 time to first token of each version's requests over all replicas (ttft guardrails).",
+            "loraplane_serving_time_to_first_token_seconds_bucket",
+        ),
+        _version_quantiles(
+            "Latency by version",
+            "p50 and p99 time from a request's arrival to its last token, per version (latency guardrails).",
+            "loraplane_serving_generation_latency_seconds_bucket",
+        ),
+        graph(
+            "Drift statistics over by version",
+            "How many drift statistics are over for each version's live window (worst replica): a candidate "
+            "with more over than stable, beyond the margin, is rolled back (drift_statistics_over). See the "
+            "Drift dashboard for which.",
+            "short",
+            [
+                Query(
+                    f"sum by ({BY_VERSION}) (max by ({BY_VERSION}, statistic) (loraplane_drift_over{ADAPTERS}))",
+                    "v{{version}}",
+                )
+            ],
+            width=THIRD,
+        ),
+        _feedback_score(
+            "Feedback score by version",
+            "Mean score callers gave each version's answers in its live window (mean over replicas), against "
+            "the floor of the LoraplaneFeedbackScoreLow alert (dashed red); the feedback_score guardrail "
+            "compares candidate with stable.",
+            Query(f"avg by ({BY_VERSION}) (loraplane_drift_feedback_score{ADAPTERS})", "v{{version}}"),
+        ),
+        graph(
+            "Shadow agreement",
+            "In shadow mode: how the candidate's answers agree with stable's on the same requests (exact: share "
+            "equal; rouge_l: mean ROUGE-L F-measure), mean over replicas. The shadow_exact and shadow_rouge_l "
+            "guardrails compare them with full agreement.",
+            "percentunit",
+            [
+                Query(
+                    f"avg by ({BY_VERSION}, measure) (loraplane_release_shadow_agreement{ADAPTERS})",
+                    "v{{version}} {{measure}}",
+                )
+            ],
+            width=HALF,
+            max_value=1,
+        ),
+        graph(
+            "Shadow requests by outcome",
+            "Requests run on the candidate in the shadow of stable per second, by outcome: compared; busy "
+            "(dropped while real requests waited or the engine held more than a batch); no_slot (dropped: "
+            "loading the candidate would have taken the adapter slot of a version callers used lately); "
+            "preempted (aborted for a real request); failed. All but compared and failed are the shadow "
+            "yielding to callers.",
+            "reqps",
+            [
+                Query(
+                    f"sum by ({BY_VERSION}, outcome) "
+                    f"(rate(loraplane_release_shadow_requests_total{ADAPTERS}[$__rate_interval]))",
+                    "v{{version}} {{outcome}}",
+                )
+            ],
+            width=HALF,
+        ),
+    ]
+
+
+def releases() -> dashboard_models.Dashboard:
+    """Every release at a glance, then one section per adapter with its versions side by side."""
+    return (
+        Layout(
+            title="loraplane / Releases",
+            uid="loraplane-releases",
+            description=(
+                "Adapter releases: which version is stable and which is on trial as a canary or in the shadow of "
+                "stable, and the two versions side by side on the figures the replicas decide by: the share of "
+                "traffic each answers, server errors, latency, drift, feedback and, in shadow, agreement."
+            ),
+            time_from="now-6h",
+            variables=[_adapter_variable("loraplane_release_stable_version")],
+        )
+        .row("All releases", _release_table(), *_release_decision_panels())
+        .row("Release of $adapter", *_version_panels(), repeat="adapter")
+        .build()
+    )
+
+
 def render() -> dict[str, str]:
     """File name -> JSON text of every dashboard, exactly as committed under k8s/monitoring/dashboards/."""
     encoder = JSONEncoder(sort_keys=True, indent=2)
@@ -850,6 +1076,7 @@ def render() -> dict[str, str]:
         "loraplane-training.json": training(),
         "loraplane-serving.json": serving(),
         "loraplane-drift.json": drift(),
+        "loraplane-releases.json": releases(),
     }
     return {name: encoder.encode(dashboard) + "\n" for name, dashboard in dashboards.items()}
 

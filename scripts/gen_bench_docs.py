@@ -396,8 +396,9 @@ def releases(document: dict[str, Any]) -> str:
             ),
             f"Shadow requests offered: {_num(offered)}; "
             + ", ".join(f"{outcome} {_num(count)}" for outcome, count in shadow.items())
-            + " (busy: shed while real requests waited or the shadow places were taken; preempted: aborted for "
-            "a real request).",
+            + " (busy: shed while real requests waited or the shadow places were taken; no_slot: shed because "
+            "the candidate would have taken the adapter slot of a version callers used lately; preempted: "
+            "aborted for a real request).",
         ]
     )
 

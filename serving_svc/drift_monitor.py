@@ -133,8 +133,8 @@ class DriftMonitor:
             if len(self._requests) > _REMEMBERED_REQUESTS:
                 self._requests.popitem(last=False)
 
-    def record_feedback(self, request_id: str, score: float) -> str:
-        """Count a caller's score for an answered request; returns its adapter's name."""
+    def record_feedback(self, request_id: str, score: float) -> WindowKey:
+        """Count a caller's score for an answered request; returns the adapter and version that answered it."""
         with self._requests_lock:
             key = self._requests.get(request_id)
         if key is None:
@@ -149,7 +149,7 @@ class DriftMonitor:
             if window is not None:
                 window.feedback.append((self._clock(), score))
                 window.changes += 1
-            return key[0]
+            return key
 
     # -- readers ---------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from serving_svc.engines.base import (
     Usage,
 )
 from serving_svc.generation import AnswerTrace, as_trained, engine_request, record_drift
-from serving_svc.metrics import BASE_MODEL_LABEL, NO_ADAPTER_LABEL, RequestRecord, ServingMetrics
+from serving_svc.metrics import BASE_MODEL, NO_ADAPTER_LABEL, RequestRecord, ServingMetrics
 from serving_svc.release_analysis import ReleaseAnalysis, ReleaseReport
 from serving_svc.releases import ReleaseRouter, Route
 from serving_svc.shadow import ShadowRunner
@@ -209,8 +209,9 @@ class InferenceService:
             token_ids = await self._engine.tokenize(as_trained(request.prompt, resolved))
             sampling = self._checked_sampling(request, len(token_ids))
             async with self._admission.place(caller), self._adapters.hold(resolved) as adapter:
-                label = self._metrics.adapter_label(adapter.manifest.name) if adapter else BASE_MODEL_LABEL
-                record.adapter = label
+                manifest = adapter.manifest if adapter else None
+                label = self._metrics.version_labels(manifest.name, manifest.version) if manifest else BASE_MODEL
+                record.adapter, record.version = label
                 metrics = self._metrics
                 metrics.prompt_tokens(label, len(token_ids))
                 generation = engine_request(self._engine, self._drift, request_id, token_ids, sampling, adapter)
@@ -266,9 +267,10 @@ class InferenceService:
                 raise FailedPrecondition("drift monitoring is off on this replica (LORAPLANE_DRIFT_MONITORING)")
             if not 0.0 <= score <= 1.0:
                 raise InvalidArgument(f"score must be in [0, 1], got {score}", field="score")
-            adapter = self._drift.record_feedback(request_id, score)
-            record.adapter = self._metrics.adapter_label(adapter)
-            self._metrics.feedback(record.adapter)
+            adapter, version = self._drift.record_feedback(request_id, score)
+            served = self._metrics.version_labels(adapter, version)
+            record.adapter, record.version = served
+            self._metrics.feedback(served)
             return adapter
 
     def adapter_stats(self, name: str | None) -> list[AdapterDrift]:

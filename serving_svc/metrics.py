@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import Literal, NamedTuple, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
@@ -38,17 +38,34 @@ LoadSource = Literal["cpu", "disk", "store"]
 """Where a load took the adapter from: its copy in host memory, the local disk cache, or the object store."""
 
 
+class VersionLabels(NamedTuple):
+    """The `adapter` and `version` labels a generation request is counted under.
+
+    `version` is the served version's number, so a release's stable and candidate read apart on
+    every request metric; "" where no adapter version answered (the base model), "_other" with
+    an adapter folded into "_other" (the label bound covers both labels).
+    """
+
+    adapter: str
+    version: str
+
+
+BASE_MODEL = VersionLabels(BASE_MODEL_LABEL, "")
+
+
 @dataclass
 class RequestRecord:
     """Filled in by an RPC while it runs; read when it ends."""
 
     adapter: str = UNRESOLVED_LABEL
+    version: str = ""
 
 
 class ServingMetrics:
     def __init__(self, adapter_labels: int) -> None:
         self.registry = CollectorRegistry()
-        self._adapter_index: dict[MetricWrapperBase, int] = {}  # family -> position of its adapter label
+        # family -> position of its adapter label, and how many labels fold with it (2 with a version label)
+        self._adapter_index: dict[MetricWrapperBase, tuple[int, int]] = {}
         self._seen: dict[str, set[tuple[MetricWrapperBase, tuple[str, ...]]]] = {}
         self._labels = AdapterLabels(adapter_labels, self._forget_adapter)
         self._define_request_families()
@@ -61,8 +78,8 @@ class ServingMetrics:
         self._requests = self._adapter_family(
             Counter,
             "loraplane_serving_requests",
-            "RPCs answered, by method, adapter and gRPC status code.",
-            ["rpc", "adapter", "status"],
+            "RPCs answered, by method, adapter, version and gRPC status code.",
+            ["rpc", "adapter", "version", "status"],
         )
         self._request_duration = Histogram(
             "loraplane_serving_request_duration_seconds",
@@ -75,31 +92,37 @@ class ServingMetrics:
             Histogram,
             "loraplane_serving_time_to_first_token_seconds",
             "Time from receiving a generation request to its first token (queueing and adapter load included).",
-            ["adapter"],
+            ["adapter", "version"],
             buckets=_LATENCY_BUCKETS,
         )
         self._inter_token_latency = self._adapter_family(
             Histogram,
             "loraplane_serving_inter_token_latency_seconds",
             "Time between two generated tokens of one request.",
-            ["adapter"],
+            ["adapter", "version"],
             buckets=_TOKEN_GAP_BUCKETS,
         )
         self._generation_latency = self._adapter_family(
             Histogram,
             "loraplane_serving_generation_latency_seconds",
             "Time from receiving a generation request to its last token (end to end).",
-            ["adapter"],
+            ["adapter", "version"],
             buckets=_LATENCY_BUCKETS,
         )
         self._prompt_tokens = self._adapter_family(
-            Counter, "loraplane_serving_prompt_tokens", "Prompt tokens of generation requests.", ["adapter"]
+            Counter,
+            "loraplane_serving_prompt_tokens",
+            "Prompt tokens of generation requests.",
+            ["adapter", "version"],
         )
         self._generated_tokens = self._adapter_family(
-            Counter, "loraplane_serving_generated_tokens", "Tokens generated.", ["adapter"]
+            Counter, "loraplane_serving_generated_tokens", "Tokens generated.", ["adapter", "version"]
         )
         self._feedback = self._adapter_family(
-            Counter, "loraplane_serving_feedback", "Feedback scores received (RecordFeedback).", ["adapter"]
+            Counter,
+            "loraplane_serving_feedback",
+            "Feedback scores received (RecordFeedback).",
+            ["adapter", "version"],
         )
         self._requests_queued = Gauge(
             "loraplane_serving_requests_queued",
@@ -169,20 +192,23 @@ class ServingMetrics:
 
     def _adapter_family(self, kind: type[M], name: str, documentation: str, labels: list[str], **kwargs: object) -> M:
         family = kind(name, documentation, labels, registry=self.registry, **kwargs)  # type: ignore[arg-type]
-        self._adapter_index[family] = labels.index("adapter")
+        index = labels.index("adapter")
+        self._adapter_index[family] = (index, 2 if labels[index + 1 : index + 2] == ["version"] else 1)
         return family
 
     def _series(self, family: M, *values: str) -> M:
         """`family.labels(*values)` with its adapter label bounded, remembered so the series can be
         removed if its adapter is demoted.
 
-        A request that began while its adapter owned a label and goes on after the adapter was
+        An adapter without a label of its own counts under "_other", and so does its version
+        (the label next to `adapter` where the family has one): the bound holds for both. A
+        request that began while its adapter owned a label and goes on after the adapter was
         demoted counts under "_other" from then on, like every later request.
         """
-        index = self._adapter_index[family]
+        index, folded = self._adapter_index[family]
         adapter = values[index]
         if not adapter.startswith("_") and not self._labels.owns(adapter):
-            values = (*values[:index], OTHER_LABEL, *values[index + 1 :])
+            values = (*values[:index], *[OTHER_LABEL] * folded, *values[index + folded :])
         self._seen.setdefault(values[index], set()).add((family, values))
         return family.labels(*values)
 
@@ -200,31 +226,36 @@ class ServingMetrics:
         """Count one request for adapter `name` and return the label it is counted under: its name, or "_other"."""
         return self._labels.label(name)
 
-    # -- one generation request; `adapter` is an adapter's name or one of the `_` labels above ------
+    def version_labels(self, name: str, version: int) -> VersionLabels:
+        """Count one request for version `version` of adapter `name` and return the labels it is counted under."""
+        label = self._labels.label(name)
+        return VersionLabels(label, str(version) if label == name else OTHER_LABEL)
 
-    def prompt_tokens(self, adapter: str, tokens: int) -> None:
-        self._series(self._prompt_tokens, adapter).inc(tokens)
+    # -- one generation request, counted under the labels `version_labels` gave (or BASE_MODEL) ---
 
-    def first_token(self, adapter: str, seconds: float) -> None:
+    def prompt_tokens(self, served: VersionLabels, tokens: int) -> None:
+        self._series(self._prompt_tokens, *served).inc(tokens)
+
+    def first_token(self, served: VersionLabels, seconds: float) -> None:
         """The first token came `seconds` after the request arrived."""
-        self._series(self._time_to_first_token, adapter).observe(seconds)
+        self._series(self._time_to_first_token, *served).observe(seconds)
 
-    def inter_token(self, adapter: str, seconds: float, tokens: int = 1) -> None:
+    def inter_token(self, served: VersionLabels, seconds: float, tokens: int = 1) -> None:
         """`tokens` more tokens came, `seconds` apart each."""
-        series = self._series(self._inter_token_latency, adapter)
+        series = self._series(self._inter_token_latency, *served)
         for _ in range(tokens):
             series.observe(seconds)
 
-    def tokens_generated(self, adapter: str, tokens: int) -> None:
-        self._series(self._generated_tokens, adapter).inc(tokens)
+    def tokens_generated(self, served: VersionLabels, tokens: int) -> None:
+        self._series(self._generated_tokens, *served).inc(tokens)
 
-    def generation_finished(self, adapter: str, seconds: float) -> None:
+    def generation_finished(self, served: VersionLabels, seconds: float) -> None:
         """The last token came `seconds` after the request arrived."""
-        self._series(self._generation_latency, adapter).observe(seconds)
+        self._series(self._generation_latency, *served).observe(seconds)
 
-    def feedback(self, adapter: str) -> None:
-        """A caller scored an answer of `adapter`."""
-        self._series(self._feedback, adapter).inc()
+    def feedback(self, served: VersionLabels) -> None:
+        """A caller scored an answer of the version `served` names."""
+        self._series(self._feedback, *served).inc()
 
     # -- adapter loads and the tiers that hold versions -----------------------------------------
 
@@ -288,5 +319,5 @@ class ServingMetrics:
             status = "INTERNAL"
             raise
         finally:
-            self._series(self._requests, rpc, record.adapter, status).inc()
+            self._series(self._requests, rpc, record.adapter, record.version, status).inc()
             self._request_duration.labels(rpc).observe(time.perf_counter() - started)

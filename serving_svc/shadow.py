@@ -9,7 +9,9 @@ stable's: exact agreement, and ROUGE-L as a similarity for answers that differ i
 Shadow work yields to real traffic: it takes no admission place, at most `max_in_flight` shadow
 requests run at once, an offer is dropped while real requests wait for an admission place or the
 engine holds more requests than one batch (`batch_capacity`), or when the shadow places are taken,
-and a running shadow request is aborted as soon as that happens.
+and a running shadow request is aborted as soon as that happens. Nor does it take adapter slots
+from callers: the candidate is loaded only into a free slot or one no caller used lately, and its
+use does not keep it in the engine (AdapterManager.hold_yielding); otherwise the offer is dropped.
 Each offer's outcome is counted, so an operator sees how much of the traffic the comparison covers.
 """
 
@@ -30,7 +32,7 @@ from rouge_score import rouge_scorer
 
 from loraplane.answers import exact_match
 from loraplane.names import AdapterSpec
-from serving_svc.adapters import AdapterManager
+from serving_svc.adapters import AdapterManager, NoIdleSlot, ResolvedAdapter
 from serving_svc.admission import Admission
 from serving_svc.drift_monitor import DriftMonitor
 from serving_svc.engines.base import Engine, Prompt, SamplingOptions
@@ -44,6 +46,9 @@ class ShadowOutcome(enum.StrEnum):
     """The candidate answered and its answer was compared with stable's."""
     BUSY = "busy"
     """Dropped before it started: real requests were waiting, or every shadow place was taken."""
+    NO_SLOT = "no_slot"
+    """Dropped before it started: the candidate was not loaded, and loading it would have taken an adapter
+    slot from a version callers used lately."""
     PREEMPTED = "preempted"
     """Aborted while generating because a real request had to wait."""
     FAILED = "failed"
@@ -132,16 +137,24 @@ class ShadowRunner:
     ) -> tuple[ShadowOutcome, str]:
         resolved = await self._adapters.resolve(candidate)
         token_ids = await self._engine.tokenize(as_trained(prompt, resolved))
-        async with self._adapters.hold(resolved) as adapter:
-            generation = engine_request(self._engine, self._drift, uuid.uuid4().hex, token_ids, sampling, adapter)
-            answer = AnswerTrace()
-            async with aclosing(self._engine.generate(generation)) as deltas:
-                async for delta in deltas:
-                    if self._busy():
-                        return ShadowOutcome.PREEMPTED, ""  # closing the stream aborts the engine request
-                    answer.add(delta)
-                    if delta.finish_reason is not None:
-                        record_drift(self._drift, self._adapters, adapter, generation, answer, delta)
+        try:
+            async with self._adapters.hold_yielding(resolved) as adapter:
+                return await self._answer(adapter, token_ids, sampling)
+        except NoIdleSlot:
+            return ShadowOutcome.NO_SLOT, ""
+
+    async def _answer(
+        self, adapter: ResolvedAdapter, token_ids: list[int], sampling: SamplingOptions
+    ) -> tuple[ShadowOutcome, str]:
+        generation = engine_request(self._engine, self._drift, uuid.uuid4().hex, token_ids, sampling, adapter)
+        answer = AnswerTrace()
+        async with aclosing(self._engine.generate(generation)) as deltas:
+            async for delta in deltas:
+                if self._busy():
+                    return ShadowOutcome.PREEMPTED, ""  # closing the stream aborts the engine request
+                answer.add(delta)
+                if delta.finish_reason is not None:
+                    record_drift(self._drift, self._adapters, adapter, generation, answer, delta)
         return ShadowOutcome.COMPARED, answer.text
 
     def _tally(self, candidate: AdapterSpec, trial: int) -> _Tally:

@@ -9,7 +9,7 @@ version leaves a full tier), and `keyed_locks.py` (single flight per key).
 from serving_svc.adapters.disk_cache import DiskCache, VerifiedCopy
 from serving_svc.adapters.manager import AdapterManager, AdapterPolicy, AdapterStatus, AdapterUsage
 from serving_svc.adapters.resolver import AdapterResolver, ResolvedAdapter, ServableCheck
-from serving_svc.adapters.slots import AdapterSlots
+from serving_svc.adapters.slots import AdapterSlots, NoIdleSlot
 
 __all__ = [
     "AdapterManager",
@@ -19,6 +19,7 @@ __all__ = [
     "AdapterStatus",
     "AdapterUsage",
     "DiskCache",
+    "NoIdleSlot",
     "ResolvedAdapter",
     "ServableCheck",
     "VerifiedCopy",

@@ -18,6 +18,10 @@ class EvictionPolicy(ABC):
         """Version `key` entered the tier or served a request."""
 
     @abstractmethod
+    def mark_idle(self, key: str) -> None:
+        """Version `key` entered the tier for work that yields to callers (shadow requests): the first to go."""
+
+    @abstractmethod
     def select_victim(self, candidates: Collection[str]) -> str | None:
         """The version among `candidates` to evict next; None when there are none."""
 
@@ -39,6 +43,10 @@ class LRUEvictionPolicy(EvictionPolicy):
     def mark_used(self, key: str) -> None:
         self._used[key] = None
         self._used.move_to_end(key)
+
+    def mark_idle(self, key: str) -> None:
+        self._used[key] = None
+        self._used.move_to_end(key, last=False)
 
     def select_victim(self, candidates: Collection[str]) -> str | None:
         return next((key for key in self._used if key in candidates), None)

@@ -120,6 +120,13 @@ class AdapterManager:
             usage.last_used_at = time.time()
             yield adapter
 
+    @asynccontextmanager
+    async def hold_yielding(self, adapter: ResolvedAdapter) -> AsyncIterator[ResolvedAdapter]:
+        """`adapter` loaded for work that yields to callers (a shadow request): not counted as use, and
+        loaded only where it takes no slot a caller used lately; NoIdleSlot otherwise (AdapterSlots)."""
+        async with self._slots.use(adapter, yielding=True):
+            yield adapter
+
     def drift_profile(self, adapter: ResolvedAdapter) -> Profile | None:
         """The training profile of a version held loaded (`hold`); None when it has no usable one."""
         copy = self._slots.copy_of(adapter.key)

@@ -10,6 +10,11 @@ Order follows vLLM's `add_adapter`: the new version is fetched and verified befo
 evicted, so a version that fails its checks costs no other version its slot. Loads are
 single-flight per version, so ten first requests for one adapter load it once.
 
+Work that yields to callers (shadow requests for a release's candidate) uses the slots without
+taking them from callers: it does not count as use in the eviction order, and it loads a version
+only into a free slot or one no caller has used for `yielding_idle_seconds`; otherwise it gets
+`NoIdleSlot` at once and is dropped, so a shadow never evicts a version traffic is using.
+
 When every slot is busy, a load waits for one to free. The waiting is done here, in `_place`, in
 one loop: it takes the slot lock, evicts or adds, and when it can do neither it clears the
 `_freed` event and leaves the lock before waiting on the event, which every request leaving a
@@ -20,6 +25,7 @@ included), so slots change one at a time; requests for versions already loaded n
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -46,6 +52,10 @@ class SlotEngine(Protocol):
     async def remove_adapter(self, key: str) -> None: ...
 
 
+class NoIdleSlot(Exception):
+    """A yielding load found no free slot and none idle long enough to evict; not an error of the version."""
+
+
 Fetch = Callable[[ResolvedAdapter], Awaitable[tuple[VerifiedCopy, LoadSource]]]
 """The verified copy of a version, and where it came from (the disk cache, on a worker thread)."""
 
@@ -59,6 +69,8 @@ class _Slot:
     draining: bool = False
     """Being unloaded: no new request takes it; the unload waits for `idle`."""
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    caller_used_at: float = -math.inf
+    """When a caller's request last used the version (monotonic); never, for one loaded by yielding work."""
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -82,14 +94,20 @@ class AdapterSlots:
         max_loaded: int,
         max_host: int,
         policy: Callable[[], EvictionPolicy] = LRUEvictionPolicy,
+        yielding_idle_seconds: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """`max_loaded`: the engine's slots; `max_host`: versions kept in host memory after leaving the
-        engine (0: none, removed from the engine); `policy`: makes each tier's eviction policy."""
+        engine (0: none, removed from the engine); `policy`: makes each tier's eviction policy;
+        `yielding_idle_seconds`: how long no caller must have used a version before yielding work may
+        evict it; `clock`: the monotonic seconds that is measured in."""
         self._engine = engine
         self._fetch = fetch
         self._metrics = metrics
         self._max_loaded = max_loaded
         self._max_host = max_host
+        self._yielding_idle_seconds = yielding_idle_seconds
+        self._clock = clock
         self._slots: dict[str, _Slot] = {}  # "name@vN" -> its slot in the engine
         self._slot_order = policy()
         self._host: dict[str, _HostCopy] = {}  # offloaded versions
@@ -103,9 +121,10 @@ class AdapterSlots:
     # -- using and loading ------------------------------------------------------------------
 
     @asynccontextmanager
-    async def use(self, adapter: ResolvedAdapter) -> AsyncIterator[VerifiedCopy]:
-        """`adapter` loaded, and kept from eviction until the block ends."""
-        slot = await self._ensure_loaded(adapter)
+    async def use(self, adapter: ResolvedAdapter, *, yielding: bool = False) -> AsyncIterator[VerifiedCopy]:
+        """`adapter` loaded, and kept from eviction until the block ends. `yielding`: for work that yields
+        to callers (see the module's docstring); NoIdleSlot when it would take a slot from them."""
+        slot = await self._ensure_loaded(adapter, yielding)
         slot.in_use += 1  # no await since _ensure_loaded returned: eviction cannot slip in between
         slot.idle.clear()
         try:
@@ -118,17 +137,17 @@ class AdapterSlots:
 
     async def load(self, adapter: ResolvedAdapter, *, pin: bool = False) -> None:
         """Load ahead of traffic (or mark as recently used when loaded); `pin` keeps it in the engine until unloaded."""
-        slot = await self._ensure_loaded(adapter)
+        slot = await self._ensure_loaded(adapter, yielding=False)
         slot.pinned = slot.pinned or pin
 
-    async def _ensure_loaded(self, adapter: ResolvedAdapter) -> _Slot:
-        if (slot := self._touch(adapter.key)) is not None:
+    async def _ensure_loaded(self, adapter: ResolvedAdapter, yielding: bool) -> _Slot:
+        if (slot := self._touch(adapter.key, yielding)) is not None:
             self._metrics.cache_lookup("engine", hit=True)
             return slot
         key = adapter.key
         self._waiting[key] = (adapter, self._waiting.get(key, (adapter, 0))[1] + 1)
         try:
-            return await self._load(adapter)
+            return await self._load(adapter, yielding)
         finally:
             _, waiting = self._waiting[key]
             if waiting == 1:
@@ -136,21 +155,25 @@ class AdapterSlots:
             else:
                 self._waiting[key] = (adapter, waiting - 1)
 
-    async def _load(self, adapter: ResolvedAdapter) -> _Slot:
+    async def _load(self, adapter: ResolvedAdapter, yielding: bool) -> _Slot:
         """Load `adapter` into a slot, once however many requests wait for it."""
         key = adapter.key
         async with self._loads.hold(key):
-            if (slot := self._touch(key)) is not None:  # loaded by the request this one waited for
+            if (slot := self._touch(key, yielding)) is not None:  # loaded by the request this one waited for
                 self._metrics.cache_lookup("engine", hit=True)
                 return slot
+            if yielding and self._room_for_yielding() is None:  # before fetching anything
+                raise NoIdleSlot(key)
             self._metrics.cache_lookup("engine", hit=False)
             started = time.perf_counter()
             restored = self._take_from_host(key)
             placed = False
             try:
                 copy, source = await self._copy(adapter, restored)
-                slot = await self._place(adapter, copy)
+                slot = await self._place(adapter, copy, yielding)
                 placed = True
+            except NoIdleSlot:
+                raise
             except Exception:  # counted whatever the cause, then handed on
                 self._metrics.load_failed(adapter.manifest.name)
                 raise
@@ -182,30 +205,55 @@ class AdapterSlots:
         self._host_order.mark_used(entry.adapter.key)
         self._metrics.resident("cpu", len(self._host))
 
-    def _touch(self, key: str) -> _Slot | None:
-        """The version's slot, now marked used; None when it is not loaded or on its way out."""
+    def _touch(self, key: str, yielding: bool) -> _Slot | None:
+        """The version's slot, now marked used unless by yielding work; None when not loaded or on its way out."""
         slot = self._slots.get(key)
         if slot is None or slot.draining:
             return None
-        self._slot_order.mark_used(key)
+        if not yielding:
+            self._slot_order.mark_used(key)
+            slot.caller_used_at = self._clock()
         return slot
 
-    async def _place(self, adapter: ResolvedAdapter, copy: VerifiedCopy) -> _Slot:
+    async def _place(self, adapter: ResolvedAdapter, copy: VerifiedCopy, yielding: bool) -> _Slot:
         """Add the verified `copy` to the engine, evicting to make room, or waiting for a slot when every
-        one is in use (the request's own deadline bounds the wait)."""
+        one is in use (the request's own deadline bounds the wait); yielding work neither waits nor
+        evicts a version a caller used lately (NoIdleSlot)."""
         while True:
             async with self._lock:
+                if yielding:
+                    if (victim := self._room_for_yielding()) is None:
+                        raise NoIdleSlot(adapter.key)
+                    if victim:
+                        await self._evict(victim)
                 while len(self._slots) >= self._max_loaded and (victim := self._victim()) is not None:
                     await self._evict(victim)
                 if len(self._slots) < self._max_loaded:
                     await self._engine.add_adapter(adapter.key, copy.path)
                     slot = self._slots[adapter.key] = _Slot(adapter, copy)
-                    self._slot_order.mark_used(adapter.key)
+                    if yielding:
+                        self._slot_order.mark_idle(adapter.key)
+                    else:
+                        self._slot_order.mark_used(adapter.key)
+                        slot.caller_used_at = self._clock()
                     return slot
                 # Every slot is in use. Cleared under the lock with no await since the slots were last
                 # read, so a request that leaves a slot from here on sets it again: the wait cannot miss it.
                 self._freed.clear()
             await self._freed.wait()
+
+    def _room_for_yielding(self) -> str | None:
+        """ "" when a slot is free; else the version yielding work may evict (no caller used it for
+        `yielding_idle_seconds`, the eviction policy's pick); None when there is none."""
+        if len(self._slots) < self._max_loaded:
+            return ""
+        horizon = self._clock() - self._yielding_idle_seconds
+        candidates = {
+            key
+            for key, slot in self._slots.items()
+            if not (slot.in_use or slot.pinned or slot.draining) and slot.caller_used_at <= horizon
+        }
+        return self._slot_order.select_victim(candidates)
 
     def _victim(self) -> str | None:
         """The version to evict for a new one: the policy's pick among those no request uses and no one

@@ -1,7 +1,8 @@
 """Releases end to end, with two serving replicas sharing the real Ceph S3 store: versions trained through
 the trainer are tried as canaries and promoted or rolled back by the replicas on their callers' feedback,
 the canary share and a caller's version hold on both replicas, shadow callers only ever get stable's
-answers, and the release state survives a killed replica, racing writers and a store outage."""
+answers, the rollback alert fires and the releases dashboard draws every panel, and the release state
+survives a killed replica, racing writers and a store outage."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ from serving_svc.server import ServingServer, create_server
 from serving_svc.settings import ServingSettings
 from tests.support.adapters import make_adapter, publish_adapter
 from tests.support.ceph import S3Endpoint
+from tests.support.dashboards import RELEASES_DASHBOARD, queries_without_data
+from tests.support.prometheus import running_prometheus
+from tests.support.rules import rule_files, with_short_durations
 from tests.support.servers import running
 from tests.support.service_process import free_port, service_process
 from tests.support.stack import ANSWER, QUESTIONS, Stack, running_stack
@@ -132,8 +136,20 @@ def _ask_until(clients: list[LoraplaneClient], settled: Callable[[Release], bool
 def test_a_better_version_is_promoted_and_a_worse_one_rolled_back_on_the_callers_feedback(
     tiny_model_dir: Path, tmp_path: Path, s3_endpoint: S3Endpoint, s3_bucket: str
 ) -> None:
+    """With a real Prometheus scraping both replicas and evaluating the shipped rules: the rollback fires
+    its alert, and every query of the releases dashboard draws data by the end."""
     store_uri = f"s3://{s3_bucket}/loraplane"
-    with _two_replicas(tiny_model_dir, tmp_path, store_uri, s3_endpoint, RELEASES) as (stack, _, other):
+    rules = [with_short_durations(path, tmp_path / "rules", seconds=1) for path in rule_files()]
+    (tmp_path / "prometheus").mkdir()
+    with (
+        _two_replicas(tiny_model_dir, tmp_path, store_uri, s3_endpoint, RELEASES) as (stack, replica_b, other),
+        running_prometheus(
+            {"serving-a": stack.serving.metrics_port, "serving-b": replica_b.metrics_port},
+            tmp_path / "prometheus",
+            rules,
+        ) as prometheus,
+    ):
+        started = time.time()
         clients = [stack.client, other]
         assert _train(stack, tmp_path, ANSWER, 20, None) == 1
         canary = ReleaseOnSuccess(mode=ReleaseMode.CANARY, canary_share=0.5)
@@ -153,12 +169,29 @@ def test_a_better_version_is_promoted_and_a_worse_one_rolled_back_on_the_callers
         assert (decision.action, decision.actor) == (ReleaseAction.ROLLBACK, "auto")
         assert decision.reason.startswith("feedback_score: candidate"), decision.reason
         assert decision.figures["feedback_score.candidate"] < decision.figures["feedback_score.stable"]
+        prometheus.wait_for(
+            'ALERTS{alertname="LoraplaneReleaseRolledBack",alertstate="firing",'
+            'adapter="secret-word",guardrail="feedback_score"}'
+        )
         time.sleep(TTL)
         for client in clients:  # both replicas answer every caller with v2 again
             answers = {
                 client.inference.generate(q, adapter="secret-word", params=GREEDY, user=q).adapter for q in QUESTIONS
             }
             assert {(ref.name, ref.version) for ref in answers if ref is not None} == {("secret-word", 2)}
+
+        # The bad version once more, in the shadow of v2, for the agreement panels.
+        stack.client.inference.update_release("secret-word", ReleaseAction.START, candidate=3, mode=ReleaseMode.SHADOW)
+        time.sleep(TTL)
+        deadline = time.monotonic() + 120
+        while not prometheus.query("loraplane_release_shadow_agreement"):
+            assert time.monotonic() < deadline, "no shadow answer was compared in 120 s"
+            for client in clients:
+                client.inference.generate(QUESTIONS[0], adapter="secret-word", params=GREEDY)
+            time.sleep(0.5)
+        time.sleep(3)  # two more scrapes, so every counter has a rate
+        empty = queries_without_data(prometheus.query_range, [RELEASES_DASHBOARD], started, time.time())
+        assert not empty, "releases dashboard panels without data:\n" + "\n".join(empty)
 
 
 @pytest.fixture

@@ -306,10 +306,12 @@ def test_a_caller_who_leaves_stops_the_engine(replica: Replica) -> None:
 
     def generated() -> float:
         _wait_until_idle(replica.server.engine)
-        value = replica.server.metrics.registry.get_sample_value(
-            "loraplane_serving_generated_tokens_total", {"adapter": "alpha"}
+        return sum(
+            sample.value
+            for family in replica.server.metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == "loraplane_serving_generated_tokens_total" and sample.labels["adapter"] == "alpha"
         )
-        return value or 0.0
 
     before = generated()
     with httpx.stream("POST", f"{replica.base_url}/v1/completions", json={**body, "stream": True}) as reply:

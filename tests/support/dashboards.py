@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,8 @@ _PAIRS = {")": "(", "]": "[", "}": "{"}
 
 Dashboard = dict[str, Any]
 Panel = dict[str, Any]
+RELEASES_DASHBOARD = "loraplane-releases.json"
+"""Its panels need releases to have happened: tests/e2e/test_releases.py runs its queries, test_drift the rest."""
 
 
 def load_dashboards() -> dict[str, Dashboard]:
@@ -70,6 +72,19 @@ def panel_queries(dashboard_json: Dashboard) -> list[tuple[str, str]]:
         for panel in panels(dashboard_json)
         for target in panel.get("targets", [])
         if target.get("expr")
+    ]
+
+
+def queries_without_data(
+    query_range: Callable[[str, float, float], list[dict]], names: Iterable[str], start: float, end: float
+) -> list[str]:
+    """`dashboard: panel: query` for each query of the dashboards `names` that drew nothing in [start, end]."""
+    dashboards = load_dashboards()
+    return [
+        f"{name}: {title}: {expr}"
+        for name in names
+        for title, expr in panel_queries(dashboards[name])
+        if not query_range(expr, start, end)
     ]
 
 

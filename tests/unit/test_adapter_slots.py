@@ -16,7 +16,7 @@ from loraplane.errors import FailedPrecondition, ResourceExhausted
 from serving_svc.adapters.disk_cache import VerifiedCopy
 from serving_svc.adapters.eviction import EvictionPolicy, LRUEvictionPolicy
 from serving_svc.adapters.resolver import ResolvedAdapter
-from serving_svc.adapters.slots import AdapterSlots
+from serving_svc.adapters.slots import AdapterSlots, NoIdleSlot
 from serving_svc.metrics import LoadSource, ServingMetrics
 from tests.support.artifact_contract import make_draft
 
@@ -72,6 +72,20 @@ class FakeFetch:
         return VerifiedCopy(Path("/cache") / adapter.key, PROFILE), "store"
 
 
+class FakeClock:
+    """Monotonic seconds a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+IDLE_SECONDS = 60.0
+"""How long no caller must have used a version before yielding work may evict it."""
+
+
 class Parts:
     def __init__(
         self, max_loaded: int = 2, max_host: int = 0, policy: type[EvictionPolicy] = LRUEvictionPolicy
@@ -79,8 +93,16 @@ class Parts:
         self.engine = FakeSlotEngine()
         self.fetch = FakeFetch()
         self.metrics = ServingMetrics(adapter_labels=8)
+        self.clock = FakeClock()
         self.slots = AdapterSlots(
-            self.engine, self.fetch, self.metrics, max_loaded=max_loaded, max_host=max_host, policy=policy
+            self.engine,
+            self.fetch,
+            self.metrics,
+            max_loaded=max_loaded,
+            max_host=max_host,
+            policy=policy,
+            yielding_idle_seconds=IDLE_SECONDS,
+            clock=self.clock,
         )
 
     def loaded(self) -> list[str]:
@@ -282,3 +304,56 @@ async def test_a_failed_return_from_host_memory_keeps_the_host_copy() -> None:
     await parts.slots.load(version("a"))
     assert parts.fetch.fetched == ["a@v1", "b@v1"], "never read from disk again"
     assert parts.engine.removed() == []
+
+
+# -- work that yields to callers (shadow requests) ---------------------------------------------------
+
+
+async def _use_yielding(parts: Parts, name: str) -> None:
+    async with parts.slots.use(version(name), yielding=True):
+        pass
+
+
+async def test_yielding_work_loads_only_into_a_free_slot_or_one_no_caller_used_lately() -> None:
+    parts = Parts(max_loaded=2)
+    await parts.slots.load(version("a"))
+    await _use_yielding(parts, "shadow")  # a free slot
+    assert parts.loaded() == ["shadow@v1", "a@v1"], "loaded for yielding work: the first to go"
+    await parts.slots.load(version("b"))
+    assert parts.engine.removed() == ["shadow@v1"], "a caller's load takes the shadow's slot first"
+
+    fetched = list(parts.fetch.fetched)
+    with pytest.raises(NoIdleSlot):
+        await _use_yielding(parts, "shadow")
+    assert parts.loaded() == ["a@v1", "b@v1"], "no version callers used lately is evicted"
+    assert parts.fetch.fetched == fetched, "nothing is fetched for a load that cannot be placed"
+    assert parts.metric("loraplane_serving_adapter_load_failures_total", adapter="shadow") == 0
+
+    parts.clock.now += IDLE_SECONDS - 1
+    await parts.slots.load(version("b"))  # b used again; a idle for 59 s
+    with pytest.raises(NoIdleSlot):
+        await _use_yielding(parts, "shadow")
+    parts.clock.now += 1  # a idle for 60 s
+    await _use_yielding(parts, "shadow")
+    assert parts.engine.removed() == ["shadow@v1", "a@v1"]
+    assert parts.loaded() == ["shadow@v1", "b@v1"]
+
+
+async def test_yielding_use_of_a_loaded_version_does_not_keep_it_in_the_engine() -> None:
+    parts = Parts(max_loaded=2)
+    for name in ("a", "b"):
+        await parts.slots.load(version(name))
+    await _use_yielding(parts, "a")
+    assert parts.loaded() == ["a@v1", "b@v1"], "the eviction order is unchanged"
+    await parts.slots.load(version("c"))
+    assert parts.engine.removed() == ["a@v1"]
+
+
+async def test_yielding_work_never_waits_for_a_slot_in_use() -> None:
+    parts = Parts(max_loaded=1)
+    parts.clock.now -= 10 * IDLE_SECONDS  # "a" was last used long ago, but is in use now
+    async with parts.slots.use(version("a")):
+        parts.clock.now += 10 * IDLE_SECONDS
+        with pytest.raises(NoIdleSlot):
+            await asyncio.wait_for(_use_yielding(parts, "shadow"), TIMEOUT)
+    assert parts.loaded() == ["a@v1"]

@@ -13,7 +13,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from loraplane.errors import FailedPrecondition, InvalidArgument, LoraplaneError, ResourceExhausted
 from serving_svc.adapter_labels import OTHER_LABEL, AdapterLabels
 from serving_svc.admission import Admission
-from serving_svc.metrics import BASE_MODEL_LABEL, ServingMetrics
+from serving_svc.metrics import BASE_MODEL, BASE_MODEL_LABEL, ServingMetrics, VersionLabels
 
 TIMEOUT = 5.0
 """Seconds a test waits for what should happen at once, so a regression fails instead of hanging."""
@@ -249,42 +249,60 @@ def test_demotion_removes_every_series_of_the_demoted_adapter_only() -> None:
     metrics = ServingMetrics(adapter_labels=2)
     for name in ("a", "b"):
         with metrics.track("Generate") as record:
-            record.adapter = metrics.adapter_label(name)
-            metrics.prompt_tokens(record.adapter, 5)
-            metrics.first_token(record.adapter, 0.1)
-    metrics.prompt_tokens(BASE_MODEL_LABEL, 7)
+            served = metrics.version_labels(name, 1)
+            record.adapter, record.version = served
+            metrics.prompt_tokens(served, 5)
+            metrics.first_token(served, 0.1)
+    metrics.prompt_tokens(BASE_MODEL, 7)
     metrics.adapter_label("a")  # b is now the quietest
     assert metrics.adapter_label("c") == OTHER_LABEL
     metrics.adapter_label("c")  # exactly twice b's count: the real clock's decay decides this one
     assert metrics.adapter_label("c") == "c"
 
     for name in ("loraplane_serving_prompt_tokens_total", "loraplane_serving_time_to_first_token_seconds_count"):
-        assert _value(metrics, name, adapter="b") is None
-        assert _value(metrics, name, adapter="a") is not None
-    assert _value(metrics, "loraplane_serving_requests_total", rpc="Generate", adapter="b", status="OK") is None
-    assert _value(metrics, "loraplane_serving_requests_total", rpc="Generate", adapter="a", status="OK") == 1
-    assert _value(metrics, "loraplane_serving_prompt_tokens_total", adapter=BASE_MODEL_LABEL) == 7
+        assert _value(metrics, name, adapter="b", version="1") is None
+        assert _value(metrics, name, adapter="a", version="1") is not None
+    requests = "loraplane_serving_requests_total"
+    assert _value(metrics, requests, rpc="Generate", adapter="b", version="1", status="OK") is None
+    assert _value(metrics, requests, rpc="Generate", adapter="a", version="1", status="OK") == 1
+    assert _value(metrics, "loraplane_serving_prompt_tokens_total", adapter=BASE_MODEL_LABEL, version="") == 7
+
+
+VERSIONED = tuple(
+    f"loraplane_serving_{name}"
+    for name in ("prompt_tokens", "time_to_first", "inter_token", "generated_tokens", "generation_latency", "feedback")
+)
+"""The request families that carry a `version` label next to `adapter`."""
+
+
+def _v1(adapter: str) -> VersionLabels:
+    """An intent method handed the adapter's own name, as if it owned a label, version 1."""
+    return VersionLabels(adapter, "1")
 
 
 ADAPTER_INTENTS: list[tuple[Callable[[ServingMetrics, str], None], str, float]] = [
-    (lambda metrics, adapter: metrics.prompt_tokens(adapter, 3), "loraplane_serving_prompt_tokens_total", 3),
+    (lambda metrics, adapter: metrics.prompt_tokens(_v1(adapter), 3), "loraplane_serving_prompt_tokens_total", 3),
     (
-        lambda metrics, adapter: metrics.first_token(adapter, 0.2),
+        lambda metrics, adapter: metrics.first_token(_v1(adapter), 0.2),
         "loraplane_serving_time_to_first_token_seconds_count",
         1,
     ),
     (
-        lambda metrics, adapter: metrics.inter_token(adapter, 0.01, 2),
+        lambda metrics, adapter: metrics.inter_token(_v1(adapter), 0.01, 2),
         "loraplane_serving_inter_token_latency_seconds_count",
         2,
     ),
-    (lambda metrics, adapter: metrics.tokens_generated(adapter, 4), "loraplane_serving_generated_tokens_total", 4),
     (
-        lambda metrics, adapter: metrics.generation_finished(adapter, 1.0),
+        lambda metrics, adapter: metrics.tokens_generated(_v1(adapter), 4),
+        "loraplane_serving_generated_tokens_total",
+        4,
+    ),
+    (
+        lambda metrics, adapter: metrics.generation_finished(_v1(adapter), 1.0),
         "loraplane_serving_generation_latency_seconds_count",
         1,
     ),
-    (lambda metrics, adapter: metrics.feedback(adapter), "loraplane_serving_feedback_total", 1),
+    (lambda metrics, adapter: metrics.feedback(_v1(adapter)), "loraplane_serving_feedback_total", 1),
     (
         lambda metrics, adapter: metrics.adapter_loaded(adapter, "disk", 0.5),
         "loraplane_serving_adapter_loads_total",
@@ -309,12 +327,14 @@ def test_adapters_beyond_the_label_bound_fold_into_other_whatever_name_the_calle
         metrics.adapter_label(name)  # the request that brings it
         intent(metrics, name)
     series = {
-        sample.labels["adapter"]: sample.value
+        (sample.labels["adapter"], sample.labels.get("version")): sample.value
         for family in metrics.registry.collect()
         for sample in family.samples
         if sample.name == sample_name
     }
-    assert series == {"a": per_call, "b": per_call, OTHER_LABEL: 2 * per_call}
+    version = "1" if sample_name.startswith(VERSIONED) else None
+    other = OTHER_LABEL if version else None  # a folded adapter's version folds with it: the bound holds for both
+    assert series == {("a", version): per_call, ("b", version): per_call, (OTHER_LABEL, other): 2 * per_call}
 
 
 def test_no_prometheus_family_is_reachable_without_an_intent_method() -> None:
@@ -338,10 +358,11 @@ def test_no_prometheus_family_is_reachable_without_an_intent_method() -> None:
 def test_track_counts_each_rpc_with_the_status_its_error_maps_to(error: BaseException | None, status: str) -> None:
     metrics = ServingMetrics(adapter_labels=2)
     with pytest.raises(type(error)) if error else nullcontext(), metrics.track("Generate") as record:
-        record.adapter = metrics.adapter_label("a")
+        record.adapter, record.version = metrics.version_labels("a", 3)
         if error:
             raise error
-    assert _value(metrics, "loraplane_serving_requests_total", rpc="Generate", adapter="a", status=status) == 1
+    requests = "loraplane_serving_requests_total"
+    assert _value(metrics, requests, rpc="Generate", adapter="a", version="3", status=status) == 1
     assert _value(metrics, "loraplane_serving_request_duration_seconds_count", rpc="Generate") == 1
     if isinstance(error, LoraplaneError):
         assert error.code.name == status

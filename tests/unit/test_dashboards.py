@@ -23,7 +23,7 @@ from loraplane.drift import DriftStatistic
 from tests.support.dashboards import DASHBOARDS_DIR, load_dashboards, panel_queries, panels, substitute, unbalanced
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = {"loraplane-training.json", "loraplane-serving.json", "loraplane-drift.json"}
+EXPECTED = {"loraplane-training.json", "loraplane-serving.json", "loraplane-drift.json", "loraplane-releases.json"}
 DRIFT_STATISTICS = [statistic.value for statistic in DriftStatistic]
 # The ConfigMap holding a dashboard is applied with its JSON in an annotation by client-side
 # `kubectl apply`, which Kubernetes caps at 256 KiB.
@@ -124,6 +124,7 @@ def test_adapter_variables(dashboards: dict[str, dict]) -> None:
     for name, metric in [
         ("loraplane-serving.json", "loraplane_serving_requests_total"),
         ("loraplane-drift.json", "loraplane_drift_window_requests"),
+        ("loraplane-releases.json", "loraplane_release_stable_version"),
     ]:
         [adapter] = [v for v in dashboards[name]["templating"]["list"] if v["name"] == "adapter"]
         assert adapter["query"]["query"] == f"label_values({metric}, adapter)"
@@ -142,6 +143,23 @@ def test_drift_statistics_are_drawn_as_scores_against_the_score_that_is_over(das
         properties = {p["id"]: p["value"] for p in override["properties"]}
         assert properties["color"]["fixedColor"] == "red" and properties["custom.lineStyle"]["fill"] == "dash"
     assert any("loraplane_drift_over" in expr for _, expr in panel_queries(dashboards["loraplane-drift.json"]))
+
+
+def test_the_releases_dashboard_repeats_one_section_per_adapter_with_its_versions_apart(
+    dashboards: dict[str, dict],
+) -> None:
+    releases = dashboards["loraplane-releases.json"]
+    rows = [panel for panel in releases["panels"] if panel["type"] == "row"]
+    assert [row.get("repeat") for row in rows] == [None, "adapter"]
+    repeated = releases["panels"][releases["panels"].index(rows[1]) + 1 :]
+    assert repeated and all(panel["type"] != "row" for panel in repeated), "the repeated row holds the rest"
+    for panel in repeated:
+        for target in panel["targets"]:
+            if target["legendFormat"] not in ("floor", "canary share set"):  # the reference lines
+                assert "version" in target["expr"] and "v{{version}}" in target["legendFormat"], panel["title"]
+    [table] = [panel for panel in panels(releases) if panel["type"] == "table"]
+    exprs = [target["expr"] for target in table["targets"]]
+    assert all(expr.startswith("max by (adapter) (loraplane_release_") for expr in exprs)
 
 
 def test_panel_queries_substitute_what_grafana_would() -> None:

@@ -100,7 +100,7 @@ def test_an_adapter_without_a_usable_reference_is_not_profiled_but_takes_feedbac
     assert monitor.adapters() == []
     with pytest.raises(NotFound, match="no drift window"):
         monitor.adapter("a")
-    assert monitor.record_feedback("r0", 1.0) == "a", "the request was answered here"
+    assert monitor.record_feedback("r0", 1.0) == ("a", 1), "the request was answered here"
     monitor.record("r3", "a", 2, _reference(), _sample())  # a later version with a profile is profiled
     [drift] = monitor.adapter("a")
     assert (drift.version, drift.live.sample_count) == (2, 1)
@@ -112,14 +112,15 @@ def test_feedback_is_counted_for_the_answering_version_and_averaged_from_the_min
     for index in range(4):
         monitor.record(f"r{index}", "a", 1, reference, _sample())
     monitor.record("r9", "a", 2, reference, _sample())
-    assert monitor.record_feedback("r0", 1.0) == "a"
+    assert monitor.record_feedback("r0", 1.0) == ("a", 1)
+    assert monitor.record_feedback("r9", 1.0) == ("a", 2), "the version that answered, not the newest seen"
     assert monitor.adapter("a")[0].feedback.mean_score is None, "one score is below the minimum of two"
     monitor.record_feedback("r1", 0.0)
     monitor.record_feedback("r2", 0.2)
     first, second = monitor.adapter("a")
     feedback = first.feedback
     assert (feedback.count, feedback.mean_score, feedback.rate) == (3, pytest.approx(0.4), pytest.approx(0.75))
-    assert second.feedback.count == 0
+    assert second.feedback.count == 1, "version 2's one score, counted apart"
     with pytest.raises(NotFound, match="request_id"):
         monitor.record_feedback("never-answered", 1.0)
 
@@ -223,10 +224,10 @@ async def test_the_inference_service_records_answers_and_takes_feedback(tmp_path
     with pytest.raises(InvalidArgument, match=r"\[0, 1\]"):
         replica.service.record_feedback(completions[2].request_id, 1.5)
     feedback = {
-        sample.labels["adapter"]: sample.value
+        (sample.labels["adapter"], sample.labels["version"]): sample.value
         for family in replica.metrics.registry.collect()
         if family.name == "loraplane_serving_feedback"
         for sample in family.samples
         if sample.name.endswith("_total")
     }
-    assert feedback == {"alpha": 2}
+    assert feedback == {("alpha", "1"): 2}

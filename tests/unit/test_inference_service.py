@@ -56,9 +56,10 @@ def _replica(
     adapter_labels: int = 8,
     drift: DriftMonitor | None = None,
     shadow_max_in_flight: int = 2,
+    max_loaded: int = 2,
 ) -> Replica:
     engine = FakeEngine(max_model_len=MAX_MODEL_LEN)
-    parts = build_adapter_manager(tmp_path, engine, max_loaded=2, adapter_labels=adapter_labels)
+    parts = build_adapter_manager(tmp_path, engine, max_loaded=max_loaded, adapter_labels=adapter_labels)
     parts.publish("alpha")
     admission = Admission(max_concurrent, max_queued, max_per_caller=100)
     releases = ReleaseRouter(ReleaseLog(parts.repository), ttl_seconds=0.0)
@@ -96,16 +97,18 @@ def _input(
     )
 
 
-def _requests(metrics: ServingMetrics, rpc: str, status: str, adapter: str | None = None) -> float:
-    """RPCs counted with this method and status (under `adapter`, or summed over every adapter label)."""
-    total = 0.0
-    for family in metrics.registry.collect():
-        for s in family.samples:
-            if s.name != "loraplane_serving_requests_total":
-                continue
-            if s.labels["rpc"] == rpc and s.labels["status"] == status and adapter in (None, s.labels["adapter"]):
-                total += s.value
-    return total
+def _requests(
+    metrics: ServingMetrics, rpc: str, status: str, adapter: str | None = None, version: str | None = None
+) -> float:
+    """RPCs counted with this method and status (under `adapter` and `version`, or summed over those left None)."""
+    wanted = {"rpc": rpc, "status": status, "adapter": adapter, "version": version}
+    return sum(
+        s.value
+        for family in metrics.registry.collect()
+        for s in family.samples
+        if s.name == "loraplane_serving_requests_total"
+        and all(value in (None, s.labels[label]) for label, value in wanted.items())
+    )
 
 
 @pytest.mark.parametrize(
@@ -288,7 +291,7 @@ async def test_per_adapter_metrics_count_tokens_and_observe_ttft_once_per_reques
     await replica.service.complete(lambda: _input(None, prompt="ab"))
 
     def value(name: str, adapter: str) -> float | None:
-        return sample(replica.metrics, name, adapter=adapter)
+        return sample(replica.metrics, name, adapter=adapter, version="1" if adapter == "alpha" else "")
 
     for adapter, requests, prompt_tokens in (("alpha", 2, 5), ("_base", 1, 2)):
         assert _requests(replica.metrics, "Generate", "OK", adapter=adapter) == requests
@@ -341,18 +344,22 @@ async def test_adapter_demoted_mid_stream_keeps_no_series(tmp_path: Path) -> Non
     replica.parts.publish("beta")
     stream = replica.service.stream(lambda: _input("alpha"))
     await anext(stream)
-    if sample(replica.metrics, "loraplane_serving_generated_tokens_total", adapter="alpha") != 1:
+
+    def alphas_tokens() -> float | None:
+        return sample(replica.metrics, "loraplane_serving_generated_tokens_total", adapter="alpha", version="1")
+
+    if alphas_tokens() != 1:
         pytest.fail("alpha's first token was not counted under its own label")
 
     for _ in range(20):  # beta's traffic grows until it takes alpha's label
         if replica.metrics.adapter_label("beta") == "beta":
             break
-    if sample(replica.metrics, "loraplane_serving_generated_tokens_total", adapter="alpha") is not None:
+    if alphas_tokens() is not None:
         pytest.fail("demoting alpha did not remove its series")
 
     async for _ in stream:
         pass
-    assert sample(replica.metrics, "loraplane_serving_generated_tokens_total", adapter="alpha") is None
+    assert alphas_tokens() is None
     assert _requests(replica.metrics, "GenerateStream", "OK", adapter="alpha") == 0
 
 
@@ -383,6 +390,9 @@ async def test_a_release_keeps_the_name_on_stable_and_sends_the_canary_share_to_
     assert set(first) == {1, 3}, "v2, the newest version before the release, is not served unpinned"
     assert 15 <= first.count(3) <= 45
     assert await _served_version(replica, "alpha@v2") == 2, "a pinned version is served whatever the release"
+    for version, served in (("1", 2 * first.count(1)), ("3", 2 * first.count(3)), ("2", 1)):
+        assert _requests(replica.metrics, "Generate", "OK", adapter="alpha", version=version) == served
+        assert sample(replica.metrics, "loraplane_serving_generated_tokens_total", adapter="alpha", version=version)
 
     releases.change("alpha", ReleaseChange(action=ReleaseAction.PROMOTE), actor="ops")
     assert {await _served_version(replica, user=user) for user in users} == {3}
@@ -452,6 +462,16 @@ async def test_a_running_shadow_request_is_aborted_when_a_real_one_has_to_wait(t
     await until(lambda: replica.shadow.figures("alpha", 1, 2).outcomes[ShadowOutcome.PREEMPTED] == 1, TIMEOUT)
     assert replica.engine.aborted == [replica.engine.requests[0].request_id]
     assert replica.shadow.figures("alpha", 1, 2).exact_agreement is None
+
+
+async def test_a_shadow_takes_no_adapter_slot_from_a_version_callers_use(tmp_path: Path) -> None:
+    replica = _replica(tmp_path, max_loaded=1)
+    _shadow_release(replica)
+    completion = await replica.service.complete(lambda: _input(user="user-0"))
+    assert completion.adapter is not None and completion.adapter.key == "alpha@v1"
+    await until(lambda: replica.shadow.figures("alpha", 1, 2).outcomes[ShadowOutcome.NO_SLOT] == 1, TIMEOUT)
+    assert [adapter.key for adapter in replica.parts.manager.loaded()] == ["alpha@v1"], "stable keeps its slot"
+    assert [request.adapter_key for request in replica.engine.requests] == ["alpha@v1"]
 
 
 async def test_a_shadow_candidate_that_cannot_be_served_is_counted_failed(replica: Replica) -> None:
