@@ -5,7 +5,7 @@ mid-run) is started once per setting, alternately, `--rounds` times each, with 8
 versions each (different weights), and driven with the same streaming traffic. Before the traffic, every
 name's release is set: none (the names answer with v2), a canary of v2 on 10% of callers over stable
 v1, or v2 in the shadow of v1. Prints JSON: per setting, throughput (requests/s), p50/p99 latency and
-time to first token, and for shadow what became of the shadow requests (compared, or shed: busy or
+time to first token, and for shadow what became of the shadow requests (compared, or shed: busy, no_slot or
 preempted) from the replica's metrics; and the ratios against no release (targets: canary throughput
 within 3% of none; caller p99 with shadow within 10%).
 """
