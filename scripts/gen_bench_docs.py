@@ -394,6 +394,7 @@ def releases(document: dict[str, Any]) -> str:
                 ["release", *measures.values()],
                 ([label, *(_num(document[key].get(m), 3) for m in measures)] for label, key in sides),
             ),
+            *_per_round_spread(document),
             f"Shadow requests offered: {_num(offered)}; "
             + ", ".join(f"{outcome} {_num(count)}" for outcome, count in shadow.items())
             + " (busy: shed while real requests waited or the shadow places were taken; no_slot: shed because "
@@ -401,6 +402,18 @@ def releases(document: dict[str, Any]) -> str:
             "aborted for a real request).",
         ]
     )
+
+
+def _per_round_spread(document: dict[str, Any]) -> list[str]:
+    """Each setting's requests/s round by round: the spread the ratios above have to be read against."""
+    rounds = document.get("per_round")
+    if not rounds:
+        return []
+    spread = "; ".join(
+        f"{setting} " + ", ".join(_num(figures["requests_per_s"], 3) for figures in measured)
+        for setting, measured in rounds.items()
+    )
+    return [f"Requests/s of each round, in order: {spread}."]
 
 
 def _false_alarms(windows: dict[str, Any]) -> str:

@@ -7,7 +7,8 @@ name's release is set: none (the names answer with v2), a canary of v2 on 10% of
 v1, or v2 in the shadow of v1. Prints JSON: per setting, throughput (requests/s), p50/p99 latency and
 time to first token, and for shadow what became of the shadow requests (compared, or shed: busy, no_slot or
 preempted) from the replica's metrics; and the ratios against no release (targets: canary throughput
-within 3% of none; caller p99 with shadow within 10%).
+within 3% of none; caller p99 with shadow within 10%). Each round's figures are kept too
+(`per_round`): their spread for one setting says how large a difference the run can resolve.
 """
 
 from __future__ import annotations
@@ -104,12 +105,28 @@ def _run(
     with processes.running([serving_svc_command()], env=env, log_path=log_path, grace_s=30.0) as process:
         target = f"127.0.0.1:{port}"
         results, wall = asyncio.run(
-            measure_traffic(target, process, log_path, names, load, requests, before=_release(setting, names))
+            measure_traffic(
+                target,
+                process,
+                log_path,
+                names,
+                load,
+                requests,
+                before=_release(setting, names),
+                # Both versions of every name loaded and stepped once whatever the setting: no timed request
+                # pays the first load of a candidate the warm-up's callers did not happen to reach.
+                warm_also=[f"{name}@v{version}" for name in names for version in (1, 2)],
+            )
         )
         shadow = _shadow_outcomes(http_port) if setting == "shadow" else {}
     shutil.rmtree(data_dir, ignore_errors=True)
     raise_on_failures(results, f"release {setting}")
     return results, wall, shadow
+
+
+def _summary(results: list[RequestResult], wall: float) -> dict[str, Any]:
+    """Latency percentiles and requests/s of `results`, sent over `wall` seconds."""
+    return {**latency_summary(results), "requests_per_s": len(results) / wall if wall else None}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="releases-bench-"))
     results: dict[str, list[RequestResult]] = {setting: [] for setting in SETTINGS}
     walls: dict[str, float] = dict.fromkeys(SETTINGS, 0.0)
+    per_round: dict[str, list[dict[str, Any]]] = {setting: [] for setting in SETTINGS}
     shadow: dict[str, float] = {}
     published: list[str] = []
     try:
@@ -134,16 +152,13 @@ def main(argv: list[str] | None = None) -> None:
                 measured, wall, outcomes = _run(workspace, setting, names, load, args.requests, run_dir)
                 results[setting] += measured
                 walls[setting] += wall
+                per_round[setting].append(_summary(measured, wall))
                 for outcome, count in outcomes.items():
                     shadow[outcome] = shadow.get(outcome, 0.0) + count
     finally:
         for name in published:
             workspace.unpublish(name)
-    summaries: dict[str, dict[str, Any]] = {}
-    for setting in SETTINGS:
-        summary = latency_summary(results[setting])
-        summary["requests_per_s"] = len(results[setting]) / walls[setting] if walls[setting] else None
-        summaries[setting] = summary
+    summaries = {setting: _summary(results[setting], walls[setting]) for setting in SETTINGS}
     none = summaries["none"]
 
     def ratios(setting: str) -> dict[str, float]:
@@ -158,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         "load": vars(load),
         "rounds": args.rounds,
         **{f"release_{setting}": summaries[setting] for setting in SETTINGS},
+        "per_round": per_round,
         "shadow_requests": shadow,
         "canary_over_none": ratios("canary"),
         "shadow_over_none": ratios("shadow"),

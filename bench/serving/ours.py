@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
@@ -235,15 +235,17 @@ async def measure_traffic(
     load: Load,
     requests: int,
     before: Callable[[serving_pb2_grpc.InferenceStub], Awaitable[None]] | None = None,
+    warm_also: Sequence[str] = (),
 ) -> tuple[list[RequestResult], float]:
     """Once the server at `target` is serving (and `before` has run on it) and warm, `requests` streamed
-    requests spread over `adapters`; their results and wall time."""
+    requests spread over `adapters`; their results and wall time. `warm_also`: more adapters (pinned
+    versions) the timed requests may reach, warmed with the rest."""
     async with grpc.aio.insecure_channel(target) as channel:
         await wait_serving(channel, process, log_path)
         stub = serving_pb2_grpc.InferenceStub(channel)
         if before is not None:
             await before(stub)
-        await warm_up(stub, adapters, load)
+        await warm_up(stub, [*adapters, *warm_also], load)
         planned = [PlannedRequest(adapters[i % len(adapters)], prompt_for(i)) for i in range(requests)]
         return await drive(grpc_sender(stub, load.sampling()), planned, load.concurrency)
 
