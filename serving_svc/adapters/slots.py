@@ -162,7 +162,7 @@ class AdapterSlots:
             if (slot := self._touch(key, yielding)) is not None:  # loaded by the request this one waited for
                 self._metrics.cache_lookup("engine", hit=True)
                 return slot
-            if yielding and self._room_for_yielding() is None:  # before fetching anything
+            if yielding and self._full() and self._idle_victim() is None:  # before fetching anything
                 raise NoIdleSlot(key)
             self._metrics.cache_lookup("engine", hit=False)
             started = time.perf_counter()
@@ -221,14 +221,13 @@ class AdapterSlots:
         evicts a version a caller used lately (NoIdleSlot)."""
         while True:
             async with self._lock:
-                if yielding:
-                    if (victim := self._room_for_yielding()) is None:
+                if yielding and self._full():
+                    if (idle := self._idle_victim()) is None:
                         raise NoIdleSlot(adapter.key)
-                    if victim:
-                        await self._evict(victim)
-                while len(self._slots) >= self._max_loaded and (victim := self._victim()) is not None:
+                    await self._evict(idle)
+                while self._full() and (victim := self._victim()) is not None:
                     await self._evict(victim)
-                if len(self._slots) < self._max_loaded:
+                if not self._full():
                     await self._engine.add_adapter(adapter.key, copy.path)
                     slot = self._slots[adapter.key] = _Slot(adapter, copy)
                     if yielding:
@@ -242,11 +241,12 @@ class AdapterSlots:
                 self._freed.clear()
             await self._freed.wait()
 
-    def _room_for_yielding(self) -> str | None:
-        """ "" when a slot is free; else the version yielding work may evict (no caller used it for
-        `yielding_idle_seconds`, the eviction policy's pick); None when there is none."""
-        if len(self._slots) < self._max_loaded:
-            return ""
+    def _full(self) -> bool:
+        return len(self._slots) >= self._max_loaded
+
+    def _idle_victim(self) -> str | None:
+        """The version yielding work may evict: the eviction policy's pick among those no request uses, no one
+        pinned and no caller used for `yielding_idle_seconds`; None when there is none."""
         horizon = self._clock() - self._yielding_idle_seconds
         candidates = {
             key
