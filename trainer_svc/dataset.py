@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -122,6 +123,9 @@ class SourcedExample(BaseModel):
     line: int
     example: Example
     held_out: HeldOutSet | None = None
+    repeats: int = 1
+    """How many times the dataset held the example (the same after case and whitespace are normalised):
+    training sees it once, while the drift reference counts it as often as it was sent, as traffic would."""
 
     def prompt_text(self) -> str | None:
         """What the example asks, as text (the turns before the answer); None for plain text."""
@@ -246,16 +250,16 @@ def _normalised(example: Example) -> str:
 
 
 def deduplicate(examples: list[SourcedExample]) -> tuple[list[SourcedExample], int]:
-    """The examples without repeats (the same after case and whitespace are normalised), first kept; and how
-    many were removed. A repeated example is weighted twice in training and can sit on both sides of a split."""
-    seen: set[str] = set()
-    kept = []
-    for sourced in examples:
-        key = _normalised(sourced.example)
-        if key not in seen:
-            seen.add(key)
-            kept.append(sourced)
-    return kept, len(examples) - len(kept)
+    """The examples without repeats (the same after case and whitespace are normalised), first kept with its
+    `repeats` counted; and how many were removed. A repeated example is weighted twice in training and can sit
+    on both sides of a split."""
+    keys = [_normalised(sourced.example) for sourced in examples]
+    counts = Counter(keys)
+    kept: dict[str, SourcedExample] = {}
+    for key, sourced in zip(keys, examples, strict=True):
+        if key not in kept:
+            kept[key] = sourced.model_copy(update={"repeats": counts[key]})
+    return list(kept.values()), len(examples) - len(kept)
 
 
 def leaked(held_out: list[SourcedExample], train: list[SourcedExample]) -> list[int]:

@@ -9,7 +9,9 @@ against serving's live records on the same prompts (trainer_svc.worker.reference
 answers, prompts embedded, prompt surprise kept for a random PROMPT_SCORING_FRACTION of them as serving's
 default samples it), for:
 
-- in-distribution traffic: new prompts of the adapter's own training templates and entities;
+- in-distribution traffic: new prompts of the adapter's own training templates and entities, enough of them
+  (`--in-distribution-prompts`, default four windows of the largest size) that windows of every size are
+  mostly new prompts rather than the same few redrawn, whose one sample would decide every window;
 - four shifts: another adapter's prompts; the same task in other phrasings and entities (the task's test
   templates); the task's prompts in French; and its own prompts asking for a sentence instead of the
   trained form (the form shift).
@@ -124,7 +126,13 @@ def _windows(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.drift.calibration", description=__doc__)
     parser.add_argument("--train", type=int, default=200, help="training examples per adapter")
-    parser.add_argument("--prompts", type=int, default=120, help="prompts recorded per kind of traffic")
+    parser.add_argument("--prompts", type=int, default=120, help="prompts recorded per kind of shifted traffic")
+    parser.add_argument(
+        "--in-distribution-prompts",
+        type=int,
+        default=4 * max(FALSE_ALARM_SIZES),
+        help="in-distribution prompts recorded per adapter",
+    )
     parser.add_argument("--windows", type=int, default=200, help="windows drawn per size and per shift")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", type=Path, default=Path("~/.cache/loraplane-bench").expanduser())
@@ -138,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         "model": "smollm2",
         "train": args.train,
         "prompts": args.prompts,
+        "in_distribution_prompts": args.in_distribution_prompts,
         "false_alarm_rate": FALSE_ALARM_RATE,
         "prompt_scoring_fraction": PROMPT_SCORING_FRACTION,
         "adapters": {},
@@ -149,14 +158,16 @@ def main(argv: list[str] | None = None) -> None:
             published = {name: _train(client, scratch, name, args.seed, args.train) for name in TASK_NAMES}
         results["training_s"] = round(time.perf_counter() - started, 1)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        traffic = {name: tasks.traffic(name, args.seed + 1, args.prompts) for name in TASK_NAMES}
+        traffic = {
+            name: tasks.traffic(name, args.seed + 1, args.prompts, args.in_distribution_prompts) for name in TASK_NAMES
+        }
         for index, name in enumerate(TASK_NAMES):
             rng = random.Random(args.seed)
             reference = Profile.load(published[name] / "profile.json")
             base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
             model = PeftModel.from_pretrained(base, published[name])
             other = TASK_NAMES[(index + 1) % len(TASK_NAMES)]
-            kinds = {**traffic[name], "another_task": traffic[other]["in_distribution"]}
+            kinds = {**traffic[name], "another_task": traffic[other]["in_distribution"][: args.prompts]}
             records = {
                 kind: _recorded(model, tokenizer, prompts, reference.form, rng) for kind, prompts in kinds.items()
             }

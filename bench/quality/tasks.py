@@ -152,13 +152,13 @@ def _french(name: str, rng: random.Random) -> str:
     return INTENT_INSTRUCTION_FRENCH + rng.choice(INTENTS_FRENCH[label]).format(order=rng.randint(10000, 99999))
 
 
-def traffic(name: str, seed: int, count: int) -> dict[str, list[str]]:
-    """Prompts a deployed adapter of task `name` might get, `count` of each kind: `in_distribution` (new
-    prompts of the training templates and entities), `other_phrasing` (the test's templates and entities),
-    `french` (the task's prompts in French) and `prose` (in-distribution prompts asking for a sentence
-    instead of the trained form)."""
+def traffic(name: str, seed: int, count: int, in_distribution_count: int | None = None) -> dict[str, list[str]]:
+    """Prompts a deployed adapter of task `name` might get, `count` of each kind (`in_distribution_count` of
+    the first, where given): `in_distribution` (new prompts of the training templates and entities),
+    `other_phrasing` (the test's templates and entities), `french` (the task's prompts in French) and `prose`
+    (in-distribution prompts asking for a sentence instead of the trained form)."""
     rng = random.Random(seed)
-    in_distribution, other_phrasing = TASKS[name].make(rng, count, count)
+    in_distribution, other_phrasing = TASKS[name].make(rng, in_distribution_count or count, count)
     return {
         "in_distribution": [example.prompt for example in in_distribution],
         "other_phrasing": [example.prompt for example in other_phrasing],

@@ -80,6 +80,7 @@ def test_repeats_are_removed_after_case_and_whitespace_are_normalised_and_counte
     kept, removed = deduplicate(parse_jsonl(text, field="f"))
     assert removed == 2
     assert [sourced.line for sourced in kept] == [1, 3, 4]  # the first of each kept, with its line
+    assert [sourced.repeats for sourced in kept] == [2, 1, 2]  # how often each was sent, for the drift reference
 
 
 def test_leaked_names_the_held_out_lines_that_are_in_training() -> None:

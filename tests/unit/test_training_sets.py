@@ -1,4 +1,4 @@
-"""Which held-out examples each phase of a job reads: early stopping, and the drift reference."""
+"""Which examples each phase of a job reads: early stopping, and the drift reference."""
 
 from __future__ import annotations
 
@@ -34,3 +34,12 @@ def test_too_few_random_rows_or_the_callers_own_validation_data_make_the_whole_r
     assert _sets(few).drift_reference == few
     callers = _examples([HeldOutSet.VALIDATION] * 12)
     assert _sets(callers).drift_reference == callers
+
+
+def test_the_examples_as_sent_repeat_each_as_often_as_the_dataset_held_it() -> None:
+    examples = _examples([HeldOutSet.VALIDATION] * 3)
+    sourced = [examples.sourced[0].model_copy(update={"repeats": 3}), *examples.sourced[1:]]
+    repeated = Examples(sourced, examples.tokenized, [], examples.field)
+    first, second, third = examples.tokenized
+    assert repeated.as_sent() == [first, first, first, second, third]
+    assert examples.as_sent() == examples.tokenized

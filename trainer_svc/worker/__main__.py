@@ -126,7 +126,7 @@ def _evaluate(
     evaluation = evaluate(
         model,
         tokenizer,
-        [*train_set, *data.validation.tokenized],
+        [*data.train.as_sent(), *data.validation.as_sent()],
         data.early_stopping.tokenized,
         data.drift_reference.tokenized,
         derive_form([answer for example in data.train.sourced if (answer := example.answer_text()) is not None]),

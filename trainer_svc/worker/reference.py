@@ -6,7 +6,9 @@ held-out prompt is answered by the adapter (greedy decoding), its generated toke
 response length and the output confidence (raw log-probabilities of the generated tokens, end
 token included, as the engines count them), and its text whether it keeps the trained form or
 refuses. Generation statistics stay on held-out prompts, since an adapter is surer of answers it was
-trained on; prompt statistics use every prompt of the job (up to MAX_PROMPT_RECORDS): lengths and
+trained on; prompt statistics use every prompt of the job (up to MAX_PROMPT_RECORDS), a prompt the data
+repeated counted as often as it was sent (deduplicated, the reference would under-weigh the short, common
+prompts traffic repeats most and read unchanged traffic as drifted): lengths and
 tokens, which training does not change, and the prompt surprise (a prompt's own log-probability),
 since training scores the answers only, never the prompt's tokens. A held-out set made of whole
 templates stands for a few phrasings; every prompt stands for the task's many. Scoring the
@@ -52,8 +54,9 @@ def reference_profile(
     generation_batch_size: int,
 ) -> Profile:
     """The profile serving compares the adapter's live traffic with (see the module docstring): the prompts
-    of `seen` (every example of the job), and those of `held_out` answered; `form` is the one the training
-    answers share. Prompts are scored `batch_size` at a time and answered `generation_batch_size` at a time."""
+    of `seen` (every example of the job, as often as it was sent), and those of `held_out` answered; `form`
+    is the one the training answers share. Prompts are scored `batch_size` at a time and answered
+    `generation_batch_size` at a time."""
     frame = template_frame(tokenizer)
     every_prompt = _prompts(seen)
     every_prompt = random.Random(0).sample(every_prompt, min(len(every_prompt), MAX_PROMPT_RECORDS))

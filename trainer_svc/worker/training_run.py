@@ -50,6 +50,12 @@ class Examples:
     """A preference pair's rejected answer; [] for a supervised job."""
     field: str
 
+    def as_sent(self) -> list[TokenizedExample]:
+        """The tokenized examples, each as often as the dataset held it: the traffic the data stands for
+        (training sees each once)."""
+        pairs = zip(self.sourced, self.tokenized, strict=True)
+        return [example for sourced, example in pairs for _ in range(sourced.repeats)]
+
     def held_out_sets(self) -> dict[HeldOutSet, Examples]:
         """The examples by the held-out set each is in, in the order they come (an example without a label
         is counted as the caller's validation data; `load_training_sets` labels every held-out example)."""
