@@ -4,6 +4,7 @@ loraplane train --adapter acme --data train.jsonl --watch
 loraplane generate --adapter acme "Where is the Eiffel tower?"
 loraplane drift acme
 loraplane release acme --candidate v4 --canary 10% | --shadow; release acme promote | rollback | status
+loraplane capture acme on --share 10% | off | status; captures acme --since 2026-12-01 > acme.jsonl
 loraplane jobs | adapters | watch JOB | cancel JOB | prepare-model
 loraplane token add NAME --role train | token list | token revoke NAME
 
@@ -17,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, cast, get_args
 
@@ -505,6 +507,68 @@ def release(
             client.inference.update_release(adapter, action, reason=reason)
         shown = client.inference.release(adapter)
     _release_view(shown)
+
+
+class CaptureCommand(enum.StrEnum):
+    STATUS = "status"
+    ON = "on"
+    OFF = "off"
+
+
+@app.command()
+def capture(
+    adapter: Annotated[str, typer.Argument(help="The adapter name (no version).")],
+    command: Annotated[
+        CaptureCommand, typer.Argument(help="status, or turn capture on or off.")
+    ] = CaptureCommand.STATUS,
+    share: Annotated[str, typer.Option(help="With on: the share of requests captured, 10% or 0.1.")] = "",
+    retention_days: Annotated[int | None, typer.Option(help="Days captures are kept.")] = None,
+    retention_bytes: Annotated[int | None, typer.Option(help="Bytes of captures kept, oldest deleted first.")] = None,
+    serving: ServingTarget = DEFAULT_SERVING_TARGET,
+) -> None:
+    """Capture a share of an adapter's requests (redacted) into the store, to build the next version's data
+    from; off until turned on (admin role)."""
+    with _reporting_errors(), LoraplaneClient(serving=serving) as client:
+        if command is CaptureCommand.STATUS:
+            policy = client.inference.capture_policy(adapter)
+        else:
+            policy = client.inference.update_capture_policy(
+                adapter,
+                enabled=command is CaptureCommand.ON,
+                sample_share=parse_share(share) if share else None,
+                retention_days=retention_days,
+                retention_bytes=retention_bytes,
+            )
+    if not policy.enabled:
+        console.print(f"[bold]{adapter}[/bold]: capture off")
+        return
+    console.print(
+        f"[bold]{adapter}[/bold]: capturing {policy.sample_share:.0%} of requests, kept {policy.retention_days} days "
+        f"and at most {policy.retention_bytes} bytes (set by {policy.actor or 'anonymous'})"
+    )
+
+
+@app.command()
+def captures(
+    adapter: Annotated[str, typer.Argument(help="The adapter name (no version).")],
+    since: Annotated[str, typer.Option(help="Only requests answered at or after this time (ISO 8601).")] = "",
+    serving: ServingTarget = DEFAULT_SERVING_TARGET,
+) -> None:
+    """Print an adapter's captured requests as JSON Lines, oldest first, each with its feedback (admin role)."""
+    with _reporting_errors(), LoraplaneClient(serving=serving) as client:
+        for entry in client.inference.captures(adapter, since=_moment(since) if since else None):
+            sys.stdout.write(entry.model_dump_json() + "\n")
+
+
+def _moment(text: str) -> datetime:
+    """An ISO 8601 time or day, UTC unless it says otherwise."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidArgument(
+            f"{text!r} is not an ISO 8601 time such as 2026-12-01 or 2026-12-01T08:00", field="since"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 Service = enum.StrEnum("Service", [*get_args(ServiceName), "both"])  # type: ignore[misc]

@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, ParamSpec, TypeVar
 
@@ -31,6 +32,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from loraplane import convert, wire
+from loraplane.captures import Capture, CapturePolicy
 from loraplane.grpc_errors import from_rpc_error
 from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from loraplane.releases import ReleaseAction, ReleaseMode
@@ -306,10 +308,46 @@ class Inference:
         self._stub.UnloadAdapter(serving_pb2.UnloadAdapterRequest(adapter=adapter))
 
     @_typed_errors
-    def record_feedback(self, request_id: str, score: float) -> str:
-        """Score an answer from 0 (wrong) to 1 (right) by its response's request_id; returns its adapter."""
-        request = serving_pb2.RecordFeedbackRequest(request_id=request_id, score=score)
+    def record_feedback(self, request_id: str, score: float, *, correction: str | None = None) -> str:
+        """Score an answer from 0 (wrong) to 1 (right) by its response's request_id, with the answer it should
+        have been where known (kept with the request if its adapter's requests are captured); returns its
+        adapter."""
+        request = serving_pb2.RecordFeedbackRequest(request_id=request_id, score=score, correction=correction)
         return self._stub.RecordFeedback(request).adapter
+
+    @_typed_errors
+    def capture_policy(self, adapter: str) -> CapturePolicy:
+        """Whether the adapter's requests are captured (admin role)."""
+        return convert.capture_policy(self._stub.GetCapturePolicy(serving_pb2.GetCapturePolicyRequest(adapter=adapter)))
+
+    @_typed_errors
+    def update_capture_policy(
+        self,
+        adapter: str,
+        *,
+        enabled: bool,
+        sample_share: float | None = None,
+        retention_days: int | None = None,
+        retention_bytes: int | None = None,
+    ) -> CapturePolicy:
+        """Turn capture on or off; figures left None stay as the policy has them (admin role)."""
+        request = serving_pb2.UpdateCapturePolicyRequest(
+            adapter=adapter,
+            enabled=enabled,
+            sample_share=sample_share,
+            retention_days=retention_days,
+            retention_bytes=retention_bytes,
+        )
+        return convert.capture_policy(self._stub.UpdateCapturePolicy(request))
+
+    @_stream_typed_errors
+    def captures(self, adapter: str, *, since: datetime | None = None) -> Iterator[Capture]:
+        """The adapter's captured requests answered since `since` (all kept: None), oldest first, each with
+        the newest feedback on it (admin role)."""
+        request = serving_pb2.ExportCapturesRequest(adapter=adapter)
+        if since is not None:
+            request.since.FromDatetime(since)
+        yield from (convert.capture(message, adapter) for message in self._stub.ExportCaptures(request))
 
     @_typed_errors
     def adapter_stats(self, adapter: str = "") -> list[AdapterStats]:

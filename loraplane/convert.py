@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from loraplane import types, wire
+from loraplane.captures import Capture, CapturedFeedback, CapturedRequest, CapturedTurn, CapturePolicy
 from loraplane.proto import common_pb2, serving_pb2, trainer_pb2
 from loraplane.releases import ReleaseRecord, ReleaseState
 from loraplane.training import Method, PromptFormat
@@ -286,3 +287,43 @@ def release(message: serving_pb2.Release) -> types.Release:
         verdict=message.verdict,
         proto=message,
     )
+
+
+def capture_policy(message: serving_pb2.CapturePolicy) -> CapturePolicy:
+    return CapturePolicy(
+        enabled=message.enabled,
+        sample_share=message.sample_share,
+        retention_days=message.retention_days,
+        retention_bytes=message.retention_bytes,
+        actor=message.actor,
+        at=_optional_time(message, "updated_at"),
+    )
+
+
+def capture(message: serving_pb2.CapturedRequest, adapter: str) -> Capture:
+    """A captured request of `adapter` with the feedback on it."""
+    at = _time(message.time)
+    prompt: str | list[CapturedTurn] = message.prompt
+    if message.WhichOneof("input") == "messages":
+        prompt = [CapturedTurn(role=turn.role, content=turn.content) for turn in message.messages.messages]
+    request = CapturedRequest(
+        request_id=message.request_id,
+        adapter=adapter,
+        version=message.version,
+        at=at,
+        prompt=prompt,
+        answer=message.answer,
+        finish_reason=message.finish_reason,
+    )
+    feedback = None
+    if message.HasField("feedback_score"):
+        correction = message.correction if message.HasField("correction") else None
+        feedback = CapturedFeedback(
+            request_id=message.request_id,
+            adapter=adapter,
+            version=message.version,
+            at=at,
+            score=message.feedback_score,
+            correction=correction,
+        )
+    return Capture(request=request, feedback=feedback)

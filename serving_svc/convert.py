@@ -7,10 +7,12 @@ path in the request, so a client can point at what to fix.
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from loraplane import wire
+from loraplane.captures import Capture, CapturePolicy, CapturePolicyChange
 from loraplane.drift import Profile
 from loraplane.errors import InvalidArgument
 from loraplane.names import AdapterSpec, parse_adapter_spec, validate_adapter_name
@@ -216,6 +218,10 @@ def feedback_score(request: serving_pb2.RecordFeedbackRequest) -> float:
     raise InvalidArgument("give the outcome as score (0 to 1) or label (GOOD or BAD)", field="score")
 
 
+def feedback_correction(request: serving_pb2.RecordFeedbackRequest) -> str | None:
+    return request.correction if request.HasField("correction") else None
+
+
 def _profile_summary(
     profile: Profile, *, output_confidence: float | None, prompt_surprise: float | None, form_share: float | None
 ) -> serving_pb2.ProfileSummary:
@@ -282,15 +288,71 @@ def history_limit(requested: int) -> int:
 DEFAULT_CANARY_SHARE = 0.1
 
 
-def release_name(text: str) -> str:
-    """The adapter a release is about: a name, never `name@vN` (a release is about all its versions)."""
+def adapter_name(text: str, subject: str) -> str:
+    """The adapter a release or a capture policy (the `subject`) is about: a name, never `name@vN` (both are
+    about all its versions)."""
     if not text:
-        raise InvalidArgument("name the adapter whose release this is", field="adapter")
+        raise InvalidArgument(f"name the adapter whose {subject} this is", field="adapter")
     if "@" in text:
         raise InvalidArgument(
-            f"{text!r} names a version; a release is about the adapter's name: give it without '@vN'", field="adapter"
+            f"{text!r} names a version; a {subject} is about the adapter's name: give it without '@vN'", field="adapter"
         )
     return validate_adapter_name(text, field="adapter")
+
+
+def release_name(text: str) -> str:
+    return adapter_name(text, "release")
+
+
+def capture_policy(name: str, policy: CapturePolicy) -> serving_pb2.CapturePolicy:
+    message = serving_pb2.CapturePolicy(
+        adapter=name,
+        enabled=policy.enabled,
+        sample_share=policy.sample_share,
+        retention_days=policy.retention_days,
+        retention_bytes=policy.retention_bytes,
+        actor=policy.actor,
+    )
+    if policy.at is not None:
+        message.updated_at.FromDatetime(policy.at)
+    return message
+
+
+def capture_policy_change(request: serving_pb2.UpdateCapturePolicyRequest) -> tuple[str, CapturePolicyChange]:
+    """The adapter and the change an UpdateCapturePolicy asks for; unset figures stay as the policy has them."""
+    name = adapter_name(request.adapter, "capture policy")
+    figures = {
+        field: getattr(request, field)
+        for field in ("sample_share", "retention_days", "retention_bytes")
+        if request.HasField(field)
+    }
+    return name, CapturePolicyChange(enabled=request.enabled, **figures)
+
+
+def captures_since(request: serving_pb2.ExportCapturesRequest) -> tuple[str, datetime | None]:
+    name = adapter_name(request.adapter, "captures")
+    return name, request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+
+
+def captured_request(capture: Capture) -> serving_pb2.CapturedRequest:
+    request, feedback = capture.request, capture.feedback
+    message = serving_pb2.CapturedRequest(
+        request_id=request.request_id,
+        version=request.version,
+        answer=request.answer,
+        finish_reason=request.finish_reason,
+    )
+    message.time.FromDatetime(request.at)
+    if isinstance(request.prompt, str):
+        message.prompt = request.prompt
+    else:
+        turns = [common_pb2.ChatMessage(role=turn.role, content=turn.content) for turn in request.prompt]
+        message.messages.CopyFrom(serving_pb2.ChatMessages(messages=turns))
+    if feedback is not None:
+        message.feedback_score = feedback.score
+        if feedback.correction is not None:
+            message.correction = feedback.correction
+    return message
 
 
 def release_change(request: serving_pb2.UpdateReleaseRequest) -> tuple[str, ReleaseChange]:

@@ -15,12 +15,15 @@ import uuid
 from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
+from loraplane.captures import Capture, CapturePolicy, CapturePolicyChange
 from loraplane.errors import ErrorCode, FailedPrecondition, InvalidArgument, LoraplaneError
 from loraplane.names import AdapterSpec
 from loraplane.releases import ReleaseChange, ReleaseRecord, VersionRole
 from serving_svc.adapters import AdapterManager, AdapterStatus, ResolvedAdapter
 from serving_svc.admission import Admission
+from serving_svc.capture import CaptureWriter
 from serving_svc.drift_monitor import AdapterDrift, DriftMonitor
 from serving_svc.engines.base import (
     Engine,
@@ -116,10 +119,12 @@ class InferenceService:
         releases: ReleaseRouter,
         shadow: ShadowRunner,
         analysis: ReleaseAnalysis,
+        capture: CaptureWriter,
         *,
         limits: RequestLimits,
     ) -> None:
         self._engine = engine
+        self._capture = capture
         self._adapters = adapters
         self._releases = releases
         self._shadow = shadow
@@ -238,6 +243,15 @@ class InferenceService:
                                 self._analysis.observe(trial, first_token=first_token, latency=latency, failed=False)
                             if route is not None and route.shadow is not None and route.trial is not None:
                                 self._shadow.offer(route.shadow, route.trial, request.prompt, sampling, answer.text)
+                            if manifest is not None:
+                                self._capture.offer_request(
+                                    generation.request_id,
+                                    manifest.name,
+                                    manifest.version,
+                                    request.prompt,
+                                    answer.text,
+                                    delta.finish_reason,
+                                )
                         yield GenerationChunk(generation.request_id, adapter, delta)
 
     @contextmanager
@@ -260,8 +274,9 @@ class InferenceService:
 
     # -- outcomes and drift ----------------------------------------------------------------
 
-    def record_feedback(self, request_id: str, score: float) -> str:
-        """Count a caller's score in [0, 1] for an answer; returns the adapter that gave it."""
+    def record_feedback(self, request_id: str, score: float, correction: str | None = None) -> str:
+        """Count a caller's score in [0, 1] for an answer, and keep it with the `correction` where the request
+        was captured; returns the adapter that gave it."""
         with self._metrics.track("RecordFeedback") as record:
             if self._drift is None:
                 raise FailedPrecondition("drift monitoring is off on this replica (LORAPLANE_DRIFT_MONITORING)")
@@ -271,6 +286,7 @@ class InferenceService:
             served = self._metrics.version_labels(adapter, version)
             record.adapter, record.version = served
             self._metrics.feedback(served)
+            self._capture.offer_feedback(request_id, adapter, version, score, correction)
             return adapter
 
     def adapter_stats(self, name: str | None) -> list[AdapterDrift]:
@@ -292,6 +308,25 @@ class InferenceService:
         with self._metrics.track("UpdateRelease") as record:
             record.adapter = NO_ADAPTER_LABEL
             return await self._releases.change(name, change, actor=actor, reason=reason)
+
+    # -- captured traffic -------------------------------------------------------------------------
+
+    async def capture_policy(self, name: str) -> CapturePolicy:
+        """`name`'s capture policy as the store has it."""
+        with self._metrics.track("GetCapturePolicy") as record:
+            record.adapter = NO_ADAPTER_LABEL
+            return await asyncio.to_thread(self._capture.policy, name, fresh=True)
+
+    async def change_capture_policy(self, name: str, change: CapturePolicyChange, *, actor: str) -> CapturePolicy:
+        with self._metrics.track("UpdateCapturePolicy") as record:
+            record.adapter = NO_ADAPTER_LABEL
+            return await asyncio.to_thread(self._capture.change_policy, name, change, actor=actor)
+
+    async def captures(self, name: str, since: datetime | None) -> list[Capture]:
+        """`name`'s captured requests answered since `since` (every one kept: None), with their feedback."""
+        with self._metrics.track("ExportCaptures") as record:
+            record.adapter = NO_ADAPTER_LABEL
+            return await asyncio.to_thread(self._capture.captures, name, since)
 
     # -- the replica and its adapters -------------------------------------------------------
 

@@ -19,6 +19,7 @@ from typing import Literal, NamedTuple, TypeVar
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
+from loraplane.captures import CaptureKind
 from loraplane.errors import LoraplaneError
 from loraplane.serving import CacheTier
 from serving_svc.adapter_labels import OTHER_LABEL, AdapterLabels
@@ -33,6 +34,8 @@ _LOAD_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 M = TypeVar("M", bound=MetricWrapperBase)
+
+CaptureOutcome = Literal["stored", "queue_full", "store_error", "paused"]
 
 LoadSource = Literal["cpu", "disk", "store"]
 """Where a load took the adapter from: its copy in host memory, the local disk cache, or the object store."""
@@ -71,6 +74,7 @@ class ServingMetrics:
         self._define_request_families()
         self._define_adapter_families()
         self._define_engine_families()
+        self._define_capture_families()
 
     # -- the families, private: every write goes through a method below ---------------------
 
@@ -190,6 +194,20 @@ class ServingMetrics:
             registry=self.registry,
         )
 
+    def _define_capture_families(self) -> None:
+        self._captures = self._adapter_family(
+            Counter,
+            "loraplane_serving_captures",
+            "Captured requests and feedback records, by outcome: stored, or dropped because the capture queue was "
+            "full (queue_full), the store refused the write (store_error) or capture was paused after one (paused).",
+            ["adapter", "kind", "outcome"],
+        )
+        self._capture_paused = Gauge(
+            "loraplane_serving_capture_paused",
+            "1 while capture is paused after the store refused a write.",
+            registry=self.registry,
+        )
+
     def _adapter_family(self, kind: type[M], name: str, documentation: str, labels: list[str], **kwargs: object) -> M:
         family = kind(name, documentation, labels, registry=self.registry, **kwargs)  # type: ignore[arg-type]
         index = labels.index("adapter")
@@ -283,6 +301,15 @@ class ServingMetrics:
     def disk_cache_bytes(self, total: int) -> None:
         """The verified copies on disk take `total` bytes now."""
         self._adapter_cache_bytes.set(total)
+
+    # -- captured traffic --------------------------------------------------------------------------
+
+    def captured(self, adapter: str, kind: CaptureKind, outcome: CaptureOutcome, records: int = 1) -> None:
+        """`records` records of adapter `adapter`'s captures of `kind` ended with `outcome`."""
+        self._series(self._captures, adapter, kind, outcome).inc(records)
+
+    def capture_paused(self, paused: bool) -> None:
+        self._capture_paused.set(float(paused))
 
     # -- the engine and the queue in front of it, read at every scrape ---------------------------
 

@@ -2,7 +2,8 @@
 
 `/v1/chat/completions`, `/v1/completions` (both streaming with server-sent events) and
 `/v1/models`, where the base model and every published adapter is a `model`; and
-`/v1/releases/{adapter}`, an adapter's release (read it; change it with the admin role). Routes only
+`/v1/releases/{adapter}`, an adapter's release (read it; change it with the admin role); `/v1/feedback`;
+and `/v1/captures/{adapter}`, an adapter's capture policy and captured requests (admin role). Routes only
 translate (`openai_convert`); errors leave in OpenAI's shape with the HTTP status that matches
 the gRPC one (400 naming the parameter, 401 without a valid token, 403 without the generate
 role, 404 for an unknown adapter, 429 with Retry-After when the replica or the caller is at its
@@ -17,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from datetime import UTC, datetime
 from functools import partial
 from http import HTTPStatus
 from typing import Any, TypeVar
@@ -31,6 +33,7 @@ from pydantic import ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraplane.auth import Authenticator, Caller, Role
+from loraplane.captures import CapturePolicy, CapturePolicyChange
 from loraplane.errors import Cancelled, InternalError, InvalidArgument, LoraplaneError, NotFound
 from loraplane.releases import ReleaseChange
 from serving_svc import convert as grpc_convert
@@ -61,7 +64,7 @@ _T = TypeVar("_T")
 def _error_body(error: LoraplaneError) -> tuple[int, dict[str, Any]]:
     """The HTTP status of `error` and OpenAI's error object for it."""
     status, kind = _HTTP_STATUS.get(error.code, (500, "internal_error"))
-    if error.code == grpc.StatusCode.NOT_FOUND:  # what this API looks up is a model
+    if error.code == grpc.StatusCode.NOT_FOUND and error.field != "request_id":  # what this API looks up is a model
         return status, {"error": {"message": error.message, "type": kind, "param": "model", "code": "model_not_found"}}
     param = convert.parameter(error.field) if error.field else None
     return status, {"error": {"message": error.message, "type": kind, "param": param, "code": error.code.name.lower()}}
@@ -139,6 +142,7 @@ def create_app(
     _add_model_routes(app, service, generating_caller)
     _add_completion_routes(app, service, base_model, generating_caller)
     _add_release_routes(app, service, generating_caller, admin_caller)
+    _add_capture_routes(app, service, generating_caller, admin_caller)
     return app
 
 
@@ -236,6 +240,45 @@ def _add_release_routes(
         change = ReleaseChange(**body.model_dump(exclude={"reason"}))
         await service.change_release(name, change, actor=caller.name, reason=body.reason)
         return shown(await service.release(name, grpc_convert.DEFAULT_RELEASE_HISTORY))
+
+
+def _add_capture_routes(
+    app: FastAPI, service: InferenceService, generating_caller: CallerCheck, admin_caller: CallerCheck
+) -> None:
+    """`/v1/feedback` (RecordFeedback), and `/v1/captures/{adapter}`: an adapter's capture policy and its
+    captured requests, as the gRPC API's messages in their JSON form, for admins only."""
+
+    administering = Depends(admin_caller)
+
+    def shown(name: str, policy: CapturePolicy) -> dict[str, Any]:
+        return MessageToDict(grpc_convert.capture_policy(name, policy), preserving_proto_field_name=True)
+
+    @app.post("/v1/feedback", dependencies=[Depends(generating_caller)])
+    async def record_feedback(body: convert.FeedbackRequest) -> dict[str, str]:
+        return {"adapter": service.record_feedback(body.request_id, body.outcome(), body.correction)}
+
+    @app.get("/v1/captures/{adapter}/policy", dependencies=[administering])
+    async def get_capture_policy(adapter: str) -> dict[str, Any]:
+        name = grpc_convert.adapter_name(adapter, "capture policy")
+        return shown(name, await service.capture_policy(name))
+
+    @app.put("/v1/captures/{adapter}/policy")
+    async def update_capture_policy(
+        adapter: str, body: CapturePolicyChange, caller: Caller = administering
+    ) -> dict[str, Any]:
+        name = grpc_convert.adapter_name(adapter, "capture policy")
+        return shown(name, await service.change_capture_policy(name, body, actor=caller.name))
+
+    @app.get("/v1/captures/{adapter}", dependencies=[administering])
+    async def export_captures(adapter: str, since: datetime | None = None) -> Response:
+        """One captured request per line (JSON Lines), oldest first."""
+        name = grpc_convert.adapter_name(adapter, "captures")
+        moment = since.replace(tzinfo=since.tzinfo or UTC) if since else None
+        lines = [
+            json.dumps(MessageToDict(grpc_convert.captured_request(capture), preserving_proto_field_name=True))
+            for capture in await service.captures(name, moment)
+        ]
+        return Response("".join(line + "\n" for line in lines), media_type="application/jsonl")
 
 
 def _add_completion_routes(

@@ -139,6 +139,24 @@ def _vllm_structured_outputs(given: dict[str, Any]) -> StructuredOutput:
     return StructuredOutput.from_choices(value, field=field)
 
 
+class FeedbackRequest(BaseModel):
+    """The body of `POST /v1/feedback`: RecordFeedback's fields, the label in lower case."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str = Field(min_length=1, description="The `id` of the completion the feedback is about.")
+    score: float | None = None
+    label: Literal["good", "bad"] | None = None
+    correction: str | None = None
+    """The answer it should have been: kept with the captured request, where the adapter's requests are."""
+
+    def outcome(self) -> float:
+        """The score in [0, 1]: given, or 1 for good and 0 for bad."""
+        if (self.score is None) == (self.label is None):
+            raise InvalidArgument("give the outcome as score (0 to 1) or label (good or bad), once", field="score")
+        return self.score if self.score is not None else float(self.label == "good")
+
+
 class ChatCompletionRequest(_Sampling):
     messages: list[_Message] = Field(min_length=1)
     max_tokens: Annotated[int, Field(ge=1)] | None = None

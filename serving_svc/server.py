@@ -7,16 +7,19 @@ import logging
 
 from loraplane.artifact import ArtifactRepository
 from loraplane.auth import Role
+from loraplane.captures import CaptureStore
 from loraplane.drift import template_frame
 from loraplane.drift_statistics import Verdicts
-from loraplane.errors import FailedPrecondition, StartupError
+from loraplane.errors import FailedPrecondition, InvalidArgument, StartupError
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security, host_of
 from loraplane.proto import serving_pb2, serving_pb2_grpc
+from loraplane.redaction import Redactor
 from loraplane.releases import ReleaseLog
 from loraplane.storage import open_store
 from serving_svc.adapters import AdapterManager, AdapterPolicy
 from serving_svc.admission import Admission
+from serving_svc.capture import CaptureLimits, CaptureWriter
 from serving_svc.drift_metrics import DriftCollector
 from serving_svc.drift_monitor import DriftMonitor, DriftPolicy
 from serving_svc.engine_config import engine_config
@@ -49,6 +52,9 @@ RPC_ROLES = {
     "LoadAdapter": Role.ADMIN,
     "UnloadAdapter": Role.ADMIN,
     "UpdateRelease": Role.ADMIN,
+    "GetCapturePolicy": Role.ADMIN,
+    "UpdateCapturePolicy": Role.ADMIN,
+    "ExportCaptures": Role.ADMIN,
 }
 """The role each call needs besides admin, which may call them all; the HTTP API needs generate."""
 
@@ -103,6 +109,18 @@ class ServingServer(EndpointsHost):
         self._release_check_seconds = settings.release_check_seconds
         self._release_checker: asyncio.Task[None] | None = None
         self._drift_refresher: asyncio.Task[None] | None = None
+        self.capture = CaptureWriter(
+            CaptureStore(repository.store),
+            self._redactor(settings),
+            self.metrics,
+            CaptureLimits(
+                queue_records=settings.capture_queue_records,
+                flush_seconds=settings.capture_flush_seconds,
+                pause_seconds=settings.capture_pause_seconds,
+                policy_ttl_seconds=settings.adapter_resolve_ttl_seconds,
+            ),
+        )
+        self._capture_writer: asyncio.Task[None] | None = None
         self.inference = InferenceService(
             self.engine,
             self.adapters,
@@ -112,6 +130,7 @@ class ServingServer(EndpointsHost):
             self.releases,
             self.shadow,
             self.analysis,
+            self.capture,
             limits=RequestLimits(
                 default_max_tokens=settings.default_max_tokens,
                 max_tokens=settings.max_tokens_limit,
@@ -148,6 +167,14 @@ class ServingServer(EndpointsHost):
             max_cpu=self._host_tier_size(settings.max_cpu_adapters),
         )
         return AdapterManager(repository, self.engine, settings.adapter_cache_dir, policy, self.metrics)
+
+    @staticmethod
+    def _redactor(settings: ServingSettings) -> Redactor:
+        try:
+            return Redactor(settings.capture_redaction_patterns, settings.capture_redaction_hook)
+        except InvalidArgument as exc:
+            message = f"{exc}: fix LORAPLANE_CAPTURE_REDACTION_PATTERNS or LORAPLANE_CAPTURE_REDACTION_HOOK"
+            raise StartupError(message) from None
 
     def _register_routing_metrics(self, settings: ServingSettings) -> None:
         """Export the load figures an inference gateway picks a replica by, under vLLM's names."""
@@ -203,6 +230,7 @@ class ServingServer(EndpointsHost):
         if self.drift is not None:
             self._drift_refresher = asyncio.create_task(self._refresh_drift(self.drift))
         self._release_checker = asyncio.create_task(self._check_releases())
+        self._capture_writer = asyncio.create_task(self.capture.run())
         await self.http.start()
         await self.endpoints.set_serving(True)
         log.info(
@@ -235,6 +263,9 @@ class ServingServer(EndpointsHost):
         for task in (self._drift_refresher, self._release_checker):
             if task is not None:
                 task.cancel()
+        if self._capture_writer is not None:  # what is captured by now is written before the replica goes
+            self._capture_writer.cancel()
+            await asyncio.gather(self._capture_writer, return_exceptions=True)
         await self.shadow.close()
         await self.engine.close()
 

@@ -76,7 +76,8 @@ class InferenceServicer(serving_pb2_grpc.InferenceServicer):
     async def RecordFeedback(
         self, request: serving_pb2.RecordFeedbackRequest, context: grpc.aio.ServicerContext
     ) -> serving_pb2.RecordFeedbackResponse:
-        adapter = self._service.record_feedback(request.request_id, convert.feedback_score(request))
+        score, correction = convert.feedback_score(request), convert.feedback_correction(request)
+        adapter = self._service.record_feedback(request.request_id, score, correction)
         return serving_pb2.RecordFeedbackResponse(adapter=adapter)
 
     async def GetAdapterStats(
@@ -98,3 +99,22 @@ class InferenceServicer(serving_pb2_grpc.InferenceServicer):
         name, change = convert.release_change(request)
         await self._service.change_release(name, change, actor=current_caller().name, reason=request.reason)
         return convert.release(await self._service.release(name, convert.DEFAULT_RELEASE_HISTORY))
+
+    async def GetCapturePolicy(
+        self, request: serving_pb2.GetCapturePolicyRequest, context: grpc.aio.ServicerContext
+    ) -> serving_pb2.CapturePolicy:
+        name = convert.adapter_name(request.adapter, "capture policy")
+        return convert.capture_policy(name, await self._service.capture_policy(name))
+
+    async def UpdateCapturePolicy(
+        self, request: serving_pb2.UpdateCapturePolicyRequest, context: grpc.aio.ServicerContext
+    ) -> serving_pb2.CapturePolicy:
+        name, change = convert.capture_policy_change(request)
+        policy = await self._service.change_capture_policy(name, change, actor=current_caller().name)
+        return convert.capture_policy(name, policy)
+
+    async def ExportCaptures(
+        self, request: serving_pb2.ExportCapturesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[serving_pb2.CapturedRequest]:
+        for capture in await self._service.captures(*convert.captures_since(request)):
+            yield convert.captured_request(capture)

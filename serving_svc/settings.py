@@ -185,6 +185,29 @@ class ServingSettings(CommonSettings):
         5.0, gt=0, description="How often this replica judges the candidates it routes to."
     )
 
+    capture_queue_records: int = Field(
+        10_000,
+        ge=1,
+        description="Captured requests and feedback waiting to be written, at most; past it they are dropped and "
+        "counted (requests never wait for capture). Capture itself is turned on per adapter, by an admin.",
+    )
+    capture_flush_seconds: float = Field(
+        5.0, gt=0, description="How long a captured request waits, at most, before its batch is written."
+    )
+    capture_pause_seconds: float = Field(
+        60.0, gt=0, description="After the store refuses a capture write, how long capture drops records."
+    )
+    capture_redaction_patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Regular expressions redacted from captures besides the defaults (secrets, e-mail addresses, "
+        'phone numbers, long digit runs), as JSON: {"order_id": "ORD-[0-9]+"}; each match becomes [name].',
+    )
+    capture_redaction_hook: str = Field(
+        "",
+        description="A function module:function that takes a captured text and returns it redacted, run after "
+        "the patterns.",
+    )
+
     @field_validator("release_margins")
     @classmethod
     def _keep_default_margins(cls, margins: dict[Guardrail, float]) -> dict[Guardrail, float]:

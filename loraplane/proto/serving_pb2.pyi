@@ -723,23 +723,34 @@ class RecordFeedbackRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SCORE_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
+    CORRECTION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     score: _builtins.float
     """How good the answer was, from 0 (wrong) to 1 (right)."""
     label: Global___FeedbackLabel.ValueType
+    correction: _builtins.str
+    """The answer it should have been, where the caller knows it: kept with the captured request (when
+    the adapter's requests are captured) to teach the next version.
+    """
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         score: _builtins.float = ...,
         label: Global___FeedbackLabel.ValueType = ...,
+        correction: _builtins.str | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "outcome", b"outcome", "score", b"score"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_correction", b"_correction", "correction", b"correction", "label", b"label", "outcome", b"outcome", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["label", b"label", "outcome", b"outcome", "request_id", b"request_id", "score", b"score"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_correction", b"_correction", "correction", b"correction", "label", b"label", "outcome", b"outcome", "request_id", b"request_id", "score", b"score"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__correction: _TypeAlias = _typing.Literal["correction"]  # noqa: Y015
+    _WhichOneofArgType__correction: _TypeAlias = _typing.Literal["_correction", b"_correction"]  # noqa: Y015
     _WhichOneofReturnType_outcome: _TypeAlias = _typing.Literal["score", "label"]  # noqa: Y015
     _WhichOneofArgType_outcome: _TypeAlias = _typing.Literal["outcome", b"outcome"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__correction) -> _WhichOneofReturnType__correction | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType_outcome) -> _WhichOneofReturnType_outcome | None: ...
 
 Global___RecordFeedbackRequest: _TypeAlias = RecordFeedbackRequest  # noqa: Y015
@@ -1354,3 +1365,195 @@ class UpdateReleaseRequest(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__canary_share) -> _WhichOneofReturnType__canary_share | None: ...
 
 Global___UpdateReleaseRequest: _TypeAlias = UpdateReleaseRequest  # noqa: Y015
+
+@_typing.final
+class CapturePolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    SAMPLE_SHARE_FIELD_NUMBER: _builtins.int
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    RETENTION_BYTES_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    enabled: _builtins.bool
+    sample_share: _builtins.float
+    """The share of the adapter's requests captured, each drawn at random, in (0, 1]."""
+    retention_days: _builtins.int
+    """Captures older than this many days are deleted."""
+    retention_bytes: _builtins.int
+    """Past this many bytes of the adapter's captures, the oldest are deleted."""
+    actor: _builtins.str
+    """Who set the policy; empty while nobody has (capture off)."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        sample_share: _builtins.float = ...,
+        retention_days: _builtins.int = ...,
+        retention_bytes: _builtins.int = ...,
+        actor: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "adapter", b"adapter", "enabled", b"enabled", "retention_bytes", b"retention_bytes", "retention_days", b"retention_days", "sample_share", b"sample_share", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CapturePolicy: _TypeAlias = CapturePolicy  # noqa: Y015
+
+@_typing.final
+class GetCapturePolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    """An adapter name (no version)."""
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCapturePolicyRequest: _TypeAlias = GetCapturePolicyRequest  # noqa: Y015
+
+@_typing.final
+class UpdateCapturePolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    SAMPLE_SHARE_FIELD_NUMBER: _builtins.int
+    RETENTION_DAYS_FIELD_NUMBER: _builtins.int
+    RETENTION_BYTES_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    """An adapter name (no version)."""
+    enabled: _builtins.bool
+    sample_share: _builtins.float
+    """Unset: as the policy has it (1 for a new policy)."""
+    retention_days: _builtins.int
+    """Unset: as the policy has it (30 for a new policy)."""
+    retention_bytes: _builtins.int
+    """Unset: as the policy has it (1 GiB for a new policy)."""
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        sample_share: _builtins.float | None = ...,
+        retention_days: _builtins.int | None = ...,
+        retention_bytes: _builtins.int | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_retention_bytes", b"_retention_bytes", "_retention_days", b"_retention_days", "_sample_share", b"_sample_share", "retention_bytes", b"retention_bytes", "retention_days", b"retention_days", "sample_share", b"sample_share"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_retention_bytes", b"_retention_bytes", "_retention_days", b"_retention_days", "_sample_share", b"_sample_share", "adapter", b"adapter", "enabled", b"enabled", "retention_bytes", b"retention_bytes", "retention_days", b"retention_days", "sample_share", b"sample_share"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__retention_bytes: _TypeAlias = _typing.Literal["retention_bytes"]  # noqa: Y015
+    _WhichOneofArgType__retention_bytes: _TypeAlias = _typing.Literal["_retention_bytes", b"_retention_bytes"]  # noqa: Y015
+    _WhichOneofReturnType__retention_days: _TypeAlias = _typing.Literal["retention_days"]  # noqa: Y015
+    _WhichOneofArgType__retention_days: _TypeAlias = _typing.Literal["_retention_days", b"_retention_days"]  # noqa: Y015
+    _WhichOneofReturnType__sample_share: _TypeAlias = _typing.Literal["sample_share"]  # noqa: Y015
+    _WhichOneofArgType__sample_share: _TypeAlias = _typing.Literal["_sample_share", b"_sample_share"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retention_bytes) -> _WhichOneofReturnType__retention_bytes | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__retention_days) -> _WhichOneofReturnType__retention_days | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__sample_share) -> _WhichOneofReturnType__sample_share | None: ...
+
+Global___UpdateCapturePolicyRequest: _TypeAlias = UpdateCapturePolicyRequest  # noqa: Y015
+
+@_typing.final
+class ExportCapturesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    """An adapter name (no version)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only requests answered at or after this time; unset: every capture kept."""
+
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportCapturesRequest: _TypeAlias = ExportCapturesRequest  # noqa: Y015
+
+@_typing.final
+class CapturedRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    TIME_FIELD_NUMBER: _builtins.int
+    PROMPT_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    ANSWER_FIELD_NUMBER: _builtins.int
+    FINISH_REASON_FIELD_NUMBER: _builtins.int
+    FEEDBACK_SCORE_FIELD_NUMBER: _builtins.int
+    CORRECTION_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    version: _builtins.int
+    """The version that answered."""
+    prompt: _builtins.str
+    answer: _builtins.str
+    finish_reason: _builtins.str
+    feedback_score: _builtins.float
+    """The newest feedback on the answer, if any."""
+    correction: _builtins.str
+    @_builtins.property
+    def time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def messages(self) -> Global___ChatMessages: ...
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        time: _timestamp_pb2.Timestamp | None = ...,
+        prompt: _builtins.str = ...,
+        messages: Global___ChatMessages | None = ...,
+        answer: _builtins.str = ...,
+        finish_reason: _builtins.str = ...,
+        feedback_score: _builtins.float | None = ...,
+        correction: _builtins.str | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_correction", b"_correction", "_feedback_score", b"_feedback_score", "correction", b"correction", "feedback_score", b"feedback_score", "input", b"input", "messages", b"messages", "prompt", b"prompt", "time", b"time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_correction", b"_correction", "_feedback_score", b"_feedback_score", "answer", b"answer", "correction", b"correction", "feedback_score", b"feedback_score", "finish_reason", b"finish_reason", "input", b"input", "messages", b"messages", "prompt", b"prompt", "request_id", b"request_id", "time", b"time", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__correction: _TypeAlias = _typing.Literal["correction"]  # noqa: Y015
+    _WhichOneofArgType__correction: _TypeAlias = _typing.Literal["_correction", b"_correction"]  # noqa: Y015
+    _WhichOneofReturnType__feedback_score: _TypeAlias = _typing.Literal["feedback_score"]  # noqa: Y015
+    _WhichOneofArgType__feedback_score: _TypeAlias = _typing.Literal["_feedback_score", b"_feedback_score"]  # noqa: Y015
+    _WhichOneofReturnType_input: _TypeAlias = _typing.Literal["prompt", "messages"]  # noqa: Y015
+    _WhichOneofArgType_input: _TypeAlias = _typing.Literal["input", b"input"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__correction) -> _WhichOneofReturnType__correction | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__feedback_score) -> _WhichOneofReturnType__feedback_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_input) -> _WhichOneofReturnType_input | None: ...
+
+Global___CapturedRequest: _TypeAlias = CapturedRequest  # noqa: Y015

@@ -90,6 +90,21 @@ class InferenceStub:
                 request_serializer=loraplane_dot_v1_dot_serving__pb2.UpdateReleaseRequest.SerializeToString,
                 response_deserializer=loraplane_dot_v1_dot_serving__pb2.Release.FromString,
                 _registered_method=True)
+        self.GetCapturePolicy = channel.unary_unary(
+                '/loraplane.v1.Inference/GetCapturePolicy',
+                request_serializer=loraplane_dot_v1_dot_serving__pb2.GetCapturePolicyRequest.SerializeToString,
+                response_deserializer=loraplane_dot_v1_dot_serving__pb2.CapturePolicy.FromString,
+                _registered_method=True)
+        self.UpdateCapturePolicy = channel.unary_unary(
+                '/loraplane.v1.Inference/UpdateCapturePolicy',
+                request_serializer=loraplane_dot_v1_dot_serving__pb2.UpdateCapturePolicyRequest.SerializeToString,
+                response_deserializer=loraplane_dot_v1_dot_serving__pb2.CapturePolicy.FromString,
+                _registered_method=True)
+        self.ExportCaptures = channel.unary_stream(
+                '/loraplane.v1.Inference/ExportCaptures',
+                request_serializer=loraplane_dot_v1_dot_serving__pb2.ExportCapturesRequest.SerializeToString,
+                response_deserializer=loraplane_dot_v1_dot_serving__pb2.CapturedRequest.FromString,
+                _registered_method=True)
 
 
 class InferenceServicer:
@@ -177,6 +192,28 @@ class InferenceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCapturePolicy(self, request, context):
+        """Whether an adapter's requests are captured into the store, which share, and for how long. Off for
+        every adapter until an admin turns it on: captures hold what users wrote.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCapturePolicy(self, request, context):
+        """Every replica applies a change within the adapter resolve TTL (this one at once).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportCaptures(self, request, context):
+        """An adapter's captured requests (redacted), oldest first, each with the newest feedback on it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -234,6 +271,21 @@ def add_InferenceServicer_to_server(servicer, server):
                     servicer.UpdateRelease,
                     request_deserializer=loraplane_dot_v1_dot_serving__pb2.UpdateReleaseRequest.FromString,
                     response_serializer=loraplane_dot_v1_dot_serving__pb2.Release.SerializeToString,
+            ),
+            'GetCapturePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCapturePolicy,
+                    request_deserializer=loraplane_dot_v1_dot_serving__pb2.GetCapturePolicyRequest.FromString,
+                    response_serializer=loraplane_dot_v1_dot_serving__pb2.CapturePolicy.SerializeToString,
+            ),
+            'UpdateCapturePolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCapturePolicy,
+                    request_deserializer=loraplane_dot_v1_dot_serving__pb2.UpdateCapturePolicyRequest.FromString,
+                    response_serializer=loraplane_dot_v1_dot_serving__pb2.CapturePolicy.SerializeToString,
+            ),
+            'ExportCaptures': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportCaptures,
+                    request_deserializer=loraplane_dot_v1_dot_serving__pb2.ExportCapturesRequest.FromString,
+                    response_serializer=loraplane_dot_v1_dot_serving__pb2.CapturedRequest.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -534,6 +586,87 @@ class Inference:
             '/loraplane.v1.Inference/UpdateRelease',
             loraplane_dot_v1_dot_serving__pb2.UpdateReleaseRequest.SerializeToString,
             loraplane_dot_v1_dot_serving__pb2.Release.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCapturePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loraplane.v1.Inference/GetCapturePolicy',
+            loraplane_dot_v1_dot_serving__pb2.GetCapturePolicyRequest.SerializeToString,
+            loraplane_dot_v1_dot_serving__pb2.CapturePolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCapturePolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loraplane.v1.Inference/UpdateCapturePolicy',
+            loraplane_dot_v1_dot_serving__pb2.UpdateCapturePolicyRequest.SerializeToString,
+            loraplane_dot_v1_dot_serving__pb2.CapturePolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportCaptures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/loraplane.v1.Inference/ExportCaptures',
+            loraplane_dot_v1_dot_serving__pb2.ExportCapturesRequest.SerializeToString,
+            loraplane_dot_v1_dot_serving__pb2.CapturedRequest.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,14 @@ class InferenceStub:
     TTL (this one at once). FAILED_PRECONDITION when the change does not apply to the release as
     it stands (say a promote of a candidate another caller rolled back).
     """
+    GetCapturePolicy: _grpc.UnaryUnaryMultiCallable[_serving_pb2.GetCapturePolicyRequest, _serving_pb2.CapturePolicy]
+    """Whether an adapter's requests are captured into the store, which share, and for how long. Off for
+    every adapter until an admin turns it on: captures hold what users wrote.
+    """
+    UpdateCapturePolicy: _grpc.UnaryUnaryMultiCallable[_serving_pb2.UpdateCapturePolicyRequest, _serving_pb2.CapturePolicy]
+    """Every replica applies a change within the adapter resolve TTL (this one at once)."""
+    ExportCaptures: _grpc.UnaryStreamMultiCallable[_serving_pb2.ExportCapturesRequest, _serving_pb2.CapturedRequest]
+    """An adapter's captured requests (redacted), oldest first, each with the newest feedback on it."""
 
 @_typing.type_check_only
 class InferenceAsyncStub(InferenceStub):
@@ -101,6 +109,14 @@ class InferenceAsyncStub(InferenceStub):
     TTL (this one at once). FAILED_PRECONDITION when the change does not apply to the release as
     it stands (say a promote of a candidate another caller rolled back).
     """
+    GetCapturePolicy: _aio.UnaryUnaryMultiCallable[_serving_pb2.GetCapturePolicyRequest, _serving_pb2.CapturePolicy]  # type: ignore[assignment]
+    """Whether an adapter's requests are captured into the store, which share, and for how long. Off for
+    every adapter until an admin turns it on: captures hold what users wrote.
+    """
+    UpdateCapturePolicy: _aio.UnaryUnaryMultiCallable[_serving_pb2.UpdateCapturePolicyRequest, _serving_pb2.CapturePolicy]  # type: ignore[assignment]
+    """Every replica applies a change within the adapter resolve TTL (this one at once)."""
+    ExportCaptures: _aio.UnaryStreamMultiCallable[_serving_pb2.ExportCapturesRequest, _serving_pb2.CapturedRequest]  # type: ignore[assignment]
+    """An adapter's captured requests (redacted), oldest first, each with the newest feedback on it."""
 
 class InferenceServicer(metaclass=_abc_1.ABCMeta):
     """One base model, many adapters, one endpoint."""
@@ -201,5 +217,31 @@ class InferenceServicer(metaclass=_abc_1.ABCMeta):
         TTL (this one at once). FAILED_PRECONDITION when the change does not apply to the release as
         it stands (say a promote of a candidate another caller rolled back).
         """
+
+    @_abc_1.abstractmethod
+    def GetCapturePolicy(
+        self,
+        request: _serving_pb2.GetCapturePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_serving_pb2.CapturePolicy, _abc.Awaitable[_serving_pb2.CapturePolicy]]:
+        """Whether an adapter's requests are captured into the store, which share, and for how long. Off for
+        every adapter until an admin turns it on: captures hold what users wrote.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateCapturePolicy(
+        self,
+        request: _serving_pb2.UpdateCapturePolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_serving_pb2.CapturePolicy, _abc.Awaitable[_serving_pb2.CapturePolicy]]:
+        """Every replica applies a change within the adapter resolve TTL (this one at once)."""
+
+    @_abc_1.abstractmethod
+    def ExportCaptures(
+        self,
+        request: _serving_pb2.ExportCapturesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_serving_pb2.CapturedRequest], _abc.AsyncIterator[_serving_pb2.CapturedRequest]]:
+        """An adapter's captured requests (redacted), oldest first, each with the newest feedback on it."""
 
 def add_InferenceServicer_to_server(servicer: InferenceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -107,7 +107,16 @@ def test_each_grpc_call_needs_a_token_holding_its_role(secured: Secured) -> None
             generator.inference.load_adapter("alpha", pin=True)
         with pytest.raises(PermissionDenied, match="needs the admin or train role"):
             list(generator.jobs.list())
+        for turn_on_or_read_captures in (
+            lambda: generator.inference.update_capture_policy("alpha", enabled=True),
+            lambda: generator.inference.capture_policy("alpha"),
+            lambda: list(generator.inference.captures("alpha")),
+        ):
+            with pytest.raises(PermissionDenied, match="needs the admin role"):
+                turn_on_or_read_captures()
     with secured.client("ops") as admin:
+        assert admin.inference.update_capture_policy("alpha", enabled=False).actor == "ops"
+        assert list(admin.inference.captures("alpha")) == []
         assert admin.inference.load_adapter("alpha", pin=True).pinned
         admin.inference.unload_adapter("alpha")
         assert admin.inference.generate("hello", params=greedy).text
@@ -146,6 +155,10 @@ def test_the_http_api_takes_the_token_as_the_openai_api_key(secured: Secured) ->
     )
     assert answer.usage is not None and answer.usage.completion_tokens == 3
     base = f"http://127.0.0.1:{secured.serving.http.port}"
+    generating = {"authorization": f"Bearer {secured.tokens['gen']}"}
+    for method, path in (("PUT", "/v1/captures/alpha/policy"), ("GET", "/v1/captures/alpha")):
+        refused = httpx.request(method, base + path, headers=generating, json={"enabled": True})
+        assert refused.status_code == 403, "captures hold what users wrote: admins only"
     assert httpx.get(f"{base}/health").status_code == 200  # probes carry no token
     assert "loraplane_serving_requests_total" in httpx.get(f"{base}/metrics").text
 

@@ -61,7 +61,7 @@ def replica(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
     for seed, name in enumerate(("alpha", "alpha", "beta"), start=1):
         publish(name, seed)
-    settings = tiny_serving_settings(tiny_model_dir, data_dir, default_max_tokens=16)
+    settings = tiny_serving_settings(tiny_model_dir, data_dir, default_max_tokens=16, capture_flush_seconds=0.1)
     with (
         running(lambda: create_server(settings)) as server,
         LoraplaneClient(serving=f"127.0.0.1:{server.port}") as grpc_client,
@@ -410,3 +410,64 @@ def test_releases_are_read_and_changed_over_http_in_the_grpc_messages_json(repli
     stale = httpx.post(url, json={"action": "promote", "expected_candidate": 3})
     assert stale.status_code == 400 and "no longer the candidate" in stale.json()["error"]["message"]
     assert httpx.post(f"{replica.base_url}/v1/releases/delta@v2", json={"action": "pause"}).status_code == 400
+
+
+def _captured(replica: Replica, adapter: str, count: int) -> list[dict[str, Any]]:
+    """The adapter's captures over HTTP, once `count` of them (and their feedback) are written."""
+    deadline = time.monotonic() + 10
+    while True:
+        response = httpx.get(f"{replica.base_url}/v1/captures/{adapter}")
+        assert response.status_code == 200 and response.headers["content-type"] == "application/jsonl"
+        lines = [json.loads(line) for line in response.text.splitlines()]
+        if len(lines) >= count and all("feedback_score" in line for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
+
+
+def test_captured_requests_keep_the_correction_sent_as_feedback_over_either_api(replica: Replica) -> None:
+    assert httpx.get(f"{replica.base_url}/v1/captures/beta/policy").json() == {
+        "adapter": "beta",
+        "sample_share": 1.0,
+        "retention_days": 30,
+        "retention_bytes": str(1 << 30),
+    }, "off until an admin turns it on (proto3 JSON leaves false and empty fields out)"
+    turned_on = httpx.put(f"{replica.base_url}/v1/captures/beta/policy", json={"enabled": True, "sample_share": 1})
+    assert turned_on.status_code == 200 and turned_on.json()["enabled"] is True
+    messages = [{"role": "user", "content": "Mail bo@example.com the answer."}]
+    chat = replica.openai.chat.completions.create(model="beta", messages=messages, max_tokens=4)
+    feedback = httpx.post(
+        f"{replica.base_url}/v1/feedback", json={"request_id": chat.id, "label": "bad", "correction": "Done, bo."}
+    )
+    assert feedback.status_code == 200 and feedback.json() == {"adapter": "beta"}
+    text = replica.grpc.inference.generate("Say hi", adapter="beta", params=SamplingParameters(max_tokens=3))
+    replica.grpc.inference.record_feedback(text.request_id, 1.0, correction="Hi!")
+    over_http = _captured(replica, "beta", 2)
+    assert [line["request_id"] for line in over_http] == [chat.id, text.request_id]
+    assert over_http[0]["messages"]["messages"] == [{"role": "user", "content": "Mail [email] the answer."}]
+    assert over_http[0]["answer"] == chat.choices[0].message.content and over_http[0]["correction"] == "Done, bo."
+    assert (over_http[0]["feedback_score"], over_http[1]["feedback_score"]) == (0.0, 1.0)
+    over_grpc = list(replica.grpc.inference.captures("beta"))
+    assert [(c.request.prompt, c.feedback.correction if c.feedback else None) for c in over_grpc][1] == (
+        "Say hi",
+        "Hi!",
+    )
+    stamp = over_grpc[1].request.at.isoformat()
+    since = httpx.get(f"{replica.base_url}/v1/captures/beta", params={"since": stamp}).text.splitlines()
+    assert [json.loads(line)["request_id"] for line in since] == [text.request_id]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param"),
+    [
+        ("PUT", "/v1/captures/beta/policy", {"enabled": True, "sample_share": 2}, "sample_share"),
+        ("PUT", "/v1/captures/beta@v1/policy", {"enabled": True}, "model"),  # the adapter is a model here
+        ("POST", "/v1/feedback", {"request_id": "x", "score": 1, "label": "good"}, "score"),
+        ("POST", "/v1/feedback", {"request_id": "never-answered", "score": 1}, "request_id"),
+    ],
+    ids=["share", "version", "score-and-label", "unknown-request"],
+)
+def test_capture_and_feedback_mistakes_name_the_field(
+    replica: Replica, method: str, path: str, body: dict[str, Any], param: str
+) -> None:
+    response = httpx.request(method, replica.base_url + path, json=body)
+    assert response.status_code in (400, 404) and response.json()["error"]["param"] == param

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from concurrent import futures
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from typer.testing import CliRunner, Result
 
+from loraplane.captures import Capture, CapturedTurn
 from loraplane.cli import app
 from loraplane.proto import common_pb2, serving_pb2, serving_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from tests.support.service_process import free_port
@@ -157,6 +159,44 @@ class FakeInference(serving_pb2_grpc.InferenceServicer):  # type: ignore[misc]
 
     def __init__(self) -> None:
         self.release_updates: list[serving_pb2.UpdateReleaseRequest] = []
+        self.capture_updates: list[serving_pb2.UpdateCapturePolicyRequest] = []
+        self.exports: list[serving_pb2.ExportCapturesRequest] = []
+
+    def GetCapturePolicy(self, request: serving_pb2.GetCapturePolicyRequest, context: Any) -> serving_pb2.CapturePolicy:
+        return serving_pb2.CapturePolicy(adapter="acme", sample_share=1.0, retention_days=30, retention_bytes=1 << 30)
+
+    def UpdateCapturePolicy(
+        self, request: serving_pb2.UpdateCapturePolicyRequest, context: Any
+    ) -> serving_pb2.CapturePolicy:
+        self.capture_updates.append(request)
+        return serving_pb2.CapturePolicy(
+            adapter="acme",
+            enabled=request.enabled,
+            sample_share=request.sample_share if request.HasField("sample_share") else 1.0,
+            retention_days=7,
+            retention_bytes=1000,
+            actor="ops",
+            updated_at=CREATED,
+        )
+
+    def ExportCaptures(
+        self, request: serving_pb2.ExportCapturesRequest, context: Any
+    ) -> Iterator[serving_pb2.CapturedRequest]:
+        self.exports.append(request)
+        turns = serving_pb2.ChatMessages(messages=[common_pb2.ChatMessage(role="user", content="hi [email]")])
+        yield serving_pb2.CapturedRequest(
+            request_id="r1", version=2, time=CREATED, messages=turns, answer="Hello", finish_reason="stop"
+        )
+        yield serving_pb2.CapturedRequest(
+            request_id="r2",
+            version=2,
+            time=CREATED,
+            prompt="hi",
+            answer="Hel",
+            finish_reason="length",
+            feedback_score=0.0,
+            correction="Hello",
+        )
 
     def GetRelease(self, request: serving_pb2.GetReleaseRequest, context: Any) -> serving_pb2.Release:
         return self.RELEASE
@@ -351,6 +391,27 @@ def test_release_refuses_a_malformed_share_or_version_before_calling() -> None:
     assert share.exit_code == 2 and "write 10% or 0.1" in share.output
     assert version.exit_code == 2 and "candidate" in version.output
     assert inference.release_updates == []
+
+
+def test_capture_turns_capture_on_and_off_and_captures_prints_json_lines() -> None:
+    inference = FakeInference()
+    with _service(inference) as (address, _):
+        shown = _run("capture", "acme", "--serving", address)
+        on = _run("capture", "acme", "on", "--share", "10%", "--retention-days", "7", "--serving", address)
+        off = _run("capture", "acme", "off", "--serving", address)
+        exported = _run("captures", "acme", "--since", "2026-12-01", "--serving", address)
+        refused = _run("captures", "acme", "--since", "last week", "--serving", address)
+    assert "acme: capture off" in shown.output and inference.capture_updates[0].enabled
+    assert "acme: capturing 10% of requests, kept 7 days and at most 1000 bytes (set by ops)" in on.output
+    first, second = inference.capture_updates
+    assert first.sample_share == pytest.approx(0.1) and first.retention_days == 7
+    assert not first.HasField("retention_bytes"), "what the options leave out stays as the policy has it"
+    assert not second.enabled and not second.HasField("sample_share") and "capture off" in off.output
+    lines = [Capture.model_validate_json(line) for line in exported.output.splitlines()]
+    assert [capture.request.prompt for capture in lines] == [[CapturedTurn(role="user", content="hi [email]")], "hi"]
+    assert lines[0].feedback is None and lines[1].feedback is not None and lines[1].feedback.correction == "Hello"
+    assert inference.exports[0].since.ToDatetime() == datetime(2026, 12, 1)
+    assert refused.exit_code == 2 and "not an ISO 8601 time" in refused.output and len(inference.exports) == 1
 
 
 def _table_rows(output: str) -> list[list[str]]:

@@ -9,16 +9,19 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from loraplane.captures import CapturePolicyChange, CaptureStore
 from loraplane.drift import DriftStatistic, Profile, PromptFrame, Sample, length_bucket, observe
 from loraplane.drift_statistics import Verdicts
 from loraplane.errors import InvalidArgument, NotFound
 from loraplane.names import AdapterSpec
+from loraplane.storage import FileStore
 from serving_svc.adapter_labels import OTHER_LABEL
 from serving_svc.drift_metrics import DriftCollector
 from serving_svc.drift_monitor import DriftMonitor, DriftPolicy
 from serving_svc.engines.base import SamplingOptions
 from serving_svc.inference import GenerationInput
 from tests.support.fake_engine import PROMPT_LOGPROB_PER_TOKEN, TOKEN_LOGPROB, reference_profile
+from tests.support.outage_store import FakeOutageStore
 from tests.unit.test_inference_service import _replica
 
 
@@ -231,3 +234,36 @@ async def test_the_inference_service_records_answers_and_takes_feedback(tmp_path
         if sample.name.endswith("_total")
     }
     assert feedback == {("alpha", "1"): 2}
+
+
+async def test_a_captured_request_keeps_the_callers_correction_and_nothing_is_captured_before(tmp_path: Path) -> None:
+    replica = _replica(tmp_path, drift=DriftMonitor(_policy()))
+    service = replica.service
+    request = GenerationInput(AdapterSpec("alpha"), "write to jo@example.com", SamplingOptions(max_tokens=3))
+    await service.complete(lambda: request)
+    await replica.capture.flush()
+    assert CaptureStore(replica.parts.repository.store).files("alpha") == [], "capture is off until turned on"
+    await service.change_capture_policy("alpha", CapturePolicyChange(enabled=True), actor="ops")
+    answered = await service.complete(lambda: request)
+    assert service.record_feedback(answered.request_id, 0.0, "Dear jo@example.com,") == "alpha"
+    await replica.capture.flush()
+    [capture] = await service.captures("alpha", None)
+    assert (capture.request.request_id, capture.request.version) == (answered.request_id, 1)
+    assert (capture.request.prompt, capture.request.answer) == ("write to [email]", answered.text)
+    assert capture.feedback is not None and capture.feedback.correction == "Dear [email],"
+
+
+async def test_a_store_that_refuses_captures_fails_no_request(tmp_path: Path) -> None:
+    outage = FakeOutageStore(FileStore(tmp_path / "captures"))
+    replica = _replica(tmp_path, drift=DriftMonitor(_policy()), capture_store=outage)
+    await replica.service.change_capture_policy("alpha", CapturePolicyChange(enabled=True), actor="ops")
+    outage.down = True
+    request = GenerationInput(AdapterSpec("alpha"), "hello", SamplingOptions(max_tokens=3))
+    answered = await replica.service.complete(lambda: request)
+    assert answered.text == "Hello!" and answered.finish_reason == "stop"
+    replica.service.record_feedback(answered.request_id, 1.0, "fine")
+    await replica.capture.flush()
+    dropped = replica.metrics.registry.get_sample_value(
+        "loraplane_serving_captures_total", {"adapter": "alpha", "kind": "requests", "outcome": "store_error"}
+    )
+    assert dropped == 1

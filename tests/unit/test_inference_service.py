@@ -10,10 +10,14 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+from loraplane.captures import CaptureStore
 from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from loraplane.names import AdapterSpec
+from loraplane.redaction import Redactor
 from loraplane.releases import DEFAULT_MARGINS, ReleaseAction, ReleaseChange, ReleaseLog, ReleaseMode
+from loraplane.storage.base import ObjectStore
 from serving_svc.admission import Admission
+from serving_svc.capture import CaptureLimits, CaptureWriter
 from serving_svc.drift_monitor import DriftMonitor
 from serving_svc.engines.base import ChatMessage, Prompt, SamplingOptions, TokenLogprob, Usage
 from serving_svc.inference import GenerationInput, InferenceService, RequestLimits
@@ -37,6 +41,7 @@ class Replica:
     service: InferenceService
     shadow: ShadowRunner
     analysis: ReleaseAnalysis
+    capture: CaptureWriter
 
     @property
     def engine(self) -> FakeEngine:
@@ -57,6 +62,7 @@ def _replica(
     drift: DriftMonitor | None = None,
     shadow_max_in_flight: int = 2,
     max_loaded: int = 2,
+    capture_store: ObjectStore | None = None,
 ) -> Replica:
     engine = FakeEngine(max_model_len=MAX_MODEL_LEN)
     parts = build_adapter_manager(tmp_path, engine, max_loaded=max_loaded, adapter_labels=adapter_labels)
@@ -65,6 +71,12 @@ def _replica(
     releases = ReleaseRouter(ReleaseLog(parts.repository), ttl_seconds=0.0)
     shadow = ShadowRunner(engine, parts.manager, drift, admission, max_in_flight=shadow_max_in_flight, batch_capacity=8)
     analysis = ReleaseAnalysis(releases, shadow, drift, ANALYSIS_POLICY)
+    capture = CaptureWriter(
+        CaptureStore(capture_store or parts.repository.store),
+        Redactor(),
+        parts.metrics,
+        CaptureLimits(policy_ttl_seconds=0.0),
+    )
     service = InferenceService(
         engine,
         parts.manager,
@@ -74,9 +86,10 @@ def _replica(
         releases,
         shadow,
         analysis,
+        capture,
         limits=RequestLimits(default_max_tokens),
     )
-    return Replica(parts, admission, service, shadow, analysis)
+    return Replica(parts, admission, service, shadow, analysis, capture)
 
 
 @pytest.fixture
