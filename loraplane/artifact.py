@@ -4,6 +4,8 @@
                          adapter_config.json
                          adapter_model.safetensors
                          profile.json           drift reference profile
+                         data/train.jsonl       the job's examples, which a later job may mix back in
+                         data/validation.jsonl
                          manifest.json          written last: its presence = version complete
 
 Publishing first claims a version number with a create-only write, so two publishers of the
@@ -19,6 +21,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -32,7 +35,10 @@ from loraplane.training import Method, PromptFormat
 
 PROFILE_FILE = "profile.json"
 """The drift reference profile (loraplane.drift.Profile) of an adapter version."""
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", PROFILE_FILE)
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+DATA_FOLDER = "data/"
+"""Where in a version the examples of its job are kept."""
+ADAPTER_FILES = ("adapter_config.json", ADAPTER_WEIGHTS, PROFILE_FILE)
 MANIFEST = "manifest.json"
 RESERVATION = "reservation.json"
 _MAX_VERSION_CLAIMS = 100
@@ -62,6 +68,7 @@ class ManifestDraft(BaseModel):
     prompt_format: PromptFormat = Field(
         "raw", description="versions published before the field existed were all trained raw"
     )
+    parent: str | None = Field(None, description="the version (name@vN) this one continued training from")
 
 
 class Manifest(ManifestDraft):
@@ -71,6 +78,11 @@ class Manifest(ManifestDraft):
     version: int = Field(ge=1)
     created_at: datetime
     files: dict[str, str] = Field(description="file name -> sha256 hex digest")
+    data_files: dict[str, str] = Field(
+        default_factory=dict,
+        description="the job's examples kept with the version, under data/ (file name -> sha256 hex digest), "
+        "which a later job may mix back in",
+    )
 
     @property
     def rank(self) -> int:
@@ -128,24 +140,42 @@ class ArtifactRepository:
                 continue
         return None
 
-    def publish(self, source_dir: Path, draft: ManifestDraft) -> tuple[Manifest, bytes]:
-        """Publish the adapter files in `source_dir` as the next version of `draft.name`."""
+    def publish(
+        self, source_dir: Path, draft: ManifestDraft, data_files: Sequence[Path] = ()
+    ) -> tuple[Manifest, bytes]:
+        """Publish the adapter files in `source_dir` as the next version of `draft.name`, with the job's
+        `data_files` under the version's data/."""
         validate_adapter_name(draft.name)
         missing = [f for f in ADAPTER_FILES if not (source_dir / f).is_file()]
         if missing:
             raise FailedPrecondition(f"cannot publish {draft.name}: {source_dir} lacks {', '.join(missing)}")
         version = self._claim_version(draft.name, draft.job_id)
         prefix = _version_prefix(draft.name, version)
-        files = {}
-        for file_name in ADAPTER_FILES:
-            path = source_dir / file_name
-            files[file_name] = sha256_file(path)
-            self.store.put_file(prefix + file_name, path)
-        manifest = Manifest(**draft.model_dump(), version=version, created_at=datetime.now(UTC), files=files)
+        files = {name: self._upload(prefix + name, source_dir / name) for name in ADAPTER_FILES}
+        data = {path.name: self._upload(f"{prefix}{DATA_FOLDER}{path.name}", path) for path in data_files}
+        manifest = Manifest(
+            **draft.model_dump(), version=version, created_at=datetime.now(UTC), files=files, data_files=data
+        )
         manifest_bytes = manifest.model_dump_json(indent=2).encode()
         if not self.store.put_bytes_if_absent(prefix + MANIFEST, manifest_bytes):
             raise FailedPrecondition(f"{draft.name}@v{version} was completed by another publisher")
         return manifest, manifest_bytes
+
+    def _upload(self, key: str, path: Path) -> str:
+        """Put `path` at `key`; its sha256."""
+        digest = sha256_file(path)
+        self.store.put_file(key, path)
+        return digest
+
+    def read_data(self, manifest: Manifest, file_name: str) -> bytes:
+        """One of the data files kept with a version, checked against its manifest."""
+        expected = manifest.data_files.get(file_name)
+        if expected is None:
+            raise NotFound(f"{manifest.spec} keeps no data file {file_name!r} (it keeps {sorted(manifest.data_files)})")
+        raw = self.store.get_bytes(f"{_version_prefix(manifest.name, manifest.version)}{DATA_FOLDER}{file_name}")
+        if hashlib.sha256(raw).hexdigest() != expected:
+            raise FailedPrecondition(f"{manifest.spec}: data file {file_name} does not match its manifest's sha256")
+        return raw
 
     def _claim_version(self, name: str, job_id: str) -> int:
         claimed = self._claimed_versions(name)

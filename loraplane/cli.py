@@ -205,6 +205,9 @@ def train(
     worker_nodes: WorkerNodes = None,
     release: ReleaseOption = None,
     canary: Annotated[str, typer.Option(help="With --release canary: the version's share of traffic.")] = "10%",
+    parent: Annotated[
+        str, typer.Option(help="Continue training this version (acme@v2) instead of a fresh adapter.")
+    ] = "",
     watch: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
     trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
 ) -> None:
@@ -238,6 +241,7 @@ def train(
             dpo=DpoParameters(beta=dpo_beta),
             resources=WorkerResources(cpu=worker_cpu, memory=worker_memory, gpus=worker_gpus, nodes=worker_nodes),
             release=plan,
+            parent=parent,
         )
         console.print(f"job [bold]{job.id}[/bold] {job.state.lower()}")
         if watch and _follow(client, job.id).state is not JobState.SUCCEEDED:

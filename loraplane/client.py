@@ -168,10 +168,12 @@ class Jobs:
         labels: dict[str, str] | None = None,
         refuse_leakage: bool = False,
         release: ReleaseOnSuccess | None = None,
+        parent: str = "",
         request_id: str | None = None,
     ) -> Job:
         """Submit a job. A retry with the same request_id returns the first job, not a second. With
-        `release`, the version it publishes starts as its adapter's release candidate."""
+        `release`, the version it publishes starts as its adapter's release candidate; with `parent`
+        (`name@vN`), it continues training that version instead of a fresh adapter."""
         if (training_file is None) == (training_uri is None):
             raise ValueError("give exactly one of training_file or training_uri")
         training_data = (
@@ -196,6 +198,7 @@ class Jobs:
             resources=convert.worker_resources(resources) if resources is not None else None,
             labels=labels or {},
             release=convert.release_on_success(release) if release is not None else None,
+            parent=parent,
         )
         request = trainer_pb2.CreateJobRequest(spec=spec, request_id=request_id or uuid.uuid4().hex)
         return convert.job(self._stub.CreateJob(request))

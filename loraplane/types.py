@@ -123,6 +123,8 @@ class JobSpec:
     refuse_leakage: bool
     release: ReleaseOnSuccess | None
     """How the published version is started as its adapter's release candidate; None: published only."""
+    parent: str = ""
+    """The version (`name@vN`) the job continues from; "": a fresh adapter."""
 
 
 # ---- training: a job and what it reports ----

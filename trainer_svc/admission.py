@@ -1,6 +1,6 @@
 """Whether the trainer takes a job from a caller, decided before its data is read: a valid adapter name,
-room under the caller's limit of unfinished jobs, resources its executor can give, and a base model it
-offers and has prepared. A refusal stores nothing."""
+room under the caller's limit of unfinished jobs, resources its executor can give, a base model it
+offers and has prepared, and a version to continue from that fits it. A refusal stores nothing."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from loraplane.errors import FailedPrecondition, ResourceExhausted
 from loraplane.names import validate_adapter_name
 from trainer_svc.executors.config import ExecutorCapabilities
 from trainer_svc.job_store import JobStore
+from trainer_svc.parent import ParentVersions
 from trainer_svc.spec import JobSpec
 
 
@@ -25,6 +26,7 @@ class JobAdmission:
         base_model_path: Callable[[str], Path],
         default_base_model: str,
         max_unfinished_per_caller: int,
+        parents: ParentVersions,
     ) -> None:
         """`base_model_path`: the folder of the base model a job names ("" = the default), InvalidArgument
         for one not offered."""
@@ -33,6 +35,7 @@ class JobAdmission:
         self._base_model_path = base_model_path
         self._default_base_model = default_base_model
         self._max_unfinished_per_caller = max_unfinished_per_caller
+        self._parents = parents
 
     async def admit(self, spec: JobSpec, caller: Caller) -> JobSpec:
         """`spec` with its base model named, if this trainer takes it from `caller`; its data is checked next."""
@@ -46,7 +49,7 @@ class JobAdmission:
                 f"base model {spec.base_model!r} is not prepared at {base_model_path}; run "
                 "`loraplane prepare-model` on the trainer host"
             )
-        return spec
+        return await asyncio.to_thread(self._parents.pin, spec)
 
     async def _check_caller_room(self, caller: Caller) -> None:
         """Refuse a token that has its limit of unfinished jobs (the anonymous caller of auth off has none)."""

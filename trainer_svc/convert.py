@@ -75,6 +75,7 @@ def spec_from_proto(message: trainer_pb2.JobSpec) -> JobSpec:
             task_metrics=task_metrics or list(TASK_METRICS),
             refuse_leakage=message.refuse_leakage,
             release=_trial_plan(message),
+            parent=message.parent or None,
         )
     except ValidationError as exc:
         error = exc.errors()[0]
@@ -146,6 +147,7 @@ def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
             if spec.release is not None
             else None
         ),
+        parent=spec.parent or "",
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 
+from loraplane.artifact import ArtifactRepository
 from loraplane.auth import Role
 from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security
 from loraplane.proto import trainer_pb2, trainer_pb2_grpc
@@ -14,6 +15,7 @@ from trainer_svc.executors import Executor, create_executor
 from trainer_svc.intake import DatasetIntake, DatasetLimits
 from trainer_svc.job_store import JobStore, SqliteJobStore
 from trainer_svc.metrics import TrainerMetrics
+from trainer_svc.parent import ParentVersions
 from trainer_svc.service import JobRuns, JobService
 from trainer_svc.servicer import TrainerServicer
 from trainer_svc.settings import TrainerSettings
@@ -62,6 +64,10 @@ def job_service(settings: TrainerSettings, store: JobStore, executor: Executor, 
         base_model_path=settings.base_model_path,
         default_base_model=settings.base_model_name,
         max_unfinished_per_caller=settings.trainer_max_unfinished_jobs_per_caller,
+        parents=ParentVersions(
+            lambda: ArtifactRepository(open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url)),
+            settings.base_model_path,
+        ),
     )
     runs = JobRuns(
         work_dir=settings.trainer_work_dir,

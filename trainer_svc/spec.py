@@ -124,6 +124,9 @@ class JobSpec(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)
     release: TrialPlan | None = None
     """Start the published version as its adapter's release candidate; None: publish only."""
+    parent: str | None = None
+    """`name@vN` (or `name`, its newest version) to continue training from: the job starts from that version's
+    weights, with its LoRA shape and prompt format (trainer_svc.parent); None: a fresh adapter."""
 
     @model_validator(mode="after")
     def _method_defaults(self) -> JobSpec:

@@ -459,6 +459,7 @@ class JobSpec(_message.Message):
     DPO_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     RELEASE_FIELD_NUMBER: _builtins.int
+    PARENT_FIELD_NUMBER: _builtins.int
     base_model: _builtins.str
     """Name of a base model the trainer offers; empty = its default."""
     adapter_name: _builtins.str
@@ -468,6 +469,11 @@ class JobSpec(_message.Message):
     refuse_leakage: _builtins.bool
     """Refuse the job when a validation or test example also appears in the training data (after
     case and whitespace are normalised); otherwise such leaks are only counted.
+    """
+    parent: _builtins.str
+    """"name@vN" (or "name": its newest version) to continue training from: the job starts from that
+    version's weights, with its LoRA shape and prompt format (leave lora unset), on the same base
+    model. The accepted job names the version. Empty: a fresh adapter.
     """
     @_builtins.property
     def training_data(self) -> Global___Dataset: ...
@@ -522,10 +528,11 @@ class JobSpec(_message.Message):
         dpo: Global___DpoParameters | None = ...,
         resources: Global___WorkerResources | None = ...,
         release: Global___ReleaseOnSuccess | None = ...,
+        parent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["dpo", b"dpo", "lora", b"lora", "release", b"release", "resources", b"resources", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_name", b"adapter_name", "base_model", b"base_model", "dpo", b"dpo", "labels", b"labels", "lora", b"lora", "method", b"method", "prompt_format", b"prompt_format", "refuse_leakage", b"refuse_leakage", "release", b"release", "resources", b"resources", "task_metrics", b"task_metrics", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter_name", b"adapter_name", "base_model", b"base_model", "dpo", b"dpo", "labels", b"labels", "lora", b"lora", "method", b"method", "parent", b"parent", "prompt_format", b"prompt_format", "refuse_leakage", b"refuse_leakage", "release", b"release", "resources", b"resources", "task_metrics", b"task_metrics", "test_data", b"test_data", "training", b"training", "training_data", b"training_data", "validation_data", b"validation_data"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from loraplane.artifact import ADAPTER_WEIGHTS
 from serving_svc.engines.compat import base_layer
 
-_WEIGHTS_FILE = "adapter_model.safetensors"
 _KEY_PREFIX = "base_model.model."
 _A_SUFFIX, _B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 
@@ -89,9 +89,9 @@ def read_adapter(path: Path, model: torch.nn.Module, dtype: torch.dtype) -> dict
     Raises ValueError when the folder is broken (no config, weights for layers `model` lacks,
     shapes that do not fit): such an adapter could not be loaded by peft either.
     """
-    config_file, weights_file = path / "adapter_config.json", path / _WEIGHTS_FILE
+    config_file, weights_file = path / "adapter_config.json", path / ADAPTER_WEIGHTS
     if not weights_file.is_file():
-        return f"it has no {_WEIGHTS_FILE}"
+        return f"it has no {ADAPTER_WEIGHTS}"
     try:
         config = json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -123,7 +123,7 @@ def read_adapter(path: Path, model: torch.nn.Module, dtype: torch.dtype) -> dict
         scaling = alpha / (math.sqrt(rank) if rslora else rank)
         modules[module_path] = LoraModule(a.to(dtype), b.to(dtype), scaling)
     if not modules:
-        raise ValueError(f"{_WEIGHTS_FILE} holds no LoRA weights")
+        raise ValueError(f"{ADAPTER_WEIGHTS} holds no LoRA weights")
     return modules
 
 

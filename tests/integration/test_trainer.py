@@ -15,11 +15,14 @@ import grpc
 import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from loraplane.artifact import ArtifactRepository
 from loraplane.client import LoraplaneClient
 from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound
+from loraplane.fingerprint import base_model_fingerprint
 from loraplane.storage import open_store
 from loraplane.training import JobState, Method
 from loraplane.types import Job, LoraParameters, TrainingParameters, WorkerResources
+from tests.support.adapters import RANK, make_adapter, publish_adapter
 from tests.support.servers import running
 from tests.support.trainer_settings import tiny_trainer_settings
 from trainer_svc.server import TrainerServer, create_server
@@ -87,6 +90,7 @@ def test_bad_dataset_is_invalid_argument_naming_the_line(
         ({"training_uri": "file:///etc/passwd", "training_file": None}, InvalidArgument, "spec.training_data"),
         ({"training_uri": "{store}/adapters/a/v1/manifest.json"}, InvalidArgument, "spec.training_data"),
         ({"resources": WorkerResources(gpus=1)}, InvalidArgument, "spec.resources"),
+        ({"parent": "nobody@v1"}, NotFound, "spec.parent"),
     ],
 )
 def test_bad_spec_is_invalid_argument_naming_the_field(
@@ -104,6 +108,18 @@ def test_bad_spec_is_invalid_argument_naming_the_field(
         else:
             _create(client, tmp_path, GOOD_LINE, **kwargs)
     assert info.value.field == field  # type: ignore[attr-defined]
+
+
+def test_a_continued_job_names_the_version_it_continues_with_its_shape(
+    client: LoraplaneClient, trainer: TrainerServer, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    repository = ArtifactRepository(open_store(trainer.settings.store_uri))
+    fingerprint = base_model_fingerprint(tiny_model_dir)
+    publish_adapter(repository, make_adapter(tiny_model_dir, tmp_path / "blue", 1), "blue", fingerprint, "lora", "chat")
+    job = _create(client, tmp_path, GOOD_LINE, parent="blue")
+    client.jobs.cancel(job.id)
+    assert job.spec.parent == "blue@v1", "the newest version, pinned so a resumed run starts from it too"
+    assert (job.spec.lora.rank, job.spec.prompt_format) == (RANK, "chat")
 
 
 def test_repeats_are_removed_and_leaks_counted_or_refused(client: LoraplaneClient, tmp_path: Path) -> None:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from loraplane.artifact import ArtifactRepository
 from loraplane.drift import Profile
@@ -43,8 +45,10 @@ def _worker_input(
     train: list[Example] = TRAIN,  # type: ignore[assignment]  # a list of one kind of example is one of Examples
     validation: list[Example] = VALIDATION,  # type: ignore[assignment]
     test: list[Example] | None = None,
+    store: Path | None = None,
     **spec: Any,
 ) -> Path:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     write_examples(tmp_path / "train.jsonl", _sourced(train, first_line=1))
     write_examples(tmp_path / "validation.jsonl", _sourced(validation, first_line=len(train) + 1))
     if test is not None:
@@ -56,7 +60,7 @@ def _worker_input(
         train_file=tmp_path / "train.jsonl",
         validation_file=tmp_path / "validation.jsonl",
         test_file=tmp_path / "test.jsonl" if test is not None else None,
-        store_uri=(tmp_path / "store").as_uri(),
+        store_uri=(store or tmp_path / "store").as_uri(),
         work_dir=tmp_path / "work",
     )
     path = tmp_path / "input.json"
@@ -321,6 +325,42 @@ def test_overlong_example_fails_naming_its_line(tiny_model_dir: Path, tmp_path: 
     assert not (tmp_path / "store" / "adapters").exists()
 
 
+def test_a_continued_job_starts_from_its_parents_weights_and_records_it(tiny_model_dir: Path, tmp_path: Path) -> None:
+    learn = {"max_steps": 16, "batch_size": 3, "learning_rate": 1e-2}
+    code, first = _run(_worker_input(tmp_path / "v1", tiny_model_dir, training=learn))
+    assert code == 0, first[-1]
+    store = tmp_path / "v1" / "store"
+    # v2 keeps training blue@v1 with steps too small to move it: it starts where v1 ended.
+    barely = {"max_steps": 1, "batch_size": 3, "learning_rate": 1e-9, "replay_fraction": 0}
+    continued = _worker_input(tmp_path / "v2", tiny_model_dir, store=store, parent="blue@v1", training=barely)
+    code, events = _run(continued)
+    assert code == 0, events[-1]
+    loading = next(event for event in _of(PhaseEvent, events) if event.phase == "loading_model")
+    assert loading.message.endswith("continuing blue@v1")
+    assert _of(ProgressEvent, events)[0].loss < 0.5 < _of(ProgressEvent, first)[0].loss, "v1's answer, not a guess"
+    v1, v2 = (load_file(store / "adapters" / "blue" / f"v{n}" / "adapter_model.safetensors") for n in (1, 2))
+    assert v1.keys() == v2.keys() and all(torch.allclose(v1[key], v2[key], atol=1e-6) for key in v1)
+    repository = ArtifactRepository(FileStore(store))
+    manifest, _ = repository.read_manifest("blue", 2)
+    assert manifest.parent == "blue@v1" and repository.read_manifest("blue", 1)[0].parent is None
+    kept = [
+        json.loads(line)["example"]["prompt"] for line in repository.read_data(manifest, "train.jsonl").splitlines()
+    ]
+    assert kept == [example.prompt for example in TRAIN], "the job's data is kept with its version"
+
+
+def test_a_parent_whose_weights_do_not_fit_fails_the_job_before_training(tiny_model_dir: Path, tmp_path: Path) -> None:
+    code, first = _run(_worker_input(tmp_path / "v1", tiny_model_dir, training={"max_steps": 1}))
+    assert code == 0, first[-1]
+    store = tmp_path / "v1" / "store"
+    other_shape = _worker_input(tmp_path / "v2", tiny_model_dir, store=store, parent="blue@v1", lora={"rank": 4})
+    code, events = _run(other_shape)
+    assert code == 1 and isinstance(events[-1], ErrorEvent)
+    assert (events[-1].code, events[-1].field) == (ErrorCode.FAILED_PRECONDITION, "spec.parent")
+    assert "do not fit" in events[-1].message and not _of(ProgressEvent, events)
+    assert ArtifactRepository(FileStore(store)).versions("blue") == [1]
+
+
 def test_sigterm_stops_the_run_without_publishing(tiny_model_dir: Path, tmp_path: Path) -> None:
     input_path = _worker_input(tmp_path, tiny_model_dir, training={"max_steps": 100_000, "batch_size": 3})
     process = subprocess.Popen(
@@ -349,8 +389,6 @@ RESUMABLE = {"max_steps": 24, "batch_size": 3, "learning_rate": 1e-2, "eval_ever
 
 
 def _adapter_weights(store: Path) -> dict[str, Any]:
-    from safetensors.torch import load_file
-
     return load_file(store / "adapters" / "blue" / "v1" / "adapter_model.safetensors")
 
 

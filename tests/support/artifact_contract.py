@@ -81,6 +81,21 @@ class ArtifactRepositoryContract:
             assert store.get_bytes(_prefix("chat", 1) + name) == data
         assert repo.version_uri("chat", 1) == store.uri_for(_prefix("chat", 1) + MANIFEST).rsplit("/", 1)[0]
 
+    def test_the_jobs_data_is_kept_with_its_version_and_checked_when_read(
+        self, repo: ArtifactRepository, store: ObjectStore, tmp_path: Path
+    ) -> None:
+        write_fake_adapter(tmp_path / "src", "a")
+        data = tmp_path / "train.jsonl"
+        data.write_text('{"line": 1, "example": {"prompt": "q", "completion": "a"}}\n')
+        manifest, _ = repo.publish(tmp_path / "src", make_draft("chat"), [data])
+        assert set(manifest.data_files) == {"train.jsonl"} and set(manifest.files) == set(ADAPTER_FILES)
+        assert repo.read_data(manifest, "train.jsonl") == data.read_bytes()
+        with pytest.raises(NotFound, match="keeps no data file 'validation.jsonl'"):
+            repo.read_data(manifest, "validation.jsonl")
+        store.put_bytes(_prefix("chat", 1) + "data/train.jsonl", b"other examples\n")
+        with pytest.raises(FailedPrecondition, match="does not match"):
+            repo.read_data(manifest, "train.jsonl")
+
     def test_resolve_newest_and_pinned(self, repo: ArtifactRepository, tmp_path: Path) -> None:
         for seed in ("a", "b", "c"):
             write_fake_adapter(tmp_path / f"src-{seed}", seed)

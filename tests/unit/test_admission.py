@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from loraplane.artifact import ArtifactRepository
 from loraplane.auth import ANONYMOUS, Caller, Role
-from loraplane.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from loraplane.storage import FileStore
 from trainer_svc.admission import JobAdmission
 from trainer_svc.executors.config import ExecutorCapabilities
 from trainer_svc.job_store import SqliteJobStore
 from trainer_svc.jobs import Job
+from trainer_svc.parent import ParentVersions
 from trainer_svc.spec import JobSpec, WorkerResources
 
 ALICE = Caller(name="alice", roles=frozenset({Role.TRAIN}))
@@ -45,6 +48,7 @@ def admission(tmp_path: Path, store: SqliteJobStore) -> JobAdmission:
         base_model_path=base_model_path,
         default_base_model="tiny",
         max_unfinished_per_caller=2,
+        parents=ParentVersions(lambda: ArtifactRepository(FileStore(tmp_path / "store")), base_model_path),
     )
 
 
@@ -60,6 +64,7 @@ async def test_an_admitted_spec_names_its_base_model(admission: JobAdmission) ->
         ({"resources": WorkerResources(gpus=1)}, InvalidArgument, "cannot ask for resources"),
         ({"base_model": "llama"}, InvalidArgument, "not offered"),
         ({"base_model": "unprepared"}, FailedPrecondition, "loraplane prepare-model"),
+        ({"parent": "nobody@v1"}, NotFound, "does not exist"),
     ],
 )
 async def test_a_spec_the_trainer_cannot_take_is_refused(

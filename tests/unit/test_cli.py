@@ -272,6 +272,7 @@ def test_train_sends_what_the_options_say_and_prints_the_outcome(tmp_path: Path)
     assert spec.training.HasField("early_stopping_patience") and spec.training.early_stopping_patience == 0
     assert not spec.training.HasField("replay_fraction") and not spec.resources.HasField("gpus")
     assert not spec.HasField("release"), "published only unless asked"
+    assert spec.parent == "", "a fresh adapter unless --parent names a version"
     assert "job job-1 queued" in result.output
     assert "warning: the adapter lost 1 of the 8 general facts" in result.output  # told as it happens
     assert "step 10/20 loss" not in result.output  # the bar shows the steps

@@ -44,6 +44,7 @@ from trainer_svc.worker.events import Emit, claim_stdout
 from trainer_svc.worker.generation import generation_batch_size
 from trainer_svc.worker.knowledge_probe import FACTS_LOST_WARNING, ProbeResult, knowledge_probe
 from trainer_svc.worker.model import adapter_config, load_base_model, load_tokenizer
+from trainer_svc.worker.parent_weights import fetch_parent_weights
 from trainer_svc.worker.preference import preference_scores, train_preferences
 from trainer_svc.worker.publish import publish, start_trial
 from trainer_svc.worker.resume import checkpoint_step, resume_point
@@ -68,12 +69,15 @@ def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> 
 
 
 def _load_model(worker_input: WorkerInput, emit: Emit) -> ModelToTrain:
-    """The base model, its tokenizer, and the configuration of the adapter the job gives it."""
+    """The base model, its tokenizer, the configuration of the adapter the job gives it, and the weights it
+    starts from when the job continues a version."""
     spec = worker_input.spec
-    emit(PhaseEvent(phase="loading_model", message=f"{spec.method} on {spec.base_model}"))
+    start = f", continuing {spec.parent}" if spec.parent else ""
+    emit(PhaseEvent(phase="loading_model", message=f"{spec.method} on {spec.base_model}{start}"))
     tokenizer = load_tokenizer(worker_input.base_model_path)
     base = load_base_model(worker_input.base_model_path, spec)
-    return ModelToTrain(base=base, adapter=adapter_config(base, spec), tokenizer=tokenizer)
+    config = adapter_config(base, spec)
+    return ModelToTrain(base, config, tokenizer, spec.parent, fetch_parent_weights(worker_input))
 
 
 def _train(worker_input: WorkerInput, model: ModelToTrain, data: TrainingSets, emit: Emit) -> TrainedAdapter:

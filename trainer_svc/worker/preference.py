@@ -71,12 +71,14 @@ def trl_rows(examples: list[SourcedExample], prompt_format: PromptFormat, *, fie
 
 
 def train_preferences(model: ModelToTrain, data: TrainingSets, run: TrainingRun) -> TrainedAdapter:
-    """Give the base model its fresh adapter and train it by DPO on the pairs; the model with its trained
-    adapter, and the outcome.
+    """Give the base model its adapter (fresh, or the parent's) and train it by DPO on the pairs; the model
+    with its trained adapter, and the outcome.
 
     TRL creates the adapter from its config: handed a model that already has one, it would keep a
     copy of it as the reference, which a resumed run restores wrongly. The reference is the model
-    with its adapter switched off, so no second copy of the base is held.
+    with its adapter switched off, so no second copy of the base is held; a job that continues a
+    version starts the adapter TRL made from the version's weights, and is still judged against the
+    base model.
     """
     datasets.disable_progress_bars()
     train_rows = trl_rows(data.train.sourced, data.prompt_format, field=data.train.field)
@@ -94,6 +96,7 @@ def train_preferences(model: ModelToTrain, data: TrainingSets, run: TrainingRun)
         peft_config=model.adapter,
         callbacks=callbacks(args, run.params, run.emit),
     )
+    model.start_adapter(trainer.model)  # type: ignore[arg-type]  # a PeftModel: TRL wrapped the base
     outcome = fit(trainer, run.resume_from)
     return TrainedAdapter(trainer.model, outcome)  # type: ignore[arg-type]  # a PeftModel: TRL wrapped the base
 

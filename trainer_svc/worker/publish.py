@@ -34,7 +34,8 @@ def publish(
     prompt_format: PromptFormat,
     worker_input: WorkerInput,
 ) -> PublishedAdapter:
-    """Write adapter_config.json, adapter_model.safetensors and profile.json, then publish them."""
+    """Write adapter_config.json, adapter_model.safetensors and profile.json, then publish them with the job's
+    training and validation examples."""
     spec = worker_input.spec
     adapter_dir = worker_input.work_dir / "adapter"
     # The adapter names its base by the job's model id, not by the worker's local folder.
@@ -59,9 +60,11 @@ def publish(
         dataset=dataset,
         job_id=worker_input.job_id,
         prompt_format=prompt_format,
+        parent=spec.parent,
     )
+    data_files = [worker_input.train_file, worker_input.validation_file]  # a later job may mix them back in
     try:
-        manifest, manifest_bytes = repository.publish(adapter_dir, draft)
+        manifest, manifest_bytes = repository.publish(adapter_dir, draft, data_files)
     except Unavailable as exc:  # the store's client has already retried with backoff
         raise Unavailable(
             f"could not publish {spec.adapter_name}: {exc.message}. No version was made visible (a manifest is "

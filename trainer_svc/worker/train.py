@@ -268,9 +268,10 @@ def fit(trainer: Trainer, resume_from: Path | None) -> TrainingOutcome:
 
 
 def train(model: ModelToTrain, data: TrainingSets, run: TrainingRun) -> TrainedAdapter:
-    """Give the base model its fresh adapter and train it on examples of the answer (supervised), the replayed
-    answers among them, from the start or from the checkpoint `run.resume_from`."""
+    """Give the base model its adapter (fresh, or the parent's) and train it on examples of the answer
+    (supervised), the replayed answers among them, from the start or from the checkpoint `run.resume_from`."""
     adapted = get_peft_model(model.base, model.adapter)
+    model.start_adapter(adapted)
     mix = ReplayMix([example.features() for example in data.train.tokenized], [r.features() for r in data.replayed])
     validation_set = data.early_stopping.tokenized
     args = training_arguments(run.params, run.output_dir, train_examples=len(mix), has_validation=bool(validation_set))
