@@ -40,6 +40,7 @@ from loraplane.training import JobState, Method, PromptFormatChoice
 from loraplane.types import (
     Adapter,
     AdapterStats,
+    CaptureSource,
     Completion,
     CompletionChunk,
     DpoParameters,
@@ -156,6 +157,7 @@ class Jobs:
         adapter_name: str,
         training_file: Path | None = None,
         training_uri: str | None = None,
+        training_captures: CaptureSource | None = None,
         validation_file: Path | None = None,
         test_file: Path | None = None,
         base_model: str = "",
@@ -174,13 +176,14 @@ class Jobs:
         """Submit a job. A retry with the same request_id returns the first job, not a second. With
         `release`, the version it publishes starts as its adapter's release candidate; with `parent`
         (`name@vN`), it continues training that version instead of a fresh adapter."""
-        if (training_file is None) == (training_uri is None):
-            raise ValueError("give exactly one of training_file or training_uri")
-        training_data = (
-            trainer_pb2.Dataset(inline_jsonl=training_file.read_text())
-            if training_file is not None
-            else trainer_pb2.Dataset(uri=training_uri or "")
-        )
+        if [training_file, training_uri, training_captures].count(None) != 2:
+            raise ValueError("give exactly one of training_file, training_uri or training_captures")
+        if training_file is not None:
+            training_data = trainer_pb2.Dataset(inline_jsonl=training_file.read_text())
+        elif training_captures is not None:
+            training_data = trainer_pb2.Dataset(captures=convert.capture_source(training_captures))
+        else:
+            training_data = trainer_pb2.Dataset(uri=training_uri or "")
         spec = trainer_pb2.JobSpec(
             base_model=base_model,
             adapter_name=adapter_name,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, get_args
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast, get_args
 
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -89,14 +89,49 @@ def worker_resources(value: types.WorkerResources) -> trainer_pb2.WorkerResource
 
 
 def _dataset(message: trainer_pb2.JobSpec, name: Literal["validation_data", "test_data"]) -> types.Dataset | None:
-    return _build(types.Dataset, getattr(message, name)) if message.HasField(name) else None
+    return dataset(getattr(message, name)) if message.HasField(name) else None
+
+
+def dataset(message: trainer_pb2.Dataset) -> types.Dataset:
+    captures = None
+    if message.HasField("captures"):
+        since = _optional_time(message.captures, "since")
+        captures = _build(types.CaptureSource, message.captures, since=since)
+    return _build(types.Dataset, message, captures=captures)
+
+
+class CaptureSelection(Protocol):
+    """What names captured requests as training data: the client's CaptureSource and the trainer's alike."""
+
+    @property
+    def adapter(self) -> str: ...
+    @property
+    def since(self) -> datetime | None: ...
+    @property
+    def good_score(self) -> float | None: ...
+    @property
+    def held_out_share(self) -> float | None: ...
+    @property
+    def parent_data_share(self) -> float | None: ...
+
+
+def capture_source(value: CaptureSelection) -> trainer_pb2.CaptureSource:
+    message = trainer_pb2.CaptureSource(
+        adapter=value.adapter,
+        good_score=value.good_score,
+        held_out_share=value.held_out_share,
+        parent_data_share=value.parent_data_share,
+    )
+    if value.since is not None:
+        message.since.FromDatetime(value.since)
+    return message
 
 
 def job_spec(message: trainer_pb2.JobSpec) -> types.JobSpec:
     return _build(
         types.JobSpec,
         message,
-        training_data=_build(types.Dataset, message.training_data),
+        training_data=dataset(message.training_data),
         validation_data=_dataset(message, "validation_data"),
         test_data=_dataset(message, "test_data"),
         method=wire.METHOD.decode(message.method),

@@ -40,10 +40,27 @@ class AdapterRef:
 
 @dataclass(frozen=True, kw_only=True)
 class Dataset:
-    """One of: the JSONL text itself (an accepted job shows its digest instead), or a URI in the trainer's store."""
+    """One of: the JSONL text itself (an accepted job shows its digest instead), a URI in the trainer's store, or
+    an adapter's captured requests."""
 
     inline_jsonl: str | None = None
     uri: str | None = None
+    captures: CaptureSource | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CaptureSource:
+    """An adapter's captured requests made into a job's training data (docs/loop.md); None takes the trainer's
+    default for the figure."""
+
+    adapter: str
+    since: datetime | None = None
+    good_score: float | None = None
+    """The feedback score from which an uncorrected answer is kept as an example (0.75)."""
+    held_out_share: float | None = None
+    """The share of corrected captures held out as the job's test set (0.2)."""
+    parent_data_share: float | None = None
+    """The share of training examples drawn from the parent version's own data (0.3)."""
 
 
 @dataclass(frozen=True, kw_only=True)

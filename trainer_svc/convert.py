@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import ValidationError
 
+from loraplane import convert as client_convert
 from loraplane import wire
 from loraplane.errors import InvalidArgument
 from loraplane.proto import common_pb2, trainer_pb2
@@ -16,6 +17,7 @@ from loraplane.releases import TrialPlan
 from loraplane.training import TASK_METRICS, JobState
 from trainer_svc.jobs import Job, JobEvent
 from trainer_svc.spec import (
+    CaptureSource,
     DatasetSource,
     DpoParameters,
     JobSpec,
@@ -35,7 +37,26 @@ def _dataset(message: trainer_pb2.Dataset) -> DatasetSource | None:
     source = message.WhichOneof("source")
     if source is None:
         return None
+    if source == "captures":
+        return DatasetSource(captures=_capture_source(message.captures))
     return DatasetSource(**{source: getattr(message, source)})
+
+
+def _capture_source(message: trainer_pb2.CaptureSource) -> CaptureSource:
+    figures = {
+        name: getattr(message, name)
+        for name in ("good_score", "held_out_share", "parent_data_share")
+        if message.HasField(name)
+    }
+    since = message.since.ToDatetime(tzinfo=UTC) if message.HasField("since") else None
+    try:
+        return CaptureSource(adapter=message.adapter, since=since, **figures)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise InvalidArgument(
+            f"{error['msg']} (got {error.get('input')!r})", field=f"spec.training_data.captures.{where}"
+        ) from None
 
 
 _SECTIONS = {
@@ -119,6 +140,8 @@ def spec_to_proto(spec: JobSpec) -> trainer_pb2.JobSpec:
     def dataset(source: DatasetSource | None) -> trainer_pb2.Dataset | None:
         if source is None:
             return None
+        if source.captures is not None:
+            return trainer_pb2.Dataset(captures=client_convert.capture_source(source.captures))
         if source.inline_jsonl is not None:
             return trainer_pb2.Dataset(inline_jsonl=source.inline_jsonl)
         if source.inline_sha256 is not None:  # accepted jobs keep a digest, not the text

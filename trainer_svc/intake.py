@@ -14,13 +14,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loraplane.artifact import ArtifactRepository
+from loraplane.captures import CaptureStore
 from loraplane.errors import InvalidArgument, LoraplaneError
+from loraplane.names import parse_adapter_spec
 from loraplane.storage import ObjectStore
 from loraplane.training import NEAR_COPY_WARNING, HeldOutSet
 from trainer_svc import dataset, held_out
-from trainer_svc.dataset import SourcedExample
+from trainer_svc.captured_data import CapturedExamples, captured_examples, mix_in_parent_data
+from trainer_svc.dataset import PreferenceExample, SourcedExample
 from trainer_svc.held_out import NearCopies
 from trainer_svc.spec import DatasetSource, JobSpec
+
+TRAIN_DATA = "train.jsonl"
+VALIDATION_DATA = "validation.jsonl"
+"""The names of a job's examples in its folder, and in the version it publishes (its data/)."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +55,15 @@ class JobData:
     the caller gave the validation data."""
     near_copies: NearCopies | None = None
     """The caller's held-out prompts that near-copy training prompts; None when the caller gave none."""
+    captured: CapturedExamples | None = None
+    """What the captures the training data was made from gave, by rule; None for data the caller sent."""
 
     def metrics(self) -> dict[str, float]:
         metrics = {"duplicates_removed": float(self.duplicates_removed), "leaked_examples": float(self.leaked_examples)}
         if self.near_copies is not None:
             metrics["held_out_near_copy_share"] = self.near_copies.share
+        if self.captured is not None:
+            metrics.update(self.captured.metrics())
         return metrics
 
     def summary(self) -> str:
@@ -60,6 +72,8 @@ class JobData:
             f"dataset valid: {len(self.train)} training, {len(self.validation)} validation{test} examples; "
             f"{self.duplicates_removed} duplicates removed, {self.leaked_examples} held-out examples also in training"
         ]
+        if self.captured is not None:
+            lines.insert(0, self.captured.summary())
         if self.grouping is not None:
             lines.append(self._split_summary(self.grouping))
         if self.near_copies is not None and self.near_copies.share >= NEAR_COPY_WARNING:
@@ -93,7 +107,7 @@ class ExampleFiles:
     @classmethod
     def in_folder(cls, work_dir: Path, *, with_test: bool) -> ExampleFiles:
         test = work_dir / "test.jsonl" if with_test else None
-        return cls(train=work_dir / "train.jsonl", validation=work_dir / "validation.jsonl", test=test)
+        return cls(train=work_dir / TRAIN_DATA, validation=work_dir / VALIDATION_DATA, test=test)
 
 
 def write_examples(work_dir: Path, data: JobData) -> ExampleFiles:
@@ -118,6 +132,8 @@ class DatasetIntake:
     no reachable store for it)."""
 
     def __init__(self, limits: DatasetLimits, open_store: Callable[[], ObjectStore]) -> None:
+        """`open_store`: the trainer's store, where dataset URIs point, captures are and versions keep their
+        data."""
         self._limits = limits
         self._open_store = open_store
 
@@ -125,9 +141,16 @@ class DatasetIntake:
         """The job's examples, deduplicated, with held-out examples that also appear in training counted (or
         refused, when the spec says so); InvalidArgument naming the spec field of the first mistake."""
         preferences = spec.method.learns_preferences
-        train, removed = self._parse(spec.training_data, "spec.training_data", preferences=preferences)
         validation: list[SourcedExample] = []
         test: list[SourcedExample] = []
+        captured = self._from_captures(spec) if spec.training_data.captures is not None else None
+        if captured is not None:
+            train, removed = dataset.deduplicate(captured.train)
+            if spec.test_data is None:
+                test, repeats = dataset.deduplicate(captured.held_out)
+                removed += repeats
+        else:
+            train, removed = self._parse(spec.training_data, "spec.training_data", preferences=preferences)
         if spec.validation_data is not None:
             validation, repeats = self._parse(spec.validation_data, "spec.validation_data", preferences=preferences)
             removed += repeats
@@ -146,7 +169,7 @@ class DatasetIntake:
             self._leaks(examples, train, field, spec.refuse_leakage)
             for field, examples in (("spec.validation_data", validation), ("spec.test_data", test))
         )
-        return JobData(train, validation, test, removed, leaks, grouping, near if near.prompts else None)
+        return JobData(train, validation, test, removed, leaks, grouping, near if near.prompts else None, captured)
 
     @staticmethod
     def _leaks(examples: list[SourcedExample], train: list[SourcedExample], field: str, refuse: bool) -> int:
@@ -166,7 +189,49 @@ class DatasetIntake:
         text = self._read(source, field)
         return dataset.deduplicate(dataset.parse_jsonl(text, field=field, preferences=preferences))
 
+    def _from_captures(self, spec: JobSpec) -> CapturedExamples:
+        """The training and held-out examples the captures `spec` names make, with its parent's data mixed in;
+        InvalidArgument when they make no training example."""
+        source = spec.training_data.captures
+        assert source is not None
+        field = "spec.training_data.captures"
+        store = self._open_store()
+        try:
+            captures = CaptureStore(store).read(source.adapter, source.since)
+        except LoraplaneError as exc:
+            raise type(exc)(exc.message, field=field) from None
+        if len(captures) > self._limits.max_rows:
+            raise InvalidArgument(
+                f"{len(captures)} captures of {source.adapter!r}; the limit is {self._limits.max_rows}: set a later "
+                "since",
+                field=field,
+            )
+        preferences, seed = spec.method.learns_preferences, spec.training.seed
+        made = captured_examples(captures, source, preferences=preferences, seed=seed)
+        if not made.train:
+            raise InvalidArgument(
+                f"the {len(captures)} captures of {source.adapter!r} make no training example ({made.summary()}): "
+                "send feedback with corrections, or wait for more",
+                field=field,
+            )
+        if spec.parent is not None and not preferences:
+            made = mix_in_parent_data(made, self._parent_data(store, spec.parent), source.parent_data_share, seed)
+        return made
+
+    @staticmethod
+    def _parent_data(store: ObjectStore, parent: str) -> list[SourcedExample]:
+        """The supervised training examples the version `parent` kept; none for a version that kept none."""
+        repository = ArtifactRepository(store)
+        manifest, _ = repository.resolve(parse_adapter_spec(parent, field="spec.parent"))
+        if TRAIN_DATA not in manifest.data_files:
+            return []
+        lines = repository.read_data(manifest, TRAIN_DATA).decode().split("\n")
+        examples = [SourcedExample.model_validate_json(line) for line in lines if line]
+        return [example for example in examples if not isinstance(example.example, PreferenceExample)]
+
     def _read(self, source: DatasetSource, field: str) -> str:
+        if source.captures is not None:
+            raise InvalidArgument("captures can be a job's training data only", field=field)
         if source.inline_jsonl is not None:
             data = source.inline_jsonl.encode()
         elif source.uri:

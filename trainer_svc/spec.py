@@ -7,6 +7,7 @@ here once, so a proto field left at zero means the same thing everywhere.
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -84,8 +85,21 @@ class DpoParameters(BaseModel):
     )
 
 
+class CaptureSource(BaseModel):
+    """An adapter's captured requests as a job's training data (trainer_svc.captured_data says how)."""
+
+    adapter: str
+    since: datetime | None = None
+    """Only requests answered at or after this time; None: every capture kept."""
+    good_score: float = Field(0.75, ge=0, le=1, description="the score from which an uncorrected answer is kept")
+    held_out_share: float = Field(0.2, ge=0, lt=1, description="corrected captures held out as the test set")
+    parent_data_share: float = Field(
+        0.3, ge=0, lt=1, description="share of the training examples drawn from the parent version's own data"
+    )
+
+
 class DatasetSource(BaseModel):
-    """Exactly one of inline JSONL text or a URI in the trainer's store.
+    """Exactly one of inline JSONL text, a URI in the trainer's store, or an adapter's captures.
 
     Once a job is accepted its inline text is replaced by `inline_sha256`: the examples live in
     the job's folder, and every stored event carries the spec, which must stay small.
@@ -94,6 +108,7 @@ class DatasetSource(BaseModel):
     inline_jsonl: str | None = None
     uri: str | None = None
     inline_sha256: str | None = None
+    captures: CaptureSource | None = None
 
     def without_inline_text(self) -> DatasetSource:
         if self.inline_jsonl is None:

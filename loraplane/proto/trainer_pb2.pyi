@@ -210,25 +210,80 @@ class Dataset(_message.Message):
 
     INLINE_JSONL_FIELD_NUMBER: _builtins.int
     URI_FIELD_NUMBER: _builtins.int
+    CAPTURES_FIELD_NUMBER: _builtins.int
     inline_jsonl: _builtins.str
     """The JSONL text itself, for small datasets."""
     uri: _builtins.str
     """An object in the trainer's store: file:///... or s3://bucket/key."""
+    @_builtins.property
+    def captures(self) -> Global___CaptureSource:
+        """An adapter's captured requests, made into examples (training_data only; docs/loop.md)."""
+
     def __init__(
         self,
         *,
         inline_jsonl: _builtins.str = ...,
         uri: _builtins.str = ...,
+        captures: Global___CaptureSource | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["inline_jsonl", b"inline_jsonl", "source", b"source", "uri", b"uri"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["captures", b"captures", "inline_jsonl", b"inline_jsonl", "source", b"source", "uri", b"uri"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["inline_jsonl", b"inline_jsonl", "source", b"source", "uri", b"uri"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["captures", b"captures", "inline_jsonl", b"inline_jsonl", "source", b"source", "uri", b"uri"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["inline_jsonl", "uri"]  # noqa: Y015
+    _WhichOneofReturnType_source: _TypeAlias = _typing.Literal["inline_jsonl", "uri", "captures"]  # noqa: Y015
     _WhichOneofArgType_source: _TypeAlias = _typing.Literal["source", b"source"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_source) -> _WhichOneofReturnType_source | None: ...
 
 Global___Dataset: _TypeAlias = Dataset  # noqa: Y015
+
+@_typing.final
+class CaptureSource(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    GOOD_SCORE_FIELD_NUMBER: _builtins.int
+    HELD_OUT_SHARE_FIELD_NUMBER: _builtins.int
+    PARENT_DATA_SHARE_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    """The adapter whose captures are read (a name, no version)."""
+    good_score: _builtins.float
+    """The feedback score from which an uncorrected answer is kept as an example; unset = 0.75."""
+    held_out_share: _builtins.float
+    """The share of corrected captures held out as the job's test set; unset = 0.2."""
+    parent_data_share: _builtins.float
+    """The share of training examples drawn from spec.parent's own data; unset = 0.3."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Only requests answered at or after this time; unset: every capture kept."""
+
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+        good_score: _builtins.float | None = ...,
+        held_out_share: _builtins.float | None = ...,
+        parent_data_share: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_good_score", b"_good_score", "_held_out_share", b"_held_out_share", "_parent_data_share", b"_parent_data_share", "good_score", b"good_score", "held_out_share", b"held_out_share", "parent_data_share", b"parent_data_share", "since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_good_score", b"_good_score", "_held_out_share", b"_held_out_share", "_parent_data_share", b"_parent_data_share", "adapter", b"adapter", "good_score", b"good_score", "held_out_share", b"held_out_share", "parent_data_share", b"parent_data_share", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__good_score: _TypeAlias = _typing.Literal["good_score"]  # noqa: Y015
+    _WhichOneofArgType__good_score: _TypeAlias = _typing.Literal["_good_score", b"_good_score"]  # noqa: Y015
+    _WhichOneofReturnType__held_out_share: _TypeAlias = _typing.Literal["held_out_share"]  # noqa: Y015
+    _WhichOneofArgType__held_out_share: _TypeAlias = _typing.Literal["_held_out_share", b"_held_out_share"]  # noqa: Y015
+    _WhichOneofReturnType__parent_data_share: _TypeAlias = _typing.Literal["parent_data_share"]  # noqa: Y015
+    _WhichOneofArgType__parent_data_share: _TypeAlias = _typing.Literal["_parent_data_share", b"_parent_data_share"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__good_score) -> _WhichOneofReturnType__good_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__held_out_share) -> _WhichOneofReturnType__held_out_share | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__parent_data_share) -> _WhichOneofReturnType__parent_data_share | None: ...
+
+Global___CaptureSource: _TypeAlias = CaptureSource  # noqa: Y015
 
 @_typing.final
 class LoraParameters(_message.Message):

@@ -1,4 +1,5 @@
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from loraplane.errors import InvalidArgument
 from loraplane.proto import common_pb2, trainer_pb2
@@ -106,6 +107,20 @@ def test_missing_training_data_is_invalid() -> None:
     with pytest.raises(InvalidArgument) as info:
         spec_from_proto(spec)
     assert info.value.field == "spec.training_data"
+
+
+def test_captures_as_training_data_take_defaults_survive_a_round_trip_and_name_a_bad_figure() -> None:
+    since = Timestamp(seconds=1_796_000_000)
+    captures = trainer_pb2.CaptureSource(adapter="acme", since=since, good_score=0.9)
+    spec = spec_from_proto(_spec(training_data=trainer_pb2.Dataset(captures=captures), parent="acme@v1"))
+    source = spec.training_data.captures
+    assert source is not None and (source.adapter, source.good_score, source.held_out_share) == ("acme", 0.9, 0.2)
+    assert source.since is not None and source.since.timestamp() == 1_796_000_000
+    assert spec.parent == "acme@v1" and spec_from_proto(spec_to_proto(spec)) == spec
+    bad = trainer_pb2.CaptureSource(adapter="acme", held_out_share=1.0)
+    with pytest.raises(InvalidArgument) as info:
+        spec_from_proto(_spec(training_data=trainer_pb2.Dataset(captures=bad)))
+    assert info.value.field == "spec.training_data.captures.held_out_share"
 
 
 def test_job_to_proto_carries_outcome_and_hides_inline_data() -> None:
