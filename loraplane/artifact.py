@@ -55,6 +55,46 @@ class DatasetInfo(BaseModel):
     validation_examples: int
 
 
+GateCheckName = Literal["parent_task", "new_traffic", "facts"]
+
+
+class GateCheck(BaseModel):
+    """One comparison of a version with the version it continued (its parent)."""
+
+    name: GateCheckName
+    """parent_task: the parent's own held-out examples; new_traffic: the job's held-out examples (captured
+    traffic, for a job made from captures); facts: the knowledge probe's facts the parent answered right."""
+    parent: float | None = None
+    candidate: float | None = None
+    examples: int = 0
+    passed: bool
+    rule: str
+    """What passing means, for people: `within 0.02 of the parent`, `above the parent`, `none lost`."""
+
+
+class GateVerdict(BaseModel):
+    """Whether a continued version may go to traffic: better than its parent where it was trained to be, no
+    worse on the parent's task, no fact lost that the parent knew. A failed verdict keeps the version from
+    being released by automation."""
+
+    parent: str
+    metric: str
+    passed: bool
+    checks: list[GateCheck]
+
+    def describe(self) -> str:
+        def figure(value: float | None) -> str:
+            return "-" if value is None else f"{value:.3f}"
+
+        parts = [
+            f"{check.name} {figure(check.parent)} -> {figure(check.candidate)} ({check.rule}: "
+            f"{'pass' if check.passed else 'FAIL'})"
+            for check in self.checks
+        ]
+        verdict = "passed" if self.passed else "failed"
+        return f"gate against {self.parent} on {self.metric} {verdict}: " + "; ".join(parts)
+
+
 class ManifestDraft(BaseModel):
     """The manifest fields the publisher knows before a version number and digests exist."""
 
@@ -69,6 +109,7 @@ class ManifestDraft(BaseModel):
         "raw", description="versions published before the field existed were all trained raw"
     )
     parent: str | None = Field(None, description="the version (name@vN) this one continued training from")
+    gate: GateVerdict | None = Field(None, description="how this version compared with its parent")
 
 
 class Manifest(ManifestDraft):

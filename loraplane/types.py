@@ -218,6 +218,20 @@ class JobMetrics:
     replay_examples: int
     held_out_near_copy_share: float | None
     """Share of the caller's scored held-out prompts that near-copy a training prompt; None without any."""
+    capture_corrected: int = 0
+    """This and the next three: a job whose training data was made from captures (docs/loop.md)."""
+    capture_rated_good: int = 0
+    capture_left_out: int = 0
+    parent_examples: int = 0
+    gate_passed: bool | None = None
+    """A job that continued a version: whether the new version passed its gate against the parent; the
+    gate_* figures are the parent's and the new version's (None where a check had no examples)."""
+    gate_parent_task_parent: float | None = None
+    gate_parent_task_candidate: float | None = None
+    gate_new_traffic_parent: float | None = None
+    gate_new_traffic_candidate: float | None = None
+    gate_facts_parent: float | None = None
+    gate_facts_candidate: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -691,6 +691,17 @@ class JobMetrics(_message.Message):
     PREFERENCE_MARGIN_ADAPTER_FIELD_NUMBER: _builtins.int
     REPLAY_EXAMPLES_FIELD_NUMBER: _builtins.int
     HELD_OUT_NEAR_COPY_SHARE_FIELD_NUMBER: _builtins.int
+    CAPTURE_CORRECTED_FIELD_NUMBER: _builtins.int
+    CAPTURE_RATED_GOOD_FIELD_NUMBER: _builtins.int
+    CAPTURE_LEFT_OUT_FIELD_NUMBER: _builtins.int
+    PARENT_EXAMPLES_FIELD_NUMBER: _builtins.int
+    GATE_PASSED_FIELD_NUMBER: _builtins.int
+    GATE_PARENT_TASK_PARENT_FIELD_NUMBER: _builtins.int
+    GATE_PARENT_TASK_CANDIDATE_FIELD_NUMBER: _builtins.int
+    GATE_NEW_TRAFFIC_PARENT_FIELD_NUMBER: _builtins.int
+    GATE_NEW_TRAFFIC_CANDIDATE_FIELD_NUMBER: _builtins.int
+    GATE_FACTS_PARENT_FIELD_NUMBER: _builtins.int
+    GATE_FACTS_CANDIDATE_FIELD_NUMBER: _builtins.int
     train_loss: _builtins.float
     validation_loss: _builtins.float
     validation_perplexity: _builtins.float
@@ -738,6 +749,26 @@ class JobMetrics(_message.Message):
     share that near-copy a training prompt: the same template, or most word trigrams inside one.
     Unset when the trainer made the validation split and there is no test data.
     """
+    capture_corrected: _builtins.int
+    """Training data made from captures: the captures each rule took (corrected, rated good) or left
+    out, and the examples of the parent version's own data mixed in.
+    """
+    capture_rated_good: _builtins.int
+    capture_left_out: _builtins.int
+    parent_examples: _builtins.int
+    gate_passed: _builtins.bool
+    """A job that continued a version (spec.parent): whether the new version passed its gate against
+    the parent, and the gate's figures, the parent's and the new version's: on the parent's own
+    held-out examples (parent_task), on the job's held-out examples (new_traffic), and the probe's
+    facts the parent knew and of those the new version still knows (facts). Unset without a parent,
+    or where a check had no examples.
+    """
+    gate_parent_task_parent: _builtins.float
+    gate_parent_task_candidate: _builtins.float
+    gate_new_traffic_parent: _builtins.float
+    gate_new_traffic_candidate: _builtins.float
+    gate_facts_parent: _builtins.float
+    gate_facts_candidate: _builtins.float
     @_builtins.property
     def task_scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskScore]:
         """Task metrics of greedy answers to the test (or validation) prompts, base model and adapter."""
@@ -778,11 +809,36 @@ class JobMetrics(_message.Message):
         preference_margin_adapter: _builtins.float | None = ...,
         replay_examples: _builtins.int = ...,
         held_out_near_copy_share: _builtins.float | None = ...,
+        capture_corrected: _builtins.int = ...,
+        capture_rated_good: _builtins.int = ...,
+        capture_left_out: _builtins.int = ...,
+        parent_examples: _builtins.int = ...,
+        gate_passed: _builtins.bool | None = ...,
+        gate_parent_task_parent: _builtins.float | None = ...,
+        gate_parent_task_candidate: _builtins.float | None = ...,
+        gate_new_traffic_parent: _builtins.float | None = ...,
+        gate_new_traffic_candidate: _builtins.float | None = ...,
+        gate_facts_parent: _builtins.float | None = ...,
+        gate_facts_candidate: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_held_out_near_copy_share", b"_held_out_near_copy_share", "_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "held_out_near_copy_share", b"held_out_near_copy_share", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_gate_facts_candidate", b"_gate_facts_candidate", "_gate_facts_parent", b"_gate_facts_parent", "_gate_new_traffic_candidate", b"_gate_new_traffic_candidate", "_gate_new_traffic_parent", b"_gate_new_traffic_parent", "_gate_parent_task_candidate", b"_gate_parent_task_candidate", "_gate_parent_task_parent", b"_gate_parent_task_parent", "_gate_passed", b"_gate_passed", "_held_out_near_copy_share", b"_held_out_near_copy_share", "_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "gate_facts_candidate", b"gate_facts_candidate", "gate_facts_parent", b"gate_facts_parent", "gate_new_traffic_candidate", b"gate_new_traffic_candidate", "gate_new_traffic_parent", b"gate_new_traffic_parent", "gate_parent_task_candidate", b"gate_parent_task_candidate", "gate_parent_task_parent", b"gate_parent_task_parent", "gate_passed", b"gate_passed", "held_out_near_copy_share", b"held_out_near_copy_share", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_held_out_near_copy_share", b"_held_out_near_copy_share", "_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "best_generalization_gap", b"best_generalization_gap", "best_step", b"best_step", "checkpoints", b"checkpoints", "duplicates_removed", b"duplicates_removed", "example_tokens_max", b"example_tokens_max", "example_tokens_p50", b"example_tokens_p50", "example_tokens_p90", b"example_tokens_p90", "final_generalization_gap", b"final_generalization_gap", "forgetting_probe_adapter_loss", b"forgetting_probe_adapter_loss", "forgetting_probe_base_loss", b"forgetting_probe_base_loss", "held_out_near_copy_share", b"held_out_near_copy_share", "leaked_examples", b"leaked_examples", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base", "probe_facts_known", b"probe_facts_known", "probe_facts_lost", b"probe_facts_lost", "replay_examples", b"replay_examples", "steps", b"steps", "steps_saved", b"steps_saved", "stopped_early", b"stopped_early", "task_scores", b"task_scores", "train_examples", b"train_examples", "train_loss", b"train_loss", "train_tokens", b"train_tokens", "validation_examples", b"validation_examples", "validation_loss", b"validation_loss", "validation_perplexity", b"validation_perplexity"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_gate_facts_candidate", b"_gate_facts_candidate", "_gate_facts_parent", b"_gate_facts_parent", "_gate_new_traffic_candidate", b"_gate_new_traffic_candidate", "_gate_new_traffic_parent", b"_gate_new_traffic_parent", "_gate_parent_task_candidate", b"_gate_parent_task_candidate", "_gate_parent_task_parent", b"_gate_parent_task_parent", "_gate_passed", b"_gate_passed", "_held_out_near_copy_share", b"_held_out_near_copy_share", "_preference_accuracy_adapter", b"_preference_accuracy_adapter", "_preference_accuracy_base", b"_preference_accuracy_base", "_preference_margin_adapter", b"_preference_margin_adapter", "_preference_margin_base", b"_preference_margin_base", "best_generalization_gap", b"best_generalization_gap", "best_step", b"best_step", "capture_corrected", b"capture_corrected", "capture_left_out", b"capture_left_out", "capture_rated_good", b"capture_rated_good", "checkpoints", b"checkpoints", "duplicates_removed", b"duplicates_removed", "example_tokens_max", b"example_tokens_max", "example_tokens_p50", b"example_tokens_p50", "example_tokens_p90", b"example_tokens_p90", "final_generalization_gap", b"final_generalization_gap", "forgetting_probe_adapter_loss", b"forgetting_probe_adapter_loss", "forgetting_probe_base_loss", b"forgetting_probe_base_loss", "gate_facts_candidate", b"gate_facts_candidate", "gate_facts_parent", b"gate_facts_parent", "gate_new_traffic_candidate", b"gate_new_traffic_candidate", "gate_new_traffic_parent", b"gate_new_traffic_parent", "gate_parent_task_candidate", b"gate_parent_task_candidate", "gate_parent_task_parent", b"gate_parent_task_parent", "gate_passed", b"gate_passed", "held_out_near_copy_share", b"held_out_near_copy_share", "leaked_examples", b"leaked_examples", "parent_examples", b"parent_examples", "preference_accuracy_adapter", b"preference_accuracy_adapter", "preference_accuracy_base", b"preference_accuracy_base", "preference_margin_adapter", b"preference_margin_adapter", "preference_margin_base", b"preference_margin_base", "probe_facts_known", b"probe_facts_known", "probe_facts_lost", b"probe_facts_lost", "replay_examples", b"replay_examples", "steps", b"steps", "steps_saved", b"steps_saved", "stopped_early", b"stopped_early", "task_scores", b"task_scores", "train_examples", b"train_examples", "train_loss", b"train_loss", "train_tokens", b"train_tokens", "validation_examples", b"validation_examples", "validation_loss", b"validation_loss", "validation_perplexity", b"validation_perplexity"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__gate_facts_candidate: _TypeAlias = _typing.Literal["gate_facts_candidate"]  # noqa: Y015
+    _WhichOneofArgType__gate_facts_candidate: _TypeAlias = _typing.Literal["_gate_facts_candidate", b"_gate_facts_candidate"]  # noqa: Y015
+    _WhichOneofReturnType__gate_facts_parent: _TypeAlias = _typing.Literal["gate_facts_parent"]  # noqa: Y015
+    _WhichOneofArgType__gate_facts_parent: _TypeAlias = _typing.Literal["_gate_facts_parent", b"_gate_facts_parent"]  # noqa: Y015
+    _WhichOneofReturnType__gate_new_traffic_candidate: _TypeAlias = _typing.Literal["gate_new_traffic_candidate"]  # noqa: Y015
+    _WhichOneofArgType__gate_new_traffic_candidate: _TypeAlias = _typing.Literal["_gate_new_traffic_candidate", b"_gate_new_traffic_candidate"]  # noqa: Y015
+    _WhichOneofReturnType__gate_new_traffic_parent: _TypeAlias = _typing.Literal["gate_new_traffic_parent"]  # noqa: Y015
+    _WhichOneofArgType__gate_new_traffic_parent: _TypeAlias = _typing.Literal["_gate_new_traffic_parent", b"_gate_new_traffic_parent"]  # noqa: Y015
+    _WhichOneofReturnType__gate_parent_task_candidate: _TypeAlias = _typing.Literal["gate_parent_task_candidate"]  # noqa: Y015
+    _WhichOneofArgType__gate_parent_task_candidate: _TypeAlias = _typing.Literal["_gate_parent_task_candidate", b"_gate_parent_task_candidate"]  # noqa: Y015
+    _WhichOneofReturnType__gate_parent_task_parent: _TypeAlias = _typing.Literal["gate_parent_task_parent"]  # noqa: Y015
+    _WhichOneofArgType__gate_parent_task_parent: _TypeAlias = _typing.Literal["_gate_parent_task_parent", b"_gate_parent_task_parent"]  # noqa: Y015
+    _WhichOneofReturnType__gate_passed: _TypeAlias = _typing.Literal["gate_passed"]  # noqa: Y015
+    _WhichOneofArgType__gate_passed: _TypeAlias = _typing.Literal["_gate_passed", b"_gate_passed"]  # noqa: Y015
     _WhichOneofReturnType__held_out_near_copy_share: _TypeAlias = _typing.Literal["held_out_near_copy_share"]  # noqa: Y015
     _WhichOneofArgType__held_out_near_copy_share: _TypeAlias = _typing.Literal["_held_out_near_copy_share", b"_held_out_near_copy_share"]  # noqa: Y015
     _WhichOneofReturnType__preference_accuracy_adapter: _TypeAlias = _typing.Literal["preference_accuracy_adapter"]  # noqa: Y015
@@ -793,6 +849,20 @@ class JobMetrics(_message.Message):
     _WhichOneofArgType__preference_margin_adapter: _TypeAlias = _typing.Literal["_preference_margin_adapter", b"_preference_margin_adapter"]  # noqa: Y015
     _WhichOneofReturnType__preference_margin_base: _TypeAlias = _typing.Literal["preference_margin_base"]  # noqa: Y015
     _WhichOneofArgType__preference_margin_base: _TypeAlias = _typing.Literal["_preference_margin_base", b"_preference_margin_base"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gate_facts_candidate) -> _WhichOneofReturnType__gate_facts_candidate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gate_facts_parent) -> _WhichOneofReturnType__gate_facts_parent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gate_new_traffic_candidate) -> _WhichOneofReturnType__gate_new_traffic_candidate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gate_new_traffic_parent) -> _WhichOneofReturnType__gate_new_traffic_parent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gate_parent_task_candidate) -> _WhichOneofReturnType__gate_parent_task_candidate | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gate_parent_task_parent) -> _WhichOneofReturnType__gate_parent_task_parent | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__gate_passed) -> _WhichOneofReturnType__gate_passed | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__held_out_near_copy_share) -> _WhichOneofReturnType__held_out_near_copy_share | None: ...
     @_typing.overload

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from loraplane.artifact import ArtifactRepository
 from loraplane.drift import Profile
 from loraplane.errors import ErrorCode
+from loraplane.releases import ReleaseLog, TrialPlan
 from loraplane.storage import FileStore
 from loraplane.training import HeldOutSet
 from trainer_svc import staged_input
@@ -332,7 +333,9 @@ def test_a_continued_job_starts_from_its_parents_weights_and_records_it(tiny_mod
     store = tmp_path / "v1" / "store"
     # v2 keeps training blue@v1 with steps too small to move it: it starts where v1 ended.
     barely = {"max_steps": 1, "batch_size": 3, "learning_rate": 1e-9, "replay_fraction": 0}
-    continued = _worker_input(tmp_path / "v2", tiny_model_dir, store=store, parent="blue@v1", training=barely)
+    continued = _worker_input(
+        tmp_path / "v2", tiny_model_dir, store=store, parent="blue@v1", training=barely, release=TrialPlan()
+    )
     code, events = _run(continued)
     assert code == 0, events[-1]
     loading = next(event for event in _of(PhaseEvent, events) if event.phase == "loading_model")
@@ -347,6 +350,48 @@ def test_a_continued_job_starts_from_its_parents_weights_and_records_it(tiny_mod
         json.loads(line)["example"]["prompt"] for line in repository.read_data(manifest, "train.jsonl").splitlines()
     ]
     assert kept == [example.prompt for example in TRAIN], "the job's data is kept with its version"
+    # v2 answers as v1 does: no worse on v1's task, no fact lost, but no better where it was trained.
+    gate = manifest.gate
+    assert gate is not None and gate.parent == "blue@v1" and not gate.passed
+    assert [(check.name, check.passed) for check in gate.checks] == [
+        ("parent_task", True),
+        ("new_traffic", False),
+        ("facts", True),
+    ]
+    assert events[-1].metrics["gate_passed"] == 0.0
+    publishing = [event.message for event in _of(PhaseEvent, events) if event.phase == "publishing"]
+    assert "is published but not on trial: it failed its gate against blue@v1" in publishing[-1]
+    assert ReleaseLog(repository).current("blue") is None
+
+
+def test_a_continued_job_better_on_its_new_task_and_as_good_on_the_old_passes_its_gate(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    learn = {"max_steps": 16, "batch_size": 3, "learning_rate": 1e-2, "replay_fraction": 0}
+    code, first = _run(_worker_input(tmp_path / "v1", tiny_model_dir, training=learn))
+    assert code == 0, first[-1]
+    store = tmp_path / "v1" / "store"
+    shapes = [PromptCompletion(prompt=f"What shape is {thing}?", completion=" Round.") for thing in THINGS]
+    continued = _worker_input(
+        tmp_path / "v2",
+        tiny_model_dir,
+        store=store,
+        parent="blue@v1",
+        train=[*TRAIN, *shapes[:6]],
+        validation=shapes[6:],
+        training={**learn, "max_steps": 24, "eval_every_steps": 12},
+        release=TrialPlan(),
+    )
+    code, events = _run(continued)
+    assert code == 0, events[-1]
+    gate = ArtifactRepository(FileStore(store)).read_manifest("blue", 2)[0].gate
+    assert gate is not None and gate.passed, gate
+    new_traffic = next(check for check in gate.checks if check.name == "new_traffic")
+    assert new_traffic.parent is not None and new_traffic.candidate is not None
+    assert new_traffic.candidate > new_traffic.parent and new_traffic.examples == 2
+    assert events[-1].metrics["gate_passed"] == 1.0
+    release = ReleaseLog(ArtifactRepository(FileStore(store))).current("blue")
+    assert release is not None and release.state.candidate == 2, "a version that passes goes on trial"
 
 
 def test_a_parent_whose_weights_do_not_fit_fails_the_job_before_training(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -141,6 +141,16 @@ def test_job_to_proto_carries_outcome_and_hides_inline_data() -> None:
     assert (message.adapter.name, message.adapter.version) == ("acme", 2)
     assert message.spec.training_data.inline_jsonl.startswith("<inline JSONL, sha256:")
     assert message.created_at.seconds > 0 and not message.HasField("finished_at")
+    assert not message.metrics.HasField("gate_passed"), "no gate without a parent"
+
+
+def test_a_continued_jobs_gate_and_capture_counts_reach_its_metrics() -> None:
+    figures = {"gate_passed": 0.0, "gate_new_traffic_parent": 0.25, "gate_new_traffic_candidate": 0.75}
+    job = Job(id="j1", spec=spec_from_proto(_spec()), metrics={**figures, "capture_corrected": 40.0})
+    metrics = job_to_proto(job).metrics
+    assert metrics.HasField("gate_passed") and not metrics.gate_passed
+    assert (metrics.gate_new_traffic_parent, metrics.gate_new_traffic_candidate) == (0.25, 0.75)
+    assert metrics.capture_corrected == 40 and not metrics.HasField("gate_parent_task_parent")
 
 
 def test_replay_is_a_tenth_unless_set_and_an_explicit_zero_turns_it_off() -> None:

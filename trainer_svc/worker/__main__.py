@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from transformers import PreTrainedTokenizerBase, set_seed
+from transformers import set_seed
 
 from loraplane.answer_form import derive_form
-from loraplane.artifact import DatasetInfo
+from loraplane.artifact import DatasetInfo, GateVerdict
 from loraplane.drift import Profile
 from loraplane.errors import ErrorCode, LoraplaneError
 from loraplane.fingerprint import base_model_fingerprint
@@ -41,10 +41,11 @@ from trainer_svc.progress import Checkpoint, ErrorEvent, PhaseEvent, ResultEvent
 from trainer_svc.spec import JobSpec
 from trainer_svc.worker.evaluate import evaluate, token_statistics
 from trainer_svc.worker.events import Emit, claim_stdout
+from trainer_svc.worker.gate import gate_figures, judge_against_parent
 from trainer_svc.worker.generation import generation_batch_size
 from trainer_svc.worker.knowledge_probe import FACTS_LOST_WARNING, ProbeResult, knowledge_probe
 from trainer_svc.worker.model import adapter_config, load_base_model, load_tokenizer
-from trainer_svc.worker.parent_weights import fetch_parent_weights
+from trainer_svc.worker.parent_weights import fetch_parent
 from trainer_svc.worker.preference import preference_scores, train_preferences
 from trainer_svc.worker.publish import publish, start_trial
 from trainer_svc.worker.resume import checkpoint_step, resume_point
@@ -64,7 +65,7 @@ def run(worker_input: WorkerInput, emit: Emit, *, main_process: bool = True) -> 
     trained = _train(worker_input, model, data, emit)
     if not main_process:
         return
-    assessment = _evaluate(worker_input.spec, trained, model.tokenizer, data, emit)
+    assessment = _evaluate(worker_input.spec, trained, model, data, emit)
     _publish(worker_input, trained, assessment, data, emit)
 
 
@@ -77,7 +78,7 @@ def _load_model(worker_input: WorkerInput, emit: Emit) -> ModelToTrain:
     tokenizer = load_tokenizer(worker_input.base_model_path)
     base = load_base_model(worker_input.base_model_path, spec)
     config = adapter_config(base, spec)
-    return ModelToTrain(base, config, tokenizer, spec.parent, fetch_parent_weights(worker_input))
+    return ModelToTrain(base, config, tokenizer, fetch_parent(worker_input))
 
 
 def _train(worker_input: WorkerInput, model: ModelToTrain, data: TrainingSets, emit: Emit) -> TrainedAdapter:
@@ -111,14 +112,16 @@ class Assessment:
     metrics: dict[str, float]
     scores: list[TaskScore]
     profile: Profile
+    gate: GateVerdict | None = None
+    """A continued job's verdict against its parent; None for a fresh adapter."""
 
 
 def _evaluate(
-    spec: JobSpec, trained: TrainedAdapter, tokenizer: PreTrainedTokenizerBase, data: TrainingSets, emit: Emit
+    spec: JobSpec, trained: TrainedAdapter, loaded: ModelToTrain, data: TrainingSets, emit: Emit
 ) -> Assessment:
     """Score the adapter against its base: losses, the forgetting probe, held-out preferences (DPO) and task
     answers, and the facts it lost; the drift profile of its held-out data."""
-    model, train_set = trained.model, data.train.tokenized
+    model, train_set, tokenizer = trained.model, data.train.tokenized, loaded.tokenizer
     metrics = {**trained.outcome.metrics, **token_statistics(train_set), "replay_examples": float(len(data.replayed))}
     scored = data.scored()  # the test examples, else each validation set apart
     every_scored = [example for examples in scored.values() for example in examples.tokenized]
@@ -155,7 +158,12 @@ def _evaluate(
     metrics.update(probe_facts_known=float(len(probe.known)), probe_facts_lost=float(len(probe.lost)))
     if len(probe.lost) >= FACTS_LOST_WARNING:
         emit(PhaseEvent(phase="evaluating", message=_facts_lost_warning(probe, trained.outcome.checkpoints)))
-    return Assessment(metrics, scores, evaluation.profile)
+    gate = None
+    if loaded.parent is not None:
+        gate = judge_against_parent(model, tokenizer, loaded.parent, data, spec, batch_size=generation_batch)
+        metrics.update(gate_figures(gate))
+        emit(PhaseEvent(phase="evaluating", message=gate.describe()))
+    return Assessment(metrics, scores, evaluation.profile, gate)
 
 
 def _facts_lost_warning(probe: ProbeResult, checkpoints: list[Checkpoint]) -> str:
@@ -178,9 +186,18 @@ def _publish(
     )
     metrics = {**assessment.metrics, "train_examples": float(len(train)), "validation_examples": float(len(validation))}
     with _sigterm_deferred():
-        adapter = publish(trained.model, assessment.profile, metrics, dataset, data.prompt_format, worker_input)
+        adapter = publish(
+            trained.model, assessment.profile, metrics, dataset, data.prompt_format, worker_input, assessment.gate
+        )
         if worker_input.spec.release is not None:
-            emit(PhaseEvent(phase="publishing", message=start_trial(adapter, worker_input.spec.release, worker_input)))
+            gate = assessment.gate
+            started = (
+                start_trial(adapter, worker_input.spec.release, worker_input)
+                if gate is None or gate.passed
+                else f"warning: {adapter.name}@v{adapter.version} is published but not on trial: it failed its gate "
+                f"against {gate.parent}"
+            )
+            emit(PhaseEvent(phase="publishing", message=started))
         checkpoints = trained.outcome.checkpoints
         emit(ResultEvent(adapter=adapter, metrics=metrics, task_scores=assessment.scores, checkpoints=checkpoints))
 

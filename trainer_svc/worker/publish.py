@@ -9,6 +9,7 @@ from loraplane.artifact import (
     ArtifactRepository,
     BaseModelInfo,
     DatasetInfo,
+    GateVerdict,
     ManifestDraft,
     PromptFormat,
     manifest_digest,
@@ -33,6 +34,7 @@ def publish(
     dataset: DatasetInfo,
     prompt_format: PromptFormat,
     worker_input: WorkerInput,
+    gate: GateVerdict | None = None,
 ) -> PublishedAdapter:
     """Write adapter_config.json, adapter_model.safetensors and profile.json, then publish them with the job's
     training and validation examples."""
@@ -61,6 +63,7 @@ def publish(
         job_id=worker_input.job_id,
         prompt_format=prompt_format,
         parent=spec.parent,
+        gate=gate,
     )
     data_files = [worker_input.train_file, worker_input.validation_file]  # a later job may mix them back in
     try:

@@ -20,7 +20,7 @@ from trainer_svc.dataset import SourcedExample
 from trainer_svc.progress import Checkpoint
 from trainer_svc.spec import DpoParameters, TrainingParameters
 from trainer_svc.worker.events import Emit
-from trainer_svc.worker.parent_weights import ParentWeights, start_from
+from trainer_svc.worker.parent_weights import Parent, start_from
 from trainer_svc.worker.tokenization import TokenizedExample
 
 T = TypeVar("T")
@@ -38,15 +38,14 @@ class ModelToTrain:
     base: PreTrainedModel
     adapter: LoraConfig
     tokenizer: PreTrainedTokenizerBase
-    parent: str | None = None
-    """The version the job continues from (`name@vN`): the adapter starts from its `parent_weights`."""
-    parent_weights: ParentWeights | None = None
+    parent: Parent | None = None
+    """The version the job continues: the adapter starts from its weights."""
 
     def start_adapter(self, model: PeftModel) -> None:
         """Give `model`'s new adapter its starting values: the parent's, where the job continues one (a fresh
         adapter keeps peft's initialisation)."""
-        if self.parent is not None and self.parent_weights is not None:
-            start_from(model, self.parent_weights, self.parent)
+        if self.parent is not None:
+            start_from(model, self.parent)
 
 
 @dataclass(frozen=True)
