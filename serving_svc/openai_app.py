@@ -20,21 +20,18 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from datetime import UTC, datetime
 from functools import partial
-from http import HTTPStatus
 from typing import Any, TypeVar
 
-import grpc
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from google.protobuf.json_format import MessageToDict
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import ConfigDict
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from loraplane.auth import Authenticator, Caller, Role
 from loraplane.captures import CapturePolicy, CapturePolicyChange
-from loraplane.errors import Cancelled, InternalError, InvalidArgument, LoraplaneError, NotFound
+from loraplane.errors import Cancelled, LoraplaneError, NotFound
+from loraplane.http_errors import ErrorShape
 from loraplane.releases import ReleaseChange
 from serving_svc import convert as grpc_convert
 from serving_svc import openai_convert as convert
@@ -44,49 +41,8 @@ from serving_svc.release_analysis import ReleaseReport
 
 log = logging.getLogger(__name__)
 
-RETRY_AFTER_SECONDS = 1
-"""What a 429 tells the caller to wait: the engine frees places as requests finish, within a second or so."""
-
-_HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: (400, "invalid_request_error"),
-    grpc.StatusCode.FAILED_PRECONDITION: (400, "invalid_request_error"),
-    grpc.StatusCode.NOT_FOUND: (404, "not_found_error"),
-    grpc.StatusCode.ALREADY_EXISTS: (409, "invalid_request_error"),
-    grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "rate_limit_error"),
-    grpc.StatusCode.UNAUTHENTICATED: (401, "authentication_error"),
-    grpc.StatusCode.PERMISSION_DENIED: (403, "permission_error"),
-    grpc.StatusCode.UNAVAILABLE: (503, "service_unavailable"),
-    grpc.StatusCode.CANCELLED: (499, "cancelled"),
-}
+ERRORS = ErrorShape(convert.parameter, models_looked_up=True)
 _T = TypeVar("_T")
-
-
-def _error_body(error: LoraplaneError) -> tuple[int, dict[str, Any]]:
-    """The HTTP status of `error` and OpenAI's error object for it."""
-    status, kind = _HTTP_STATUS.get(error.code, (500, "internal_error"))
-    if error.code == grpc.StatusCode.NOT_FOUND and error.field != "request_id":  # what this API looks up is a model
-        return status, {"error": {"message": error.message, "type": kind, "param": "model", "code": "model_not_found"}}
-    param = convert.parameter(error.field) if error.field else None
-    return status, {"error": {"message": error.message, "type": kind, "param": param, "code": error.code.name.lower()}}
-
-
-def error_response(error: LoraplaneError) -> JSONResponse:
-    status, body = _error_body(error)
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if status == 429 else None
-    if status == 401:
-        headers = {"WWW-Authenticate": "Bearer"}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _validation_error(error: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 turned into OpenAI's 400, naming the first parameter at fault (messages[0].role)."""
-    first = error.errors()[0]
-    location = [part for part in first.get("loc", ()) if part != "body"]
-    param = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in location).lstrip(".")
-    message = first.get("msg", "invalid request")
-    if first.get("type") == "json_invalid":
-        message, param = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', message)})", ""
-    return error_response(InvalidArgument(f"{param}: {message}" if param else message, field=param))
 
 
 async def _unless_disconnected(request: Request, work: Awaitable[_T]) -> _T:
@@ -134,7 +90,7 @@ def create_app(
     app = FastAPI(title="loraplane serving", docs_url=None, redoc_url=None)
     app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
     _add_open_routes(app, metrics)
-    _add_error_handlers(app)
+    ERRORS.install(app)
 
     def admin_caller(request: Request) -> Caller:
         return authenticator.caller(request.headers.get("authorization"), {Role.ADMIN})
@@ -157,32 +113,6 @@ def _add_open_routes(app: FastAPI, metrics: CollectorRegistry) -> None:
     async def health() -> dict[str, str]:
         """Up means serving: this port opens only once the base model is loaded."""
         return {"status": "ok"}
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    """Every error leaves in OpenAI's shape: ours, the body's validation, the framework's own, and the unexpected."""
-
-    @app.exception_handler(LoraplaneError)
-    async def domain_error(request: Request, error: LoraplaneError) -> JSONResponse:
-        return error_response(error)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, error: RequestValidationError) -> JSONResponse:
-        return _validation_error(error)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
-        """What the framework refuses itself (an unknown path, a wrong method, a body that is not text) in
-        OpenAI's shape too."""
-        kind = "not_found_error" if error.status_code == 404 else "invalid_request_error"
-        code = HTTPStatus(error.status_code).phrase.lower().replace(" ", "_")
-        body = {"error": {"message": str(error.detail), "type": kind, "param": None, "code": code}}
-        return JSONResponse(body, status_code=error.status_code, headers=error.headers)
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        log.exception("unhandled error in %s", request.url.path, exc_info=error)
-        return error_response(InternalError("internal error; the server log has details"))
 
 
 def _add_model_routes(app: FastAPI, service: InferenceService, generating_caller: CallerCheck) -> None:
@@ -362,7 +292,7 @@ async def _server_sent_events(
                     yield _event(event)
                 sent += _token_chars(chunk)
         except LoraplaneError as error:
-            yield _event(_error_body(error)[1])
+            yield _event(ERRORS.body(error)[1])
             return
     yield _event("[DONE]")
 

@@ -13,6 +13,7 @@ from loraplane.drift_statistics import Verdicts
 from loraplane.errors import FailedPrecondition, InvalidArgument, StartupError
 from loraplane.fingerprint import base_model_fingerprint
 from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security, host_of
+from loraplane.http_endpoint import HttpEndpoint
 from loraplane.proto import serving_pb2, serving_pb2_grpc
 from loraplane.redaction import Redactor
 from loraplane.releases import ReleaseLog
@@ -24,7 +25,6 @@ from serving_svc.drift_metrics import DriftCollector
 from serving_svc.drift_monitor import DriftMonitor, DriftPolicy
 from serving_svc.engine_config import engine_config
 from serving_svc.engines import create_engine
-from serving_svc.http_endpoint import HttpEndpoint
 from serving_svc.inference import InferenceService, RequestLimits
 from serving_svc.metrics import ServingMetrics
 from serving_svc.openai_app import create_app
