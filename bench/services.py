@@ -29,6 +29,7 @@ def service_env(model_dir: Path, scratch: Path, trainer_port: int, serving_port:
         "LORAPLANE_BASE_MODEL_NAME": "smollm2",
         "LORAPLANE_TRAINER_ADDRESS": f"127.0.0.1:{trainer_port}",
         "LORAPLANE_TRAINER_METRICS_PORT": "0",
+        "LORAPLANE_TRAINER_HTTP_PORT": "0",
         "LORAPLANE_SERVING_ADDRESS": f"127.0.0.1:{serving_port}",
         "LORAPLANE_SERVING_METRICS_PORT": "0",
         "LORAPLANE_SERVING_HTTP_PORT": "0",

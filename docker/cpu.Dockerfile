@@ -46,7 +46,7 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001
 WORKDIR /var/lib/loraplane
 # trainer gRPC and metrics; serving gRPC, metrics and the OpenAI-compatible HTTP API.
-EXPOSE 50051 9101 50052 9102 8000
+EXPOSE 50051 9101 8001 50052 9102 8000
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s \
     CMD ["sh", "-c", "loraplane status --service \"$LORAPLANE_SERVICE\""]
 CMD ["serving-svc"]

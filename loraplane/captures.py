@@ -17,10 +17,11 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from loraplane.errors import InternalError, InvalidArgument, NotFound
+from loraplane.errors import NotFound
 from loraplane.names import validate_adapter_name
+from loraplane.policies import changed_policy, read_policy, write_policy
 from loraplane.storage import ObjectStore
 
 CaptureKind = Literal["requests", "feedback"]
@@ -58,13 +59,7 @@ class CapturePolicyChange(BaseModel):
 
     def apply(self, current: CapturePolicy, *, actor: str, at: datetime) -> CapturePolicy:
         """The policy after this change; InvalidArgument naming the field whose value is out of range."""
-        figures = self.model_dump(exclude_none=True)
-        try:
-            return CapturePolicy.model_validate({**current.model_dump(), **figures, "actor": actor, "at": at})
-        except ValidationError as exc:
-            error = exc.errors()[0]
-            field = str(error["loc"][0]) if error["loc"] else "policy"
-            raise InvalidArgument(f"{field}: {error['msg']}", field=field) from None
+        return changed_policy(current, self, actor=actor, at=at)
 
 
 class CapturedTurn(BaseModel):
@@ -139,18 +134,11 @@ class CaptureStore:
     def policy(self, name: str) -> CapturePolicy:
         """`name`'s capture policy; off when nobody has set one."""
         validate_adapter_name(name, field="adapter")
-        try:
-            raw = self._store.get_bytes(_policy_key(name))
-        except NotFound:
-            return CapturePolicy()
-        try:
-            return CapturePolicy.model_validate_json(raw)
-        except ValidationError as exc:
-            raise InternalError(f"capture policy {_policy_key(name)} is unreadable: {exc}") from None
+        return read_policy(self._store, _policy_key(name), CapturePolicy)
 
     def set_policy(self, name: str, policy: CapturePolicy) -> None:
         validate_adapter_name(name, field="adapter")
-        self._store.put_bytes(_policy_key(name), policy.model_dump_json().encode())
+        write_policy(self._store, _policy_key(name), policy)
 
     def adapters(self) -> list[str]:
         """The adapters with a capture policy or captures in the store."""

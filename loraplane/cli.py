@@ -5,6 +5,7 @@ loraplane generate --adapter acme "Where is the Eiffel tower?"
 loraplane drift acme
 loraplane release acme --candidate v4 --canary 10% | --shadow; release acme promote | rollback | status
 loraplane capture acme on --share 10% | off | status; captures acme --since 2026-12-01 > acme.jsonl
+loraplane retrain acme --watch; retraining acme on --cooldown 3600 | off | status
 loraplane jobs | adapters | watch JOB | cancel JOB | prepare-model
 loraplane token add NAME --role train | token list | token revoke NAME
 
@@ -513,18 +514,64 @@ def release(
     _release_view(shown)
 
 
-class CaptureCommand(enum.StrEnum):
+class Switch(enum.StrEnum):
+    """What `loraplane capture` and `loraplane retraining` do: show the policy, or turn it on or off."""
+
     STATUS = "status"
     ON = "on"
     OFF = "off"
 
 
 @app.command()
+def retrain(
+    adapter: Annotated[str, typer.Argument(help="The adapter name (no version).")],
+    since: Annotated[
+        str, typer.Option(help="Train on captures since this time (ISO 8601); default: since the serving version.")
+    ] = "",
+    watch: Annotated[bool, typer.Option(help="Show progress until the job ends.")] = False,
+    trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
+) -> None:
+    """Retrain an adapter on its captured traffic: a job continues the version that answers its name, and a
+    version that passes its gate against it goes on trial as a canary."""
+    with _reporting_errors(), LoraplaneClient(trainer=trainer) as client:
+        started = client.jobs.retrain(adapter, since=_moment(since) if since else None)
+        console.print(started.message)
+        if watch and started.job is not None and _follow(client, started.job.id).state is not JobState.SUCCEEDED:
+            raise typer.Exit(1)
+
+
+@app.command()
+def retraining(
+    adapter: Annotated[str, typer.Argument(help="The adapter name (no version).")],
+    command: Annotated[Switch, typer.Argument(help="status, or turn retraining on alerts on or off.")] = Switch.STATUS,
+    cooldown: Annotated[
+        float | None, typer.Option(help="Seconds after a retrain job before alerts start another.")
+    ] = None,
+    canary: Annotated[str, typer.Option(help="The canary share of a version that passes its gate: 10% or 0.1.")] = "",
+    trainer: TrainerTarget = DEFAULT_TRAINER_TARGET,
+) -> None:
+    """Whether the drift and feedback alerts retrain an adapter (changing it needs the admin role)."""
+    with _reporting_errors(), LoraplaneClient(trainer=trainer) as client:
+        if command is Switch.STATUS:
+            policy = client.jobs.retrain_policy(adapter)
+        else:
+            policy = client.jobs.update_retrain_policy(
+                adapter,
+                enabled=command is Switch.ON,
+                cooldown_seconds=cooldown,
+                canary_share=parse_share(canary) if canary else None,
+            )
+    state = "on" if policy.enabled else "off"
+    console.print(
+        f"[bold]{adapter}[/bold]: retraining on alerts {state}, at most one job per {policy.cooldown_seconds:g} s, "
+        f"passing versions tried on {policy.canary_share:.0%} of traffic"
+    )
+
+
+@app.command()
 def capture(
     adapter: Annotated[str, typer.Argument(help="The adapter name (no version).")],
-    command: Annotated[
-        CaptureCommand, typer.Argument(help="status, or turn capture on or off.")
-    ] = CaptureCommand.STATUS,
+    command: Annotated[Switch, typer.Argument(help="status, or turn capture on or off.")] = Switch.STATUS,
     share: Annotated[str, typer.Option(help="With on: the share of requests captured, 10% or 0.1.")] = "",
     retention_days: Annotated[int | None, typer.Option(help="Days captures are kept.")] = None,
     retention_bytes: Annotated[int | None, typer.Option(help="Bytes of captures kept, oldest deleted first.")] = None,
@@ -533,12 +580,12 @@ def capture(
     """Capture a share of an adapter's requests (redacted) into the store, to build the next version's data
     from; off until turned on (admin role)."""
     with _reporting_errors(), LoraplaneClient(serving=serving) as client:
-        if command is CaptureCommand.STATUS:
+        if command is Switch.STATUS:
             policy = client.inference.capture_policy(adapter)
         else:
             policy = client.inference.update_capture_policy(
                 adapter,
-                enabled=command is CaptureCommand.ON,
+                enabled=command is Switch.ON,
                 sample_share=parse_share(share) if share else None,
                 retention_days=retention_days,
                 retention_bytes=retention_bytes,

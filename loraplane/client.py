@@ -50,6 +50,8 @@ from loraplane.types import (
     ModelInfo,
     Release,
     ReleaseOnSuccess,
+    Retrain,
+    RetrainPolicy,
     SamplingParameters,
     TrainingParameters,
     WorkerResources,
@@ -225,6 +227,35 @@ class Jobs:
             token = page.next_page_token
             if not token:
                 return
+
+    @_typed_errors
+    def retrain(self, adapter: str, *, since: datetime | None = None) -> Retrain:
+        """Start a retrain job of `adapter`: it continues the version that answers the name on the adapter's
+        captures since `since` (default: since that version was published); FailedPrecondition while one
+        is unfinished."""
+        request = trainer_pb2.RetrainRequest(adapter=adapter)
+        if since is not None:
+            request.since.FromDatetime(since)
+        return convert.retrain(self._stub.Retrain(request))
+
+    @_typed_errors
+    def retrain_policy(self, adapter: str) -> RetrainPolicy:
+        return convert.retrain_policy(self._stub.GetRetrainPolicy(trainer_pb2.GetRetrainPolicyRequest(adapter=adapter)))
+
+    @_typed_errors
+    def update_retrain_policy(
+        self,
+        adapter: str,
+        *,
+        enabled: bool,
+        cooldown_seconds: float | None = None,
+        canary_share: float | None = None,
+    ) -> RetrainPolicy:
+        """Turn retraining on alerts on or off (admin role); figures left None stay as the policy has them."""
+        request = trainer_pb2.UpdateRetrainPolicyRequest(
+            adapter=adapter, enabled=enabled, cooldown_seconds=cooldown_seconds, canary_share=canary_share
+        )
+        return convert.retrain_policy(self._stub.UpdateRetrainPolicy(request))
 
     @_typed_errors
     def cancel(self, job_id: str) -> Job:

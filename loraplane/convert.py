@@ -362,3 +362,16 @@ def capture(message: serving_pb2.CapturedRequest, adapter: str) -> Capture:
             correction=correction,
         )
     return Capture(request=request, feedback=feedback)
+
+
+def retrain(message: trainer_pb2.RetrainResponse) -> types.Retrain:
+    return types.Retrain(
+        adapter=message.adapter,
+        outcome=wire.RETRAIN_OUTCOME.decode(message.outcome),
+        job=job(message.job) if message.HasField("job") else None,
+        message=message.message,
+    )
+
+
+def retrain_policy(message: trainer_pb2.RetrainPolicy) -> types.RetrainPolicy:
+    return _build(types.RetrainPolicy, message, updated_at=_optional_time(message, "updated_at"))

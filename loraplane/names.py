@@ -49,3 +49,15 @@ def parse_adapter_spec(text: str, *, field: str = "adapter") -> AdapterSpec:
             field=field,
         )
     return AdapterSpec(name, int(match.group(1)))
+
+
+def whole_adapter_name(text: str, subject: str) -> str:
+    """The adapter a release, a capture or a retraining policy (the `subject`) is about: a name, never
+    `name@vN` (each is about all its versions); InvalidArgument naming `adapter` otherwise."""
+    if not text:
+        raise InvalidArgument(f"name the adapter whose {subject} this is", field="adapter")
+    if "@" in text:
+        raise InvalidArgument(
+            f"{text!r} names a version; a {subject} is about the adapter's name: give it without '@vN'", field="adapter"
+        )
+    return validate_adapter_name(text, field="adapter")

@@ -24,6 +24,25 @@ class Method(enum.StrEnum):
         return self is Method.DPO
 
 
+class RetrainTrigger(enum.StrEnum):
+    """What started a retrain job (trainer_svc.retrain)."""
+
+    MANUAL = "manual"
+    ALERT = "alert"
+
+
+class RetrainOutcome(enum.StrEnum):
+    """What a request to retrain an adapter did."""
+
+    STARTED = "started"
+    IN_FLIGHT = "in_flight"
+    """A retrain job of the adapter is unfinished: nothing new started."""
+    COOLING_DOWN = "cooling_down"
+    """An alert came within the policy's cooldown after the last retrain job."""
+    POLICY_OFF = "policy_off"
+    """An alert for an adapter whose retraining policy is off."""
+
+
 class JobState(enum.StrEnum):
     VALIDATING = "VALIDATING"
     QUEUED = "QUEUED"

@@ -17,7 +17,15 @@ from typing import Any
 from loraplane.proto import serving_pb2, trainer_pb2
 from loraplane.releases import ReleaseMode, ReleaseRecord, ReleaseState
 from loraplane.serving import AdapterTier, FinishReason
-from loraplane.training import HeldOutSet, JobState, Method, PromptFormat, PromptFormatChoice, TaskMetric
+from loraplane.training import (
+    HeldOutSet,
+    JobState,
+    Method,
+    PromptFormat,
+    PromptFormatChoice,
+    RetrainOutcome,
+    TaskMetric,
+)
 
 
 def _proto_field() -> Any:
@@ -464,3 +472,26 @@ class Release:
     verdict: str
     """What the figures decide now on the replica."""
     proto: serving_pb2.Release = _proto_field()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Retrain:
+    """What a retrain request did: its outcome, the job it started (or the unfinished one that kept a new one
+    from starting) and why."""
+
+    adapter: str
+    outcome: RetrainOutcome
+    job: Job | None
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RetrainPolicy:
+    """Whether alerts retrain an adapter, how often at most, and the canary share of its passing versions."""
+
+    adapter: str
+    enabled: bool
+    cooldown_seconds: float
+    canary_share: float
+    actor: str
+    updated_at: datetime | None

@@ -19,7 +19,7 @@ from loraplane.errors import InvalidArgument
 from loraplane.proto import common_pb2, serving_pb2, trainer_pb2
 from loraplane.releases import ReleaseAction, ReleaseMode
 from loraplane.serving import AdapterTier, FinishReason
-from loraplane.training import HeldOutSet, JobState, Method, PromptFormatChoice, TaskMetric
+from loraplane.training import HeldOutSet, JobState, Method, PromptFormatChoice, RetrainOutcome, TaskMetric
 
 D = TypeVar("D", bound=str)
 W = TypeVar("W", bound=int)
@@ -146,5 +146,14 @@ RELEASE_ACTION: WireEnum[ReleaseAction, serving_pb2.ReleaseAction.ValueType] = W
         ReleaseAction.ROLLBACK: serving_pb2.RELEASE_ACTION_ROLLBACK,
         ReleaseAction.PAUSE: serving_pb2.RELEASE_ACTION_PAUSE,
         ReleaseAction.RESUME: serving_pb2.RELEASE_ACTION_RESUME,
+    },
+)
+RETRAIN_OUTCOME: WireEnum[RetrainOutcome, trainer_pb2.RetrainOutcome.ValueType] = WireEnum(
+    trainer_pb2.RetrainOutcome.DESCRIPTOR,
+    {
+        RetrainOutcome.STARTED: trainer_pb2.RETRAIN_OUTCOME_STARTED,
+        RetrainOutcome.IN_FLIGHT: trainer_pb2.RETRAIN_OUTCOME_IN_FLIGHT,
+        RetrainOutcome.COOLING_DOWN: trainer_pb2.RETRAIN_OUTCOME_COOLING_DOWN,
+        RetrainOutcome.POLICY_OFF: trainer_pb2.RETRAIN_OUTCOME_POLICY_OFF,
     },
 )

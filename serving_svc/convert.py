@@ -15,7 +15,7 @@ from loraplane import wire
 from loraplane.captures import Capture, CapturePolicy, CapturePolicyChange
 from loraplane.drift import Profile
 from loraplane.errors import InvalidArgument
-from loraplane.names import AdapterSpec, parse_adapter_spec, validate_adapter_name
+from loraplane.names import AdapterSpec, parse_adapter_spec, whole_adapter_name
 from loraplane.proto import common_pb2, serving_pb2
 from loraplane.releases import ReleaseAction, ReleaseChange, ReleaseRecord, ReleaseState
 from serving_svc.adapters import AdapterStatus, ResolvedAdapter
@@ -288,20 +288,8 @@ def history_limit(requested: int) -> int:
 DEFAULT_CANARY_SHARE = 0.1
 
 
-def adapter_name(text: str, subject: str) -> str:
-    """The adapter a release or a capture policy (the `subject`) is about: a name, never `name@vN` (both are
-    about all its versions)."""
-    if not text:
-        raise InvalidArgument(f"name the adapter whose {subject} this is", field="adapter")
-    if "@" in text:
-        raise InvalidArgument(
-            f"{text!r} names a version; a {subject} is about the adapter's name: give it without '@vN'", field="adapter"
-        )
-    return validate_adapter_name(text, field="adapter")
-
-
 def release_name(text: str) -> str:
-    return adapter_name(text, "release")
+    return whole_adapter_name(text, "release")
 
 
 def capture_policy(name: str, policy: CapturePolicy) -> serving_pb2.CapturePolicy:
@@ -320,7 +308,7 @@ def capture_policy(name: str, policy: CapturePolicy) -> serving_pb2.CapturePolic
 
 def capture_policy_change(request: serving_pb2.UpdateCapturePolicyRequest) -> tuple[str, CapturePolicyChange]:
     """The adapter and the change an UpdateCapturePolicy asks for; unset figures stay as the policy has them."""
-    name = adapter_name(request.adapter, "capture policy")
+    name = whole_adapter_name(request.adapter, "capture policy")
     figures = {
         field: getattr(request, field)
         for field in ("sample_share", "retention_days", "retention_bytes")
@@ -330,7 +318,7 @@ def capture_policy_change(request: serving_pb2.UpdateCapturePolicyRequest) -> tu
 
 
 def captures_since(request: serving_pb2.ExportCapturesRequest) -> tuple[str, datetime | None]:
-    name = adapter_name(request.adapter, "captures")
+    name = whole_adapter_name(request.adapter, "captures")
     return name, request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
 
 

@@ -29,13 +29,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import ConfigDict
 
 from loraplane.auth import Authenticator, Caller, Role
+from loraplane.body_limit import BodySizeLimit
 from loraplane.captures import CapturePolicy, CapturePolicyChange
 from loraplane.errors import Cancelled, LoraplaneError, NotFound
 from loraplane.http_errors import ErrorShape
+from loraplane.names import whole_adapter_name
 from loraplane.releases import ReleaseChange
 from serving_svc import convert as grpc_convert
 from serving_svc import openai_convert as convert
-from serving_svc.body_limit import BodySizeLimit
 from serving_svc.inference import GenerationChunk, InferenceService
 from serving_svc.release_analysis import ReleaseReport
 
@@ -189,20 +190,20 @@ def _add_capture_routes(
 
     @app.get("/v1/captures/{adapter}/policy", dependencies=[administering])
     async def get_capture_policy(adapter: str) -> dict[str, Any]:
-        name = grpc_convert.adapter_name(adapter, "capture policy")
+        name = whole_adapter_name(adapter, "capture policy")
         return shown(name, await service.capture_policy(name))
 
     @app.put("/v1/captures/{adapter}/policy")
     async def update_capture_policy(
         adapter: str, body: CapturePolicyChange, caller: Caller = administering
     ) -> dict[str, Any]:
-        name = grpc_convert.adapter_name(adapter, "capture policy")
+        name = whole_adapter_name(adapter, "capture policy")
         return shown(name, await service.change_capture_policy(name, body, actor=caller.name))
 
     @app.get("/v1/captures/{adapter}", dependencies=[administering])
     async def export_captures(adapter: str, since: datetime | None = None) -> Response:
         """One captured request per line (JSON Lines), oldest first."""
-        name = grpc_convert.adapter_name(adapter, "captures")
+        name = whole_adapter_name(adapter, "captures")
         moment = since.replace(tzinfo=since.tzinfo or UTC) if since else None
         lines = [
             json.dumps(MessageToDict(grpc_convert.captured_request(capture), preserving_proto_field_name=True))

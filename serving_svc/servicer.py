@@ -15,6 +15,7 @@ from contextlib import aclosing
 import grpc
 
 from loraplane.auth import current_caller
+from loraplane.names import whole_adapter_name
 from loraplane.proto import serving_pb2, serving_pb2_grpc
 from serving_svc import convert
 from serving_svc.inference import InferenceService
@@ -103,7 +104,7 @@ class InferenceServicer(serving_pb2_grpc.InferenceServicer):
     async def GetCapturePolicy(
         self, request: serving_pb2.GetCapturePolicyRequest, context: grpc.aio.ServicerContext
     ) -> serving_pb2.CapturePolicy:
-        name = convert.adapter_name(request.adapter, "capture policy")
+        name = whole_adapter_name(request.adapter, "capture policy")
         return convert.capture_policy(name, await self._service.capture_policy(name))
 
     async def UpdateCapturePolicy(

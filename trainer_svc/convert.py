@@ -12,10 +12,12 @@ from pydantic import ValidationError
 from loraplane import convert as client_convert
 from loraplane import wire
 from loraplane.errors import InvalidArgument
+from loraplane.names import whole_adapter_name
 from loraplane.proto import common_pb2, trainer_pb2
 from loraplane.releases import TrialPlan
 from loraplane.training import TASK_METRICS, JobState
 from trainer_svc.jobs import Job, JobEvent
+from trainer_svc.retrain import Retrain, RetrainPolicy, RetrainPolicyChange
 from trainer_svc.spec import (
     CaptureSource,
     DatasetSource,
@@ -239,3 +241,38 @@ def event_to_proto(event: JobEvent) -> trainer_pb2.JobEvent:
     return trainer_pb2.JobEvent(
         sequence=event.sequence, time=_timestamp(event.time), job=job_to_proto(event.job), message=event.message
     )
+
+
+def retrain_request(request: trainer_pb2.RetrainRequest) -> tuple[str, datetime | None]:
+    name = whole_adapter_name(request.adapter, "retraining")
+    return name, request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+
+
+def retrain_response(retrain: Retrain) -> trainer_pb2.RetrainResponse:
+    return trainer_pb2.RetrainResponse(
+        adapter=retrain.adapter,
+        outcome=wire.RETRAIN_OUTCOME.encode(retrain.outcome),
+        job=job_to_proto(retrain.job) if retrain.job is not None else None,
+        message=retrain.message,
+    )
+
+
+def retrain_policy(name: str, policy: RetrainPolicy) -> trainer_pb2.RetrainPolicy:
+    message = trainer_pb2.RetrainPolicy(
+        adapter=name,
+        enabled=policy.enabled,
+        cooldown_seconds=policy.cooldown_seconds,
+        canary_share=policy.canary_share,
+        actor=policy.actor,
+    )
+    if policy.at is not None:
+        message.updated_at.FromDatetime(policy.at)
+    return message
+
+
+def retrain_policy_change(request: trainer_pb2.UpdateRetrainPolicyRequest) -> tuple[str, RetrainPolicyChange]:
+    name = whole_adapter_name(request.adapter, "retraining policy")
+    figures = {
+        field: getattr(request, field) for field in ("cooldown_seconds", "canary_share") if request.HasField(field)
+    }
+    return name, RetrainPolicyChange(enabled=request.enabled, **figures)

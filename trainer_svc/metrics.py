@@ -56,7 +56,26 @@ class TrainerMetrics:
             ["job_id", "adapter", "split"],
             registry=self.registry,
         )
+        self._retrains = Counter(
+            "loraplane_trainer_retrains",
+            "Retrain requests, by trigger (manual, alert) and outcome (started; in_flight, cooling_down or "
+            "policy_off: nothing started).",
+            ["trigger", "outcome"],
+            registry=self.registry,
+        )
+        self._gate_verdicts = Counter(
+            "loraplane_trainer_gate_verdicts",
+            "Versions that continued another, judged against it by their job's gate, by verdict (passed, failed).",
+            ["verdict"],
+            registry=self.registry,
+        )
         self.registry.register(_JobsByStateCollector(store))
+
+    def retrain(self, trigger: str, outcome: str) -> None:
+        self._retrains.labels(trigger, outcome).inc()
+
+    def gate_judged(self, passed: bool) -> None:
+        self._gate_verdicts.labels("passed" if passed else "failed").inc()
 
     def job_ended(self, job_id: str, adapter: str) -> None:
         """Drop a finished job's loss series, so running jobs alone have them."""

@@ -1,4 +1,4 @@
-"""Assemble the trainer: job store, executor, job service, gRPC server and metrics endpoint."""
+"""Assemble the trainer: job store, executor, job service, retrainer, gRPC and HTTP servers, metrics endpoint."""
 
 from __future__ import annotations
 
@@ -7,22 +7,31 @@ import functools
 
 from loraplane.artifact import ArtifactRepository
 from loraplane.auth import Role
-from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security
+from loraplane.grpc_server import EndpointsHost, ServiceEndpoints, endpoint_security, host_of
+from loraplane.http_endpoint import HttpEndpoint
 from loraplane.proto import trainer_pb2, trainer_pb2_grpc
 from loraplane.storage import open_store
 from trainer_svc.admission import JobAdmission
 from trainer_svc.executors import Executor, create_executor
+from trainer_svc.http_app import create_app
 from trainer_svc.intake import DatasetIntake, DatasetLimits
 from trainer_svc.job_store import JobStore, SqliteJobStore
 from trainer_svc.metrics import TrainerMetrics
 from trainer_svc.parent import ParentVersions
+from trainer_svc.retrain import Retrainer
 from trainer_svc.service import JobRuns, JobService
 from trainer_svc.servicer import TrainerServicer
 from trainer_svc.settings import TrainerSettings
 
 SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
-RPC_ROLES = dict.fromkeys(("CreateJob", "GetJob", "ListJobs", "CancelJob", "WatchJob"), Role.TRAIN)
-"""Every call needs train (or admin, which also reads and cancels every caller's jobs)."""
+RPC_ROLES = {
+    **dict.fromkeys(
+        ("CreateJob", "GetJob", "ListJobs", "CancelJob", "WatchJob", "Retrain", "GetRetrainPolicy"), Role.TRAIN
+    ),
+    "UpdateRetrainPolicy": Role.ADMIN,
+}
+"""Every call needs train (or admin, which also reads and cancels every caller's jobs); only an admin decides
+whether alerts retrain an adapter."""
 
 
 class TrainerServer(EndpointsHost):
@@ -33,26 +42,37 @@ class TrainerServer(EndpointsHost):
         self.store = SqliteJobStore(settings.trainer_db_path)
         self.metrics = TrainerMetrics(self.store)
         self.jobs = job_service(settings, self.store, create_executor(settings), self.metrics)
+        self.retrainer = Retrainer(self.jobs, functools.partial(artifact_repository, settings), self.metrics)
+        security = endpoint_security(settings)
         self.endpoints = ServiceEndpoints(
             settings.trainer_address,
             SERVICE_NAME,
             RPC_ROLES,
-            endpoint_security(settings),
+            security,
             settings.trainer_metrics_port,
             self.metrics.registry,
         )
-        trainer_pb2_grpc.add_TrainerServicer_to_server(TrainerServicer(self.jobs), self.endpoints.server)
+        servicer = TrainerServicer(self.jobs, self.retrainer)
+        trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, self.endpoints.server)
+        self.http = HttpEndpoint(
+            create_app(self.retrainer, security.authenticator, max_body_bytes=security.max_message_bytes),
+            host_of(settings.trainer_address),
+            settings.trainer_http_port,
+            setting="LORAPLANE_TRAINER_HTTP_PORT",
+            tls=security.tls,
+        )
 
     async def start(self) -> None:
         """Listen, queue again what a previous run left unfinished, then report SERVING."""
         await self.endpoints.open()
         await self.jobs.start()
+        await self.http.start()
         await self.endpoints.set_serving(True)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls and, meanwhile, the running jobs: their workers save a checkpoint and exit, and
         the jobs are queued again for the next start."""
-        await asyncio.gather(self.endpoints.close(grace), self.jobs.stop())
+        await asyncio.gather(self.endpoints.close(grace), self.http.stop(), self.jobs.stop())
         self.store.close()
 
 
@@ -64,10 +84,7 @@ def job_service(settings: TrainerSettings, store: JobStore, executor: Executor, 
         base_model_path=settings.base_model_path,
         default_base_model=settings.base_model_name,
         max_unfinished_per_caller=settings.trainer_max_unfinished_jobs_per_caller,
-        parents=ParentVersions(
-            lambda: ArtifactRepository(open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url)),
-            settings.base_model_path,
-        ),
+        parents=ParentVersions(functools.partial(artifact_repository, settings), settings.base_model_path),
     )
     runs = JobRuns(
         work_dir=settings.trainer_work_dir,
@@ -77,6 +94,11 @@ def job_service(settings: TrainerSettings, store: JobStore, executor: Executor, 
         s3_endpoint_url=settings.s3_endpoint_url,
     )
     return JobService(runs, store, executor, admission, dataset_intake(settings), metrics)
+
+
+def artifact_repository(settings: TrainerSettings) -> ArtifactRepository:
+    """The versions in the trainer's store: where jobs publish, parents and retraining policies are read."""
+    return ArtifactRepository(open_store(settings.store_uri, s3_endpoint_url=settings.s3_endpoint_url))
 
 
 def dataset_intake(settings: TrainerSettings) -> DatasetIntake:

@@ -275,6 +275,8 @@ class JobService:
         if isinstance(last, ResultEvent):  # published: a late cancel lost
             job.adapter, job.metrics = last.adapter, last.metrics
             job.task_scores, job.checkpoints = last.task_scores, last.checkpoints
+            if "gate_passed" in last.metrics:
+                self.metrics.gate_judged(bool(last.metrics["gate_passed"]))
             await self._finish(job, JobState.SUCCEEDED, f"published {last.adapter.name}@v{last.adapter.version}")
         elif outcome.cancelled:
             await self._finish(job, JobState.CANCELLED, "cancelled while running")

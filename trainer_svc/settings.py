@@ -14,6 +14,13 @@ from loraplane.settings import CommonSettings
 class TrainerSettings(CommonSettings):
     trainer_address: str = Field("127.0.0.1:50051", description="gRPC listen address; port 0 picks a free one.")
     trainer_metrics_port: int = Field(9101, ge=0, le=65535, description="Prometheus /metrics port; 0 = free.")
+    trainer_http_port: int = Field(
+        8001,
+        ge=0,
+        le=65535,
+        description="HTTP API port (retraining, and Alertmanager's webhook at /v1/alerts) on the gRPC address's "
+        "host; 0 = free.",
+    )
     trainer_db_path: Path = Field(Path(""), description="SQLite job store. Default: {data_dir}/trainer/jobs.sqlite3.")
     trainer_work_dir: Path = Field(Path(""), description="Per-job scratch folders. Default: {data_dir}/trainer/jobs.")
     trainer_executor: Literal["local", "kubernetes"] = Field(

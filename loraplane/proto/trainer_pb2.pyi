@@ -197,6 +197,33 @@ HELD_OUT_SET_IN_DISTRIBUTION: HeldOutSet.ValueType  # 4
 """Rows the trainer held out at random: their phrasings were trained on (in-distribution)."""
 Global___HeldOutSet: _TypeAlias = HeldOutSet  # noqa: Y015
 
+class _RetrainOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RetrainOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RetrainOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RETRAIN_OUTCOME_UNSPECIFIED: _RetrainOutcome.ValueType  # 0
+    RETRAIN_OUTCOME_STARTED: _RetrainOutcome.ValueType  # 1
+    RETRAIN_OUTCOME_IN_FLIGHT: _RetrainOutcome.ValueType  # 2
+    """A retrain job of the adapter is unfinished (job names it); nothing new started."""
+    RETRAIN_OUTCOME_COOLING_DOWN: _RetrainOutcome.ValueType  # 3
+    """An alert came within the policy's cooldown after the last retrain job."""
+    RETRAIN_OUTCOME_POLICY_OFF: _RetrainOutcome.ValueType  # 4
+    """An alert for an adapter whose retraining policy is off."""
+
+class RetrainOutcome(_RetrainOutcome, metaclass=_RetrainOutcomeEnumTypeWrapper): ...
+
+RETRAIN_OUTCOME_UNSPECIFIED: RetrainOutcome.ValueType  # 0
+RETRAIN_OUTCOME_STARTED: RetrainOutcome.ValueType  # 1
+RETRAIN_OUTCOME_IN_FLIGHT: RetrainOutcome.ValueType  # 2
+"""A retrain job of the adapter is unfinished (job names it); nothing new started."""
+RETRAIN_OUTCOME_COOLING_DOWN: RetrainOutcome.ValueType  # 3
+"""An alert came within the policy's cooldown after the last retrain job."""
+RETRAIN_OUTCOME_POLICY_OFF: RetrainOutcome.ValueType  # 4
+"""An alert for an adapter whose retraining policy is off."""
+Global___RetrainOutcome: _TypeAlias = RetrainOutcome  # noqa: Y015
+
 @_typing.final
 class Dataset(_message.Message):
     """Where training examples come from: JSONL, one example per line, one of
@@ -1215,3 +1242,157 @@ class WatchJobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchJobRequest: _TypeAlias = WatchJobRequest  # noqa: Y015
+
+@_typing.final
+class RetrainRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    """An adapter name (no version)."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """Train on the captures of requests answered at or after this time; unset: since the serving
+        version was published.
+        """
+
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrainRequest: _TypeAlias = RetrainRequest  # noqa: Y015
+
+@_typing.final
+class RetrainResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    JOB_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    outcome: Global___RetrainOutcome.ValueType
+    message: _builtins.str
+    @_builtins.property
+    def job(self) -> Global___Job:
+        """The job started, or the one that kept a new one from starting."""
+
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+        outcome: Global___RetrainOutcome.ValueType = ...,
+        job: Global___Job | None = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter", "job", b"job", "message", b"message", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrainResponse: _TypeAlias = RetrainResponse  # noqa: Y015
+
+@_typing.final
+class RetrainPolicy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    COOLDOWN_SECONDS_FIELD_NUMBER: _builtins.int
+    CANARY_SHARE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    enabled: _builtins.bool
+    """Alerts start retrain jobs of the adapter (retraining by hand needs no policy)."""
+    cooldown_seconds: _builtins.float
+    """After a retrain job starts, alerts start no other for this long."""
+    canary_share: _builtins.float
+    """The share of the adapter's traffic a version that passes its gate takes as a canary."""
+    actor: _builtins.str
+    """Who set the policy; empty while nobody has (off)."""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        cooldown_seconds: _builtins.float = ...,
+        canary_share: _builtins.float = ...,
+        actor: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "adapter", b"adapter", "canary_share", b"canary_share", "cooldown_seconds", b"cooldown_seconds", "enabled", b"enabled", "updated_at", b"updated_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrainPolicy: _TypeAlias = RetrainPolicy  # noqa: Y015
+
+@_typing.final
+class GetRetrainPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["adapter", b"adapter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRetrainPolicyRequest: _TypeAlias = GetRetrainPolicyRequest  # noqa: Y015
+
+@_typing.final
+class UpdateRetrainPolicyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADAPTER_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    COOLDOWN_SECONDS_FIELD_NUMBER: _builtins.int
+    CANARY_SHARE_FIELD_NUMBER: _builtins.int
+    adapter: _builtins.str
+    enabled: _builtins.bool
+    cooldown_seconds: _builtins.float
+    """Unset: as the policy has it (3600 for a new policy)."""
+    canary_share: _builtins.float
+    """Unset: as the policy has it (0.1 for a new policy)."""
+    def __init__(
+        self,
+        *,
+        adapter: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        cooldown_seconds: _builtins.float | None = ...,
+        canary_share: _builtins.float | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share", "_cooldown_seconds", b"_cooldown_seconds", "canary_share", b"canary_share", "cooldown_seconds", b"cooldown_seconds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share", "_cooldown_seconds", b"_cooldown_seconds", "adapter", b"adapter", "canary_share", b"canary_share", "cooldown_seconds", b"cooldown_seconds", "enabled", b"enabled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__canary_share: _TypeAlias = _typing.Literal["canary_share"]  # noqa: Y015
+    _WhichOneofArgType__canary_share: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share"]  # noqa: Y015
+    _WhichOneofReturnType__cooldown_seconds: _TypeAlias = _typing.Literal["cooldown_seconds"]  # noqa: Y015
+    _WhichOneofArgType__cooldown_seconds: _TypeAlias = _typing.Literal["_cooldown_seconds", b"_cooldown_seconds"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__canary_share) -> _WhichOneofReturnType__canary_share | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cooldown_seconds) -> _WhichOneofReturnType__cooldown_seconds | None: ...
+
+Global___UpdateRetrainPolicyRequest: _TypeAlias = UpdateRetrainPolicyRequest  # noqa: Y015

@@ -60,6 +60,21 @@ class TrainerStub:
                 request_serializer=loraplane_dot_v1_dot_trainer__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=loraplane_dot_v1_dot_trainer__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.Retrain = channel.unary_unary(
+                '/loraplane.v1.Trainer/Retrain',
+                request_serializer=loraplane_dot_v1_dot_trainer__pb2.RetrainRequest.SerializeToString,
+                response_deserializer=loraplane_dot_v1_dot_trainer__pb2.RetrainResponse.FromString,
+                _registered_method=True)
+        self.GetRetrainPolicy = channel.unary_unary(
+                '/loraplane.v1.Trainer/GetRetrainPolicy',
+                request_serializer=loraplane_dot_v1_dot_trainer__pb2.GetRetrainPolicyRequest.SerializeToString,
+                response_deserializer=loraplane_dot_v1_dot_trainer__pb2.RetrainPolicy.FromString,
+                _registered_method=True)
+        self.UpdateRetrainPolicy = channel.unary_unary(
+                '/loraplane.v1.Trainer/UpdateRetrainPolicy',
+                request_serializer=loraplane_dot_v1_dot_trainer__pb2.UpdateRetrainPolicyRequest.SerializeToString,
+                response_deserializer=loraplane_dot_v1_dot_trainer__pb2.RetrainPolicy.FromString,
+                _registered_method=True)
 
 
 class TrainerServicer:
@@ -100,6 +115,28 @@ class TrainerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Retrain(self, request, context):
+        """Starts a retrain job of an adapter: it continues the version that answers the adapter's name on
+        the adapter's captures (docs/loop.md); a version that passes its gate becomes the canary
+        candidate. FAILED_PRECONDITION while a retrain job of the adapter is unfinished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRetrainPolicy(self, request, context):
+        """Whether alerts (the trainer's Alertmanager webhook) retrain an adapter, and how often at most.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRetrainPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TrainerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +164,21 @@ def add_TrainerServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=loraplane_dot_v1_dot_trainer__pb2.WatchJobRequest.FromString,
                     response_serializer=loraplane_dot_v1_dot_trainer__pb2.JobEvent.SerializeToString,
+            ),
+            'Retrain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Retrain,
+                    request_deserializer=loraplane_dot_v1_dot_trainer__pb2.RetrainRequest.FromString,
+                    response_serializer=loraplane_dot_v1_dot_trainer__pb2.RetrainResponse.SerializeToString,
+            ),
+            'GetRetrainPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRetrainPolicy,
+                    request_deserializer=loraplane_dot_v1_dot_trainer__pb2.GetRetrainPolicyRequest.FromString,
+                    response_serializer=loraplane_dot_v1_dot_trainer__pb2.RetrainPolicy.SerializeToString,
+            ),
+            'UpdateRetrainPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRetrainPolicy,
+                    request_deserializer=loraplane_dot_v1_dot_trainer__pb2.UpdateRetrainPolicyRequest.FromString,
+                    response_serializer=loraplane_dot_v1_dot_trainer__pb2.RetrainPolicy.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -265,6 +317,87 @@ class Trainer:
             '/loraplane.v1.Trainer/WatchJob',
             loraplane_dot_v1_dot_trainer__pb2.WatchJobRequest.SerializeToString,
             loraplane_dot_v1_dot_trainer__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Retrain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loraplane.v1.Trainer/Retrain',
+            loraplane_dot_v1_dot_trainer__pb2.RetrainRequest.SerializeToString,
+            loraplane_dot_v1_dot_trainer__pb2.RetrainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRetrainPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loraplane.v1.Trainer/GetRetrainPolicy',
+            loraplane_dot_v1_dot_trainer__pb2.GetRetrainPolicyRequest.SerializeToString,
+            loraplane_dot_v1_dot_trainer__pb2.RetrainPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRetrainPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/loraplane.v1.Trainer/UpdateRetrainPolicy',
+            loraplane_dot_v1_dot_trainer__pb2.UpdateRetrainPolicyRequest.SerializeToString,
+            loraplane_dot_v1_dot_trainer__pb2.RetrainPolicy.FromString,
             options,
             channel_credentials,
             insecure,

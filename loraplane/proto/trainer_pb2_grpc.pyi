@@ -43,6 +43,14 @@ class TrainerStub:
     """Cancels a queued or running job; cancelling a finished job is FAILED_PRECONDITION."""
     WatchJob: _grpc.UnaryStreamMultiCallable[_trainer_pb2.WatchJobRequest, _trainer_pb2.JobEvent]
     """Streams the job's events from after_sequence on, and ends once the job has ended."""
+    Retrain: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.RetrainRequest, _trainer_pb2.RetrainResponse]
+    """Starts a retrain job of an adapter: it continues the version that answers the adapter's name on
+    the adapter's captures (docs/loop.md); a version that passes its gate becomes the canary
+    candidate. FAILED_PRECONDITION while a retrain job of the adapter is unfinished.
+    """
+    GetRetrainPolicy: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.GetRetrainPolicyRequest, _trainer_pb2.RetrainPolicy]
+    """Whether alerts (the trainer's Alertmanager webhook) retrain an adapter, and how often at most."""
+    UpdateRetrainPolicy: _grpc.UnaryUnaryMultiCallable[_trainer_pb2.UpdateRetrainPolicyRequest, _trainer_pb2.RetrainPolicy]
 
 @_typing.type_check_only
 class TrainerAsyncStub(TrainerStub):
@@ -59,6 +67,14 @@ class TrainerAsyncStub(TrainerStub):
     """Cancels a queued or running job; cancelling a finished job is FAILED_PRECONDITION."""
     WatchJob: _aio.UnaryStreamMultiCallable[_trainer_pb2.WatchJobRequest, _trainer_pb2.JobEvent]  # type: ignore[assignment]
     """Streams the job's events from after_sequence on, and ends once the job has ended."""
+    Retrain: _aio.UnaryUnaryMultiCallable[_trainer_pb2.RetrainRequest, _trainer_pb2.RetrainResponse]  # type: ignore[assignment]
+    """Starts a retrain job of an adapter: it continues the version that answers the adapter's name on
+    the adapter's captures (docs/loop.md); a version that passes its gate becomes the canary
+    candidate. FAILED_PRECONDITION while a retrain job of the adapter is unfinished.
+    """
+    GetRetrainPolicy: _aio.UnaryUnaryMultiCallable[_trainer_pb2.GetRetrainPolicyRequest, _trainer_pb2.RetrainPolicy]  # type: ignore[assignment]
+    """Whether alerts (the trainer's Alertmanager webhook) retrain an adapter, and how often at most."""
+    UpdateRetrainPolicy: _aio.UnaryUnaryMultiCallable[_trainer_pb2.UpdateRetrainPolicyRequest, _trainer_pb2.RetrainPolicy]  # type: ignore[assignment]
 
 class TrainerServicer(metaclass=_abc_1.ABCMeta):
     """Fine-tuning jobs: submit, follow, list and cancel."""
@@ -102,5 +118,31 @@ class TrainerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_trainer_pb2.JobEvent], _abc.AsyncIterator[_trainer_pb2.JobEvent]]:
         """Streams the job's events from after_sequence on, and ends once the job has ended."""
+
+    @_abc_1.abstractmethod
+    def Retrain(
+        self,
+        request: _trainer_pb2.RetrainRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.RetrainResponse, _abc.Awaitable[_trainer_pb2.RetrainResponse]]:
+        """Starts a retrain job of an adapter: it continues the version that answers the adapter's name on
+        the adapter's captures (docs/loop.md); a version that passes its gate becomes the canary
+        candidate. FAILED_PRECONDITION while a retrain job of the adapter is unfinished.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRetrainPolicy(
+        self,
+        request: _trainer_pb2.GetRetrainPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.RetrainPolicy, _abc.Awaitable[_trainer_pb2.RetrainPolicy]]:
+        """Whether alerts (the trainer's Alertmanager webhook) retrain an adapter, and how often at most."""
+
+    @_abc_1.abstractmethod
+    def UpdateRetrainPolicy(
+        self,
+        request: _trainer_pb2.UpdateRetrainPolicyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_trainer_pb2.RetrainPolicy, _abc.Awaitable[_trainer_pb2.RetrainPolicy]]: ...
 
 def add_TrainerServicer_to_server(servicer: TrainerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

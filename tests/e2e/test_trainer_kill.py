@@ -28,6 +28,7 @@ def _trainer_process(data_dir: Path, base_model: Path, port: int) -> Iterator[su
         "LORAPLANE_BASE_MODEL_NAME": "tiny",
         "LORAPLANE_TRAINER_ADDRESS": f"127.0.0.1:{port}",
         "LORAPLANE_TRAINER_METRICS_PORT": "0",
+        "LORAPLANE_TRAINER_HTTP_PORT": "0",
         "LORAPLANE_AUTH": "off",
     }
     with service_process("trainer-svc", settings, data_dir / f"trainer-{port}.log") as process:

@@ -163,6 +163,21 @@ def test_the_http_api_takes_the_token_as_the_openai_api_key(secured: Secured) ->
     assert "loraplane_serving_requests_total" in httpx.get(f"{base}/metrics").text
 
 
+def test_the_trainers_http_api_and_alert_webhook_need_a_train_token(secured: Secured) -> None:
+    base = f"http://127.0.0.1:{secured.trainer.http.port}"
+    webhook = {"alerts": []}
+    assert httpx.post(f"{base}/v1/alerts", json=webhook).status_code == 401
+    generating = {"authorization": f"Bearer {secured.tokens['gen']}"}
+    assert httpx.post(f"{base}/v1/alerts", json=webhook, headers=generating).status_code == 403
+    training = {"authorization": f"Bearer {secured.tokens['alice']}"}
+    assert httpx.post(f"{base}/v1/alerts", json=webhook, headers=training).json() == {"retrains": []}
+    policy = {"enabled": True}
+    assert httpx.put(f"{base}/v1/retraining/alpha/policy", json=policy, headers=training).status_code == 403
+    with secured.client("alice") as trainer, pytest.raises(PermissionDenied, match="needs the admin role"):
+        trainer.jobs.update_retrain_policy("alpha", enabled=True)
+    assert httpx.get(f"{base}/health").status_code == 200
+
+
 def test_jobs_are_seen_and_cancelled_by_their_owner_and_admins_only(secured: Secured, tmp_path: Path) -> None:
     data = tmp_path / "train.jsonl"
     data.write_text(TRAINING_LINE * 8)

@@ -49,7 +49,9 @@ def running_stack(
     `serving` the serving replica's own."""
     token = add_token(data_dir / "tokens.json", "e2e", Role)
     shared = {"data_dir": data_dir, "base_model": tiny_model_dir, "base_model_name": "tiny", **common}
-    trainer_settings = TrainerSettings(**shared, trainer_address="127.0.0.1:0", trainer_metrics_port=0)
+    trainer_settings = TrainerSettings(
+        **shared, trainer_address="127.0.0.1:0", trainer_metrics_port=0, trainer_http_port=0
+    )
     serving_defaults = {
         "serving_address": "127.0.0.1:0",
         "serving_metrics_port": 0,

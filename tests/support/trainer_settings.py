@@ -15,6 +15,7 @@ def tiny_trainer_settings(tiny_model_dir: Path, data_dir: Path, **overrides: Any
         "base_model_name": "tiny",
         "trainer_address": "127.0.0.1:0",
         "trainer_metrics_port": 0,
+        "trainer_http_port": 0,
         "auth": "off",  # tests/integration/test_auth.py covers tokens; here every call is the anonymous caller's
         **overrides,
     }

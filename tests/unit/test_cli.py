@@ -98,6 +98,26 @@ class FakeTrainer(trainer_pb2_grpc.TrainerServicer):  # type: ignore[misc]
             yield trainer_pb2.JobEvent(sequence=sequence, job=_as(self.final, state, step), message=message)
         yield trainer_pb2.JobEvent(sequence=len(events) + 1, job=self.final, message="ended")
 
+    def Retrain(self, request: trainer_pb2.RetrainRequest, context: Any) -> trainer_pb2.RetrainResponse:
+        self.requests.append(request)
+        return trainer_pb2.RetrainResponse(
+            adapter=request.adapter,
+            outcome=trainer_pb2.RETRAIN_OUTCOME_STARTED,
+            job=_as(self.final, trainer_pb2.JOB_STATE_QUEUED),
+            message="retrain job job-1 continues acme@v2 on the captures since 2026-12-01T00:00:00+00:00",
+        )
+
+    def UpdateRetrainPolicy(
+        self, request: trainer_pb2.UpdateRetrainPolicyRequest, context: Any
+    ) -> trainer_pb2.RetrainPolicy:
+        self.requests.append(request)
+        return trainer_pb2.RetrainPolicy(
+            adapter=request.adapter,
+            enabled=request.enabled,
+            cooldown_seconds=request.cooldown_seconds,
+            canary_share=0.25,
+        )
+
 
 class FakeInference(serving_pb2_grpc.InferenceServicer):  # type: ignore[misc]
     """Answers "Hello" (streamed as two chunks) and knows one adapter, pinned in the engine, with drift."""
@@ -413,6 +433,20 @@ def test_capture_turns_capture_on_and_off_and_captures_prints_json_lines() -> No
     assert lines[0].feedback is None and lines[1].feedback is not None and lines[1].feedback.correction == "Hello"
     assert inference.exports[0].since.ToDatetime() == datetime(2026, 12, 1)
     assert refused.exit_code == 2 and "not an ISO 8601 time" in refused.output and len(inference.exports) == 1
+
+
+def test_retrain_and_retraining_send_what_the_options_say() -> None:
+    trainer = FakeTrainer(SUCCEEDED)
+    with _service(trainer) as (address, _):
+        started = _run("retrain", "acme", "--since", "2026-12-01", "--trainer", address)
+        policy = _run("retraining", "acme", "on", "--cooldown", "600", "--canary", "25%", "--trainer", address)
+    retrain, change = trainer.requests
+    assert retrain.adapter == "acme" and retrain.since.ToDatetime() == datetime(2026, 12, 1)
+    assert "retrain job job-1 continues acme@v2" in started.output
+    assert (change.enabled, change.cooldown_seconds, change.canary_share) == (True, 600, 0.25)
+    assert "acme: retraining on alerts on, at most one job per 600 s, passing versions tried on 25% of traffic" in (
+        policy.output
+    )
 
 
 def _table_rows(output: str) -> list[list[str]]:

@@ -79,6 +79,7 @@ def test_exposed_ports_are_the_services_ports_and_they_listen_beyond_loopback(do
     ports = {
         port_of(trainer.trainer_address),
         trainer.trainer_metrics_port,
+        trainer.trainer_http_port,
         port_of(serving.serving_address),
         serving.serving_metrics_port,
         serving.serving_http_port,

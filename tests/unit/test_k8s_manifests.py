@@ -93,9 +93,7 @@ def test_probes_and_scraping_use_the_configured_ports(rendered: list[Resource]) 
         metrics_port = int(env[f"LORAPLANE_{role.upper()}_METRICS_PORT"])
         container = _container(deployment)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-        expected = {"grpc": grpc_port, "metrics": metrics_port}
-        if role == "serving":
-            expected["http"] = int(env["LORAPLANE_SERVING_HTTP_PORT"])
+        expected = {"grpc": grpc_port, "metrics": metrics_port, "http": int(env[f"LORAPLANE_{role.upper()}_HTTP_PORT"])}
         assert ports == expected
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[probe]["grpc"]["port"] == grpc_port, probe

@@ -9,7 +9,7 @@ from loraplane.errors import InvalidArgument
 from loraplane.proto import common_pb2, serving_pb2, trainer_pb2
 from loraplane.releases import ReleaseAction, ReleaseMode
 from loraplane.serving import AdapterTier, FinishReason
-from loraplane.training import HeldOutSet, JobState, Method, PromptFormatChoice, TaskMetric
+from loraplane.training import HeldOutSet, JobState, Method, PromptFormatChoice, RetrainOutcome, TaskMetric
 
 
 def _values(literal: Any) -> set[str]:
@@ -27,6 +27,7 @@ DOMAINS: dict[str, tuple[wire.WireEnum[Any, Any], set[str]]] = {
     "FinishReason": (wire.FINISH_REASON, _values(FinishReason)),
     "ReleaseMode": (wire.RELEASE_MODE, set(ReleaseMode)),
     "ReleaseAction": (wire.RELEASE_ACTION, set(ReleaseAction)),
+    "RetrainOutcome": (wire.RETRAIN_OUTCOME, set(RetrainOutcome)),
 }
 WIRE_ONLY = {"FeedbackLabel"}
 """Proto enums with no domain enum: a feedback label is a score on the wire (serving_svc/convert.py)."""
