@@ -1069,6 +1069,88 @@ def releases() -> dashboard_models.Dashboard:
     )
 
 
+# -- the loop -----------------------------------------------------------------------------------------
+
+CAPTURES = "loraplane_serving_captures_total"
+
+
+def _increase(counter: str, by: str) -> str:
+    """`counter`'s increase in each interval, summed `by` labels; a series born in the interval counts whole
+    (increase() reads a new series' first sample as no change)."""
+    return (
+        f"sum by ({by}) (({counter} unless {counter} offset $__rate_interval) or increase({counter}[$__rate_interval]))"
+    )
+
+
+def _loop_panels() -> list[Panel]:
+    """From captured traffic to a new version on trial: captures kept and lost, retrains, gate verdicts."""
+    return [
+        graph(
+            "Captures",
+            "Captured requests and feedback records written to the store each second, by adapter and kind, and "
+            "those dropped (queue_full, store_error, paused: the LoraplaneCaptureDropping alert fires when drops "
+            "last). Capture is off until an admin turns it on per adapter.",
+            "reqps",
+            [
+                Query(
+                    f"sum by (adapter, kind, outcome) (rate({CAPTURES}{ADAPTERS}[$__rate_interval]))",
+                    "{{adapter}} {{kind}} {{outcome}}",
+                )
+            ],
+            width=HALF,
+            many_series=True,
+        ),
+        graph(
+            "Retrain requests",
+            "Retrain requests in each interval, by trigger (manual, or an alert through Alertmanager's webhook) and "
+            "outcome: started a job, or nothing because one is in flight, the cooldown runs or the adapter's "
+            "retraining policy is off.",
+            "short",
+            [Query(_increase("loraplane_trainer_retrains_total", "trigger, outcome"), "{{trigger}} {{outcome}}")],
+            width=HALF,
+        ),
+        graph(
+            "Gate verdicts",
+            "Versions that continued another, judged by their job against it in each interval: passed (it may go "
+            "on trial as a canary) or failed (published, never released by automation).",
+            "short",
+            [Query(_increase("loraplane_trainer_gate_verdicts_total", "verdict"), "{{verdict}}")],
+            width=HALF,
+        ),
+        graph(
+            "Stable and candidate versions",
+            "The version that answers each adapter's name and the one on trial (0: none): a retrained version "
+            "appears as the candidate, then as stable when the replicas promote it, or goes when they roll it "
+            "back.",
+            "none",
+            [
+                Query(f"max by (adapter) (loraplane_release_stable_version{ADAPTERS})", "{{adapter}} stable"),
+                Query(f"max by (adapter) (loraplane_release_candidate_version{ADAPTERS})", "{{adapter}} candidate"),
+            ],
+            width=HALF,
+        ),
+    ]
+
+
+def loop() -> dashboard_models.Dashboard:
+    """The loop from drifted traffic back to a better version, stage by stage."""
+    return (
+        Layout(
+            title="loraplane / Loop",
+            uid="loraplane-loop",
+            description=(
+                "From drifted traffic back to a better adapter: the traffic captured with its feedback, the "
+                "retrain jobs started by hand or by alerts, their gate against the version they continue, and "
+                "the versions on trial and promoted."
+            ),
+            time_from="now-24h",
+            variables=[_adapter_variable(CAPTURES)],
+        )
+        .row("Captured traffic, retraining and the gate", *_loop_panels())
+        .build()
+    )
+
+
 def render() -> dict[str, str]:
     """File name -> JSON text of every dashboard, exactly as committed under k8s/monitoring/dashboards/."""
     encoder = JSONEncoder(sort_keys=True, indent=2)
@@ -1077,6 +1159,7 @@ def render() -> dict[str, str]:
         "loraplane-serving.json": serving(),
         "loraplane-drift.json": drift(),
         "loraplane-releases.json": releases(),
+        "loraplane-loop.json": loop(),
     }
     return {name: encoder.encode(dashboard) + "\n" for name, dashboard in dashboards.items()}
 

@@ -26,6 +26,7 @@ _PAIRS = {")": "(", "]": "[", "}": "{"}
 Dashboard = dict[str, Any]
 Panel = dict[str, Any]
 RELEASES_DASHBOARD = "loraplane-releases.json"
+LOOP_DASHBOARD = "loraplane-loop.json"
 """Its panels need releases to have happened: tests/e2e/test_releases.py runs its queries, test_drift the rest."""
 
 

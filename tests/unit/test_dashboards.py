@@ -23,7 +23,13 @@ from loraplane.drift import DriftStatistic
 from tests.support.dashboards import DASHBOARDS_DIR, load_dashboards, panel_queries, panels, substitute, unbalanced
 
 ROOT = Path(__file__).resolve().parents[2]
-EXPECTED = {"loraplane-training.json", "loraplane-serving.json", "loraplane-drift.json", "loraplane-releases.json"}
+EXPECTED = {
+    "loraplane-training.json",
+    "loraplane-serving.json",
+    "loraplane-drift.json",
+    "loraplane-releases.json",
+    "loraplane-loop.json",
+}
 DRIFT_STATISTICS = [statistic.value for statistic in DriftStatistic]
 # The ConfigMap holding a dashboard is applied with its JSON in an annotation by client-side
 # `kubectl apply`, which Kubernetes caps at 256 KiB.
