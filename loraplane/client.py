@@ -250,10 +250,16 @@ class Jobs:
         enabled: bool,
         cooldown_seconds: float | None = None,
         canary_share: float | None = None,
+        training: TrainingParameters | None = None,
     ) -> RetrainPolicy:
-        """Turn retraining on alerts on or off (admin role); figures left None stay as the policy has them."""
+        """Turn retraining on alerts on or off (admin role); figures left None stay as the policy has them,
+        `training` says how retrain jobs train."""
         request = trainer_pb2.UpdateRetrainPolicyRequest(
-            adapter=adapter, enabled=enabled, cooldown_seconds=cooldown_seconds, canary_share=canary_share
+            adapter=adapter,
+            enabled=enabled,
+            cooldown_seconds=cooldown_seconds,
+            canary_share=canary_share,
+            training=convert.training_parameters(training) if training is not None else None,
         )
         return convert.retrain_policy(self._stub.UpdateRetrainPolicy(request))
 

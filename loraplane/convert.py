@@ -374,4 +374,5 @@ def retrain(message: trainer_pb2.RetrainResponse) -> types.Retrain:
 
 
 def retrain_policy(message: trainer_pb2.RetrainPolicy) -> types.RetrainPolicy:
-    return _build(types.RetrainPolicy, message, updated_at=_optional_time(message, "updated_at"))
+    training = _build(types.TrainingParameters, message.training)
+    return _build(types.RetrainPolicy, message, training=training, updated_at=_optional_time(message, "updated_at"))

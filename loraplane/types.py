@@ -493,5 +493,7 @@ class RetrainPolicy:
     enabled: bool
     cooldown_seconds: float
     canary_share: float
+    training: TrainingParameters
+    """How retrain jobs train (zero fields: the trainer's defaults)."""
     actor: str
     updated_at: datetime | None

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything loraplane needs into .venv (and, with --test, what the test suite needs:
-# Ceph for a real S3 server, Prometheus + promtool, and buf for proto linting).
+# Ceph for a real S3 server, Prometheus + promtool and Alertmanager, and buf for proto linting).
 # Safe to re-run: it skips what is already in place.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,14 +12,14 @@ as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
 
 if [[ $with_test_deps -eq 1 ]]; then
   missing=()
-  for cmd in radosgw ceph-mon ceph-osd prometheus promtool; do
+  for cmd in radosgw ceph-mon ceph-osd prometheus promtool prometheus-alertmanager; do
     command -v "$cmd" >/dev/null || missing+=("$cmd")
   done
   if [[ ${#missing[@]} -gt 0 ]]; then
-    echo "== apt: radosgw ceph-mon ceph-osd prometheus (missing: ${missing[*]})"
+    echo "== apt: radosgw ceph-mon ceph-osd prometheus prometheus-alertmanager (missing: ${missing[*]})"
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends \
-      radosgw ceph-mon ceph-osd prometheus >/dev/null
+      radosgw ceph-mon ceph-osd prometheus prometheus-alertmanager >/dev/null
   fi
   if [[ ! -x .tools/node_modules/.bin/buf ]]; then
     echo "== npm: @bufbuild/buf"

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.timestamp_pb2 import Timestamp
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from loraplane import convert as client_convert
 from loraplane import wire
@@ -51,14 +52,21 @@ def _capture_source(message: trainer_pb2.CaptureSource) -> CaptureSource:
         if message.HasField(name)
     }
     since = message.since.ToDatetime(tzinfo=UTC) if message.HasField("since") else None
+    fields = {"adapter": message.adapter, "since": since, **figures}
+    return _validated(CaptureSource, "spec.training_data.captures", fields)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validated(model: type[M], field: str, values: dict[str, object]) -> M:
+    """`model` of `values`; InvalidArgument naming `field`.<the value's path> for the first bad one."""
     try:
-        return CaptureSource(adapter=message.adapter, since=since, **figures)
+        return model.model_validate(values)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
-        raise InvalidArgument(
-            f"{error['msg']} (got {error.get('input')!r})", field=f"spec.training_data.captures.{where}"
-        ) from None
+        raise InvalidArgument(f"{error['msg']} (got {error.get('input')!r})", field=f"{field}.{where}") from None
 
 
 _SECTIONS = {
@@ -264,6 +272,7 @@ def retrain_policy(name: str, policy: RetrainPolicy) -> trainer_pb2.RetrainPolic
         cooldown_seconds=policy.cooldown_seconds,
         canary_share=policy.canary_share,
         actor=policy.actor,
+        training=trainer_pb2.TrainingParameters(**policy.training.model_dump()),
     )
     if policy.at is not None:
         message.updated_at.FromDatetime(policy.at)

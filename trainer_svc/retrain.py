@@ -32,7 +32,7 @@ from loraplane.training import RetrainOutcome, RetrainTrigger
 from trainer_svc.jobs import Job
 from trainer_svc.metrics import TrainerMetrics
 from trainer_svc.service import JobService
-from trainer_svc.spec import CaptureSource, DatasetSource, JobSpec
+from trainer_svc.spec import CaptureSource, DatasetSource, JobSpec, TrainingParameters
 
 TRIGGER_LABEL = "loraplane.trigger"
 """The label a retrain job carries: how it was started (`manual` or `alert`)."""
@@ -51,6 +51,8 @@ class RetrainPolicy(BaseModel):
     """After a retrain job starts, alerts start no other for this long."""
     canary_share: float = Field(0.1, gt=0, le=1)
     """The share of the name's traffic a version that passes its gate takes as a canary."""
+    training: TrainingParameters = Field(default_factory=TrainingParameters)
+    """How retrain jobs train."""
     actor: str = ""
     at: datetime | None = None
 
@@ -61,6 +63,7 @@ class RetrainPolicyChange(BaseModel):
     enabled: bool
     cooldown_seconds: float | None = None
     canary_share: float | None = None
+    training: TrainingParameters | None = None
 
     def apply(self, current: RetrainPolicy, *, actor: str, at: datetime) -> RetrainPolicy:
         """The policy after this change; InvalidArgument naming the field out of range."""
@@ -176,6 +179,7 @@ class Retrainer:
             training_data=DatasetSource(captures=CaptureSource(adapter=name, since=since)),
             parent=str(parent.spec),
             release=TrialPlan(canary_share=policy.canary_share),
+            training=policy.training,
             labels=labels,
         )
 

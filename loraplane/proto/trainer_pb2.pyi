@@ -1312,6 +1312,7 @@ class RetrainPolicy(_message.Message):
     CANARY_SHARE_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
     adapter: _builtins.str
     enabled: _builtins.bool
     """Alerts start retrain jobs of the adapter (retraining by hand needs no policy)."""
@@ -1323,6 +1324,10 @@ class RetrainPolicy(_message.Message):
     """Who set the policy; empty while nobody has (off)."""
     @_builtins.property
     def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def training(self) -> Global___TrainingParameters:
+        """How retrain jobs train; fields left zero take the trainer's defaults."""
+
     def __init__(
         self,
         *,
@@ -1332,10 +1337,11 @@ class RetrainPolicy(_message.Message):
         canary_share: _builtins.float = ...,
         actor: _builtins.str = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        training: Global___TrainingParameters | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["training", b"training", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "adapter", b"adapter", "canary_share", b"canary_share", "cooldown_seconds", b"cooldown_seconds", "enabled", b"enabled", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "adapter", b"adapter", "canary_share", b"canary_share", "cooldown_seconds", b"cooldown_seconds", "enabled", b"enabled", "training", b"training", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1368,12 +1374,17 @@ class UpdateRetrainPolicyRequest(_message.Message):
     ENABLED_FIELD_NUMBER: _builtins.int
     COOLDOWN_SECONDS_FIELD_NUMBER: _builtins.int
     CANARY_SHARE_FIELD_NUMBER: _builtins.int
+    TRAINING_FIELD_NUMBER: _builtins.int
     adapter: _builtins.str
     enabled: _builtins.bool
     cooldown_seconds: _builtins.float
     """Unset: as the policy has it (3600 for a new policy)."""
     canary_share: _builtins.float
     """Unset: as the policy has it (0.1 for a new policy)."""
+    @_builtins.property
+    def training(self) -> Global___TrainingParameters:
+        """Unset: as the policy has it (the trainer's defaults for a new policy)."""
+
     def __init__(
         self,
         *,
@@ -1381,10 +1392,11 @@ class UpdateRetrainPolicyRequest(_message.Message):
         enabled: _builtins.bool = ...,
         cooldown_seconds: _builtins.float | None = ...,
         canary_share: _builtins.float | None = ...,
+        training: Global___TrainingParameters | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share", "_cooldown_seconds", b"_cooldown_seconds", "canary_share", b"canary_share", "cooldown_seconds", b"cooldown_seconds"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share", "_cooldown_seconds", b"_cooldown_seconds", "canary_share", b"canary_share", "cooldown_seconds", b"cooldown_seconds", "training", b"training"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share", "_cooldown_seconds", b"_cooldown_seconds", "adapter", b"adapter", "canary_share", b"canary_share", "cooldown_seconds", b"cooldown_seconds", "enabled", b"enabled"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share", "_cooldown_seconds", b"_cooldown_seconds", "adapter", b"adapter", "canary_share", b"canary_share", "cooldown_seconds", b"cooldown_seconds", "enabled", b"enabled", "training", b"training"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__canary_share: _TypeAlias = _typing.Literal["canary_share"]  # noqa: Y015
     _WhichOneofArgType__canary_share: _TypeAlias = _typing.Literal["_canary_share", b"_canary_share"]  # noqa: Y015

@@ -89,7 +89,8 @@ def trainer(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
 
 
 def test_an_alert_retrains_an_adapter_whose_policy_allows_it_once_at_a_time(trainer: Trainer) -> None:
-    turned_on = trainer.put("/v1/retraining/blue/policy", {"enabled": True, "cooldown_seconds": 3600})
+    policy = {"enabled": True, "cooldown_seconds": 3600, "training": {"max_steps": 7}}
+    turned_on = trainer.put("/v1/retraining/blue/policy", policy)
     assert turned_on.status_code == 200 and turned_on.json()["enabled"] is True
     answer = trainer.post(
         "/v1/alerts",
@@ -107,6 +108,7 @@ def test_an_alert_retrains_an_adapter_whose_policy_allows_it_once_at_a_time(trai
     job = trainer.client.jobs.retrieve(outcomes["blue"]["job_id"])
     assert job.spec.parent == "blue@v1" and job.spec.training_data.captures is not None
     assert job.spec.training_data.captures.adapter == "blue" and job.spec.release is not None
+    assert job.spec.training.max_steps == 7, "the policy says how retrain jobs train"
     assert job.spec.labels == {"loraplane.trigger": "alert", "loraplane.alert": "LoraplaneAdapterDrift"}
     again = trainer.post("/v1/alerts", _webhook(_alert("blue", alertname="LoraplaneFeedbackScoreLow")))
     assert again.json()["retrains"][0]["outcome"] == "in_flight", "a second alert during the retrain starts nothing"
