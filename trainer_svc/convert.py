@@ -281,7 +281,8 @@ def retrain_policy(name: str, policy: RetrainPolicy) -> trainer_pb2.RetrainPolic
 
 def retrain_policy_change(request: trainer_pb2.UpdateRetrainPolicyRequest) -> tuple[str, RetrainPolicyChange]:
     name = whole_adapter_name(request.adapter, "retraining policy")
-    figures = {
-        field: getattr(request, field) for field in ("cooldown_seconds", "canary_share") if request.HasField(field)
-    }
-    return name, RetrainPolicyChange(enabled=request.enabled, **figures)
+    given = [field for field in ("cooldown_seconds", "canary_share") if request.HasField(field)]
+    figures: dict[str, object] = {field: getattr(request, field) for field in given}
+    if request.HasField("training"):
+        figures["training"] = _validated(TrainingParameters, "training", _training_fields(request.training))
+    return name, RetrainPolicyChange.model_validate({"enabled": request.enabled, **figures})

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -14,11 +13,7 @@ from urllib.error import URLError
 from urllib.parse import urlencode
 from urllib.request import urlopen
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.support.service_process import free_port
 
 
 class Prometheus:
@@ -58,9 +53,11 @@ class Prometheus:
 
 
 @contextmanager
-def running_prometheus(targets: dict[str, int], workdir: Path, rule_files: Sequence[Path] = ()) -> Iterator[Prometheus]:
+def running_prometheus(
+    targets: dict[str, int], workdir: Path, rule_files: Sequence[Path] = (), alertmanager: str | None = None
+) -> Iterator[Prometheus]:
     """Prometheus scraping 127.0.0.1:<port>/metrics of each job every second, evaluating `rule_files`
-    every second too."""
+    every second too, and sending its alerts to `alertmanager` (host:port) where given."""
     binary = shutil.which("prometheus")
     assert binary, "prometheus is missing: scripts/install.sh --test installs it (apt: prometheus)"
     scrape_configs = [
@@ -73,8 +70,10 @@ def running_prometheus(targets: dict[str, int], workdir: Path, rule_files: Seque
         "rule_files": [str(path) for path in rule_files],
         "scrape_configs": scrape_configs,
     }
+    if alertmanager is not None:
+        settings["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]}
     config.write_text(json.dumps(settings))
-    port = _free_port()
+    port = free_port()
     log = (workdir / "prometheus.log").open("wb")
     process = subprocess.Popen(
         [

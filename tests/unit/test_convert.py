@@ -5,7 +5,7 @@ from loraplane.errors import InvalidArgument
 from loraplane.proto import common_pb2, trainer_pb2
 from loraplane.releases import ReleaseMode, TrialPlan
 from loraplane.training import JobState
-from trainer_svc.convert import job_to_proto, spec_from_proto, spec_to_proto
+from trainer_svc.convert import job_to_proto, retrain_policy_change, spec_from_proto, spec_to_proto
 from trainer_svc.jobs import Job
 from trainer_svc.progress import PublishedAdapter
 from trainer_svc.spec import DPO_LEARNING_RATE
@@ -182,3 +182,18 @@ def test_a_malformed_release_on_success_is_refused_naming_its_field(
     with pytest.raises(InvalidArgument) as info:
         spec_from_proto(_spec(release=release))
     assert info.value.field == field
+
+
+def test_a_retraining_policy_change_keeps_what_it_leaves_unset_and_takes_its_training() -> None:
+    training = trainer_pb2.TrainingParameters(max_steps=24, learning_rate=1e-2, replay_fraction=0)
+    request = trainer_pb2.UpdateRetrainPolicyRequest(adapter="acme", enabled=True, canary_share=0.5, training=training)
+    name, change = retrain_policy_change(request)
+    assert name == "acme" and change.cooldown_seconds is None and change.canary_share == 0.5
+    assert change.training is not None
+    assert (change.training.max_steps, change.training.learning_rate, change.training.replay_fraction) == (24, 1e-2, 0)
+    bad = trainer_pb2.UpdateRetrainPolicyRequest(
+        adapter="acme", training=trainer_pb2.TrainingParameters(batch_size=9999)
+    )
+    with pytest.raises(InvalidArgument) as info:
+        retrain_policy_change(bad)
+    assert info.value.field == "training.batch_size"
