@@ -38,11 +38,14 @@ def service_env(model_dir: Path, scratch: Path, trainer_port: int, serving_port:
 
 
 @contextmanager
-def running_services(model_dir: Path, scratch: Path) -> Iterator[LoraplaneClient]:
-    """trainer-svc and serving-svc started on free ports with their data under `scratch`, a client to both
-    once they report SERVING; both stopped on the way out."""
+def running_services(
+    model_dir: Path, scratch: Path, settings: dict[str, str] | None = None
+) -> Iterator[LoraplaneClient]:
+    """trainer-svc and serving-svc started on free ports with their data under `scratch` (and `settings`,
+    LORAPLANE_* variables, over their defaults), a client to both once they report SERVING; both stopped on
+    the way out."""
     trainer_port, serving_port = free_port(), free_port()
-    env = service_env(model_dir, scratch, trainer_port, serving_port)
+    env = {**service_env(model_dir, scratch, trainer_port, serving_port), **(settings or {})}
     servers = [
         processes.spawn([console_script(name)], env=env, log_path=scratch / f"{name}.log")
         for name in ("trainer-svc", "serving-svc")

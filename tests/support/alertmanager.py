@@ -19,7 +19,8 @@ from tests.support.service_process import free_port
 @contextmanager
 def running_alertmanager(webhook_url: str, token: str, workdir: Path) -> Iterator[str]:
     """Alertmanager routing the drift and feedback alerts, grouped by adapter, at once, to `webhook_url` with
-    `token` as the bearer token; yields its address (host:port) for Prometheus's alerting config."""
+    `token` as the bearer token ("": none, for a trainer without authentication); yields its address
+    (host:port) for Prometheus's alerting config."""
     binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
     assert binary, "alertmanager is missing: scripts/install.sh --test installs it (apt: prometheus-alertmanager)"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -45,7 +46,7 @@ def running_alertmanager(webhook_url: str, token: str, workdir: Path) -> Iterato
                     {
                         "url": webhook_url,
                         "send_resolved": False,
-                        "http_config": {"authorization": {"credentials": token}},
+                        **({"http_config": {"authorization": {"credentials": token}}} if token else {}),
                     }
                 ],
             },
