@@ -29,6 +29,11 @@ DEFAULT_RETENTION_DAYS = 30
 DEFAULT_RETENTION_BYTES = 1 << 30
 
 
+def in_utc(moment: datetime | None) -> datetime | None:
+    """`moment` with a time zone: a time given without one is read as UTC (captures are kept in UTC)."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None else moment
+
+
 class CapturePolicy(BaseModel):
     """Whether an adapter's requests are captured, which share of them, and for how long."""
 

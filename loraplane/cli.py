@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, cast, get_args
 
@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Column, Table
 
 from loraplane.auth import Role, TokenFile, add_token, revoke_token
+from loraplane.captures import in_utc
 from loraplane.client import DEFAULT_SERVING_TARGET, DEFAULT_TRAINER_TARGET, LoraplaneClient, ServiceName
 from loraplane.errors import InvalidArgument, LoraplaneError
 from loraplane.names import parse_adapter_spec
@@ -619,7 +620,7 @@ def _moment(text: str) -> datetime:
         raise InvalidArgument(
             f"{text!r} is not an ISO 8601 time such as 2026-12-01 or 2026-12-01T08:00", field="since"
         ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return in_utc(moment) or moment
 
 
 Service = enum.StrEnum("Service", [*get_args(ServiceName), "both"])  # type: ignore[misc]

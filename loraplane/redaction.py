@@ -4,7 +4,7 @@ The default patterns replace what most often identifies a person or opens a door
 that says what was there (`[email]`), so a dataset built from captures keeps the sentence's shape:
 
 - `secret`: API keys and tokens (`sk-...`, `ghp_...`, `xoxb-...`, `AKIA...`, loraplane's own `lp_...`), and
-  any 32 or more letters and digits in one run, which is how generated keys look;
+  any run of 32 or more characters that mixes letters and digits, which is how generated keys look;
 - `email`: e-mail addresses;
 - `phone`: phone numbers written with separators (`+1 415 555 0100`, `(415) 555-0100`, `555-123-4567`);
   a date such as `2024-03-15` is not one;
@@ -25,12 +25,24 @@ from loraplane.errors import InvalidArgument
 DEFAULT_PATTERNS: Mapping[str, str] = {
     "secret": r"\b(?:sk|pk|rk|lp|ghp|gho|ghs|xox[abprs])[-_][A-Za-z0-9_-]{12,}"
     r"|\bAKIA[0-9A-Z]{16}\b"
-    r"|\b(?=[A-Za-z0-9_-]*\d)(?=[A-Za-z0-9_-]*[A-Za-z])[A-Za-z0-9_-]{32,}\b",
-    "email": r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
+    r"|(?<![\w-])(?P<run>[A-Za-z0-9_-]{32,})(?![\w-])",
+    "email": r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}",
     "phone": r"(?<![\w-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]\d{3,4}(?![\w-])",
-    "digits": r"\d{9,}",
+    "digits": r"(?<!\d)\d{9,}",
 }
-"""Applied in this order, each match replaced by `[name]`."""
+"""Applied in this order, each match replaced by `[name]`. Every pattern starts only where its run starts
+(a lookbehind), so matching takes time linear in the text whatever a caller sends. A `run` of 32 or more
+letters and digits counts as a secret only when it mixes both (a long word or number is left)."""
+
+
+def _marker(name: str) -> Callable[[re.Match[str]], str]:
+    def replace(match: re.Match[str]) -> str:
+        run = match.groupdict().get("run")
+        if run is not None and not (any(c.isdigit() for c in run) and any(c.isalpha() for c in run)):
+            return match.group(0)
+        return f"[{name}]"
+
+    return replace
 
 
 class Redactor:
@@ -38,7 +50,7 @@ class Redactor:
 
     def __init__(self, extra_patterns: Mapping[str, str] | None = None, hook: str = "") -> None:
         patterns = {**DEFAULT_PATTERNS, **(extra_patterns or {})}
-        self._patterns = [(f"[{name}]", _compiled(name, pattern)) for name, pattern in patterns.items()]
+        self._patterns = [(_marker(name), _compiled(name, pattern)) for name, pattern in patterns.items()]
         self._hook = _imported_hook(hook) if hook else None
 
     def __call__(self, text: str) -> str:

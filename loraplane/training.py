@@ -41,6 +41,9 @@ class RetrainOutcome(enum.StrEnum):
     """An alert came within the policy's cooldown after the last retrain job."""
     POLICY_OFF = "policy_off"
     """An alert for an adapter whose retraining policy is off."""
+    REFUSED = "refused"
+    """The job could not be made (no published version, captures that make no example, a limit reached): the
+    message says why."""
 
 
 class JobState(enum.StrEnum):

@@ -155,5 +155,6 @@ RETRAIN_OUTCOME: WireEnum[RetrainOutcome, trainer_pb2.RetrainOutcome.ValueType] 
         RetrainOutcome.IN_FLIGHT: trainer_pb2.RETRAIN_OUTCOME_IN_FLIGHT,
         RetrainOutcome.COOLING_DOWN: trainer_pb2.RETRAIN_OUTCOME_COOLING_DOWN,
         RetrainOutcome.POLICY_OFF: trainer_pb2.RETRAIN_OUTCOME_POLICY_OFF,
+        RetrainOutcome.REFUSED: trainer_pb2.RETRAIN_OUTCOME_REFUSED,
     },
 )

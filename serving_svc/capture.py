@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
 import uuid
 from collections import OrderedDict
@@ -97,6 +98,10 @@ class CaptureWriter:
         self._captured_ids: OrderedDict[str, None] = OrderedDict()
         self._paused_until = 0.0
         self._next_retention = 0.0
+        self._lock = threading.Lock()
+        self._generation = 0
+        """Counts policy changes made through this replica: a store read begun before one is not cached."""
+        self._writing: asyncio.Future[None] | None = None
 
     # -- on the request path: enqueue and return ---------------------------------------------------
 
@@ -137,18 +142,24 @@ class CaptureWriter:
         """`name`'s capture policy as this replica applies it now, or as the store has it (`fresh`); blocking,
         so call it on a worker thread."""
         now = self._clock()
-        cached = self._policies.get(name)
+        with self._lock:
+            cached = self._policies.get(name)
+            generation = self._generation
         if not fresh and cached is not None and now - cached[1] < self._limits.policy_ttl_seconds:
             return cached[0]
         policy = self._store.policy(name)
-        self._remember(name, policy, now)
+        with self._lock:
+            if self._generation == generation:  # else a change made here since: the read may predate it
+                self._remember(name, policy, now)
         return policy
 
     def change_policy(self, name: str, change: CapturePolicyChange, *, actor: str) -> CapturePolicy:
         """Apply `change` to `name`'s stored policy, write it and apply it here at once (blocking)."""
         policy = change.apply(self._store.policy(name), actor=actor, at=datetime.now(UTC))
         self._store.set_policy(name, policy)
-        self._remember(name, policy, self._clock())
+        with self._lock:
+            self._generation += 1
+            self._remember(name, policy, self._clock())
         return policy
 
     def captures(self, name: str, since: datetime | None) -> list[Capture]:
@@ -156,6 +167,7 @@ class CaptureWriter:
         return self._store.read(name, since)
 
     def _remember(self, name: str, policy: CapturePolicy, at: float) -> None:
+        """Cache `policy` (under `_lock`: the request path's threads and the writer's share the cache)."""
         self._policies[name] = (policy, at)
         self._policies.move_to_end(name)
         while len(self._policies) > MAX_KNOWN_NAMES:
@@ -164,7 +176,8 @@ class CaptureWriter:
     # -- the background task ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Write batches until cancelled; then write what is left, once."""
+        """Write batches until cancelled; then write what is left, once. A batch that fails to be written for
+        any reason is dropped, counted and logged, and the writing goes on."""
         try:
             while True:
                 await self._fill_batch()
@@ -177,7 +190,9 @@ class CaptureWriter:
             raise
 
     async def flush(self) -> None:
-        """Write every record waiting now, the batch being filled included."""
+        """Write every record waiting now, the batch being filled included, after the write in flight."""
+        if self._writing is not None:
+            await asyncio.wait([self._writing])
         while not self._queue.empty():
             self._batch.append(self._queue.get_nowait())
         await self._write(self._take_batch())
@@ -197,8 +212,14 @@ class CaptureWriter:
         return batch
 
     async def _write(self, batch: list[_Pending]) -> None:
-        if batch:
-            await asyncio.to_thread(self._write_batch, batch)
+        """Write `batch` on a worker thread; a cancelled caller leaves the write to finish (flush waits for it)."""
+        if not batch:
+            return
+        self._writing = asyncio.ensure_future(asyncio.to_thread(self._write_batch, batch))
+        try:
+            await asyncio.shield(self._writing)
+        except Exception:  # a defect, not the store (counted in _write_batch): the writer must outlive it
+            log.exception("writing %d captured records failed; they are dropped", len(batch))
 
     def _write_batch(self, batch: list[_Pending]) -> None:
         files: dict[tuple[str, CaptureKind], list[CapturedRequest | CapturedFeedback]] = {}
@@ -213,8 +234,15 @@ class CaptureWriter:
                 self._pause(f"reading the capture policy of {record.adapter!r} failed: {error}")
                 self._metrics.captured(record.adapter, pending.kind, "store_error")
                 continue
-            if self._kept(pending, policy):
-                files.setdefault((record.adapter, pending.kind), []).append(self._redacted(record))
+            if not self._kept(pending, policy):
+                continue
+            try:
+                redacted = self._redacted(record)
+            except Exception:  # the operator's hook failed on this text: never store it unredacted
+                log.exception("redacting a captured record of %r failed; it is dropped", record.adapter)
+                self._metrics.captured(record.adapter, pending.kind, "redaction_error")
+                continue
+            files.setdefault((record.adapter, pending.kind), []).append(redacted)
         for (adapter, kind), records in files.items():
             if self._clock() < self._paused_until:
                 self._metrics.captured(adapter, kind, "paused", len(records))

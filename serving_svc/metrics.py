@@ -35,7 +35,7 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
-CaptureOutcome = Literal["stored", "queue_full", "store_error", "paused"]
+CaptureOutcome = Literal["stored", "queue_full", "store_error", "paused", "redaction_error"]
 
 LoadSource = Literal["cpu", "disk", "store"]
 """Where a load took the adapter from: its copy in host memory, the local disk cache, or the object store."""
@@ -199,7 +199,8 @@ class ServingMetrics:
             Counter,
             "loraplane_serving_captures",
             "Captured requests and feedback records, by outcome: stored, or dropped because the capture queue was "
-            "full (queue_full), the store refused the write (store_error) or capture was paused after one (paused).",
+            "full (queue_full), the store refused the write (store_error), capture was paused after one (paused) or "
+            "the redaction hook failed on it (redaction_error).",
             ["adapter", "kind", "outcome"],
         )
         self._capture_paused = Gauge(

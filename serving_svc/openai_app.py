@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any, TypeVar
 
@@ -30,7 +30,7 @@ from pydantic import ConfigDict
 
 from loraplane.auth import Authenticator, Caller, Role
 from loraplane.body_limit import BodySizeLimit
-from loraplane.captures import CapturePolicy, CapturePolicyChange
+from loraplane.captures import CapturePolicy, CapturePolicyChange, in_utc
 from loraplane.errors import Cancelled, LoraplaneError, NotFound
 from loraplane.http_errors import ErrorShape
 from loraplane.names import whole_adapter_name
@@ -204,7 +204,7 @@ def _add_capture_routes(
     async def export_captures(adapter: str, since: datetime | None = None) -> Response:
         """One captured request per line (JSON Lines), oldest first."""
         name = whole_adapter_name(adapter, "captures")
-        moment = since.replace(tzinfo=since.tzinfo or UTC) if since else None
+        moment = in_utc(since)
         lines = [
             json.dumps(MessageToDict(grpc_convert.captured_request(capture), preserving_proto_field_name=True))
             for capture in await service.captures(name, moment)

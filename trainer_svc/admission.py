@@ -8,8 +8,8 @@ import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
-from loraplane.auth import Caller
-from loraplane.errors import FailedPrecondition, ResourceExhausted
+from loraplane.auth import Caller, Role
+from loraplane.errors import FailedPrecondition, PermissionDenied, ResourceExhausted
 from loraplane.names import validate_adapter_name
 from trainer_svc.executors.config import ExecutorCapabilities
 from trainer_svc.job_store import JobStore
@@ -40,6 +40,12 @@ class JobAdmission:
     async def admit(self, spec: JobSpec, caller: Caller) -> JobSpec:
         """`spec` with its base model named, if this trainer takes it from `caller`; its data is checked next."""
         validate_adapter_name(spec.adapter_name, field="spec.adapter_name")
+        if spec.training_data.captures is not None and Role.ADMIN not in caller.roles:
+            raise PermissionDenied(
+                "training on captured traffic needs the admin role (captures hold what users wrote); ask for a "
+                "retrain instead (loraplane retrain ADAPTER), which the adapter's retraining machinery runs",
+                field="spec.training_data.captures",
+            )
         await self._check_caller_room(caller)
         self._capabilities.check(spec.resources)
         base_model_path = self._base_model_path(spec.base_model)

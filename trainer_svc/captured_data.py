@@ -96,12 +96,39 @@ def captured_examples(
                 good.append(example)
         made.left_out += example is None
     made.corrected, made.rated_good = len(corrected), len(good)
-    random.Random(seed).shuffle(corrected)
-    held = round(len(corrected) * source.held_out_share)
-    numbered = [SourcedExample(line=n, example=e) for n, e in enumerate([*corrected[held:], *good], start=1)]
-    made.train = numbered
-    made.held_out = [SourcedExample(line=n, example=e) for n, e in enumerate(corrected[:held], start=1)]
+    held_out, trained = _hold_out(corrected, source.held_out_share, seed)
+    made.train = [SourcedExample(line=n, example=e) for n, e in enumerate([*trained, *good], start=1)]
+    made.held_out = [SourcedExample(line=n, example=e) for n, e in enumerate(held_out, start=1)]
     return made
+
+
+def _hold_out(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """`share` of `examples` held out by whole prompts (a prompt asked twice is on one side only), drawn with
+    `seed`, and the rest; at least one prompt stays on the training side."""
+    by_prompt: dict[str, list[Example]] = {}
+    for example in examples:
+        by_prompt.setdefault(_prompt_key(example), []).append(example)
+    prompts = list(by_prompt)
+    random.Random(seed).shuffle(prompts)
+    held: list[Example] = []
+    for prompt in prompts[: max(len(prompts) - 1, 0)]:
+        if len(held) >= round(len(examples) * share):
+            break
+        held += by_prompt[prompt]
+    held_keys = {_prompt_key(example) for example in held}
+    return held, [example for example in examples if _prompt_key(example) not in held_keys]
+
+
+def _prompt_key(example: Example) -> str:
+    """What the example asks, case and spacing aside."""
+    if isinstance(example, ChatExample):
+        asked = "\x1f".join(f"{turn.role}:{turn.content}" for turn in example.messages[:-1])
+    elif isinstance(example, PreferenceExample):
+        prompt = example.prompt
+        asked = prompt if isinstance(prompt, str) else "\x1f".join(f"{t.role}:{t.content}" for t in prompt)
+    else:
+        asked = example.prompt if isinstance(example, PromptCompletion) else ""
+    return " ".join(asked.casefold().split())
 
 
 def mix_in_parent_data(

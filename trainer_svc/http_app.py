@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from google.protobuf.json_format import MessageToDict
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from loraplane.auth import Authenticator, Caller, Role
 from loraplane.body_limit import BodySizeLimit
+from loraplane.captures import in_utc
 from loraplane.errors import InvalidArgument
 from loraplane.http_errors import ErrorShape
 from loraplane.names import validate_adapter_name, whole_adapter_name
@@ -39,7 +40,8 @@ ERRORS = ErrorShape()
 class RetrainBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: datetime | None = None
+    since: Annotated[datetime | None, AfterValidator(in_utc)] = None
+    """UTC unless it says otherwise."""
 
 
 class Alert(BaseModel):

@@ -23,8 +23,8 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraplane.artifact import ArtifactRepository, Manifest
-from loraplane.auth import Caller
-from loraplane.errors import FailedPrecondition, NotFound
+from loraplane.auth import Caller, Role
+from loraplane.errors import FailedPrecondition, LoraplaneError, NotFound
 from loraplane.names import AdapterSpec, validate_adapter_name
 from loraplane.policies import changed_policy, read_policy, write_policy
 from loraplane.releases import ReleaseLog, TrialPlan
@@ -122,8 +122,14 @@ class Retrainer:
         """Start a retrain job of adapter `name`, unless one is unfinished (or, for an alert, the policy is
         off or cooling down). By hand, an unfinished one is FAILED_PRECONDITION naming it."""
         validate_adapter_name(name, field="adapter")
-        async with self._locks.setdefault(name, asyncio.Lock()):  # two alerts at once start one job
-            retrain = await self._retrain(name, trigger, caller, since, alert)
+        try:
+            async with self._locks.setdefault(name, asyncio.Lock()):  # two alerts at once start one job
+                retrain = await self._retrain(name, trigger, caller, since, alert)
+        except LoraplaneError as exc:
+            self._metrics.retrain(trigger, RetrainOutcome.REFUSED)
+            if trigger is RetrainTrigger.MANUAL:
+                raise
+            return Retrain(RetrainOutcome.REFUSED, name, None, f"retraining {name!r} was refused: {exc.message}")
         self._metrics.retrain(trigger, retrain.outcome)
         if trigger is RetrainTrigger.MANUAL and retrain.outcome is RetrainOutcome.IN_FLIGHT:
             raise FailedPrecondition(retrain.message, field="adapter")
@@ -146,16 +152,22 @@ class Retrainer:
             return Retrain(RetrainOutcome.COOLING_DOWN, name, recent[0], message)
         parent = await asyncio.to_thread(self._serving_version, name)
         spec = self._spec(name, parent, since or parent.created_at, policy, trigger, alert)
-        job = await self._jobs.create(spec, f"retrain-{uuid.uuid4().hex}", caller)
+        # The trainer writes this job on the caller's behalf: its data is captured traffic, which only the
+        # retraining machinery (set up by an admin) may train on, so the job is admitted as an admin's.
+        trusted = Caller(name=caller.name, roles=frozenset({*caller.roles, Role.ADMIN}))
+        job = await self._jobs.create(spec, f"retrain-{uuid.uuid4().hex}", trusted)
         message = f"retrain job {job.id} continues {parent.spec} on the captures since {spec_since(spec)}"
         return Retrain(RetrainOutcome.STARTED, name, job, message)
 
     async def _recent_retrains(self, name: str) -> list[Job]:
-        """The adapter's newest retrain jobs, newest first."""
-        jobs, _ = await asyncio.to_thread(
+        """The adapter's unfinished retrain jobs and its newest ones, newest first."""
+        unfinished = await asyncio.to_thread(self._jobs.store.unfinished)
+        newest, _ = await asyncio.to_thread(
             self._jobs.store.list_jobs, owner=None, state=None, adapter_name=name, page_size=50, page_token=""
         )
-        return [job for job in jobs if TRIGGER_LABEL in job.spec.labels]
+        found = {job.id: job for job in [*unfinished, *newest] if job.spec.adapter_name == name}
+        retrains = [job for job in found.values() if TRIGGER_LABEL in job.spec.labels]
+        return sorted(retrains, key=lambda job: job.created_at, reverse=True)
 
     def _serving_version(self, name: str) -> Manifest:
         """The version that answers `name`: its release's stable version, else its newest."""

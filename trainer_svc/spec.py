@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import AfterValidator, BaseModel, Field, model_validator
 
+from loraplane.captures import in_utc
 from loraplane.releases import TrialPlan
 from loraplane.training import TASK_METRICS, Method, PromptFormatChoice, TaskMetric
 
@@ -89,8 +91,8 @@ class CaptureSource(BaseModel):
     """An adapter's captured requests as a job's training data (trainer_svc.captured_data says how)."""
 
     adapter: str
-    since: datetime | None = None
-    """Only requests answered at or after this time; None: every capture kept."""
+    since: Annotated[datetime | None, AfterValidator(in_utc)] = None
+    """Only requests answered at or after this time (UTC unless it says otherwise); None: every capture kept."""
     good_score: float = Field(0.75, ge=0, le=1, description="the score from which an uncorrected answer is kept")
     held_out_share: float = Field(0.2, ge=0, lt=1, description="corrected captures held out as the test set")
     parent_data_share: float = Field(

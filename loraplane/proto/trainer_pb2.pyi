@@ -211,6 +211,8 @@ class _RetrainOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Retrai
     """An alert came within the policy's cooldown after the last retrain job."""
     RETRAIN_OUTCOME_POLICY_OFF: _RetrainOutcome.ValueType  # 4
     """An alert for an adapter whose retraining policy is off."""
+    RETRAIN_OUTCOME_REFUSED: _RetrainOutcome.ValueType  # 5
+    """An alert's retrain job could not be made (message says why); by hand, the call fails instead."""
 
 class RetrainOutcome(_RetrainOutcome, metaclass=_RetrainOutcomeEnumTypeWrapper): ...
 
@@ -222,6 +224,8 @@ RETRAIN_OUTCOME_COOLING_DOWN: RetrainOutcome.ValueType  # 3
 """An alert came within the policy's cooldown after the last retrain job."""
 RETRAIN_OUTCOME_POLICY_OFF: RetrainOutcome.ValueType  # 4
 """An alert for an adapter whose retraining policy is off."""
+RETRAIN_OUTCOME_REFUSED: RetrainOutcome.ValueType  # 5
+"""An alert's retrain job could not be made (message says why); by hand, the call fails instead."""
 Global___RetrainOutcome: _TypeAlias = RetrainOutcome  # noqa: Y015
 
 @_typing.final

@@ -112,7 +112,8 @@ def test_drifted_traffic_with_corrections_becomes_a_better_version_promoted_on_l
     list(client.jobs.watch(job.id))
     done = client.jobs.retrieve(job.id)
     assert done.state is JobState.SUCCEEDED, done.error
-    assert done.metrics.capture_corrected == len(NEW_QUESTIONS) and done.metrics.parent_examples > 0
+    # The alert fires part way through the callers' traffic: the job takes the corrections captured by then.
+    assert 0 < done.metrics.capture_corrected <= len(NEW_QUESTIONS) and done.metrics.parent_examples > 0
     assert done.metrics.gate_passed, done.metrics
     release = client.inference.release(ADAPTER)
     assert release.state is not None and release.state.candidate == 2, "the passing version goes on trial"

@@ -75,12 +75,12 @@ def trainer(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     settings = tiny_trainer_settings(tiny_model_dir, tmp_path_factory.mktemp("retrain"))
     store = open_store(settings.store_uri)
     sources = tmp_path_factory.mktemp("retrain-adapters")
-    for name in ("blue", "green", "quiet"):
+    fingerprint = base_model_fingerprint(tiny_model_dir)
+    for name in ("blue", "green", "quiet", "silent"):
         adapter = make_adapter(tiny_model_dir, sources / name, 1)
-        publish_adapter(
-            ArtifactRepository(store), adapter, name, base_model_fingerprint(tiny_model_dir), "lora", "chat"
-        )
-        _capture(CaptureStore(store), name, 10)
+        publish_adapter(ArtifactRepository(store), adapter, name, fingerprint, "lora", "chat")
+        if name != "silent":  # nothing captured: a retrain of it has no data
+            _capture(CaptureStore(store), name, 10)
     with (
         running(lambda: create_server(settings)) as server,
         LoraplaneClient(trainer=f"127.0.0.1:{server.port}") as client,
@@ -120,6 +120,14 @@ def test_an_alert_retrains_an_adapter_whose_policy_allows_it_once_at_a_time(trai
     metrics = httpx.get(f"http://127.0.0.1:{trainer.server.endpoints.metrics_port}/metrics").text
     assert 'loraplane_trainer_retrains_total{outcome="started",trigger="alert"} 1.0' in metrics
     assert 'loraplane_trainer_retrains_total{outcome="in_flight",trigger="alert"} 1.0' in metrics
+
+
+def test_an_alert_whose_retrain_cannot_be_made_is_answered_refused_and_others_go_on(trainer: Trainer) -> None:
+    assert trainer.put("/v1/retraining/silent/policy", {"enabled": True}).status_code == 200
+    answer = trainer.post("/v1/alerts", _webhook(_alert("silent"), _alert("quiet")))
+    outcomes = {entry["adapter"]: entry for entry in answer.json()["retrains"]}
+    assert outcomes["silent"]["outcome"] == "refused" and "make no training example" in outcomes["silent"]["message"]
+    assert outcomes["quiet"]["outcome"] == "policy_off"
 
 
 def test_retraining_by_hand_needs_no_policy_and_takes_a_since(trainer: Trainer) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from loraplane.artifact import ArtifactRepository
 from loraplane.auth import ANONYMOUS, Caller, Role
-from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from loraplane.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied, ResourceExhausted
 from loraplane.storage import FileStore
 from trainer_svc.admission import JobAdmission
 from trainer_svc.executors.config import ExecutorCapabilities
@@ -84,3 +84,12 @@ async def test_a_caller_at_its_limit_of_unfinished_jobs_is_refused_the_anonymous
     for n in range(2):
         store.create(Job(id=f"job-anon-{n}", owner="", spec=_spec()), "created")
     await admission.admit(_spec(), ANONYMOUS)
+
+
+async def test_training_on_captured_traffic_needs_the_admin_role(admission: JobAdmission) -> None:
+    captures = {"captures": {"adapter": "support-bot"}}
+    with pytest.raises(PermissionDenied, match="needs the admin role") as info:
+        await admission.admit(_spec(training_data=captures), ALICE)
+    assert info.value.field == "spec.training_data.captures"
+    admin = Caller(name="ops", roles=frozenset({Role.ADMIN}))
+    assert (await admission.admit(_spec(training_data=captures), admin)).training_data.captures is not None

@@ -129,3 +129,30 @@ async def test_what_waits_is_written_when_the_writer_stops(store: FakeOutageStor
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     assert [capture.request.request_id for capture in CaptureStore(store).read("acme")] == ["r1", "r2"]
+
+
+def _refuse_boom(text: str) -> str:
+    if "boom" in text:
+        raise ValueError("the operator's hook refuses this text")
+    return text
+
+
+async def test_a_record_the_redaction_hook_fails_on_is_dropped_never_stored_and_the_rest_are_kept(
+    store: FakeOutageStore,
+) -> None:
+    _turn_on(store)
+    metrics = ServingMetrics(8)
+    metrics.adapter_label("acme")
+    writer = CaptureWriter(
+        CaptureStore(store),
+        Redactor(hook=f"{__name__}:_refuse_boom"),
+        metrics,
+        CaptureLimits(policy_ttl_seconds=0.0),
+        clock=ManualClock(),
+        draw=lambda: 0.0,
+    )
+    writer.offer_request("r1", "acme", 1, "boom", "a", "stop")
+    writer.offer_request("r2", "acme", 1, "fine", "a", "stop")
+    await writer.flush()
+    assert [capture.request.request_id for capture in CaptureStore(store).read("acme")] == ["r2"]
+    assert _captured(metrics, "requests", "redaction_error") == 1

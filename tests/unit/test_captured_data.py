@@ -129,3 +129,15 @@ def test_captures_that_teach_nothing_or_captures_as_held_out_data_are_refused(tm
     with pytest.raises(InvalidArgument, match="training data only") as held_out:
         _intake(store).read(JobSpec(base_model="tiny", adapter_name="acme", training_data=inline, test_data=source))
     assert held_out.value.field == "spec.test_data"
+
+
+def test_a_prompt_asked_twice_is_held_out_whole_and_one_prompt_always_stays_for_training() -> None:
+    captures = [_capture(n, 0.0, f"right {n % 3}", prompt=f"question {n % 3}") for n in range(9)]
+    made = captured_examples(captures, CaptureSource(adapter="acme", held_out_share=0.4), preferences=False, seed=1)
+    held = {e.example.prompt for e in made.held_out}  # type: ignore[union-attr]
+    trained = {e.example.prompt for e in made.train}  # type: ignore[union-attr]
+    assert held and trained and held.isdisjoint(trained)
+    lone = captured_examples(
+        [_capture(1, 0.0, "right")], CaptureSource(adapter="acme", held_out_share=0.9), preferences=False, seed=0
+    )
+    assert (len(lone.train), len(lone.held_out)) == (1, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from loraplane.errors import InvalidArgument
@@ -59,3 +61,16 @@ def test_a_bad_pattern_or_hook_is_refused_saying_what_is_wrong(
 ) -> None:
     with pytest.raises(InvalidArgument, match=message):
         Redactor(patterns, hook)
+
+
+def test_redaction_takes_time_linear_in_the_text_whatever_it_holds() -> None:
+    redact = Redactor()
+    for adversarial in ("a-" * 50_000, "a" * 100_000, "1" * 100_000, "a." * 50_000 + "@", "x@" * 50_000):
+        started = time.perf_counter()
+        redact(adversarial)
+        assert time.perf_counter() - started < 1.0, adversarial[:10]
+
+
+def test_a_long_run_of_letters_alone_is_not_a_secret() -> None:
+    word = "internationalisationandlocalisationofsoftware"
+    assert Redactor()(f"the {word} team") == f"the {word} team"

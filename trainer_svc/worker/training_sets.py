@@ -6,6 +6,8 @@ example too long for the job is refused naming its line rather than cut short mi
 
 from __future__ import annotations
 
+from functools import partial
+
 from loraplane.training import HeldOutSet, PromptFormat
 from trainer_svc.dataset import SourcedExample, read_examples
 from trainer_svc.progress import PhaseEvent
@@ -14,7 +16,12 @@ from trainer_svc.worker.events import Emit
 from trainer_svc.worker.generation import generation_batch_size
 from trainer_svc.worker.preference import rejected_answers
 from trainer_svc.worker.replay import replay_count, replay_examples
-from trainer_svc.worker.tokenization import TokenizedExample, resolve_prompt_format, tokenize_examples
+from trainer_svc.worker.tokenization import (
+    TokenizedExample,
+    resolve_prompt_format,
+    tokenize_example,
+    tokenize_examples,
+)
 from trainer_svc.worker.training_run import Examples, ModelToTrain, TrainingSets
 from trainer_svc.worker_input import WorkerInput
 
@@ -35,6 +42,12 @@ def load_training_sets(worker_input: WorkerInput, model: ModelToTrain, emit: Emi
             f"prompts in {prompt_format} format",
         )
     )
+    if spec.training_data.captures is not None:  # callers wrote them: one too long is left, not a failed job
+        fits = partial(_fitting, model, prompt_format, spec.training.max_seq_length)
+        (train, cut_train), (validation, cut_validation), (test, cut_test) = map(fits, (train, validation, test))
+        if cut := cut_train + cut_validation + cut_test:
+            message = f"{cut} examples made from captures are longer than max_seq_length and are left out"
+            emit(PhaseEvent(phase="tokenizing", message=message))
     validation_field = "spec.validation_data" if spec.validation_data else "spec.training_data"
     sets = [(train, "spec.training_data"), (validation, validation_field), (test, "spec.test_data")]
 
@@ -56,6 +69,18 @@ def load_training_sets(worker_input: WorkerInput, model: ModelToTrain, emit: Emi
         for (examples, field), answers, other_answers in zip(sets, chosen, rejected, strict=True)
     )
     return TrainingSets(train_set, validation_set, test_set, replayed, prompt_format)
+
+
+def _fitting(
+    model: ModelToTrain, prompt_format: PromptFormat, max_seq_length: int, examples: list[SourcedExample]
+) -> tuple[list[SourcedExample], int]:
+    """The examples that fit `max_seq_length` tokens, and how many do not."""
+    fit = [
+        example
+        for example in examples
+        if len(tokenize_example(example.example, model.tokenizer, prompt_format).input_ids) <= max_seq_length
+    ]
+    return fit, len(examples) - len(fit)
 
 
 def _labelled(examples: list[SourcedExample], label: HeldOutSet) -> list[SourcedExample]:
