@@ -460,6 +460,54 @@ def drift_calibration(document: dict[str, Any]) -> str:
     )
 
 
+def _over(drift: dict[str, Any] | None) -> str:
+    if drift is None:
+        return "-"
+    over = ", ".join(drift["over"]) or "none"
+    return f"{over} ({_num(drift['window_requests'])} requests)"
+
+
+def loop(document: dict[str, Any]) -> str:
+    """bench.loop: v1 and v2 on the old and the new traffic, the gate, drift before and after, the timeline."""
+    match, gate, facts, data = document["exact_match"], document["gate"], document["facts_lost"], document["data"]
+    times = document["seconds_from_first_a_prime_request"]
+    cost = document["cost"]
+    return "\n\n".join(
+        [
+            f"Task `{document['task']}`: v1 trained on {document['train']} examples of the task in English (A); "
+            f"traffic then moves to the same task in French (A'), which v1 never saw, scored and corrected by its "
+            "callers. "
+            f"Exact match (normalised) on {document['held_out']} held-out prompts of each, through serving:",
+            _table(
+                ["version", "A' (new traffic)", "A (its own task)", "facts lost"],
+                [
+                    ["v1", _num(match["v1"]["a_prime"], 2), _num(match["v1"]["a"], 2), _num(facts["v1"])],
+                    ["v2", _num(match["v2"]["a_prime"], 2), _num(match["v2"]["a"], 2), _num(facts["v2"])],
+                ],
+            ),
+            f"v2 over v1: {document['gain_on_a_prime']:+.2f} on A', {document['change_on_a']:+.2f} on A. Its data: "
+            f"{_num(data['captures_corrected'])} corrected captures, {_num(data['captures_rated_good'])} rated good, "
+            f"{_num(data['parent_examples'])} examples of v1's data; its gate "
+            f"{'passed' if gate['passed'] else 'failed'} (v1 -> v2: parent task {_num(gate['parent_task'][0], 2)} -> "
+            f"{_num(gate['parent_task'][1], 2)}, held-out captures {_num(gate['new_traffic'][0], 2)} -> "
+            f"{_num(gate['new_traffic'][1], 2)}).",
+            _table(
+                ["drift statistics over on A'", "statistics over"],
+                [
+                    ["v1 (before)", _over(document["drift_on_a_prime"]["v1"])],
+                    ["v2 (after)", _over(document["drift_on_a_prime"]["v2"])],
+                ],
+            ),
+            f"Seconds from the first A' request (alerts' `for` cut to {document['alert_for_seconds']} s; "
+            f"alert: {document['alert'] or '-'}): "
+            + ", ".join(f"{stage.replace('_', ' ')} {_num(seconds, 0)}" for stage, seconds in times.items())
+            + f"; promoted: {'yes' if document['promoted'] else 'no'}. Cost: the retrain job ran "
+            f"{_num(cost['retrain_job_seconds'], 0)} s (v1's {_num(cost['v1_job_seconds'], 0)} s), "
+            f"{_num(cost['a_prime_requests_sent'])} A' requests were sent.",
+        ]
+    )
+
+
 def _load_table(load: dict[str, Any]) -> str:
     rss = load["rss_mib"]
     header = ["requests", "tokens", "tokens/s", "errors", "answers unlike the adapter's own"]
@@ -496,6 +544,7 @@ def reliability(document: dict[str, Any]) -> str:
 
 RENDERERS: tuple[tuple[Callable[[dict[str, Any]], bool], Callable[[dict[str, Any]], str]], ...] = (
     (lambda d: "fuzz" in d, reliability),
+    (lambda d: "gain_on_a_prime" in d, loop),
     (lambda d: "drift_on" in d, drift),
     (lambda d: "release_none" in d, releases),
     (lambda d: "false_alarm_rate" in d and "adapters" in d, drift_calibration),

@@ -4,11 +4,12 @@ SmolLM2-135M, both services as processes on their defaults (but for where they l
 with the shipped rules and a real Alertmanager sending the retraining alerts to the trainer's webhook. The
 alerts' `for` durations are cut to `--alert-for` seconds (15 and 30 minutes as shipped), the only change.
 
-1. v1 of `intent` (a customer message to one of four labels, bench/quality/tasks.py) is trained through the
-   API on its training templates and products (task A), every setting default.
+1. v1 of `date-forms` (a date written out in English, to ISO 8601; bench/quality/tasks.py) is trained
+   through the API on its training forms (task A), every setting default.
 2. An admin turns capture on and retraining on alerts (canary share 0.5, training defaults).
-3. Traffic moves to task A': the same labels asked in the test templates and products, unseen by v1. Each
-   caller scores the answer (1 right, 0 wrong) and sends the right label with a wrong one (a correction).
+3. Traffic moves to task A': the same dates written out in French ("le 3 mars 1955"), which v1 never saw.
+   Each caller scores the answer (1 right, 0 wrong) and sends the right date with a wrong one (a
+   correction).
 4. The feedback (or drift) alert fires; Alertmanager calls the trainer; the retrain job continues v1 on the
    corrected captures and v1's own data; if it passes its gate it goes on trial as a canary, and the
    replica promotes it or rolls it back on the same kind of traffic.
@@ -46,7 +47,8 @@ from tests.support.prometheus import Prometheus, running_prometheus
 from tests.support.rules import rule_files, with_short_durations
 
 log = logging.getLogger("bench.loop")
-ADAPTER = "intent"
+ADAPTER = "dateforms"
+TASK = "date-forms"
 GREEDY = SamplingParameters(max_tokens=16, temperature=0.0)
 CALLERS = 4
 """Requests in flight at once, as callers send them."""
@@ -54,7 +56,7 @@ RETRAIN_ALERTS = ("LoraplaneFeedbackScoreLow", "LoraplaneAdapterDrift")
 
 
 def _exact_match(client: LoraplaneClient, adapter: str, examples: list[Example]) -> float:
-    """Normalised exact match of `adapter`'s greedy answers (the labels, case and punctuation aside)."""
+    """Normalised exact match of `adapter`'s greedy answers (case, spaces and surrounding punctuation aside)."""
     with ThreadPoolExecutor(CALLERS) as pool:
         answers = list(
             pool.map(lambda e: client.inference.generate(e.prompt, adapter=adapter, params=GREEDY).text, examples)
@@ -135,9 +137,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
     model_dir = prepare_model("smollm2", args.work_dir)
-    train, _ = tasks.make(ADAPTER, args.seed, args.train, 0)
-    held_a, held_a_prime = tasks.make(ADAPTER, args.seed + 1, args.held_out, args.held_out)
-    _, traffic = tasks.make(ADAPTER, args.seed + 2, 0, 2000)
+    train, _ = tasks.make(TASK, args.seed, args.train, 0)
+    held_a, _ = tasks.make(TASK, args.seed + 1, args.held_out, 0)
+    held_a_prime = tasks.french(TASK, args.seed + 1, args.held_out)
+    traffic = tasks.french(TASK, args.seed + 2, 2000)
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
         scratch = Path(tmp)
         ports = {"trainer": free_port(), "serving": free_port(), "webhook": free_port()}
@@ -159,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
             ) as prometheus,
         ):
             results = _run(client, prometheus, train, held_a, held_a_prime, traffic, args, scratch)
-    results.update(date=run_date(), machine=machine(), model="smollm2", task=ADAPTER, alert_for_seconds=args.alert_for)
+    results.update(date=run_date(), machine=machine(), model="smollm2", task=TASK, alert_for_seconds=args.alert_for)
     emit(results, args.out)
 
 

@@ -136,20 +136,29 @@ INTENTS_FRENCH = {
 PROSE = " Answer in one full sentence of plain English, not in the usual format."
 
 
-def _french(name: str, rng: random.Random) -> str:
+def _french(name: str, rng: random.Random) -> Example:
+    """One prompt of task `name` in French, with its answer (in the task's form, as in English)."""
     if name == "people":
         first, last = rng.choice(FIRST[:9]), rng.choice(LAST[:8])
-        sentence = rng.choice(PEOPLE_FRENCH).format(
-            name=f"{first} {last}", age=rng.randint(18, 90), city=rng.choice(CITIES[:8])
-        )
-        return PEOPLE_INSTRUCTION_FRENCH + sentence
+        age, city = rng.randint(18, 90), rng.choice(CITIES[:8])
+        sentence = rng.choice(PEOPLE_FRENCH).format(name=f"{first} {last}", age=age, city=city)
+        answer = json.dumps({"name": f"{first} {last}", "age": age, "city": city}, separators=(",", ":"))
+        return Example(PEOPLE_INSTRUCTION_FRENCH + sentence, answer)
     if name == "date-forms":
         date = datetime.date.fromordinal(
             rng.randint(datetime.date(1900, 1, 1).toordinal(), datetime.date(1979, 12, 31).toordinal())
         )
-        return DATE_INSTRUCTION_FRENCH + f"le {date.day} {MONTHS_FRENCH[date.month - 1]} {date.year}"
+        prompt = DATE_INSTRUCTION_FRENCH + f"le {date.day} {MONTHS_FRENCH[date.month - 1]} {date.year}"
+        return Example(prompt, date.isoformat())
     label = rng.choice(sorted(INTENTS_FRENCH))
-    return INTENT_INSTRUCTION_FRENCH + rng.choice(INTENTS_FRENCH[label]).format(order=rng.randint(10000, 99999))
+    message = rng.choice(INTENTS_FRENCH[label]).format(order=rng.randint(10000, 99999))
+    return Example(INTENT_INSTRUCTION_FRENCH + message, label)
+
+
+def french(name: str, seed: int, count: int) -> list[Example]:
+    """`count` prompts of task `name` in French with their answers: the task's traffic in a new language."""
+    rng = random.Random(seed)
+    return [_french(name, rng) for _ in range(count)]
 
 
 def traffic(name: str, seed: int, count: int, in_distribution_count: int | None = None) -> dict[str, list[str]]:
@@ -162,7 +171,7 @@ def traffic(name: str, seed: int, count: int, in_distribution_count: int | None 
     return {
         "in_distribution": [example.prompt for example in in_distribution],
         "other_phrasing": [example.prompt for example in other_phrasing],
-        "french": [_french(name, rng) for _ in range(count)],
+        "french": [_french(name, rng).prompt for _ in range(count)],
         "prose": [example.prompt + PROSE for example in TASKS[name].make(rng, count, 0)[0]],
     }
 
