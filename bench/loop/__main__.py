@@ -14,9 +14,9 @@ alerts' `for` durations are cut to `--alert-for` seconds (15 and 30 minutes as s
    corrected captures and v1's own data; if it passes its gate it goes on trial as a canary, and the
    replica promotes it or rolls it back on the same kind of traffic.
 
-Prints JSON: v1's and v2's exact match on held-out A' and A prompts (through serving, pinned versions,
-none of them captured), facts lost, drift statistics over on A' traffic before (v1) and after promotion
-(v2), the times from the first A' request to the alert, to the retrain job, to the candidate and to the
+Prints JSON: v1's and v2's exact match on held-out A' and A prompts (through serving, pinned versions, sent
+after the loop so they neither start it nor blur its drift windows), facts lost, drift statistics over on
+A' traffic before (v1's window when the retrain job starts) and after promotion (v2's, absent without one), the times from the first A' request to the alert, to the retrain job, to the candidate and to the
 promotion, and what the loop cost (the retrain job's duration, captures stored, requests sent).
 """
 
@@ -187,11 +187,6 @@ def _run(
     v1_job = client.jobs.retrieve(job.id)
     if v1_job.state is not JobState.SUCCEEDED:
         raise RuntimeError(f"v1's job ended {v1_job.state}: {v1_job.error}")
-    before = {
-        "a_prime": _exact_match(client, f"{ADAPTER}@v1", held_a_prime),
-        "a": _exact_match(client, f"{ADAPTER}@v1", held_a),
-    }
-    log.info("v1 exact match: %s", before)
     client.inference.update_capture_policy(ADAPTER, enabled=True)
     client.jobs.update_retrain_policy(ADAPTER, enabled=True, canary_share=0.5)
     started, deadline = time.time(), time.time() + args.timeout
@@ -203,7 +198,7 @@ def _run(
     while (retrain := _retrain_job(client)) is None:  # A' traffic until an alert starts a retrain job
         _within(deadline, "no retrain job started")
         right.append(calls.send())
-        drift_v1 = _drift_over(client, 1)
+        drift_v1 = _drift_over(client, 1)  # v1's window: A' traffic only, the last reading before the retrain
         log.info("sent %d A' requests; share right per batch %s", calls.sent, right)
     marks["retrain_job"] = retrain.created_at.timestamp()
     alert = _first_alert(prometheus)
@@ -224,11 +219,19 @@ def _run(
     if state is not None and state.stable == version:
         marks["promoted"] = time.time()
     metrics = retrain_job.metrics
+    drift_v2 = None
+    if "promoted" in marks:  # v2 answers the name now: its window of A' traffic, before any scoring traffic
+        calls.send()
+        drift_v2 = _drift_over(client, version)
+    # Scored last, pinned: these requests are not A' traffic and would blur the drift windows read above.
+    before = {
+        "a_prime": _exact_match(client, f"{ADAPTER}@v1", held_a_prime),
+        "a": _exact_match(client, f"{ADAPTER}@v1", held_a),
+    }
     after = {
         "a_prime": _exact_match(client, f"{ADAPTER}@v{version}", held_a_prime),
         "a": _exact_match(client, f"{ADAPTER}@v{version}", held_a),
     }
-    calls.send()  # a window of A' traffic answered by v2
     return {
         "train": args.train,
         "held_out": args.held_out,
@@ -248,7 +251,7 @@ def _run(
             "captures_left_out": metrics.capture_left_out,
             "parent_examples": metrics.parent_examples,
         },
-        "drift_on_a_prime": {"v1": drift_v1, "v2": _drift_over(client, version)},
+        "drift_on_a_prime": {"v1": drift_v1, "v2": drift_v2},
         "share_right_per_batch": right,
         "seconds_from_first_a_prime_request": {
             name: round(marks[name] - started, 1)
