@@ -16,7 +16,8 @@ alerts' `for` durations are cut to `--alert-for` seconds (15 and 30 minutes as s
 
 Prints JSON: v1's and v2's exact match on held-out A' and A prompts (through serving, pinned versions, sent
 after the loop so they neither start it nor blur its drift windows), facts lost, drift statistics over on
-A' traffic before (v1's window when the retrain job starts) and after promotion (v2's, absent without one), the times from the first A' request to the alert, to the retrain job, to the candidate and to the
+A' traffic before (v1's window when the retrain job starts) and after promotion (v2's, absent without
+one), the times from the first A' request to the alert, to the retrain job, to the candidate and to the
 promotion, and what the loop cost (the retrain job's duration, captures stored, requests sent).
 """
 
